@@ -1,0 +1,143 @@
+//! The SCSI device model: what a logical unit answers to a CDB, independent of transport.
+//!
+//! The transport (the `iscsi` crate) hands every command to a [`Target`] as
+//! `(nexus, lun, cdb, data-out)` and sends back the [`Outcome`]. The target routes by the
+//! initiator's LUN map (masking), answers REPORT LUNS, keeps unit attentions per I_T nexus and
+//! reservations, and lets each logical unit execute against its [`BlockDevice`].
+//!
+//! Not here: PDUs, sockets, sessions (see `iscsi`), or how blocks are stored (see `blockstore`).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+/// SCSI status codes (SAM-5).
+pub mod status {
+    pub const GOOD: u8 = 0x00;
+    pub const CHECK_CONDITION: u8 = 0x02;
+    pub const CONDITION_MET: u8 = 0x04;
+    pub const BUSY: u8 = 0x08;
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+    pub const TASK_SET_FULL: u8 = 0x28;
+    pub const ACA_ACTIVE: u8 = 0x30;
+    pub const TASK_ABORTED: u8 = 0x40;
+}
+
+/// Errors a block device reports; the device model turns each into the right sense data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// Thin pool out of space: DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT (27/07).
+    #[error("no space left in the pool")]
+    NoSpace,
+    /// Unrecovered read or write error at a byte offset: MEDIUM ERROR.
+    #[error("medium error at byte offset {offset}")]
+    Medium { offset: u64, write: bool },
+    /// The device is write protected: DATA PROTECT / WRITE PROTECTED (27/00).
+    #[error("device is write protected")]
+    ReadOnly,
+    /// Access beyond the end of the device.
+    #[error("access beyond the end of the device")]
+    OutOfRange,
+    /// Any other failure: HARDWARE ERROR / INTERNAL TARGET FAILURE (44/00).
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// Storage behind a logical unit. Offsets and lengths are in bytes and are always multiples
+/// of [`BlockDevice::block_size`] when called by the device model.
+pub trait BlockDevice: Send + Sync {
+    /// Logical block size in bytes (512 or 4096).
+    fn block_size(&self) -> u32;
+    /// Capacity in logical blocks.
+    fn num_blocks(&self) -> u64;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Writes `data`; with `fua` the data is durable when this returns.
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
+    /// Makes every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> Result<(), DeviceError>;
+    /// Deallocates a range (UNMAP, WRITE SAME with UNMAP); reads of it return zeros afterwards.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        let _ = (offset, len);
+        Err(DeviceError::Io("discard not supported".into()))
+    }
+    /// True if the device is thin provisioned and supports [`BlockDevice::discard`].
+    fn thin_provisioned(&self) -> bool {
+        false
+    }
+    /// For GET LBA STATUS: whether the range starting at `offset` is mapped, and for how many
+    /// bytes that stays true. Default: everything mapped.
+    fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
+        let end = self.num_blocks() * self.block_size() as u64;
+        Ok((true, end.saturating_sub(offset)))
+    }
+}
+
+/// An I_T nexus: one initiator port talking to one target port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nexus {
+    /// Initiator port name, e.g. `iqn.1991-05.com.microsoft:host1,i,0x400001370000`.
+    pub initiator_port: String,
+    /// Initiator device name (iSCSI InitiatorName); masking is keyed on it.
+    pub initiator: String,
+    /// Relative target port identifier.
+    pub target_port: u16,
+}
+
+/// Task attribute of a command (SAM-5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAttribute {
+    Simple,
+    Ordered,
+    HeadOfQueue,
+    Aca,
+}
+
+/// One SCSI command as the transport received it.
+#[derive(Debug)]
+pub struct Command<'a> {
+    pub nexus: &'a Nexus,
+    /// The 64-bit LUN field as sent (SAM-5 single-level addressing for LUNs < 256 and
+    /// flat addressing above).
+    pub lun: u64,
+    pub cdb: &'a [u8],
+    /// Data received from the initiator (WRITE, UNMAP parameter list, ...).
+    pub data_out: &'a [u8],
+    /// Expected data transfer length from the transport (bytes the initiator allocated for
+    /// data-in, or announced for data-out).
+    pub expected_length: u32,
+    pub task_tag: u32,
+    pub attribute: TaskAttribute,
+}
+
+/// What the transport sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u8,
+    /// Sense data (fixed format) with CHECK CONDITION.
+    pub sense: Option<Vec<u8>>,
+    /// Data for the initiator, never longer than the command's allocation length.
+    pub data_in: Vec<u8>,
+}
+
+/// Task management functions (SAM-5) a transport forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskManagement {
+    AbortTask { tag: u32 },
+    AbortTaskSet,
+    ClearTaskSet,
+    LogicalUnitReset,
+    TargetWarmReset,
+    TargetColdReset,
+}
+
+/// Response to a task management function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskManagementResponse {
+    Complete,
+    TaskDoesNotExist,
+    LunDoesNotExist,
+    NotSupported,
+    Rejected,
+}
+
+/// A shared handle to storage behind a logical unit.
+pub type Device = Arc<dyn BlockDevice>;

@@ -1,0 +1,4 @@
+//! The Windows side on Linux: a VSS coordinator that drives hardware providers in the
+//! documented call order, hosts that see LUNs only through iSCSI, writers that freeze, and
+//! diskshadow-style scripts.
+#![forbid(unsafe_code)]
