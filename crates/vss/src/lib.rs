@@ -18,11 +18,14 @@
 //! Not here: anything that talks to a device, a socket or COM.
 #![forbid(unsafe_code)]
 
+pub mod contract;
 pub mod flags;
 pub mod hresult;
+pub mod identity;
 pub mod lun;
 pub mod scsi;
 
+pub use contract::Method;
 pub use flags::{
     HardwareOptions, ProviderCapabilities, ProviderType, RecoveryOptions, SnapshotContext,
     SnapshotState, VolumeSnapshotAttributes,
