@@ -1,4 +1,8 @@
 //! The Windows side on Linux: a VSS coordinator that drives hardware providers in the
-//! documented call order, hosts that see LUNs only through iSCSI, writers that freeze, and
-//! diskshadow-style scripts.
+//! documented call order, hosts that see LUNs only through their SAN storage, writers that
+//! freeze, and diskshadow-style scripts.
 #![forbid(unsafe_code)]
+
+pub mod gpt_flags;
+pub mod san;
+pub mod storage;
