@@ -1,14 +1,26 @@
 //! The VSS hardware provider core, in portable Rust.
 //!
-//! [`HardwareProvider`] has one method per method of `IVssHardwareSnapshotProvider`,
-//! `IVssHardwareSnapshotProviderEx`, `IVssProviderCreateSnapshotSet` and
-//! `IVssProviderNotifications`, in Rust types. The Windows COM server (`provider-com`) and the
-//! VSS emulator (`vss-emulator`) both call providers only through this trait, so the same code
-//! runs under vssvc and on Linux.
+//! * [`HardwareProvider`]: one method per method of `IVssHardwareSnapshotProvider`,
+//!   `IVssHardwareSnapshotProviderEx`, `IVssProviderCreateSnapshotSet` and
+//!   `IVssProviderNotifications`, in Rust types. The Windows COM server (`provider-com`) and the
+//!   VSS emulator (`vss-emulator`) call providers only through it.
+//! * [`ShadowlunProvider`]: the contract's state machine over an [`ArrayControl`].
+//! * [`ArrayControl`]: the private channel to the array; [`testing::MemoryArray`] is an
+//!   in-memory array for tests.
+//! * [`ProviderError`]: the one place internal failures become the HRESULTs each method may
+//!   return, with the message a veto writes to the event log.
 //!
-//! Not here: COM, pointers, or any knowledge of how the array is reached.
+//! Not here: COM, pointers, or knowledge of how the array stores data.
 #![forbid(unsafe_code)]
 
+pub mod array;
+pub mod core;
+pub mod error;
 pub mod hardware;
+pub mod resync;
+pub mod testing;
 
+pub use array::{ArrayControl, ArrayError, ArrayLun, LunId, LunKey};
+pub use core::{ProviderConfig, ShadowlunProvider};
+pub use error::{EventSink, ProviderError, ProviderEvent, TracingEvents};
 pub use hardware::{AsyncOperation, HardwareProvider, UnloadAnswer};

@@ -1,0 +1,169 @@
+//! `ArrayControl`: the provider's private channel to the array.
+//!
+//! Every call is keyed by VSS ids or LUN identity and is idempotent, so a retried call never
+//! creates a second snapshot. The HTTPS implementation is [`crate::https::HttpsArray`]; an
+//! in-memory one for tests is [`crate::testing::MemoryArray`].
+
+use serde::{Deserialize, Serialize};
+use vss::lun::ScsiIdentity;
+use vss::{LunInfo, SnapshotContext, StorageIdentifier, VssId};
+
+/// The array's name for a LUN (stable, never reused).
+pub type LunId = String;
+
+/// What identifies a LUN to the array: its association-0 designators as the host saw them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LunKey {
+    pub identifiers: Vec<StorageIdentifier>,
+}
+
+impl LunKey {
+    pub fn of(lun: &LunInfo) -> Self {
+        Self {
+            identifiers: lun.identifiers.clone(),
+        }
+    }
+}
+
+/// What the array knows of a LUN it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayLun {
+    pub id: LunId,
+    pub size_bytes: u64,
+    /// For a snapshot LUN: the LUN it is a snapshot of and the VSS ids it was created under.
+    pub snapshot_of: Option<SnapshotOrigin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotOrigin {
+    pub source: LunId,
+    pub set_id: VssId,
+    pub snapshot_id: VssId,
+}
+
+/// One LUN to snapshot within a set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedSnapshot {
+    pub snapshot_id: VssId,
+    pub source: LunId,
+}
+
+/// A snapshot LUN of a set as the array describes it before any host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotLun {
+    pub source: LunId,
+    pub lun: LunId,
+    pub identity: ScsiIdentity,
+}
+
+/// Lifecycle of a set on the array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetState {
+    Prepared,
+    Committed,
+    Completed,
+    Aborted,
+}
+
+/// A set as the array's journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSummary {
+    pub set_id: VssId,
+    pub state: SetState,
+    pub context: SnapshotContext,
+    pub snapshots: Vec<PlannedSnapshot>,
+}
+
+/// A resync of one snapshot LUN onto a destination LUN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncPair {
+    pub snapshot: LunId,
+    pub destination: LunId,
+}
+
+pub type JobId = String;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Finished,
+    Cancelled,
+    Failed { reason: String, no_space: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    #[serde(flatten)]
+    pub state: JobState,
+    /// 0..=100
+    pub progress: u8,
+}
+
+/// Why an array call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArrayError {
+    #[error("the array cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the array did not answer in time ({0})")]
+    Timeout(String),
+    #[error("the array refused the credentials: {0}")]
+    Unauthorized(String),
+    #[error("not found on the array: {0}")]
+    NotFound(String),
+    #[error("the array refused the request in its current state: {0}")]
+    Conflict(String),
+    #[error("the array is out of space: {0}")]
+    NoSpace(String),
+    #[error("an array limit was reached: {0}")]
+    LimitReached(String),
+    #[error("the array rejected the request ({code}): {detail}")]
+    Rejected { code: String, detail: String },
+}
+
+/// The operations a provider needs from the array.
+pub trait ArrayControl: Send + Sync {
+    /// For each key, the LUN the array owns with that identity, or `None`.
+    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ArrayError>;
+
+    /// Adds LUNs to set `set_id` (creating it), reserving names, identities and space.
+    /// Idempotent per (set, source LUN).
+    fn prepare(
+        &self,
+        set_id: VssId,
+        context: SnapshotContext,
+        snapshots: &[PlannedSnapshot],
+    ) -> Result<(), ArrayError>;
+
+    /// Returns when the set's preparation is complete and the commit path is ready.
+    fn end_prepare(&self, set_id: VssId) -> Result<(), ArrayError>;
+
+    /// Snapshots every LUN of the set atomically, in one request.
+    fn commit(&self, set_id: VssId) -> Result<(), ArrayError>;
+
+    /// Marks a committed set complete: from now on only release or an admin removes it.
+    fn complete(&self, set_id: VssId) -> Result<(), ArrayError>;
+
+    /// Discards the set and everything created for it (refused once complete).
+    fn abort(&self, set_id: VssId) -> Result<(), ArrayError>;
+
+    /// The snapshot LUNs of `sources` in the set, with the identity they will be served with.
+    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ArrayError>;
+
+    /// Maps snapshot LUNs to the calling host's initiators.
+    fn expose(&self, luns: &[LunId]) -> Result<(), ArrayError>;
+
+    /// Unmaps LUNs from the calling host without deleting them.
+    fn mask(&self, luns: &[LunId]) -> Result<(), ArrayError>;
+
+    /// Deletes a snapshot LUN no shadow copy uses any more (OnLunEmpty).
+    fn release(&self, lun: &LunId) -> Result<(), ArrayError>;
+
+    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ArrayError>;
+    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ArrayError>;
+    fn cancel_resync(&self, job: &JobId) -> Result<(), ArrayError>;
+
+    /// The sets the array's journal knows, for reconciliation.
+    fn list_sets(&self) -> Result<Vec<SetSummary>, ArrayError>;
+}

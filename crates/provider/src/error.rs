@@ -1,0 +1,227 @@
+//! Internal failures and the one place that turns them into the status codes VSS allows.
+
+use vss::{Hresult, Method, SnapshotContext, SnapshotState, VssId};
+
+use crate::array::ArrayError;
+
+/// Why a provider method failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    Array(#[from] ArrayError),
+    #[error("the LUN {0} is not a shadowlun LUN")]
+    NotOurLun(String),
+    #[error("the LUN {0} is an original LUN, not a snapshot LUN")]
+    NotASnapshot(String),
+    #[error("context {0} is not supported (shadowlun makes differential, not plex, snapshots)")]
+    UnsupportedContext(SnapshotContext),
+    #[error("a snapshot set may hold at most {max} volumes")]
+    TooManyVolumes { max: usize },
+    #[error("snapshot set {0} is not the set in progress")]
+    UnknownSet(VssId),
+    #[error("{method} was called while set {set} is in state {state:?}")]
+    OutOfOrder {
+        method: Method,
+        set: VssId,
+        state: SnapshotState,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl ProviderError {
+    /// The status code `method` returns for this failure: always one of `method.allowed()`
+    /// for the methods that can fail (all but GetProviderCapabilities, OnReuseLuns, OnUnload).
+    pub fn hresult(&self, method: Method) -> Hresult {
+        use Hresult as H;
+        use Method as M;
+        let code = match (self, method) {
+            (
+                ProviderError::Array(ArrayError::NoSpace(_)),
+                M::EndPrepareSnapshots | M::ResyncLuns,
+            ) => H::VSS_E_INSUFFICIENT_STORAGE,
+            (ProviderError::Array(ArrayError::LimitReached(_)), M::BeginPrepareSnapshot) => {
+                H::VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED
+            }
+            (ProviderError::TooManyVolumes { .. }, M::BeginPrepareSnapshot) => {
+                H::VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED
+            }
+            (ProviderError::NotOurLun(_), M::BeginPrepareSnapshot) => {
+                H::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
+            }
+            (ProviderError::UnsupportedContext(_), M::BeginPrepareSnapshot) => {
+                H::VSS_E_UNSUPPORTED_CONTEXT
+            }
+            (ProviderError::UnknownSet(_) | ProviderError::Array(ArrayError::NotFound(_)), m)
+                if m.allows(H::VSS_E_OBJECT_NOT_FOUND) =>
+            {
+                H::VSS_E_OBJECT_NOT_FOUND
+            }
+            (ProviderError::InvalidArgument(_), m) if m.allows(H::E_INVALIDARG) => H::E_INVALIDARG,
+            _ => H::VSS_E_PROVIDER_VETO,
+        };
+        debug_assert!(method.allows(code), "{method} may not return {code}");
+        code
+    }
+
+    /// What the administrator should do about it: written with the veto to the event log.
+    pub fn remedy(&self) -> &'static str {
+        match self {
+            ProviderError::Array(ArrayError::Unreachable(_) | ArrayError::Timeout(_)) => {
+                "Check that the shadowlun array is running and reachable from this host \
+                 (shadowlun-provider.exe status), then retry the backup."
+            }
+            ProviderError::Array(ArrayError::Unauthorized(_)) => {
+                "The array refused this host's token. Re-run shadowlun-provider.exe install \
+                 with a valid host token (shadowlun host add prints one)."
+            }
+            ProviderError::Array(ArrayError::NoSpace(_)) => {
+                "Free space in the array's pool (delete old snapshot sets with \
+                 shadowlun snapshot delete, or grow the pool), then retry."
+            }
+            ProviderError::Array(ArrayError::LimitReached(_))
+            | ProviderError::TooManyVolumes { .. } => {
+                "Snapshot fewer volumes per set, or delete old snapshot sets, then retry."
+            }
+            ProviderError::NotOurLun(_) | ProviderError::NotASnapshot(_) => {
+                "Only LUNs served by a shadowlun array can be snapshotted by this provider; \
+                 use another provider for this volume."
+            }
+            ProviderError::UnsupportedContext(_) => {
+                "Request a differential (or default) hardware snapshot; plex snapshots are \
+                 not supported."
+            }
+            ProviderError::Array(ArrayError::NotFound(_) | ArrayError::Conflict(_))
+            | ProviderError::UnknownSet(_)
+            | ProviderError::OutOfOrder { .. } => {
+                "VSS and the provider disagree about the snapshot set; the set was discarded. \
+                 Retry the backup; if it persists, check shadowlun set list on the array."
+            }
+            ProviderError::Array(ArrayError::Rejected { .. })
+            | ProviderError::InvalidArgument(_) => {
+                "Retry the backup; if it persists, collect the array log and report the error."
+            }
+        }
+    }
+}
+
+/// A failure VSS will see, with the message for the Application event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderEvent {
+    pub method: Method,
+    pub hresult: Hresult,
+    /// What failed and what to do.
+    pub message: String,
+}
+
+impl ProviderEvent {
+    pub fn new(method: Method, err: &ProviderError) -> Self {
+        let hresult = err.hresult(method);
+        Self {
+            method,
+            hresult,
+            message: format!("{method} failed with {hresult}: {err}. {}", err.remedy()),
+        }
+    }
+}
+
+/// Where vetoes go: the Windows COM server writes them to the Application event log.
+pub trait EventSink: Send + Sync {
+    fn report(&self, event: &ProviderEvent);
+}
+
+/// An [`EventSink`] that logs through `tracing`.
+#[derive(Debug, Default)]
+pub struct TracingEvents;
+
+impl EventSink for TracingEvents {
+    fn report(&self, event: &ProviderEvent) {
+        tracing::error!(method = %event.method, hresult = %event.hresult, "{}", event.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_errors() -> Vec<ProviderError> {
+        let a = |e: ArrayError| ProviderError::Array(e);
+        vec![
+            a(ArrayError::Unreachable("x".into())),
+            a(ArrayError::Timeout("x".into())),
+            a(ArrayError::Unauthorized("x".into())),
+            a(ArrayError::NotFound("x".into())),
+            a(ArrayError::Conflict("x".into())),
+            a(ArrayError::NoSpace("x".into())),
+            a(ArrayError::LimitReached("x".into())),
+            a(ArrayError::Rejected {
+                code: "c".into(),
+                detail: "d".into(),
+            }),
+            ProviderError::NotOurLun("x".into()),
+            ProviderError::NotASnapshot("x".into()),
+            ProviderError::UnsupportedContext(SnapshotContext(0x40000)),
+            ProviderError::TooManyVolumes { max: 64 },
+            ProviderError::UnknownSet(VssId::nil()),
+            ProviderError::OutOfOrder {
+                method: Method::CommitSnapshots,
+                set: VssId::nil(),
+                state: SnapshotState::Prepared,
+            },
+            ProviderError::InvalidArgument("x".into()),
+        ]
+    }
+
+    #[test]
+    fn every_error_maps_to_an_allowed_code_for_every_method() {
+        // GetProviderCapabilities, OnReuseLuns and OnUnload never fail in this provider.
+        for m in Method::ALL
+            .into_iter()
+            .filter(|m| m.allows(Hresult::VSS_E_PROVIDER_VETO))
+        {
+            for e in all_errors() {
+                let h = e.hresult(m);
+                assert!(m.allows(h), "{m} would return {h} for {e}");
+                assert!(h.is_failure(), "{m}: {e} mapped to success");
+            }
+        }
+    }
+
+    #[test]
+    fn specific_mappings() {
+        let ns = ProviderError::Array(ArrayError::NoSpace("pool".into()));
+        assert_eq!(
+            ns.hresult(Method::EndPrepareSnapshots),
+            Hresult::VSS_E_INSUFFICIENT_STORAGE
+        );
+        assert_eq!(
+            ns.hresult(Method::BeginPrepareSnapshot),
+            Hresult::VSS_E_PROVIDER_VETO
+        );
+        assert_eq!(
+            ns.hresult(Method::ResyncLuns),
+            Hresult::VSS_E_INSUFFICIENT_STORAGE
+        );
+        let unknown = ProviderError::UnknownSet(VssId::nil());
+        assert_eq!(
+            unknown.hresult(Method::CommitSnapshots),
+            Hresult::VSS_E_OBJECT_NOT_FOUND
+        );
+        assert_eq!(
+            unknown.hresult(Method::PreFinalCommitSnapshots),
+            Hresult::VSS_E_PROVIDER_VETO
+        );
+        assert_eq!(
+            ProviderError::NotOurLun("l".into()).hresult(Method::BeginPrepareSnapshot),
+            Hresult::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
+        );
+        let ev = ProviderEvent::new(Method::EndPrepareSnapshots, &ns);
+        assert!(
+            ev.message
+                .contains("VSS_E_INSUFFICIENT_STORAGE (0x8004231F)"),
+            "{}",
+            ev.message
+        );
+        assert!(ev.message.contains("Free space"), "{}", ev.message);
+    }
+}
