@@ -1,0 +1,390 @@
+//! The array control API's wire format, shared by the array (server) and the provider's
+//! HTTPS client, so both sides compile against one definition.
+//!
+//! Transport: HTTPS (TLS 1.3/1.2, the array's self-generated certificate pinned by SHA-256
+//! fingerprint), JSON bodies, `Authorization: Bearer <token>`. Host tokens reach the provider
+//! verbs (scoped to that host's LUNs and the snapshot LUNs derived from them); the admin token
+//! reaches the admin verbs. Errors are `application/problem+json` ([`Problem`]) with a stable
+//! machine [`ProblemCode`].
+//!
+//! Every provider verb is idempotent and keyed by VSS ids or LUN identity: retrying a request
+//! never creates a second snapshot.
+//!
+//! Not here: any behaviour. See the `array` crate for the server and `provider::https` for the
+//! client.
+#![forbid(unsafe_code)]
+
+pub mod types;
+
+use serde::{Deserialize, Serialize};
+use vss::{SnapshotContext, VssId};
+
+pub use types::*;
+
+/// Route paths. `{set}` is a set GUID, `{lun}` a LUN id, `{job}` a job id, `{host}` a host name.
+pub mod routes {
+    /// GET: [`crate::Health`]. No authentication.
+    pub const HEALTH: &str = "/v1/health";
+    /// GET: the OpenAPI document. No authentication.
+    pub const OPENAPI: &str = "/v1/openapi.json";
+
+    // Provider verbs (host token).
+    /// POST [`crate::LookupRequest`] → [`crate::LookupResponse`].
+    pub const LOOKUP: &str = "/v1/luns/lookup";
+    /// POST [`crate::PrepareRequest`] → 204.
+    pub const PREPARE: &str = "/v1/sets/{set}/prepare";
+    /// POST → 204.
+    pub const END_PREPARE: &str = "/v1/sets/{set}/end-prepare";
+    /// POST → 204. All LUNs of the set snapshotted atomically.
+    pub const COMMIT: &str = "/v1/sets/{set}/commit";
+    /// POST → 204.
+    pub const COMPLETE: &str = "/v1/sets/{set}/complete";
+    /// POST → 204.
+    pub const ABORT: &str = "/v1/sets/{set}/abort";
+    /// POST [`crate::DescribeRequest`] → [`crate::DescribeResponse`].
+    pub const DESCRIBE: &str = "/v1/sets/{set}/describe";
+    /// GET → `Vec<SetSummary>` (the calling host's sets).
+    pub const SETS: &str = "/v1/sets";
+    /// POST [`crate::LunsRequest`] → 204. Maps snapshot LUNs to the calling host.
+    pub const EXPOSE: &str = "/v1/luns/expose";
+    /// POST [`crate::LunsRequest`] → 204. Unmaps LUNs from the calling host.
+    pub const MASK: &str = "/v1/luns/mask";
+    /// POST → 204. Deletes a snapshot LUN (OnLunEmpty).
+    pub const RELEASE: &str = "/v1/luns/{lun}/release";
+    /// POST [`crate::ResyncRequest`] → [`crate::ResyncResponse`].
+    pub const RESYNC: &str = "/v1/resync";
+    /// GET → [`crate::JobStatus`].
+    pub const RESYNC_JOB: &str = "/v1/resync/{job}";
+    /// POST → 204.
+    pub const RESYNC_CANCEL: &str = "/v1/resync/{job}/cancel";
+
+    // Admin verbs (admin token).
+    /// GET → `Vec<LunRecord>`; POST [`crate::CreateLun`] → [`crate::LunRecord`].
+    pub const ADMIN_LUNS: &str = "/v1/admin/luns";
+    /// GET → [`crate::LunRecord`]; DELETE → 204 (refused while snapshots depend on it);
+    /// PATCH [`crate::ResizeLun`] → [`crate::LunRecord`].
+    pub const ADMIN_LUN: &str = "/v1/admin/luns/{lun}";
+    /// GET → `Vec<HostRecord>`; POST [`crate::CreateHost`] → [`crate::CreatedHost`].
+    pub const ADMIN_HOSTS: &str = "/v1/admin/hosts";
+    /// GET → [`crate::HostRecord`]; DELETE → 204.
+    pub const ADMIN_HOST: &str = "/v1/admin/hosts/{host}";
+    /// POST [`crate::MapLun`] → [`crate::HostRecord`].
+    pub const ADMIN_MAP: &str = "/v1/admin/hosts/{host}/map";
+    /// DELETE → 204.
+    pub const ADMIN_UNMAP: &str = "/v1/admin/hosts/{host}/map/{lun}";
+    /// GET → `Vec<SetRecord>` (every host's sets).
+    pub const ADMIN_SETS: &str = "/v1/admin/sets";
+    /// GET → `Vec<LunRecord>` (snapshot LUNs only).
+    pub const ADMIN_SNAPSHOTS: &str = "/v1/admin/snapshots";
+    /// DELETE → 204: removes a snapshot LUN (admin override of OnLunEmpty).
+    pub const ADMIN_SNAPSHOT: &str = "/v1/admin/snapshots/{lun}";
+    /// POST [`crate::ReapRequest`] → [`crate::ReapReport`].
+    pub const ADMIN_REAP: &str = "/v1/admin/reap";
+
+    /// Fills `{name}` placeholders in a route.
+    pub fn fill(route: &str, params: &[(&str, &str)]) -> String {
+        let mut s = route.to_string();
+        for (k, v) in params {
+            s = s.replace(&format!("{{{k}}}"), v);
+        }
+        s
+    }
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    /// iSCSI target name the array serves LUNs under.
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupRequest {
+    pub keys: Vec<LunKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupResponse {
+    /// One entry per key, in order; `null` for a LUN the array does not own or the host may
+    /// not see.
+    pub luns: Vec<Option<ArrayLun>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareRequest {
+    pub context: SnapshotContext,
+    pub snapshots: Vec<PlannedSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeRequest {
+    pub sources: Vec<LunId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeResponse {
+    pub snapshots: Vec<SnapshotLun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunsRequest {
+    pub luns: Vec<LunId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncRequest {
+    pub pairs: Vec<ResyncPair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncResponse {
+    pub job: JobId,
+}
+
+/// Stable machine codes of [`Problem`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemCode {
+    /// 400: the body or a parameter is malformed.
+    BadRequest,
+    /// 401: no or unknown bearer token.
+    Unauthorized,
+    /// 403: the token may not act on this object.
+    Forbidden,
+    /// 404: no such set, LUN, host or job.
+    NotFound,
+    /// 409: the object is in a state that does not allow the request.
+    Conflict,
+    /// 507: the pool has no space for the request.
+    NoSpace,
+    /// 422: an array limit (LUNs per set, sets, ...) was reached.
+    LimitReached,
+    /// 500: anything else; the array log has details.
+    Internal,
+}
+
+impl ProblemCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemCode::BadRequest => 400,
+            ProblemCode::Unauthorized => 401,
+            ProblemCode::Forbidden => 403,
+            ProblemCode::NotFound => 404,
+            ProblemCode::Conflict => 409,
+            ProblemCode::LimitReached => 422,
+            ProblemCode::NoSpace => 507,
+            ProblemCode::Internal => 500,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemCode::BadRequest => "Bad request",
+            ProblemCode::Unauthorized => "Unauthorized",
+            ProblemCode::Forbidden => "Forbidden",
+            ProblemCode::NotFound => "Not found",
+            ProblemCode::Conflict => "Conflict",
+            ProblemCode::LimitReached => "Limit reached",
+            ProblemCode::NoSpace => "No space",
+            ProblemCode::Internal => "Internal error",
+        }
+    }
+}
+
+/// An RFC 9457 problem document (`application/problem+json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `urn:shadowlun:problem:<code>`
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    /// One sentence saying what happened and what to do.
+    pub detail: String,
+    pub code: ProblemCode,
+}
+
+impl Problem {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:shadowlun:problem:{}", serde_json_code(code)),
+            title: code.title().to_string(),
+            status: code.status(),
+            detail: detail.into(),
+            code,
+        }
+    }
+}
+
+fn serde_json_code(code: ProblemCode) -> &'static str {
+    match code {
+        ProblemCode::BadRequest => "bad-request",
+        ProblemCode::Unauthorized => "unauthorized",
+        ProblemCode::Forbidden => "forbidden",
+        ProblemCode::NotFound => "not-found",
+        ProblemCode::Conflict => "conflict",
+        ProblemCode::NoSpace => "no-space",
+        ProblemCode::LimitReached => "limit-reached",
+        ProblemCode::Internal => "internal",
+    }
+}
+
+// ---- admin objects ----
+
+/// `POST /v1/admin/luns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateLun {
+    /// Human name, unique among LUNs (`[A-Za-z0-9._-]{1,64}`).
+    pub name: String,
+    pub size_bytes: u64,
+}
+
+/// `PATCH /v1/admin/luns/{lun}`: grow a LUN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeLun {
+    pub size_bytes: u64,
+}
+
+/// A LUN as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunRecord {
+    pub id: LunId,
+    pub name: String,
+    pub size_bytes: u64,
+    /// VPD 0x80 serial.
+    pub serial: String,
+    /// NAA designator, hex.
+    pub naa: String,
+    pub snapshot_of: Option<SnapshotOrigin>,
+    /// Hosts it is mapped to, with the LUN number each sees it at.
+    pub mapped_to: Vec<Mapping>,
+    /// Bytes allocated in the pool for this LUN (thin).
+    pub allocated_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub host: String,
+    pub lun_number: u64,
+}
+
+/// `POST /v1/admin/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateHost {
+    /// `[A-Za-z0-9._-]{1,64}`
+    pub name: String,
+    /// iSCSI initiator names (IQNs) of the host.
+    pub initiators: Vec<String>,
+    /// CHAP secret the host's initiator must use (12-16 characters), if CHAP is wanted.
+    #[serde(default)]
+    pub chap_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub name: String,
+    pub initiators: Vec<String>,
+    pub chap: bool,
+    pub luns: Vec<Mapping>,
+}
+
+/// Answer to `POST /v1/admin/hosts`: the host's API token, shown once (stored hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedHost {
+    pub host: HostRecord,
+    pub token: String,
+}
+
+/// `POST /v1/admin/hosts/{host}/map`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapLun {
+    pub lun: LunId,
+    /// LUN number the host sees; the lowest free one if absent.
+    #[serde(default)]
+    pub lun_number: Option<u64>,
+}
+
+/// A set as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRecord {
+    pub set_id: VssId,
+    pub host: String,
+    pub state: SetState,
+    pub context: SnapshotContext,
+    /// (source LUN, snapshot LUN)
+    pub snapshots: Vec<SetMember>,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMember {
+    pub snapshot_id: VssId,
+    pub source: LunId,
+    pub lun: LunId,
+}
+
+/// `POST /v1/admin/reap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReapReport {
+    /// Sets removed (or that would be, with dry_run).
+    pub sets: Vec<VssId>,
+    /// Snapshot LUNs removed with them.
+    pub luns: Vec<LunId>,
+    pub dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_json_shape() {
+        let p = Problem::new(
+            ProblemCode::NoSpace,
+            "The pool is full: free space and retry.",
+        );
+        let j = serde_json::to_value(&p).unwrap();
+        assert_eq!(j["type"], "urn:shadowlun:problem:no-space");
+        assert_eq!(j["status"], 507);
+        assert_eq!(j["code"], "no-space");
+        let back: Problem = serde_json::from_value(j).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn routes_fill() {
+        assert_eq!(
+            routes::fill(routes::COMMIT, &[("set", "abc")]),
+            "/v1/sets/abc/commit"
+        );
+        assert_eq!(
+            routes::fill(routes::ADMIN_UNMAP, &[("host", "h1"), ("lun", "lun-2")]),
+            "/v1/admin/hosts/h1/map/lun-2"
+        );
+    }
+
+    #[test]
+    fn job_status_is_flat() {
+        let s = JobStatus {
+            state: JobState::Failed {
+                reason: "x".into(),
+                no_space: true,
+            },
+            progress: 40,
+        };
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["state"], "failed");
+        assert_eq!(j["progress"], 40);
+        assert_eq!(serde_json::from_value::<JobStatus>(j).unwrap(), s);
+    }
+}
