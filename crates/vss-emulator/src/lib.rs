@@ -4,5 +4,8 @@
 #![forbid(unsafe_code)]
 
 pub mod gpt_flags;
+pub mod host;
 pub mod san;
 pub mod storage;
+pub mod trace;
+pub mod writer;

@@ -1,0 +1,582 @@
+//! An emulated Windows host: disks found by rescanning its [`HostStorage`], `LunInfo` built
+//! from their SCSI pages with [`LunInfo::from_scsi`], volumes made of GPT partitions, and the
+//! kernel's flush-and-hold of writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vss::scsi::{self, ScsiError};
+use vss::{BusType, Interconnect, LunInfo};
+
+use crate::gpt_flags::{self, GptError, Layout};
+use crate::storage::{Capacity, DiskAddress, HostStorage, StorageError};
+
+/// Why a host operation failed.
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{disk}: bad identity data: {source}")]
+    Identity {
+        disk: DiskAddress,
+        #[source]
+        source: ScsiError,
+    },
+    #[error(transparent)]
+    Gpt(#[from] GptError),
+    #[error("no disk {0} on this host")]
+    NoSuchDisk(String),
+    #[error("no volume {0} on this host")]
+    NoSuchVolume(String),
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    #[error("disk {device} has no partition {index}")]
+    NoSuchPartition { device: String, index: u32 },
+    #[error("volume {volume}: {offset}+{len} is outside its {size} bytes or not block aligned")]
+    VolumeRange {
+        volume: String,
+        offset: u64,
+        len: usize,
+        size: u64,
+    },
+    #[error("volume {0} is read-only")]
+    ReadOnly(String),
+}
+
+/// A disk as the host sees it after a rescan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// `\\.\PHYSICALDRIVEn`: the name VSS hands providers.
+    pub device: String,
+    pub address: DiskAddress,
+    /// What Windows builds for this disk (with the GPT disk GUID as disk signature and this
+    /// host's interconnect).
+    pub lun_info: LunInfo,
+    pub capacity: Capacity,
+}
+
+/// A run of blocks of a volume on one disk (a GPT partition).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Extent {
+    pub device: String,
+    pub first_lba: u64,
+    pub blocks: u64,
+}
+
+/// A mounted volume: its extents in order (several for a spanned volume).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub name: String,
+    pub extents: Vec<Extent>,
+    /// Mounted read-only (the partitions carry `GPT_BASIC_DATA_ATTRIBUTE_READ_ONLY`).
+    pub read_only: bool,
+    pub block_size: u32,
+}
+
+impl Volume {
+    pub fn bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|e| e.blocks * self.block_size as u64)
+            .sum()
+    }
+
+    /// The disks the volume lives on, in extent order, without repeats.
+    pub fn devices(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.extents
+            .iter()
+            .filter(|e| seen.insert(e.device.clone()))
+            .map(|e| e.device.clone())
+            .collect()
+    }
+}
+
+/// What a rescan changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RescanReport {
+    pub arrived: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    disks: BTreeMap<String, Disk>,
+    next_drive: u32,
+    volumes: BTreeMap<String, Volume>,
+}
+
+/// Flush-and-hold of writes (`IOCTL_VOLSNAP_FLUSH_AND_HOLD_WRITES`): writes to held disks
+/// wait until release, or until the hold's deadline, when the hold lapses on its own.
+#[derive(Default)]
+struct HoldGate {
+    state: Mutex<HoldState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct HoldState {
+    held: BTreeSet<String>,
+    deadline: Option<Instant>,
+    lapsed: bool,
+}
+
+/// A host with an initiator.
+pub struct Host {
+    name: String,
+    storage: Arc<dyn HostStorage>,
+    bus_type: BusType,
+    state: Mutex<State>,
+    hold: HoldGate,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// A host named `name` reaching its disks through `storage` (iSCSI bus type).
+    pub fn new(name: &str, storage: Arc<dyn HostStorage>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            storage,
+            bus_type: BusType::ISCSI,
+            state: Mutex::new(State::default()),
+            hold: HoldGate::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn initiator_name(&self) -> String {
+        self.storage.initiator_name()
+    }
+
+    pub fn storage(&self) -> &Arc<dyn HostStorage> {
+        &self.storage
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads a disk's identity the way Windows does: INQUIRY, VPD 0x00, 0x80 (if listed) and
+    /// 0x83, then [`LunInfo::from_scsi`].
+    fn identify(&self, addr: &DiskAddress) -> Result<(LunInfo, Capacity), HostError> {
+        let id_err = |source| HostError::Identity {
+            disk: addr.clone(),
+            source,
+        };
+        let inquiry = self.storage.inquiry(addr)?;
+        let pages = self.storage.vpd(addr, scsi::VPD_SUPPORTED_PAGES)?;
+        let (_, pages) = scsi::decode_supported_pages(&pages).map_err(id_err)?;
+        let serial = if pages.contains(&scsi::VPD_UNIT_SERIAL_NUMBER) {
+            Some(self.storage.vpd(addr, scsi::VPD_UNIT_SERIAL_NUMBER)?)
+        } else {
+            None
+        };
+        let ident = self.storage.vpd(addr, scsi::VPD_DEVICE_IDENTIFICATION)?;
+        let mut info = LunInfo::from_scsi(&inquiry, serial.as_deref(), &ident, self.bus_type)
+            .map_err(id_err)?;
+        info.interconnects = vec![Interconnect {
+            address_type: 0,
+            port: self.storage.initiator_name().into_bytes(),
+            address: format!("{},{}", addr.target, addr.lun).into_bytes(),
+        }];
+        let cap = self.storage.read_capacity(addr)?;
+        cap.validate()?;
+        Ok((info, cap))
+    }
+
+    /// Rescans the bus: disks that appeared get the next free disk number, disks that went
+    /// away (or whose identity changed) are removed along with the volumes on them.
+    pub fn rescan(&self) -> Result<RescanReport, HostError> {
+        let addrs = self.storage.report_luns()?;
+        let mut found = Vec::with_capacity(addrs.len().min(4096));
+        for a in addrs.iter().take(4096) {
+            let (info, cap) = self.identify(a)?;
+            found.push((a.clone(), info, cap));
+        }
+        let mut st = self.lock();
+        let mut report = RescanReport::default();
+        let gone: Vec<String> = st
+            .disks
+            .values()
+            .filter(|d| {
+                !found
+                    .iter()
+                    .any(|(a, i, _)| *a == d.address && i.matches_for_import(&d.lun_info))
+            })
+            .map(|d| d.device.clone())
+            .collect();
+        for dev in &gone {
+            st.disks.remove(dev);
+            st.volumes
+                .retain(|_, v| !v.extents.iter().any(|e| &e.device == dev));
+        }
+        report.removed = gone;
+        for (addr, mut info, cap) in found {
+            if st.disks.values().any(|d| d.address == addr) {
+                continue;
+            }
+            let device = format!("\\\\.\\PHYSICALDRIVE{}", st.next_drive);
+            st.next_drive += 1;
+            if let Ok(l) = gpt_flags::read(&self.storage, &addr) {
+                info.disk_signature = l.disk_guid;
+            }
+            tracing::debug!(host = %self.name, %device, lun = %info.describe(), "disk arrived");
+            st.disks.insert(
+                device.clone(),
+                Disk {
+                    device: device.clone(),
+                    address: addr,
+                    lun_info: info,
+                    capacity: cap,
+                },
+            );
+            report.arrived.push(device);
+        }
+        Ok(report)
+    }
+
+    /// Every disk, by device name.
+    pub fn disks(&self) -> Vec<Disk> {
+        self.lock().disks.values().cloned().collect()
+    }
+
+    pub fn disk(&self, device: &str) -> Result<Disk, HostError> {
+        self.lock()
+            .disks
+            .get(device)
+            .cloned()
+            .ok_or_else(|| HostError::NoSuchDisk(device.to_string()))
+    }
+
+    /// The disk whose identity matches `info` (import rule), if present.
+    pub fn find_disk(&self, info: &LunInfo) -> Option<Disk> {
+        self.lock()
+            .disks
+            .values()
+            .find(|d| d.lun_info.matches_for_import(info))
+            .cloned()
+    }
+
+    /// Writes a fresh GPT with partitions of the given sizes (bytes) to a disk.
+    pub fn partition_disk(&self, device: &str, sizes: &[u64]) -> Result<Layout, HostError> {
+        let disk = self.disk(device)?;
+        let parts: Vec<(String, u64)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("data{}", i + 1), *s))
+            .collect();
+        let layout = gpt_flags::create(&self.storage, &disk.address, uuid::Uuid::new_v4(), &parts)?;
+        self.refresh_signature(device, layout.disk_guid);
+        Ok(layout)
+    }
+
+    fn refresh_signature(&self, device: &str, guid: uuid::Uuid) {
+        if let Some(d) = self.lock().disks.get_mut(device) {
+            d.lun_info.disk_signature = guid;
+        }
+    }
+
+    /// The GPT of a disk.
+    pub fn layout(&self, device: &str) -> Result<Layout, HostError> {
+        let disk = self.disk(device)?;
+        Ok(gpt_flags::read(&self.storage, &disk.address)?)
+    }
+
+    /// Sets and clears partition attribute bits on every partition of a disk, optionally
+    /// giving it a new disk GUID.
+    pub fn update_gpt(
+        &self,
+        device: &str,
+        set: u64,
+        clear: u64,
+        new_guid: Option<uuid::Uuid>,
+    ) -> Result<Layout, HostError> {
+        let disk = self.disk(device)?;
+        let layout = gpt_flags::update(&self.storage, &disk.address, set, clear, new_guid)?;
+        self.refresh_signature(device, layout.disk_guid);
+        Ok(layout)
+    }
+
+    /// Mounts a volume made of the given partitions (`(device, 1-based partition index)`, in
+    /// order: several make a spanned volume). Read-only if the partitions say so.
+    pub fn mount(&self, name: &str, parts: &[(String, u32)]) -> Result<Volume, HostError> {
+        let mut extents = Vec::with_capacity(parts.len());
+        let mut read_only = false;
+        let mut block_size = 512;
+        for (device, index) in parts {
+            let disk = self.disk(device)?;
+            block_size = disk.capacity.block_size;
+            let layout = gpt_flags::read(&self.storage, &disk.address)?;
+            let p = layout
+                .partitions
+                .iter()
+                .find(|p| p.index == *index)
+                .ok_or_else(|| HostError::NoSuchPartition {
+                    device: device.clone(),
+                    index: *index,
+                })?;
+            read_only |= p.flags & gpt_flags::READ_ONLY != 0;
+            extents.push(Extent {
+                device: device.clone(),
+                first_lba: p.first_lba,
+                blocks: p.blocks(),
+            });
+        }
+        self.mount_extents(name, extents, read_only, block_size)
+    }
+
+    /// Mounts a volume from known extents.
+    pub fn mount_extents(
+        &self,
+        name: &str,
+        extents: Vec<Extent>,
+        read_only: bool,
+        block_size: u32,
+    ) -> Result<Volume, HostError> {
+        let mut st = self.lock();
+        if st.volumes.contains_key(name) {
+            return Err(HostError::VolumeExists(name.to_string()));
+        }
+        let v = Volume {
+            name: name.to_string(),
+            extents,
+            read_only,
+            block_size,
+        };
+        st.volumes.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Dismounts a volume (no effect on the disks).
+    pub fn dismount(&self, name: &str) -> Result<Volume, HostError> {
+        self.lock()
+            .volumes
+            .remove(name)
+            .ok_or_else(|| HostError::NoSuchVolume(name.to_string()))
+    }
+
+    /// Changes whether a mounted volume is read-only.
+    pub fn set_read_only(&self, name: &str, read_only: bool) -> Result<(), HostError> {
+        let mut st = self.lock();
+        let v = st
+            .volumes
+            .get_mut(name)
+            .ok_or_else(|| HostError::NoSuchVolume(name.to_string()))?;
+        v.read_only = read_only;
+        Ok(())
+    }
+
+    pub fn volume(&self, name: &str) -> Result<Volume, HostError> {
+        self.lock()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| HostError::NoSuchVolume(name.to_string()))
+    }
+
+    pub fn volumes(&self) -> Vec<Volume> {
+        self.lock().volumes.values().cloned().collect()
+    }
+
+    /// Splits `[offset, offset+len)` of a volume into per-extent block runs.
+    fn runs(v: &Volume, offset: u64, len: usize) -> Result<Vec<(Extent, u64, u64)>, HostError> {
+        let bs = v.block_size as u64;
+        let bad = || HostError::VolumeRange {
+            volume: v.name.clone(),
+            offset,
+            len,
+            size: v.bytes(),
+        };
+        if offset % bs != 0 || len as u64 % bs != 0 || offset.saturating_add(len as u64) > v.bytes()
+        {
+            return Err(bad());
+        }
+        let mut runs = Vec::new();
+        let mut first = offset / bs;
+        let mut left = len as u64 / bs;
+        for e in &v.extents {
+            if left == 0 {
+                break;
+            }
+            if first >= e.blocks {
+                first -= e.blocks;
+                continue;
+            }
+            let n = (e.blocks - first).min(left);
+            runs.push((e.clone(), e.first_lba + first, n));
+            left -= n;
+            first = 0;
+        }
+        Ok(runs)
+    }
+
+    /// Reads `len` bytes at `offset` of a volume (block aligned).
+    pub fn read_volume(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, HostError> {
+        let v = self.volume(name)?;
+        let mut out = Vec::with_capacity(len.min(crate::storage::MAX_TRANSFER_BYTES));
+        for (e, lba, n) in Self::runs(&v, offset, len)? {
+            let addr = self.disk(&e.device)?.address;
+            out.extend(self.storage.read(&addr, lba, n as u32)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes to a volume (block aligned). Waits while the volume's disks are held.
+    pub fn write_volume(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), HostError> {
+        let v = self.volume(name)?;
+        if v.read_only {
+            return Err(HostError::ReadOnly(name.to_string()));
+        }
+        let bs = v.block_size as usize;
+        let mut at = 0usize;
+        for (e, lba, n) in Self::runs(&v, offset, data.len())? {
+            self.wait_for_hold(&e.device);
+            let addr = self.disk(&e.device)?.address;
+            let bytes = n as usize * bs;
+            self.storage.write(&addr, lba, &data[at..at + bytes])?;
+            at += bytes;
+        }
+        Ok(())
+    }
+
+    fn wait_for_hold(&self, device: &str) {
+        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.held.contains(device) {
+            let Some(deadline) = st.deadline else { break };
+            let now = Instant::now();
+            if now >= deadline {
+                // The kernel cancels a hold that outlives its window and lets writes through.
+                st.held.clear();
+                st.lapsed = true;
+                self.hold.cv.notify_all();
+                break;
+            }
+            st = self
+                .hold
+                .cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Flush and hold writes to the given disks for at most `window`.
+    pub fn hold_writes(&self, devices: &[String], window: Duration) {
+        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.held = devices.iter().cloned().collect();
+        st.deadline = Some(Instant::now() + window);
+        st.lapsed = false;
+    }
+
+    /// Releases held writes. Returns false if the hold had already lapsed (its window passed).
+    pub fn release_writes(&self) -> bool {
+        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lapsed = st.lapsed || st.deadline.is_some_and(|d| Instant::now() > d);
+        st.held.clear();
+        st.deadline = None;
+        st.lapsed = false;
+        self.hold.cv.notify_all();
+        !lapsed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::san::MemorySan;
+
+    fn host_with_disks(n: usize) -> (Arc<MemorySan>, Arc<Host>) {
+        let san = MemorySan::new();
+        for _ in 0..n {
+            san.create_lun(4 << 20, &["iqn.h"]).unwrap();
+        }
+        let h = Host::new("h", san.host_storage("iqn.h"));
+        h.rescan().unwrap();
+        (san, h)
+    }
+
+    #[test]
+    fn rescan_builds_lun_info_from_scsi_pages_and_numbers_disks() {
+        let (san, h) = host_with_disks(2);
+        let disks = h.disks();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(disks[0].device, "\\\\.\\PHYSICALDRIVE0");
+        let id = san.identity(disks[0].address.lun).unwrap();
+        let expected = LunInfo::from_identity(&id.scsi_identity(&[]), BusType::ISCSI).unwrap();
+        assert!(disks[0].lun_info.matches_for_import(&expected));
+        assert_eq!(
+            disks[0].lun_info.serial_number.as_deref(),
+            Some(id.serial.as_str())
+        );
+        assert_eq!(disks[0].lun_info.identifiers.len(), 3);
+
+        let n = san.create_lun(1 << 20, &["iqn.h"]).unwrap();
+        let r = h.rescan().unwrap();
+        assert_eq!(r.arrived, vec!["\\\\.\\PHYSICALDRIVE2".to_string()]);
+        san.mask(n, "iqn.h").unwrap();
+        let r = h.rescan().unwrap();
+        assert_eq!(r.removed, vec!["\\\\.\\PHYSICALDRIVE2".to_string()]);
+    }
+
+    #[test]
+    fn spanned_volume_maps_offsets_across_disks() {
+        let (_san, h) = host_with_disks(2);
+        let d0 = "\\\\.\\PHYSICALDRIVE0".to_string();
+        let d1 = "\\\\.\\PHYSICALDRIVE1".to_string();
+        h.partition_disk(&d0, &[1 << 20]).unwrap();
+        h.partition_disk(&d1, &[1 << 20]).unwrap();
+        let v = h.mount("E:", &[(d0.clone(), 1), (d1.clone(), 1)]).unwrap();
+        assert_eq!(v.bytes(), 2 << 20);
+        let data: Vec<u8> = (0..1024).map(|i| (i % 251) as u8).collect();
+        // Straddles the boundary between the two disks.
+        h.write_volume("E:", (1 << 20) - 512, &data).unwrap();
+        assert_eq!(h.read_volume("E:", (1 << 20) - 512, 1024).unwrap(), data);
+        let a0 = h.disk(&d0).unwrap().address;
+        let a1 = h.disk(&d1).unwrap().address;
+        assert_eq!(h.storage().read(&a0, 2048 + 2047, 1).unwrap(), data[..512]);
+        assert_eq!(h.storage().read(&a1, 2048, 1).unwrap(), data[512..]);
+        assert!(matches!(
+            h.write_volume("E:", 2 << 20, &data),
+            Err(HostError::VolumeRange { .. })
+        ));
+    }
+
+    #[test]
+    fn held_writes_wait_for_release_and_lapse_after_the_window() {
+        let (_san, h) = host_with_disks(1);
+        let d0 = "\\\\.\\PHYSICALDRIVE0".to_string();
+        h.partition_disk(&d0, &[1 << 20]).unwrap();
+        h.mount("E:", &[(d0.clone(), 1)]).unwrap();
+        h.hold_writes(std::slice::from_ref(&d0), Duration::from_secs(5));
+        let h2 = Arc::clone(&h);
+        let t = std::thread::spawn(move || {
+            let s = Instant::now();
+            h2.write_volume("E:", 0, &[1; 512]).unwrap();
+            s.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.read_volume("E:", 0, 512).unwrap(), vec![0; 512]);
+        assert!(h.release_writes());
+        assert!(t.join().unwrap() >= Duration::from_millis(90));
+        assert_eq!(h.read_volume("E:", 0, 512).unwrap(), vec![1; 512]);
+
+        h.hold_writes(std::slice::from_ref(&d0), Duration::from_millis(50));
+        h.write_volume("E:", 0, &[2; 512]).unwrap();
+        assert!(
+            !h.release_writes(),
+            "a hold past its window reports the lapse"
+        );
+    }
+}
