@@ -5,10 +5,31 @@
 //! initiator's LUN map (masking), answers REPORT LUNS, keeps unit attentions per I_T nexus and
 //! reservations, and lets each logical unit execute against its [`BlockDevice`].
 //!
+//! Layout: [`cdb`] parses CDBs into typed commands (no state), `exec` runs them (one module
+//! per command family: inquiry, block, mode, pr, opcodes), [`sense`] is the only place sense
+//! data is built, [`LogicalUnit`] holds per-LU state (unit attentions per I_T nexus,
+//! reservations, write cache), and [`Target`] does masking and routing. [`FileDevice`] and
+//! [`MemDevice`] are ready-made [`BlockDevice`]s. `docs/scsi.md` has the command table.
+//!
 //! Not here: PDUs, sockets, sessions (see `iscsi`), or how blocks are stored (see `blockstore`).
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
+
+pub mod cdb;
+mod device;
+mod exec;
+mod lu;
+pub mod sense;
+mod target;
+
+pub use device::{FileDevice, MemDevice};
+pub use exec::inquiry::SUPPORTED_VPD;
+pub use exec::limits;
+pub use exec::pr::{kind as pr_type, out_sa as pr_out_action};
+pub use lu::{LogicalUnit, LuIdentity};
+pub use sense::Sense;
+pub use target::{MAX_LUN, Target, decode_lun, encode_lun};
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -116,6 +137,26 @@ pub struct Outcome {
     pub sense: Option<Vec<u8>>,
     /// Data for the initiator, never longer than the command's allocation length.
     pub data_in: Vec<u8>,
+}
+
+impl Outcome {
+    /// GOOD with data.
+    pub fn good(data_in: Vec<u8>) -> Self {
+        Self {
+            status: status::GOOD,
+            sense: None,
+            data_in,
+        }
+    }
+
+    /// CHECK CONDITION with the sense's fixed-format bytes.
+    pub fn check(sense: &Sense) -> Self {
+        Self {
+            status: status::CHECK_CONDITION,
+            sense: Some(sense.encode()),
+            data_in: Vec::new(),
+        }
+    }
 }
 
 /// Task management functions (SAM-5) a transport forwards.

@@ -1,0 +1,505 @@
+//! Two [`BlockDevice`]s: [`FileDevice`] over a regular file and [`MemDevice`] in memory.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use crate::{BlockDevice, DeviceError};
+
+fn io_err(e: io::Error, offset: u64, write: bool) -> DeviceError {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::IO.raw_os_error() => {
+            DeviceError::Medium { offset, write }
+        }
+        Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error() => DeviceError::NoSpace,
+        Some(code) if code == rustix::io::Errno::ROFS.raw_os_error() => DeviceError::ReadOnly,
+        _ => DeviceError::Io(e.to_string()),
+    }
+}
+
+/// A block device over a regular file: `pread`/`pwrite`, `fdatasync` for flush and FUA, and
+/// hole punching for discard (zeros written where the filesystem cannot punch).
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    read_only: bool,
+    punch: AtomicBool,
+}
+
+impl FileDevice {
+    /// Opens an existing file; its length (rounded down to whole blocks) is the capacity.
+    pub fn open(path: &Path, block_size: u32, read_only: bool) -> io::Result<Self> {
+        if !matches!(block_size, 512 | 4096) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("block size {block_size} is not 512 or 4096"),
+            ));
+        }
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            block_size,
+            num_blocks: AtomicU64::new(len / u64::from(block_size)),
+            read_only,
+            punch: AtomicBool::new(true),
+        })
+    }
+
+    /// Creates (or truncates) a sparse file of `num_blocks` blocks and opens it.
+    pub fn create(path: &Path, block_size: u32, num_blocks: u64) -> io::Result<Self> {
+        let len = num_blocks
+            .checked_mul(u64::from(block_size))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size overflows"))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)?;
+        f.set_len(len)?;
+        drop(f);
+        Self::open(path, block_size, false)
+    }
+
+    /// Grows or shrinks the file to `num_blocks`. Tell the logical unit afterwards
+    /// ([`crate::LogicalUnit::capacity_changed`]).
+    pub fn resize(&self, num_blocks: u64) -> io::Result<()> {
+        let len = num_blocks
+            .checked_mul(u64::from(self.block_size))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size overflows"))?;
+        self.file.set_len(len)?;
+        self.num_blocks.store(num_blocks, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn end(&self) -> u64 {
+        self.num_blocks.load(Ordering::Relaxed) * u64::from(self.block_size)
+    }
+
+    fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        match offset.checked_add(len) {
+            Some(e) if e <= self.end() => Ok(()),
+            _ => Err(DeviceError::OutOfRange),
+        }
+    }
+
+    fn write_zeros(&self, mut offset: u64, len: u64) -> Result<(), DeviceError> {
+        let zeros = vec![0u8; (1 << 20).min(len as usize)];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(zeros.len() as u64) as usize;
+            self.file
+                .write_all_at(&zeros[..n], offset)
+                .map_err(|e| io_err(e, offset, true))?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Relaxed)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.check(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| io_err(e, offset, false))
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        if self.read_only {
+            return Err(DeviceError::ReadOnly);
+        }
+        self.check(offset, data.len() as u64)?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| io_err(e, offset, true))?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| io_err(e, 0, true))
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        if self.read_only {
+            return Err(DeviceError::ReadOnly);
+        }
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.punch.load(Ordering::Relaxed) {
+            use rustix::fs::{FallocateFlags, fallocate};
+            match fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+                    tracing::info!("filesystem cannot punch holes; discard writes zeros");
+                    self.punch.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io_err(e.into(), offset, true)),
+            }
+        }
+        self.write_zeros(offset, len)
+    }
+
+    fn thin_provisioned(&self) -> bool {
+        !self.read_only
+    }
+
+    fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
+        use rustix::fs::{SeekFrom, seek};
+        let end = self.end();
+        if offset >= end {
+            return Err(DeviceError::OutOfRange);
+        }
+        let io = |e: rustix::io::Errno| DeviceError::Io(e.to_string());
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            Ok(d) if d <= offset => {
+                let hole = seek(&self.file, SeekFrom::Hole(offset)).map_err(io)?;
+                Ok((true, hole.min(end).saturating_sub(offset).max(1)))
+            }
+            Ok(d) => Ok((false, d.min(end) - offset)),
+            Err(rustix::io::Errno::NXIO) => Ok((false, end - offset)),
+            Err(rustix::io::Errno::INVAL) => Ok((true, end - offset)),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// An in-memory, thin-provisioned block device for tests and benchmarks: data in 64 KiB
+/// chunks allocated on first write, a per-block mapped bit, an optional pool limit (writes
+/// needing more blocks fail with [`DeviceError::NoSpace`]), injectable medium errors and a
+/// write-protect switch.
+#[derive(Debug)]
+pub struct MemDevice {
+    block_size: u32,
+    inner: RwLock<MemInner>,
+    read_only: AtomicBool,
+    flushes: AtomicU64,
+    bad_blocks: Mutex<Vec<u64>>,
+}
+
+#[derive(Debug)]
+struct MemInner {
+    num_blocks: u64,
+    chunks: std::collections::HashMap<u64, Box<[u8]>>,
+    mapped: Vec<u64>,
+    mapped_count: u64,
+    pool_limit: Option<u64>,
+}
+
+const CHUNK: u64 = 64 * 1024;
+
+impl MemInner {
+    fn is_mapped(&self, b: u64) -> bool {
+        self.mapped[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+    fn set_mapped(&mut self, b: u64, on: bool) {
+        let w = &mut self.mapped[(b / 64) as usize];
+        let bit = 1u64 << (b % 64);
+        if on && *w & bit == 0 {
+            *w |= bit;
+            self.mapped_count += 1;
+        } else if !on && *w & bit != 0 {
+            *w &= !bit;
+            self.mapped_count -= 1;
+        }
+    }
+}
+
+impl MemDevice {
+    /// A zero-filled device of `num_blocks` blocks of `block_size` bytes.
+    pub fn new(block_size: u32, num_blocks: u64) -> Self {
+        Self {
+            block_size,
+            inner: RwLock::new(MemInner {
+                num_blocks,
+                chunks: Default::default(),
+                mapped: vec![0; num_blocks.div_ceil(64) as usize],
+                mapped_count: 0,
+                pool_limit: None,
+            }),
+            read_only: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+            bad_blocks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Limits how many blocks may be mapped at once (a thin pool of that size).
+    pub fn set_pool_limit(&self, blocks: Option<u64>) {
+        self.inner.write().expect("lock").pool_limit = blocks;
+    }
+
+    pub fn set_read_only(&self, ro: bool) {
+        self.read_only.store(ro, Ordering::SeqCst);
+    }
+
+    /// Makes reads and writes touching `lba` fail with a medium error.
+    pub fn inject_medium_error(&self, lba: u64) {
+        self.bad_blocks.lock().expect("lock").push(lba);
+    }
+
+    /// Number of completed flushes (SYNCHRONIZE CACHE and FUA writes).
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::SeqCst)
+    }
+
+    /// Blocks currently mapped.
+    pub fn mapped_blocks(&self) -> u64 {
+        self.inner.read().expect("lock").mapped_count
+    }
+
+    /// Changes the capacity; blocks beyond a shrunk end are dropped.
+    pub fn resize(&self, num_blocks: u64) {
+        let mut g = self.inner.write().expect("lock");
+        for b in num_blocks..g.num_blocks {
+            g.set_mapped(b, false);
+        }
+        let bs = u64::from(self.block_size);
+        g.chunks.retain(|&c, _| c * CHUNK < num_blocks * bs);
+        g.mapped.resize(num_blocks.div_ceil(64) as usize, 0);
+        g.num_blocks = num_blocks;
+    }
+
+    fn bad(&self, offset: u64, len: u64, write: bool) -> Result<(), DeviceError> {
+        let bs = u64::from(self.block_size);
+        let first = offset / bs;
+        let last = (offset + len).div_ceil(bs);
+        if let Some(&b) = self
+            .bad_blocks
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|&&b| b >= first && b < last)
+            .min()
+        {
+            return Err(DeviceError::Medium {
+                offset: b * bs,
+                write,
+            });
+        }
+        Ok(())
+    }
+
+    fn range(&self, g: &MemInner, offset: u64, len: u64) -> Result<(), DeviceError> {
+        match offset.checked_add(len) {
+            Some(e) if e <= g.num_blocks * u64::from(self.block_size) => Ok(()),
+            _ => Err(DeviceError::OutOfRange),
+        }
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.inner.read().expect("lock").num_blocks
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let g = self.inner.read().expect("lock");
+        self.range(&g, offset, buf.len() as u64)?;
+        self.bad(offset, buf.len() as u64, false)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let (c, within) = (pos / CHUNK, (pos % CHUNK) as usize);
+            let n = (CHUNK as usize - within).min(buf.len() - done);
+            match g.chunks.get(&c) {
+                Some(chunk) => buf[done..done + n].copy_from_slice(&chunk[within..within + n]),
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        if self.read_only.load(Ordering::SeqCst) {
+            return Err(DeviceError::ReadOnly);
+        }
+        let mut g = self.inner.write().expect("lock");
+        self.range(&g, offset, data.len() as u64)?;
+        self.bad(offset, data.len() as u64, true)?;
+        let bs = u64::from(self.block_size);
+        let (first, last) = (offset / bs, (offset + data.len() as u64).div_ceil(bs));
+        if let Some(limit) = g.pool_limit {
+            let new = (first..last).filter(|&b| !g.is_mapped(b)).count() as u64;
+            if g.mapped_count + new > limit {
+                return Err(DeviceError::NoSpace);
+            }
+        }
+        for b in first..last {
+            g.set_mapped(b, true);
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let (c, within) = (pos / CHUNK, (pos % CHUNK) as usize);
+            let n = (CHUNK as usize - within).min(data.len() - done);
+            let chunk = g
+                .chunks
+                .entry(c)
+                .or_insert_with(|| vec![0u8; CHUNK as usize].into_boxed_slice());
+            chunk[within..within + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        drop(g);
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        if self.read_only.load(Ordering::SeqCst) {
+            return Err(DeviceError::ReadOnly);
+        }
+        let mut g = self.inner.write().expect("lock");
+        self.range(&g, offset, len)?;
+        let bs = u64::from(self.block_size);
+        for b in offset / bs..(offset + len) / bs {
+            g.set_mapped(b, false);
+        }
+        let mut pos = offset;
+        while pos < offset + len {
+            let (c, within) = (pos / CHUNK, (pos % CHUNK) as usize);
+            let n = (CHUNK - within as u64).min(offset + len - pos) as usize;
+            if within == 0 && n == CHUNK as usize {
+                g.chunks.remove(&c);
+            } else if let Some(chunk) = g.chunks.get_mut(&c) {
+                chunk[within..within + n].fill(0);
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn thin_provisioned(&self) -> bool {
+        true
+    }
+
+    fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
+        let g = self.inner.read().expect("lock");
+        let bs = u64::from(self.block_size);
+        let first = offset / bs;
+        if first >= g.num_blocks {
+            return Err(DeviceError::OutOfRange);
+        }
+        let state = g.is_mapped(first);
+        let mut b = first + 1;
+        while b < g.num_blocks && g.is_mapped(b) == state {
+            b += 1;
+        }
+        Ok((state, b * bs - offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_device_tracks_mapping_and_pool_limit() {
+        let d = MemDevice::new(512, 1000);
+        d.set_pool_limit(Some(4));
+        d.write_at(512 * 10, &[1u8; 1024], false).unwrap();
+        assert_eq!(d.mapped_blocks(), 2);
+        assert_eq!(d.mapping_status(0).unwrap(), (false, 5120));
+        assert_eq!(d.mapping_status(5120).unwrap(), (true, 1024));
+        assert_eq!(
+            d.write_at(0, &[1u8; 1536], false),
+            Err(DeviceError::NoSpace)
+        );
+        d.discard(512 * 10, 512).unwrap();
+        assert_eq!(d.mapped_blocks(), 1);
+        let mut b = [9u8; 1024];
+        d.read_at(512 * 10, &mut b).unwrap();
+        assert_eq!(&b[..512], &[0u8; 512]);
+        assert_eq!(&b[512..], &[1u8; 512]);
+    }
+
+    #[test]
+    fn mem_device_reads_across_chunks() {
+        let d = MemDevice::new(512, 1024);
+        let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+        d.write_at(CHUNK - 1024, &data, false).unwrap();
+        let mut back = vec![0u8; 4096];
+        d.read_at(CHUNK - 1024, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(
+            d.read_at(512 * 1024, &mut [0u8; 512]),
+            Err(DeviceError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn file_device_punches_holes_and_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun.img");
+        let d = FileDevice::create(&p, 512, 2048).unwrap();
+        assert_eq!(d.num_blocks(), 2048);
+        assert!(!d.mapping_status(0).unwrap().0);
+        d.write_at(0, &[7u8; 1 << 16], true).unwrap();
+        let (mapped, len) = d.mapping_status(0).unwrap();
+        assert!(mapped);
+        assert!(len >= 1 << 16);
+        d.discard(0, 1 << 16).unwrap();
+        let mut b = vec![1u8; 1 << 16];
+        d.read_at(0, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        // tmpfs and ext4 both punch: the range is a hole again.
+        assert!(!d.mapping_status(0).unwrap().0);
+        assert_eq!(
+            d.read_at(2048 * 512, &mut [0u8; 512]),
+            Err(DeviceError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn file_device_data_survives_reopen_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun.img");
+        {
+            let d = FileDevice::create(&p, 4096, 16).unwrap();
+            d.write_at(4096 * 3, &[0xA5; 4096], false).unwrap();
+            d.flush().unwrap();
+        }
+        let d = FileDevice::open(&p, 4096, true).unwrap();
+        let mut b = [0u8; 4096];
+        d.read_at(4096 * 3, &mut b).unwrap();
+        assert_eq!(b, [0xA5; 4096]);
+        assert_eq!(d.write_at(0, &b, false), Err(DeviceError::ReadOnly));
+    }
+}

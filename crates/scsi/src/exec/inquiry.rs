@@ -1,0 +1,89 @@
+//! INQUIRY: standard data and the VPD pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2.
+
+use vss::scsi::{
+    Designator, StandardInquiry, encode_device_identification, encode_supported_pages,
+    encode_unit_serial,
+};
+
+use super::{Ctx, Res, limits};
+use crate::sense::{Asc, Sense, key};
+
+/// VPD pages served, ascending.
+pub const SUPPORTED_VPD: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+
+pub(crate) fn standard(ctx: &Ctx<'_>) -> StandardInquiry {
+    let id = ctx.lu.identity();
+    StandardInquiry::block_device(&id.vendor, &id.product, &id.revision)
+}
+
+/// Standard INQUIRY data for a LUN that has no logical unit: peripheral qualifier 3,
+/// device type 0x1F (SPC-4 6.6.2).
+pub fn unmapped_standard() -> Vec<u8> {
+    let mut inq = StandardInquiry::block_device("", "", "");
+    inq.peripheral_qualifier = 3;
+    inq.device_type = 0x1F;
+    inq.cmdque = false;
+    inq.encode()
+}
+
+pub(crate) fn inquiry(ctx: &Ctx<'_>, evpd: bool, page: u8) -> Res {
+    let std = standard(ctx);
+    if !evpd {
+        return Ok(std.encode());
+    }
+    let p = std.peripheral();
+    let lu = ctx.lu;
+    let bs = lu.device().block_size();
+    Ok(match page {
+        0x00 => encode_supported_pages(p, &SUPPORTED_VPD),
+        0x80 => encode_unit_serial(p, &lu.identity().serial),
+        0x83 => {
+            let mut ds: Vec<Designator> = lu.identity().designators.clone();
+            let tp = ctx.nexus.target_port;
+            ds.extend(Designator::iscsi_target_port(ctx.target_name, tp, tp));
+            ds.push(Designator::iscsi_target_device(ctx.target_name));
+            encode_device_identification(p, &ds).map_err(|e| {
+                tracing::error!(error = %e, "logical unit identity cannot be encoded");
+                Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
+            })?
+        }
+        0xB0 => {
+            let mut b = vec![0u8; 64];
+            b[0] = p;
+            b[1] = 0xB0;
+            b[3] = 0x3C;
+            b[4] = 0x01; // WSNZ: WRITE SAME with zero blocks is refused.
+            b[5] = limits::MAX_COMPARE_AND_WRITE as u8;
+            b[8..12].copy_from_slice(&limits::max_transfer_blocks(bs).to_be_bytes());
+            b[12..16].copy_from_slice(&limits::optimal_transfer_blocks(bs).to_be_bytes());
+            if lu.thin() {
+                b[20..24].copy_from_slice(&limits::max_unmap_blocks(bs).to_be_bytes());
+                b[24..28].copy_from_slice(&limits::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+                b[28..32].copy_from_slice(&(4096 / bs).max(1).to_be_bytes());
+            }
+            b[36..44].copy_from_slice(&limits::max_write_same_blocks(bs).to_be_bytes());
+            b
+        }
+        0xB1 => {
+            let mut b = vec![0u8; 64];
+            b[0] = p;
+            b[1] = 0xB1;
+            b[3] = 0x3C;
+            b[5] = 0x01; // MEDIUM ROTATION RATE: non-rotating medium.
+            b
+        }
+        0xB2 => {
+            let mut b = vec![0u8; 8];
+            b[0] = p;
+            b[1] = 0xB2;
+            b[3] = 4;
+            if lu.thin() {
+                // LBPU, LBPWS, LBPWS10, LBPRZ; provisioning type 2 (thin).
+                b[5] = 0x80 | 0x40 | 0x20 | 0x04;
+                b[6] = 0x02;
+            }
+            b
+        }
+        _ => return Err(Sense::invalid_cdb(2, None).into()),
+    })
+}

@@ -1,0 +1,364 @@
+//! A logical unit: a [`BlockDevice`](crate::BlockDevice), its identity, and the state SCSI keeps
+//! per logical unit (unit attentions per I_T nexus, reservations, the write cache switch).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use vss::scsi::Designator;
+
+use crate::cdb::{Access, Cdb};
+use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
+use crate::sense::{Asc, FIXED_SENSE_LEN, Sense};
+use crate::{Device, Nexus, Outcome};
+
+/// What a logical unit says about itself (INQUIRY, VPD 0x80 and 0x83). Set by the array and
+/// fixed for the LUN's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuIdentity {
+    /// T10 vendor identification (at most 8 ASCII characters).
+    pub vendor: String,
+    /// Product identification (at most 16).
+    pub product: String,
+    /// Product revision level (at most 4).
+    pub revision: String,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// Association-0 designators of VPD 0x83; the target adds its port designators.
+    pub designators: Vec<Designator>,
+}
+
+/// Unit attention conditions of one I_T nexus, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct UaQueue(VecDeque<Asc>);
+
+impl UaQueue {
+    fn push(&mut self, asc: Asc) {
+        if !self.0.contains(&asc) {
+            self.0.push_back(asc);
+        }
+    }
+}
+
+/// Mutable SCSI state of a logical unit.
+#[derive(Debug, Default)]
+pub(crate) struct LuState {
+    /// Every I_T nexus that has contacted this logical unit, with its pending unit attentions.
+    ua: HashMap<Nexus, UaQueue>,
+    pub pr: PrState,
+    /// RESERVE(6) holder.
+    pub spc2: Option<Nexus>,
+}
+
+impl LuState {
+    /// Establishes a unit attention on every known I_T nexus for which `to` holds.
+    pub fn establish(&mut self, asc: Asc, to: impl Fn(&Nexus) -> bool) {
+        for (n, q) in self.ua.iter_mut() {
+            if to(n) {
+                q.push(asc);
+            }
+        }
+    }
+}
+
+/// A logical unit, shared as `Arc<LogicalUnit>` between the LUN maps of several initiators.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    device: Device,
+    identity: LuIdentity,
+    state: Mutex<LuState>,
+    /// Shared by ordinary I/O, exclusive for COMPARE AND WRITE.
+    io_gate: RwLock<()>,
+    write_protect: AtomicBool,
+    wce: AtomicBool,
+}
+
+impl std::fmt::Debug for dyn crate::BlockDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockDevice")
+            .field("block_size", &self.block_size())
+            .field("num_blocks", &self.num_blocks())
+            .finish()
+    }
+}
+
+impl LogicalUnit {
+    pub fn new(device: Device, identity: LuIdentity) -> Self {
+        Self {
+            device,
+            identity,
+            state: Mutex::new(LuState::default()),
+            io_gate: RwLock::new(()),
+            write_protect: AtomicBool::new(false),
+            wce: AtomicBool::new(true),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn identity(&self) -> &LuIdentity {
+        &self.identity
+    }
+
+    /// Tells the logical unit its device changed size: every I_T nexus that knows it gets
+    /// CAPACITY DATA HAS CHANGED (2A/09).
+    pub fn capacity_changed(&self) {
+        tracing::info!(serial = %self.identity.serial, blocks = self.device.num_blocks(), "capacity changed");
+        self.lock()
+            .establish(Asc::CAPACITY_DATA_HAS_CHANGED, |_| true);
+    }
+
+    /// Write-protects (or unprotects) the logical unit: writes fail with DATA PROTECT /
+    /// WRITE PROTECTED and MODE SENSE reports WP.
+    pub fn set_write_protected(&self, on: bool) {
+        self.write_protect.store(on, Ordering::SeqCst);
+    }
+
+    pub fn write_protected(&self) -> bool {
+        self.write_protect.load(Ordering::SeqCst)
+    }
+
+    /// Whether the write cache is enabled (caching mode page WCE). When off, every write is
+    /// made durable before it completes.
+    pub fn write_cache_enabled(&self) -> bool {
+        self.wce.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_write_cache(&self, on: bool) {
+        self.wce.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn thin(&self) -> bool {
+        self.device.thin_provisioned()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LuState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn io_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.io_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn io_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.io_gate.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mode_parameters_changed(&self, by: &Nexus) {
+        self.lock()
+            .establish(Asc::MODE_PARAMETERS_CHANGED, |n| n != by);
+    }
+
+    /// Establishes a unit attention for the I_T nexuses of `initiator` (all of its ports).
+    pub(crate) fn notify_initiator(&self, initiator: &str, asc: Asc) {
+        self.lock().establish(asc, |n| n.initiator == initiator);
+    }
+
+    /// LOGICAL UNIT RESET: releases a RESERVE(6) reservation and tells every other I_T nexus.
+    pub(crate) fn reset(&self, by: Option<&Nexus>, asc: Asc, cold: bool) {
+        let mut st = self.lock();
+        st.spc2 = None;
+        if cold {
+            st.pr = PrState::default();
+        }
+        st.establish(asc, |n| Some(n) != by);
+    }
+
+    /// Forgets an I_T nexus: its unit attentions and its RESERVE(6) reservation. Persistent
+    /// reservations survive, as SPC-4 requires.
+    pub(crate) fn nexus_lost(&self, nexus: &Nexus) {
+        let mut st = self.lock();
+        st.ua.remove(nexus);
+        if st.spc2.as_ref() == Some(nexus) {
+            st.spc2 = None;
+        }
+    }
+
+    /// Forgets the unit attentions of an I_T nexus (the LUN was unmapped from it).
+    pub(crate) fn nexus_lost_ua_only(&self, nexus: &Nexus) {
+        self.lock().ua.remove(nexus);
+    }
+
+    /// Handles unit attentions for an incoming command (SAM-5 5.14, SPC-4 5.10): returns the
+    /// condition to report instead of running the command, if any. A nexus's first contact
+    /// establishes POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    pub(crate) fn take_ua(&self, nexus: &Nexus, op: u8) -> Option<Sense> {
+        use crate::cdb::opcode::*;
+        let mut st = self.lock();
+        let q = st.ua.entry(nexus.clone()).or_insert_with(|| {
+            let mut q = UaQueue::default();
+            q.push(Asc::POWER_ON_RESET);
+            q
+        });
+        match op {
+            INQUIRY | REQUEST_SENSE => None,
+            REPORT_LUNS => {
+                q.0.retain(|a| *a != Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+                None
+            }
+            _ => q.0.pop_front().map(Sense::unit_attention),
+        }
+    }
+
+    /// REQUEST SENSE: the oldest unit attention (cleared), or NO SENSE.
+    fn request_sense(&self, nexus: &Nexus) -> Vec<u8> {
+        let mut st = self.lock();
+        let s = st
+            .ua
+            .get_mut(nexus)
+            .and_then(|q| q.0.pop_front())
+            .map(Sense::unit_attention)
+            .unwrap_or(Sense::new(
+                crate::sense::key::NO_SENSE,
+                Asc::NO_ADDITIONAL_SENSE,
+            ));
+        s.encode()
+    }
+
+    /// Reservation conflicts (SPC-2 RESERVE and SPC-4 persistent reservations).
+    fn conflict(&self, nexus: &Nexus, cdb: &Cdb) -> bool {
+        let st = self.lock();
+        if let Some(h) = &st.spc2
+            && h != nexus
+            && !matches!(
+                cdb,
+                Cdb::Inquiry { .. }
+                    | Cdb::ReportLuns { .. }
+                    | Cdb::RequestSense { .. }
+                    | Cdb::Release6
+                    | Cdb::ReportOpcodes { .. }
+                    | Cdb::ReportTmf { .. }
+            )
+        {
+            return true;
+        }
+        match cdb.access() {
+            Access::Always | Access::PrOut => false,
+            a => st.pr.conflicts(nexus, a),
+        }
+    }
+
+    /// Runs a parsed command against this logical unit. Unit attentions are handled by the
+    /// caller ([`LogicalUnit::take_ua`]).
+    pub(crate) fn run(
+        &self,
+        nexus: &Nexus,
+        target_name: &str,
+        cdb: &Cdb,
+        data_out: &[u8],
+    ) -> Outcome {
+        if self.conflict(nexus, cdb) {
+            tracing::debug!(?cdb, initiator = %nexus.initiator_port, "reservation conflict");
+            return Fail::Conflict.outcome();
+        }
+        let ctx = Ctx {
+            lu: self,
+            nexus,
+            target_name,
+            data_out,
+        };
+        let (res, alloc): (Res, Option<u32>) = match *cdb {
+            Cdb::TestUnitReady => (Ok(Vec::new()), None),
+            Cdb::Inquiry { evpd, page, alloc } => {
+                (exec::inquiry::inquiry(&ctx, evpd, page), Some(alloc))
+            }
+            Cdb::RequestSense { alloc } => (Ok(self.request_sense(nexus)), Some(alloc)),
+            // Answered by the target; kept here for completeness of the match.
+            Cdb::ReportLuns { .. } => (Err(Sense::invalid_opcode().into()), None),
+            Cdb::ModeSense {
+                ten,
+                dbd,
+                llbaa,
+                pc,
+                page,
+                subpage,
+                alloc,
+            } => (
+                exec::mode::mode_sense(&ctx, ten, dbd, llbaa, pc, page, subpage),
+                Some(alloc),
+            ),
+            Cdb::ModeSelect { ten, len } => (exec::mode::mode_select(&ctx, ten, len), None),
+            Cdb::Read {
+                lba,
+                blocks,
+                len_at,
+            } => (exec::block::read(&ctx, lba, blocks, len_at), None),
+            Cdb::Write {
+                lba,
+                blocks,
+                fua,
+                len_at,
+            } => (exec::block::write(&ctx, lba, blocks, fua, len_at), None),
+            Cdb::WriteAndVerify {
+                lba,
+                blocks,
+                bytchk: _,
+                len_at,
+            } => (
+                exec::block::write_and_verify(&ctx, lba, blocks, len_at),
+                None,
+            ),
+            Cdb::Verify {
+                lba,
+                blocks,
+                bytchk,
+                len_at,
+            } => (exec::block::verify(&ctx, lba, blocks, bytchk, len_at), None),
+            Cdb::ReadCapacity10 => (exec::block::read_capacity_10(&ctx), None),
+            Cdb::ReadCapacity16 { alloc } => (exec::block::read_capacity_16(&ctx), Some(alloc)),
+            Cdb::SynchronizeCache { lba, blocks } => {
+                (exec::block::synchronize_cache(&ctx, lba, blocks), None)
+            }
+            Cdb::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                ndob,
+                len_at,
+            } => (
+                exec::block::write_same(&ctx, lba, blocks, unmap, ndob, len_at),
+                None,
+            ),
+            Cdb::Unmap { len } => (exec::block::unmap(&ctx, len), None),
+            Cdb::CompareAndWrite { lba, blocks, fua } => {
+                (exec::block::compare_and_write(&ctx, lba, blocks, fua), None)
+            }
+            Cdb::GetLbaStatus { lba, alloc } => {
+                (exec::block::get_lba_status(&ctx, lba, alloc), Some(alloc))
+            }
+            Cdb::ReportOpcodes {
+                rctd,
+                options,
+                opcode,
+                sa,
+                alloc,
+            } => (
+                exec::opcodes::report_opcodes(self.thin(), rctd, options, opcode, sa),
+                Some(alloc),
+            ),
+            Cdb::ReportTmf { repd, alloc } => (Ok(exec::opcodes::report_tmf(repd)), Some(alloc)),
+            Cdb::PrIn { sa, alloc } => (exec::pr::pr_in(&ctx, sa, alloc), Some(alloc)),
+            Cdb::PrOut {
+                sa,
+                scope,
+                kind,
+                len,
+            } => (exec::pr::pr_out(&ctx, sa, scope, kind, len), None),
+            Cdb::Reserve6 => (exec::pr::reserve6(&ctx), None),
+            Cdb::Release6 => (exec::pr::release6(&ctx), None),
+        };
+        match res {
+            Ok(mut data) => {
+                if let Some(a) = alloc {
+                    data.truncate(a as usize);
+                }
+                Outcome::good(data)
+            }
+            Err(f) => f.outcome(),
+        }
+    }
+}
+
+const _: () = assert!(FIXED_SENSE_LEN == 18);

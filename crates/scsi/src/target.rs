@@ -1,0 +1,262 @@
+//! The target: LUN maps per initiator (masking), REPORT LUNS, unit attentions on map changes,
+//! task management, and routing of every command to its logical unit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::cdb::{self, Cdb};
+use crate::exec::inquiry;
+use crate::lu::LogicalUnit;
+use crate::sense::{Asc, Sense};
+use crate::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
+
+/// Highest LUN number: flat space addressing holds 14 bits.
+pub const MAX_LUN: u64 = 0x3FFF;
+
+/// Decodes the 8-byte LUN field (as a big-endian u64) into a LUN number: peripheral device
+/// addressing (bus 0) for LUNs below 256, flat space addressing above (SAM-5 4.7). Anything
+/// else (other methods, second-level LUNs) is `None`.
+pub fn decode_lun(field: u64) -> Option<u64> {
+    if field & 0x0000_FFFF_FFFF_FFFF != 0 {
+        return None;
+    }
+    let hi = (field >> 48) as u16;
+    match hi >> 14 {
+        0 if hi >> 8 == 0 => Some(u64::from(hi & 0xFF)),
+        1 => Some(u64::from(hi & 0x3FFF)),
+        _ => None,
+    }
+}
+
+/// Encodes a LUN number as the 8-byte LUN field (see [`decode_lun`]).
+pub fn encode_lun(lun: u64) -> u64 {
+    if lun < 256 {
+        lun << 48
+    } else {
+        (0x4000 | (lun & 0x3FFF)) << 48
+    }
+}
+
+/// A SCSI target device: what the iSCSI layer calls for every command.
+#[derive(Debug)]
+pub struct Target {
+    name: String,
+    /// initiator name -> LUN -> logical unit.
+    maps: RwLock<HashMap<String, BTreeMap<u64, Arc<LogicalUnit>>>>,
+    /// I_T nexuses currently known, to tell them about map changes.
+    nexuses: Mutex<HashSet<Nexus>>,
+}
+
+impl Target {
+    /// A target with no LUNs. `target_name` is the iSCSI target name, used in the target port
+    /// designators of VPD page 0x83.
+    pub fn new(target_name: &str) -> Self {
+        Self {
+            name: target_name.to_string(),
+            maps: RwLock::new(HashMap::new()),
+            nexuses: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lu_for(&self, initiator: &str, lun: u64) -> Option<Arc<LogicalUnit>> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.get(initiator).and_then(|m| m.get(&lun)).cloned()
+    }
+
+    fn remember(&self, nexus: &Nexus) {
+        let mut n = self.nexuses.lock().unwrap_or_else(|p| p.into_inner());
+        if !n.contains(nexus) {
+            tracing::debug!(initiator = %nexus.initiator_port, port = nexus.target_port, "new I_T nexus");
+            n.insert(nexus.clone());
+        }
+    }
+
+    /// Executes one command to completion. Blocking; call from worker threads.
+    pub fn execute(&self, cmd: &Command<'_>) -> Outcome {
+        self.remember(cmd.nexus);
+        let op = cmd.cdb.first().copied().unwrap_or(0xFF);
+        let lu = decode_lun(cmd.lun).and_then(|l| self.lu_for(&cmd.nexus.initiator, l));
+        if let Some(lu) = &lu
+            && let Some(ua) = lu.take_ua(cmd.nexus, op)
+        {
+            tracing::debug!(asc = ?ua.asc, "unit attention reported");
+            return Outcome::check(&ua);
+        }
+        let parsed = match cdb::parse(cmd.cdb) {
+            Ok(c) => c,
+            Err(s) => {
+                tracing::debug!(op, sense = %s, "CDB rejected");
+                return Outcome::check(&s);
+            }
+        };
+        if let Cdb::ReportLuns { select, alloc } = parsed {
+            let mut data = self.report_luns(&cmd.nexus.initiator, select);
+            data.truncate(alloc as usize);
+            return Outcome::good(data);
+        }
+        match lu {
+            Some(lu) => lu.run(cmd.nexus, &self.name, &parsed, cmd.data_out),
+            None => match parsed {
+                Cdb::Inquiry {
+                    evpd: false, alloc, ..
+                } => {
+                    let mut d = inquiry::unmapped_standard();
+                    d.truncate(alloc as usize);
+                    Outcome::good(d)
+                }
+                Cdb::RequestSense { alloc } => {
+                    let mut d = Sense::lun_not_supported().encode();
+                    d.truncate(alloc as usize);
+                    Outcome::good(d)
+                }
+                _ => Outcome::check(&Sense::lun_not_supported()),
+            },
+        }
+    }
+
+    fn report_luns(&self, initiator: &str, select: u8) -> Vec<u8> {
+        let luns = if select == 1 {
+            Vec::new() // no well-known logical units
+        } else {
+            self.luns_for(initiator)
+        };
+        let mut out = Vec::with_capacity(8 + 8 * luns.len());
+        out.extend_from_slice(&((luns.len() * 8) as u32).to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for l in luns {
+            out.extend_from_slice(&encode_lun(l).to_be_bytes());
+        }
+        out
+    }
+
+    /// A task management function. Commands run to completion inside [`Target::execute`], so
+    /// there is never a queued task here to abort: ABORT TASK, ABORT TASK SET and CLEAR TASK
+    /// SET complete (the transport drops commands it has not handed over yet).
+    pub fn task_management(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        f: TaskManagement,
+    ) -> TaskManagementResponse {
+        self.remember(nexus);
+        let lu = decode_lun(lun).and_then(|l| self.lu_for(&nexus.initiator, l));
+        match f {
+            TaskManagement::TargetWarmReset | TaskManagement::TargetColdReset => {
+                let cold = f == TaskManagement::TargetColdReset;
+                tracing::info!(initiator = %nexus.initiator_port, cold, "target reset");
+                for lu in self.all_units() {
+                    lu.reset(Some(nexus), Asc::POWER_ON_RESET, cold);
+                }
+                TaskManagementResponse::Complete
+            }
+            _ => {
+                let Some(lu) = lu else {
+                    return TaskManagementResponse::LunDoesNotExist;
+                };
+                if f == TaskManagement::LogicalUnitReset {
+                    tracing::info!(initiator = %nexus.initiator_port, lun, "logical unit reset");
+                    lu.reset(Some(nexus), Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, false);
+                }
+                TaskManagementResponse::Complete
+            }
+        }
+    }
+
+    fn all_units(&self) -> Vec<Arc<LogicalUnit>> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Arc<LogicalUnit>> = Vec::new();
+        for m in maps.values() {
+            for lu in m.values() {
+                if !v.iter().any(|x| Arc::ptr_eq(x, lu)) {
+                    v.push(lu.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// The session behind `nexus` ended: its unit attentions and RESERVE(6) reservations go;
+    /// persistent reservations stay.
+    pub fn nexus_lost(&self, nexus: &Nexus) {
+        self.nexuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(nexus);
+        for lu in self.all_units() {
+            lu.nexus_lost(nexus);
+        }
+    }
+
+    /// Maps `unit` at `lun` for `initiator` (replacing what was there). The initiator's other
+    /// LUNs report REPORTED LUNS DATA HAS CHANGED; other initiators see nothing.
+    pub fn map(&self, initiator: &str, lun: u64, unit: Arc<LogicalUnit>) {
+        if lun > MAX_LUN {
+            tracing::warn!(
+                lun,
+                "LUN number above {MAX_LUN} cannot be addressed; not mapped"
+            );
+            return;
+        }
+        {
+            let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+            maps.entry(initiator.to_string())
+                .or_default()
+                .insert(lun, unit);
+        }
+        tracing::info!(initiator, lun, "LUN mapped");
+        self.inventory_changed(initiator);
+    }
+
+    /// Removes `lun` from `initiator`'s map; its remaining LUNs report REPORTED LUNS DATA HAS
+    /// CHANGED.
+    pub fn unmap(&self, initiator: &str, lun: u64) {
+        let removed = {
+            let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+            let r = maps.get_mut(initiator).and_then(|m| m.remove(&lun));
+            if maps.get(initiator).is_some_and(|m| m.is_empty()) {
+                maps.remove(initiator);
+            }
+            r
+        };
+        if let Some(lu) = removed {
+            tracing::info!(initiator, lun, "LUN unmapped");
+            // Its nexuses of this initiator start afresh if it is mapped again.
+            let gone: Vec<Nexus> = self
+                .nexuses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|n| n.initiator == initiator)
+                .cloned()
+                .collect();
+            for n in &gone {
+                lu.nexus_lost_ua_only(n);
+            }
+            self.inventory_changed(initiator);
+        }
+    }
+
+    fn inventory_changed(&self, initiator: &str) {
+        let units: Vec<Arc<LogicalUnit>> = {
+            let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+            maps.get(initiator)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        for lu in units {
+            lu.notify_initiator(initiator, Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+        }
+    }
+
+    /// The LUN numbers `initiator` sees, ascending.
+    pub fn luns_for(&self, initiator: &str) -> Vec<u64> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.get(initiator)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
