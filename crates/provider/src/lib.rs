@@ -17,6 +17,7 @@ pub mod array;
 pub mod core;
 pub mod error;
 pub mod hardware;
+pub mod https;
 pub mod resync;
 pub mod testing;
 
