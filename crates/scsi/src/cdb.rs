@@ -206,6 +206,12 @@ impl Cdb {
     }
 }
 
+/// How many (opcode, service action) pairs REPORT SUPPORTED OPERATION CODES lists for a
+/// thin-provisioned logical unit.
+pub fn opcode_table_len() -> usize {
+    crate::exec::opcodes::COMMANDS.len()
+}
+
 /// The CDB length for an operation code's group (SAM-5 table 43).
 pub fn cdb_len(op: u8) -> usize {
     match op >> 5 {

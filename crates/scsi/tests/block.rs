@@ -1,0 +1,350 @@
+//! SBC-3 block commands through the target, on a MemDevice.
+
+mod common;
+use common::*;
+use scsi::sense::key;
+use scsi::{BlockDevice, status};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn writes_read_back_through_every_cdb_size() {
+    let (t, n, _, _) = single();
+    let data = pattern(1024, 1);
+    good(&exec(&t, &n, 0, &[0x0A, 0, 0, 10, 2, 0], &data));
+    assert_eq!(
+        good(&exec(&t, &n, 0, &[0x08, 0, 0, 10, 2, 0], &[])),
+        &data[..]
+    );
+    assert_eq!(good(&exec(&t, &n, 0, &read10(10, 2), &[])), &data[..]);
+    let r12 = [0xA8, 0, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0];
+    assert_eq!(good(&exec(&t, &n, 0, &r12, &[])), &data[..]);
+    let data2 = pattern(512, 7);
+    good(&exec(&t, &n, 0, &cdb16(0x8A, 0, 2047, 1), &data2));
+    assert_eq!(
+        good(&exec(&t, &n, 0, &cdb16(0x88, 0, 2047, 1), &[])),
+        &data2[..]
+    );
+    let w12 = [0xAA, 0, 0, 0, 0, 11, 0, 0, 0, 1, 0, 0];
+    good(&exec(&t, &n, 0, &w12, &data2));
+    assert_eq!(good(&exec(&t, &n, 0, &read10(11, 1), &[])), &data2[..]);
+}
+
+#[test]
+fn access_beyond_the_last_block_is_lba_out_of_range() {
+    let (t, n, _, _) = single();
+    for c in [
+        read10(2047, 2),
+        read10(2049, 0),
+        cdb16(0x88, 0, u64::MAX, 1),
+        cdb16(0x8A, 0, 2048, 1),
+    ] {
+        let o = exec(&t, &n, 0, &c, &[0; 512]);
+        assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0), "{c:02x?}");
+    }
+    // Zero blocks at the end of the medium is fine.
+    good(&exec(&t, &n, 0, &read10(2048, 0), &[]));
+}
+
+#[test]
+fn short_data_out_is_refused_not_padded() {
+    let (t, n, dev, _) = single();
+    let o = exec(&t, &n, 0, &write10(0, 2, false), &[1; 600]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+    assert_eq!(dev.mapped_blocks(), 0);
+}
+
+#[test]
+fn fua_and_synchronize_cache_flush_the_device() {
+    let (t, n, dev, _) = single();
+    good(&exec(&t, &n, 0, &write10(0, 1, false), &[1; 512]));
+    assert_eq!(dev.flush_count(), 0);
+    good(&exec(&t, &n, 0, &write10(0, 1, true), &[1; 512]));
+    assert_eq!(dev.flush_count(), 1);
+    good(&exec(&t, &n, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(dev.flush_count(), 2);
+    good(&exec(&t, &n, 0, &cdb16(0x91, 0, 0, 0), &[]));
+    assert_eq!(dev.flush_count(), 3);
+    let o = exec(&t, &n, 0, &cdb16(0x91, 0, 2048, 1), &[]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0));
+}
+
+#[test]
+fn write_protected_unit_refuses_writes() {
+    let (t, n, _, lu) = single();
+    lu.set_write_protected(true);
+    let o = exec(&t, &n, 0, &write10(0, 1, false), &[1; 512]);
+    assert_eq!(sense_of(&o), (key::DATA_PROTECT, 0x27, 0x00));
+    good(&exec(&t, &n, 0, &read10(0, 1), &[]));
+    // A device that is itself read-only reports the same.
+    lu.set_write_protected(false);
+    let (t2, n2, dev2, _) = single();
+    dev2.set_read_only(true);
+    let o = exec(&t2, &n2, 0, &write10(0, 1, false), &[1; 512]);
+    assert_eq!(sense_of(&o), (key::DATA_PROTECT, 0x27, 0x00));
+}
+
+#[test]
+fn full_thin_pool_is_space_allocation_failed() {
+    let (t, n, dev, _) = single();
+    dev.set_pool_limit(Some(1));
+    good(&exec(&t, &n, 0, &write10(0, 1, false), &[1; 512]));
+    let o = exec(&t, &n, 0, &write10(1, 1, false), &[1; 512]);
+    assert_eq!(sense_of(&o), (key::DATA_PROTECT, 0x27, 0x07));
+}
+
+#[test]
+fn medium_errors_report_the_failing_lba() {
+    let (t, n, dev, _) = single();
+    dev.inject_medium_error(12);
+    let o = exec(&t, &n, 0, &read10(10, 4), &[]);
+    assert_eq!(sense_of(&o), (key::MEDIUM_ERROR, 0x11, 0x00));
+    let s = o.sense.unwrap();
+    assert_eq!(s[0], 0xF0);
+    assert_eq!(&s[3..7], &12u32.to_be_bytes());
+    let o = exec(&t, &n, 0, &write10(12, 1, false), &[0; 512]);
+    assert_eq!(sense_of(&o), (key::MEDIUM_ERROR, 0x0C, 0x00));
+}
+
+#[test]
+fn read_capacity_reports_size_and_thin_bits() {
+    let (t, n, _, _) = single();
+    let d = good(&exec(&t, &n, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[])).to_vec();
+    assert_eq!(d, vec![0, 0, 0x07, 0xFF, 0, 0, 0x02, 0]);
+    let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 32), &[])).to_vec();
+    assert_eq!(d.len(), 32);
+    assert_eq!(&d[..8], &2047u64.to_be_bytes());
+    assert_eq!(&d[8..12], &512u32.to_be_bytes());
+    assert_eq!(d[13], 3, "4 KiB physical blocks");
+    assert_eq!(d[14], 0xC0, "LBPME and LBPRZ");
+    let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 12), &[])).to_vec();
+    assert_eq!(d.len(), 12);
+    let o = exec(&t, &n, 0, &[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0], &[]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+}
+
+#[test]
+fn unmap_deallocates_and_reads_zeros() {
+    let (t, n, dev, _) = single();
+    good(&exec(&t, &n, 0, &write10(0, 16, false), &[0xAB; 16 * 512]));
+    assert_eq!(dev.mapped_blocks(), 16);
+    let mut p = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    p.extend_from_slice(&4u64.to_be_bytes());
+    p.extend_from_slice(&8u32.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    good(&exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p));
+    assert_eq!(dev.mapped_blocks(), 8);
+    let d = good(&exec(&t, &n, 0, &read10(0, 16), &[])).to_vec();
+    assert!(d[..4 * 512].iter().all(|&b| b == 0xAB));
+    assert!(d[4 * 512..12 * 512].iter().all(|&b| b == 0));
+    // GET LBA STATUS sees the hole.
+    let s = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x12, 0, 1024), &[])).to_vec();
+    let descs: Vec<(u64, u32, u8)> = s[8..]
+        .chunks(16)
+        .map(|c| {
+            (
+                u64::from_be_bytes(c[0..8].try_into().unwrap()),
+                u32::from_be_bytes(c[8..12].try_into().unwrap()),
+                c[12],
+            )
+        })
+        .collect();
+    assert_eq!(descs, vec![(0, 4, 0), (4, 8, 1), (12, 4, 0), (16, 2032, 1)]);
+    assert_eq!(
+        u32::from_be_bytes(s[0..4].try_into().unwrap()) as usize,
+        s.len() - 4
+    );
+    // Out of range descriptor.
+    let mut bad = p.clone();
+    bad[8..16].copy_from_slice(&2045u64.to_be_bytes());
+    let o = exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &bad);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0));
+    // Parameter list shorter than its header.
+    let o = exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 4, 0], &p);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x1A, 0));
+    let o = exec(&t, &n, 0, &cdb16(0x9E, 0x12, 2048, 1024), &[]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0));
+}
+
+#[test]
+fn write_same_with_unmap_deallocates_zero_pattern_and_writes_others() {
+    let (t, n, dev, _) = single();
+    good(&exec(&t, &n, 0, &write10(0, 8, false), &[1; 8 * 512]));
+    let ws10 = |b1: u8, lba: u32, blocks: u16| {
+        let mut c = read10(lba, blocks);
+        c[0] = 0x41;
+        c[1] = b1;
+        c
+    };
+    good(&exec(&t, &n, 0, &ws10(0x08, 0, 4), &[0; 512]));
+    assert_eq!(dev.mapped_blocks(), 4);
+    let pat = pattern(512, 3);
+    good(&exec(&t, &n, 0, &ws10(0x08, 100, 3), &pat));
+    assert_eq!(dev.mapped_blocks(), 7);
+    let d = good(&exec(&t, &n, 0, &read10(100, 3), &[])).to_vec();
+    assert!(d.chunks(512).all(|c| c == &pat[..]));
+    // NDOB with UNMAP on WRITE SAME(16) needs no data.
+    good(&exec(&t, &n, 0, &cdb16(0x93, 0x09, 100, 3), &[]));
+    assert_eq!(dev.mapped_blocks(), 4);
+    // Zero blocks is refused (WSNZ), as is ANCHOR.
+    let o = exec(&t, &n, 0, &ws10(0, 0, 0), &pat);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+    let o = exec(&t, &n, 0, &ws10(0x10, 0, 1), &pat);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+    let o = exec(&t, &n, 0, &ws10(0, 2047, 2), &pat);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0));
+}
+
+#[test]
+fn compare_and_write_swaps_only_on_match() {
+    let (t, n, _, _) = single();
+    let old = pattern(512, 1);
+    let new = pattern(512, 2);
+    good(&exec(&t, &n, 0, &write10(5, 1, false), &old));
+    let caw = |lba: u64, blocks: u8| {
+        let mut c = cdb16(0x89, 0, lba, 0);
+        c[10..14].copy_from_slice(&[0, 0, 0, blocks]);
+        c
+    };
+    let mut buf = old.clone();
+    buf.extend_from_slice(&new);
+    good(&exec(&t, &n, 0, &caw(5, 1), &buf));
+    assert_eq!(good(&exec(&t, &n, 0, &read10(5, 1), &[])), &new[..]);
+    // Again: the verify data no longer matches at byte 0.
+    let o = exec(&t, &n, 0, &caw(5, 1), &buf);
+    assert_eq!(sense_of(&o), (key::MISCOMPARE, 0x1D, 0));
+    let s = o.sense.unwrap();
+    assert_eq!(s[0], 0xF0);
+    assert_eq!(&s[3..7], &[0, 0, 0, 0]);
+    let mut near = new.clone();
+    near[100] ^= 1;
+    near.extend_from_slice(&old);
+    let o = exec(&t, &n, 0, &caw(5, 1), &near);
+    assert_eq!(&o.sense.unwrap()[3..7], &100u32.to_be_bytes());
+    assert_eq!(good(&exec(&t, &n, 0, &read10(5, 1), &[])), &new[..]);
+}
+
+#[test]
+fn compare_and_write_is_atomic_across_threads() {
+    let (t, _, _, _) = single();
+    let t = std::sync::Arc::new(t);
+    let caw = {
+        let mut c = cdb16(0x89, 0, 9, 0);
+        c[13] = 1;
+        c
+    };
+    let threads = 4;
+    let per = 200;
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let t = t.clone();
+            let caw = caw.clone();
+            std::thread::spawn(move || {
+                let n = nexus(HOST1, 100 + i, 1);
+                clear_ua(&t, &n, 0);
+                let mut wins = 0u64;
+                for _ in 0..per {
+                    let cur = exec(&t, &n, 0, &read10(9, 1), &[]).data_in;
+                    let v = u64::from_be_bytes(cur[..8].try_into().unwrap());
+                    let mut next = cur.clone();
+                    next[..8].copy_from_slice(&(v + 1).to_be_bytes());
+                    let mut buf = cur;
+                    buf.extend_from_slice(&next);
+                    if exec(&t, &n, 0, &caw, &buf).status == status::GOOD {
+                        wins += 1;
+                    }
+                }
+                wins
+            })
+        })
+        .collect();
+    let wins: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let n = nexus(HOST1, 999, 1);
+    clear_ua(&t, &n, 0);
+    let d = good(&exec(&t, &n, 0, &read10(9, 1), &[])).to_vec();
+    assert_eq!(u64::from_be_bytes(d[..8].try_into().unwrap()), wins);
+    assert!(wins >= per as u64);
+}
+
+#[test]
+fn verify_compares_data_out_with_the_medium() {
+    let (t, n, _, _) = single();
+    let data = pattern(1024, 9);
+    good(&exec(&t, &n, 0, &write10(20, 2, false), &data));
+    let v10 = |b1: u8| {
+        let mut c = read10(20, 2);
+        c[0] = 0x2F;
+        c[1] = b1;
+        c
+    };
+    good(&exec(&t, &n, 0, &v10(0), &[]));
+    good(&exec(&t, &n, 0, &v10(0x02), &data));
+    let mut off = data.clone();
+    off[700] ^= 0xFF;
+    let o = exec(&t, &n, 0, &v10(0x02), &off);
+    assert_eq!(sense_of(&o), (key::MISCOMPARE, 0x1D, 0));
+    assert_eq!(&o.sense.unwrap()[3..7], &700u32.to_be_bytes());
+    // BYTCHK 11b: one block compared against each.
+    good(&exec(&t, &n, 0, &write10(30, 2, false), &[5; 1024]));
+    let mut c = read10(30, 2);
+    c[0] = 0x2F;
+    c[1] = 0x06;
+    good(&exec(&t, &n, 0, &c, &[5; 512]));
+    let o = exec(&t, &n, 0, &c, &[6; 512]);
+    assert_eq!(sense_of(&o).0, key::MISCOMPARE);
+    let o = exec(&t, &n, 0, &v10(0x04), &data);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+}
+
+#[test]
+fn write_and_verify_writes_durably() {
+    let (t, n, dev, _) = single();
+    let data = pattern(512, 4);
+    let mut c = write10(3, 1, false);
+    c[0] = 0x2E;
+    good(&exec(&t, &n, 0, &c, &data));
+    assert_eq!(dev.flush_count(), 1);
+    let mut back = vec![0; 512];
+    dev.read_at(3 * 512, &mut back).unwrap();
+    assert_eq!(back, data);
+}
+
+#[test]
+fn unmap_on_a_thick_device_is_an_invalid_opcode() {
+    struct Thick(scsi::MemDevice);
+    impl BlockDevice for Thick {
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.0.num_blocks()
+        }
+        fn read_at(&self, o: u64, b: &mut [u8]) -> Result<(), scsi::DeviceError> {
+            self.0.read_at(o, b)
+        }
+        fn write_at(&self, o: u64, d: &[u8], f: bool) -> Result<(), scsi::DeviceError> {
+            self.0.write_at(o, d, f)
+        }
+        fn flush(&self) -> Result<(), scsi::DeviceError> {
+            self.0.flush()
+        }
+    }
+    let t = scsi::Target::new(TARGET);
+    let lu = std::sync::Arc::new(scsi::LogicalUnit::new(
+        std::sync::Arc::new(Thick(scsi::MemDevice::new(4096, 16))),
+        identity(1),
+    ));
+    t.map(HOST1, 0, lu);
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    let o = exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &[0; 24]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x20, 0));
+    let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 32), &[])).to_vec();
+    assert_eq!((d[13], d[14]), (0, 0));
+    let d = good(&exec(&t, &n, 0, &[0x12, 1, 0xB2, 0, 255, 0], &[])).to_vec();
+    assert_eq!(d, vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
+}

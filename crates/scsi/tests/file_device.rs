@@ -1,0 +1,115 @@
+//! The durability paths on a real file: FUA, SYNCHRONIZE CACHE, WCE off, UNMAP punching holes.
+
+mod common;
+use common::*;
+use scsi::{FileDevice, LogicalUnit, Target};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+fn file_target(
+    dir: &std::path::Path,
+) -> (Target, scsi::Nexus, Arc<FileDevice>, std::path::PathBuf) {
+    let path = dir.join("lun0.img");
+    let dev = Arc::new(FileDevice::create(&path, 4096, 1024).unwrap());
+    let t = Target::new(TARGET);
+    t.map(
+        HOST1,
+        0,
+        Arc::new(LogicalUnit::new(dev.clone(), identity(1))),
+    );
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    (t, n, dev, path)
+}
+
+#[test]
+fn fua_write_is_in_the_file_when_the_command_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, _, path) = file_target(dir.path());
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    good(&exec(&t, &n, 0, &write10(10, 2, true), &data));
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[10 * 4096..12 * 4096], &data[..]);
+    good(&exec(&t, &n, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]));
+}
+
+#[test]
+fn data_written_then_synchronized_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = {
+        let (t, n, _, path) = file_target(dir.path());
+        good(&exec(&t, &n, 0, &write10(5, 1, false), &[0x5A; 4096]));
+        good(&exec(&t, &n, 0, &cdb16(0x91, 0, 0, 0), &[]));
+        path
+    };
+    let dev = Arc::new(FileDevice::open(&path, 4096, false).unwrap());
+    let t = Target::new(TARGET);
+    t.map(HOST1, 0, Arc::new(LogicalUnit::new(dev, identity(1))));
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    assert_eq!(
+        good(&exec(&t, &n, 0, &read10(5, 1), &[])),
+        &[0x5A; 4096][..]
+    );
+}
+
+#[test]
+fn unmap_punches_holes_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, _, path) = file_target(dir.path());
+    good(&exec(
+        &t,
+        &n,
+        0,
+        &write10(0, 256, false),
+        &vec![0xEE; 256 * 4096],
+    ));
+    let before = std::fs::metadata(&path).unwrap().blocks();
+    assert!(before >= 2048, "1 MiB allocated, got {before} sectors");
+    let mut p = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    p.extend_from_slice(&0u64.to_be_bytes());
+    p.extend_from_slice(&256u32.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    good(&exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p));
+    let after = std::fs::metadata(&path).unwrap().blocks();
+    assert!(after < before, "blocks {before} -> {after}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024 * 4096);
+    let d = good(&exec(&t, &n, 0, &read10(0, 256), &[])).to_vec();
+    assert!(d.iter().all(|&b| b == 0));
+    let s = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x12, 0, 24), &[])).to_vec();
+    assert_eq!(&s[8..16], &0u64.to_be_bytes());
+    assert_eq!(s[20], 1, "deallocated");
+}
+
+#[test]
+fn write_cache_off_makes_plain_writes_durable_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, _, path) = file_target(dir.path());
+    let mut p = vec![0, 0, 0, 0];
+    let mut page = vec![0u8; 20];
+    page[0] = 0x08;
+    page[1] = 0x12;
+    p.append(&mut page);
+    good(&exec(&t, &n, 0, &[0x15, 0x10, 0, 0, p.len() as u8, 0], &p));
+    good(&exec(&t, &n, 0, &write10(1, 1, false), &[0x33; 4096]));
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[4096..8192], &[0x33; 4096][..]);
+}
+
+#[test]
+fn resized_file_reports_new_capacity_after_unit_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grow.img");
+    let dev = Arc::new(FileDevice::create(&path, 512, 100).unwrap());
+    let lu = Arc::new(LogicalUnit::new(dev.clone(), identity(2)));
+    let t = Target::new(TARGET);
+    t.map(HOST1, 0, lu.clone());
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    dev.resize(200).unwrap();
+    lu.capacity_changed();
+    assert_eq!(sense_of(&exec(&t, &n, 0, &[0; 6], &[])), (6, 0x2A, 0x09));
+    let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 32), &[])).to_vec();
+    assert_eq!(&d[..8], &199u64.to_be_bytes());
+    good(&exec(&t, &n, 0, &read10(150, 1), &[]));
+}
