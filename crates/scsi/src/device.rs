@@ -41,7 +41,8 @@ impl FileDevice {
             ));
         }
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let len = file.metadata()?.len();
+        // The end offset, not the metadata length, so that block devices work too.
+        let len = rustix::fs::seek(&file, rustix::fs::SeekFrom::End(0))?;
         Ok(Self {
             file,
             block_size,
@@ -280,7 +281,12 @@ impl MemDevice {
             g.set_mapped(b, false);
         }
         let bs = u64::from(self.block_size);
-        g.chunks.retain(|&c, _| c * CHUNK < num_blocks * bs);
+        let end = num_blocks * bs;
+        g.chunks.retain(|&c, _| c * CHUNK < end);
+        // Bytes past a shrunk end must read as zeros if the device grows again.
+        if let Some(chunk) = g.chunks.get_mut(&(end / CHUNK)) {
+            chunk[(end % CHUNK) as usize..].fill(0);
+        }
         g.mapped.resize(num_blocks.div_ceil(64) as usize, 0);
         g.num_blocks = num_blocks;
     }
@@ -448,6 +454,20 @@ mod tests {
         d.read_at(512 * 10, &mut b).unwrap();
         assert_eq!(&b[..512], &[0u8; 512]);
         assert_eq!(&b[512..], &[1u8; 512]);
+    }
+
+    #[test]
+    fn mem_device_shrink_then_grow_reads_zeros() {
+        let d = MemDevice::new(512, 256);
+        d.write_at(0, &[7u8; 512 * 256], false).unwrap();
+        d.resize(10);
+        assert_eq!(d.mapped_blocks(), 10);
+        d.resize(256);
+        let mut b = vec![1u8; 512];
+        d.read_at(512 * 10, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        d.read_at(512 * 9, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 7));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use device::{FileDevice, MemDevice};
 pub use exec::inquiry::SUPPORTED_VPD;
 pub use exec::limits;
 pub use exec::pr::{kind as pr_type, out_sa as pr_out_action};
-pub use lu::{LogicalUnit, LuIdentity};
+pub use lu::{IdentityError, LogicalUnit, LuIdentity};
 pub use sense::Sense;
 pub use target::{MAX_LUN, Target, decode_lun, encode_lun};
 
@@ -182,3 +182,16 @@ pub enum TaskManagementResponse {
 
 /// A shared handle to storage behind a logical unit.
 pub type Device = Arc<dyn BlockDevice>;
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn target_and_units_are_shareable_between_worker_threads() {
+        assert_send_sync::<super::Target>();
+        assert_send_sync::<super::LogicalUnit>();
+        assert_send_sync::<super::FileDevice>();
+        assert_send_sync::<super::MemDevice>();
+    }
+}

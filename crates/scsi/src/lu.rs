@@ -12,6 +12,26 @@ use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
 use crate::sense::{Asc, FIXED_SENSE_LEN, Sense};
 use crate::{Device, Nexus, Outcome};
 
+/// Why an identity cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{field} {value:?} is longer than {max} characters")]
+    TooLong {
+        field: &'static str,
+        value: String,
+        max: usize,
+    },
+    #[error("{field} {value:?} must be printable ASCII")]
+    NotAscii { field: &'static str, value: String },
+    #[error("designator {index}: {source}")]
+    Designator {
+        index: usize,
+        source: vss::scsi::ScsiError,
+    },
+    #[error("designator {index} is not a logical unit designator (association {association})")]
+    NotLogicalUnit { index: usize, association: u8 },
+}
+
 /// What a logical unit says about itself (INQUIRY, VPD 0x80 and 0x83). Set by the array and
 /// fixed for the LUN's life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +46,44 @@ pub struct LuIdentity {
     pub serial: String,
     /// Association-0 designators of VPD 0x83; the target adds its port designators.
     pub designators: Vec<Designator>,
+}
+
+impl LuIdentity {
+    /// Checks that the identity is served exactly as given: no field is cut, every
+    /// designator is valid and has association 0 (the target adds its port designators).
+    pub fn validate(&self) -> Result<(), IdentityError> {
+        for (field, value, max) in [
+            ("vendor", &self.vendor, 8),
+            ("product", &self.product, 16),
+            ("revision", &self.revision, 4),
+            ("serial", &self.serial, 252),
+        ] {
+            if value.len() > max {
+                return Err(IdentityError::TooLong {
+                    field,
+                    value: value.clone(),
+                    max,
+                });
+            }
+            if !value.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+                return Err(IdentityError::NotAscii {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+        for (index, d) in self.designators.iter().enumerate() {
+            d.validate()
+                .map_err(|source| IdentityError::Designator { index, source })?;
+            if d.association != vss::scsi::Association::LOGICAL_UNIT {
+                return Err(IdentityError::NotLogicalUnit {
+                    index,
+                    association: d.association.0,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Unit attention conditions of one I_T nexus, oldest first.
@@ -187,11 +245,12 @@ impl LogicalUnit {
     pub(crate) fn take_ua(&self, nexus: &Nexus, op: u8) -> Option<Sense> {
         use crate::cdb::opcode::*;
         let mut st = self.lock();
-        let q = st.ua.entry(nexus.clone()).or_insert_with(|| {
+        if !st.ua.contains_key(nexus) {
             let mut q = UaQueue::default();
             q.push(Asc::POWER_ON_RESET);
-            q
-        });
+            st.ua.insert(nexus.clone(), q);
+        }
+        let q = st.ua.get_mut(nexus)?;
         match op {
             INQUIRY | REQUEST_SENSE => None,
             REPORT_LUNS => {
@@ -199,6 +258,13 @@ impl LogicalUnit {
                 None
             }
             _ => q.0.pop_front().map(Sense::unit_attention),
+        }
+    }
+
+    /// Clears REPORTED LUNS DATA HAS CHANGED for `nexus` (it has just read the LUN list).
+    pub(crate) fn clear_reported_luns_changed(&self, nexus: &Nexus) {
+        if let Some(q) = self.lock().ua.get_mut(nexus) {
+            q.0.retain(|a| *a != Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
         }
     }
 

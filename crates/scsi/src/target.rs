@@ -94,6 +94,10 @@ impl Target {
             }
         };
         if let Cdb::ReportLuns { select, alloc } = parsed {
+            // The initiator now knows the inventory: clear the condition on all its LUNs.
+            for lu in self.units_of(&cmd.nexus.initiator) {
+                lu.clear_reported_luns_changed(cmd.nexus);
+            }
             let mut data = self.report_luns(&cmd.nexus.initiator, select);
             data.truncate(alloc as usize);
             return Outcome::good(data);
@@ -240,14 +244,15 @@ impl Target {
         }
     }
 
+    fn units_of(&self, initiator: &str) -> Vec<Arc<LogicalUnit>> {
+        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        maps.get(initiator)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn inventory_changed(&self, initiator: &str) {
-        let units: Vec<Arc<LogicalUnit>> = {
-            let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
-            maps.get(initiator)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        };
-        for lu in units {
+        for lu in self.units_of(initiator) {
             lu.notify_initiator(initiator, Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
         }
     }

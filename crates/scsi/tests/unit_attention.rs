@@ -227,3 +227,52 @@ fn lost_nexus_starts_afresh_with_power_on() {
         (key::UNIT_ATTENTION, 0x29, 0x00)
     );
 }
+
+#[test]
+fn report_luns_clears_the_change_on_every_lun_of_the_nexus() {
+    let t = scsi::Target::new(TARGET);
+    let (_, a) = mem_lu(1, 512, 64);
+    let (_, b) = mem_lu(2, 512, 64);
+    t.map(HOST1, 0, a);
+    t.map(HOST1, 1, b);
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    clear_ua(&t, &n, 1);
+    let (_, c) = mem_lu(3, 512, 64);
+    t.map(HOST1, 2, c);
+    good(&exec(
+        &t,
+        &n,
+        0,
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+    ));
+    assert_eq!(exec(&t, &n, 0, &TUR, &[]).status, status::GOOD);
+    assert_eq!(exec(&t, &n, 1, &TUR, &[]).status, status::GOOD);
+    // The new LUN itself starts with its power-on condition.
+    assert_eq!(
+        sense_of(&exec(&t, &n, 2, &TUR, &[])),
+        (key::UNIT_ATTENTION, 0x29, 0)
+    );
+}
+
+#[test]
+fn identity_validation_names_the_bad_field() {
+    let mut id = identity(1);
+    assert_eq!(id.validate(), Ok(()));
+    id.product = "a product name that is too long".into();
+    assert!(matches!(
+        id.validate(),
+        Err(scsi::IdentityError::TooLong {
+            field: "product",
+            ..
+        })
+    ));
+    let mut id = identity(1);
+    id.designators
+        .push(vss::scsi::Designator::iscsi_target_device(TARGET));
+    assert!(matches!(
+        id.validate(),
+        Err(scsi::IdentityError::NotLogicalUnit { index: 2, .. })
+    ));
+}
