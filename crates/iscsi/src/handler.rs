@@ -1,0 +1,39 @@
+//! The one interface between the transport and the SCSI device model.
+
+use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
+
+/// What the target needs from a SCSI device model. Implemented for [`scsi::Target`] in
+/// `scsi_target.rs`; tests use small in-memory handlers.
+///
+/// `execute` may block (device I/O); the target calls it from a blocking thread pool and
+/// runs many commands at once, so implementations must be thread safe.
+pub trait ScsiHandler: Send + Sync + 'static {
+    fn execute(&self, cmd: &Command<'_>) -> Outcome;
+    fn task_management(&self, nexus: &Nexus, lun: u64, f: TaskManagement)
+    -> TaskManagementResponse;
+    /// The I_T nexus is gone (session closed, reinstated or dropped).
+    fn nexus_lost(&self, nexus: &Nexus);
+    /// LUNs mapped to an initiator (by iSCSI InitiatorName). Used for login decisions and
+    /// SendTargets; REPORT LUNS itself is answered by `execute`.
+    fn luns_for(&self, initiator: &str) -> Vec<u64>;
+}
+
+impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
+    fn execute(&self, cmd: &Command<'_>) -> Outcome {
+        (**self).execute(cmd)
+    }
+    fn task_management(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        f: TaskManagement,
+    ) -> TaskManagementResponse {
+        (**self).task_management(nexus, lun, f)
+    }
+    fn nexus_lost(&self, nexus: &Nexus) {
+        (**self).nexus_lost(nexus)
+    }
+    fn luns_for(&self, initiator: &str) -> Vec<u64> {
+        (**self).luns_for(initiator)
+    }
+}

@@ -1,0 +1,404 @@
+//! The iSCSI target: portals, targets, sessions.
+//!
+//! Layout: this file holds the server (portals, target registry, CHAP secrets, session
+//! table); `login.rs` runs the login phase of one connection; `conn.rs` runs the full
+//! feature phase. A session has exactly one connection (MaxConnections=1, ERL 0).
+
+mod conn;
+mod login;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::chap::ChapSecret;
+use crate::handler::ScsiHandler;
+use crate::params::TargetLimits;
+
+/// Errors starting or running the target.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no portal configured")]
+    NoPortal,
+    #[error("invalid iSCSI name {0:?} (expected iqn., eui. or naa. form)")]
+    BadName(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Listening addresses; port 0 picks a free port (see [`TargetServer::local_addrs`]).
+    pub portals: Vec<SocketAddr>,
+    pub limits: TargetLimits,
+    /// Commands an initiator may have outstanding (CmdSN window).
+    pub queue_depth: u32,
+    /// Idle time after which the target pings the initiator with a NOP-In; `None` disables.
+    pub nop_interval: Option<Duration>,
+    /// How long a ping may stay unanswered before the connection is dropped.
+    pub nop_timeout: Duration,
+    pub portal_group_tag: u16,
+    /// Largest Expected Data Transfer Length accepted for one command.
+    pub max_transfer: u32,
+    /// CHAP required for discovery sessions.
+    pub discovery_auth: AuthPolicy,
+    /// How long initiators get to log out after an Async logout request on shutdown.
+    pub logout_grace: Duration,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
+            limits: TargetLimits::default(),
+            queue_depth: 128,
+            nop_interval: Some(Duration::from_secs(10)),
+            nop_timeout: Duration::from_secs(30),
+            portal_group_tag: 1,
+            max_transfer: 32 * 1024 * 1024,
+            discovery_auth: AuthPolicy::None,
+            logout_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Authentication a target requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthPolicy {
+    /// AuthMethod=None is accepted; an initiator that offers only CHAP and has a secret
+    /// configured still gets CHAP.
+    #[default]
+    None,
+    /// CHAP is required (one-way, or mutual when the initiator asks and a mutual secret is
+    /// configured).
+    Chap,
+}
+
+/// One target name served by the server.
+pub(crate) struct TargetEntry {
+    pub name: String,
+    pub alias: Option<String>,
+    pub handler: Arc<dyn ScsiHandler>,
+    pub auth: AuthPolicy,
+    /// Initiators allowed to log in even with no LUN mapped.
+    pub allow: RwLock<BTreeSet<String>>,
+}
+
+impl TargetEntry {
+    /// Masking at login: an initiator may log in when it has at least one LUN mapped or is
+    /// explicitly allowed.
+    pub fn admits(&self, initiator: &str) -> bool {
+        self.allow.read().expect("allow lock").contains(initiator)
+            || !self.handler.luns_for(initiator).is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SessionKey {
+    pub initiator: String,
+    pub isid: u64,
+    pub target: String,
+}
+
+/// A running session, as seen by the server.
+pub(crate) struct SessionSlot {
+    pub tsih: u16,
+    /// Ends the session's connection.
+    pub kill: Arc<Notify>,
+    /// Becomes true when the connection has fully ended (tasks drained, nexus released).
+    pub ended: watch::Receiver<bool>,
+}
+
+pub(crate) struct Shared {
+    pub config: TargetConfig,
+    pub targets: RwLock<BTreeMap<String, Arc<TargetEntry>>>,
+    pub chap: RwLock<HashMap<String, ChapSecret>>,
+    pub sessions: Mutex<HashMap<SessionKey, SessionSlot>>,
+    next_tsih: AtomicU16,
+    pub shutdown: watch::Receiver<bool>,
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+impl Shared {
+    pub fn alloc_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
+            if t != 0 {
+                return t;
+            }
+        }
+    }
+    pub fn target(&self, name: &str) -> Option<Arc<TargetEntry>> {
+        self.targets
+            .read()
+            .expect("targets lock")
+            .get(name)
+            .cloned()
+    }
+}
+
+/// Checks the form of an iSCSI name (RFC 7143 §4.2.7, loosely: type prefix and no spaces).
+pub fn valid_iscsi_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    (lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa."))
+        && name.len() <= 223
+        && !name
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == 0 || b == b',')
+}
+
+/// A running target server.
+pub struct TargetServer {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_tasks: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for TargetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetServer")
+            .field("portals", &self.shared.local_addrs)
+            .finish()
+    }
+}
+
+impl TargetServer {
+    /// Binds every portal and starts accepting connections on the current tokio runtime.
+    pub async fn bind(config: TargetConfig) -> Result<TargetServer, TargetError> {
+        if config.portals.is_empty() {
+            return Err(TargetError::NoPortal);
+        }
+        let mut listeners = Vec::new();
+        let mut local = Vec::new();
+        for addr in &config.portals {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| TargetError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            local.push(l.local_addr().map_err(|source| TargetError::Bind {
+                addr: *addr,
+                source,
+            })?);
+            listeners.push(l);
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            targets: RwLock::new(BTreeMap::new()),
+            chap: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_tsih: AtomicU16::new(1),
+            shutdown: shutdown_rx,
+            local_addrs: local,
+        });
+        let acc_shared = shared.clone();
+        let accept = tokio::spawn(async move { accept_loop(acc_shared, listeners).await });
+        tracing::info!(portals = ?shared.local_addrs, "iSCSI target listening");
+        Ok(TargetServer {
+            shared,
+            shutdown_tx,
+            accept_tasks: Mutex::new(Some(accept)),
+            runtime: None,
+        })
+    }
+
+    /// Starts the server on its own multi-threaded runtime, for callers without one.
+    pub fn spawn(config: TargetConfig) -> Result<TargetServer, TargetError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(64)
+            .thread_name("iscsi-target")
+            .enable_all()
+            .build()
+            .map_err(TargetError::Runtime)?;
+        let mut server = rt.block_on(Self::bind(config))?;
+        server.runtime = Some(rt);
+        Ok(server)
+    }
+
+    /// The addresses actually listened on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.shared.local_addrs
+    }
+
+    /// Adds (or replaces) a target name served by `handler`.
+    pub fn add_target(
+        &self,
+        name: &str,
+        alias: Option<&str>,
+        handler: Arc<dyn ScsiHandler>,
+        auth: AuthPolicy,
+    ) -> Result<(), TargetError> {
+        if !valid_iscsi_name(name) {
+            return Err(TargetError::BadName(name.into()));
+        }
+        let entry = Arc::new(TargetEntry {
+            name: name.to_string(),
+            alias: alias.map(str::to_string),
+            handler,
+            auth,
+            allow: RwLock::new(BTreeSet::new()),
+        });
+        self.shared
+            .targets
+            .write()
+            .expect("targets lock")
+            .insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    /// Removes a target; its open sessions are ended.
+    pub fn remove_target(&self, name: &str) {
+        self.shared
+            .targets
+            .write()
+            .expect("targets lock")
+            .remove(name);
+        let sessions = self.shared.sessions.lock().expect("sessions lock");
+        for (k, s) in sessions.iter() {
+            if k.target == name {
+                s.kill.notify_one();
+            }
+        }
+    }
+
+    /// Lets `initiator` log in to `target` even while no LUN is mapped to it.
+    pub fn allow_initiator(&self, target: &str, initiator: &str) -> bool {
+        match self.shared.target(target) {
+            Some(t) => {
+                t.allow
+                    .write()
+                    .expect("allow lock")
+                    .insert(initiator.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the CHAP secret an initiator must prove (CHAP_N = `user`), and optionally the
+    /// name and secret the target proves back for mutual CHAP.
+    pub fn set_chap(
+        &self,
+        initiator: &str,
+        user: &str,
+        secret: &[u8],
+        mutual: Option<(&str, &[u8])>,
+    ) {
+        self.shared.chap.write().expect("chap lock").insert(
+            initiator.to_string(),
+            ChapSecret {
+                user: user.to_string(),
+                secret: secret.to_vec(),
+                mutual: mutual.map(|(n, s)| (n.to_string(), s.to_vec())),
+            },
+        );
+    }
+
+    pub fn clear_chap(&self, initiator: &str) {
+        self.shared
+            .chap
+            .write()
+            .expect("chap lock")
+            .remove(initiator);
+    }
+
+    /// Number of open normal sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.lock().expect("sessions lock").len()
+    }
+
+    /// Stops accepting, asks every initiator to log out (Async Message, event 1), lets
+    /// in-flight commands finish and closes every connection.
+    pub async fn shutdown_async(&self) {
+        let _ = self.shutdown_tx.send(true);
+        let accept = self.accept_tasks.lock().expect("accept lock").take();
+        if let Some(h) = accept {
+            let _ = h.await;
+        }
+    }
+
+    /// Blocking form of [`TargetServer::shutdown_async`] for servers made by `spawn`.
+    pub fn shutdown(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.block_on(self.shutdown_async());
+            rt.shutdown_timeout(Duration::from_secs(5));
+        } else {
+            let _ = self.shutdown_tx.send(true);
+        }
+    }
+}
+
+impl Drop for TargetServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
+    let mut conns = JoinSet::new();
+    let mut accepts = JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+    for l in listeners {
+        let tx = tx.clone();
+        let mut stop = shared.shutdown.clone();
+        accepts.spawn(async move {
+            loop {
+                tokio::select! {
+                    r = l.accept() => match r {
+                        Ok(c) => { if tx.send(c).await.is_err() { break; } }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut stop = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            c = rx.recv() => match c {
+                Some((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let s = shared.clone();
+                    conns.spawn(async move { conn::run(s, stream, peer).await });
+                }
+                None => break,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    accepts.shutdown().await;
+    // Connections see the shutdown flag themselves; wait for them to finish.
+    let limit = shared.config.logout_grace + Duration::from_secs(5);
+    let _ = tokio::time::timeout(limit, async { while conns.join_next().await.is_some() {} }).await;
+    conns.shutdown().await;
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}

@@ -1,0 +1,439 @@
+//! The target and the initiator against each other over real loopback sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{BS, MemHandler};
+use iscsi::initiator::{
+    ChapCredentials, DataDir, InitiatorConfig, InitiatorError, Session, discover,
+};
+use iscsi::pdu::{self, Bhs, Digests, Pdu, op};
+use iscsi::{AuthPolicy, TargetConfig, TargetServer};
+
+const TARGET: &str = "iqn.2026-01.org.shadowlun:test";
+const HOST_A: &str = "iqn.1991-05.com.microsoft:host-a";
+const HOST_B: &str = "iqn.1991-05.com.microsoft:host-b";
+
+fn config() -> TargetConfig {
+    TargetConfig {
+        portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        logout_grace: Duration::from_millis(500),
+        ..TargetConfig::default()
+    }
+}
+
+fn start(handler: Arc<MemHandler>, auth: AuthPolicy) -> (TargetServer, SocketAddr) {
+    let server = TargetServer::spawn(config()).unwrap();
+    server
+        .add_target(TARGET, Some("test"), handler, auth)
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr)
+}
+
+fn handler_with_lun0() -> Arc<MemHandler> {
+    let h = Arc::new(MemHandler::new(4096));
+    h.map(HOST_A, 0);
+    h
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn login_without_auth_then_write_and_read_back_across_r2t_bursts() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    let inq = s.inquiry(0, None).unwrap();
+    assert_eq!(&inq[8..16], b"SHADOWLN");
+    assert_eq!(s.report_luns().unwrap(), vec![0]);
+    let cap = s.read_capacity16(0).unwrap();
+    assert_eq!((cap.blocks, cap.block_size), (4096, BS));
+    // 1 MiB: more than FirstBurstLength (256 KiB) so the rest goes through R2Ts.
+    let data = pattern(1 << 20, 7);
+    s.write16(0, 8, &data, BS, false).unwrap();
+    s.synchronize_cache(0).unwrap();
+    let back = s
+        .read16(0, 8, (data.len() / BS as usize) as u32, BS)
+        .unwrap();
+    assert!(back == data, "read back differs");
+    assert_eq!(&h.data.lock().unwrap()[8 * 512..8 * 512 + 16], &data[..16]);
+    s.logout().unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn crc32c_digests_are_negotiated_and_carry_data_intact() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h, AuthPolicy::None);
+    let mut cfg = InitiatorConfig::new(HOST_A);
+    cfg.header_digest = true;
+    cfg.data_digest = true;
+    let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+    let data = pattern(300 * 1024 + 512, 3);
+    s.write16(0, 0, &data, BS, true).unwrap();
+    assert!(s.read16(0, 0, (data.len() / 512) as u32, BS).unwrap() == data);
+    server.shutdown();
+}
+
+#[test]
+fn discovery_lists_only_targets_the_initiator_may_log_in_to() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h, AuthPolicy::None);
+    let other = Arc::new(MemHandler::new(16));
+    other.map(HOST_B, 0);
+    server
+        .add_target(
+            "iqn.2026-01.org.shadowlun:other",
+            None,
+            other,
+            AuthPolicy::None,
+        )
+        .unwrap();
+    let seen = discover(addr, &InitiatorConfig::new(HOST_A)).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].name, TARGET);
+    assert_eq!(
+        seen[0].addresses,
+        vec![format!("127.0.0.1:{},1", addr.port())]
+    );
+    let seen_b = discover(addr, &InitiatorConfig::new(HOST_B)).unwrap();
+    assert_eq!(
+        seen_b.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        vec!["iqn.2026-01.org.shadowlun:other"]
+    );
+    server.shutdown();
+}
+
+#[test]
+fn initiator_without_mapped_lun_is_refused_at_login_unless_allowed() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h, AuthPolicy::None);
+    match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_B)) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 2,
+        }) => {}
+        other => panic!("expected authorization failure, got {other:?}"),
+    }
+    match Session::login(
+        addr,
+        "iqn.2026-01.org.shadowlun:nope",
+        &InitiatorConfig::new(HOST_A),
+    ) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 3,
+        }) => {}
+        other => panic!("expected target not found, got {other:?}"),
+    }
+    assert!(server.allow_initiator(TARGET, HOST_B));
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_B)).unwrap();
+    assert_eq!(s.report_luns().unwrap(), Vec::<u64>::new());
+    server.shutdown();
+}
+
+#[test]
+fn chap_one_way_and_mutual_succeed_and_wrong_secrets_fail() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h, AuthPolicy::Chap);
+    server.set_chap(
+        HOST_A,
+        "host-a",
+        b"secret-of-a-12",
+        Some(("array", b"secret-of-array")),
+    );
+    // No credentials at all: CHAP is required.
+    match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 1,
+        }) => {}
+        other => panic!("expected auth failure, got {other:?}"),
+    }
+    let mut cfg = InitiatorConfig::new(HOST_A);
+    cfg.chap = Some(ChapCredentials {
+        user: "host-a".into(),
+        secret: b"secret-of-a-12".to_vec(),
+        mutual: None,
+    });
+    let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+    s.test_unit_ready(0).unwrap();
+    drop(s);
+    cfg.chap = Some(ChapCredentials {
+        user: "host-a".into(),
+        secret: b"secret-of-a-12".to_vec(),
+        mutual: Some(("array".into(), b"secret-of-array".to_vec())),
+    });
+    let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+    s.test_unit_ready(0).unwrap();
+    drop(s);
+    // The initiator detects a target that does not know the mutual secret.
+    cfg.chap = Some(ChapCredentials {
+        user: "host-a".into(),
+        secret: b"secret-of-a-12".to_vec(),
+        mutual: Some(("array".into(), b"another-secret".to_vec())),
+    });
+    assert!(matches!(
+        Session::login(addr, TARGET, &cfg),
+        Err(InitiatorError::Auth(_))
+    ));
+    cfg.chap = Some(ChapCredentials {
+        user: "host-a".into(),
+        secret: b"wrong-secret".to_vec(),
+        mutual: None,
+    });
+    match Session::login(addr, TARGET, &cfg) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 1,
+        }) => {}
+        other => panic!("expected auth failure, got {other:?}"),
+    }
+    server.shutdown();
+}
+
+#[test]
+fn unit_attention_is_retried_and_reported_to_the_caller() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut cfg = InitiatorConfig::new(HOST_A);
+    cfg.isid = 0x8000_0000_0042;
+    let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+    h.raise_ua(scsi::Nexus {
+        initiator_port: format!("{HOST_A},i,0x800000000042"),
+        initiator: HOST_A.into(),
+        target_port: 1,
+    });
+    s.test_unit_ready(0).unwrap();
+    let uas = s.take_unit_attentions();
+    assert_eq!(uas.len(), 1);
+    assert_eq!((uas[0].key, uas[0].asc, uas[0].ascq), (6, 0x3f, 0x0e));
+    assert!(s.take_unit_attentions().is_empty());
+    server.shutdown();
+}
+
+#[test]
+fn thirty_two_queued_reads_all_complete_with_their_own_data() {
+    let h = handler_with_lun0();
+    for i in 0..64usize {
+        h.data.lock().unwrap()[i * 512] = i as u8;
+    }
+    *h.delay_reads.lock().unwrap() = Some(Duration::from_millis(5));
+    let (server, addr) = start(h, AuthPolicy::None);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    let mut tags = Vec::new();
+    for i in 0..32u64 {
+        let cdb = iscsi::initiator::rw16(0x88, i, 1, false);
+        tags.push((s.submit(0, &cdb, DataDir::Read(512)).unwrap(), i));
+    }
+    assert_eq!(s.in_flight(), 32);
+    let start = std::time::Instant::now();
+    for (tag, i) in tags {
+        let r = s.wait(tag).unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(r.data[0], i as u8);
+    }
+    // Executed concurrently: 32 × 5 ms serially would be 160 ms.
+    assert!(
+        start.elapsed() < Duration::from_millis(150),
+        "took {:?}",
+        start.elapsed()
+    );
+    server.shutdown();
+}
+
+#[test]
+fn reinstating_a_session_with_the_same_isid_ends_the_old_nexus() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut cfg = InitiatorConfig::new(HOST_A);
+    cfg.isid = 0x8000_0000_0007;
+    let mut s1 = Session::login(addr, TARGET, &cfg).unwrap();
+    s1.test_unit_ready(0).unwrap();
+    let mut s2 = Session::login(addr, TARGET, &cfg).unwrap();
+    s2.test_unit_ready(0).unwrap();
+    assert_eq!(h.lost.lock().unwrap().len(), 1);
+    assert_eq!(
+        h.lost.lock().unwrap()[0].initiator_port,
+        format!("{HOST_A},i,0x800000000007")
+    );
+    assert!(
+        s1.test_unit_ready(0).is_err(),
+        "old connection must be closed"
+    );
+    assert_eq!(server.session_count(), 1);
+    s2.reconnect().unwrap();
+    s2.test_unit_ready(0).unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn shutdown_asks_the_initiator_to_log_out() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h, AuthPolicy::None);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    let t = std::thread::spawn(move || server.shutdown());
+    // The Async Message arrives before the connection closes; a ping pumps it in.
+    let mut saw = false;
+    for _ in 0..50 {
+        if s.ping(b"x").is_err() {
+            break;
+        }
+        if s.logout_requested() {
+            saw = true;
+            let _ = s.logout();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.join().unwrap();
+    assert!(saw, "no Async logout request seen");
+}
+
+#[test]
+fn ping_is_echoed_and_target_keepalive_is_answered() {
+    let h = handler_with_lun0();
+    let mut cfg = config();
+    cfg.nop_interval = Some(Duration::from_millis(200));
+    cfg.nop_timeout = Duration::from_millis(600);
+    let server = TargetServer::spawn(cfg).unwrap();
+    server
+        .add_target(TARGET, None, h, AuthPolicy::None)
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    assert_eq!(s.ping(b"hello").unwrap(), b"hello");
+    // Idle longer than the keep-alive; the initiator answers pings while it waits.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(250));
+        s.test_unit_ready(0).unwrap();
+    }
+    // A raw connection that never answers the ping is dropped.
+    let mut raw = raw_login(addr, HOST_A);
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let nop = pdu::read_sync(&mut raw, Digests::default(), 65536).unwrap();
+    assert_eq!(nop.bhs.opcode(), op::NOP_IN);
+    assert_ne!(nop.bhs.u32_at(20), 0xffff_ffff);
+    let mut buf = [0u8; 64];
+    let closed = loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "unanswered keep-alive must close the connection");
+    server.shutdown();
+}
+
+/// Logs in with raw PDUs (no auth, straight to full feature phase).
+fn raw_login(addr: SocketAddr, initiator: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut b = Bhs::new(op::LOGIN_REQ);
+    b.set_immediate(true);
+    b.set_flags(0x80 | 0x04 | 0x03); // T, CSG=1, NSG=3
+    b.0[8] = 0x80;
+    b.set_itt(1);
+    b.set_u32(24, 10);
+    let keys = format!("InitiatorName={initiator}\0TargetName={TARGET}\0SessionType=Normal\0");
+    c.write_all(&Pdu::with_data(b, keys.into_bytes()).encode(Digests::default()))
+        .unwrap();
+    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
+    assert_eq!(r.bhs.opcode(), op::LOGIN_RESP);
+    assert_eq!((r.bhs.0[36], r.bhs.0[37]), (0, 0));
+    assert_eq!(r.bhs.flags() & 0x83, 0x83);
+    c
+}
+
+#[test]
+fn unknown_opcode_gets_reject_and_oversized_segment_closes_the_connection() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut c = raw_login(addr, HOST_A);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = Bhs::new(0x1c);
+    b.set_immediate(true);
+    b.set_itt(5);
+    c.write_all(&Pdu::new(b.clone()).encode(Digests::default()))
+        .unwrap();
+    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
+    assert_eq!(r.bhs.opcode(), op::REJECT);
+    assert_eq!(r.bhs.0[2], pdu::reject::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&r.data[..48], &b.0[..]);
+    // Announce a 16 MiB data segment: more than MaxRecvDataSegmentLength.
+    let mut b = Bhs::new(op::NOP_OUT);
+    b.set_immediate(true);
+    b.set_itt(6);
+    b.set_data_len(0xff_ffff);
+    c.write_all(&b.0).unwrap();
+    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
+    assert_eq!(r.bhs.opcode(), op::REJECT);
+    assert_eq!(r.bhs.0[2], pdu::reject::PROTOCOL_ERROR);
+    let mut buf = [0u8; 16];
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "connection must close");
+    // The server is still fine.
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn command_outside_the_cmdsn_window_is_ignored() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut c = raw_login(addr, HOST_A);
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let tur = |itt: u32, cmd_sn: u32| {
+        let mut b = Bhs::new(op::SCSI_CMD);
+        b.set_flags(0x81);
+        b.set_itt(itt);
+        b.set_u32(24, cmd_sn);
+        Pdu::new(b).encode(Digests::default())
+    };
+    c.write_all(&tur(1, 10 + 1000)).unwrap();
+    let mut buf = [0u8; 48];
+    assert!(
+        c.read_exact(&mut buf).is_err(),
+        "no answer to an out-of-window command"
+    );
+    assert_eq!(h.executed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(&tur(2, 10)).unwrap();
+    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
+    assert_eq!(r.bhs.opcode(), op::SCSI_RESP);
+    assert_eq!(r.bhs.itt(), 2);
+    assert_eq!(r.bhs.u32_at(28), 11, "ExpCmdSN advanced");
+    server.shutdown();
+}
+
+#[test]
+fn lun_reset_is_forwarded_and_answered_complete() {
+    let h = handler_with_lun0();
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    assert_eq!(s.task_management(0, 5, 0xffff_ffff).unwrap(), 0);
+    assert_eq!(
+        s.task_management(0, 1, 0x1234).unwrap(),
+        1,
+        "abort of an unknown task"
+    );
+    assert_eq!(
+        s.task_management(0, 8, 0x1234).unwrap(),
+        4,
+        "task reassign needs ERL 2"
+    );
+    let tmfs = h.tmfs.lock().unwrap().clone();
+    assert_eq!(tmfs[0], scsi::TaskManagement::LogicalUnitReset);
+    server.shutdown();
+}
