@@ -43,3 +43,18 @@ fn every_catalogue_scenario_passes_against_the_reference_provider() {
             .any(|e| e["method"] == "AreLunsSupported")
     );
 }
+
+#[test]
+fn every_catalogue_scenario_passes_against_the_shadowlun_provider() {
+    let report = conformance::run(&vss_emulator::shadowlun_lab::ShadowlunLabFactory, "");
+    println!("{}", report.summary());
+    for r in report.results.iter().filter(|r| !r.passed) {
+        println!(
+            "--- {} failed: {}\n{}",
+            r.name,
+            r.detail,
+            vss_emulator::trace::Trace::render(&r.trace)
+        );
+    }
+    assert!(report.passed(), "failing scenarios:\n{}", report.summary());
+}
