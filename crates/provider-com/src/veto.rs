@@ -1,0 +1,119 @@
+//! Event-log entries for vetoes, held back while the applications are frozen.
+//!
+//! The contract requires that `VSS_E_PROVIDER_VETO` is accompanied by an Application event-log
+//! entry telling the user how to fix the problem. Writing to the event log is not something
+//! to do between `PreCommitSnapshots` and `PostCommitSnapshots` (the flush-and-hold window),
+//! so entries raised then are buffered and written once the set leaves that window.
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex};
+
+use vss::{Hresult, VssId};
+
+/// One veto to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VetoEntry {
+    /// The VSS method that vetoed (`"CommitSnapshots"`).
+    pub method: &'static str,
+    /// The snapshot set concerned, when the method has one.
+    pub set_id: Option<VssId>,
+    /// The HRESULT returned to VSS.
+    pub hresult: Hresult,
+}
+
+impl VetoEntry {
+    /// The event text: what failed and what to do.
+    pub fn message(&self) -> String {
+        let set = self
+            .set_id
+            .map(|s| format!(" for snapshot set {{{s}}}"))
+            .unwrap_or_default();
+        format!(
+            "The shadowlun VSS hardware provider refused {method}{set} (HRESULT 0x{code:08X}, \
+             {name}).\r\n\r\nWhat to do: run `shadowlun-provider.exe status` as an administrator \
+             to check that the storage array answers and that the configured token and \
+             certificate fingerprint are accepted; check the array's journal for the snapshot \
+             set; then retry the backup. If the LUNs of the volume are not served by the \
+             shadowlun array, choose another provider for that volume.",
+            method = self.method,
+            code = self.hresult.0,
+            name = self.hresult.name().unwrap_or("unknown code"),
+        )
+    }
+}
+
+/// Where veto entries go: the Application event log in production, a recorder in tests.
+pub trait EventSink: Send + Sync {
+    fn write(&self, entry: &VetoEntry);
+}
+
+#[derive(Default)]
+struct State {
+    frozen: bool,
+    pending: Vec<VetoEntry>,
+}
+
+/// Decides when a veto entry is written: immediately, or after the freeze window closes.
+pub struct VetoLog {
+    sink: Arc<dyn EventSink>,
+    state: Mutex<State>,
+}
+
+impl VetoLog {
+    pub fn new(sink: Arc<dyn EventSink>) -> Self {
+        Self {
+            sink,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Called when `PreCommitSnapshots` starts: from now on entries are held back.
+    pub fn freeze(&self) {
+        self.lock().frozen = true;
+    }
+
+    /// Called when `PostCommitSnapshots` or `AbortSnapshots` has returned (or the object is
+    /// released): writes everything held back.
+    pub fn thaw(&self) {
+        let pending = {
+            let mut s = self.lock();
+            s.frozen = false;
+            std::mem::take(&mut s.pending)
+        };
+        for e in &pending {
+            self.sink.write(e);
+        }
+    }
+
+    /// Records the outcome of a method: a veto is written now, or later if frozen.
+    pub fn record(&self, method: &'static str, set_id: Option<VssId>, hresult: Hresult) {
+        if hresult != Hresult::VSS_E_PROVIDER_VETO {
+            return;
+        }
+        let entry = VetoEntry {
+            method,
+            set_id,
+            hresult,
+        };
+        tracing::warn!(method, hresult = %format_args!("0x{:08X}", hresult.0), "provider veto");
+        {
+            let mut s = self.lock();
+            if s.frozen {
+                s.pending.push(entry);
+                return;
+            }
+        }
+        self.sink.write(&entry);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for VetoLog {
+    fn drop(&mut self) {
+        self.thaw();
+    }
+}
