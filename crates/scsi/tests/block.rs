@@ -51,11 +51,41 @@ fn access_beyond_the_last_block_is_lba_out_of_range() {
 }
 
 #[test]
-fn short_data_out_is_refused_not_padded() {
+fn short_data_out_writes_only_the_whole_blocks_received() {
     let (t, n, dev, _) = single();
-    let o = exec(&t, &n, 0, &write10(0, 2, false), &[1; 600]);
+    good(&exec(&t, &n, 0, &write10(0, 2, false), &[b'a'; 1024]));
+    // Two blocks announced, one and a bit sent: the first block is written, not the second.
+    good(&exec(&t, &n, 0, &write10(0, 2, false), &[b'b'; 600]));
+    let d = good(&exec(&t, &n, 0, &read10(0, 2), &[])).to_vec();
+    assert!(d[..512].iter().all(|&b| b == b'b'));
+    assert!(d[512..].iter().all(|&b| b == b'a'));
+    // Nothing sent: nothing written, nothing allocated.
+    good(&exec(&t, &n, 0, &write10(100, 1, false), &[]));
+    assert_eq!(dev.mapped_blocks(), 2);
+    // More than announced: only the transfer length is written.
+    good(&exec(&t, &n, 0, &write10(0, 1, false), &[b'c'; 1024]));
+    let d = good(&exec(&t, &n, 0, &read10(0, 2), &[])).to_vec();
+    assert!(d[..512].iter().all(|&b| b == b'c'));
+    assert!(d[512..].iter().all(|&b| b == b'a'));
+}
+
+#[test]
+fn compare_and_write_and_write_same_need_exactly_their_data() {
+    let (t, n, _, _) = single();
+    let mut caw = cdb16(0x89, 0, 0, 0);
+    caw[13] = 1;
+    let o = exec(&t, &n, 0, &caw, &[0; 1536]);
     assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
-    assert_eq!(dev.mapped_blocks(), 0);
+    assert_eq!(&o.sense.unwrap()[15..18], &[0xC0, 0, 13]);
+    // 256 blocks wrap to 0 in the one-byte field: the data then cannot match.
+    caw[13] = 0;
+    let o = exec(&t, &n, 0, &caw, &[0; 512 * 512]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+    good(&exec(&t, &n, 0, &caw, &[]));
+    let o = exec(&t, &n, 0, &cdb16(0x93, 0, 0, 1), &[0; 1024]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
+    let o = exec(&t, &n, 0, &cdb16(0x93, 0x09, 0, 1), &[0; 512]);
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
 }
 
 #[test]
@@ -119,7 +149,7 @@ fn read_capacity_reports_size_and_thin_bits() {
     assert_eq!(d.len(), 32);
     assert_eq!(&d[..8], &2047u64.to_be_bytes());
     assert_eq!(&d[8..12], &512u32.to_be_bytes());
-    assert_eq!(d[13], 3, "4 KiB physical blocks");
+    assert_eq!(d[13], 0, "one logical block per physical block");
     assert_eq!(d[14], 0xC0, "LBPME and LBPRZ");
     let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 12), &[])).to_vec();
     assert_eq!(d.len(), 12);

@@ -71,15 +71,15 @@ fn block_limits_page_advertises_the_enforced_limits() {
     assert_eq!(d[4], 0x01, "WSNZ");
     assert_eq!(d[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
     let max_xfer = u32::from_be_bytes(d[8..12].try_into().unwrap());
-    assert_eq!(max_xfer, (8 << 20) / 512);
+    assert_eq!(max_xfer, (32 << 20) / 512);
     let max_unmap = u32::from_be_bytes(d[20..24].try_into().unwrap());
-    assert_eq!(max_unmap, (1 << 30) / 512);
+    assert_eq!(max_unmap, 1 << 20);
     assert_eq!(u32::from_be_bytes(d[24..28].try_into().unwrap()), 256);
     assert_eq!(u32::from_be_bytes(d[28..32].try_into().unwrap()), 8);
     // One block beyond the maximum transfer length is refused, pointing at TRANSFER LENGTH.
-    let o = exec(&t, &n, 0, &read10(0, (max_xfer + 1) as u16), &[]);
+    let o = exec(&t, &n, 0, &cdb16(0x88, 0, 0, max_xfer + 1), &[]);
     assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
-    assert_eq!(&o.sense.unwrap()[15..18], &[0xC0, 0, 7]);
+    assert_eq!(&o.sense.unwrap()[15..18], &[0xC0, 0, 10]);
 }
 
 #[test]

@@ -61,7 +61,7 @@ fn one_command_format_gives_usage_data() {
     assert_eq!(&d[..4], &[0, 0x03, 0, 10]);
     assert_eq!(
         &d[4..],
-        &[0x28, 0xE8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x07]
+        &[0x28, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x07]
     );
     // With a service action: the usage data carries it in byte 1.
     let d = good(&exec(&t, &n, 0, &rsoc(2, false, 0x9E, 0x10, 512), &[])).to_vec();

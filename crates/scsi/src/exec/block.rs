@@ -23,11 +23,30 @@ fn dev_err(ctx: &Ctx<'_>, e: &crate::DeviceError) -> Fail {
     Sense::from_device(e, ctx.lu.device().block_size()).into()
 }
 
-/// The data-out buffer of a write, checked against the transfer length.
+/// The data-out buffer of a command that needs at least `len` bytes of it.
 fn data<'a>(ctx: &Ctx<'a>, len: usize, len_at: u16) -> Result<&'a [u8], Sense> {
     ctx.data_out
         .get(..len)
         .ok_or(Sense::invalid_cdb(len_at, None))
+}
+
+/// What a WRITE writes when the initiator sent less than the transfer length (an iSCSI
+/// residual overflow): the whole blocks that arrived, and nothing past them (SAM-5 5.4.2,
+/// as LIO and libiscsi's residual tests expect). Extra data beyond the transfer length is
+/// ignored.
+fn received<'a>(ctx: &Ctx<'a>, len: usize) -> &'a [u8] {
+    let bs = ctx.lu.device().block_size() as usize;
+    let n = len.min(ctx.data_out.len() / bs * bs);
+    &ctx.data_out[..n]
+}
+
+/// The data-out buffer of a command whose data length is fixed by the CDB: anything else is
+/// refused.
+fn exact<'a>(ctx: &Ctx<'a>, len: usize, len_at: u16) -> Result<&'a [u8], Sense> {
+    if ctx.data_out.len() != len {
+        return Err(Sense::invalid_cdb(len_at, None));
+    }
+    Ok(ctx.data_out)
 }
 
 fn writable(ctx: &Ctx<'_>) -> Result<(), Sense> {
@@ -52,9 +71,9 @@ pub(crate) fn read(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16) -> Res {
 
 pub(crate) fn write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool, len_at: u16) -> Res {
     let (off, len) = range(ctx, lba, blocks, len_at)?;
-    let d = data(ctx, len, len_at)?;
+    let d = received(ctx, len);
     writable(ctx)?;
-    if len > 0 {
+    if !d.is_empty() {
         let fua = fua || !ctx.lu.write_cache_enabled();
         let _g = ctx.lu.io_shared();
         ctx.lu
@@ -68,15 +87,15 @@ pub(crate) fn write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool, len_at: u16
 /// WRITE AND VERIFY: the write is made durable, then read back and compared.
 pub(crate) fn write_and_verify(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16) -> Res {
     let (off, len) = range(ctx, lba, blocks, len_at)?;
-    let d = data(ctx, len, len_at)?;
+    let d = received(ctx, len);
     writable(ctx)?;
-    if len == 0 {
+    if d.is_empty() {
         return Ok(Vec::new());
     }
     let dev = ctx.lu.device();
     let _g = ctx.lu.io_shared();
     dev.write_at(off, d, true).map_err(|e| dev_err(ctx, &e))?;
-    let mut back = vec![0u8; len];
+    let mut back = vec![0u8; d.len()];
     dev.read_at(off, &mut back).map_err(|e| dev_err(ctx, &e))?;
     if let Some(i) = back.iter().zip(d).position(|(a, b)| a != b) {
         return Err(Sense::miscompare(i as u64).into());
@@ -122,10 +141,11 @@ pub(crate) fn compare_and_write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool)
         return Err(Sense::invalid_cdb(13, None).into());
     }
     let (off, len) = range(ctx, lba, blocks, 13)?;
+    // Verify and write data, exactly: a mismatch means the CDB and the transfer disagree.
+    let d = exact(ctx, 2 * len, 13)?;
     if len == 0 {
         return Ok(Vec::new());
     }
-    let d = data(ctx, 2 * len, 13)?;
     writable(ctx)?;
     let (verify, new) = d.split_at(len);
     let dev = ctx.lu.device();
@@ -166,9 +186,10 @@ pub(crate) fn write_same(
     }
     let zero_block = vec![0u8; bs as usize];
     let pattern: &[u8] = if ndob {
+        exact(ctx, 0, 1)?;
         &zero_block
     } else {
-        data(ctx, bs as usize, len_at)?
+        exact(ctx, bs as usize, len_at)?
     };
     writable(ctx)?;
     let off = lba * u64::from(bs);
@@ -273,8 +294,9 @@ pub(crate) fn read_capacity_16(ctx: &Ctx<'_>) -> Res {
     let mut b = vec![0u8; 32];
     b[0..8].copy_from_slice(&dev.num_blocks().saturating_sub(1).to_be_bytes());
     b[8..12].copy_from_slice(&dev.block_size().to_be_bytes());
-    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 4 KiB physical blocks.
-    b[13] = (4096 / dev.block_size().max(1)).max(1).trailing_zeros() as u8;
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: every logical block can be
+    // deallocated and reported on its own (the unmap granularity in VPD 0xB0 says what is
+    // efficient).
     if ctx.lu.thin() {
         b[14] = 0x80 | 0x40; // LBPME, LBPRZ
     }

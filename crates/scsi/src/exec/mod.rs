@@ -49,8 +49,9 @@ impl Fail {
 
 /// Block limits advertised in VPD page 0xB0 and enforced by the block commands.
 pub mod limits {
-    /// Largest READ/WRITE transfer, in bytes.
-    pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+    /// Largest READ/WRITE transfer, in bytes (the iSCSI target's default largest data
+    /// transfer, too).
+    pub const MAX_TRANSFER_BYTES: u32 = 32 << 20;
     /// Largest COMPARE AND WRITE, in blocks.
     pub const MAX_COMPARE_AND_WRITE: u32 = 255;
     /// Most block descriptors in one UNMAP parameter list.
@@ -62,9 +63,10 @@ pub mod limits {
     pub fn optimal_transfer_blocks(bs: u32) -> u32 {
         (1 << 20) / bs.max(1)
     }
-    /// Largest UNMAP range per descriptor and per command, in blocks (1 GiB).
+    /// Largest UNMAP range per descriptor and per command, in blocks: 1 GiB, and at most
+    /// 2^20 blocks (initiators treat larger values as bogus).
     pub fn max_unmap_blocks(bs: u32) -> u32 {
-        (1 << 30) / bs.max(1)
+        ((1 << 30) / bs.max(1)).min(1 << 20)
     }
     /// Largest WRITE SAME, in blocks (1 GiB).
     pub fn max_write_same_blocks(bs: u32) -> u64 {

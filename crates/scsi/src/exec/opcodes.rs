@@ -51,13 +51,13 @@ pub static COMMANDS: &[OpInfo] = &[
         READ_CAPACITY_10,
         &[READ_CAPACITY_10, 0, FF, FF, FF, FF, 0, 0, 0x01, C],
     ),
-    op(READ_10, &[READ_10, 0xE8, FF, FF, FF, FF, 0, FF, FF, C]),
-    op(WRITE_10, &[WRITE_10, 0xE8, FF, FF, FF, FF, 0, FF, FF, C]),
+    op(READ_10, &[READ_10, 0xF8, FF, FF, FF, FF, 0, FF, FF, C]),
+    op(WRITE_10, &[WRITE_10, 0xF8, FF, FF, FF, FF, 0, FF, FF, C]),
     op(
         WRITE_AND_VERIFY_10,
-        &[WRITE_AND_VERIFY_10, 0xE6, FF, FF, FF, FF, 0, FF, FF, C],
+        &[WRITE_AND_VERIFY_10, 0xF6, FF, FF, FF, FF, 0, FF, FF, C],
     ),
-    op(VERIFY_10, &[VERIFY_10, 0xE6, FF, FF, FF, FF, 0, FF, FF, C]),
+    op(VERIFY_10, &[VERIFY_10, 0xF6, FF, FF, FF, FF, 0, FF, FF, C]),
     op(
         SYNCHRONIZE_CACHE_10,
         &[SYNCHRONIZE_CACHE_10, 0, FF, FF, FF, FF, 0, FF, FF, C],
@@ -138,14 +138,14 @@ pub static COMMANDS: &[OpInfo] = &[
     op(
         READ_16,
         &[
-            READ_16, 0xE8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
+            READ_16, 0xF8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
         ],
     ),
     op(
         COMPARE_AND_WRITE,
         &[
             COMPARE_AND_WRITE,
-            0xE8,
+            0xF8,
             FF,
             FF,
             FF,
@@ -165,14 +165,14 @@ pub static COMMANDS: &[OpInfo] = &[
     op(
         WRITE_16,
         &[
-            WRITE_16, 0xE8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
+            WRITE_16, 0xF8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
         ],
     ),
     op(
         WRITE_AND_VERIFY_16,
         &[
             WRITE_AND_VERIFY_16,
-            0xE6,
+            0xF6,
             FF,
             FF,
             FF,
@@ -192,7 +192,7 @@ pub static COMMANDS: &[OpInfo] = &[
     op(
         VERIFY_16,
         &[
-            VERIFY_16, 0xE6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
+            VERIFY_16, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, C,
         ],
     ),
     op(
@@ -297,17 +297,17 @@ pub static COMMANDS: &[OpInfo] = &[
     ),
     op(
         READ_12,
-        &[READ_12, 0xE8, FF, FF, FF, FF, FF, FF, FF, FF, 0, C],
+        &[READ_12, 0xF8, FF, FF, FF, FF, FF, FF, FF, FF, 0, C],
     ),
     op(
         WRITE_12,
-        &[WRITE_12, 0xE8, FF, FF, FF, FF, FF, FF, FF, FF, 0, C],
+        &[WRITE_12, 0xF8, FF, FF, FF, FF, FF, FF, FF, FF, 0, C],
     ),
     op(
         WRITE_AND_VERIFY_12,
         &[
             WRITE_AND_VERIFY_12,
-            0xE6,
+            0xF6,
             FF,
             FF,
             FF,
