@@ -1,3 +1,23 @@
-//! The array daemon: pools, LUNs with fixed SCSI identity, hosts and mappings, the durable
-//! snapshot-set journal and its reaper, and the authenticated control API.
+//! The array daemon: LUNs with fixed SCSI identity on a storage engine, hosts and their
+//! mappings, the durable snapshot-set journal and its reaper, and the authenticated HTTPS
+//! control API the VSS provider drives (wire format in the `api` crate).
+//!
+//! Layers, bottom up: [`backend`] (what the daemon needs from a storage engine, with the
+//! in-memory and sparse-file engines), [`journal`] (append-only, fsync'd, replayed on start),
+//! [`state`] (every verb's rules, no HTTP), [`http`] (routes, auth, problem documents),
+//! [`tls`] (certificate generation and fingerprint pinning), [`daemon`] (start, serve, reaper,
+//! shutdown).
+//!
+//! Not here: SCSI command semantics (`scsi`), the iSCSI wire protocol (`iscsi`), the engine's
+//! on-disk format (`blockstore`), or the provider's client (`provider`).
 #![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod journal;
+pub mod state;
+
+pub use config::{BackendKind, Config};
+pub use error::{ArrayError, BackendError, ConfigError, JournalError};
+pub use state::{Array, Caller, ExportedLun, Exporter, NoExport, Policy};

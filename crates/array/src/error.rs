@@ -1,0 +1,151 @@
+//! Error types, one per layer, and their mapping onto API problems.
+
+use api::{Problem, ProblemCode};
+
+/// What a storage backend reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("volume {0} does not exist")]
+    NoVolume(String),
+    #[error("volume {0} already exists")]
+    Exists(String),
+    #[error("the pool has no space left: {0}")]
+    NoSpace(String),
+    #[error("volumes cannot shrink ({0})")]
+    Shrink(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        if e.raw_os_error() == Some(28) {
+            BackendError::NoSpace(e.to_string())
+        } else {
+            BackendError::Io(e.to_string())
+        }
+    }
+}
+
+impl From<scsi::DeviceError> for BackendError {
+    fn from(e: scsi::DeviceError) -> Self {
+        match e {
+            scsi::DeviceError::NoSpace => BackendError::NoSpace("device write".into()),
+            other => BackendError::Io(other.to_string()),
+        }
+    }
+}
+
+/// The durable journal failed; the array refuses every further change until restarted.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal {path} line {line} is corrupt: {reason}")]
+    Corrupt {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("the journal failed earlier; restart the array")]
+    Poisoned,
+}
+
+/// Why reading the configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// Every error the array reports, for the API and for `serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NoSpace(String),
+    #[error("{0}")]
+    LimitReached(String),
+    #[error(transparent)]
+    Backend(BackendError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<BackendError> for ArrayError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::NoSpace(d) => ArrayError::NoSpace(format!(
+                "The pool has no space left ({d}); free space or grow the pool and retry."
+            )),
+            other => ArrayError::Backend(other),
+        }
+    }
+}
+
+impl ArrayError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        ArrayError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// The API problem code of this error.
+    pub fn code(&self) -> ProblemCode {
+        match self {
+            ArrayError::BadRequest(_) => ProblemCode::BadRequest,
+            ArrayError::Unauthorized(_) => ProblemCode::Unauthorized,
+            ArrayError::Forbidden(_) => ProblemCode::Forbidden,
+            ArrayError::NotFound(_) => ProblemCode::NotFound,
+            ArrayError::Conflict(_) => ProblemCode::Conflict,
+            ArrayError::NoSpace(_) => ProblemCode::NoSpace,
+            ArrayError::LimitReached(_) => ProblemCode::LimitReached,
+            _ => ProblemCode::Internal,
+        }
+    }
+
+    /// The problem document sent to the client. Internal errors say to read the array log
+    /// rather than leaking paths or engine details.
+    pub fn problem(&self) -> Problem {
+        let code = self.code();
+        let detail = match code {
+            ProblemCode::Internal => {
+                "The array failed internally; its log has the details. Retry later.".to_string()
+            }
+            _ => self.to_string(),
+        };
+        Problem::new(code, detail)
+    }
+}
