@@ -91,6 +91,9 @@ pub struct Bcd {
     pub format: String,
     pub version: u32,
     pub set: SetRecord,
+    /// Names a requester gave snapshots (diskshadow `alias`), restored by `load metadata`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub aliases: std::collections::BTreeMap<String, VssId>,
 }
 
 impl Bcd {
@@ -99,6 +102,7 @@ impl Bcd {
             format: FORMAT.into(),
             version: VERSION,
             set,
+            aliases: Default::default(),
         }
     }
 

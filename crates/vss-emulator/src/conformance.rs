@@ -103,6 +103,14 @@ pub struct Rig {
 }
 
 impl Ctx {
+    /// A context over a lab (scenarios get one from [`run`]).
+    pub fn new(lab: Box<dyn Lab>) -> Self {
+        Self {
+            lab,
+            traces: RefCell::new(Vec::new()),
+        }
+    }
+
     pub fn lab(&self) -> &dyn Lab {
         self.lab.as_ref()
     }

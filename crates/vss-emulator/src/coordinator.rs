@@ -562,6 +562,11 @@ impl BackupComponents {
         self.context
     }
 
+    /// True between `StartSnapshotSet` and `DoSnapshotSet`.
+    pub fn has_pending_set(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// `StartSnapshotSet`.
     pub fn start_snapshot_set(&mut self) -> Result<VssId, VssError> {
         let mut f = lock(&self.coord.in_flight);

@@ -22,6 +22,7 @@ pub mod faults;
 pub mod gpt_flags;
 pub mod host;
 pub mod san;
+pub mod script;
 pub mod shadowlun_lab;
 pub mod storage;
 pub mod testing;

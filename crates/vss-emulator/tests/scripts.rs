@@ -1,0 +1,114 @@
+//! The example diskshadow scripts of `examples/vss/`, run from their files on two hosts of a
+//! SAN whose LUNs are real files, with the BCD passed between the hosts as a file.
+
+use std::path::PathBuf;
+
+use vss::Hresult;
+use vss_emulator::conformance::{Ctx, Lab};
+use vss_emulator::coordinator::Config;
+use vss_emulator::san::MemorySan;
+use vss_emulator::script::{Environment, run_script};
+use vss_emulator::shadowlun_lab::ShadowlunLab;
+use vss_emulator::testing::MemoryLab;
+
+fn example(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/vss")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn examples_run_end_to_end(lab: Box<dyn Lab>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = Ctx::new(lab);
+    let a = ctx
+        .rig("iqn.test:host-a", Config::default(), vec![])
+        .unwrap();
+    let b = ctx
+        .bare_rig("iqn.test:host-b", Config::default(), vec![])
+        .unwrap();
+    let originals = ctx.lab().lun_count().unwrap();
+    a.host.write_volume("E:", 0, &[0xA1; 512]).unwrap();
+
+    let mut env_a = Environment::new(a.coord.clone(), dir.path());
+    let r = run_script(&example("transportable-backup.dsh"), &mut env_a).unwrap();
+    assert_eq!(r.created.len(), 1);
+    let set = r.created[0];
+    let bcd = vss_emulator::bcd::Bcd::load(&dir.path().join("backup.json")).unwrap();
+    assert_eq!(bcd.set.snapshot_set_id, set);
+    assert_eq!(bcd.set.luns.len(), 3, "E: on one LUN, G: on two");
+    assert_eq!(bcd.aliases.len(), 2);
+    assert!(
+        r.output
+            .iter()
+            .any(|l| l == "Number of shadow copies listed: 2")
+    );
+    // After the snapshot, the source changes.
+    a.host.write_volume("E:", 0, &[0xB2; 512]).unwrap();
+
+    let mut env_b = Environment::new(b.coord.clone(), dir.path());
+    let r = run_script(&example("import-and-break.dsh"), &mut env_b).unwrap();
+    assert_eq!(r.imports, vec![Hresult::S_OK]);
+    // Broken writable: ordinary volumes on host B holding the point-in-time data.
+    let vols = b.host.volumes();
+    assert_eq!(vols.len(), 2);
+    assert!(vols.iter().all(|v| !v.read_only));
+    let e_copy = vols.iter().find(|v| v.extents.len() == 1).unwrap();
+    assert_eq!(
+        b.host.read_volume(&e_copy.name, 0, 512).unwrap(),
+        vec![0xA1; 512]
+    );
+    assert!(
+        b.coord.query().is_empty(),
+        "a broken set is no longer tracked"
+    );
+
+    let mut env_r = Environment::new(a.coord.clone(), dir.path());
+    run_script(&example("resync.dsh"), &mut env_r).unwrap();
+    assert_eq!(a.host.read_volume("E:", 0, 512).unwrap(), vec![0xA1; 512]);
+
+    let before = ctx.lab().lun_count().unwrap();
+    let mut env_d = Environment::new(a.coord.clone(), dir.path());
+    let r = run_script(&example("persistent-delete.dsh"), &mut env_d).unwrap();
+    assert!(
+        r.output.iter().any(|l| l == "1 shadow copies deleted."),
+        "{:?}",
+        r.output
+    );
+    assert_eq!(
+        ctx.lab().lun_count().unwrap(),
+        before,
+        "snapshot LUN reclaimed"
+    );
+    assert!(before > originals);
+}
+
+#[test]
+fn example_scripts_run_on_file_backed_luns_with_the_reference_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let san = MemorySan::in_dir(dir.path().join("luns")).unwrap();
+    examples_run_end_to_end(Box::new(MemoryLab { san: san.clone() }));
+    let files = std::fs::read_dir(dir.path().join("luns")).unwrap().count();
+    assert_eq!(files, san.luns().len(), "one file per LUN");
+}
+
+#[test]
+fn example_scripts_run_with_the_shadowlun_provider() {
+    examples_run_end_to_end(Box::new(ShadowlunLab {
+        array: provider::testing::MemoryArray::new(),
+    }));
+}
+
+#[test]
+fn a_failing_command_reports_its_line_and_hresult() {
+    let ctx = Ctx::new(Box::new(MemoryLab {
+        san: MemorySan::new(),
+    }));
+    let a = ctx.rig("iqn.test:a", Config::default(), vec![]).unwrap();
+    let mut env = Environment::new(a.coord.clone(), std::env::temp_dir());
+    let e = run_script("begin backup\nadd volume Q:\n", &mut env).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert_eq!(e.hresult(), Some(Hresult::VSS_E_OBJECT_NOT_FOUND));
+    let e = run_script("break %nothing%\n", &mut env).unwrap_err();
+    assert_eq!(e.to_string(), "line 1: unknown variable %nothing%");
+}
