@@ -14,11 +14,13 @@
 //! `docs/iscsi.md`.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod chap;
 mod handler;
 pub mod initiator;
 pub mod params;
 pub mod pdu;
+mod scsi_target;
 pub mod target;
 pub mod text;
 

@@ -102,6 +102,8 @@ struct R2tState {
     ttt: u32,
     offset: u32,
     len: u32,
+    /// DataSN expected next in this R2T's sequence.
+    data_sn: u32,
 }
 
 /// A write command waiting for its data.
@@ -115,6 +117,8 @@ struct WriteTask {
     /// End of the unsolicited burst (immediate + unsolicited Data-Out).
     unsol_end: u32,
     unsol_done: bool,
+    /// DataSN expected next in the unsolicited sequence.
+    unsol_data_sn: u32,
     next_offset: u32,
     r2t_sn: u32,
     outstanding: Vec<R2tState>,
@@ -585,6 +589,7 @@ impl Session {
             received: imm_len,
             unsol_end,
             unsol_done: final_bit,
+            unsol_data_sn: 0,
             next_offset: imm_len,
             r2t_sn: 0,
             outstanding: Vec::new(),
@@ -621,6 +626,7 @@ impl Session {
                 ttt,
                 offset: w.next_offset,
                 len,
+                data_sn: 0,
             });
             w.r2t_sn = w.r2t_sn.wrapping_add(1);
             w.next_offset += len;
@@ -646,6 +652,7 @@ impl Session {
                 "Data-Out offset out of order or beyond the transfer length",
             ));
         }
+        let data_sn = p.bhs.u32_at(36);
         if ttt == RESERVED_TAG {
             if w.unsol_done || offset + len > w.unsol_end {
                 self.send_reject(&p.bhs, reject::PROTOCOL_ERROR).await;
@@ -653,6 +660,10 @@ impl Session {
                     "unsolicited data beyond FirstBurstLength",
                 ));
             }
+            if data_sn != w.unsol_data_sn {
+                return self.fail_data_sn(itt, w, &p.bhs).await;
+            }
+            w.unsol_data_sn += 1;
         } else {
             let Some(i) = w.outstanding.iter().position(|r| r.ttt == ttt) else {
                 self.send_reject(&p.bhs, reject::INVALID_PDU_FIELD).await;
@@ -660,11 +671,15 @@ impl Session {
                     "Data-Out with an unknown Target Transfer Tag",
                 ));
             };
-            let r = &w.outstanding[i];
+            let r = &mut w.outstanding[i];
             if offset < r.offset || offset + len > r.offset + r.len {
                 self.send_reject(&p.bhs, reject::PROTOCOL_ERROR).await;
                 return Err(ConnError::Protocol("Data-Out outside its R2T"));
             }
+            if data_sn != r.data_sn {
+                return self.fail_data_sn(itt, w, &p.bhs).await;
+            }
+            r.data_sn += 1;
         }
         if w.refuse.is_none() {
             if w.buf.capacity() == w.buf.len() {
@@ -703,6 +718,31 @@ impl Session {
         }
         self.writes.insert(itt, w);
         Ok(())
+    }
+
+    /// A Data-Out with the wrong DataSN (a lost or reordered PDU): at ERL 0 the data cannot
+    /// be recovered, so the PDU is rejected and the command ends with ABORTED COMMAND / DATA
+    /// PHASE ERROR; the connection stays up. Later Data-Out for the task is ignored.
+    async fn fail_data_sn(&mut self, itt: u32, w: WriteTask, bad: &Bhs) -> Result<(), ConnError> {
+        tracing::warn!(
+            itt,
+            data_sn = bad.u32_at(36),
+            "Data-Out with an unexpected DataSN"
+        );
+        self.send_reject(bad, reject::PROTOCOL_ERROR).await;
+        self.release_slot(w.immediate);
+        let done = ScsiDone {
+            itt,
+            lun: w.lun,
+            edtl: w.edtl,
+            read: false,
+            write: true,
+            outcome: check_condition(0x0b, 0x4b, 0x00),
+        };
+        self.tx
+            .send(Out::Scsi(Box::new(done)))
+            .await
+            .map_err(|_| ConnError::WriterGone)
     }
 
     fn finish_write(&mut self, itt: u32, w: WriteTask) {
@@ -783,7 +823,15 @@ impl Session {
             if !immediate {
                 seq.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
             }
-            if !aborted.load(Ordering::Acquire) {
+            // Leave the task table and read the abort flag under one lock, so that an
+            // ABORT TASK either finds the task (and no response is sent) or does not.
+            let was_aborted = {
+                let mut t = running.tasks.lock().expect("tasks lock");
+                t.remove(&itt);
+                aborted.load(Ordering::Acquire)
+            };
+            running.done.notify_waiters();
+            if !was_aborted {
                 let done = ScsiDone {
                     itt,
                     lun,
@@ -794,8 +842,6 @@ impl Session {
                 };
                 let _ = tx.blocking_send(Out::Scsi(Box::new(done)));
             }
-            running.tasks.lock().expect("tasks lock").remove(&itt);
-            running.done.notify_waiters();
         });
     }
 
@@ -874,16 +920,15 @@ impl Session {
                     .await
                     .unwrap_or(TaskManagementResponse::Rejected);
                 match (f, r) {
-                    (
-                        TaskManagement::AbortTask { .. },
-                        TaskManagementResponse::TaskDoesNotExist,
-                    ) if found => 0,
-                    (
-                        TaskManagement::AbortTask { .. },
-                        TaskManagementResponse::TaskDoesNotExist,
-                    ) => {
+                    // The transport knows whether the task is still here; the device model
+                    // runs commands to completion and cannot tell.
+                    (TaskManagement::AbortTask { .. }, TaskManagementResponse::LunDoesNotExist) => {
+                        2
+                    }
+                    (TaskManagement::AbortTask { .. }, _) if found => 0,
+                    (TaskManagement::AbortTask { .. }, _) => {
                         // RFC 7143 §11.5.1: a task not yet received (RefCmdSN inside the window)
-                        // counts as aborted.
+                        // counts as aborted; one already answered does not exist.
                         let ref_sn = p.bhs.u32_at(32);
                         let exp = self.seq.exp_cmd_sn.load(Ordering::Acquire);
                         if sn_lt(ref_sn, exp) { 1 } else { 0 }

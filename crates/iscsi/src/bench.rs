@@ -1,0 +1,515 @@
+//! Target benchmark: this crate's target against `tgt` (Debian's userspace target) on the
+//! same backing file, with this crate's initiator as the load generator, plus a raw read of
+//! the backing file. Every run is bounded by time and by a maximum operation count.
+//!
+//! Entry point: [`run`]. Also home of [`Tgt`], a `tgtd` process started for tests and
+//! benchmarks (killed with SIGKILL on drop, since tgtd ignores SIGTERM).
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::initiator::{DataDir, InitiatorConfig, InitiatorError, Session, rw16};
+use crate::{AuthPolicy, TargetConfig, TargetError, TargetServer};
+
+const BENCH_INITIATOR: &str = "iqn.2026-01.org.shadowlun:bench-initiator";
+const OUR_TARGET: &str = "iqn.2026-01.org.shadowlun:bench";
+const TGT_TARGET: &str = "iqn.2026-01.org.shadowlun:bench-tgt";
+const BLOCK: u32 = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("backing file {path}: {source}")]
+    Backing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("target: {0}")]
+    Target(#[from] TargetError),
+    #[error("initiator: {0}")]
+    Initiator(#[from] InitiatorError),
+    #[error("tgt: {0}")]
+    Tgt(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Backing file; created (sparse, then filled) when missing or too small.
+    pub backing: PathBuf,
+    pub size_mib: u64,
+    /// Length of each measured run.
+    pub duration: Duration,
+    /// Compare with tgt (needs `tgtd` and `tgtadm` on PATH).
+    pub with_tgt: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            backing: std::env::temp_dir().join("shadowlun-iscsi-bench.img"),
+            size_mib: 256,
+            duration: Duration::from_secs(3),
+            with_tgt: true,
+        }
+    }
+}
+
+/// One measured workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub measure: String,
+    pub unit: &'static str,
+    pub ours: f64,
+    /// tgt for the protocol rows, the raw file read for the last row.
+    pub baseline: Option<f64>,
+    pub baseline_name: &'static str,
+    pub ratio: Option<f64>,
+    pub goal: f64,
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: String,
+    pub backing: String,
+    pub size_mib: u64,
+    pub seconds_per_run: f64,
+    pub rows: Vec<BenchRow>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "iSCSI target benchmark on {} ({} MiB backing file, {:.1} s per run)",
+            self.machine, self.size_mib, self.seconds_per_run
+        )?;
+        writeln!(
+            f,
+            "{:<34} {:>12} {:>12} {:>10} {:>7} {:>6}  unit",
+            "measure", "shadowlun", "baseline", "ratio", "goal", "met"
+        )?;
+        for r in &self.rows {
+            let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+            let ratio = r
+                .ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into());
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            };
+            writeln!(
+                f,
+                "{:<34} {:>12.1} {:>12} {:>10} {:>6.1}x {:>6}  {} (vs {})",
+                r.measure,
+                r.ours,
+                opt(r.baseline),
+                ratio,
+                r.goal,
+                met,
+                r.unit,
+                r.baseline_name
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A `tgtd` process serving one file LUN (LUN 1) to any initiator.
+#[derive(Debug)]
+pub struct Tgt {
+    child: Child,
+    control: u32,
+    pub addr: SocketAddr,
+    pub target: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Tgt {
+    /// Starts tgtd on a free loopback port and exports `backing` as LUN 1 of `target`.
+    pub fn start(backing: &Path, target: &str, serial: &str) -> Result<Tgt, BenchError> {
+        let port = free_port().map_err(|e| BenchError::Tgt(e.to_string()))?;
+        let control = 1000 + std::process::id() % 20000 + u32::from(port % 1000);
+        let child = Command::new("tgtd")
+            .args([
+                "-f",
+                "-C",
+                &control.to_string(),
+                "--iscsi",
+                &format!("portal=127.0.0.1:{port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| BenchError::Tgt(format!("cannot start tgtd: {e}")))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut t = Tgt {
+            child,
+            control,
+            addr,
+            target: target.to_string(),
+        };
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(BenchError::Tgt("tgtd did not start listening".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let path = backing.to_string_lossy().to_string();
+        t.adm(&[
+            "--op", "new", "--mode", "target", "--tid", "1", "-T", target,
+        ])?;
+        t.adm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            &path,
+        ])?;
+        t.adm(&[
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--params",
+            &format!("vendor_id=TGTBENCH,product_id=tgt-lun,scsi_sn={serial},scsi_id=60000000000000000000000000000001"),
+        ])?;
+        t.adm(&[
+            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+        ])?;
+        Ok(t)
+    }
+
+    fn adm(&mut self, args: &[&str]) -> Result<(), BenchError> {
+        let out = Command::new("tgtadm")
+            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
+            .args(args)
+            .output()
+            .map_err(|e| BenchError::Tgt(format!("tgtadm: {e}")))?;
+        if !out.status.success() {
+            return Err(BenchError::Tgt(format!(
+                "tgtadm {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        // tgtd ignores SIGTERM; this is the process we started.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Workload shape.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    block_bytes: u32,
+    depth: usize,
+    random: bool,
+    write: bool,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Runs one workload for `dur`; returns (bytes per second, operations per second).
+fn drive(
+    s: &mut Session,
+    lun: u64,
+    size: u64,
+    load: Load,
+    dur: Duration,
+) -> Result<(f64, f64), BenchError> {
+    let blocks_per_io = load.block_bytes / BLOCK;
+    let slots = size / u64::from(load.block_bytes);
+    let payload = vec![0x5au8; load.block_bytes as usize];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut next_seq = 0u64;
+    let mut done = 0u64;
+    let max_ops = 50_000_000u64;
+    let start = Instant::now();
+    let mut issue = |s: &mut Session| -> Result<(), BenchError> {
+        let slot = if load.random {
+            rng.next() % slots
+        } else {
+            let v = next_seq % slots;
+            next_seq += 1;
+            v
+        };
+        let lba = slot * u64::from(blocks_per_io);
+        if load.write {
+            s.submit(
+                lun,
+                &rw16(0x8a, lba, blocks_per_io, false),
+                DataDir::Write(payload.clone()),
+            )?;
+        } else {
+            s.submit(
+                lun,
+                &rw16(0x88, lba, blocks_per_io, false),
+                DataDir::Read(load.block_bytes),
+            )?;
+        }
+        Ok(())
+    };
+    for _ in 0..load.depth {
+        issue(s)?;
+    }
+    while s.in_flight() > 0 {
+        let (_, r) = s.wait_any()?;
+        let r = r?;
+        if r.status != 0 {
+            return Err(BenchError::Initiator(InitiatorError::Status(r.status)));
+        }
+        done += 1;
+        if start.elapsed() < dur && done < max_ops {
+            issue(s)?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((
+        done as f64 * f64::from(load.block_bytes) / secs,
+        done as f64 / secs,
+    ))
+}
+
+fn prepare_backing(path: &Path, size: u64) -> Result<(), BenchError> {
+    let err = |source| BenchError::Backing {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    if f.metadata().map_err(err)?.len() < size {
+        f.set_len(size).map_err(err)?;
+        // Fill it so reads hit real pages, not holes.
+        let chunk = vec![0xa5u8; 1 << 20];
+        let mut off = 0;
+        while off < size {
+            f.write_all_at(&chunk, off).map_err(err)?;
+            off += chunk.len() as u64;
+        }
+        f.sync_all().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Sequential 64 KiB reads of the backing file with pread, for `dur` (page cache warm).
+fn raw_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
+    let err = |source| BenchError::Backing {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    let mut off = 0u64;
+    while start.elapsed() < dur {
+        f.read_exact_at(&mut buf, off).map_err(err)?;
+        bytes += buf.len() as u64;
+        off = (off + buf.len() as u64) % size;
+    }
+    Ok(bytes as f64 / start.elapsed().as_secs_f64())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs, {model}, loopback TCP")
+}
+
+const LOADS: [(&str, Load, &str, f64); 4] = [
+    (
+        "seq read 64 KiB QD8",
+        Load {
+            block_bytes: 65536,
+            depth: 8,
+            random: false,
+            write: false,
+        },
+        "MB/s",
+        1.5,
+    ),
+    (
+        "seq write 64 KiB QD8",
+        Load {
+            block_bytes: 65536,
+            depth: 8,
+            random: false,
+            write: true,
+        },
+        "MB/s",
+        1.5,
+    ),
+    (
+        "random read 4 KiB QD32",
+        Load {
+            block_bytes: 4096,
+            depth: 32,
+            random: true,
+            write: false,
+        },
+        "IOPS",
+        1.5,
+    ),
+    (
+        "random write 4 KiB QD32",
+        Load {
+            block_bytes: 4096,
+            depth: 32,
+            random: true,
+            write: true,
+        },
+        "IOPS",
+        1.5,
+    ),
+];
+
+fn run_loads(
+    addr: SocketAddr,
+    target: &str,
+    lun: u64,
+    size: u64,
+    dur: Duration,
+) -> Result<Vec<f64>, BenchError> {
+    let mut cfg = InitiatorConfig::new(BENCH_INITIATOR);
+    cfg.max_recv_data_segment = 262_144;
+    let mut s = Session::login(addr, target, &cfg)?;
+    // Clear any unit attention before measuring.
+    s.test_unit_ready(lun)?;
+    let mut out = Vec::new();
+    for (_, load, unit, _) in LOADS {
+        let (bps, iops) = drive(&mut s, lun, size, load, dur)?;
+        out.push(if unit == "MB/s" { bps / 1e6 } else { iops });
+    }
+    let _ = s.logout();
+    Ok(out)
+}
+
+/// Runs the benchmark: our target and (optionally) tgt serve the same file; the same
+/// initiator drives both with the same workloads.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let size = opts.size_mib * 1024 * 1024;
+    prepare_backing(&opts.backing, size)?;
+    // Warm the page cache once so both targets see the same state.
+    let _ = raw_read(&opts.backing, size, Duration::from_millis(300))?;
+
+    let ours = {
+        let dev = scsi::FileDevice::open(&opts.backing, BLOCK, false).map_err(|source| {
+            BenchError::Backing {
+                path: opts.backing.clone(),
+                source,
+            }
+        })?;
+        let target = Arc::new(scsi::Target::new(OUR_TARGET));
+        let identity = scsi::LuIdentity {
+            vendor: "SHADOWLN".into(),
+            product: "bench".into(),
+            revision: "0001".into(),
+            serial: "BENCH0001".into(),
+            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0c)],
+        };
+        target.map(
+            BENCH_INITIATOR,
+            0,
+            Arc::new(scsi::LogicalUnit::new(Arc::new(dev), identity)),
+        );
+        let server = TargetServer::spawn(TargetConfig {
+            portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..TargetConfig::default()
+        })?;
+        server.add_target(OUR_TARGET, None, target, AuthPolicy::None)?;
+        let r = run_loads(server.local_addrs()[0], OUR_TARGET, 0, size, opts.duration);
+        server.shutdown();
+        r?
+    };
+    let tgt = if opts.with_tgt {
+        let t = Tgt::start(&opts.backing, TGT_TARGET, "TGTBENCH1")?;
+        Some(run_loads(t.addr, &t.target, 1, size, opts.duration)?)
+    } else {
+        None
+    };
+    let raw = raw_read(&opts.backing, size, opts.duration)? / 1e6;
+    let mut rows = Vec::new();
+    for (i, (name, _, unit, goal)) in LOADS.iter().enumerate() {
+        let base = tgt.as_ref().map(|t| t[i]);
+        let ratio = base.map(|b| ours[i] / b);
+        rows.push(BenchRow {
+            measure: (*name).to_string(),
+            unit,
+            ours: ours[i],
+            baseline: base,
+            baseline_name: "tgt",
+            ratio,
+            goal: *goal,
+            met: ratio.map(|r| r >= *goal),
+        });
+    }
+    let ratio = ours[0] / raw;
+    rows.push(BenchRow {
+        measure: "seq read 64 KiB QD8 vs raw file".into(),
+        unit: "MB/s",
+        ours: ours[0],
+        baseline: Some(raw),
+        baseline_name: "raw pread 64 KiB",
+        ratio: Some(ratio),
+        goal: 0.7,
+        met: Some(ratio >= 0.7),
+    });
+    Ok(BenchReport {
+        machine: machine(),
+        backing: opts.backing.display().to_string(),
+        size_mib: opts.size_mib,
+        seconds_per_run: opts.duration.as_secs_f64(),
+        rows,
+    })
+}

@@ -1,0 +1,25 @@
+//! [`ScsiHandler`] for the device model's [`scsi::Target`].
+
+use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
+
+use crate::handler::ScsiHandler;
+
+impl ScsiHandler for scsi::Target {
+    fn execute(&self, cmd: &Command<'_>) -> Outcome {
+        scsi::Target::execute(self, cmd)
+    }
+    fn task_management(
+        &self,
+        nexus: &Nexus,
+        lun: u64,
+        f: TaskManagement,
+    ) -> TaskManagementResponse {
+        scsi::Target::task_management(self, nexus, lun, f)
+    }
+    fn nexus_lost(&self, nexus: &Nexus) {
+        scsi::Target::nexus_lost(self, nexus)
+    }
+    fn luns_for(&self, initiator: &str) -> Vec<u64> {
+        scsi::Target::luns_for(self, initiator)
+    }
+}
