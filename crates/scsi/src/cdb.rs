@@ -176,6 +176,46 @@ pub enum Cdb {
 }
 
 impl Cdb {
+    /// The SCSI data length of the command in bytes (SAM-5 "expected data transfer length"):
+    /// what a read returns in full or a write needs, given the logical unit's block size.
+    /// For commands with an allocation or parameter list length, that length. A transport
+    /// compares it with the initiator's expected length to report residuals.
+    pub fn data_length(&self, block_size: u32) -> u64 {
+        let bs = u64::from(block_size);
+        match *self {
+            Cdb::Read { blocks, .. }
+            | Cdb::Write { blocks, .. }
+            | Cdb::WriteAndVerify { blocks, .. } => u64::from(blocks) * bs,
+            Cdb::Verify { blocks, bytchk, .. } => match bytchk {
+                0 => 0,
+                1 => u64::from(blocks) * bs,
+                _ => bs,
+            },
+            Cdb::CompareAndWrite { blocks, .. } => 2 * u64::from(blocks) * bs,
+            Cdb::WriteSame { ndob, .. } => {
+                if ndob {
+                    0
+                } else {
+                    bs
+                }
+            }
+            Cdb::Inquiry { alloc, .. }
+            | Cdb::RequestSense { alloc }
+            | Cdb::ReportLuns { alloc, .. }
+            | Cdb::ModeSense { alloc, .. }
+            | Cdb::ReadCapacity16 { alloc }
+            | Cdb::GetLbaStatus { alloc, .. }
+            | Cdb::ReportOpcodes { alloc, .. }
+            | Cdb::ReportTmf { alloc, .. }
+            | Cdb::PrIn { alloc, .. } => u64::from(alloc),
+            Cdb::ModeSelect { len, .. } | Cdb::Unmap { len } | Cdb::PrOut { len, .. } => {
+                u64::from(len)
+            }
+            Cdb::ReadCapacity10 => 8,
+            Cdb::TestUnitReady | Cdb::SynchronizeCache { .. } | Cdb::Reserve6 | Cdb::Release6 => 0,
+        }
+    }
+
     /// How the command interacts with reservations.
     pub fn access(&self) -> Access {
         match self {

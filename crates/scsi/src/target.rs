@@ -122,6 +122,19 @@ impl Target {
         }
     }
 
+    /// The SCSI data length in bytes the command's CDB calls for (see [`Cdb::data_length`]),
+    /// using the block size of the logical unit it addresses; `None` if the CDB does not
+    /// parse. The transport uses it to report residual overflow and underflow (RFC 7143
+    /// 11.4.5): a WRITE whose Expected Data Transfer Length is smaller than this writes only
+    /// the whole blocks that arrived.
+    pub fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
+        let parsed = cdb::parse(cmd.cdb).ok()?;
+        let bs = decode_lun(cmd.lun)
+            .and_then(|l| self.lu_for(&cmd.nexus.initiator, l))
+            .map_or(512, |lu| lu.device().block_size());
+        Some(parsed.data_length(bs))
+    }
+
     fn report_luns(&self, initiator: &str, select: u8) -> Vec<u8> {
         let luns = if select == 1 {
             Vec::new() // no well-known logical units

@@ -378,3 +378,29 @@ fn unmap_on_a_thick_device_is_an_invalid_opcode() {
     let d = good(&exec(&t, &n, 0, &[0x12, 1, 0xB2, 0, 255, 0], &[])).to_vec();
     assert_eq!(d, vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
 }
+
+#[test]
+fn data_length_tells_the_transport_what_the_cdb_implies() {
+    let (t, n, _, _) = single();
+    let cmd = |cdb: &[u8]| {
+        let c = scsi::Command {
+            nexus: &n,
+            lun: scsi::encode_lun(0),
+            cdb,
+            data_out: &[],
+            expected_length: 0,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        };
+        t.data_length(&c)
+    };
+    assert_eq!(cmd(&write10(0, 2, false)), Some(1024));
+    assert_eq!(cmd(&read10(0, 3)), Some(1536));
+    let mut caw = cdb16(0x89, 0, 0, 0);
+    caw[13] = 2;
+    assert_eq!(cmd(&caw), Some(2048));
+    assert_eq!(cmd(&cdb16(0x93, 0x08, 0, 100)), Some(512));
+    assert_eq!(cmd(&[0x12, 1, 0x83, 0, 200, 0]), Some(200));
+    assert_eq!(cmd(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]), Some(24));
+    assert_eq!(cmd(&[0xFF, 0, 0, 0, 0, 0]), None);
+}
