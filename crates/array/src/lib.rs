@@ -13,11 +13,16 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod error;
+pub mod http;
 pub mod journal;
 pub mod state;
+pub mod tls;
 
 pub use config::{BackendKind, Config};
+pub use daemon::{RunningArray, serve, start, start_with};
 pub use error::{ArrayError, BackendError, ConfigError, JournalError};
 pub use state::{Array, Caller, ExportedLun, Exporter, NoExport, Policy};

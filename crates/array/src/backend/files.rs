@@ -237,9 +237,11 @@ impl Backend for FileBackend {
                 let size = v.size.load(Ordering::Acquire);
                 f.set_len(size)?;
                 sparse_copy(&v.file, &f, size)?;
-                f.sync_all()?;
             }
-            self.sync_dir()
+            // One filesystem sync makes every clone and the directory durable at once.
+            let dir = File::open(&self.dir)?;
+            rustix::fs::syncfs(&dir).map_err(std::io::Error::from)?;
+            Ok(())
         })();
         drop(guards);
         if result.is_err() {

@@ -1,0 +1,229 @@
+//! Starting and stopping the daemon: pool directory, admin token, TLS, journal recovery, the
+//! HTTPS listener, the reaper, and a clean shutdown.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
+
+use crate::backend::{Backend, FileBackend, MemoryBackend};
+use crate::config::{BackendKind, Config};
+use crate::error::ArrayError;
+use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
+
+/// A started daemon.
+#[derive(Debug)]
+pub struct RunningArray {
+    /// Where the HTTPS control API listens (the real port when configured with port 0).
+    pub api_addr: SocketAddr,
+    /// iSCSI portals being served (empty until a target is attached).
+    pub iscsi_addrs: Vec<SocketAddr>,
+    /// SHA-256 fingerprint of the API certificate, `AB:CD:...`, for the provider to pin.
+    pub fingerprint: String,
+    /// The 0600 file holding the admin token.
+    pub admin_token_path: PathBuf,
+    pub array: Array,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningArray {
+    /// Stops accepting, lets in-flight requests finish (up to 5 s), stops the reaper, flushes
+    /// the journal.
+    pub async fn shutdown(self) -> Result<(), ArrayError> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.array.sync()?;
+        tracing::info!("array stopped");
+        Ok(())
+    }
+}
+
+fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => return Ok(t.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ArrayError::io(format!("reading {}", path.display()), e)),
+    }
+    let token = new_token()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ArrayError::io(format!("creating {}", path.display()), e))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ArrayError::io(format!("writing {}", path.display()), e))?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+/// Starts the daemon with the configured engine and no iSCSI export.
+pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
+    start_with(config, Arc::new(NoExport)).await
+}
+
+/// Starts the daemon, mapping LUNs through `exporter`.
+pub async fn start_with(
+    config: Config,
+    exporter: Arc<dyn Exporter>,
+) -> Result<RunningArray, ArrayError> {
+    let pool = config.pool_dir.clone();
+    std::fs::create_dir_all(&pool)
+        .map_err(|e| ArrayError::io(format!("creating {}", pool.display()), e))?;
+    let admin_token_path = config.admin_token_path();
+    let admin = read_or_create_admin_token(&admin_token_path)?;
+    let (certs, key, fingerprint) =
+        crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
+    let tls = Arc::new(crate::tls::server_config(certs, key)?);
+    let backend: Arc<dyn Backend> = match config.backend {
+        BackendKind::Files => Arc::new(FileBackend::open(&pool)?),
+        BackendKind::Memory => Arc::new(MemoryBackend::new(None)),
+    };
+    let policy = Policy {
+        target_name: config.target_name.clone(),
+        max_luns_per_set: config.max_luns_per_set,
+        max_lun_bytes: config.max_lun_bytes,
+        reaper_timeout: config.reaper_timeout(),
+    };
+    let journal = config.journal_path();
+    let array = tokio::task::spawn_blocking(move || {
+        Array::open(&journal, backend, exporter, policy, token_hash(&admin))
+    })
+    .await
+    .map_err(|e| ArrayError::io("opening the array", std::io::Error::other(e.to_string())))??;
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|e| ArrayError::io(format!("binding {}", config.api_listen), e))?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|e| ArrayError::io("local address", e))?;
+    let (stop, stop_rx) = watch::channel(false);
+    let router = crate::http::router(array.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let reaper = tokio::spawn(reaper(
+        array.clone(),
+        Duration::from_secs(config.reaper_interval_secs),
+        stop_rx.clone(),
+    ));
+    let task = tokio::spawn(async move {
+        accept_loop(listener, acceptor, router, stop_rx).await;
+        let _ = reaper.await;
+    });
+    tracing::info!(%api_addr, %fingerprint, admin_token = %admin_token_path.display(), "array started");
+    Ok(RunningArray {
+        api_addr,
+        iscsi_addrs: Vec::new(),
+        fingerprint,
+        admin_token_path,
+        array,
+        stop,
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 5 s; closing them");
+    }
+}
+
+async fn reaper(array: Array, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let a = array.clone();
+        match tokio::task::spawn_blocking(move || a.reap(false)).await {
+            Ok(Ok(r)) if !r.sets.is_empty() => {
+                tracing::info!(
+                    sets = r.sets.len(),
+                    luns = r.luns.len(),
+                    "reaper removed sets"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reaper run failed"),
+            Err(e) => tracing::warn!(error = %e, "reaper task failed"),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves. Prints the API address, the certificate
+/// fingerprint and the admin token's path (never the token) on standard output.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ArrayError> {
+    let running = start(config).await?;
+    println!("shadowlun array: API https://{}", running.api_addr);
+    println!(
+        "shadowlun array: certificate SHA-256 fingerprint {}",
+        running.fingerprint
+    );
+    println!(
+        "shadowlun array: admin token in {}",
+        running.admin_token_path.display()
+    );
+    shutdown.await;
+    running.shutdown().await
+}
