@@ -39,6 +39,7 @@ pub mod opcode {
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
+    pub const VERIFY_12: u8 = 0xAF;
 
     /// SERVICE ACTION IN (16) service actions.
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
@@ -432,7 +433,7 @@ pub fn parse(cdb: &[u8]) -> Result<Cdb, Sense> {
                 len_at,
             }
         }
-        VERIFY_10 | VERIFY_16 => {
+        VERIFY_10 | VERIFY_12 | VERIFY_16 => {
             no_protect(c)?;
             let (lba, blocks, len_at) = lba_len(op, c);
             let bytchk = (c[1] >> 1) & 0x3;

@@ -326,6 +326,10 @@ fn verify_compares_data_out_with_the_medium() {
     good(&exec(&t, &n, 0, &c, &[5; 512]));
     let o = exec(&t, &n, 0, &c, &[6; 512]);
     assert_eq!(sense_of(&o).0, key::MISCOMPARE);
+    // VERIFY(12) with BYTCHK 01b.
+    let v12 = [0xAF, 0x02, 0, 0, 0, 20, 0, 0, 0, 2, 0, 0];
+    good(&exec(&t, &n, 0, &v12, &data));
+    assert_eq!(sense_of(&exec(&t, &n, 0, &v12, &off)).0, key::MISCOMPARE);
     let o = exec(&t, &n, 0, &v10(0x04), &data);
     assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x24, 0));
 }

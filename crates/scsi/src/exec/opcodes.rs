@@ -320,6 +320,10 @@ pub static COMMANDS: &[OpInfo] = &[
             C,
         ],
     ),
+    op(
+        VERIFY_12,
+        &[VERIFY_12, 0xF6, FF, FF, FF, FF, FF, FF, FF, FF, 0, C],
+    ),
 ];
 
 fn has_sa(opcode: u8) -> bool {
