@@ -13,14 +13,30 @@
 //!
 //! `unsafe` lives in [`ffi`] (every raw pointer VSS hands us, and the `_Impl` traits that
 //! receive them) and in the thin Win32 wrappers ([`server`], [`registry`], [`eventlog`],
-//! [`dpapi`], [`service`]); every other module forbids it.
+//! [`dpapi`], [`service`], [`install`], [`sddl`]); every other module forbids it.
 
+#[cfg(windows)]
+pub mod cli;
+#[cfg(windows)]
+pub mod config;
+#[cfg(windows)]
+pub mod dpapi;
+#[cfg(windows)]
+pub mod eventlog;
 #[cfg(windows)]
 pub mod ffi;
 #[cfg(windows)]
 pub mod ids;
 #[cfg(windows)]
+pub mod install;
+#[cfg(windows)]
+pub mod registry;
+#[cfg(windows)]
+pub mod sddl;
+#[cfg(windows)]
 pub mod server;
+#[cfg(windows)]
+pub mod service;
 #[cfg(windows)]
 pub mod veto;
 
@@ -29,4 +45,4 @@ pub use ffi::client::ComClient;
 #[cfg(windows)]
 pub use ffi::{ComAsync, ComProvider, ProviderFactory};
 #[cfg(windows)]
-pub use veto::{EventSink, VetoEntry, VetoLog};
+pub use veto::{EventLogWriter, VetoEntry, VetoLog};

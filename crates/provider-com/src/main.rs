@@ -4,7 +4,7 @@
 
 #[cfg(windows)]
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+    provider_com::cli::main()
 }
 
 #[cfg(not(windows))]

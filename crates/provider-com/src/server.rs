@@ -3,26 +3,18 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use windows::Win32::Foundation::{HLOCAL, LocalFree};
-use windows::Win32::Security::Authorization::{
-    ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
-};
-use windows::Win32::Security::PSECURITY_DESCRIPTOR;
 use windows::Win32::System::Com::{
     CLSCTX_LOCAL_SERVER, COINIT_MULTITHREADED, CoInitializeEx, CoInitializeSecurity,
     CoRegisterClassObject, CoRevokeClassObject, CoUninitialize, EOAC_DISABLE_AAA,
     EOAC_NO_CUSTOM_MARSHAL, EOLE_AUTHENTICATION_CAPABILITIES, REGCLS_MULTIPLEUSE,
     RPC_C_AUTHN_LEVEL_PKT_PRIVACY, RPC_C_IMP_LEVEL_IDENTIFY,
 };
-use windows_core::{GUID, HSTRING};
+use windows_core::GUID;
 
 use crate::ffi::{CoreFactory, ProviderFactory};
-use crate::veto::EventSink;
+use crate::veto::VetoLog;
 
-/// Who may launch, activate and call the provider: LocalSystem (vssvc) and the local
-/// Administrators group, nobody else. `0x7` = COM_RIGHTS_EXECUTE | EXECUTE_LOCAL |
-/// EXECUTE_REMOTE; owner and group are Administrators as COM requires both.
-pub const COM_SDDL: &str = "O:BAG:BAD:(A;;0x7;;;SY)(A;;0x7;;;BA)";
+use crate::sddl::{COM_ACCESS_SDDL, Descriptor};
 
 /// Errors of the server process.
 #[derive(Debug, thiserror::Error)]
@@ -136,29 +128,20 @@ impl Lifetime {
 }
 
 /// Initialises COM for the server thread (multithreaded apartment) and restricts every call
-/// into this process to [`COM_SDDL`].
+/// into this process to [`COM_ACCESS_SDDL`].
 pub fn init_com_security() -> Result<(), ServerError> {
     // SAFETY: first COM call of the process; no reserved pointer.
     let hr = unsafe { CoInitializeEx(None, COINIT_MULTITHREADED) };
     if hr.is_err() {
         return Err(ServerError::ComInit(hr.0 as u32));
     }
-    let mut sd = PSECURITY_DESCRIPTOR::default();
-    // SAFETY: valid SDDL string; `sd` receives a LocalAlloc'd self-relative descriptor.
-    unsafe {
-        ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            &HSTRING::from(COM_SDDL),
-            SDDL_REVISION_1,
-            &mut sd,
-            None,
-        )
-    }
-    .map_err(|e| ServerError::SecurityDescriptor(code(&e)))?;
+    let sd = Descriptor::from_sddl(COM_ACCESS_SDDL)
+        .map_err(|e| ServerError::SecurityDescriptor(e.code))?;
     // SAFETY: sd is a valid descriptor that outlives the call (COM copies it); the other
     // arguments are constants or NULL.
     let r = unsafe {
         CoInitializeSecurity(
-            Some(sd),
+            Some(sd.as_raw()),
             -1,
             None,
             None,
@@ -169,8 +152,6 @@ pub fn init_com_security() -> Result<(), ServerError> {
             None,
         )
     };
-    // SAFETY: sd was allocated by ConvertStringSecurityDescriptorToSecurityDescriptorW.
-    unsafe { LocalFree(Some(HLOCAL(sd.0))) };
     r.map_err(|e| ServerError::Security(code(&e)))
 }
 
@@ -179,11 +160,11 @@ pub fn init_com_security() -> Result<(), ServerError> {
 pub fn serve(
     clsid: &GUID,
     make: Arc<CoreFactory>,
-    sink: Arc<dyn EventSink>,
+    veto: Arc<VetoLog>,
     lifetime: Arc<Lifetime>,
     grace: Duration,
 ) -> Result<(), ServerError> {
-    let factory = ProviderFactory::new(make, sink, lifetime.clone()).into_interface();
+    let factory = ProviderFactory::new(make, veto, lifetime.clone()).into_interface();
     // SAFETY: clsid is valid for the call; the factory is a live COM object.
     let cookie =
         unsafe { CoRegisterClassObject(clsid, &factory, CLSCTX_LOCAL_SERVER, REGCLS_MULTIPLEUSE) }

@@ -1,11 +1,15 @@
-//! Event-log entries for vetoes, held back while the applications are frozen.
+//! Event-log entries for failures, held back while the applications are frozen.
 //!
 //! The contract requires that `VSS_E_PROVIDER_VETO` is accompanied by an Application event-log
-//! entry telling the user how to fix the problem. Writing to the event log is not something
-//! to do between `PreCommitSnapshots` and `PostCommitSnapshots` (the flush-and-hold window),
-//! so entries raised then are buffered and written once the set leaves that window.
+//! entry telling the user how to fix the problem. The core reports its failures with a message
+//! through [`provider::EventSink`], which [`VetoLog`] implements; when a call vetoes without
+//! such a report, the COM layer writes a generic entry instead. Writing to the event log is
+//! not something to do between `PreCommitSnapshots` and `PostCommitSnapshots` (the
+//! flush-and-hold window), so entries raised then are buffered and written once the set leaves
+//! that window.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vss::{Hresult, VssId};
@@ -19,11 +23,21 @@ pub struct VetoEntry {
     pub set_id: Option<VssId>,
     /// The HRESULT returned to VSS.
     pub hresult: Hresult,
+    /// The core's own text (what failed and what to do), when it reported one.
+    pub detail: Option<String>,
 }
 
 impl VetoEntry {
     /// The event text: what failed and what to do.
     pub fn message(&self) -> String {
+        if let Some(d) = &self.detail {
+            return format!(
+                "The shadowlun VSS hardware provider failed {}: {d}\r\n\r\nRun \
+                 `shadowlun-provider.exe status` as an administrator to check the connection \
+                 to the storage array.",
+                self.method
+            );
+        }
         let set = self
             .set_id
             .map(|s| format!(" for snapshot set {{{s}}}"))
@@ -42,8 +56,8 @@ impl VetoEntry {
     }
 }
 
-/// Where veto entries go: the Application event log in production, a recorder in tests.
-pub trait EventSink: Send + Sync {
+/// Where entries go: the Application event log in production, a recorder in tests.
+pub trait EventLogWriter: Send + Sync {
     fn write(&self, entry: &VetoEntry);
 }
 
@@ -55,16 +69,24 @@ struct State {
 
 /// Decides when a veto entry is written: immediately, or after the freeze window closes.
 pub struct VetoLog {
-    sink: Arc<dyn EventSink>,
+    sink: Arc<dyn EventLogWriter>,
     state: Mutex<State>,
+    /// Entries reported by the core so far (to know whether a veto already has one).
+    reported: AtomicU64,
 }
 
 impl VetoLog {
-    pub fn new(sink: Arc<dyn EventSink>) -> Self {
-        Self {
+    pub fn new(sink: Arc<dyn EventLogWriter>) -> Arc<Self> {
+        Arc::new(Self {
             sink,
             state: Mutex::new(State::default()),
-        }
+            reported: AtomicU64::new(0),
+        })
+    }
+
+    /// How many entries the core has reported; compare before and after a call.
+    pub fn reported(&self) -> u64 {
+        self.reported.load(Ordering::SeqCst)
     }
 
     /// Called when `PreCommitSnapshots` starts: from now on entries are held back.
@@ -85,17 +107,22 @@ impl VetoLog {
         }
     }
 
-    /// Records the outcome of a method: a veto is written now, or later if frozen.
+    /// Records the outcome of a method whose core call did not report an entry itself: a
+    /// veto is written now, or later if frozen.
     pub fn record(&self, method: &'static str, set_id: Option<VssId>, hresult: Hresult) {
         if hresult != Hresult::VSS_E_PROVIDER_VETO {
             return;
         }
-        let entry = VetoEntry {
+        tracing::warn!(method, hresult = %format_args!("0x{:08X}", hresult.0), "provider veto");
+        self.push(VetoEntry {
             method,
             set_id,
             hresult,
-        };
-        tracing::warn!(method, hresult = %format_args!("0x{:08X}", hresult.0), "provider veto");
+            detail: None,
+        });
+    }
+
+    fn push(&self, entry: VetoEntry) {
         {
             let mut s = self.lock();
             if s.frozen {
@@ -109,6 +136,18 @@ impl VetoLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl provider::EventSink for VetoLog {
+    fn report(&self, event: &provider::ProviderEvent) {
+        self.reported.fetch_add(1, Ordering::SeqCst);
+        self.push(VetoEntry {
+            method: event.method.name(),
+            set_id: None,
+            hresult: event.hresult,
+            detail: Some(event.message.clone()),
+        });
     }
 }
 

@@ -11,7 +11,7 @@ use provider::{HardwareProvider, UnloadAnswer};
 use provider_com::ffi::client::{LunArray, WideArray};
 use provider_com::ffi::{ProviderFactory, read_lun};
 use provider_com::server::Lifetime;
-use provider_com::{ComClient, ComProvider, EventSink, VetoEntry};
+use provider_com::{ComClient, ComProvider, EventLogWriter, VetoEntry, VetoLog};
 use vss::{HardwareOptions, Hresult, LunInfo, SnapshotContext};
 use windows::Win32::Storage::Vss::{
     IVssHardwareSnapshotProvider, IVssHardwareSnapshotProviderEx, IVssProviderCreateSnapshotSet,
@@ -28,7 +28,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[derive(Default)]
 struct Events(Mutex<Vec<VetoEntry>>);
 
-impl EventSink for Events {
+impl EventLogWriter for Events {
     fn write(&self, e: &VetoEntry) {
         self.0.lock().unwrap().push(e.clone());
     }
@@ -53,7 +53,7 @@ impl Fixture {
         unsafe { CoRegisterMallocSpy(&ispy) }.expect("CoRegisterMallocSpy");
         let double = Double::new();
         let events = Arc::new(Events::default());
-        let unk: IUnknown = ComProvider::new(double.clone(), events.clone())
+        let unk: IUnknown = ComProvider::new(double.clone(), VetoLog::new(events.clone()))
             .into_interface()
             .cast()
             .unwrap();
@@ -433,6 +433,32 @@ fn veto_in_pre_commit_is_logged_when_abort_returns() {
 }
 
 #[test]
+fn veto_reported_by_the_core_is_written_once_with_its_text_after_the_freeze() {
+    let f = Fixture::new();
+    let log = VetoLog::new(f.events.clone());
+    *f.double.events.lock().unwrap() = Some(log.clone());
+    let unk: IUnknown = ComProvider::new(f.double.clone(), log)
+        .into_interface()
+        .cast()
+        .unwrap();
+    let c = ComClient::from_unknown(&unk).unwrap();
+    let set = uuid::Uuid::from_u128(9);
+    f.double
+        .fail_with("CommitSnapshots", Hresult::VSS_E_PROVIDER_VETO);
+    c.pre_commit_snapshots(set).unwrap();
+    assert_eq!(c.commit_snapshots(set), Err(Hresult::VSS_E_PROVIDER_VETO));
+    assert!(f.events.0.lock().unwrap().is_empty());
+    c.post_commit_snapshots(set, 1).unwrap();
+    let ev = f.events.0.lock().unwrap().clone();
+    assert_eq!(ev.len(), 1, "one entry, not a generic one as well: {ev:?}");
+    assert!(
+        ev[0]
+            .message()
+            .contains("the array refused CommitSnapshots")
+    );
+}
+
+#[test]
 fn on_unload_busy_is_s_false_unless_forced() {
     let f = Fixture::new();
     *f.double.busy.lock().unwrap() = true;
@@ -487,7 +513,7 @@ fn class_factory_serves_every_interface_counts_objects_and_refuses_aggregation()
     let lifetime = Lifetime::new();
     let factory = ProviderFactory::new(
         Arc::new(move || Ok(double.clone() as Arc<dyn HardwareProvider>)),
-        f.events.clone(),
+        VetoLog::new(f.events.clone()),
         lifetime.clone(),
     )
     .into_interface();
@@ -500,7 +526,7 @@ fn class_factory_serves_every_interface_counts_objects_and_refuses_aggregation()
         let _: IVssProviderNotifications = p.cast().unwrap();
         drop(p);
         assert_eq!(lifetime.objects(), 0);
-        let outer: IUnknown = ComProvider::new(f.double.clone(), f.events.clone())
+        let outer: IUnknown = ComProvider::new(f.double.clone(), VetoLog::new(f.events.clone()))
             .into_interface()
             .cast()
             .unwrap();

@@ -41,7 +41,7 @@ use windows_core::{BOOL, GUID, HRESULT, IUnknown, Interface, Ref, implement};
 
 use crate::ids::to_uuid;
 use crate::server::{Lifetime, LifetimeGuard};
-use crate::veto::{EventSink, VetoLog};
+use crate::veto::VetoLog;
 
 /// Most LUNs accepted in one call (a snapshot set has at most 64 volumes; a volume rarely
 /// spans more than a few LUNs).
@@ -612,16 +612,17 @@ fn write_out<T>(p: *mut T, v: T, what: &'static str) -> Result<(), FfiError> {
 )]
 pub struct ComProvider {
     core: Arc<dyn HardwareProvider>,
-    veto: VetoLog,
+    veto: Arc<VetoLog>,
     _alive: Option<LifetimeGuard>,
 }
 
 impl ComProvider {
-    /// A provider object over `core`; vetoes are reported to `sink`.
-    pub fn new(core: Arc<dyn HardwareProvider>, sink: Arc<dyn EventSink>) -> Self {
+    /// A provider object over `core`; vetoes the core did not report itself go to `veto`
+    /// (normally the same log the core reports to).
+    pub fn new(core: Arc<dyn HardwareProvider>, veto: Arc<VetoLog>) -> Self {
         Self {
             core,
-            veto: VetoLog::new(sink),
+            veto,
             _alive: None,
         }
     }
@@ -629,12 +630,12 @@ impl ComProvider {
     /// The same, keeping the server process alive while the object exists.
     pub fn with_lifetime(
         core: Arc<dyn HardwareProvider>,
-        sink: Arc<dyn EventSink>,
+        veto: Arc<VetoLog>,
         lifetime: &Arc<Lifetime>,
     ) -> Self {
         Self {
             _alive: Some(lifetime.guard()),
-            ..Self::new(core, sink)
+            ..Self::new(core, veto)
         }
     }
 
@@ -643,15 +644,20 @@ impl ComProvider {
         self.into()
     }
 
+    /// Runs one core call, logs its outcome and makes sure a veto has an event-log entry.
     fn finish<T>(
         &self,
         method: &'static str,
         set: Option<&GUID>,
-        r: Result<T, Hresult>,
+        call: impl FnOnce() -> Result<T, Hresult>,
     ) -> windows_core::Result<T> {
+        let reported = self.veto.reported();
+        let r = call();
         let code = r.as_ref().err().copied().unwrap_or(Hresult::S_OK);
         tracing::debug!(method, hresult = %format_args!("0x{:08X}", code.0), "call returned");
-        self.veto.record(method, set.map(to_uuid), code);
+        if self.veto.reported() == reported {
+            self.veto.record(method, set.map(to_uuid), code);
+        }
         r.map_err(hr)
     }
 
@@ -668,7 +674,7 @@ impl ComProvider {
         let before =
             unsafe { read_luns(luns, count, "LUN array") }.map_err(|e| ffi_err(method, e))?;
         let mut after = before.clone();
-        let r = self.finish(method, set, call(&mut after))?;
+        let r = self.finish(method, set, || call(&mut after))?;
         // SAFETY: same array, same count, just read.
         unsafe { write_back(luns, &before, &after) }.map_err(|e| ffi_err(method, e))?;
         Ok(r)
@@ -780,7 +786,7 @@ impl IVssHardwareSnapshotProvider_Impl for ComProvider_Impl {
         // SAFETY: VSS passes `lluncount` structures.
         let luns = unsafe { read_luns(rgsourceluns, lluncount as i64, "rgSourceLuns") }
             .map_err(|e| ffi_err(M, e))?;
-        self.finish(M, None, self.core.locate_luns(&luns))
+        self.finish(M, None, || self.core.locate_luns(&luns))
     }
 
     fn OnLunEmpty(
@@ -795,7 +801,7 @@ impl IVssHardwareSnapshotProvider_Impl for ComProvider_Impl {
         // SAFETY: one structure (NULL is rejected inside).
         let lun =
             unsafe { read_luns(pinformation, 1, "pInformation") }.map_err(|e| ffi_err(M, e))?;
-        self.finish(M, None, self.core.on_lun_empty(&device, &lun[0]))
+        self.finish(M, None, || self.core.on_lun_empty(&device, &lun[0]))
     }
 }
 
@@ -814,11 +820,9 @@ fn pair(
 
 impl IVssHardwareSnapshotProviderEx_Impl for ComProvider_Impl {
     fn GetProviderCapabilities(&self) -> windows_core::Result<u64> {
-        self.finish(
-            "GetProviderCapabilities",
-            None,
-            self.core.get_provider_capabilities(),
-        )
+        self.finish("GetProviderCapabilities", None, || {
+            self.core.get_provider_capabilities()
+        })
     }
 
     fn OnLunStateChange(
@@ -831,7 +835,7 @@ impl IVssHardwareSnapshotProviderEx_Impl for ComProvider_Impl {
         const M: &str = "OnLunStateChange";
         let (s, o) = pair(psnapshotluns, poriginalluns, dwcount).map_err(|e| ffi_err(M, e))?;
         let flags = HardwareOptions::from_bits_retain(dwflags);
-        self.finish(M, None, self.core.on_lun_state_change(&s, &o, flags))
+        self.finish(M, None, || self.core.on_lun_state_change(&s, &o, flags))
     }
 
     fn ResyncLuns(
@@ -842,7 +846,7 @@ impl IVssHardwareSnapshotProviderEx_Impl for ComProvider_Impl {
     ) -> windows_core::Result<IVssAsync> {
         const M: &str = "ResyncLuns";
         let (s, t) = pair(psourceluns, ptargetluns, dwcount).map_err(|e| ffi_err(M, e))?;
-        let op = self.finish(M, None, self.core.resync_luns(&s, &t))?;
+        let op = self.finish(M, None, || self.core.resync_luns(&s, &t))?;
         Ok(ComAsync::new(op).into())
     }
 
@@ -854,48 +858,55 @@ impl IVssHardwareSnapshotProviderEx_Impl for ComProvider_Impl {
     ) -> windows_core::Result<()> {
         const M: &str = "OnReuseLuns";
         let (s, o) = pair(psnapshotluns, poriginalluns, dwcount).map_err(|e| ffi_err(M, e))?;
-        self.finish(M, None, self.core.on_reuse_luns(&s, &o))
+        self.finish(M, None, || self.core.on_reuse_luns(&s, &o))
     }
 }
 
 impl IVssProviderCreateSnapshotSet_Impl for ComProvider_Impl {
     fn EndPrepareSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
-        let r = self.core.end_prepare_snapshots(vss_id(id));
-        self.finish("EndPrepareSnapshots", Some(id), r)
+        self.finish("EndPrepareSnapshots", Some(id), || {
+            self.core.end_prepare_snapshots(vss_id(id))
+        })
     }
 
     fn PreCommitSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
         // From here until PostCommit (or Abort) returns, the applications are frozen.
         self.veto.freeze();
-        let r = self.core.pre_commit_snapshots(vss_id(id));
-        self.finish("PreCommitSnapshots", Some(id), r)
+        self.finish("PreCommitSnapshots", Some(id), || {
+            self.core.pre_commit_snapshots(vss_id(id))
+        })
     }
 
     fn CommitSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
-        let r = self.core.commit_snapshots(vss_id(id));
-        self.finish("CommitSnapshots", Some(id), r)
+        self.finish("CommitSnapshots", Some(id), || {
+            self.core.commit_snapshots(vss_id(id))
+        })
     }
 
     fn PostCommitSnapshots(&self, id: &GUID, count: i32) -> windows_core::Result<()> {
-        let r = self.core.post_commit_snapshots(vss_id(id), count);
-        let r = self.finish("PostCommitSnapshots", Some(id), r);
+        let r = self.finish("PostCommitSnapshots", Some(id), || {
+            self.core.post_commit_snapshots(vss_id(id), count)
+        });
         self.veto.thaw();
         r
     }
 
     fn PreFinalCommitSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
-        let r = self.core.pre_final_commit_snapshots(vss_id(id));
-        self.finish("PreFinalCommitSnapshots", Some(id), r)
+        self.finish("PreFinalCommitSnapshots", Some(id), || {
+            self.core.pre_final_commit_snapshots(vss_id(id))
+        })
     }
 
     fn PostFinalCommitSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
-        let r = self.core.post_final_commit_snapshots(vss_id(id));
-        self.finish("PostFinalCommitSnapshots", Some(id), r)
+        self.finish("PostFinalCommitSnapshots", Some(id), || {
+            self.core.post_final_commit_snapshots(vss_id(id))
+        })
     }
 
     fn AbortSnapshots(&self, id: &GUID) -> windows_core::Result<()> {
-        let r = self.core.abort_snapshots(vss_id(id));
-        let r = self.finish("AbortSnapshots", Some(id), r);
+        let r = self.finish("AbortSnapshots", Some(id), || {
+            self.core.abort_snapshots(vss_id(id))
+        });
         self.veto.thaw();
         r
     }
@@ -903,13 +914,12 @@ impl IVssProviderCreateSnapshotSet_Impl for ComProvider_Impl {
 
 impl IVssProviderNotifications_Impl for ComProvider_Impl {
     fn OnLoad(&self, _callback: Ref<IUnknown>) -> windows_core::Result<()> {
-        self.finish("OnLoad", None, self.core.on_load())
+        self.finish("OnLoad", None, || self.core.on_load())
     }
 
     fn OnUnload(&self, force: BOOL) -> windows_core::Result<()> {
         let force = force.as_bool();
-        let r = self.core.on_unload(force);
-        match self.finish("OnUnload", None, r)? {
+        match self.finish("OnUnload", None, || self.core.on_unload(force))? {
             UnloadAnswer::Ready => Ok(()),
             UnloadAnswer::Busy if force => {
                 tracing::warn!("core answered Busy to a forced unload; returning S_OK");
@@ -976,15 +986,15 @@ pub type CoreFactory = dyn Fn() -> Result<Arc<dyn HardwareProvider>, Hresult> + 
 #[implement(IClassFactory)]
 pub struct ProviderFactory {
     make: Arc<CoreFactory>,
-    sink: Arc<dyn EventSink>,
+    veto: Arc<VetoLog>,
     lifetime: Arc<Lifetime>,
 }
 
 impl ProviderFactory {
-    pub fn new(make: Arc<CoreFactory>, sink: Arc<dyn EventSink>, lifetime: Arc<Lifetime>) -> Self {
+    pub fn new(make: Arc<CoreFactory>, veto: Arc<VetoLog>, lifetime: Arc<Lifetime>) -> Self {
         Self {
             make,
-            sink,
+            veto,
             lifetime,
         }
     }
@@ -1013,7 +1023,7 @@ impl IClassFactory_Impl for ProviderFactory_Impl {
             tracing::error!(hresult = %format_args!("0x{:08X}", h.0), "cannot build the provider core");
             hr(h)
         })?;
-        let obj = ComProvider::with_lifetime(core, self.sink.clone(), &self.lifetime);
+        let obj = ComProvider::with_lifetime(core, self.veto.clone(), &self.lifetime);
         let unk: IUnknown = obj.into();
         // SAFETY: riid and ppv are valid (checked above); query AddRefs on success.
         unsafe { unk.query(riid, ppv) }.ok()

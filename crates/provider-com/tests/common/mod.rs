@@ -55,6 +55,8 @@ pub struct Double {
     pub calls: Mutex<Vec<Call>>,
     pub fail: Mutex<HashMap<&'static str, Hresult>>,
     pub busy: Mutex<bool>,
+    /// When set, every injected failure is also reported here, as the real core does.
+    pub events: Mutex<Option<Arc<dyn provider::EventSink>>>,
 }
 
 impl Double {
@@ -77,10 +79,21 @@ impl Double {
 
     fn rec(&self, m: &'static str, args: String) -> Result<(), Hresult> {
         self.calls.lock().unwrap().push((m.into(), args));
-        match self.fail.lock().unwrap().get(m) {
-            Some(h) => Err(*h),
-            None => Ok(()),
+        let Some(h) = self.fail.lock().unwrap().get(m).copied() else {
+            return Ok(());
+        };
+        if let Some(sink) = self.events.lock().unwrap().as_ref() {
+            let method = *vss::contract::Method::ALL
+                .iter()
+                .find(|x| x.name() == m)
+                .unwrap();
+            sink.report(&provider::ProviderEvent {
+                method,
+                hresult: h,
+                message: format!("the array refused {m}. Check the array."),
+            });
         }
+        Err(h)
     }
 }
 

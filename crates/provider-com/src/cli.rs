@@ -1,0 +1,256 @@
+//! `shadowlun-provider.exe` commands: the COM server (`-Embedding`), the service (`service`),
+//! `install`, `uninstall`, `status`.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use provider::HardwareProvider;
+use provider::https::{Client, ClientConfig, HttpsArray};
+use provider::{ProviderConfig, ShadowlunProvider};
+use vss::Hresult;
+
+use crate::config::{Config, ConfigError};
+use crate::eventlog::ApplicationLog;
+use crate::ffi::CoreFactory;
+use crate::ids::CLSID_PROVIDER;
+use crate::install::{self, InstallArgs};
+use crate::server::{self, Lifetime};
+use crate::service;
+use crate::veto::VetoLog;
+
+/// How long the server stays up with no object and no lock before exiting (COM starts it
+/// again on the next activation).
+pub const IDLE_GRACE: Duration = Duration::from_secs(30);
+
+/// Exit code of `install` when every step but the VSS registration succeeded.
+pub const EXIT_VSS_REGISTRATION_FAILED: u8 = 3;
+
+const USAGE: &str = "\
+usage: shadowlun-provider.exe <command>
+
+  install --array URL --token TOKEN --fingerprint SHA256
+                 register the provider (COM class, service, event source, VSS);
+                 running it again upgrades in place
+  uninstall      remove every registration (works from any partial state)
+  status         show what is registered and whether the array answers
+  service        run as the Windows service (started by the SCM)
+  -Embedding     run as the COM local server (started by COM)
+";
+
+/// Builds the real provider core from the configuration: the HTTPS array client with the
+/// pinned certificate, behind the provider state machine. Failures are reported to `veto`.
+pub fn build_core(
+    config: &Config,
+    veto: Arc<VetoLog>,
+) -> Result<Arc<dyn HardwareProvider>, String> {
+    let token = config.token().map_err(|e| e.to_string())?;
+    let array = HttpsArray::new(ClientConfig::new(
+        &config.array_url,
+        &token,
+        &config.fingerprint,
+    ))
+    .map_err(|e| e.to_string())?;
+    Ok(Arc::new(ShadowlunProvider::with_config(
+        array,
+        ProviderConfig::default(),
+        veto,
+    )))
+}
+
+/// `status`'s probe: the array's health endpoint over the pinned TLS connection.
+pub fn check_array(config: &Config) -> Result<String, String> {
+    let token = config.token().map_err(|e| e.to_string())?;
+    let mut cc = ClientConfig::new(&config.array_url, &token, &config.fingerprint);
+    cc.timeout = Duration::from_secs(5);
+    cc.attempts = 1;
+    let client = Client::new(cc).map_err(|e| e.to_string())?;
+    let h = client.health().map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{} answers: {} (version {}, target {})",
+        config.array_url, h.status, h.version, h.target
+    ))
+}
+
+/// One core per process, built on first activation and shared by every provider object, so
+/// a set survives VSS releasing and re-creating the object.
+fn core_factory(veto: Arc<VetoLog>) -> Arc<CoreFactory> {
+    let core: Mutex<Option<Arc<dyn HardwareProvider>>> = Mutex::new(None);
+    Arc::new(move || {
+        let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = Config::load().map_err(|e: ConfigError| {
+            tracing::error!("{e}");
+            Hresult::E_UNEXPECTED
+        })?;
+        let built = build_core(&config, veto.clone()).map_err(|e| {
+            tracing::error!("cannot build the provider: {e}");
+            Hresult::E_UNEXPECTED
+        })?;
+        *c = Some(built.clone());
+        Ok(built)
+    })
+}
+
+fn run_server(lifetime: Arc<Lifetime>) -> Result<(), server::ServerError> {
+    server::init_com_security()?;
+    let veto = VetoLog::new(Arc::new(ApplicationLog));
+    let r = server::serve(
+        &CLSID_PROVIDER,
+        core_factory(veto.clone()),
+        veto,
+        lifetime,
+        IDLE_GRACE,
+    );
+    server::uninit_com();
+    r
+}
+
+/// Server processes have no console: log to `%ProgramData%\shadowlun\provider.log`.
+fn log_to_file() {
+    let dir = crate::config::dir();
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("provider.log"))
+    {
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(Mutex::new(f))
+            .try_init();
+    }
+}
+
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The Windows path of this executable, as COM and the SCM need it.
+fn own_exe() -> Result<String, String> {
+    let p = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let s = p.display().to_string();
+    Ok(s.strip_prefix("\\\\?\\").unwrap_or(&s).to_string())
+}
+
+fn print_report(r: &install::Report) {
+    print!("{r}");
+}
+
+/// The entry point of `shadowlun-provider.exe`.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = args.first().map(String::as_str).unwrap_or("");
+    match cmd {
+        "-Embedding" | "/Embedding" | "-embedding" | "/embedding" => {
+            log_to_file();
+            match run_server(Lifetime::new()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "service" => {
+            log_to_file();
+            let r = service::run(Box::new(|lifetime| {
+                if let Err(e) = run_server(lifetime) {
+                    tracing::error!("{e}");
+                }
+            }));
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e} (the `service` command is for the service control manager)");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        "install" => {
+            log_to_stderr();
+            let (Some(array_url), Some(token)) = (flag(&args, "--array"), flag(&args, "--token"))
+            else {
+                eprint!("install needs --array and --token\n\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            let Some(fingerprint) = flag(&args, "--fingerprint") else {
+                eprintln!(
+                    "install needs --fingerprint: the SHA-256 fingerprint the array printed on \
+                     its first start (`shadowlun array fingerprint` shows it again). The \
+                     provider trusts that certificate and nothing else."
+                );
+                return ExitCode::from(2);
+            };
+            if let Err(e) = provider::https::parse_fingerprint(&fingerprint) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+            let exe = match own_exe() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let r = install::install(&InstallArgs {
+                array_url,
+                token,
+                fingerprint,
+                exe,
+            });
+            print_report(&r);
+            match r.failed().as_slice() {
+                [] => ExitCode::SUCCESS,
+                ["VSS registration"] => {
+                    eprintln!(
+                        "installed, but VSS did not accept the provider registration: this \
+                         provider can only be registered on Windows Server with the VSS service"
+                    );
+                    ExitCode::from(EXIT_VSS_REGISTRATION_FAILED)
+                }
+                _ => ExitCode::FAILURE,
+            }
+        }
+        "uninstall" => {
+            log_to_stderr();
+            let r = install::uninstall();
+            print_report(&r);
+            if r.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        "status" => {
+            log_to_stderr();
+            let r = install::status();
+            print_report(&r);
+            if r.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprint!("unknown command '{other}'\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
