@@ -50,7 +50,7 @@ struct Daemon {
 fn spawn(dir: &Path) -> (Daemon, Duration) {
     let _ = std::fs::remove_file(dir.join("ready.json"));
     let t0 = Instant::now();
-    let child = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["daemon_child", "--exact", "--ignored", "--nocapture"])
         .env("ARRAY_CRASH_CHILD", dir)
         .stdout(std::process::Stdio::null())
@@ -62,7 +62,11 @@ fn spawn(dir: &Path) -> (Daemon, Duration) {
             let ready: Ready = serde_json::from_slice(&b).unwrap();
             return (Daemon { child, ready }, t0.elapsed());
         }
-        assert!(Instant::now() < deadline, "daemon did not start");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("daemon did not start");
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
