@@ -42,31 +42,39 @@ fn daemon_child() {
     std::thread::sleep(Duration::from_secs(120));
 }
 
+/// Kills (SIGKILL) and reaps the child when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Daemon {
-    child: Child,
+    child: ChildGuard,
     ready: Ready,
 }
 
 fn spawn(dir: &Path) -> (Daemon, Duration) {
     let _ = std::fs::remove_file(dir.join("ready.json"));
     let t0 = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["daemon_child", "--exact", "--ignored", "--nocapture"])
-        .env("ARRAY_CRASH_CHILD", dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["daemon_child", "--exact", "--ignored", "--nocapture"])
+            .env("ARRAY_CRASH_CHILD", dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(b) = std::fs::read(dir.join("ready.json")) {
             let ready: Ready = serde_json::from_slice(&b).unwrap();
             return (Daemon { child, ready }, t0.elapsed());
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("daemon did not start");
-        }
+        assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -78,15 +86,8 @@ impl Daemon {
 
     /// SIGKILL, no chance to flush anything.
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
     }
 }
 
