@@ -1,11 +1,19 @@
 //! `shadowlun`: the one command of the project.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod bench;
+mod output;
+
 use clap::{Parser, Subcommand};
 
 /// shadowlun: an open-source VSS hardware provider, the array behind it, and a VSS emulator.
+///
+/// Administration commands (lun, host, snapshot, set) talk to a running array over its
+/// control API; pass --array, --token-file and --fingerprint, or set SHADOWLUN_ARRAY,
+/// SHADOWLUN_TOKEN_FILE and SHADOWLUN_FINGERPRINT.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,6 +21,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Manage LUNs on a running array.
+    Lun {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::LunCmd,
+    },
+    /// Manage hosts (initiators, CHAP, API tokens) and their LUN mappings.
+    Host {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::HostCmd,
+    },
+    /// List or delete snapshot LUNs.
+    Snapshot {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::SnapshotCmd,
+    },
+    /// List snapshot sets, reap abandoned ones.
+    Set {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::SetCmd,
+    },
+    /// Run a benchmark and print a table of ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print the VSS status code table, or look one code up by name or value.
     Hresult {
         /// A name (VSS_E_PROVIDER_VETO) or a value (0x80042306).
@@ -20,9 +64,35 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The provider core against the in-memory array (AreLunsSupported, CommitSnapshots).
+    Provider,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHADOWLUN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Lun { conn, cmd } => admin::lun(&conn, cmd),
+        Command::Host { conn, cmd } => admin::host(&conn, cmd),
+        Command::Snapshot { conn, cmd } => admin::snapshot(&conn, cmd),
+        Command::Set { conn, cmd } => admin::set(&conn, cmd),
+        Command::Bench { what, json } => match what {
+            BenchCmd::Provider => bench::provider_core().print(json),
+        },
         Command::Hresult { code } => hresult(code),
     }
 }

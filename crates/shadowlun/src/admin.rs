@@ -1,0 +1,368 @@
+//! `shadowlun lun|host|snapshot|set`: administration of a running array over its control API.
+
+use anyhow::{Context, bail};
+use api::{
+    CreateHost, CreateLun, CreatedHost, HostRecord, LunRecord, MapLun, ReapReport, ReapRequest,
+    ResizeLun, SetRecord, routes,
+};
+use clap::{Args, Subcommand};
+use provider::https::{Client, ClientConfig, ClientError};
+
+use crate::output::{self, parse_size, size};
+
+/// How to reach the array's control API as administrator.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// Control API URL of the array.
+    #[arg(
+        long,
+        env = "SHADOWLUN_ARRAY",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub array: String,
+    /// File holding the admin token (created by the array in its pool directory).
+    #[arg(long, env = "SHADOWLUN_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// SHA-256 fingerprint of the array's certificate (printed when the array starts).
+    #[arg(long, env = "SHADOWLUN_FINGERPRINT", global = true)]
+    pub fingerprint: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Connection {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token_file = self.token_file.as_ref().context(
+            "no admin token: pass --token-file (the array writes admin.token into its pool directory) or set SHADOWLUN_TOKEN_FILE",
+        )?;
+        let token = std::fs::read_to_string(token_file).with_context(|| {
+            format!("cannot read the admin token from {}", token_file.display())
+        })?;
+        let fingerprint = self.fingerprint.as_deref().context(
+            "no certificate fingerprint: pass --fingerprint (printed when the array starts) or set SHADOWLUN_FINGERPRINT",
+        )?;
+        Ok(Client::new(ClientConfig::new(
+            &self.array,
+            token.trim(),
+            fingerprint,
+        ))?)
+    }
+}
+
+/// Turns a client error into a message that says what to do.
+pub fn explain(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Problem(p) => anyhow::anyhow!("{} ({}): {}", p.title, p.status, p.detail),
+        ClientError::Transport(m) => anyhow::anyhow!(
+            "the array cannot be reached ({m}); check --array and that `shadowlun array serve` is running"
+        ),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LunCmd {
+    /// List LUNs (originals and snapshot LUNs).
+    List,
+    /// Create a thin LUN, e.g. `shadowlun lun create sql-data 100GiB`.
+    Create { name: String, size: String },
+    /// Show one LUN.
+    Show { lun: String },
+    /// Grow a LUN.
+    Resize { lun: String, size: String },
+    /// Delete a LUN (refused while snapshot LUNs depend on it or it is mapped).
+    Delete { lun: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// List hosts and their LUN mappings.
+    List,
+    /// Add a host; prints its API token once (give it to `shadowlun-provider.exe install`).
+    Add {
+        name: String,
+        /// iSCSI initiator name of the host (repeat for several).
+        #[arg(long = "initiator", required = true)]
+        initiators: Vec<String>,
+        /// CHAP secret the host's initiator must log in with (12-16 characters).
+        #[arg(long)]
+        chap_secret: Option<String>,
+    },
+    /// Remove a host and its mappings.
+    Remove { name: String },
+    /// Map a LUN to a host.
+    Map {
+        host: String,
+        lun: String,
+        /// LUN number the host sees (lowest free if omitted).
+        #[arg(long)]
+        lun_number: Option<u64>,
+    },
+    /// Unmap a LUN from a host.
+    Unmap { host: String, lun: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// List snapshot LUNs.
+    List,
+    /// Delete a snapshot LUN (what VSS's OnLunEmpty does; for LUNs VSS no longer tracks).
+    Delete { lun: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetCmd {
+    /// List snapshot sets of every host.
+    List,
+    /// Remove sets prepared but never committed, and leftovers of aborted sets.
+    Reap {
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn lun_rows(luns: &[LunRecord]) -> Vec<Vec<String>> {
+    luns.iter()
+        .map(|l| {
+            vec![
+                l.id.clone(),
+                l.name.clone(),
+                size(l.size_bytes),
+                size(l.allocated_bytes),
+                l.serial.clone(),
+                l.snapshot_of
+                    .as_ref()
+                    .map_or("-".into(), |o| format!("{} (set {})", o.source, o.set_id)),
+                l.mapped_to
+                    .iter()
+                    .map(|m| format!("{}:{}", m.host, m.lun_number))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect()
+}
+
+const LUN_HEADER: [&str; 7] = [
+    "ID",
+    "NAME",
+    "SIZE",
+    "ALLOCATED",
+    "SERIAL",
+    "SNAPSHOT OF",
+    "MAPPED",
+];
+
+fn print_luns(c: &Connection, luns: &[LunRecord]) -> anyhow::Result<()> {
+    if c.json {
+        output::json(&luns)
+    } else {
+        output::table(&LUN_HEADER, &lun_rows(luns));
+        Ok(())
+    }
+}
+
+fn print_hosts(c: &Connection, hosts: &[HostRecord]) -> anyhow::Result<()> {
+    if c.json {
+        return output::json(&hosts);
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.initiators.join(","),
+                if h.chap { "yes".into() } else { "no".into() },
+                h.luns
+                    .iter()
+                    .map(|m| format!("{}→{}", m.lun_number, m.host))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    output::table(&["HOST", "INITIATORS", "CHAP", "LUNS"], &rows);
+    Ok(())
+}
+
+pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
+    let api = c.client()?;
+    match cmd {
+        LunCmd::List => print_luns(
+            c,
+            &api.get::<Vec<LunRecord>>(routes::ADMIN_LUNS)
+                .map_err(explain)?,
+        ),
+        LunCmd::Create { name, size } => {
+            let size_bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
+            let l: LunRecord = api
+                .post(routes::ADMIN_LUNS, &CreateLun { name, size_bytes })
+                .map_err(explain)?;
+            print_luns(c, &[l])
+        }
+        LunCmd::Show { lun } => {
+            let l: LunRecord = api
+                .get(&routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]))
+                .map_err(explain)?;
+            print_luns(c, &[l])
+        }
+        LunCmd::Resize { lun, size } => {
+            let size_bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
+            let l: LunRecord = api
+                .patch(
+                    &routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]),
+                    &ResizeLun { size_bytes },
+                )
+                .map_err(explain)?;
+            print_luns(c, &[l])
+        }
+        LunCmd::Delete { lun } => {
+            api.delete(&routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]))
+                .map_err(explain)?;
+            println!("deleted LUN {lun}");
+            Ok(())
+        }
+    }
+}
+
+pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
+    let api = c.client()?;
+    match cmd {
+        HostCmd::List => print_hosts(
+            c,
+            &api.get::<Vec<HostRecord>>(routes::ADMIN_HOSTS)
+                .map_err(explain)?,
+        ),
+        HostCmd::Add {
+            name,
+            initiators,
+            chap_secret,
+        } => {
+            if let Some(s) = &chap_secret {
+                if !(12..=16).contains(&s.len()) {
+                    bail!(
+                        "the CHAP secret must be 12 to 16 characters long (the Microsoft initiator's rule)"
+                    );
+                }
+            }
+            let h: CreatedHost = api
+                .post(
+                    routes::ADMIN_HOSTS,
+                    &CreateHost {
+                        name,
+                        initiators,
+                        chap_secret,
+                    },
+                )
+                .map_err(explain)?;
+            if c.json {
+                return output::json(&h);
+            }
+            print_hosts(c, std::slice::from_ref(&h.host))?;
+            println!(
+                "\nAPI token for this host (shown once, store it safely):\n{}",
+                h.token
+            );
+            Ok(())
+        }
+        HostCmd::Remove { name } => {
+            api.delete(&routes::fill(routes::ADMIN_HOST, &[("host", &name)]))
+                .map_err(explain)?;
+            println!("removed host {name}");
+            Ok(())
+        }
+        HostCmd::Map {
+            host,
+            lun,
+            lun_number,
+        } => {
+            let h: HostRecord = api
+                .post(
+                    &routes::fill(routes::ADMIN_MAP, &[("host", &host)]),
+                    &MapLun { lun, lun_number },
+                )
+                .map_err(explain)?;
+            print_hosts(c, &[h])
+        }
+        HostCmd::Unmap { host, lun } => {
+            api.delete(&routes::fill(
+                routes::ADMIN_UNMAP,
+                &[("host", &host), ("lun", &lun)],
+            ))
+            .map_err(explain)?;
+            println!("unmapped LUN {lun} from host {host}");
+            Ok(())
+        }
+    }
+}
+
+pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
+    let api = c.client()?;
+    match cmd {
+        SnapshotCmd::List => print_luns(
+            c,
+            &api.get::<Vec<LunRecord>>(routes::ADMIN_SNAPSHOTS)
+                .map_err(explain)?,
+        ),
+        SnapshotCmd::Delete { lun } => {
+            api.delete(&routes::fill(routes::ADMIN_SNAPSHOT, &[("lun", &lun)]))
+                .map_err(explain)?;
+            println!("deleted snapshot LUN {lun}");
+            Ok(())
+        }
+    }
+}
+
+pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
+    let api = c.client()?;
+    match cmd {
+        SetCmd::List => {
+            let sets: Vec<SetRecord> = api.get(routes::ADMIN_SETS).map_err(explain)?;
+            if c.json {
+                return output::json(&sets);
+            }
+            let rows: Vec<Vec<String>> = sets
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.set_id.to_string(),
+                        s.host.clone(),
+                        format!("{:?}", s.state).to_lowercase(),
+                        s.context.to_string(),
+                        s.snapshots
+                            .iter()
+                            .map(|m| format!("{}→{}", m.source, m.lun))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            output::table(&["SET", "HOST", "STATE", "CONTEXT", "SNAPSHOTS"], &rows);
+            Ok(())
+        }
+        SetCmd::Reap { dry_run } => {
+            let r: ReapReport = api
+                .post(routes::ADMIN_REAP, &ReapRequest { dry_run })
+                .map_err(explain)?;
+            if c.json {
+                return output::json(&r);
+            }
+            let verb = if r.dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} set(s) and {} snapshot LUN(s)",
+                r.sets.len(),
+                r.luns.len()
+            );
+            for s in &r.sets {
+                println!("  set {s}");
+            }
+            for l in &r.luns {
+                println!("  LUN {l}");
+            }
+            Ok(())
+        }
+    }
+}
