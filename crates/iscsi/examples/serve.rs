@@ -6,7 +6,8 @@
 //!     --lun 0:file:/tmp/x.img:1024 --lun 1:mem:64
 //! ```
 //! `--lun N:file:PATH[:MiB]` serves a file (created with that size if missing);
-//! `--lun N:mem:MiB` serves memory. Every LUN is mapped to every `--initiator`.
+//! `--lun N:mem:MiB` serves memory. Every LUN is mapped to every `--initiator`, unless
+//! `--map N=IQN[,IQN...]` names the initiators of LUN N.
 //! `--chap INITIATOR:USER:SECRET[:TARGETUSER:TARGETSECRET]` sets CHAP secrets; `--auth chap`
 //! requires CHAP. Stops on SIGINT or SIGTERM (asking initiators to log out first).
 
@@ -22,7 +23,8 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "usage: serve [--portal ADDR]... [--target IQN] [--initiator IQN]... \
          --lun N:file:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
-         [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] [--digests on|off]"
+         [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
+         [--digests on|off]"
     );
     std::process::exit(2)
 }
@@ -81,6 +83,7 @@ fn main() {
     let mut block_size = 512u32;
     let mut serial_prefix = "SL".to_string();
     let mut digests = true;
+    let mut maps: Vec<(u64, Vec<String>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -109,6 +112,14 @@ fn main() {
             }
             "--serial-prefix" => serial_prefix = val(),
             "--digests" => digests = val() == "on",
+            "--map" => {
+                let v = val();
+                let (n, list) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| usage("--map is N=IQN[,IQN]"));
+                let n = n.parse().unwrap_or_else(|_| usage("bad LUN in --map"));
+                maps.push((n, list.split(',').map(str::to_string).collect()));
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -133,7 +144,12 @@ fn main() {
             usage(&format!("identity: {e}"));
         }
         let unit = Arc::new(LogicalUnit::new(lun.device, identity));
-        for i in &initiators {
+        let who = maps
+            .iter()
+            .find(|(n, _)| *n == lun.number)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| initiators.clone());
+        for i in &who {
             scsi_target.map(i, lun.number, unit.clone());
         }
     }
