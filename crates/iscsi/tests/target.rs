@@ -437,3 +437,27 @@ fn lun_reset_is_forwarded_and_answered_complete() {
     assert_eq!(tmfs[0], scsi::TaskManagement::LogicalUnitReset);
     server.shutdown();
 }
+
+#[test]
+fn write_longer_than_the_maximum_transfer_is_refused_without_soliciting_data() {
+    let h = handler_with_lun0();
+    let mut cfg = config();
+    cfg.max_transfer = 64 * 1024;
+    let server = TargetServer::spawn(cfg).unwrap();
+    server
+        .add_target(TARGET, None, h.clone(), AuthPolicy::None)
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    match s.write16(0, 0, &pattern(1 << 20, 1), BS, false) {
+        Err(InitiatorError::Check(sense)) => {
+            assert_eq!((sense.key, sense.asc, sense.ascq), (5, 0x24, 0))
+        }
+        other => panic!("expected INVALID FIELD IN CDB, got {other:?}"),
+    }
+    assert_eq!(h.executed.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(h.data.lock().unwrap()[..4096].iter().all(|b| *b == 0));
+    // The session is still usable.
+    s.write16(0, 0, &pattern(64 * 1024, 2), BS, false).unwrap();
+    server.shutdown();
+}

@@ -601,6 +601,11 @@ impl Session {
             self.finish_write(itt, w);
             return Ok(());
         }
+        if w.unsol_done && w.refuse.is_some() && w.outstanding.is_empty() {
+            // A refused command solicits nothing: answer once the unsolicited data is in.
+            self.finish_write(itt, w);
+            return Ok(());
+        }
         if w.unsol_done {
             self.issue_r2ts(itt, &mut w).await?;
         }
@@ -710,6 +715,11 @@ impl Session {
             w.next_offset = w.received;
         }
         if w.received == w.edtl && w.outstanding.is_empty() {
+            self.finish_write(itt, w);
+            return Ok(());
+        }
+        if w.unsol_done && w.refuse.is_some() && w.outstanding.is_empty() {
+            // A refused command solicits nothing: answer once the unsolicited data is in.
             self.finish_write(itt, w);
             return Ok(());
         }
