@@ -156,6 +156,7 @@ pub fn main() -> ExitCode {
     match cmd {
         "-Embedding" | "/Embedding" | "-embedding" | "/embedding" => {
             log_to_file();
+            tracing::info!(pid = std::process::id(), "started by COM (-Embedding)");
             match run_server(Lifetime::new()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -166,6 +167,10 @@ pub fn main() -> ExitCode {
         }
         "service" => {
             log_to_file();
+            tracing::info!(
+                pid = std::process::id(),
+                "started by the service control manager"
+            );
             let r = service::run(Box::new(|lifetime| {
                 if let Err(e) = run_server(lifetime) {
                     tracing::error!("{e}");

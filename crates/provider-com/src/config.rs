@@ -44,8 +44,7 @@ pub enum ConfigError {
 
 /// `%ProgramData%\shadowlun`.
 pub fn dir() -> PathBuf {
-    let base = std::env::var_os("ProgramData").unwrap_or_else(|| "C:\\ProgramData".into());
-    PathBuf::from(base).join("shadowlun")
+    crate::folders::program_data().join("shadowlun")
 }
 
 /// `%ProgramData%\shadowlun\provider.toml`.

@@ -26,6 +26,8 @@ pub mod eventlog;
 #[cfg(windows)]
 pub mod ffi;
 #[cfg(windows)]
+pub mod folders;
+#[cfg(windows)]
 pub mod ids;
 #[cfg(windows)]
 pub mod install;

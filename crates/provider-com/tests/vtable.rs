@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use common::{Double, Spy, SpyState, lun};
+use common::{Double, Spy, SpyState, lun, tagged};
 use provider::{HardwareProvider, UnloadAnswer};
 use provider_com::ffi::client::{LunArray, WideArray};
 use provider_com::ffi::{ProviderFactory, read_lun};
@@ -143,11 +143,16 @@ fn in_out_rewrites_only_changed_fields_and_frees_the_old_buffer() {
     let back = luns.read().unwrap();
     assert_eq!(
         back[0].serial_number.as_deref(),
-        Some(format!("A1@{}", devices(2)[0]).as_str())
+        Some(tagged("A1").as_str())
     );
     assert_eq!(
         back[1].serial_number.as_deref(),
-        Some(format!("B2@{}", devices(2)[1]).as_str())
+        Some(tagged("B2").as_str())
+    );
+    assert!(
+        f.double.calls.lock().unwrap()[0]
+            .1
+            .contains(&format!("{:?}", devices(2)))
     );
     assert_eq!(back[1].interconnects, lun("B2").interconnects);
     drop((names, luns));
@@ -333,10 +338,7 @@ fn full_vss_sequence_through_the_vtables_reaches_the_core_in_order_without_leaks
     assert_eq!(c.get_provider_capabilities().unwrap(), 0x1234_5678_9abc);
     let mut l = vec![lun("A1")];
     assert!(c.are_luns_supported(ctx, &dev, &mut l).unwrap());
-    assert_eq!(
-        l[0].serial_number.as_deref(),
-        Some(format!("A1@{}", dev[0]).as_str())
-    );
+    assert_eq!(l[0].serial_number.as_deref(), Some(tagged("A1").as_str()));
     let mut l = vec![lun("A1")];
     c.begin_prepare_snapshot(set, snap, ctx, &dev, &mut l)
         .unwrap();
@@ -456,6 +458,50 @@ fn veto_reported_by_the_core_is_written_once_with_its_text_after_the_freeze() {
             .message()
             .contains("the array refused CommitSnapshots")
     );
+}
+
+/// A core that lengthens the serial number and adds an identifier.
+struct Grower;
+
+impl Grower {
+    fn grow(luns: &mut [LunInfo]) {
+        for l in luns {
+            l.serial_number = Some("a much longer serial number than VSS passed".into());
+        }
+    }
+}
+
+#[test]
+fn lengthening_a_field_vss_passed_is_refused_as_it_would_overflow_across_processes() {
+    let f = Fixture::new();
+    let names = WideArray::new(&devices(1)).unwrap();
+    let mut luns = LunArray::new(&[lun("A1")]).unwrap();
+    let before = *luns.get(0);
+    let allocs = f.allocs();
+    let core = Arc::new(common::Custom(Box::new(|luns: &mut [LunInfo]| {
+        Grower::grow(luns)
+    })));
+    let p: IVssHardwareSnapshotProviderEx =
+        ComProvider::new(core, VetoLog::new(f.events.clone())).into_interface();
+    let mut ok = BOOL(0);
+    // SAFETY: one-element arrays.
+    let e = unsafe { p.AreLunsSupported(1, 0, names.as_ptr(), luns.as_mut_ptr(), &mut ok) }
+        .unwrap_err();
+    assert_eq!(e.code().0 as u32, Hresult::E_UNEXPECTED.0);
+    assert_eq!(f.allocs(), allocs);
+    assert_eq!(luns.get(0).m_szSerialNumber, before.m_szSerialNumber);
+    assert_eq!(luns.read().unwrap(), vec![lun("A1")]);
+    // Zeroed destinations (NULL fields) may receive anything.
+    let mut dst = LunArray::new(&[LunInfo::default()]).unwrap();
+    let src = LunArray::new(&[lun("A1")]).unwrap();
+    // SAFETY: one-element arrays.
+    unsafe { p.GetTargetLuns(1, names.as_ptr(), src.as_ptr(), dst.as_mut_ptr()) }.unwrap();
+    assert_eq!(
+        dst.read().unwrap()[0].serial_number.as_deref(),
+        Some("a much longer serial number than VSS passed")
+    );
+    drop((names, luns, dst, src, p));
+    f.assert_clean();
 }
 
 #[test]

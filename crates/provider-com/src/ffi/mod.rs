@@ -70,6 +70,12 @@ pub enum FfiError {
     Unterminated { what: &'static str, max: usize },
     #[error("{what} contains a NUL character and cannot be written as a C string")]
     InteriorNul { what: &'static str },
+    #[error(
+        "the provider lengthened or removed {what}, which VSS passed in: across processes the \
+         caller's proxy writes an [in,out] field back into the caller's existing buffer, so \
+         the new value would overflow it (or orphan it)"
+    )]
+    WouldNotFit { what: &'static str },
     #[error("CoTaskMemAlloc of {bytes} bytes failed")]
     OutOfMemory { bytes: usize },
 }
@@ -79,7 +85,7 @@ impl FfiError {
     pub fn hresult(&self) -> Hresult {
         match self {
             FfiError::OutOfMemory { .. } => Hresult::E_OUTOFMEMORY,
-            FfiError::InteriorNul { .. } => Hresult::E_UNEXPECTED,
+            FfiError::InteriorNul { .. } | FfiError::WouldNotFit { .. } => Hresult::E_UNEXPECTED,
             _ => Hresult::E_INVALIDARG,
         }
     }
@@ -382,7 +388,56 @@ fn str_update(
     }))
 }
 
+fn str_fits(
+    before: &Option<String>,
+    after: &Option<String>,
+    what: &'static str,
+) -> Result<(), FfiError> {
+    match (before, after) {
+        (None, _) => Ok(()),
+        (Some(b), Some(a)) if a.chars().count() <= b.chars().count() => Ok(()),
+        _ => Err(FfiError::WouldNotFit { what }),
+    }
+}
+
+/// The rule that keeps `[in,out]` rewrites safe across processes: NDR unmarshals a returned
+/// embedded pointer that was non-NULL on input into the caller's existing memory (MS-RPCE
+/// unique-pointer semantics; Wine's and Windows' proxies both do), and orphans it if it comes
+/// back NULL. So a field VSS passed non-NULL may be rewritten only with a value that fits:
+/// a string no longer than before, an identifier array with no more entries, each no longer
+/// than the one it replaces. Fields VSS passed NULL (GetTargetLuns' zeroed destinations) may
+/// receive anything.
+fn fits(before: &LunInfo, after: &LunInfo) -> Result<(), FfiError> {
+    str_fits(&before.vendor_id, &after.vendor_id, "m_szVendorId")?;
+    str_fits(&before.product_id, &after.product_id, "m_szProductId")?;
+    str_fits(
+        &before.product_revision,
+        &after.product_revision,
+        "m_szProductRevision",
+    )?;
+    str_fits(
+        &before.serial_number,
+        &after.serial_number,
+        "m_szSerialNumber",
+    )?;
+    let (b, a) = (&before.identifiers, &after.identifiers);
+    if !b.is_empty()
+        && (a.is_empty()
+            || a.len() > b.len()
+            || a.iter().zip(b).any(|(x, y)| {
+                (!y.identifier.is_empty() && x.identifier.len() > y.identifier.len())
+                    || (!y.identifier.is_empty() && x.identifier.is_empty())
+            }))
+    {
+        return Err(FfiError::WouldNotFit {
+            what: "m_deviceIdDescriptor.m_rgIdentifiers",
+        });
+    }
+    Ok(())
+}
+
 fn prepare(before: &LunInfo, after: &LunInfo) -> Result<LunUpdate, FfiError> {
+    fits(before, after)?;
     if before.interconnects != after.interconnects {
         tracing::warn!("the provider core changed m_rgInterconnects; the change is ignored");
     }

@@ -45,7 +45,8 @@ pub fn lun(serial: &str) -> LunInfo {
 pub type Call = (String, String);
 
 /// A `HardwareProvider` that records every call and answers predictably:
-/// - AreLunsSupported / BeginPrepareSnapshot append `@<device>` to each serial number;
+/// - AreLunsSupported / BeginPrepareSnapshot reverse each serial number (a rewrite that keeps
+///   the length, as the cross-process rule requires);
 /// - FillInLunInfo upper-cases the serial number and answers TRUE for serials starting "SNAP";
 /// - GetTargetLuns fills each destination from its source with serial `snap-<serial>` and a
 ///   new NAA identifier;
@@ -97,11 +98,15 @@ impl Double {
     }
 }
 
-fn tag(devices: &[String], luns: &mut [LunInfo]) {
-    for (d, l) in devices.iter().zip(luns.iter_mut()) {
-        let s = l.serial_number.clone().unwrap_or_default();
-        l.serial_number = Some(format!("{s}@{d}"));
+fn tag(_devices: &[String], luns: &mut [LunInfo]) {
+    for l in luns.iter_mut() {
+        l.serial_number = l.serial_number.as_ref().map(|s| s.chars().rev().collect());
     }
+}
+
+/// What [`Double`] makes of a serial number in AreLunsSupported / BeginPrepareSnapshot.
+pub fn tagged(serial: &str) -> String {
+    serial.chars().rev().collect()
 }
 
 impl HardwareProvider for Double {
@@ -349,4 +354,269 @@ impl IMallocSpy_Impl for Spy_Impl {
     }
     fn PreHeapMinimize(&self) {}
     fn PostHeapMinimize(&self) {}
+}
+
+/// The device names the out-of-process client sends.
+pub fn sample_devices(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("\\\\?\\mpio#disk&ven_shadowln&prod_thin_volume#{i}&\u{e9}"))
+        .collect()
+}
+
+/// The LUNs the out-of-process client sends.
+pub fn sample_luns(n: usize) -> Vec<LunInfo> {
+    (0..n).map(|i| lun(&format!("SN{i:04}"))).collect()
+}
+
+/// What [`Double::get_target_luns`] makes of [`sample_luns`].
+pub fn sample_targets(n: usize) -> Vec<LunInfo> {
+    let mut t = vec![LunInfo::default(); n];
+    Double::default()
+        .get_target_luns(&sample_devices(n), &sample_luns(n), &mut t)
+        .unwrap();
+    t
+}
+
+/// A [`Double`] that also checks, on the far side of the process boundary, that every
+/// argument arrived exactly as the client sent it. A mismatch fails the call with
+/// `VSS_E_UNEXPECTED`; `GetProviderCapabilities` answers how many calls were checked.
+#[derive(Default)]
+pub struct FarSide {
+    pub inner: Double,
+    pub checked: std::sync::atomic::AtomicU64,
+}
+
+impl FarSide {
+    fn check(&self, ok: bool, what: &str) -> Result<(), Hresult> {
+        if ok {
+            self.checked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        } else {
+            eprintln!("far side: {what} did not arrive as sent");
+            Err(Hresult::VSS_E_UNEXPECTED)
+        }
+    }
+}
+
+impl HardwareProvider for FarSide {
+    fn are_luns_supported(
+        &self,
+        c: SnapshotContext,
+        devices: &[String],
+        luns: &mut [LunInfo],
+    ) -> Result<bool, Hresult> {
+        let n = luns.len();
+        self.check(
+            devices == sample_devices(n).as_slice() && luns == sample_luns(n).as_slice(),
+            "AreLunsSupported arguments",
+        )?;
+        self.inner.are_luns_supported(c, devices, luns)
+    }
+    fn begin_prepare_snapshot(
+        &self,
+        s: VssId,
+        i: VssId,
+        c: SnapshotContext,
+        devices: &[String],
+        luns: &mut [LunInfo],
+    ) -> Result<(), Hresult> {
+        let n = luns.len();
+        self.check(
+            devices == sample_devices(n).as_slice() && luns == sample_luns(n).as_slice(),
+            "BeginPrepareSnapshot arguments",
+        )?;
+        self.inner.begin_prepare_snapshot(s, i, c, devices, luns)
+    }
+    fn fill_in_lun_info(&self, device: &str, lun: &mut LunInfo) -> Result<bool, Hresult> {
+        self.check(
+            device == "\\\\?\\disk#snap" && *lun == sample_targets(1)[0],
+            "FillInLunInfo arguments",
+        )?;
+        self.inner.fill_in_lun_info(device, lun)
+    }
+    fn get_target_luns(
+        &self,
+        devices: &[String],
+        sources: &[LunInfo],
+        destinations: &mut [LunInfo],
+    ) -> Result<(), Hresult> {
+        let n = sources.len();
+        self.check(
+            devices == sample_devices(n).as_slice()
+                && sources == sample_luns(n).as_slice()
+                && destinations.iter().all(|d| *d == LunInfo::default()),
+            "GetTargetLuns arguments",
+        )?;
+        self.inner.get_target_luns(devices, sources, destinations)
+    }
+    fn locate_luns(&self, luns: &[LunInfo]) -> Result<(), Hresult> {
+        self.check(
+            luns == sample_targets(luns.len()).as_slice(),
+            "LocateLuns arguments",
+        )?;
+        self.inner.locate_luns(luns)
+    }
+    fn on_lun_empty(&self, device: &str, lun: &LunInfo) -> Result<(), Hresult> {
+        self.check(
+            device == "\\\\?\\disk#snap" && *lun == sample_targets(1)[0],
+            "OnLunEmpty arguments",
+        )?;
+        self.inner.on_lun_empty(device, lun)
+    }
+    fn get_provider_capabilities(&self) -> Result<u64, Hresult> {
+        Ok(self.checked.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn on_lun_state_change(
+        &self,
+        s: &[LunInfo],
+        o: &[LunInfo],
+        f: HardwareOptions,
+    ) -> Result<(), Hresult> {
+        self.check(
+            s == sample_targets(s.len()).as_slice() && o == sample_luns(o.len()).as_slice(),
+            "OnLunStateChange arguments",
+        )?;
+        self.inner.on_lun_state_change(s, o, f)
+    }
+    fn resync_luns(
+        &self,
+        s: &[LunInfo],
+        t: &[LunInfo],
+    ) -> Result<Arc<dyn AsyncOperation>, Hresult> {
+        self.check(
+            s == sample_targets(s.len()).as_slice() && t == sample_luns(t.len()).as_slice(),
+            "ResyncLuns arguments",
+        )?;
+        self.inner.resync_luns(s, t)
+    }
+    fn on_reuse_luns(&self, s: &[LunInfo], o: &[LunInfo]) -> Result<(), Hresult> {
+        self.inner.on_reuse_luns(s, o)
+    }
+    fn end_prepare_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        self.inner.end_prepare_snapshots(s)
+    }
+    fn pre_commit_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        self.inner.pre_commit_snapshots(s)
+    }
+    fn commit_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        if s == uuid::Uuid::from_u128(0xbad) {
+            return Err(Hresult::VSS_E_PROVIDER_VETO);
+        }
+        self.inner.commit_snapshots(s)
+    }
+    fn post_commit_snapshots(&self, s: VssId, n: i32) -> Result<(), Hresult> {
+        self.inner.post_commit_snapshots(s, n)
+    }
+    fn pre_final_commit_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        self.inner.pre_final_commit_snapshots(s)
+    }
+    fn post_final_commit_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        self.inner.post_final_commit_snapshots(s)
+    }
+    fn abort_snapshots(&self, s: VssId) -> Result<(), Hresult> {
+        self.inner.abort_snapshots(s)
+    }
+    fn on_load(&self) -> Result<(), Hresult> {
+        self.inner.on_load()
+    }
+    fn on_unload(&self, force: bool) -> Result<UnloadAnswer, Hresult> {
+        self.inner.on_unload(force)
+    }
+}
+
+/// A core whose in/out methods apply `f` to the LUNs they receive and succeed.
+pub struct Custom(pub Box<LunEdit>);
+
+/// What [`Custom`] does to the LUNs it receives.
+pub type LunEdit = dyn Fn(&mut [LunInfo]) + Send + Sync;
+
+impl HardwareProvider for Custom {
+    fn are_luns_supported(
+        &self,
+        _: SnapshotContext,
+        _: &[String],
+        l: &mut [LunInfo],
+    ) -> Result<bool, Hresult> {
+        (self.0)(l);
+        Ok(true)
+    }
+    fn begin_prepare_snapshot(
+        &self,
+        _: VssId,
+        _: VssId,
+        _: SnapshotContext,
+        _: &[String],
+        l: &mut [LunInfo],
+    ) -> Result<(), Hresult> {
+        (self.0)(l);
+        Ok(())
+    }
+    fn fill_in_lun_info(&self, _: &str, l: &mut LunInfo) -> Result<bool, Hresult> {
+        (self.0)(std::slice::from_mut(l));
+        Ok(true)
+    }
+    fn get_target_luns(
+        &self,
+        _: &[String],
+        _: &[LunInfo],
+        d: &mut [LunInfo],
+    ) -> Result<(), Hresult> {
+        (self.0)(d);
+        Ok(())
+    }
+    fn locate_luns(&self, _: &[LunInfo]) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn on_lun_empty(&self, _: &str, _: &LunInfo) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn get_provider_capabilities(&self) -> Result<u64, Hresult> {
+        Ok(0)
+    }
+    fn on_lun_state_change(
+        &self,
+        _: &[LunInfo],
+        _: &[LunInfo],
+        _: HardwareOptions,
+    ) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn resync_luns(
+        &self,
+        _: &[LunInfo],
+        _: &[LunInfo],
+    ) -> Result<Arc<dyn AsyncOperation>, Hresult> {
+        Ok(Arc::new(Op::default()))
+    }
+    fn on_reuse_luns(&self, _: &[LunInfo], _: &[LunInfo]) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn end_prepare_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn pre_commit_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn commit_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn post_commit_snapshots(&self, _: VssId, _: i32) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn pre_final_commit_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn post_final_commit_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn abort_snapshots(&self, _: VssId) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn on_load(&self) -> Result<(), Hresult> {
+        Ok(())
+    }
+    fn on_unload(&self, _: bool) -> Result<UnloadAnswer, Hresult> {
+        Ok(UnloadAnswer::Ready)
+    }
 }

@@ -1,0 +1,294 @@
+//! Across the process boundary under Wine: activation with CoCreateInstance(CLSCTX_LOCAL_SERVER),
+//! every call marshalled by the widl proxy/stub (tools/wine), arguments verified on the far
+//! side; then the real `shadowlun-provider.exe` installed, activated and uninstalled.
+//!
+//! A libtest-less test (`harness = false`): started by COM with `-Embedding`, this executable
+//! is the server (the provider object over a checking double, through the same
+//! `server::serve` the real exe uses).
+#![cfg_attr(not(windows), allow(unused))]
+
+#[cfg(windows)]
+mod common;
+
+#[cfg(not(windows))]
+fn main() {}
+
+#[cfg(windows)]
+fn main() {
+    windows_main::main()
+}
+
+#[cfg(windows)]
+mod windows_main {
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::common::{FarSide, sample_devices, sample_luns, sample_targets, tagged};
+    use provider::{HardwareProvider, UnloadAnswer};
+    use provider_com::ids::{CLSID_PROVIDER, braced};
+    use provider_com::registry::{self, HKEY_LOCAL_MACHINE};
+    use provider_com::server::{self, Lifetime};
+    use provider_com::{ComClient, EventLogWriter, VetoEntry, VetoLog};
+    use vss::{HardwareOptions, Hresult, LunInfo, SnapshotContext};
+    use windows::Win32::System::Com::{COINIT_MULTITHREADED, CoInitializeEx};
+    use windows_core::GUID;
+
+    /// The class id of this test server (not the provider's).
+    const CLSID_TEST: GUID = GUID::from_u128(0x1d0a54c1_8e5b_4f43_9a57_3c1f0e6b2d77);
+
+    struct Stderr;
+    impl EventLogWriter for Stderr {
+        fn write(&self, e: &VetoEntry) {
+            eprintln!("event log: {}", e.message());
+        }
+    }
+
+    fn serve() {
+        server::init_com_security().expect("COM security");
+        let core: Arc<dyn HardwareProvider> = Arc::new(FarSide::default());
+        server::serve(
+            &CLSID_TEST,
+            Arc::new(move || Ok(core.clone())),
+            VetoLog::new(Arc::new(Stderr)),
+            Lifetime::new(),
+            Duration::from_secs(3),
+        )
+        .expect("serve");
+        server::uninit_com();
+    }
+
+    fn windows_path(p: &str) -> String {
+        if p.starts_with('/') {
+            format!("Z:{}", p.replace('/', "\\"))
+        } else {
+            p.strip_prefix("\\\\?\\").unwrap_or(p).to_string()
+        }
+    }
+
+    fn register_self() {
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        let key = format!(
+            "SOFTWARE\\Classes\\CLSID\\{}\\LocalServer32",
+            braced(&CLSID_TEST)
+        );
+        registry::set_string(
+            HKEY_LOCAL_MACHINE,
+            &key,
+            "",
+            &format!("\"{}\"", windows_path(&exe)),
+        )
+        .unwrap();
+    }
+
+    fn unregister_self() {
+        let key = format!("SOFTWARE\\Classes\\CLSID\\{}", braced(&CLSID_TEST));
+        registry::delete_tree(HKEY_LOCAL_MACHINE, &key).unwrap();
+    }
+
+    fn run(name: &str, f: impl FnOnce()) {
+        let t = Instant::now();
+        f();
+        println!("test {name} ... ok ({} ms)", t.elapsed().as_millis());
+    }
+
+    fn full_sequence_crosses_the_process_boundary_intact() {
+        let t = Instant::now();
+        let c =
+            ComClient::create_local_server(&CLSID_TEST).expect("CoCreateInstance(LOCAL_SERVER)");
+        println!("  activation took {} ms", t.elapsed().as_millis());
+        let n = 3;
+        let dev = sample_devices(n);
+        let set = uuid::Uuid::from_u128(0x5e7);
+        let ctx = SnapshotContext::from_i32(0x1_0000);
+        c.on_load().unwrap();
+        let mut l = sample_luns(n);
+        assert!(c.are_luns_supported(ctx, &dev, &mut l).unwrap());
+        for (i, x) in l.iter().enumerate() {
+            // The device names travelled there (checked on the far side: [string] VSS_PWSZ,
+            // every character) and the rewritten [in,out] serial travelled back.
+            assert_eq!(
+                x.serial_number.as_deref(),
+                Some(tagged(&format!("SN{i:04}")).as_str())
+            );
+            assert_eq!(x.interconnects, sample_luns(n)[i].interconnects);
+        }
+        let mut l = sample_luns(n);
+        c.begin_prepare_snapshot(set, uuid::Uuid::from_u128(1), ctx, &dev, &mut l)
+            .unwrap();
+        c.end_prepare_snapshots(set).unwrap();
+        c.pre_commit_snapshots(set).unwrap();
+        c.commit_snapshots(set).unwrap();
+        c.post_commit_snapshots(set, n as i32).unwrap();
+        let mut dst = vec![LunInfo::default(); n];
+        c.get_target_luns(&dev, &sample_luns(n), &mut dst).unwrap();
+        assert_eq!(dst, sample_targets(n));
+        c.pre_final_commit_snapshots(set).unwrap();
+        c.post_final_commit_snapshots(set).unwrap();
+        c.locate_luns(&dst).unwrap();
+        let mut found = sample_targets(1)[0].clone();
+        assert!(c.fill_in_lun_info("\\\\?\\disk#snap", &mut found).unwrap());
+        assert_eq!(found.serial_number.as_deref(), Some("SNAP-SN0000"));
+        c.on_lun_state_change(
+            &sample_targets(n),
+            &sample_luns(n),
+            HardwareOptions::ONLUNSTATECHANGE_DO_MASK_LUNS,
+        )
+        .unwrap();
+        let op = c.resync_luns(&sample_targets(n), &sample_luns(n)).unwrap();
+        assert_eq!(
+            op.query_status().unwrap(),
+            (Hresult::VSS_S_ASYNC_PENDING, 40)
+        );
+        assert_eq!(op.cancel().unwrap(), Hresult::S_OK);
+        assert_eq!(
+            op.query_status().unwrap(),
+            (Hresult::VSS_S_ASYNC_CANCELLED, 100)
+        );
+        drop(op);
+        c.on_lun_empty("\\\\?\\disk#snap", &sample_targets(1)[0])
+            .unwrap();
+        // A veto crosses as its HRESULT.
+        assert_eq!(
+            c.commit_snapshots(uuid::Uuid::from_u128(0xbad)),
+            Err(Hresult::VSS_E_PROVIDER_VETO)
+        );
+        // 64 LUNs in one call (a full set).
+        let mut big = sample_luns(64);
+        assert!(
+            c.are_luns_supported(ctx, &sample_devices(64), &mut big)
+                .unwrap()
+        );
+        assert_eq!(
+            big[63].serial_number.as_deref(),
+            Some(tagged("SN0063").as_str())
+        );
+        // Every argument-checked call above passed its far-side check.
+        assert_eq!(c.get_provider_capabilities().unwrap(), 9);
+        assert_eq!(c.on_unload(false).unwrap(), UnloadAnswer::Ready);
+    }
+
+    fn real_exe() -> String {
+        windows_path(env!("CARGO_BIN_EXE_shadowlun-provider"))
+    }
+
+    fn exe(args: &[&str]) -> (i32, String) {
+        let out = Command::new(real_exe())
+            .args(args)
+            .output()
+            .expect("spawn shadowlun-provider.exe");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    fn installed_exe_is_activated_and_uninstalled() {
+        let fp = "ab".repeat(32);
+        let (code, out) = exe(&[
+            "install",
+            "--array",
+            "https://127.0.0.1:9",
+            "--token",
+            "t0ken",
+            "--fingerprint",
+            &fp,
+        ]);
+        print!("{out}");
+        assert_eq!(
+            code, 3,
+            "every step but the VSS registration succeeds under Wine"
+        );
+        assert!(
+            out.contains("VSS registration   FAILED   HRESULT 0x80040154"),
+            "{out}"
+        );
+        for step in ["configuration", "COM class", "service", "event source"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(step) && l.contains(" done ")),
+                "{step}: {out}"
+            );
+        }
+        // Upgrade in place: a second install leaves the same state.
+        let (code2, out2) = exe(&[
+            "install",
+            "--array",
+            "https://127.0.0.1:9",
+            "--token",
+            "t0ken",
+            "--fingerprint",
+            &fp,
+        ]);
+        assert_eq!(code2, 3);
+        assert!(out2.contains("ShadowlunProvider Updated"), "{out2}");
+
+        let t = Instant::now();
+        let c = ComClient::create_local_server(&CLSID_PROVIDER)
+            .expect("activate the installed provider");
+        println!(
+            "  activation of the installed exe took {} ms",
+            t.elapsed().as_millis()
+        );
+        c.on_load().unwrap();
+        // COM honoured the AppID's LocalService: the server runs as the service.
+        let log =
+            std::fs::read_to_string(provider_com::config::dir().join("provider.log")).unwrap();
+        let last_start = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("started by"))
+            .unwrap();
+        assert!(
+            last_start.contains("service control manager"),
+            "{last_start}"
+        );
+        // The real core answers: LUNs of another vendor are not ours (no array round trip).
+        let mut other = vec![LunInfo {
+            vendor_id: Some("OTHERVND".into()),
+            ..sample_luns(1)[0].clone()
+        }];
+        assert!(
+            !c.are_luns_supported(SnapshotContext::from_i32(0), &sample_devices(1), &mut other)
+                .unwrap()
+        );
+        assert_eq!(other[0].vendor_id.as_deref(), Some("OTHERVND"));
+        assert_eq!(c.on_unload(false).unwrap(), UnloadAnswer::Ready);
+        drop(c);
+
+        let (code, out) = exe(&["uninstall"]);
+        print!("{out}");
+        assert_eq!(code, 0);
+        let (code, out) = exe(&["uninstall"]);
+        assert_eq!(code, 0, "uninstall of nothing succeeds: {out}");
+        for step in ["event source", "service", "COM class", "configuration"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(step) && l.contains(" absent")),
+                "{step}: {out}"
+            );
+        }
+    }
+
+    pub fn main() {
+        let args: Vec<String> = std::env::args().collect();
+        if args
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("-Embedding") || a.eq_ignore_ascii_case("/Embedding"))
+        {
+            serve();
+            return;
+        }
+        // SAFETY: plain COM initialisation of the main thread.
+        let _ = unsafe { CoInitializeEx(None, COINIT_MULTITHREADED) };
+        register_self();
+        run(
+            "full_sequence_crosses_the_process_boundary_intact",
+            full_sequence_crosses_the_process_boundary_intact,
+        );
+        unregister_self();
+        run(
+            "installed_exe_is_activated_and_uninstalled",
+            installed_exe_is_activated_and_uninstalled,
+        );
+        println!("test result: ok. 2 passed");
+    }
+}
