@@ -2,7 +2,7 @@
 //! task management, and routing of every command to its logical unit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::cdb::{self, Cdb};
 use crate::exec::inquiry;
@@ -44,7 +44,7 @@ pub struct Target {
     /// initiator name -> LUN -> logical unit.
     maps: RwLock<HashMap<String, BTreeMap<u64, Arc<LogicalUnit>>>>,
     /// I_T nexuses currently known, to tell them about map changes.
-    nexuses: Mutex<HashSet<Nexus>>,
+    nexuses: RwLock<HashSet<Nexus>>,
 }
 
 impl Target {
@@ -54,7 +54,7 @@ impl Target {
         Self {
             name: target_name.to_string(),
             maps: RwLock::new(HashMap::new()),
-            nexuses: Mutex::new(HashSet::new()),
+            nexuses: RwLock::new(HashSet::new()),
         }
     }
 
@@ -68,7 +68,15 @@ impl Target {
     }
 
     fn remember(&self, nexus: &Nexus) {
-        let mut n = self.nexuses.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .nexuses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(nexus)
+        {
+            return;
+        }
+        let mut n = self.nexuses.write().unwrap_or_else(|p| p.into_inner());
         if !n.contains(nexus) {
             tracing::debug!(initiator = %nexus.initiator_port, port = nexus.target_port, "new I_T nexus");
             n.insert(nexus.clone());
@@ -200,7 +208,7 @@ impl Target {
     /// persistent reservations stay.
     pub fn nexus_lost(&self, nexus: &Nexus) {
         self.nexuses
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(nexus);
         for lu in self.all_units() {
@@ -244,7 +252,7 @@ impl Target {
             // Its nexuses of this initiator start afresh if it is mapped again.
             let gone: Vec<Nexus> = self
                 .nexuses
-                .lock()
+                .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .filter(|n| n.initiator == initiator)
