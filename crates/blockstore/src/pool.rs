@@ -56,7 +56,6 @@ pub struct PoolOptions {
     pub size_limit: Option<u64>,
 }
 
-
 /// A volume, snapshot or clone with its space accounting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VolumeInfo {
@@ -103,6 +102,8 @@ pub(crate) struct Inner {
     pub(crate) state: RwLock<State>,
     pub(crate) commit: Mutex<Committer>,
     failed: AtomicBool,
+    /// Set after every data write; a commit syncs the data file only when it is set.
+    data_dirty: AtomicBool,
     _lock: File,
 }
 
@@ -200,7 +201,8 @@ impl Pool {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let lock = lock_dir(dir)?;
-        if dir.join(CHECKPOINT_FILE).exists() || dir.join(DATA_FILE).exists() {
+        // The checkpoint is written last: a pool exists once it does.
+        if dir.join(CHECKPOINT_FILE).exists() {
             return Err(Error::NotAPool {
                 dir: dir.into(),
                 reason: "already holds a pool",
@@ -212,7 +214,8 @@ impl Pool {
         };
         let data_path = dir.join(DATA_FILE);
         let data = OpenOptions::new()
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(&data_path)
@@ -221,11 +224,6 @@ impl Pool {
             .map_err(io_err("write data header"))?;
         data.sync_all().map_err(io_err("sync data file"))?;
         let state = State::new(limit);
-        write_atomic(
-            dir,
-            CHECKPOINT_FILE,
-            &checkpoint_bytes(1, &state.encode_checkpoint())?,
-        )?;
         let log = write_atomic(
             dir,
             LOG_FILE,
@@ -235,6 +233,11 @@ impl Pool {
                 body_len: 0,
             }
             .encode(),
+        )?;
+        write_atomic(
+            dir,
+            CHECKPOINT_FILE,
+            &checkpoint_bytes(1, &state.encode_checkpoint())?,
         )?;
         tracing::info!(dir = %dir.display(), limit_chunks = limit, "created pool");
         Ok(Pool::assemble(
@@ -273,6 +276,7 @@ impl Pool {
                     checkpoint_bytes: 64 << 20,
                 }),
                 failed: AtomicBool::new(false),
+                data_dirty: AtomicBool::new(false),
                 _lock: lock,
             }),
         }
@@ -774,6 +778,26 @@ impl Inner {
         }
     }
 
+    /// Syncs the data file if anything was written since the last sync. A writer sets the
+    /// flag after its write and before it is acknowledged (and, on the slow path, before its
+    /// mapping record can be taken by a commit), so every acknowledged write is covered.
+    fn sync_data(&self) -> Result<()> {
+        if self.data_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.data.sync_data() {
+                self.data_dirty.store(true, Ordering::Release);
+                return Err(io_err("sync the data file")(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to the data file and marks it dirty.
+    pub(crate) fn write_data(&self, buf: &[u8], at: u64) -> std::io::Result<()> {
+        let r = self.data.write_all_at(buf, at);
+        self.data_dirty.store(true, Ordering::Release);
+        r
+    }
+
     fn append(&self, c: &mut Committer, records: &[u8]) -> Result<()> {
         let frame = format::encode_frame(c.seq + 1, records);
         c.log
@@ -788,7 +812,7 @@ impl Inner {
     /// Commits everything pending while the caller holds the state lock.
     fn commit_locked(&self, c: &mut Committer, st: &mut State) -> Result<()> {
         let (records, rel) = st.take_pending();
-        if let Err(e) = self.data.sync_data().map_err(io_err("sync the data file")) {
+        if let Err(e) = self.sync_data() {
             return self.fail(e);
         }
         if !records.is_empty() {
@@ -805,7 +829,7 @@ impl Inner {
     pub(crate) fn run_op<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut c = self.committer()?;
         // Most dirty data goes out before I/O is stopped.
-        if let Err(e) = self.data.sync_data().map_err(io_err("sync the data file")) {
+        if let Err(e) = self.sync_data() {
             return self.fail(e);
         }
         let r = {
@@ -822,7 +846,7 @@ impl Inner {
     pub(crate) fn flush(&self) -> Result<()> {
         let mut c = self.committer()?;
         let (records, rel) = self.write()?.take_pending();
-        if let Err(e) = self.data.sync_data().map_err(io_err("sync the data file")) {
+        if let Err(e) = self.sync_data() {
             return self.fail(e);
         }
         if !records.is_empty() {
@@ -1055,8 +1079,7 @@ impl Volume {
         }
         for (fo, at, len) in targets {
             self.inner
-                .data
-                .write_all_at(&data[at..at + len], fo)
+                .write_data(&data[at..at + len], fo)
                 .map_err(io_err(format!("write {} at {}", self.name, offset)))?;
         }
         Ok(true)
@@ -1092,8 +1115,7 @@ impl Volume {
 
     fn pwrite(&self, buf: &[u8], at: u64) -> Result<()> {
         self.inner
-            .data
-            .write_all_at(buf, at)
+            .write_data(buf, at)
             .map_err(io_err(format!("write {} (chunk offset {at})", self.name)))
     }
 
