@@ -2,7 +2,7 @@
 //! task management, and routing of every command to its logical unit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cdb::{self, Cdb};
 use crate::exec::inquiry;
@@ -45,6 +45,9 @@ pub struct Target {
     maps: RwLock<HashMap<String, BTreeMap<u64, Arc<LogicalUnit>>>>,
     /// I_T nexuses currently known, to tell them about map changes.
     nexuses: RwLock<HashSet<Nexus>>,
+    /// Nexuses owed REPORTED LUNS DATA HAS CHANGED on LUN 0 while no logical unit is mapped
+    /// there (a host with no LUN 0 still polls it; otherwise it would never hear of a change).
+    lun0_changed: Mutex<HashSet<Nexus>>,
 }
 
 impl Target {
@@ -55,6 +58,7 @@ impl Target {
             name: target_name.to_string(),
             maps: RwLock::new(HashMap::new()),
             nexuses: RwLock::new(HashSet::new()),
+            lun0_changed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -87,11 +91,25 @@ impl Target {
     pub fn execute(&self, cmd: &Command<'_>) -> Outcome {
         self.remember(cmd.nexus);
         let op = cmd.cdb.first().copied().unwrap_or(0xFF);
-        let lu = decode_lun(cmd.lun).and_then(|l| self.lu_for(&cmd.nexus.initiator, l));
+        let lun = decode_lun(cmd.lun);
+        let lu = lun.and_then(|l| self.lu_for(&cmd.nexus.initiator, l));
         if let Some(lu) = &lu
             && let Some(ua) = lu.take_ua(cmd.nexus, op)
         {
             tracing::debug!(asc = ?ua.asc, "unit attention reported");
+            return Outcome::check(&ua);
+        }
+        if lu.is_none()
+            && lun == Some(0)
+            && !matches!(op, cdb::opcode::INQUIRY | cdb::opcode::REPORT_LUNS)
+            && self.take_lun0_changed(cmd.nexus)
+        {
+            let ua = Sense::unit_attention(Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+            if op == cdb::opcode::REQUEST_SENSE {
+                let mut d = ua.encode();
+                d.truncate(cmd.cdb.get(4).copied().unwrap_or(0).into());
+                return Outcome::good(d);
+            }
             return Outcome::check(&ua);
         }
         let parsed = match cdb::parse(cmd.cdb) {
@@ -106,6 +124,7 @@ impl Target {
             for lu in self.units_of(&cmd.nexus.initiator) {
                 lu.clear_reported_luns_changed(cmd.nexus);
             }
+            self.take_lun0_changed(cmd.nexus);
             let mut data = self.report_luns(&cmd.nexus.initiator, select);
             data.truncate(alloc as usize);
             return Outcome::good(data);
@@ -211,6 +230,7 @@ impl Target {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(nexus);
+        self.take_lun0_changed(nexus);
         for lu in self.all_units() {
             lu.nexus_lost(nexus);
         }
@@ -276,6 +296,25 @@ impl Target {
         for lu in self.units_of(initiator) {
             lu.notify_initiator(initiator, Asc::REPORTED_LUNS_DATA_HAS_CHANGED);
         }
+        let theirs: Vec<Nexus> = self
+            .nexuses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|n| n.initiator == initiator)
+            .cloned()
+            .collect();
+        self.lun0_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(theirs);
+    }
+
+    fn take_lun0_changed(&self, nexus: &Nexus) -> bool {
+        self.lun0_changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(nexus)
     }
 
     /// The LUN numbers `initiator` sees, ascending.

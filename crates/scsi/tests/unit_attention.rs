@@ -276,3 +276,53 @@ fn identity_validation_names_the_bad_field() {
         Err(scsi::IdentityError::NotLogicalUnit { index: 2, .. })
     ));
 }
+
+#[test]
+fn host_without_lun_zero_hears_of_its_first_lun_on_lun_zero() {
+    let t = scsi::Target::new(TARGET);
+    let n = nexus(HOST1, 1, 1);
+    // Logged in with nothing mapped: LUN 0 answers REPORT LUNS (empty) and 25/00.
+    let d = good(&exec(
+        &t,
+        &n,
+        0,
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0],
+        &[],
+    ))
+    .to_vec();
+    assert_eq!(d, vec![0; 8]);
+    assert_eq!(
+        sense_of(&exec(&t, &n, 0, &TUR, &[])),
+        (key::ILLEGAL_REQUEST, 0x25, 0)
+    );
+    let (_, snap) = mem_lu(5, 512, 64);
+    t.map(HOST1, 3, snap);
+    // The next TEST UNIT READY on LUN 0 tells it, once.
+    assert_eq!(
+        sense_of(&exec(&t, &n, 0, &TUR, &[])),
+        (key::UNIT_ATTENTION, 0x3F, 0x0E)
+    );
+    assert_eq!(
+        sense_of(&exec(&t, &n, 0, &TUR, &[])),
+        (key::ILLEGAL_REQUEST, 0x25, 0)
+    );
+    // REPORT LUNS clears it too; another initiator is not told.
+    let other = nexus(HOST2, 1, 1);
+    exec(&t, &other, 0, &TUR, &[]);
+    t.map(HOST1, 4, mem_lu(6, 512, 64).1);
+    good(&exec(
+        &t,
+        &n,
+        0,
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &[],
+    ));
+    assert_eq!(
+        sense_of(&exec(&t, &n, 0, &TUR, &[])),
+        (key::ILLEGAL_REQUEST, 0x25, 0)
+    );
+    assert_eq!(
+        sense_of(&exec(&t, &other, 0, &TUR, &[])),
+        (key::ILLEGAL_REQUEST, 0x25, 0)
+    );
+}
