@@ -745,7 +745,12 @@ impl Session {
                         "Data-In out of order or too long".into(),
                     ));
                 }
-                pd.data_in.extend_from_slice(&p.data);
+                if pd.data_in.is_empty() {
+                    // The common case: the whole read in one Data-In; keep its buffer.
+                    pd.data_in = p.data;
+                } else {
+                    pd.data_in.extend_from_slice(&p.data);
+                }
                 if status {
                     let data = std::mem::take(&mut pd.data_in);
                     let r = ScsiResponse {

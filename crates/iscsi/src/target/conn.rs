@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,91 @@ fn check_condition(key: u8, asc: u8, ascq: u8) -> Outcome {
     }
 }
 
+/// State shared by the session loop and the keeper task.
+struct Keep {
+    epoch: Instant,
+    /// Milliseconds after `epoch` when the last PDU arrived.
+    last_rx_ms: AtomicU64,
+    /// Target Transfer Tag of the unanswered keep-alive ping, 0 when none.
+    ping_ttt: AtomicU32,
+    /// Why the keeper ended the connection.
+    reason: Mutex<Option<String>>,
+}
+
+/// Sends keep-alive pings and, on server shutdown, the Async logout request; ends the
+/// connection (through `kill`) when a ping goes unanswered or the logout grace runs out.
+async fn keeper_task(
+    shared: Arc<Shared>,
+    keep: Arc<Keep>,
+    kill: Arc<Notify>,
+    tx: mpsc::Sender<Out>,
+    normal: bool,
+) {
+    let cfg = &shared.config;
+    let end = |why: &str| {
+        *keep.reason.lock().expect("reason lock") = Some(why.to_string());
+        kill.notify_one();
+    };
+    let mut shutdown = shared.shutdown.clone();
+    let tick = cfg
+        .nop_interval
+        .unwrap_or(Duration::from_secs(3600))
+        .min(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ttt = 0x8000_0000u32;
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = super::stopped(&mut shutdown) => {
+                if !normal {
+                    return end("server shutdown");
+                }
+                let grace = cfg.logout_grace;
+                let mut b = Bhs::new(op::ASYNC);
+                b.set_flags(0x80);
+                b.set_itt(RESERVED_TAG);
+                b.0[36] = 1; // the target requests a logout
+                b.set_u16(42, grace.as_secs().clamp(1, 3600) as u16);
+                let _ = tx.send(Out::Pdu(Pdu::new(b), Sn::Advance)).await;
+                tokio::time::sleep(grace).await;
+                return end("server shutdown");
+            }
+            _ = ticker.tick() => {
+                let Some(iv) = cfg.nop_interval else { continue };
+                if keep.ping_ttt.load(Ordering::Acquire) == 0 {
+                    ping_sent = None;
+                }
+                match ping_sent {
+                    Some(since) if since.elapsed() > cfg.nop_timeout => {
+                        return end("keep-alive NOP-In not answered");
+                    }
+                    Some(_) => {}
+                    None => {
+                        let idle_ms = keep.epoch.elapsed().as_millis() as u64
+                            - keep.last_rx_ms.load(Ordering::Relaxed).min(keep.epoch.elapsed().as_millis() as u64);
+                        if idle_ms >= iv.as_millis() as u64 {
+                            next_ttt = next_ttt.wrapping_add(1) | 0x8000_0000;
+                            if next_ttt == RESERVED_TAG {
+                                next_ttt = 0x8000_0000;
+                            }
+                            let mut b = Bhs::new(op::NOP_IN);
+                            b.set_flags(0x80);
+                            b.set_itt(RESERVED_TAG);
+                            b.set_u32(20, next_ttt);
+                            keep.ping_ttt.store(next_ttt, Ordering::Release);
+                            ping_sent = Some(Instant::now());
+                            if tx.send(Out::Pdu(Pdu::new(b), Sn::Current)).await.is_err() {
+                                return end("writer closed");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Entry point for an accepted TCP connection.
 pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let local = stream.local_addr().ok();
@@ -237,19 +322,8 @@ async fn full_feature(
         login.params.max_send_data_segment as usize,
         login.params.max_burst as usize,
     ));
-    // The reader task frames PDUs so that the session loop can wait on timers safely.
-    let (pdu_tx, mut pdu_rx) = mpsc::channel::<Result<Pdu, PduError>>(64);
     let max_recv = login.params.max_recv_data_segment as usize;
-    let reader = tokio::spawn(async move {
-        let mut rd = rd;
-        loop {
-            let r = pdu::read_async(&mut rd, digests, max_recv).await;
-            let stop = r.is_err();
-            if pdu_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
+    let mut rd = rd;
 
     let nexus = Arc::new(Nexus {
         initiator_port: format!("{},i,0x{:012x}", login.initiator, login.isid),
@@ -290,73 +364,40 @@ async fn full_feature(
         local,
     };
 
-    let mut shutdown = shared.shutdown.clone();
-    let mut shutting_down = *shutdown.borrow();
-    let mut logout_deadline: Option<tokio::time::Instant> = None;
-    if shutting_down {
-        logout_deadline = Some(tokio::time::Instant::now());
-    }
-    let nop_interval = cfg.nop_interval;
-    let mut last_rx = Instant::now();
-    let mut ping: Option<(u32, Instant)> = None;
-    let tick = nop_interval
-        .unwrap_or(Duration::from_secs(3600))
-        .min(Duration::from_secs(1));
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Keep-alive pings and the shutdown logout request run beside the session loop, so
+    // that the loop itself only waits on the socket (a half-read PDU is never abandoned
+    // except when the connection ends).
+    let keep = Arc::new(Keep {
+        epoch: Instant::now(),
+        last_rx_ms: AtomicU64::new(0),
+        ping_ttt: AtomicU32::new(0),
+        reason: Mutex::new(None),
+    });
+    let keeper = tokio::spawn(keeper_task(
+        shared.clone(),
+        keep.clone(),
+        kill.clone(),
+        s.tx.clone(),
+        s.target.is_some(),
+    ));
     let reason: String = loop {
         tokio::select! {
             biased;
-            _ = kill.notified() => break "ended by the server (reinstatement or target removal)".into(),
-            _ = super::stopped(&mut shutdown), if !shutting_down => {
-                shutting_down = true;
-                if s.target.is_none() {
-                    break "server shutdown".into();
-                }
-                let grace = cfg.logout_grace;
-                let mut b = Bhs::new(op::ASYNC);
-                b.set_flags(0x80);
-                b.set_itt(RESERVED_TAG);
-                b.0[36] = 1; // the target requests a logout
-                b.set_u16(42, grace.as_secs().clamp(1, 3600) as u16);
-                let _ = s.tx.send(Out::Pdu(Pdu::new(b), Sn::Advance)).await;
-                logout_deadline = Some(tokio::time::Instant::now() + grace);
+            _ = kill.notified() => {
+                break keep
+                    .reason
+                    .lock()
+                    .expect("reason lock")
+                    .take()
+                    .unwrap_or_else(|| "ended by the server (reinstatement or target removal)".into());
             }
-            _ = async { tokio::time::sleep_until(logout_deadline.expect("deadline")).await }, if logout_deadline.is_some() => {
-                break "server shutdown".into();
-            }
-            _ = ticker.tick() => {
-                if let Some(iv) = nop_interval {
-                    match ping {
-                        Some((_, since)) if since.elapsed() > cfg.nop_timeout => {
-                            break "keep-alive NOP-In not answered".into();
-                        }
-                        None if last_rx.elapsed() >= iv => {
-                            let ttt = s.alloc_ttt();
-                            let mut b = Bhs::new(op::NOP_IN);
-                            b.set_flags(0x80);
-                            b.set_itt(RESERVED_TAG);
-                            b.set_u32(20, ttt);
-                            ping = Some((ttt, Instant::now()));
-                            if s.tx.send(Out::Pdu(Pdu::new(b), Sn::Current)).await.is_err() {
-                                break "writer closed".into();
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            r = pdu_rx.recv() => {
-                let Some(r) = r else { break "reader ended".into() };
-                last_rx = Instant::now();
+            r = pdu::read_async(&mut rd, digests, max_recv) => {
+                keep.last_rx_ms.store(keep.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 match r {
                     Ok(p) => {
                         if p.bhs.opcode() == op::NOP_OUT && p.bhs.itt() == RESERVED_TAG {
-                            if let Some((t, _)) = ping {
-                                if p.bhs.u32_at(20) == t {
-                                    ping = None;
-                                }
-                            }
+                            let t = p.bhs.u32_at(20);
+                            let _ = keep.ping_ttt.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
                         }
                         match s.on_pdu(p).await {
                             Ok(true) => {}
@@ -378,8 +419,8 @@ async fn full_feature(
             }
         }
     };
+    keeper.abort();
     tracing::info!(initiator = %login.initiator, tsih = login.tsih, %reason, "connection closing");
-    reader.abort();
     // Let commands that are executing finish (device I/O cannot be interrupted), then close.
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, s.running.wait_empty()).await;
     let _ = s.tx.send(Out::Close).await;
