@@ -460,19 +460,20 @@ fn veto_reported_by_the_core_is_written_once_with_its_text_after_the_freeze() {
     );
 }
 
-/// A core that lengthens the serial number and adds an identifier.
+/// A core that lengthens the serial number and shortens the product id.
 struct Grower;
 
 impl Grower {
     fn grow(luns: &mut [LunInfo]) {
         for l in luns {
             l.serial_number = Some("a much longer serial number than VSS passed".into());
+            l.product_id = Some("thin".into());
         }
     }
 }
 
 #[test]
-fn lengthening_a_field_vss_passed_is_refused_as_it_would_overflow_across_processes() {
+fn a_lengthened_field_is_left_as_received_as_it_would_overflow_across_processes() {
     let f = Fixture::new();
     let names = WideArray::new(&devices(1)).unwrap();
     let mut luns = LunArray::new(&[lun("A1")]).unwrap();
@@ -485,12 +486,15 @@ fn lengthening_a_field_vss_passed_is_refused_as_it_would_overflow_across_process
         ComProvider::new(core, VetoLog::new(f.events.clone())).into_interface();
     let mut ok = BOOL(0);
     // SAFETY: one-element arrays.
-    let e = unsafe { p.AreLunsSupported(1, 0, names.as_ptr(), luns.as_mut_ptr(), &mut ok) }
-        .unwrap_err();
-    assert_eq!(e.code().0 as u32, Hresult::E_UNEXPECTED.0);
-    assert_eq!(f.allocs(), allocs);
+    unsafe { p.AreLunsSupported(1, 0, names.as_ptr(), luns.as_mut_ptr(), &mut ok) }.unwrap();
+    assert!(ok.as_bool());
+    // The serial that would overflow is untouched; the shorter product id is written.
+    assert_eq!(f.allocs(), allocs + 1);
     assert_eq!(luns.get(0).m_szSerialNumber, before.m_szSerialNumber);
-    assert_eq!(luns.read().unwrap(), vec![lun("A1")]);
+    assert_ne!(luns.get(0).m_szProductId, before.m_szProductId);
+    let back = luns.read().unwrap();
+    assert_eq!(back[0].serial_number.as_deref(), Some("A1"));
+    assert_eq!(back[0].product_id.as_deref(), Some("thin"));
     // Zeroed destinations (NULL fields) may receive anything.
     let mut dst = LunArray::new(&[LunInfo::default()]).unwrap();
     let src = LunArray::new(&[lun("A1")]).unwrap();

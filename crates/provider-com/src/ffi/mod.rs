@@ -70,12 +70,6 @@ pub enum FfiError {
     Unterminated { what: &'static str, max: usize },
     #[error("{what} contains a NUL character and cannot be written as a C string")]
     InteriorNul { what: &'static str },
-    #[error(
-        "the provider lengthened or removed {what}, which VSS passed in: across processes the \
-         caller's proxy writes an [in,out] field back into the caller's existing buffer, so \
-         the new value would overflow it (or orphan it)"
-    )]
-    WouldNotFit { what: &'static str },
     #[error("CoTaskMemAlloc of {bytes} bytes failed")]
     OutOfMemory { bytes: usize },
 }
@@ -85,7 +79,7 @@ impl FfiError {
     pub fn hresult(&self) -> Hresult {
         match self {
             FfiError::OutOfMemory { .. } => Hresult::E_OUTOFMEMORY,
-            FfiError::InteriorNul { .. } | FfiError::WouldNotFit { .. } => Hresult::E_UNEXPECTED,
+            FfiError::InteriorNul { .. } => Hresult::E_UNEXPECTED,
             _ => Hresult::E_INVALIDARG,
         }
     }
@@ -388,56 +382,78 @@ fn str_update(
     }))
 }
 
-fn str_fits(
-    before: &Option<String>,
-    after: &Option<String>,
-    what: &'static str,
-) -> Result<(), FfiError> {
+fn str_fits(before: &Option<String>, after: &Option<String>) -> bool {
     match (before, after) {
-        (None, _) => Ok(()),
-        (Some(b), Some(a)) if a.chars().count() <= b.chars().count() => Ok(()),
-        _ => Err(FfiError::WouldNotFit { what }),
+        (None, _) => true,
+        (Some(b), Some(a)) => a.chars().count() <= b.chars().count(),
+        (Some(_), None) => false,
     }
+}
+
+fn ids_fit(b: &[StorageIdentifier], a: &[StorageIdentifier]) -> bool {
+    b.is_empty()
+        || (!a.is_empty()
+            && a.len() <= b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                y.identifier.is_empty()
+                    || (!x.identifier.is_empty() && x.identifier.len() <= y.identifier.len())
+            }))
 }
 
 /// The rule that keeps `[in,out]` rewrites safe across processes: NDR unmarshals a returned
-/// embedded pointer that was non-NULL on input into the caller's existing memory (MS-RPCE
-/// unique-pointer semantics; Wine's and Windows' proxies both do), and orphans it if it comes
-/// back NULL. So a field VSS passed non-NULL may be rewritten only with a value that fits:
-/// a string no longer than before, an identifier array with no more entries, each no longer
-/// than the one it replaces. Fields VSS passed NULL (GetTargetLuns' zeroed destinations) may
-/// receive anything.
-fn fits(before: &LunInfo, after: &LunInfo) -> Result<(), FfiError> {
-    str_fits(&before.vendor_id, &after.vendor_id, "m_szVendorId")?;
-    str_fits(&before.product_id, &after.product_id, "m_szProductId")?;
-    str_fits(
-        &before.product_revision,
-        &after.product_revision,
-        "m_szProductRevision",
-    )?;
-    str_fits(
-        &before.serial_number,
-        &after.serial_number,
-        "m_szSerialNumber",
-    )?;
-    let (b, a) = (&before.identifiers, &after.identifiers);
-    if !b.is_empty()
-        && (a.is_empty()
-            || a.len() > b.len()
-            || a.iter().zip(b).any(|(x, y)| {
-                (!y.identifier.is_empty() && x.identifier.len() > y.identifier.len())
-                    || (!y.identifier.is_empty() && x.identifier.is_empty())
-            }))
-    {
-        return Err(FfiError::WouldNotFit {
-            what: "m_deviceIdDescriptor.m_rgIdentifiers",
-        });
+/// embedded pointer that was non-NULL on input into the caller's existing memory (unique-
+/// pointer semantics; Wine's proxies do, and the first cross-process test run showed the
+/// overflow), and orphans it if it comes back NULL. So a field VSS passed non-NULL is
+/// rewritten only with a value that fits: a string no longer than before, an identifier
+/// array with no more entries, each no longer than the one it replaces. A change that does
+/// not fit is not written (the caller keeps its value) and is logged; fields VSS passed NULL
+/// (GetTargetLuns' zeroed destinations) may receive anything.
+fn fitting(before: &LunInfo, after: &LunInfo) -> LunInfo {
+    let mut out = after.clone();
+    let keep = |ok: bool, what: &'static str| {
+        if !ok {
+            tracing::warn!(
+                field = what,
+                "the provider core lengthened or removed a field VSS passed in; \
+                 it cannot be returned across processes and is left as received"
+            );
+        }
+        !ok
+    };
+    if keep(
+        str_fits(&before.vendor_id, &after.vendor_id),
+        "m_szVendorId",
+    ) {
+        out.vendor_id = before.vendor_id.clone();
     }
-    Ok(())
+    if keep(
+        str_fits(&before.product_id, &after.product_id),
+        "m_szProductId",
+    ) {
+        out.product_id = before.product_id.clone();
+    }
+    if keep(
+        str_fits(&before.product_revision, &after.product_revision),
+        "m_szProductRevision",
+    ) {
+        out.product_revision = before.product_revision.clone();
+    }
+    if keep(
+        str_fits(&before.serial_number, &after.serial_number),
+        "m_szSerialNumber",
+    ) {
+        out.serial_number = before.serial_number.clone();
+    }
+    if keep(
+        ids_fit(&before.identifiers, &after.identifiers),
+        "m_rgIdentifiers",
+    ) {
+        out.identifiers = before.identifiers.clone();
+    }
+    out
 }
 
 fn prepare(before: &LunInfo, after: &LunInfo) -> Result<LunUpdate, FfiError> {
-    fits(before, after)?;
     if before.interconnects != after.interconnects {
         tracing::warn!("the provider core changed m_rgInterconnects; the change is ignored");
     }
@@ -529,12 +545,17 @@ pub unsafe fn write_back(
     after: &[LunInfo],
 ) -> Result<(), FfiError> {
     debug_assert_eq!(before.len(), after.len());
-    let updates = before
+    let after: Vec<LunInfo> = before
         .iter()
         .zip(after)
+        .map(|(b, a)| fitting(b, a))
+        .collect();
+    let updates = before
+        .iter()
+        .zip(&after)
         .map(|(b, a)| prepare(b, a))
         .collect::<Result<Vec<_>, _>>()?;
-    for (i, (u, a)) in updates.into_iter().zip(after).enumerate() {
+    for (i, (u, a)) in updates.into_iter().zip(&after).enumerate() {
         // SAFETY: i < before.len() elements of the caller's array.
         unsafe { commit(&mut *dst.add(i), a, u) };
     }
