@@ -21,6 +21,7 @@ pub mod coordinator;
 pub mod faults;
 pub mod gpt_flags;
 pub mod host;
+pub mod iscsi_lab;
 pub mod iscsi_storage;
 pub mod san;
 pub mod script;

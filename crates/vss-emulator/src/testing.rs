@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use provider::{AsyncOperation, HardwareProvider, UnloadAnswer};
-use vss::identity::is_shadowlun_vendor;
+use vss::identity::{LunIdentity, is_shadowlun_vendor};
 use vss::{
     BusType, HardwareOptions, Hresult, LunInfo, SnapshotContext, SnapshotState,
     VolumeSnapshotAttributes, VssId,
@@ -29,9 +29,52 @@ struct SetState {
     snapshots: BTreeMap<LunNumber, LunNumber>,
 }
 
+/// What the reference provider needs from an array (its "private channel").
+pub trait SanBackend: Send + Sync {
+    /// The LUN whose NAA designator (raw bytes) is `naa`.
+    fn find_by_naa(&self, naa: &[u8]) -> Option<LunNumber>;
+    fn identity(&self, lun: LunNumber) -> Option<LunIdentity>;
+    /// Snapshots the LUNs at one instant; new LUNs, visible to nobody.
+    fn snapshot_luns(&self, sources: &[LunNumber]) -> Result<Vec<LunNumber>, String>;
+    fn copy_lun(&self, from: LunNumber, to: LunNumber) -> Result<(), String>;
+    fn delete_lun(&self, lun: LunNumber) -> Result<(), String>;
+    fn mask(&self, lun: LunNumber, initiator: &str) -> Result<(), String>;
+    fn unmask(&self, lun: LunNumber, initiator: &str) -> Result<(), String>;
+    fn is_snapshot(&self, lun: LunNumber) -> bool;
+}
+
+impl SanBackend for MemorySan {
+    fn find_by_naa(&self, naa: &[u8]) -> Option<LunNumber> {
+        MemorySan::find_by_naa(self, naa)
+    }
+    fn identity(&self, lun: LunNumber) -> Option<LunIdentity> {
+        MemorySan::identity(self, lun).ok()
+    }
+    fn snapshot_luns(&self, sources: &[LunNumber]) -> Result<Vec<LunNumber>, String> {
+        MemorySan::snapshot_luns(self, sources).map_err(|e| e.to_string())
+    }
+    fn copy_lun(&self, from: LunNumber, to: LunNumber) -> Result<(), String> {
+        MemorySan::copy_lun(self, from, to).map_err(|e| e.to_string())
+    }
+    fn delete_lun(&self, lun: LunNumber) -> Result<(), String> {
+        MemorySan::delete_lun(self, lun).map_err(|e| e.to_string())
+    }
+    fn mask(&self, lun: LunNumber, initiator: &str) -> Result<(), String> {
+        MemorySan::mask(self, lun, initiator).map_err(|e| e.to_string())
+    }
+    fn unmask(&self, lun: LunNumber, initiator: &str) -> Result<(), String> {
+        MemorySan::unmask(self, lun, initiator).map_err(|e| e.to_string())
+    }
+    fn is_snapshot(&self, lun: LunNumber) -> bool {
+        self.luns()
+            .iter()
+            .any(|l| l.number == lun && l.origin.is_some())
+    }
+}
+
 /// The reference provider of one host.
 pub struct ReferenceProvider {
-    san: Arc<MemorySan>,
+    san: Arc<dyn SanBackend>,
     initiator: String,
     state: Mutex<Vec<SetState>>,
 }
@@ -47,7 +90,7 @@ pub const REFERENCE_PROVIDER_ID: VssId =
     uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0001);
 
 impl ReferenceProvider {
-    pub fn new(san: Arc<MemorySan>, initiator: &str) -> Arc<Self> {
+    pub fn new(san: Arc<dyn SanBackend>, initiator: &str) -> Arc<Self> {
         Arc::new(Self {
             san,
             initiator: initiator.to_string(),
@@ -71,7 +114,7 @@ impl ReferenceProvider {
         let id = self
             .san
             .identity(number)
-            .map_err(|_| Hresult::VSS_E_PROVIDER_VETO)?;
+            .ok_or(Hresult::VSS_E_PROVIDER_VETO)?;
         LunInfo::from_identity(&id.scsi_identity(&[]), BusType::ISCSI)
             .map_err(|_| Hresult::VSS_E_PROVIDER_VETO)
     }
@@ -230,12 +273,7 @@ impl HardwareProvider for ReferenceProvider {
 
     fn on_lun_empty(&self, _device: &str, lun: &LunInfo) -> Result<(), Hresult> {
         let n = self.lun_of(lun).ok_or(Hresult::E_INVALIDARG)?;
-        let is_snapshot = self
-            .san
-            .luns()
-            .iter()
-            .any(|l| l.number == n && l.origin.is_some());
-        if !is_snapshot {
+        if !self.san.is_snapshot(n) {
             return Err(Hresult::VSS_E_PROVIDER_VETO);
         }
         self.san
@@ -386,7 +424,7 @@ impl crate::conformance::Lab for MemoryLab {
     }
 
     fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {
-        Ok(ReferenceProvider::new(Arc::clone(&self.san), initiator))
+        Ok(ReferenceProvider::new(self.san.clone(), initiator))
     }
 
     fn provider_id(&self) -> VssId {

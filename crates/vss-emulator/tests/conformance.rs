@@ -58,3 +58,18 @@ fn every_catalogue_scenario_passes_against_the_shadowlun_provider() {
     }
     assert!(report.passed(), "failing scenarios:\n{}", report.summary());
 }
+
+#[test]
+fn every_catalogue_scenario_passes_with_hosts_on_iscsi_over_loopback() {
+    let report = conformance::run(&vss_emulator::iscsi_lab::IscsiLabFactory, "");
+    println!("{}", report.summary());
+    for r in report.results.iter().filter(|r| !r.passed) {
+        println!(
+            "--- {} failed: {}\n{}",
+            r.name,
+            r.detail,
+            vss_emulator::trace::Trace::render(&r.trace)
+        );
+    }
+    assert!(report.passed(), "failing scenarios:\n{}", report.summary());
+}
