@@ -12,8 +12,11 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// Sparse files under `<pool_dir>/volumes` (snapshots are sparse copies).
+    /// The embedded engine (`blockstore`) in `<pool_dir>/engine`: thin volumes, O(1)
+    /// consistency-group snapshots and clones.
     #[default]
+    Engine,
+    /// Sparse files under `<pool_dir>/volumes` (snapshots are full sparse copies).
     Files,
     /// Volumes in memory, lost at exit: for tests and demos.
     Memory,
@@ -52,7 +55,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             pool_dir: PathBuf::from("/var/lib/shadowlun"),
-            backend: BackendKind::Files,
+            backend: BackendKind::Engine,
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             target_name: "iqn.2026-01.org.shadowlun:array".into(),

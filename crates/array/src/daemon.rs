@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, FileBackend, MemoryBackend};
+use crate::backend::{Backend, EngineBackend, FileBackend, MemoryBackend};
 use crate::config::{BackendKind, Config};
 use crate::error::ArrayError;
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
@@ -86,6 +86,7 @@ pub async fn start_with(
         crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
     let tls = Arc::new(crate::tls::server_config(certs, key)?);
     let backend: Arc<dyn Backend> = match config.backend {
+        BackendKind::Engine => Arc::new(EngineBackend::open(&pool)?),
         BackendKind::Files => Arc::new(FileBackend::open(&pool)?),
         BackendKind::Memory => Arc::new(MemoryBackend::new(None)),
     };

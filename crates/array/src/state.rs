@@ -703,6 +703,18 @@ impl Array {
             return Err(e);
         }
         tracing::info!(%set_id, host, luns = pairs.len(), elapsed_us = t0.elapsed().as_micros() as u64, "set committed");
+        drop(inner);
+        // Engines that clone lazily get the writable clones made now, off the commit path.
+        let backend = self.0.backend.clone();
+        let _ = std::thread::Builder::new()
+            .name("materialize".into())
+            .spawn(move || {
+                for (_, clone) in pairs {
+                    if let Err(e) = backend.materialize(&clone) {
+                        tracing::warn!(lun = %clone, error = %e, "creating the writable clone failed; retried on first use");
+                    }
+                }
+            });
         Ok(())
     }
 
@@ -1157,9 +1169,10 @@ impl Array {
     }
 
     fn check_size(&self, size: u64) -> Result<(), ArrayError> {
-        if size == 0 || size % BLOCK_SIZE as u64 != 0 || size > self.0.policy.max_lun_bytes {
+        let unit = self.0.backend.size_granularity().max(BLOCK_SIZE as u64);
+        if size == 0 || size % unit != 0 || size > self.0.policy.max_lun_bytes {
             return Err(ArrayError::BadRequest(format!(
-                "size_bytes must be a non-zero multiple of {BLOCK_SIZE} up to {}; got {size}.",
+                "size_bytes must be a non-zero multiple of {unit} up to {}; got {size}.",
                 self.0.policy.max_lun_bytes
             )));
         }

@@ -187,7 +187,7 @@ fn bad_input_gets_precise_problems_never_a_500() {
             r::ADMIN_LUNS,
             &CreateLun {
                 name: "l3".into(),
-                size_bytes: 4096,
+                size_bytes: 65536,
             },
         )
         .unwrap()

@@ -148,22 +148,39 @@ fn plan(src: &str) -> PrepareRequest {
     }
 }
 
+/// Opens the engine pool while no daemon runs (it holds the pool lock while alive).
+fn engine(dir: &Path) -> blockstore::Pool {
+    blockstore::Pool::open(dir.join("engine")).unwrap()
+}
+
 fn write_lun(dir: &Path, lun: &str, byte: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("volumes").join(format!("{lun}.img")))
-        .unwrap();
-    f.write_all_at(&[byte; 4096], 8192).unwrap();
-    f.sync_all().unwrap();
+    let pool = engine(dir);
+    let v = pool.open_volume(lun).unwrap();
+    v.write_at(8192, &[byte; 4096], true).unwrap();
+    pool.flush().unwrap();
 }
 
 fn read_lun(dir: &Path, lun: &str) -> u8 {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(dir.join("volumes").join(format!("{lun}.img"))).unwrap();
     let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, 8192).unwrap();
+    let pool = engine(dir);
+    // A snapshot LUN whose clone was not created before the kill is still its base.
+    let vol = pool
+        .open_volume(lun)
+        .or_else(|_| pool.open_volume(&format!("{lun}.base")))
+        .unwrap();
+    vol.read_at(8192, &mut b).unwrap();
     b[0]
+}
+
+/// LUN volumes in the engine: a snapshot LUN is its clone and/or its `.base`.
+fn engine_luns(dir: &Path) -> usize {
+    engine(dir)
+        .list()
+        .unwrap()
+        .iter()
+        .map(|v| v.name.trim_end_matches(".base").to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 #[test]
@@ -177,8 +194,8 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
         .to_string();
     let fp = d.ready.fingerprint.clone();
     let (lun, tok) = setup(&d, &admin);
-    write_lun(p, &lun, 0x11);
     d.kill9();
+    write_lun(p, &lun, 0x11);
 
     // Restart: same certificate, same tokens, same LUN.
     let (d, restart) = spawn(p);
@@ -230,11 +247,6 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
         .json()
         .unwrap();
     let snap = desc.snapshots[0].lun.clone();
-    assert_eq!(
-        read_lun(p, &snap),
-        0x11,
-        "the snapshot holds the commit instant's data"
-    );
     let mut a = d.client(&admin);
     let snaps: Vec<LunRecord> = a.get(r::ADMIN_SNAPSHOTS).unwrap().json().unwrap();
     assert_eq!(snaps.len(), 1);
@@ -248,6 +260,12 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     );
     assert_eq!(post(&mut h, &set_path(r::COMMIT, s2)), 204);
     d.kill9();
+    assert_eq!(
+        read_lun(p, &snap),
+        0x11,
+        "the snapshot holds the commit instant's data"
+    );
+    assert_eq!(read_lun(p, &lun), 0x22);
 
     let (d, _) = spawn(p);
     let mut h = d.client(&tok);
@@ -271,9 +289,10 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
         snaps.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         vec![snap]
     );
-    let vols = std::fs::read_dir(p.join("volumes")).unwrap().count();
+    d.kill9();
     assert_eq!(
-        vols, 2,
+        engine_luns(p),
+        2,
         "the original and the one kept snapshot; the aborted set left nothing"
     );
 }
@@ -346,7 +365,11 @@ fn kill9_during_a_commit_burst_leaves_every_set_recoverable() {
     }
     let mut a = d.client(&admin);
     let snaps: Vec<LunRecord> = a.get(r::ADMIN_SNAPSHOTS).unwrap().json().unwrap();
-    let vols = std::fs::read_dir(p.join("volumes")).unwrap().count();
     assert_eq!(snaps.len(), all.len(), "one snapshot LUN per set");
-    assert_eq!(vols, snaps.len() + 1, "no orphan volume after recovery");
+    d.kill9();
+    assert_eq!(
+        engine_luns(p),
+        snaps.len() + 1,
+        "no orphan volume after recovery"
+    );
 }

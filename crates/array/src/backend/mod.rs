@@ -4,11 +4,13 @@
 //! point-in-time image of its source: VSS writes signatures on it. All LUNs of a set are
 //! cloned at one instant by [`Backend::snapshot_group`].
 
+mod engine;
 mod files;
 mod memory;
 
 use std::sync::atomic::AtomicBool;
 
+pub use engine::{EngineBackend, EngineDevice};
 pub use files::FileBackend;
 pub use memory::MemoryBackend;
 
@@ -35,6 +37,10 @@ pub const BLOCK_SIZE: u32 = 512;
 
 /// A storage engine.
 pub trait Backend: Send + Sync {
+    /// Volume sizes must be multiples of this many bytes.
+    fn size_granularity(&self) -> u64 {
+        BLOCK_SIZE as u64
+    }
     /// Creates a thin volume of `size_bytes` (a multiple of [`BLOCK_SIZE`]).
     fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError>;
     /// Deletes a volume. Deleting a missing volume is an error ([`BackendError::NoVolume`]).
@@ -43,8 +49,16 @@ pub trait Backend: Send + Sync {
     fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError>;
     /// Creates, for every `(source, clone)` pair, a writable clone named `clone` of `source`,
     /// all at one instant: no write to any source lands in some clones and not others.
-    /// On error no clone exists.
+    /// On error no clone exists. The point-in-time images are durable on return; an engine
+    /// may create the writable clone itself later ([`Backend::materialize`]), as long as every
+    /// other method treats the clone as existing.
     fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError>;
+    /// Makes sure the writable clone of a snapshot taken by [`Backend::snapshot_group`] exists
+    /// (for engines that create it lazily). Idempotent.
+    fn materialize(&self, name: &str) -> Result<(), BackendError> {
+        let _ = name;
+        Ok(())
+    }
     /// Every volume in the pool.
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;
     /// One volume.
@@ -117,9 +131,14 @@ mod tests {
 
     fn backends() -> Vec<(Box<dyn Backend>, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
         vec![
             (Box::new(MemoryBackend::new(None)), None),
             (Box::new(FileBackend::open(dir.path()).unwrap()), Some(dir)),
+            (
+                Box::new(EngineBackend::open(dir2.path()).unwrap()),
+                Some(dir2),
+            ),
         ]
     }
 

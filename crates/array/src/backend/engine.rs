@@ -1,0 +1,255 @@
+//! The embedded engine (`blockstore`): thin volumes, O(1) consistency-group snapshots and
+//! writable clones. A VSS snapshot LUN `X` is a writable clone `X` of a read-only snapshot
+//! `X.base`; every base of a set is taken by one `snapshot_group` (one metadata commit), so
+//! the set is one instant and commit costs one commit whatever the set's size. The clone is
+//! created right after (or on first use): until then the base stands for it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use blockstore::{DeletePolicy, Pool, PoolOptions, VolumeKind};
+use scsi::{BlockDevice, DeviceError};
+
+use super::{BLOCK_SIZE, Backend, PoolUsage, VolumeInfo};
+use crate::error::BackendError;
+
+const BASE: &str = ".base";
+
+fn base_of(name: &str) -> String {
+    format!("{name}{BASE}")
+}
+
+fn err(e: blockstore::Error) -> BackendError {
+    use blockstore::Error as E;
+    match e {
+        E::NoSpace => BackendError::NoSpace("the engine pool is full".into()),
+        E::NotFound { name } => BackendError::NoVolume(name),
+        E::AlreadyExists { name } => BackendError::Exists(name),
+        E::Cancelled { .. } => BackendError::Cancelled,
+        other => BackendError::Io(other.to_string()),
+    }
+}
+
+fn dev_err(e: blockstore::Error) -> DeviceError {
+    use blockstore::Error as E;
+    match e {
+        E::NoSpace => DeviceError::NoSpace,
+        E::OutOfRange { .. } => DeviceError::OutOfRange,
+        E::ReadOnly { .. } => DeviceError::ReadOnly,
+        other => DeviceError::Io(other.to_string()),
+    }
+}
+
+/// A `blockstore` volume as a SCSI block device.
+#[derive(Debug)]
+pub struct EngineDevice {
+    vol: blockstore::Volume,
+}
+
+impl BlockDevice for EngineDevice {
+    fn block_size(&self) -> u32 {
+        BLOCK_SIZE
+    }
+    fn num_blocks(&self) -> u64 {
+        self.vol.size().unwrap_or(0) / BLOCK_SIZE as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.vol.read_at(offset, buf).map_err(dev_err)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        self.vol.write_at(offset, data, fua).map_err(dev_err)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.vol.flush().map_err(dev_err)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        self.vol.discard(offset, len).map_err(dev_err)
+    }
+    fn thin_provisioned(&self) -> bool {
+        true
+    }
+    fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
+        self.vol.mapping_status(offset).map_err(dev_err)
+    }
+}
+
+/// The engine backend over a `blockstore` pool in `<pool_dir>/engine`.
+#[derive(Debug)]
+pub struct EngineBackend {
+    pool: Pool,
+    /// Serialises clone creation so two first uses do not race.
+    materializing: std::sync::Mutex<()>,
+}
+
+impl EngineBackend {
+    /// Opens the engine pool, creating it on first start.
+    pub fn open(pool_dir: &Path) -> Result<Self, BackendError> {
+        let dir = pool_dir.join("engine");
+        let pool = match Pool::open(&dir) {
+            Ok(p) => p,
+            Err(blockstore::Error::NotAPool { .. }) => {
+                Pool::create(&dir, PoolOptions::default()).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        Ok(Self {
+            pool,
+            materializing: std::sync::Mutex::new(()),
+        })
+    }
+
+    fn delete_one(&self, name: &str) -> Result<(), BackendError> {
+        self.pool.delete(name, DeletePolicy::Promote).map_err(err)
+    }
+
+    fn info(&self, name: &str) -> Result<blockstore::VolumeInfo, BackendError> {
+        match self.pool.info(name) {
+            Err(blockstore::Error::NotFound { .. }) => self
+                .pool
+                .info(&base_of(name))
+                .map_err(|_| BackendError::NoVolume(name.into())),
+            other => other.map_err(err),
+        }
+    }
+}
+
+impl Backend for EngineBackend {
+    fn size_granularity(&self) -> u64 {
+        blockstore::CHUNK_SIZE
+    }
+
+    fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
+        self.pool.create_volume(name, size_bytes).map_err(err)?;
+        Ok(())
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
+        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        let clone = self.delete_one(name);
+        // A snapshot LUN's read-only base goes with it.
+        let base = self.delete_one(&base_of(name));
+        match (clone, base) {
+            (Err(BackendError::NoVolume(_)), Err(BackendError::NoVolume(_))) => {
+                Err(BackendError::NoVolume(name.into()))
+            }
+            (Err(e), _) if !matches!(e, BackendError::NoVolume(_)) => Err(e),
+            (_, Err(e)) if !matches!(e, BackendError::NoVolume(_)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn materialize(&self, name: &str) -> Result<(), BackendError> {
+        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        match self.pool.info(name) {
+            Ok(_) => return Ok(()),
+            Err(blockstore::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+        match self.pool.clone_volume(&base_of(name), name) {
+            Ok(_) | Err(blockstore::Error::AlreadyExists { .. }) => Ok(()),
+            Err(blockstore::Error::NotFound { .. }) => Err(BackendError::NoVolume(name.into())),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
+        self.materialize(name)?;
+        let cur = self.pool.info(name).map_err(err)?.size;
+        if size_bytes < cur {
+            return Err(BackendError::Shrink(name.into()));
+        }
+        self.pool.resize(name, size_bytes).map_err(err)
+    }
+
+    fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        let bases: Vec<(String, String)> =
+            pairs.iter().map(|(s, c)| (s.clone(), base_of(c))).collect();
+        let members: Vec<(&str, &str)> = bases
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.as_str()))
+            .collect();
+        for (_, clone) in pairs {
+            if self.info(clone).is_ok() {
+                return Err(BackendError::Exists(clone.clone()));
+            }
+        }
+        self.pool.snapshot_group(&members).map_err(err)?;
+        Ok(())
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
+        let all = self.pool.list().map_err(err)?;
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|v| v.name.as_str()).collect();
+        Ok(all
+            .iter()
+            .filter_map(|v| match v.name.strip_suffix(BASE) {
+                // A base without its clone yet stands for the snapshot LUN.
+                Some(clone) if v.kind == VolumeKind::Snapshot => {
+                    (!names.contains(clone)).then(|| VolumeInfo {
+                        name: clone.to_string(),
+                        size_bytes: v.size,
+                        allocated_bytes: v.allocated_bytes,
+                    })
+                }
+                _ => Some(VolumeInfo {
+                    name: v.name.clone(),
+                    size_bytes: v.size,
+                    allocated_bytes: v.allocated_bytes,
+                }),
+            })
+            .collect())
+    }
+
+    fn volume(&self, name: &str) -> Result<VolumeInfo, BackendError> {
+        let v = self.info(name)?;
+        Ok(VolumeInfo {
+            name: name.into(),
+            size_bytes: v.size,
+            allocated_bytes: v.allocated_bytes,
+        })
+    }
+
+    fn usage(&self) -> Result<PoolUsage, BackendError> {
+        let s = self.pool.stats().map_err(err)?;
+        Ok(PoolUsage {
+            capacity_bytes: s.size_limit_bytes,
+            allocated_bytes: s.used_bytes,
+        })
+    }
+
+    fn device(&self, name: &str) -> Result<scsi::Device, BackendError> {
+        self.materialize(name)?;
+        let vol = self.pool.open_volume(name).map_err(err)?;
+        Ok(std::sync::Arc::new(EngineDevice { vol }))
+    }
+
+    fn resync(
+        &self,
+        from: &str,
+        to: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        self.materialize(from)?;
+        self.materialize(to)?;
+        let job = self.pool.resync(from, to).map_err(err)?;
+        progress(0);
+        loop {
+            let p = job.progress();
+            if p.finished {
+                break;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                job.cancel();
+            }
+            if let Some(pct) = (p.done_chunks * 100).checked_div(p.total_chunks) {
+                progress(pct.min(99) as u8);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        job.wait().map_err(err)?;
+        progress(100);
+        Ok(())
+    }
+}
