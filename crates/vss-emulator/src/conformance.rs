@@ -51,6 +51,8 @@ pub struct ScenarioResult {
     pub covers: String,
     pub passed: bool,
     pub detail: String,
+    /// Wall time of the scenario, lab set-up included.
+    pub duration_ms: u64,
     pub trace: Vec<TraceEntry>,
 }
 
@@ -76,9 +78,10 @@ impl Report {
         let mut s = String::new();
         for r in &self.results {
             s += &format!(
-                "{} {:<44} {}\n",
+                "{} {:<44} {:>6} ms  {}\n",
                 if r.passed { "PASS" } else { "FAIL" },
                 r.name,
+                r.duration_ms,
                 r.detail
             );
         }
@@ -328,6 +331,7 @@ pub fn run(factory: &dyn LabFactory, filter: &str) -> Report {
         if !name.contains(filter) {
             continue;
         }
+        let started = std::time::Instant::now();
         let (passed, detail, trace) = match factory.build() {
             Err(e) => (false, format!("lab: {e}"), Vec::new()),
             Ok(lab) => {
@@ -352,6 +356,7 @@ pub fn run(factory: &dyn LabFactory, filter: &str) -> Report {
             covers: covers.into(),
             passed,
             detail,
+            duration_ms: started.elapsed().as_millis() as u64,
             trace,
         });
     }

@@ -1,0 +1,193 @@
+//! Coordinator rules not covered by a catalogue scenario of their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vss::{Hresult, Method, SnapshotContext, VolumeSnapshotAttributes as Attr, VssId};
+use vss_emulator::bcd::Bcd;
+use vss_emulator::conformance::{Ctx, Rig};
+use vss_emulator::coordinator::{Config, DeleteTarget};
+use vss_emulator::faults::{Fault, FaultyProvider};
+use vss_emulator::san::MemorySan;
+use vss_emulator::testing::{MemoryLab, REFERENCE_PROVIDER_ID, ReferenceProvider};
+
+fn ctx() -> (Ctx, Arc<MemorySan>) {
+    let san = MemorySan::new();
+    (Ctx::new(Box::new(MemoryLab { san: san.clone() })), san)
+}
+
+fn rig(ctx: &Ctx, config: Config, faults: Vec<Fault>) -> Rig {
+    ctx.rig("iqn.test:a", config, faults).unwrap()
+}
+
+#[test]
+fn guid_null_asks_providers_in_order_until_one_supports_the_volume() {
+    let (ctx, san) = ctx();
+    let r = rig(&ctx, Config::default(), vec![]);
+    // A coordinator with a declining provider registered before the reference provider.
+    let coord = vss_emulator::Coordinator::new(r.host.clone(), Config::default());
+    let decliner = FaultyProvider::new(
+        ReferenceProvider::new(san.clone(), "iqn.test:a"),
+        vec![Fault::SupportNothing],
+    );
+    let other = uuid::Uuid::from_u128(7);
+    coord
+        .register_provider(other, "decliner", decliner)
+        .unwrap();
+    coord
+        .register_provider(
+            REFERENCE_PROVIDER_ID,
+            "reference",
+            ReferenceProvider::new(san.clone(), "iqn.test:a"),
+        )
+        .unwrap();
+    let mut bc = coord.backup_components();
+    bc.start_snapshot_set().unwrap();
+    let t0 = coord.trace().len();
+    bc.add_to_snapshot_set("E:", VssId::nil()).unwrap();
+    let calls: Vec<(String, Method)> = coord
+        .trace()
+        .since(t0)
+        .into_iter()
+        .filter_map(|e| match e {
+            vss_emulator::trace::TraceEntry::Call {
+                provider, method, ..
+            } => Some((provider, method)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("decliner".to_string(), Method::AreLunsSupported),
+            ("reference".to_string(), Method::AreLunsSupported),
+            ("reference".to_string(), Method::BeginPrepareSnapshot),
+        ]
+    );
+    let e = bc.add_to_snapshot_set("F:", other).unwrap_err();
+    assert_eq!(e.code(), Hresult::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER);
+    let e = bc
+        .add_to_snapshot_set("F:", uuid::Uuid::from_u128(99))
+        .unwrap_err();
+    assert_eq!(e.code(), Hresult::VSS_E_PROVIDER_NOT_REGISTERED);
+    let e = bc.add_to_snapshot_set("E:", VssId::nil()).unwrap_err();
+    assert_eq!(e.code(), Hresult::VSS_E_OBJECT_ALREADY_EXISTS);
+}
+
+#[test]
+fn writer_left_frozen_past_its_window_fails_the_set_with_writer_timeout() {
+    let (ctx, san) = ctx();
+    let cfg = Config {
+        freeze_window: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let r = rig(
+        &ctx,
+        cfg,
+        vec![Fault::Delay(
+            Method::PreCommitSnapshots,
+            Duration::from_millis(300),
+        )],
+    );
+    let w = r.writer(5, &["E:"]).unwrap();
+    let luns = san.luns().len();
+    let t0 = r.coord.trace().len();
+    let e = r.create(SnapshotContext::BACKUP, &["E:"]).unwrap_err();
+    assert_eq!(e.code(), Hresult::VSS_E_WRITERERROR_TIMEOUT);
+    assert!(
+        r.coord
+            .trace()
+            .methods_since(t0)
+            .contains(&Method::AbortSnapshots)
+    );
+    assert_eq!(san.luns().len(), luns, "aborted snapshot LUNs are gone");
+    w.stop();
+}
+
+#[test]
+fn no_writers_context_does_not_freeze_writers() {
+    let (ctx, _san) = ctx();
+    let r = rig(&ctx, Config::default(), vec![]);
+    let w = r.writer(6, &["E:"]).unwrap();
+    let t0 = r.coord.trace().len();
+    let _set = r.create(SnapshotContext::NAS_ROLLBACK, &["E:"]).unwrap();
+    let labels = r.coord.trace().labels_since(t0);
+    assert!(!labels.iter().any(|l| l.starts_with("W: ")), "{labels:?}");
+    assert_eq!(w.frozen_at(), None);
+    w.stop();
+}
+
+#[test]
+fn delete_oldest_removes_only_the_first_snapshot_of_the_volume() {
+    let (ctx, _san) = ctx();
+    let r = rig(&ctx, Config::default(), vec![]);
+    let (first, mut bc) = r.create(SnapshotContext::APP_ROLLBACK, &["F:"]).unwrap();
+    let (second, _bc2) = r.create(SnapshotContext::APP_ROLLBACK, &["F:"]).unwrap();
+    assert_eq!(
+        bc.delete_snapshots(DeleteTarget::Oldest("F:".into()))
+            .unwrap(),
+        1
+    );
+    let left: Vec<VssId> = r.coord.query().iter().map(|p| p.snapshot_set_id).collect();
+    assert_eq!(left, vec![second]);
+    assert_ne!(first, second);
+    let e = bc.delete_snapshots(DeleteTarget::Set(first)).unwrap_err();
+    assert_eq!(e.code(), Hresult::VSS_E_OBJECT_NOT_FOUND);
+}
+
+#[test]
+fn import_refuses_a_non_transportable_bcd_and_malformed_documents() {
+    let (ctx, _san) = ctx();
+    let a = rig(&ctx, Config::default(), vec![]);
+    let b = ctx
+        .bare_rig("iqn.test:b", Config::default(), vec![])
+        .unwrap();
+    let (set, bc) = a.create(SnapshotContext::APP_ROLLBACK, &["E:"]).unwrap();
+    let bcd = bc.bcd(set).unwrap();
+    let mut ib = b.coord.backup_components();
+    ib.load_bcd(bcd.clone()).unwrap();
+    assert_eq!(
+        ib.import_snapshots().unwrap_err().code(),
+        Hresult::VSS_E_NONTRANSPORTABLE_BCD
+    );
+
+    let mut broken = bcd.clone();
+    broken.set.snapshots[0].extents[0].lun = 9;
+    assert_eq!(
+        ib.load_bcd(broken).unwrap_err().code(),
+        Hresult::VSS_E_INVALID_XML_DOCUMENT
+    );
+    let e = Bcd::from_json("{\"format\": 1}").unwrap_err();
+    assert_eq!(e.hresult(), Hresult::VSS_E_CORRUPT_XML_DOCUMENT);
+    let mut v2 = bcd;
+    v2.version = 2;
+    assert_eq!(
+        Bcd::from_json(&v2.to_json()).unwrap_err().hresult(),
+        Hresult::VSS_E_INVALID_XML_DOCUMENT
+    );
+}
+
+#[test]
+fn transportable_set_is_not_surfaced_on_the_creating_host() {
+    let (ctx, san) = ctx();
+    let r = rig(&ctx, Config::default(), vec![]);
+    let disks = r.host.disks().len();
+    let t0 = r.coord.trace().len();
+    let (set, bc) = r
+        .create(SnapshotContext::BACKUP.with(Attr::TRANSPORTABLE), &["G:"])
+        .unwrap();
+    let m = r.coord.trace().methods_since(t0);
+    assert!(!m.contains(&Method::LocateLuns));
+    assert!(m.contains(&Method::GetTargetLuns));
+    assert_eq!(r.host.disks().len(), disks);
+    let bcd = bc.bcd(set).unwrap();
+    assert_eq!(bcd.set.luns.len(), 2);
+    // The snapshot LUNs exist on the array, masked from everybody.
+    let snaps: Vec<_> = san
+        .luns()
+        .into_iter()
+        .filter(|l| l.origin.is_some())
+        .collect();
+    assert_eq!(snaps.len(), 2);
+    assert!(snaps.iter().all(|l| l.visible_to.is_empty()));
+}
