@@ -16,6 +16,13 @@ pub trait ScsiHandler: Send + Sync + 'static {
     /// LUNs mapped to an initiator (by iSCSI InitiatorName). Used for login decisions and
     /// SendTargets; REPORT LUNS itself is answered by `execute`.
     fn luns_for(&self, initiator: &str) -> Vec<u64>;
+    /// The data length in bytes the command's CDB calls for (SAM-5), when known. The
+    /// transport compares it with the Expected Data Transfer Length to report residuals of
+    /// data-out commands. `None`: residuals of writes are not reported.
+    fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
+        let _ = cmd;
+        None
+    }
 }
 
 impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
@@ -35,5 +42,8 @@ impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
     }
     fn luns_for(&self, initiator: &str) -> Vec<u64> {
         (**self).luns_for(initiator)
+    }
+    fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
+        (**self).data_length(cmd)
     }
 }

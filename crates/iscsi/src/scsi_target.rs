@@ -22,4 +22,7 @@ impl ScsiHandler for scsi::Target {
     fn luns_for(&self, initiator: &str) -> Vec<u64> {
         scsi::Target::luns_for(self, initiator)
     }
+    fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
+        scsi::Target::data_length(self, cmd)
+    }
 }

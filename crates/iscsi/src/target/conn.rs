@@ -43,6 +43,8 @@ struct ScsiDone {
     edtl: u32,
     read: bool,
     write: bool,
+    /// For data-out commands: the data length the CDB calls for, when the handler knows it.
+    cdb_length: Option<u64>,
     outcome: Outcome,
 }
 
@@ -788,6 +790,7 @@ impl Session {
             edtl: w.edtl,
             read: false,
             write: true,
+            cdb_length: None,
             outcome: check_condition(0x0b, 0x4b, 0x00),
         };
         self.tx
@@ -805,6 +808,7 @@ impl Session {
                 edtl: w.edtl,
                 read: false,
                 write: true,
+                cdb_length: None,
                 outcome,
             };
             let tx = self.tx.clone();
@@ -871,6 +875,11 @@ impl Session {
                     check_condition(0x04, 0x44, 0x00)
                 }
             };
+            let cdb_length = if write {
+                handler.data_length(&cmd)
+            } else {
+                None
+            };
             if !immediate {
                 seq.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
             }
@@ -889,6 +898,7 @@ impl Session {
                     edtl,
                     read,
                     write,
+                    cdb_length,
                     outcome,
                 };
                 let _ = tx.blocking_send(Out::Scsi(Box::new(done)));
@@ -1227,14 +1237,25 @@ async fn writer_task<W: AsyncWrite + Unpin>(
                         edtl,
                         read,
                         write,
+                        cdb_length,
                         outcome,
                     } = *done;
                     let edtl_us = edtl as usize;
                     let have = outcome.data_in.len();
                     let send_len = have.min(edtl_us);
-                    // Residuals are exact for data-in; for writes the transport cannot
-                    // know how much the CDB asked for, so none are reported.
-                    let (res_flag, residual) = if have > edtl_us {
+                    // Data-in residuals compare what the device model produced with the
+                    // EDTL; data-out residuals compare the length the CDB calls for (when
+                    // the handler reports it) with the EDTL.
+                    let (res_flag, residual) = if let (true, Some(tl)) = (write, cdb_length) {
+                        let e = u64::from(edtl);
+                        match tl.cmp(&e) {
+                            std::cmp::Ordering::Greater => {
+                                (0x04u8, (tl - e).min(u64::from(u32::MAX)) as u32)
+                            }
+                            std::cmp::Ordering::Less => (0x02u8, (e - tl) as u32),
+                            std::cmp::Ordering::Equal => (0, 0),
+                        }
+                    } else if have > edtl_us {
                         (0x04u8, (have - edtl_us) as u32)
                     } else if have < edtl_us && (read || !write) {
                         (0x02u8, (edtl_us - have) as u32)
