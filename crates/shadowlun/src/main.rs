@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod output;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the array daemon.
+    Array {
+        #[command(subcommand)]
+        cmd: ArrayCmd,
+    },
     /// Manage LUNs on a running array.
     Lun {
         #[command(flatten)]
@@ -65,6 +71,12 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ArrayCmd {
+    /// Serve LUNs over iSCSI and the control API over HTTPS until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
+}
+
+#[derive(Subcommand)]
 enum BenchCmd {
     /// The provider core against the in-memory array (AreLunsSupported, CommitSnapshots).
     Provider,
@@ -86,6 +98,9 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Array {
+            cmd: ArrayCmd::Serve(args),
+        } => serve::run(args),
         Command::Lun { conn, cmd } => admin::lun(&conn, cmd),
         Command::Host { conn, cmd } => admin::host(&conn, cmd),
         Command::Snapshot { conn, cmd } => admin::snapshot(&conn, cmd),
