@@ -108,6 +108,8 @@ struct KnownSet {
     imported: bool,
     /// The requester that owns an auto-release set.
     owner: Option<u64>,
+    /// Order in which this host's VSS learned of the set (creation or import).
+    order: u64,
 }
 
 /// A snapshot as `Query` reports it (`VSS_SNAPSHOT_PROP`).
@@ -143,6 +145,7 @@ pub struct Coordinator {
     sets: Mutex<BTreeMap<VssId, KnownSet>>,
     next_shadow: AtomicU32,
     next_requester: AtomicU64,
+    next_order: AtomicU64,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -174,6 +177,7 @@ impl Coordinator {
             sets: Mutex::default(),
             next_shadow: AtomicU32::new(1),
             next_requester: AtomicU64::new(1),
+            next_order: AtomicU64::new(1),
         })
     }
 
@@ -248,11 +252,13 @@ impl Coordinator {
         }
     }
 
-    /// Every snapshot this host's VSS knows (`Query`).
+    /// Every snapshot this host's VSS knows (`Query`), sets in the order they became known.
     pub fn query(&self) -> Vec<SnapshotProp> {
         let sets = lock(&self.sets);
+        let mut ordered: Vec<&KnownSet> = sets.values().collect();
+        ordered.sort_by_key(|s| s.order);
         let mut out = Vec::new();
-        for s in sets.values() {
+        for s in ordered {
             let mut attrs = s.record.context.0 | Attr::HARDWARE_ASSISTED.bits();
             if s.imported {
                 attrs |= Attr::IMPORTED.bits();
@@ -950,6 +956,7 @@ impl BackupComponents {
             emptied: BTreeSet::new(),
             imported: false,
             owner: ctx.is_auto_release().then_some(self.id),
+            order: c.next_order.fetch_add(1, Ordering::Relaxed),
         };
 
         // 18. Transportable: the BCD is complete; otherwise auto-import on this host.
@@ -1118,6 +1125,7 @@ impl BackupComponents {
             emptied: BTreeSet::new(),
             imported: true,
             owner: None,
+            order: c.next_order.fetch_add(1, Ordering::Relaxed),
         };
         let (imported, missing) = c.surface(&mut known)?;
         if imported == 0 {
@@ -1161,14 +1169,19 @@ impl BackupComponents {
                 .map(|s| s.snapshot_id)
                 .collect(),
             DeleteTarget::Oldest(v) => {
-                let sets: Vec<VssId> = lock(&c.sets).keys().copied().collect();
-                let mut of_vol: Vec<&SnapshotProp> =
-                    all.iter().filter(|s| &s.original_volume == v).collect();
-                // Creation order: seconds, then the order sets were recorded in.
-                of_vol.sort_by_key(|s| {
-                    (s.created, sets.iter().position(|x| *x == s.snapshot_set_id))
-                });
-                of_vol.first().map(|s| s.snapshot_id).into_iter().collect()
+                let sets = lock(&c.sets);
+                sets.values()
+                    .filter_map(|s| {
+                        s.record
+                            .snapshots
+                            .iter()
+                            .find(|x| &x.original_volume == v)
+                            .map(|x| ((s.record.created, s.order), x.snapshot_id))
+                    })
+                    .min_by_key(|(k, _)| *k)
+                    .map(|(_, id)| id)
+                    .into_iter()
+                    .collect()
             }
         };
         if ids.is_empty() && !matches!(target, DeleteTarget::All) {
