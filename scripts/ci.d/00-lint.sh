@@ -2,4 +2,4 @@
 # Formatting and lints for the whole workspace (Linux target).
 set -euo pipefail
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 # Unit, property and integration tests of every crate on Linux.
 set -euo pipefail
-cargo test --workspace --locked
+cargo test --workspace
