@@ -66,7 +66,13 @@ struct BlockIo {
     disk: DiskAddress,
     cap: Capacity,
     pos: u64,
+    /// Read-ahead: (first byte offset, bytes). The gpt crate reads 128-byte entries one by
+    /// one; over iSCSI each would be a command.
+    cache: Option<(u64, Vec<u8>)>,
 }
+
+/// Blocks fetched per read-ahead.
+const READ_AHEAD_BLOCKS: u64 = 64;
 
 impl std::fmt::Debug for BlockIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,6 +93,7 @@ impl BlockIo {
             disk: disk.clone(),
             cap,
             pos: 0,
+            cache: None,
         })
     }
 
@@ -101,15 +108,22 @@ impl Read for BlockIo {
         if self.pos >= size || buf.is_empty() {
             return Ok(0);
         }
-        let bs = self.bs();
-        let lba = self.pos / bs;
-        let in_block = (self.pos % bs) as usize;
-        let want = (buf.len() as u64).min(size - self.pos).min(1 << 20) as usize;
-        let blocks = (in_block + want).div_ceil(bs as usize) as u32;
-        let data = self.storage.read(&self.disk, lba, blocks).map_err(io_err)?;
-        buf[..want].copy_from_slice(&data[in_block..in_block + want]);
-        self.pos += want as u64;
-        Ok(want)
+        let hit = matches!(&self.cache, Some((start, data)) if self.pos >= *start && self.pos < *start + data.len() as u64);
+        if !hit {
+            let bs = self.bs();
+            let lba = self.pos / bs;
+            let blocks = READ_AHEAD_BLOCKS.min(self.cap.blocks - lba) as u32;
+            let data = self.storage.read(&self.disk, lba, blocks).map_err(io_err)?;
+            self.cache = Some((lba * bs, data));
+        }
+        let Some((start, data)) = &self.cache else {
+            return Ok(0);
+        };
+        let at = (self.pos - start) as usize;
+        let n = buf.len().min(data.len() - at);
+        buf[..n].copy_from_slice(&data[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -123,6 +137,7 @@ impl Write for BlockIo {
         let lba = self.pos / bs;
         let in_block = (self.pos % bs) as usize;
         let n = (buf.len() as u64).min(size - self.pos).min(1 << 20) as usize;
+        self.cache = None;
         let blocks = (in_block + n).div_ceil(bs as usize) as u32;
         let mut data = if in_block == 0 && n % bs as usize == 0 {
             vec![0u8; n]

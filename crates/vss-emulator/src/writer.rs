@@ -445,6 +445,10 @@ impl Writer for LedgerWriter {
                 message: e.clone(),
             });
         }
+        if s.mode == Mode::Stopping {
+            // The application has stopped: nothing to freeze.
+            return Ok(());
+        }
         s.timed_out = false;
         s.freeze_deadline = Some(Instant::now() + window);
         s.mode = Mode::FreezeRequested;
@@ -533,6 +537,19 @@ mod tests {
         let l = read_ledger(&h, "E:", 1, 0).unwrap();
         assert_eq!(l.last, 3);
         assert_eq!(l.defects, vec!["record 4: checksum mismatch".to_string()]);
+    }
+
+    #[test]
+    fn freezing_a_stopped_writer_returns_at_once() {
+        let (_san, h) = setup();
+        let w =
+            LedgerWriter::start("l", 2, Arc::clone(&h), vec!["E:".into()], Duration::ZERO).unwrap();
+        w.stop();
+        let t = Instant::now();
+        w.freeze(Duration::from_secs(30)).unwrap();
+        w.thaw().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(w.frozen_at(), None);
     }
 
     #[test]
