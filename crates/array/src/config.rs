@@ -35,6 +35,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// iSCSI target name every LUN is served under.
     pub target_name: String,
+    /// Refuse iSCSI logins without CHAP (hosts then need a CHAP secret).
+    pub iscsi_require_chap: bool,
     /// Seconds after which a set prepared but never committed (or an aborted set) is reaped.
     pub reaper_timeout_secs: u64,
     /// Seconds between reaper runs.
@@ -59,6 +61,7 @@ impl Default for Config {
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             target_name: "iqn.2026-01.org.shadowlun:array".into(),
+            iscsi_require_chap: false,
             reaper_timeout_secs: 1800,
             reaper_interval_secs: 60,
             max_luns_per_set: 256,

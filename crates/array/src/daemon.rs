@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::backend::{Backend, EngineBackend, FileBackend, MemoryBackend};
 use crate::config::{BackendKind, Config};
 use crate::error::ArrayError;
+use crate::export::ScsiExporter;
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 
 /// A started daemon.
@@ -24,13 +25,14 @@ use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 pub struct RunningArray {
     /// Where the HTTPS control API listens (the real port when configured with port 0).
     pub api_addr: SocketAddr,
-    /// iSCSI portals being served (empty until a target is attached).
+    /// iSCSI portals being served (empty when none is configured).
     pub iscsi_addrs: Vec<SocketAddr>,
     /// SHA-256 fingerprint of the API certificate, `AB:CD:...`, for the provider to pin.
     pub fingerprint: String,
     /// The 0600 file holding the admin token.
     pub admin_token_path: PathBuf,
     pub array: Array,
+    iscsi: Option<Arc<iscsi::TargetServer>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -41,6 +43,10 @@ impl RunningArray {
     pub async fn shutdown(self) -> Result<(), ArrayError> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Some(server) = &self.iscsi {
+            // Asks initiators to log out, lets in-flight commands finish, closes sessions.
+            server.shutdown_async().await;
+        }
         self.array.sync()?;
         tracing::info!("array stopped");
         Ok(())
@@ -67,15 +73,48 @@ fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayErr
     Ok(token)
 }
 
-/// Starts the daemon with the configured engine and no iSCSI export.
+/// Starts the daemon: the configured engine, the iSCSI target on `iscsi_portals` (none when
+/// the list is empty) and the HTTPS API.
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
-    start_with(config, Arc::new(NoExport)).await
+    if config.iscsi_portals.is_empty() {
+        return start_with(config, Arc::new(NoExport), None).await;
+    }
+    let target = Arc::new(scsi::Target::new(&config.target_name));
+    let server = iscsi::TargetServer::bind(iscsi::TargetConfig {
+        portals: config.iscsi_portals.clone(),
+        ..iscsi::TargetConfig::default()
+    })
+    .await
+    .map_err(|e| {
+        ArrayError::io(
+            "starting the iSCSI target",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let auth = if config.iscsi_require_chap {
+        iscsi::AuthPolicy::Chap
+    } else {
+        iscsi::AuthPolicy::None
+    };
+    server
+        .add_target(&config.target_name, Some("shadowlun"), target.clone(), auth)
+        .map_err(|e| {
+            ArrayError::io(
+                "adding the iSCSI target",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+    let server = Arc::new(server);
+    let exporter = Arc::new(ScsiExporter::new(target, Some(server.clone())));
+    start_with(config, exporter, Some(server)).await
 }
 
-/// Starts the daemon, mapping LUNs through `exporter`.
+/// Starts the daemon, mapping LUNs through `exporter`; `iscsi` is the target server to stop
+/// on shutdown, if any.
 pub async fn start_with(
     config: Config,
     exporter: Arc<dyn Exporter>,
+    iscsi: Option<Arc<iscsi::TargetServer>>,
 ) -> Result<RunningArray, ArrayError> {
     let pool = config.pool_dir.clone();
     std::fs::create_dir_all(&pool)
@@ -121,9 +160,14 @@ pub async fn start_with(
         let _ = reaper.await;
     });
     tracing::info!(%api_addr, %fingerprint, admin_token = %admin_token_path.display(), "array started");
+    let iscsi_addrs = iscsi
+        .as_ref()
+        .map(|s| s.local_addrs().to_vec())
+        .unwrap_or_default();
     Ok(RunningArray {
         api_addr,
-        iscsi_addrs: Vec::new(),
+        iscsi_addrs,
+        iscsi,
         fingerprint,
         admin_token_path,
         array,
@@ -217,6 +261,9 @@ pub async fn serve(
 ) -> Result<(), ArrayError> {
     let running = start(config).await?;
     println!("shadowlun array: API https://{}", running.api_addr);
+    for a in &running.iscsi_addrs {
+        println!("shadowlun array: iSCSI portal {a}");
+    }
     println!(
         "shadowlun array: certificate SHA-256 fingerprint {}",
         running.fingerprint

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod export;
 pub mod http;
 pub mod journal;
 pub mod state;

@@ -413,7 +413,10 @@ impl Array {
                 tracing::error!(lun = %id, "LUN in the journal has no volume in the pool");
             }
         }
-        let ports = Designator::iscsi_target_port(&policy.target_name, 1, 1).to_vec();
+        // What the SCSI target appends to VPD 0x83 (relative port and TPGT 1, the iSCSI
+        // target's portal group tag): the target port designators and the target device name.
+        let mut ports = Designator::iscsi_target_port(&policy.target_name, 1, 1).to_vec();
+        ports.push(Designator::iscsi_target_device(&policy.target_name));
         let array = Array(Arc::new(Shared {
             inner: Mutex::new(Inner { journal, db }),
             backend,

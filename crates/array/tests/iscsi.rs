@@ -1,0 +1,172 @@
+//! LUNs created through the API are served over iSCSI (real sockets on 127.0.0.1) to their
+//! host's initiator only, with exactly the identity the API promised.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use api::routes as r;
+use api::*;
+use common::*;
+use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
+
+const IQN_A: &str = "iqn.1991-05.com.microsoft:host-a";
+const IQN_B: &str = "iqn.1991-05.com.microsoft:host-b";
+const TARGET: &str = "iqn.2026-01.org.shadowlun:array";
+
+fn with_iscsi() -> TestArray {
+    TestArray::start_with(|c| c.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+}
+
+fn portal(t: &TestArray) -> SocketAddr {
+    t.running().iscsi_addrs[0]
+}
+
+fn login(t: &TestArray, iqn: &str) -> Result<Session, InitiatorError> {
+    let mut cfg = InitiatorConfig::new(iqn);
+    cfg.timeout = std::time::Duration::from_secs(10);
+    Session::login(portal(t), TARGET, &cfg)
+}
+
+fn serial_of(vpd80: &[u8]) -> String {
+    String::from_utf8_lossy(&vpd80[4..]).trim().to_string()
+}
+
+#[test]
+fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
+    let t = with_iscsi();
+    let mut admin = t.admin();
+    let (lun_a, tok_a) = lun_for_host(&mut admin, "la", "a", IQN_A);
+    let (lun_b, _) = lun_for_host(&mut admin, "lb", "b", IQN_B);
+    let rec_a: LunRecord = admin
+        .get(&r::fill(r::ADMIN_LUN, &[("lun", &lun_a)]))
+        .unwrap()
+        .json()
+        .unwrap();
+    let rec_b: LunRecord = admin
+        .get(&r::fill(r::ADMIN_LUN, &[("lun", &lun_b)]))
+        .unwrap()
+        .json()
+        .unwrap();
+
+    let mut sa = login(&t, IQN_A).unwrap();
+    assert_eq!(sa.report_luns().unwrap(), vec![0]);
+    assert_eq!(serial_of(&sa.inquiry(0, Some(0x80)).unwrap()), rec_a.serial);
+    let mut sb = login(&t, IQN_B).unwrap();
+    assert_eq!(sb.report_luns().unwrap(), vec![0]);
+    assert_eq!(serial_of(&sb.inquiry(0, Some(0x80)).unwrap()), rec_b.serial);
+    assert!(
+        login(&t, "iqn.1991-05.com.microsoft:stranger").is_err(),
+        "an initiator of no host may not log in"
+    );
+
+    // Data written over iSCSI is what the snapshot captures; the snapshot LUN, once exposed,
+    // answers INQUIRY with the pages describe promised, byte for byte.
+    let block = vec![0x5Au8; 512];
+    sa.write16(0, 0, &block, 512, false).unwrap();
+    sa.synchronize_cache(0).unwrap();
+    let mut h = t.client(Some(&tok_a));
+    let set = uuid::Uuid::new_v4();
+    let req = PrepareRequest {
+        context: vss::SnapshotContext(0),
+        snapshots: vec![PlannedSnapshot {
+            snapshot_id: uuid::Uuid::new_v4(),
+            source: lun_a.clone(),
+        }],
+    };
+    expect_status(&h.post(&set_path(r::PREPARE, set), &req).unwrap(), 204);
+    expect_status(
+        &h.request("POST", &set_path(r::COMMIT, set), None).unwrap(),
+        204,
+    );
+    let d: DescribeResponse = h
+        .post(
+            &set_path(r::DESCRIBE, set),
+            &DescribeRequest {
+                sources: vec![lun_a.clone()],
+            },
+        )
+        .unwrap()
+        .json()
+        .unwrap();
+    let snap = &d.snapshots[0];
+    sa.write16(0, 0, &[0x11u8; 512], 512, false).unwrap();
+    expect_status(
+        &h.post(
+            r::EXPOSE,
+            &LunsRequest {
+                luns: vec![snap.lun.clone()],
+            },
+        )
+        .unwrap(),
+        204,
+    );
+    let luns = sa.report_luns().unwrap();
+    assert_eq!(luns, vec![0, 1]);
+    assert_eq!(
+        sa.inquiry(1, None).unwrap()[..36],
+        snap.identity.inquiry[..36]
+    );
+    assert_eq!(
+        Some(sa.inquiry(1, Some(0x80)).unwrap()),
+        snap.identity.unit_serial
+    );
+    assert_eq!(
+        sa.inquiry(1, Some(0x83)).unwrap(),
+        snap.identity.device_identification
+    );
+    let data = sa.read16(1, 0, 1, 512).unwrap();
+    assert_eq!(data, block, "the snapshot holds the commit instant's data");
+    sa.write16(1, 0, &[0x77u8; 512], 512, false)
+        .expect("snapshot LUNs are writable");
+    // Host b sees none of it.
+    assert_eq!(sb.report_luns().unwrap(), vec![0]);
+    // Masking removes it from host a again.
+    expect_status(
+        &h.post(
+            r::MASK,
+            &LunsRequest {
+                luns: vec![snap.lun.clone()],
+            },
+        )
+        .unwrap(),
+        204,
+    );
+    assert_eq!(sa.report_luns().unwrap(), vec![0]);
+    let _ = sa.logout();
+    let _ = sb.logout();
+}
+
+#[test]
+fn chap_is_required_when_configured_and_a_wrong_secret_is_refused() {
+    let t = TestArray::start_with(|c| {
+        c.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        c.iscsi_require_chap = true;
+    });
+    let mut admin = t.admin();
+    let r = admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: "a".into(),
+                initiators: vec![IQN_A.into()],
+                chap_secret: Some("correct-horse1".into()),
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    assert!(login(&t, IQN_A).is_err(), "no CHAP, no login");
+    let chap = |secret: &str| {
+        let mut cfg = InitiatorConfig::new(IQN_A);
+        cfg.chap = Some(iscsi::initiator::ChapCredentials {
+            user: IQN_A.into(),
+            secret: secret.as_bytes().to_vec(),
+            mutual: None,
+        });
+        Session::login(portal(&t), TARGET, &cfg)
+    };
+    assert!(chap("wrong-secret12").is_err());
+    let mut s = chap("correct-horse1").unwrap();
+    assert_eq!(s.report_luns().unwrap(), Vec::<u64>::new());
+    let _ = s.logout();
+}
