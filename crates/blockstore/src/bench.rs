@@ -148,6 +148,12 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// Best throughput of several rounds: interference from other work on the machine only
+/// ever lowers a round's throughput.
+fn best(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(0.0, f64::max)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -277,7 +283,7 @@ fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Measure
     pool.create_volume("seq", size)?;
     let v = pool.open_volume("seq")?;
     let mut buf = vec![0u8; io];
-    let rounds = if q { 1 } else { 3 };
+    let rounds = if q { 1 } else { 5 };
     let (mut rw, mut vw, mut rr, mut vr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mbps = |t: f64| size as f64 / MIB as f64 / (t / 1e3);
     for _ in 0..rounds {
@@ -314,16 +320,16 @@ fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Measure
         measure(
             "sequential write 1 MiB + flush vs raw file",
             "raw",
-            median(rw),
-            median(vw),
+            best(rw),
+            best(vw),
             "MB/s",
             Target::AtLeast(0.8),
         ),
         measure(
             "sequential read 1 MiB vs raw file",
             "raw",
-            median(rr),
-            median(vr),
+            best(rr),
+            best(vr),
             "MB/s",
             Target::AtLeast(0.8),
         ),
@@ -358,14 +364,17 @@ fn random_after_snapshot(pool: &Pool, q: bool) -> Result<Measure> {
     }
     pool.flush()?;
     random_writes(&v, size, n / 4, 9)?; // warm-up
-    let base = random_writes(&v, size, n, 10)?;
-    pool.snapshot("rnd", "rnd-snap")?;
-    let after = random_writes(&v, size, n, 11)?;
+    let (mut base, mut after) = (Vec::new(), Vec::new());
+    for round in 0..if q { 1 } else { 3 } {
+        base.push(random_writes(&v, size, n, 10 + round)?);
+        pool.snapshot("rnd", &format!("rnd-snap{round}"))?;
+        after.push(random_writes(&v, size, n, 20 + round)?);
+    }
     Ok(measure(
         "random 4 KiB writes after a snapshot vs none (flush not timed)",
         "no snapshot",
-        base,
-        after,
+        best(base),
+        best(after),
         "IOPS",
         Target::AtLeast(0.5),
     ))
@@ -417,8 +426,8 @@ fn reads_with_snapshots(pool: &Pool, q: bool) -> Result<Measure> {
     Ok(measure(
         "random 4 KiB reads with 256 snapshots vs none",
         "no snapshot",
-        median(base),
-        median(with),
+        best(base),
+        best(with),
         "IOPS",
         Target::AtLeast(0.9),
     ))
@@ -434,28 +443,34 @@ fn resync(pool: &Pool, q: bool) -> Result<Measure> {
         v.write_at(off, &data, false)?;
     }
     pool.snapshot("rs", "rs-snap")?;
-    // 1%: a clone of the snapshot with one chunk in a hundred rewritten.
-    pool.clone_volume("rs-snap", "rs-1")?;
-    let c = pool.open_volume("rs-1")?;
     let mut r = StdRng::seed_from_u64(7);
-    for _ in 0..chunks / 100 {
-        c.write_at(r.random_range(0..chunks) * CHUNK_SIZE, &[1; 4096], false)?;
+    let (mut few, mut all) = (Vec::new(), Vec::new());
+    for round in 0..if q { 1 } else { 5 } {
+        // 1%: a clone of the snapshot with one chunk in a hundred rewritten.
+        let one = format!("rs-1-{round}");
+        pool.clone_volume("rs-snap", &one)?;
+        let c = pool.open_volume(&one)?;
+        for _ in 0..chunks / 100 {
+            c.write_at(r.random_range(0..chunks) * CHUNK_SIZE, &[1; 4096], false)?;
+        }
+        // 100%: a volume where every chunk differs from the snapshot.
+        let hundred = format!("rs-100-{round}");
+        pool.create_volume(&hundred, size)?;
+        pool.flush()?;
+        let t = Instant::now();
+        let rep_few = pool.resync("rs-snap", &one)?.wait()?;
+        few.push(ms(t));
+        let t = Instant::now();
+        let rep_all = pool.resync("rs-snap", &hundred)?.wait()?;
+        all.push(ms(t));
+        if rep_all.changed_chunks != chunks || rep_few.changed_chunks == 0 {
+            return Err(Error::Invalid(format!(
+                "resync benchmark changed {} and {} chunks",
+                rep_few.changed_chunks, rep_all.changed_chunks
+            )));
+        }
     }
-    // 100%: a volume where every chunk differs from the snapshot.
-    pool.create_volume("rs-100", size)?;
-    pool.flush()?;
-    let t = Instant::now();
-    let few = pool.resync("rs-snap", "rs-1")?.wait()?;
-    let t_few = ms(t);
-    let t = Instant::now();
-    let all = pool.resync("rs-snap", "rs-100")?.wait()?;
-    let t_all = ms(t);
-    if all.changed_chunks != chunks || few.changed_chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "resync benchmark changed {} and {} chunks",
-            few.changed_chunks, all.changed_chunks
-        )));
-    }
+    let (t_few, t_all) = (median(few), median(all));
     Ok(measure(
         "resync: 1% of chunks differ vs 100% (time)",
         "100%",

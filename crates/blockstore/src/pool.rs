@@ -764,7 +764,7 @@ impl Inner {
         Ok(c)
     }
 
-    fn fail<T>(&self, e: Error) -> Result<T> {
+    pub(crate) fn fail<T>(&self, e: Error) -> Result<T> {
         tracing::error!(error = %e, "metadata commit failed; the pool stops accepting changes");
         self.failed.store(true, Ordering::Release);
         Err(e)
@@ -919,6 +919,22 @@ impl std::fmt::Debug for Volume {
             .field("name", &self.name)
             .field("id", &self.id)
             .finish()
+    }
+}
+
+/// Data writes planned by one request: (file offset, bytes), contiguous ones merged.
+#[derive(Default)]
+struct Pending(Vec<(u64, Vec<u8>)>);
+
+impl Pending {
+    fn push(&mut self, at: u64, buf: &[u8]) {
+        if let Some((o, b)) = self.0.last_mut() {
+            if *o + b.len() as u64 == at {
+                b.extend_from_slice(buf);
+                return;
+            }
+        }
+        self.0.push((at, buf.to_vec()));
     }
 }
 
@@ -1093,8 +1109,25 @@ impl Volume {
                 name: self.name.clone(),
             });
         }
+        let mut out = Pending::default();
         for p in pieces(offset, data.len()) {
-            self.write_piece(&mut st, &p, &data[p.at..p.at + p.len])?;
+            self.write_piece(&mut st, &p, &data[p.at..p.at + p.len], &mut out)?;
+        }
+        self.write_pending(out)
+    }
+
+    /// Issues the data writes planned under the state lock, merged where contiguous (so
+    /// sequential writes reach the file as large writes). They happen before the lock is
+    /// released, hence before any commit can make their mapping records durable. A failure
+    /// here leaves mappings to unwritten chunks in memory, so the pool stops accepting changes
+    /// (reopening recovers the last commit).
+    fn write_pending(&self, out: Pending) -> Result<()> {
+        for (at, buf) in out.0 {
+            if let Err(e) = self.inner.write_data(&buf, at) {
+                return self
+                    .inner
+                    .fail(io_err(format!("write {} (file offset {at})", self.name))(e));
+            }
         }
         Ok(())
     }
@@ -1120,7 +1153,7 @@ impl Volume {
     }
 
     /// Writes one chunk's share of a request under the exclusive lock.
-    fn write_piece(&self, st: &mut State, p: &Piece, data: &[u8]) -> Result<()> {
+    fn write_piece(&self, st: &mut State, p: &Piece, data: &[u8], out: &mut Pending) -> Result<()> {
         let root = self.meta(st)?.root;
         let (cur, excl) = st.lookup(root, p.idx);
         let touched = touched_mask(p.within, p.len);
@@ -1151,9 +1184,9 @@ impl Volume {
             let fill_head = head_partial && cur.mask & (1 << b0) == 0;
             let fill_tail = tail_partial && cur.mask & (1 << b1) == 0;
             if fill_head || fill_tail {
-                self.pwrite(&span(self, Some(&cur))?, base + span_off)?;
+                out.push(base + span_off, &span(self, Some(&cur))?);
             } else {
-                self.pwrite(data, base + p.within)?;
+                out.push(base + p.within, data);
             }
             let mut n = Entry {
                 mask: cur.mask | touched,
@@ -1168,7 +1201,7 @@ impl Volume {
             let base = q as u64 * CHUNK_SIZE;
             let r = if cur.is_empty() {
                 span(self, None)
-                    .and_then(|b| self.pwrite(&b, base + span_off))
+                    .map(|b| out.push(base + span_off, &b))
                     .map(|_| Entry {
                         phys: q,
                         under: 0,
@@ -1176,7 +1209,7 @@ impl Volume {
                     })
             } else if cur.under == 0 && cur.mask == FULL_MASK {
                 span(self, Some(&cur))
-                    .and_then(|b| self.pwrite(&b, base + span_off))
+                    .map(|b| out.push(base + span_off, &b))
                     .map(|_| {
                         if touched == FULL_MASK {
                             Entry {
@@ -1202,7 +1235,8 @@ impl Volume {
                 r.and_then(|_| {
                     let s = p.within as usize;
                     buf[s..s + p.len].copy_from_slice(data);
-                    self.pwrite(&buf, base)
+                    out.push(base, &buf);
+                    Ok(())
                 })
                 .map(|_| Entry {
                     phys: q,
@@ -1306,7 +1340,9 @@ impl Volume {
                         len: n as usize,
                         at: 0,
                     };
-                    self.write_piece(&mut st, &p, &zeros)?;
+                    let mut out = Pending::default();
+                    self.write_piece(&mut st, &p, &zeros, &mut out)?;
+                    self.write_pending(out)?;
                 }
             }
             pos += n;
