@@ -383,7 +383,12 @@ fn commit_of_64_luns_is_fast_over_https() {
     }
     let mut a = t.client(Some(&tok));
     let mut times = Vec::new();
-    for _ in 0..10 {
+    let samples: usize = std::env::var("ARRAY_COMMIT_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .clamp(10, 1000);
+    for _ in 0..samples {
         let set = uuid::Uuid::new_v4();
         let req = PrepareRequest {
             context: vss::SnapshotContext(0),
@@ -408,13 +413,16 @@ fn commit_of_64_luns_is_fast_over_https() {
         );
     }
     times.sort();
+    let n = times.len();
+    let p99 = times[(n * 99).div_ceil(100) - 1];
     eprintln!(
-        "commit of 64 LUNs over HTTPS: min {:?} median {:?} max {:?}",
-        times[0], times[5], times[9]
+        "commit of 64 LUNs over HTTPS, {n} sets: min {:?} median {:?} p99 {:?} max {:?}",
+        times[0],
+        times[n / 2],
+        p99,
+        times[n - 1]
     );
-    // Generous bound for shared CI machines; the measured numbers are in docs/array.md.
-    assert!(
-        times[9] < std::time::Duration::from_millis(500),
-        "{times:?}"
-    );
+    // Generous bound for shared CI machines and debug builds; measured numbers are in
+    // docs/array.md.
+    assert!(p99 < std::time::Duration::from_millis(500), "{times:?}");
 }

@@ -1,0 +1,38 @@
+//! Runs the array daemon from a TOML file until SIGINT or SIGTERM, the way
+//! `shadowlun array serve --config FILE` does.
+//!
+//! ```text
+//! cargo run -p array --example serve -- /etc/shadowlun/array.toml
+//! ```
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match std::env::args().nth(1) {
+        Some(path) => match array::Config::load(std::path::Path::new(&path)) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("serve: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => array::Config::default(),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(array::serve(config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }));
+    if let Err(e) = result {
+        eprintln!("serve: {e}");
+        std::process::exit(1);
+    }
+}
