@@ -1232,11 +1232,10 @@ impl Volume {
                     let s = (b * BLOCK_SIZE) as usize;
                     self.read_block(&cur, b, &mut buf[s..s + BLOCK_SIZE as usize])
                 });
-                r.and_then(|_| {
+                r.map(|_| {
                     let s = p.within as usize;
                     buf[s..s + p.len].copy_from_slice(data);
                     out.push(base, &buf);
-                    Ok(())
                 })
                 .map(|_| Entry {
                     phys: q,
