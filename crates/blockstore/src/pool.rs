@@ -1110,10 +1110,16 @@ impl Volume {
             });
         }
         let mut out = Pending::default();
+        let mut r = Ok(());
         for p in pieces(offset, data.len()) {
-            self.write_piece(&mut st, &p, &data[p.at..p.at + p.len], &mut out)?;
+            if let Err(e) = self.write_piece(&mut st, &p, &data[p.at..p.at + p.len], &mut out) {
+                r = Err(e);
+                break;
+            }
         }
-        self.write_pending(out)
+        // Chunks mapped before a failure (e.g. the pool filling up midway) get their data.
+        self.write_pending(out)?;
+        r
     }
 
     /// Issues the data writes planned under the state lock, merged where contiguous (so

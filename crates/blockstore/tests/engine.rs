@@ -421,6 +421,35 @@ fn a_full_pool_fails_writes_with_no_space_and_corrupts_nothing() {
 }
 
 #[test]
+fn a_write_that_fills_the_pool_midway_leaves_whole_chunks_old_or_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    let p = Pool::create(
+        &path,
+        PoolOptions {
+            size_limit: Some(4 * CHUNK_SIZE),
+        },
+    )
+    .unwrap();
+    p.create_volume("v", MIB).unwrap();
+    let v = p.open_volume("v").unwrap();
+    let data = pattern(8, 6 * CHUNK_SIZE as usize);
+    assert!(matches!(v.write_at(0, &data, false), Err(Error::NoSpace)));
+    let got = read(&p, "v", 0, data.len());
+    let cut = 4 * CHUNK_SIZE as usize;
+    same(
+        &got[..cut],
+        &data[..cut],
+        "chunks allocated before the pool filled",
+    );
+    assert!(got[cut..].iter().all(|&b| b == 0));
+    drop(v);
+    drop(p);
+    let p = Pool::open(&path).unwrap();
+    same(&read(&p, "v", 0, cut), &data[..cut], "after reopen");
+}
+
+#[test]
 fn resize_grows_with_zeros_and_refuses_to_shrink() {
     let (_d, p) = pool();
     p.create_volume("v", MIB).unwrap();
