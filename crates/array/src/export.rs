@@ -74,6 +74,13 @@ impl Exporter for ScsiExporter {
         self.target.unmap(initiator, lun_number);
     }
 
+    fn resized(&self, lun: &str) {
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = units.get(lun).and_then(Weak::upgrade) {
+            u.capacity_changed();
+        }
+    }
+
     fn set_chap(&self, initiator: &str, secret: Option<&str>) {
         let Some(server) = &self.server else { return };
         // A host's initiators may log in (and see an empty LUN list) before any mapping.

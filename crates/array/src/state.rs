@@ -221,6 +221,10 @@ impl Db {
 pub trait Exporter: Send + Sync {
     fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun);
     fn unmap(&self, initiator: &str, lun_number: u64);
+    /// A LUN's size changed: initiators that know it should hear CAPACITY DATA HAS CHANGED.
+    fn resized(&self, lun: &str) {
+        let _ = lun;
+    }
     /// Sets (or clears) the CHAP secret an initiator must log in with.
     fn set_chap(&self, initiator: &str, secret: Option<&str>) {
         let _ = (initiator, secret);
@@ -1072,10 +1076,11 @@ impl Array {
                 inner.db.luns.get(&p.snapshot),
                 inner.db.luns.get(&p.destination),
             ) {
-                if dst.size_bytes < src.size_bytes && row.status.state == JobState::Finished {
+                if dst.size_bytes != src.size_bytes && row.status.state == JobState::Finished {
                     let mut d = dst.clone();
                     d.size_bytes = src.size_bytes;
                     records.push(Record::Lun(d));
+                    self.0.exporter.resized(&p.destination);
                 }
             }
         }
@@ -1267,6 +1272,8 @@ impl Array {
             self.0.backend.resize_volume(lun, size)?;
             row.size_bytes = size;
             Self::write(&mut inner, vec![Record::Lun(row.clone())])?;
+            self.0.exporter.resized(lun);
+            tracing::info!(lun, size, "LUN grown");
         }
         Ok(self.lun_record(&inner.db, &row))
     }

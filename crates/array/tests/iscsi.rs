@@ -133,6 +133,23 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
         204,
     );
     assert_eq!(sa.report_luns().unwrap(), vec![0]);
+    // Growing the LUN through the API raises CAPACITY DATA HAS CHANGED and the new size.
+    sa.take_unit_attentions();
+    let grown = admin
+        .request(
+            "PATCH",
+            &r::fill(r::ADMIN_LUN, &[("lun", &lun_a)]),
+            Some(br#"{"size_bytes": 2097152}"#),
+        )
+        .unwrap();
+    expect_status(&grown, 200);
+    let cap = sa.read_capacity16(0).unwrap();
+    assert_eq!(cap.blocks * u64::from(cap.block_size), 2 << 20);
+    let uas = sa.take_unit_attentions();
+    assert!(
+        uas.iter().any(|s| (s.asc, s.ascq) == (0x2A, 0x09)),
+        "{uas:?}"
+    );
     let _ = sa.logout();
     let _ = sb.logout();
 }
