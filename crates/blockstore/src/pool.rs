@@ -18,6 +18,9 @@ use crate::state::{
     State, check_name,
 };
 
+/// Uncommitted metadata after which a write commits by itself.
+const AUTO_COMMIT_BYTES: usize = if cfg!(test) { 4096 } else { 4 << 20 };
+
 /// Most members of one consistency-group snapshot.
 pub const MAX_GROUP: usize = 256;
 
@@ -1119,6 +1122,12 @@ impl Volume {
         }
         // Chunks mapped before a failure (e.g. the pool filling up midway) get their data.
         self.write_pending(out)?;
+        let backlog = st.log.buf.len();
+        drop(st);
+        if r.is_ok() && backlog > AUTO_COMMIT_BYTES {
+            // Bound the uncommitted metadata of hosts that rarely flush.
+            self.inner.flush()?;
+        }
         r
     }
 
@@ -1423,6 +1432,19 @@ mod tests {
         let before = p.inner.commit.lock().unwrap().seq;
         p.snapshot_group(&pairs).unwrap();
         assert_eq!(p.inner.commit.lock().unwrap().seq, before + 1);
+    }
+
+    #[test]
+    fn a_host_that_never_flushes_still_gets_bounded_uncommitted_metadata() {
+        let (_d, p) = pool();
+        p.create_volume("v", 1024 * CHUNK_SIZE).unwrap();
+        let v = p.open_volume("v").unwrap();
+        let before = p.inner.commit.lock().unwrap().seq;
+        for i in 0..400 {
+            v.write_at(i * CHUNK_SIZE, &[1; 512], false).unwrap();
+        }
+        assert!(p.inner.commit.lock().unwrap().seq > before);
+        assert!(p.inner.read().unwrap().log.buf.len() <= AUTO_COMMIT_BYTES + 64);
     }
 
     #[test]
