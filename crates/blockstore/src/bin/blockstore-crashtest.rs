@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         })
         .unwrap_or(200);
     let seed: u64 = arg(&args, "--seed").unwrap_or_else(|| rand::rng().random());
-    let ops: usize = arg(&args, "--ops").unwrap_or(250);
+    let ops: usize = arg(&args, "--ops").unwrap_or(400);
     let max_delay: u64 = arg(&args, "--max-delay-ms").unwrap_or(1200);
     let keep: Option<PathBuf> = arg(&args, "--keep");
     let exe = std::env::current_exe().expect("own path");
