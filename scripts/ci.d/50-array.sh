@@ -38,7 +38,7 @@ pool_dir = "$work/pool"
 api_listen = "127.0.0.1:0"
 iscsi_portals = ["127.0.0.1:0"]
 TOML
-"$bin" "$work/array.toml" > "$work/out" 2> "$work/log" &
+RUST_LOG=debug "$bin" "$work/array.toml" > "$work/out" 2> "$work/log" &
 pid=$!
 for _ in $(seq 100); do grep -q "iSCSI portal" "$work/out" 2>/dev/null && break; sleep 0.1; done
 api=$(sed -n 's/^shadowlun array: API //p' "$work/out")
@@ -59,7 +59,9 @@ host_iqn=iqn.2026-01.org.shadowlun:ci-host
 lun=$(call POST /v1/admin/luns '{"name":"ci","size_bytes":67108864}')
 lun_id=$(jq -r .id <<<"$lun")
 serial=$(jq -r .serial <<<"$lun")
-call POST /v1/admin/hosts "{\"name\":\"ci\",\"initiators\":[\"$host_iqn\"]}" >/dev/null
+chap=ci-chap-secret1
+host_token=$(call POST /v1/admin/hosts \
+  "{\"name\":\"ci\",\"initiators\":[\"$host_iqn\"],\"chap_secret\":\"$chap\"}" | jq -r .token)
 call POST /v1/admin/hosts/ci/map "{\"lun\":\"$lun_id\"}" >/dev/null
 # An unauthenticated call is refused with a problem document.
 code=$(curl -s -k --pinnedpubkey "$pin" -o "$work/p.json" -w '%{http_code}' "$api/v1/admin/luns")
@@ -78,4 +80,7 @@ status=0; wait "$pid" || status=$?
 pid=""
 [ "$status" = 0 ] || { cat "$work/log"; echo "daemon exited with $status on SIGTERM"; exit 1; }
 grep -q "array stopped" "$work/log" || { cat "$work/log"; echo "no clean stop"; exit 1; }
+for secret in "$(cat "$work/pool/admin.token")" "$host_token" "$chap"; do
+  if grep -qF "$secret" "$work/out" "$work/log"; then echo "a secret appeared in the daemon's log"; exit 1; fi
+done
 echo "array: ok"

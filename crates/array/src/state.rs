@@ -341,7 +341,8 @@ pub fn valid_iqn(s: &str) -> bool {
     ok_chars && ok_prefix && s.len() <= 223
 }
 
-fn not_visible(lun: &str) -> ArrayError {
+fn not_visible(host: &str, lun: &str) -> ArrayError {
+    tracing::warn!(host, lun, "refused a call on a LUN the host may not see");
     ArrayError::NotFound(format!(
         "LUN {lun} does not exist or is not mapped to this host; look it up again."
     ))
@@ -552,6 +553,7 @@ impl Array {
     fn own_set<'a>(db: &'a Db, host: &str, set_id: VssId) -> Result<&'a SetRow, ArrayError> {
         let set = db.sets.get(&set_id).ok_or_else(|| set_not_found(set_id))?;
         if set.host != host {
+            tracing::warn!(host, %set_id, owner = %set.host, "refused a call on another host's set");
             return Err(ArrayError::Forbidden(format!(
                 "Snapshot set {set_id} belongs to another host; use your own set id."
             )));
@@ -576,7 +578,7 @@ impl Array {
                 .is_some_and(|l| l.state != LunState::Prepared)
                 && db.visible(host, &s.source);
             if !ok {
-                return Err(not_visible(&s.source));
+                return Err(not_visible(host, &s.source));
             }
         }
         let mut set = match db.sets.get(&set_id) {
@@ -856,7 +858,7 @@ impl Array {
     fn check_visible(db: &Db, host: &str, luns: &[LunId]) -> Result<(), ArrayError> {
         for l in luns {
             if !db.visible(host, l) {
-                return Err(not_visible(l));
+                return Err(not_visible(host, l));
             }
             if db.luns[l].state == LunState::Prepared {
                 return Err(ArrayError::Conflict(format!(
@@ -945,7 +947,7 @@ impl Array {
     pub fn release(&self, host: &str, lun: &LunId) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         if !inner.db.visible(host, lun) {
-            return Err(not_visible(lun));
+            return Err(not_visible(host, lun));
         }
         let row = &inner.db.luns[lun];
         if row.snapshot_of.is_none() {
