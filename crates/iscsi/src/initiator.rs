@@ -933,7 +933,7 @@ impl Session {
             }
             ttt = r.bhs.u32_at(20);
         }
-        Ok(TextPairs::parse(&all)?)
+        Ok(TextPairs::parse_list(&all)?)
     }
 
     /// Sends a NOP-Out ping and waits for the echo.

@@ -32,8 +32,19 @@ pub enum TextError {
 pub struct TextPairs(pub Vec<(String, String)>);
 
 impl TextPairs {
-    /// Parses `key=value\0key=value\0`. A missing final NUL is tolerated.
+    /// Parses `key=value\0key=value\0`. A missing final NUL is tolerated; a key sent twice
+    /// is an error (negotiation text).
     pub fn parse(data: &[u8]) -> Result<Self, TextError> {
+        Self::parse_inner(data, false)
+    }
+
+    /// Like [`TextPairs::parse`] but keys may repeat, as in a SendTargets answer (one
+    /// `TargetName` and several `TargetAddress` per target).
+    pub fn parse_list(data: &[u8]) -> Result<Self, TextError> {
+        Self::parse_inner(data, true)
+    }
+
+    fn parse_inner(data: &[u8], repeats: bool) -> Result<Self, TextError> {
         if data.len() > MAX_TEXT_LEN {
             return Err(TextError::TooLong(data.len()));
         }
@@ -57,7 +68,7 @@ impl TextPairs {
             {
                 return Err(TextError::BadKey(k.into()));
             }
-            if out.iter().any(|(ek, _)| ek == k) {
+            if !repeats && out.iter().any(|(ek, _)| ek == k) {
                 return Err(TextError::Duplicate(k.into()));
             }
             out.push((k.to_string(), v.to_string()));

@@ -461,3 +461,58 @@ fn write_longer_than_the_maximum_transfer_is_refused_without_soliciting_data() {
     s.write16(0, 0, &pattern(64 * 1024, 2), BS, false).unwrap();
     server.shutdown();
 }
+
+#[test]
+fn two_portals_and_several_initiators_work_at_the_same_time() {
+    let h = handler_with_lun0();
+    h.map(HOST_B, 0);
+    let mut cfg = config();
+    cfg.portals = vec![
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ];
+    let server = TargetServer::spawn(cfg).unwrap();
+    server
+        .add_target(TARGET, None, h.clone(), AuthPolicy::None)
+        .unwrap();
+    let addrs = server.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0], addrs[1]);
+    let seen = discover(addrs[1], &InitiatorConfig::new(HOST_A)).unwrap();
+    assert_eq!(seen[0].addresses.len(), 2, "SendTargets lists every portal");
+    let workers: Vec<_> = [
+        (HOST_A, addrs[0], 0u64),
+        (HOST_B, addrs[1], 1024),
+        (HOST_A, addrs[1], 2048),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (host, addr, lba))| {
+        std::thread::spawn(move || {
+            let mut cfg = InitiatorConfig::new(host);
+            cfg.isid = 0x8000_0000_0100 + i as u64;
+            let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+            for round in 0..20u8 {
+                let data = pattern(64 * 1024, round.wrapping_add(i as u8));
+                s.write16(0, lba, &data, BS, false).unwrap();
+                assert!(s.read16(0, lba, 128, BS).unwrap() == data);
+            }
+            s.logout().unwrap();
+        })
+    })
+    .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // The nexus is released just after the Logout Response is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lost = loop {
+        let n = h.lost.lock().unwrap().len();
+        if n >= 3 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(lost, 3, "each logout ends its nexus");
+    server.shutdown();
+}
