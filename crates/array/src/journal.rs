@@ -51,28 +51,7 @@ impl Journal {
             Err(e) => return Err(io(path)(e)),
         };
         let live = compact(records);
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io(&tmp))?;
-            let mut buf = Vec::new();
-            for r in &live {
-                buf.extend_from_slice(&encode(r));
-            }
-            f.write_all(&buf).map_err(io(&tmp))?;
-            f.sync_all().map_err(io(&tmp))?;
-        }
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
-        }
+        Self::write_compact(path, &live)?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)
@@ -86,6 +65,50 @@ impl Journal {
             },
             live,
         ))
+    }
+
+    /// Replaces the journal with `live` (temp file, fsync, rename, directory fsync) and keeps
+    /// appending to the new file: bounds the file of a long-running daemon.
+    pub fn rewrite<R: Serialize>(&mut self, live: &[R]) -> Result<(), JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        if let Err(e) = Self::write_compact(&self.path, live) {
+            self.poisoned = true;
+            return Err(e);
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        self.appended = 0;
+        Ok(())
+    }
+
+    fn write_compact<R: Serialize>(path: &Path, live: &[R]) -> Result<(), JournalError> {
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            let mut buf = Vec::new();
+            for r in live {
+                buf.extend_from_slice(&encode(r));
+            }
+            f.write_all(&buf).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        Ok(())
     }
 
     fn replay<R: DeserializeOwned>(path: &Path, f: File) -> Result<Vec<R>, JournalError> {
@@ -200,6 +223,20 @@ mod tests {
             matches!(err, JournalError::Corrupt { line: 1, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rewrite_replaces_the_file_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.log");
+        let (mut j, _) = Journal::open::<Rec, _>(&p, |r| r).unwrap();
+        j.append(&[Rec(1, "a".into()), Rec(2, "b".into())]).unwrap();
+        j.rewrite(&[Rec(2, "b".into())]).unwrap();
+        assert_eq!(j.appended(), 0);
+        j.append(&[Rec(3, "c".into())]).unwrap();
+        drop(j);
+        let (_, recs) = Journal::open::<Rec, _>(&p, |r| r).unwrap();
+        assert_eq!(recs, vec![Rec(2, "b".into()), Rec(3, "c".into())]);
     }
 
     #[test]

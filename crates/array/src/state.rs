@@ -463,6 +463,14 @@ impl Array {
         for r in records {
             inner.db.apply(r);
         }
+        if inner.journal.appended() >= COMPACT_AFTER {
+            let live = inner.db.records();
+            match inner.journal.rewrite(&live) {
+                Ok(()) => tracing::info!(records = live.len(), "journal compacted"),
+                // The change above is durable; the next change will report the poisoning.
+                Err(e) => tracing::error!(error = %e, "journal compaction failed"),
+            }
+        }
         Ok(())
     }
 
@@ -1586,6 +1594,9 @@ impl Array {
         Ok(report)
     }
 }
+
+/// Appended records after which the running daemon rewrites the journal compactly.
+const COMPACT_AFTER: u64 = 100_000;
 
 /// LUN numbers a host can see: SAM flat space addressing tops out at 16383.
 pub const MAX_LUN_NUMBER: u64 = 16384;
