@@ -3,6 +3,8 @@
 
 mod admin;
 mod bench;
+mod demo;
+mod lab;
 mod output;
 mod serve;
 
@@ -63,6 +65,14 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Run the whole product once on this machine: an array, two emulated Windows hosts over
+    /// iSCSI, a transportable hardware snapshot through the provider, import, consistency
+    /// check from the data, resync, delete. Leaves nothing behind.
+    Demo {
+        /// Keep the array's pool directory (its path is printed).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Print the VSS status code table, or look one code up by name or value.
     Hresult {
         /// A name (VSS_E_PROVIDER_VETO) or a value (0x80042306).
@@ -108,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { what, json } => match what {
             BenchCmd::Provider => bench::provider_core().print(json),
         },
+        Command::Demo { keep } => demo::run(keep),
         Command::Hresult { code } => hresult(code),
     }
 }

@@ -1,0 +1,229 @@
+//! The real lab: an array daemon on loopback (embedded engine, iSCSI target, HTTPS control API),
+//! hosts that see its LUNs only through the iSCSI initiator, and shadowlun's provider talking to
+//! it over HTTPS with each host's own token. The emulator's conformance catalogue, its scripts
+//! and the demo all run against it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use api::{CreateHost, CreateLun, CreatedHost, LunRecord, MapLun, routes};
+use provider::https::{Client, ClientConfig, HttpsArray};
+use provider::{HardwareProvider, ShadowlunProvider};
+use vss::VssId;
+use vss_emulator::HostStorage;
+use vss_emulator::conformance::{Lab, LabFactory};
+use vss_emulator::iscsi_storage::IscsiStorage;
+
+/// A running array and what is needed to talk to it.
+pub struct RealLab {
+    rt: tokio::runtime::Runtime,
+    running: Mutex<Option<array::RunningArray>>,
+    pub dir: PathBuf,
+    keep_dir: bool,
+    pub api_url: String,
+    pub fingerprint: String,
+    pub portal: SocketAddr,
+    pub target: String,
+    admin: Client,
+    /// initiator → (host name, host token)
+    hosts: Mutex<BTreeMap<String, (String, String)>>,
+    luns: Mutex<usize>,
+}
+
+impl std::fmt::Debug for RealLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealLab")
+            .field("api", &self.api_url)
+            .field("portal", &self.portal)
+            .finish()
+    }
+}
+
+impl RealLab {
+    /// Starts an array with its pool in `dir` (created; removed on drop unless `keep_dir`).
+    pub fn start(dir: PathBuf, keep_dir: bool) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let mut config = array::Config::default();
+        config.pool_dir = dir.clone();
+        config.api_listen = "127.0.0.1:0".parse()?;
+        config.iscsi_portals = vec!["127.0.0.1:0".parse()?];
+        let running = rt.block_on(array::start(config))?;
+        let portal = *running
+            .iscsi_addrs
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("the array serves no iSCSI portal"))?;
+        let api_url = format!("https://{}", running.api_addr);
+        let token = std::fs::read_to_string(&running.admin_token_path)?;
+        let admin = Client::new(ClientConfig::new(
+            &api_url,
+            token.trim(),
+            &running.fingerprint,
+        ))?;
+        let target = admin.health().map_err(crate::admin::explain)?.target;
+        Ok(Self {
+            fingerprint: running.fingerprint.clone(),
+            rt,
+            running: Mutex::new(Some(running)),
+            dir,
+            keep_dir,
+            api_url,
+            portal,
+            target,
+            admin,
+            hosts: Mutex::new(BTreeMap::new()),
+            luns: Mutex::new(0),
+        })
+    }
+
+    pub fn admin(&self) -> &Client {
+        &self.admin
+    }
+
+    /// The host with this initiator, created on first use; returns (name, token).
+    pub fn host(&self, initiator: &str) -> Result<(String, String), String> {
+        let mut hosts = self.hosts.lock().expect("lab lock");
+        if let Some(h) = hosts.get(initiator) {
+            return Ok(h.clone());
+        }
+        let name = format!("host{}", hosts.len() + 1);
+        let created: CreatedHost = self
+            .admin
+            .post(
+                routes::ADMIN_HOSTS,
+                &CreateHost {
+                    name: name.clone(),
+                    initiators: vec![initiator.into()],
+                    chap_secret: None,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let entry = (name, created.token);
+        hosts.insert(initiator.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Creates a LUN and maps it to the host with `initiator`; returns its record.
+    pub fn create_mapped_lun(
+        &self,
+        name: &str,
+        bytes: u64,
+        initiator: &str,
+    ) -> Result<LunRecord, String> {
+        let (host, _) = self.host(initiator)?;
+        let lun: LunRecord = self
+            .admin
+            .post(
+                routes::ADMIN_LUNS,
+                &CreateLun {
+                    name: name.into(),
+                    size_bytes: bytes,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let _: api::HostRecord = self
+            .admin
+            .post(
+                &routes::fill(routes::ADMIN_MAP, &[("host", &host)]),
+                &MapLun {
+                    lun: lun.id.clone(),
+                    lun_number: None,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(lun)
+    }
+
+    /// The provider as installed on the host with `initiator` (its own token, pinned cert).
+    pub fn shadowlun_provider(
+        &self,
+        initiator: &str,
+    ) -> Result<ShadowlunProvider<HttpsArray>, String> {
+        let (_, token) = self.host(initiator)?;
+        let array = HttpsArray::new(ClientConfig::new(&self.api_url, &token, &self.fingerprint))
+            .map_err(|e| e.to_string())?;
+        Ok(ShadowlunProvider::new(array))
+    }
+
+    /// Every LUN on the array.
+    pub fn luns(&self) -> Result<Vec<LunRecord>, String> {
+        self.admin
+            .get(routes::ADMIN_LUNS)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Stops the daemon (iSCSI sessions ended, journal flushed).
+    pub fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(r) = self.running.lock().expect("lab lock").take() {
+            self.rt.block_on(r.shutdown())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RealLab {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!("stopping the lab array: {e}");
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Lab for RealLab {
+    fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
+        let n = {
+            let mut l = self.luns.lock().expect("lab lock");
+            *l += 1;
+            *l
+        };
+        self.create_mapped_lun(&format!("lun{n}"), bytes, initiator)
+            .map(|_| ())
+    }
+
+    fn lun_count(&self) -> Result<usize, String> {
+        Ok(self.luns()?.len())
+    }
+
+    fn storage(&self, initiator: &str) -> Result<Arc<dyn HostStorage>, String> {
+        self.host(initiator)?;
+        Ok(IscsiStorage::new(self.portal, &self.target, initiator))
+    }
+
+    fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {
+        Ok(Arc::new(self.shadowlun_provider(initiator)?))
+    }
+
+    fn provider_id(&self) -> VssId {
+        vss_emulator::shadowlun_lab::SHADOWLUN_PROVIDER_ID
+    }
+}
+
+/// A fresh array per scenario, each in its own temporary directory.
+#[derive(Debug, Default)]
+pub struct RealLabFactory {
+    counter: std::sync::atomic::AtomicUsize,
+}
+
+impl LabFactory for RealLabFactory {
+    fn name(&self) -> String {
+        "shadowlun provider over HTTPS + array daemon (embedded engine) + hosts over iSCSI".into()
+    }
+
+    fn build(&self) -> Result<Box<dyn Lab>, String> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shadowlun-lab-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        RealLab::start(dir, false)
+            .map(|l| Box::new(l) as Box<dyn Lab>)
+            .map_err(|e| format!("{e:#}"))
+    }
+}
