@@ -107,8 +107,11 @@ impl Config {
         if self.reaper_interval_secs == 0 {
             return Err(bad("reaper_interval_secs must be at least 1".into()));
         }
-        if self.max_luns_per_set == 0 {
-            return Err(bad("max_luns_per_set must be at least 1".into()));
+        if self.max_luns_per_set == 0 || self.max_luns_per_set > blockstore::MAX_GROUP {
+            return Err(bad(format!(
+                "max_luns_per_set must be 1 to {} (the engine's consistency group limit)",
+                blockstore::MAX_GROUP
+            )));
         }
         Ok(())
     }

@@ -693,7 +693,12 @@ impl Array {
             .map(|m| (m.source.clone(), m.lun.clone()))
             .collect();
         let t0 = std::time::Instant::now();
-        self.0.backend.snapshot_group(&pairs).map_err(|e| match e {
+        let taken = if pairs.is_empty() {
+            Ok(()) // an empty set commits with nothing to snapshot
+        } else {
+            self.0.backend.snapshot_group(&pairs)
+        };
+        taken.map_err(|e| match e {
             BackendError::NoVolume(v) => ArrayError::Conflict(format!(
                 "Source LUN {v} no longer exists; abort the set and start again."
             )),

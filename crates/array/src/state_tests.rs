@@ -276,6 +276,19 @@ fn state_rules_refuse_out_of_order_verbs() {
 }
 
 #[test]
+fn an_empty_set_commits_without_engine_work() {
+    // The engine refuses empty consistency groups; the array must not ask for one.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(crate::backend::EngineBackend::open(dir.path()).unwrap());
+    let f = fixture_with(engine, dir);
+    let set = uuid::Uuid::new_v4();
+    f.array.prepare("a", set, SnapshotContext(0), &[]).unwrap();
+    f.array.commit("a", set).unwrap();
+    assert_eq!(f.array.list_sets("a")[0].state, SetState::Committed);
+    assert_eq!(f.backend.volumes().unwrap().len(), 2);
+}
+
+#[test]
 fn set_larger_than_the_limit_is_refused() {
     let f = fixture();
     let a = &f.array;
