@@ -426,3 +426,48 @@ fn commit_of_64_luns_is_fast_over_https() {
     // docs/array.md.
     assert!(p99 < std::time::Duration::from_millis(500), "{times:?}");
 }
+
+#[test]
+fn the_background_reaper_removes_a_set_never_committed() {
+    let t = TestArray::start_with(|c| {
+        c.reaper_timeout_secs = 1;
+        c.reaper_interval_secs = 1;
+    });
+    let mut admin = t.admin();
+    let (lun, tok) = lun_for_host(&mut admin, "data", "a", IQN_A);
+    let mut a = t.client(Some(&tok));
+    let done = uuid::Uuid::new_v4();
+    expect_status(
+        &a.post(&set_path(r::PREPARE, done), &plan(&lun)).unwrap(),
+        204,
+    );
+    expect_status(
+        &a.request("POST", &set_path(r::COMMIT, done), None).unwrap(),
+        204,
+    );
+    let stale = uuid::Uuid::new_v4();
+    expect_status(
+        &a.post(&set_path(r::PREPARE, stale), &plan(&lun)).unwrap(),
+        204,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sets: Vec<SetRecord> = admin.get(r::ADMIN_SETS).unwrap().json().unwrap();
+        if sets.len() == 1 {
+            assert_eq!(sets[0].set_id, done, "only the committed set stays");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reaper did not run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let p = problem(
+        &a.request("POST", &set_path(r::COMMIT, stale), None)
+            .unwrap(),
+    );
+    assert_eq!(p.code, ProblemCode::NotFound, "a reaped set is gone");
+    let snaps: Vec<LunRecord> = admin.get(r::ADMIN_SNAPSHOTS).unwrap().json().unwrap();
+    assert_eq!(snaps.len(), 1, "the committed snapshot LUN is never reaped");
+}
