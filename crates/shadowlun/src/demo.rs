@@ -12,41 +12,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use vss::{Hresult, RecoveryOptions, SnapshotContext, VolumeSnapshotAttributes, VssId};
-use vss_emulator::HostStorage;
 use vss_emulator::bcd::Bcd;
-use vss_emulator::conformance::{Ctx, Lab};
+use vss_emulator::conformance::Ctx;
 use vss_emulator::coordinator::{Config, DeleteTarget};
 use vss_emulator::trace::TraceEntry;
 use vss_emulator::writer::verify_ledgers;
 
-use crate::lab::RealLab;
+use crate::lab::{RealLab, SharedLab};
 use crate::output::{size, table};
 
 const HOST_A: &str = "iqn.1991-05.com.microsoft:sql01";
 const HOST_B: &str = "iqn.1991-05.com.microsoft:backup01";
 /// VSS's flush-and-hold limit around CommitSnapshots.
 const HOLD_WINDOW: Duration = Duration::from_secs(10);
-
-/// [`Lab`] over a shared [`RealLab`], so the demo keeps its own handle for reporting.
-struct Shared(Arc<RealLab>);
-
-impl Lab for Shared {
-    fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
-        self.0.create_lun(bytes, initiator)
-    }
-    fn lun_count(&self) -> Result<usize, String> {
-        self.0.lun_count()
-    }
-    fn storage(&self, initiator: &str) -> Result<Arc<dyn HostStorage>, String> {
-        self.0.storage(initiator)
-    }
-    fn provider(&self, initiator: &str) -> Result<Arc<dyn provider::HardwareProvider>, String> {
-        self.0.provider(initiator)
-    }
-    fn provider_id(&self) -> VssId {
-        self.0.provider_id()
-    }
-}
 
 fn step(n: usize, title: &str) {
     println!("\n== {n}. {title}");
@@ -147,7 +125,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     println!("iSCSI       {} target {}", lab.portal, lab.target);
 
     step(2, "Windows hosts attach over iSCSI");
-    let ctx = Ctx::new(Box::new(Shared(lab.clone())));
+    let ctx = Ctx::new(Box::new(SharedLab(lab.clone())));
     let a = e(ctx.rig(HOST_A, Config::default(), vec![]))?;
     let b = e(ctx.bare_rig(HOST_B, Config::default(), vec![]))?;
     for d in a.host.disks() {

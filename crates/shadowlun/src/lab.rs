@@ -80,10 +80,6 @@ impl RealLab {
         })
     }
 
-    pub fn admin(&self) -> &Client {
-        &self.admin
-    }
-
     /// The host with this initiator, created on first use; returns (name, token).
     pub fn host(&self, initiator: &str) -> Result<(String, String), String> {
         let mut hosts = self.hosts.lock().expect("lab lock");
@@ -202,6 +198,27 @@ impl Lab for RealLab {
 
     fn provider_id(&self) -> VssId {
         vss_emulator::shadowlun_lab::SHADOWLUN_PROVIDER_ID
+    }
+}
+
+/// A [`RealLab`] shared between the emulator and a caller that keeps reporting on it.
+pub struct SharedLab(pub Arc<RealLab>);
+
+impl Lab for SharedLab {
+    fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
+        self.0.create_lun(bytes, initiator)
+    }
+    fn lun_count(&self) -> Result<usize, String> {
+        self.0.lun_count()
+    }
+    fn storage(&self, initiator: &str) -> Result<Arc<dyn HostStorage>, String> {
+        self.0.storage(initiator)
+    }
+    fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {
+        self.0.provider(initiator)
+    }
+    fn provider_id(&self) -> VssId {
+        self.0.provider_id()
     }
 }
 

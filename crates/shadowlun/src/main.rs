@@ -7,6 +7,7 @@ mod demo;
 mod lab;
 mod output;
 mod serve;
+mod vsscmd;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::SetCmd,
     },
+    /// The VSS emulator: diskshadow-style scripts and the conformance catalogue.
+    Vss {
+        #[command(subcommand)]
+        cmd: vsscmd::VssCmd,
+    },
     /// Run a benchmark and print a table of ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -88,6 +94,11 @@ enum ArrayCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The embedded engine: snapshot time vs volume size and group size, I/O vs the raw file,
+    /// writes after a snapshot, reads under 256 snapshots, resync proportional to changes.
+    Engine,
+    /// The iSCSI target against tgt and against raw reads of the same backing file.
+    Target,
     /// The provider core against the in-memory array (AreLunsSupported, CommitSnapshots).
     Provider,
 }
@@ -116,9 +127,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot { conn, cmd } => admin::snapshot(&conn, cmd),
         Command::Set { conn, cmd } => admin::set(&conn, cmd),
         Command::Bench { what, json } => match what {
+            BenchCmd::Engine => {
+                let r = blockstore::bench::run(&blockstore::bench::BenchOptions::default())?;
+                if json {
+                    output::json(&r)
+                } else {
+                    print!("{r}");
+                    Ok(())
+                }
+            }
+            BenchCmd::Target => {
+                let r = iscsi::bench::run(&iscsi::bench::BenchOptions::default())?;
+                if json {
+                    output::json(&r)
+                } else {
+                    print!("{r}");
+                    Ok(())
+                }
+            }
             BenchCmd::Provider => bench::provider_core().print(json),
         },
         Command::Demo { keep } => demo::run(keep),
+        Command::Vss { cmd } => vsscmd::run(cmd),
         Command::Hresult { code } => hresult(code),
     }
 }

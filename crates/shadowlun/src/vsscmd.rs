@@ -1,0 +1,130 @@
+//! `shadowlun vss run|conformance`: the VSS emulator from the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Subcommand, ValueEnum};
+use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
+use vss_emulator::coordinator::Config;
+use vss_emulator::script::{Environment, run_script};
+use vss_emulator::shadowlun_lab::ShadowlunLabFactory;
+
+use crate::lab::{RealLab, RealLabFactory, SharedLab};
+
+/// Which array the emulated hosts and the provider talk to.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LabKind {
+    /// The provider crate's in-memory array (fast; no network).
+    Memory,
+    /// A real array daemon on loopback: HTTPS control API, iSCSI hosts, embedded engine.
+    Array,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VssCmd {
+    /// Run diskshadow-style scripts, in order, on two emulated hosts sharing one array.
+    ///
+    /// Host `a` (iqn.1991-05.com.microsoft:host-a) has volumes E: and F: on one LUN and G:
+    /// spanning two; host `b` (iqn.1991-05.com.microsoft:host-b) starts with no LUNs and may
+    /// import host a's transportable sets. Prefix a script with `b=` to run it on host b.
+    /// Example: `shadowlun vss run examples/vss/transportable-backup.dsh b=examples/vss/import-and-break.dsh`
+    Run {
+        /// `[a=|b=]FILE`, run in the order given.
+        #[arg(required = true)]
+        scripts: Vec<String>,
+        #[arg(long, value_enum, default_value = "array")]
+        lab: LabKind,
+        /// Directory for metadata files the scripts name (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the conformance catalogue (contract §8 scenarios) and print a verdict per scenario.
+    Conformance {
+        #[arg(long, value_enum, default_value = "memory")]
+        lab: LabKind,
+        /// Only scenarios whose name contains this text.
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Print the full report, with every call trace, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const HOST_A: &str = "iqn.1991-05.com.microsoft:host-a";
+const HOST_B: &str = "iqn.1991-05.com.microsoft:host-b";
+
+pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
+    match cmd {
+        VssCmd::Conformance { lab, filter, json } => {
+            let factory: Box<dyn LabFactory> = match lab {
+                LabKind::Memory => Box::new(ShadowlunLabFactory),
+                LabKind::Array => Box::new(RealLabFactory::default()),
+            };
+            let report = conformance::run(factory.as_ref(), &filter);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.summary());
+            }
+            if !report.passed() {
+                bail!("conformance failures (see above)");
+            }
+            Ok(())
+        }
+        VssCmd::Run { scripts, lab, dir } => run_scripts(&scripts, lab, dir),
+    }
+}
+
+fn run_scripts(scripts: &[String], lab: LabKind, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for s in scripts {
+        let (host, file) = match s.split_once('=') {
+            Some(("a", f)) => ('a', f),
+            Some(("b", f)) => ('b', f),
+            Some((h, _)) => bail!("unknown host '{h}' in '{s}': use a=FILE or b=FILE"),
+            None => ('a', s.as_str()),
+        };
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading script {file}"))?;
+        parsed.push((host, file.to_string(), text));
+    }
+    let base = match dir {
+        Some(d) => d,
+        None => {
+            let d = std::env::temp_dir().join(format!("shadowlun-vss-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+    };
+    let boxed: Box<dyn Lab> = match lab {
+        LabKind::Memory => ShadowlunLabFactory.build().map_err(anyhow::Error::msg)?,
+        LabKind::Array => {
+            let pool = base.join("array-pool");
+            Box::new(SharedLab(Arc::new(RealLab::start(pool, false)?)))
+        }
+    };
+    let ctx = Ctx::new(boxed);
+    let a = ctx
+        .rig(HOST_A, Config::default(), vec![])
+        .map_err(anyhow::Error::msg)?;
+    let b = ctx
+        .bare_rig(HOST_B, Config::default(), vec![])
+        .map_err(anyhow::Error::msg)?;
+    println!("metadata directory: {}", base.display());
+    for (host, file, text) in parsed {
+        let coord = if host == 'a' {
+            a.coord.clone()
+        } else {
+            b.coord.clone()
+        };
+        println!("--- {file} on host {host}");
+        let mut env = Environment::new(coord, &base);
+        let report = run_script(&text, &mut env).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        for line in report.output {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
