@@ -2,11 +2,16 @@
 //! mappings, the durable snapshot-set journal and its reaper, and the authenticated HTTPS
 //! control API the VSS provider drives (wire format in the `api` crate).
 //!
-//! Layers, bottom up: [`backend`] (what the daemon needs from a storage engine, with the
-//! in-memory and sparse-file engines), [`journal`] (append-only, fsync'd, replayed on start),
-//! [`state`] (every verb's rules, no HTTP), [`http`] (routes, auth, problem documents),
+//! Layers, bottom up: [`backend`] (what the daemon needs from a storage engine: the embedded
+//! `blockstore` engine, sparse files, memory), [`journal`] (append-only, fsync'd, replayed on
+//! start), [`state`] (every verb's rules, no HTTP), [`export`] (LUN mappings into the
+//! `scsi::Target` behind the iSCSI server, CHAP), [`http`] (routes, auth, problem documents),
 //! [`tls`] (certificate generation and fingerprint pinning), [`daemon`] (start, serve, reaper,
-//! shutdown).
+//! shutdown), [`client`] (a small pinned blocking HTTPS client for tools and tests).
+//!
+//! Entry points: [`serve`] runs until a shutdown future resolves; [`start`] returns a
+//! [`RunningArray`] with the bound addresses and the certificate fingerprint. The behaviour is
+//! documented in `docs/array.md`.
 //!
 //! Not here: SCSI command semantics (`scsi`), the iSCSI wire protocol (`iscsi`), the engine's
 //! on-disk format (`blockstore`), or the provider's client (`provider`).

@@ -70,6 +70,9 @@ pub struct HostRow {
     pub token_sha256: String,
     /// LUN number → LUN id.
     pub luns: BTreeMap<u64, LunId>,
+    /// Hosts whose snapshot LUNs this host may import.
+    #[serde(default)]
+    pub import_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,9 +193,19 @@ impl Db {
             .is_some_and(|h| h.luns.values().any(|l| l == lun))
     }
 
-    /// The host may see and act on `lun`: mapped to it, created by it, or a snapshot of a LUN
-    /// it may see.
+    /// The host may see and act on `lun`: mapped to it, created by it, a snapshot of a LUN
+    /// it may see, or a snapshot LUN created by a host it may import from.
     fn visible(&self, host: &str, lun: &str) -> bool {
+        if let Some(row) = self.luns.get(lun) {
+            let imports = |owner: &str| {
+                self.hosts
+                    .get(host)
+                    .is_some_and(|h| h.import_from.iter().any(|o| o == owner))
+            };
+            if row.snapshot_of.is_some() && row.owner.as_deref().is_some_and(imports) {
+                return true;
+            }
+        }
         let mut cur = lun.to_string();
         for _ in 0..16 {
             let Some(row) = self.luns.get(&cur) else {
@@ -1347,6 +1360,7 @@ impl Array {
             name: h.name.clone(),
             initiators: h.initiators.clone(),
             chap: h.chap_secret.is_some(),
+            import_from: h.import_from.clone(),
             luns: h
                 .luns
                 .iter()
@@ -1373,6 +1387,15 @@ impl Array {
         if let Some(bad) = req.initiators.iter().find(|i| !valid_iqn(i)) {
             return Err(ArrayError::BadRequest(format!(
                 "{bad:?} is not an iSCSI name (iqn., eui. or naa. form, lower case)."
+            )));
+        }
+        if let Some(bad) = req
+            .import_from
+            .iter()
+            .find(|h| !valid_name(h) || **h == req.name)
+        {
+            return Err(ArrayError::BadRequest(format!(
+                "import_from names {bad:?}, which is not another host's name."
             )));
         }
         if let Some(s) = &req.chap_secret {
@@ -1404,6 +1427,7 @@ impl Array {
             chap_secret: req.chap_secret.clone(),
             token_sha256: token_hash(&token),
             luns: BTreeMap::new(),
+            import_from: req.import_from.clone(),
         };
         Self::write(&mut inner, vec![Record::Host(row.clone())])?;
         for i in &row.initiators {

@@ -75,6 +75,7 @@ fn fixture_with(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Fixture {
                 name: h.into(),
                 initiators: vec![iqn.into()],
                 chap_secret: None,
+                import_from: vec![],
             })
             .unwrap();
         array
@@ -483,7 +484,8 @@ fn admin_input_is_validated_with_precise_errors() {
         a.create_host(&CreateHost {
             name: "c".into(),
             initiators: vec![IQN_A.into()],
-            chap_secret: None
+            chap_secret: None,
+            import_from: vec![],
         }),
         Err(ArrayError::Conflict(_))
     ));
@@ -491,7 +493,8 @@ fn admin_input_is_validated_with_precise_errors() {
         a.create_host(&CreateHost {
             name: "c".into(),
             initiators: vec!["Not An IQN".into()],
-            chap_secret: None
+            chap_secret: None,
+            import_from: vec![],
         }),
         Err(ArrayError::BadRequest(_))
     ));
@@ -499,7 +502,8 @@ fn admin_input_is_validated_with_precise_errors() {
         a.create_host(&CreateHost {
             name: "c".into(),
             initiators: vec!["iqn.2000-01.x:c".into()],
-            chap_secret: Some("short".into())
+            chap_secret: Some("short".into()),
+            import_from: vec![],
         }),
         Err(ArrayError::BadRequest(_))
     ));
@@ -532,6 +536,7 @@ fn records_round_trip() {
         chap_secret: None,
         token_sha256: "00".into(),
         luns: [(3u64, "lun-1".to_string())].into_iter().collect(),
+        import_from: vec!["b".into()],
     };
     for rec in [Record::Set(set), Record::Host(host)] {
         let j = serde_json::to_string(&rec).unwrap();

@@ -353,6 +353,7 @@ fn commit_of_64_luns_is_fast_over_https() {
                 name: "h".into(),
                 initiators: vec![IQN_A.into()],
                 chap_secret: None,
+                import_from: vec![],
             },
         )
         .unwrap();

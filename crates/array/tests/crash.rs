@@ -119,6 +119,7 @@ fn setup(d: &Daemon, admin: &str) -> (String, String) {
                 name: "h".into(),
                 initiators: vec!["iqn.1991-05.com.microsoft:h".into()],
                 chap_secret: None,
+                import_from: vec![],
             },
         )
         .unwrap()

@@ -168,6 +168,7 @@ fn chap_is_required_when_configured_and_a_wrong_secret_is_refused() {
                 name: "a".into(),
                 initiators: vec![IQN_A.into()],
                 chap_secret: Some("correct-horse1".into()),
+                import_from: vec![],
             },
         )
         .unwrap();

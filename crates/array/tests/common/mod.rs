@@ -113,6 +113,7 @@ pub fn lun_for_host(admin: &mut Client, lun: &str, host: &str, iqn: &str) -> (St
                 name: host.into(),
                 initiators: vec![iqn.into()],
                 chap_secret: None,
+                import_from: vec![],
             },
         )
         .unwrap();
