@@ -184,3 +184,40 @@ pub fn uninit_com() {
     // SAFETY: called once on the thread that initialised COM.
     unsafe { CoUninitialize() };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_exits_after_the_grace_once_the_last_object_is_gone() {
+        let l = Lifetime::new();
+        let g = l.guard();
+        let l2 = l.clone();
+        let t = std::thread::spawn(move || {
+            let start = Instant::now();
+            l2.wait_idle(Duration::from_millis(200));
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!t.is_finished(), "exited while an object was alive");
+        drop(g);
+        let waited = t.join().unwrap();
+        assert!(waited >= Duration::from_millis(600), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+
+    #[test]
+    fn server_lock_keeps_it_up_and_stop_ends_it_at_once() {
+        let l = Lifetime::new();
+        l.lock_server(true);
+        let l2 = l.clone();
+        let t = std::thread::spawn(move || l2.wait_idle(Duration::from_millis(50)));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!t.is_finished(), "exited while the server was locked");
+        let start = Instant::now();
+        l.request_stop();
+        t.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}
