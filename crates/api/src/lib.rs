@@ -280,6 +280,11 @@ pub struct CreateHost {
     /// CHAP secret the host's initiator must use (12-16 characters), if CHAP is wanted.
     #[serde(default)]
     pub chap_secret: Option<String>,
+    /// Hosts whose snapshot LUNs this host may import (look up, expose, mask, release):
+    /// a backup host that imports transportable shadow copies names the production hosts
+    /// here. Original LUNs are never shared this way.
+    #[serde(default)]
+    pub import_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +293,9 @@ pub struct HostRecord {
     pub initiators: Vec<String>,
     pub chap: bool,
     pub luns: Vec<Mapping>,
+    /// Hosts whose snapshot LUNs this host may import.
+    #[serde(default)]
+    pub import_from: Vec<String>,
 }
 
 /// Answer to `POST /v1/admin/hosts`: the host's API token, shown once (stored hashed).

@@ -89,6 +89,10 @@ pub enum HostCmd {
         /// CHAP secret the host's initiator must log in with (12-16 characters).
         #[arg(long)]
         chap_secret: Option<String>,
+        /// A host whose snapshot LUNs this host may import (a backup host names the production
+        /// hosts it backs up); repeat for several.
+        #[arg(long = "import-from")]
+        import_from: Vec<String>,
     },
     /// Remove a host and its mappings.
     Remove { name: String },
@@ -181,10 +185,14 @@ fn print_hosts(c: &Connection, hosts: &[HostRecord]) -> anyhow::Result<()> {
                     .map(|m| format!("{}→{}", m.lun_number, m.host))
                     .collect::<Vec<_>>()
                     .join(","),
+                h.import_from.join(","),
             ]
         })
         .collect();
-    output::table(&["HOST", "INITIATORS", "CHAP", "LUNS"], &rows);
+    output::table(
+        &["HOST", "INITIATORS", "CHAP", "LUNS", "IMPORTS FROM"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -240,6 +248,7 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             name,
             initiators,
             chap_secret,
+            import_from,
         } => {
             if let Some(s) = &chap_secret {
                 if !(12..=16).contains(&s.len()) {
@@ -255,6 +264,7 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
                         name,
                         initiators,
                         chap_secret,
+                        import_from,
                     },
                 )
                 .map_err(explain)?;

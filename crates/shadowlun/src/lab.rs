@@ -87,6 +87,8 @@ impl RealLab {
             return Ok(h.clone());
         }
         let name = format!("host{}", hosts.len() + 1);
+        // Lab hosts trust each other: a new host may import the others' transportable sets.
+        let import_from = hosts.values().map(|(n, _)| n.clone()).collect();
         let created: CreatedHost = self
             .admin
             .post(
@@ -95,6 +97,7 @@ impl RealLab {
                     name: name.clone(),
                     initiators: vec![initiator.into()],
                     chap_secret: None,
+                    import_from,
                 },
             )
             .map_err(|e| e.to_string())?;
