@@ -159,6 +159,60 @@ fn provider_runs_a_full_cycle_against_the_real_daemon() {
     let sets: serde_json::Value = serde_json::from_str(&cli(&d, &["set", "list"])).unwrap();
     assert_eq!(sets[0]["state"], "completed");
 
+    // Another host sees the snapshot LUN only once an admin lets it import from sql01.
+    let other: serde_json::Value = serde_json::from_str(&cli(
+        &d,
+        &[
+            "host",
+            "add",
+            "backup01",
+            "--initiator",
+            "iqn.1991-05.com.microsoft:backup01",
+        ],
+    ))
+    .unwrap();
+    let outsider = ShadowlunProvider::new(
+        HttpsArray::new(ClientConfig::new(
+            &d.api,
+            other["token"].as_str().unwrap(),
+            &d.fingerprint,
+        ))
+        .unwrap(),
+    );
+    assert_eq!(
+        outsider.locate_luns(&dest),
+        Err(vss::Hresult::VSS_E_PROVIDER_VETO)
+    );
+    let trusted: serde_json::Value = serde_json::from_str(&cli(
+        &d,
+        &[
+            "host",
+            "add",
+            "backup02",
+            "--initiator",
+            "iqn.1991-05.com.microsoft:backup02",
+            "--import-from",
+            "sql01",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(trusted["host"]["import_from"][0], "sql01");
+    let importer = ShadowlunProvider::new(
+        HttpsArray::new(ClientConfig::new(
+            &d.api,
+            trusted["token"].as_str().unwrap(),
+            &d.fingerprint,
+        ))
+        .unwrap(),
+    );
+    assert_eq!(importer.locate_luns(&dest), Ok(()));
+    // The grant covers snapshot LUNs only, never the originals.
+    let mut original = vec![host_view(lun["naa"].as_str().unwrap())];
+    assert_eq!(
+        importer.are_luns_supported(ctx, &devices, &mut original),
+        Ok(false)
+    );
+
     // Deletion: OnLunEmpty releases the snapshot LUN; the original stays.
     assert_eq!(p.on_lun_empty("disk2", &dest[0]), Ok(()));
     let snaps: serde_json::Value = serde_json::from_str(&cli(&d, &["snapshot", "list"])).unwrap();
