@@ -544,3 +544,46 @@ fn records_round_trip() {
         assert_eq!(r, rec);
     }
 }
+
+#[test]
+fn a_host_importing_from_another_sees_its_snapshot_luns_but_never_its_originals() {
+    let f = fixture();
+    let a = &f.array;
+    a.create_host(&CreateHost {
+        name: "backup".into(),
+        initiators: vec!["iqn.1991-05.com.microsoft:backup".into()],
+        chap_secret: None,
+        import_from: vec!["a".into()],
+    })
+    .unwrap();
+    let set = uuid::Uuid::new_v4();
+    a.prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
+        .unwrap();
+    a.commit("a", set).unwrap();
+    let snap = a
+        .describe("a", set, std::slice::from_ref(&f.a_lun))
+        .unwrap()[0]
+        .lun
+        .clone();
+    assert!(a.lookup("backup", &[key_of(a, &snap)]).unwrap()[0].is_some());
+    assert_eq!(
+        a.lookup("backup", &[key_of(a, &f.a_lun)]).unwrap(),
+        vec![None]
+    );
+    a.expose("backup", std::slice::from_ref(&snap)).unwrap();
+    assert!(matches!(
+        a.expose("backup", std::slice::from_ref(&f.a_lun)),
+        Err(ArrayError::NotFound(_))
+    ));
+    assert!(matches!(
+        a.prepare(
+            "backup",
+            uuid::Uuid::new_v4(),
+            SnapshotContext(0),
+            &plan(&f.a_lun)
+        ),
+        Err(ArrayError::NotFound(_))
+    ));
+    assert_eq!(a.lookup("b", &[key_of(a, &snap)]).unwrap(), vec![None]);
+    a.release("backup", &snap).unwrap();
+}
