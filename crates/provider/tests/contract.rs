@@ -505,7 +505,9 @@ fn get_target_luns_works_after_post_final_commit_too() {
     let mut d = vec![LunInfo::default()];
     r.p.get_target_luns(&devs(1), &i, &mut d).unwrap();
     let snap = r.san.snapshot_luns().pop().unwrap();
-    assert!(d[0].matches_for_import(&host_view(&r.san, &snap)));
+    let mut arrived = host_view(&r.san, &snap);
+    assert_eq!(r.p.fill_in_lun_info("disk", &mut arrived), Ok(true));
+    assert!(d[0].matches_for_import(&arrived));
     // A LUN that was never in a set: invalid argument, destination left as given.
     let other = r.san.create_lun(MIB, &[HOST_A]);
     let mut d = vec![LunInfo::default()];
@@ -618,14 +620,21 @@ fn unload_is_refused_only_when_not_forced_and_a_set_is_in_flight() {
 fn fill_in_lun_info_recognises_own_luns_and_normalises() {
     let r = rig();
     let l = r.san.create_lun(MIB, &[HOST_A]);
-    let want = host_view(&r.san, &l);
-    let mut trimmed = want.clone();
+    // A host may report the INQUIRY strings padded (as the device sends them) or trimmed;
+    // both come out the same and no field grows (it could not cross back to vssvc).
+    let mut padded = host_view(&r.san, &l);
+    let before = padded.clone();
+    let mut trimmed = padded.clone();
     trimmed.vendor_id = Some("SHADOWLN".into());
     trimmed.product_id = Some("shadowlun LUN".into());
-    trimmed.serial_number = Some(format!("{} ", want.serial_number.clone().unwrap()));
+    trimmed.serial_number = Some(format!("{} ", padded.serial_number.clone().unwrap()));
+    assert_eq!(r.p.fill_in_lun_info("d", &mut padded), Ok(true));
     assert_eq!(r.p.fill_in_lun_info("d", &mut trimmed), Ok(true));
-    assert!(want.matches_for_import(&trimmed));
+    assert!(padded.matches_for_import(&trimmed));
     assert!(trimmed.disk_signature.is_nil());
+    assert!(padded.product_id.as_ref().unwrap().len() <= before.product_id.as_ref().unwrap().len());
+    assert_eq!(padded.interconnects, before.interconnects);
+    let want = before;
     let mut foreign = want.clone();
     foreign.vendor_id = Some("MSFT    ".into());
     let before = foreign.clone();

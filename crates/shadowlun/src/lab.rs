@@ -48,10 +48,12 @@ impl RealLab {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let mut config = array::Config::default();
-        config.pool_dir = dir.clone();
-        config.api_listen = "127.0.0.1:0".parse()?;
-        config.iscsi_portals = vec!["127.0.0.1:0".parse()?];
+        let config = array::Config {
+            pool_dir: dir.clone(),
+            api_listen: "127.0.0.1:0".parse()?,
+            iscsi_portals: vec!["127.0.0.1:0".parse()?],
+            ..Default::default()
+        };
         let running = rt.block_on(array::start(config))?;
         let portal = *running
             .iscsi_addrs

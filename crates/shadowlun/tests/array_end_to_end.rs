@@ -155,7 +155,9 @@ fn provider_runs_a_full_cycle_against_the_real_daemon() {
     assert_eq!(snaps[0]["snapshot_of"]["set_id"], set.to_string());
     assert_eq!(snaps[0]["mapped_to"][0]["host"], "sql01");
     // GetTargetLuns predicted the identity the array serves for it.
-    assert!(dest[0].matches_for_import(&host_view(snaps[0]["naa"].as_str().unwrap())));
+    let mut arrived = host_view(snaps[0]["naa"].as_str().unwrap());
+    assert_eq!(p.fill_in_lun_info("disk2", &mut arrived), Ok(true));
+    assert!(dest[0].matches_for_import(&arrived));
     let sets: serde_json::Value = serde_json::from_str(&cli(&d, &["set", "list"])).unwrap();
     assert_eq!(sets[0]["state"], "completed");
 

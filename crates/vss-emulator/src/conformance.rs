@@ -1055,20 +1055,19 @@ fn identity(ctx: &Ctx) -> Result<String, String> {
             l.target.interconnects.is_empty(),
             "GetTargetLuns filled interconnects"
         );
-        let disk = rig
-            .host
-            .find_disk(&l.target)
-            .ok_or("snapshot disk not found by its GetTargetLuns info")?;
+        // As on import: VSS lets the provider fill in each arriving disk's information,
+        // then compares it with what GetTargetLuns said.
         let p = ctx.traced_provider("iqn.test:a")?;
-        let mut info = disk.lun_info.clone();
-        ensure!(
-            s(p.fill_in_lun_info(&disk.device, &mut info))?,
-            "FillInLunInfo disowns its LUN"
-        );
-        ensure!(
-            info.matches_for_import(&l.target),
-            "FillInLunInfo differs from GetTargetLuns"
-        );
+        let mut found = None;
+        for d in rig.host.disks() {
+            let mut info = d.lun_info.clone();
+            if s(p.fill_in_lun_info(&d.device, &mut info))? && info.matches_for_import(&l.target) {
+                found = Some((d, info));
+                break;
+            }
+        }
+        let (disk, info) =
+            found.ok_or("no disk matches GetTargetLuns once FillInLunInfo has run")?;
         ensure!(
             info.interconnects == disk.lun_info.interconnects,
             "FillInLunInfo touched interconnects"

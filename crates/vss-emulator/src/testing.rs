@@ -115,8 +115,11 @@ impl ReferenceProvider {
             .san
             .identity(number)
             .ok_or(Hresult::VSS_E_PROVIDER_VETO)?;
-        LunInfo::from_identity(&id.scsi_identity(&[]), BusType::ISCSI)
-            .map_err(|_| Hresult::VSS_E_PROVIDER_VETO)
+        let mut info = LunInfo::from_identity(&id.scsi_identity(&[]), BusType::ISCSI)
+            .map_err(|_| Hresult::VSS_E_PROVIDER_VETO)?;
+        // The form FillInLunInfo gives arriving disks, so the two compare equal.
+        info.normalize();
+        Ok(info)
     }
 
     fn with_set<T>(

@@ -228,22 +228,26 @@ impl LunInfo {
             && a == b
     }
 
-    /// Brings fields a host may report in another form into the form [`LunInfo::from_scsi`]
-    /// produces: INQUIRY strings space padded to their SCSI widths, the serial without
-    /// surrounding spaces or NULs, version fields set. Interconnects, bus type and identifiers
-    /// are left alone; the disk signature is cleared, as providers must report GUID_NULL.
+    /// Brings fields a host may report in more than one form (INQUIRY strings space padded
+    /// to their SCSI widths or trimmed, a serial with or without surrounding blanks) into one
+    /// canonical form: without trailing spaces or NULs, the serial without surrounding ones;
+    /// version fields set; the disk signature cleared, as providers must report GUID_NULL.
+    /// Interconnects, bus type and identifiers are left alone.
+    ///
+    /// It never lengthens a field: across a process boundary the RPC layer can only return a
+    /// string VSS passed in if it did not grow (a longer one would overrun VSS's buffer).
     pub fn normalize(&mut self) {
-        fn pad(s: &mut Option<String>, width: usize) {
+        fn trim(s: &mut Option<String>) {
             if let Some(v) = s {
-                let t = v.trim_end_matches([' ', '\0']);
-                *v = format!("{t:<width$}");
+                let t = v.trim_end_matches([' ', '\0']).len();
+                v.truncate(t);
             }
         }
         self.version = VER_VDS_LUN_INFORMATION;
         self.id_descriptor_version = 1;
-        pad(&mut self.vendor_id, 8);
-        pad(&mut self.product_id, 16);
-        pad(&mut self.product_revision, 4);
+        trim(&mut self.vendor_id);
+        trim(&mut self.product_id);
+        trim(&mut self.product_revision);
         if let Some(s) = &mut self.serial_number {
             *s = s.trim_matches([' ', '\0']).to_string();
         }
@@ -398,16 +402,27 @@ mod tests {
     }
 
     #[test]
-    fn normalize_restores_scsi_widths() {
-        let a = LunInfo::from_identity(&identity(9), BusType::ISCSI).unwrap();
-        let mut trimmed = a.clone();
+    fn normalize_gives_one_form_and_never_lengthens() {
+        let padded = LunInfo::from_identity(&identity(9), BusType::ISCSI).unwrap();
+        let mut trimmed = padded.clone();
         trimmed.product_id = Some("shadowlun".into());
         trimmed.serial_number = Some("  SL00000000000009 ".into());
         trimmed.disk_signature = uuid::Uuid::from_u128(5);
-        assert!(!a.matches_for_import(&trimmed));
+        assert!(!padded.matches_for_import(&trimmed));
+        let mut a = padded.clone();
+        a.normalize();
         trimmed.normalize();
         assert!(a.matches_for_import(&trimmed));
         assert!(trimmed.disk_signature.is_nil());
+        assert_eq!(a.product_id.as_deref(), Some("shadowlun"));
+        for (before, after) in [
+            (&padded.vendor_id, &a.vendor_id),
+            (&padded.product_id, &a.product_id),
+            (&padded.product_revision, &a.product_revision),
+            (&padded.serial_number, &a.serial_number),
+        ] {
+            assert!(after.as_ref().unwrap().len() <= before.as_ref().unwrap().len());
+        }
     }
 
     #[test]
