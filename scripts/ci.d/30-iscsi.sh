@@ -22,7 +22,7 @@ fi
 # docs/iscsi.md in step).
 KNOWN_NOT_APPLICABLE=()
 
-cargo build --locked -q -p iscsi --example serve
+cargo build -q -p iscsi --example serve
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
@@ -94,5 +94,5 @@ done
 [ $fail -eq 0 ] || { echo "iscsi-test-cu failures above"; exit 1; }
 
 echo "== initiator against tgt"
-cargo test --locked -q -p iscsi --test tgt_interop -- --ignored
+cargo test -q -p iscsi --test tgt_interop -- --ignored
 echo "iscsi referees passed"

@@ -41,8 +41,8 @@ sys32="$WINEPREFIX/drive_c/windows/system32"
 cp "$tools/bcryptprimitives.dll" "$tools/vssprov_ps.dll" "$sys32/"
 timeout 120 "$wine" regsvr32 /s 'C:\windows\system32\vssprov_ps.dll'
 
-cargo clippy -p provider-com --target x86_64-pc-windows-gnu --all-targets --locked -- -D warnings
-timeout --foreground 900 cargo test -p provider-com --target x86_64-pc-windows-gnu --locked
+cargo clippy -p provider-com --target x86_64-pc-windows-gnu --all-targets -- -D warnings
+timeout --foreground 900 cargo test -p provider-com --target x86_64-pc-windows-gnu
 
 # Leave no Wine process of this prefix behind.
 timeout 60 wineserver -k || true

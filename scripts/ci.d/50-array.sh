@@ -20,9 +20,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo test --locked -q -p array --test crash --test iscsi
+cargo test -q -p array --test crash --test iscsi
 
-cargo build --locked -q -p array --example serve
+cargo build -q -p array --example serve
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
