@@ -203,3 +203,141 @@ pub fn provider_core() -> Report {
         rows,
     }
 }
+
+/// Percentile (0..=100) of samples in microseconds.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Commit timings (µs) of `runs` sets over `infos`, each aborted afterwards.
+fn commit_samples(
+    p: &ShadowlunProvider<provider::https::HttpsArray>,
+    infos: &[LunInfo],
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let devices: Vec<String> = (0..infos.len()).map(|i| format!("disk{i}")).collect();
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let set = VssId::new_v4();
+        let mut v = infos.to_vec();
+        let e = |h: vss::Hresult| anyhow::anyhow!("{h}");
+        p.begin_prepare_snapshot(
+            set,
+            VssId::new_v4(),
+            SnapshotContext::BACKUP,
+            &devices,
+            &mut v,
+        )
+        .map_err(e)?;
+        p.end_prepare_snapshots(set).map_err(e)?;
+        p.pre_commit_snapshots(set).map_err(e)?;
+        let t = Instant::now();
+        p.commit_snapshots(set).map_err(e)?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+        p.post_commit_snapshots(set, infos.len() as i32)
+            .map_err(e)?;
+        p.abort_snapshots(set).map_err(e)?;
+    }
+    Ok(out)
+}
+
+/// The provider through the real array: HTTPS control API, embedded engine, iSCSI surfacing.
+pub fn vss_end_to_end() -> anyhow::Result<Report> {
+    use crate::lab::{RealLab, SharedLab};
+    use vss::identity::LunIdentity;
+    use vss_emulator::conformance::{Ctx, Lab};
+    use vss_emulator::coordinator::Config;
+
+    const HOST: &str = "iqn.1991-05.com.microsoft:bench-a";
+    const HOST_C: &str = "iqn.1991-05.com.microsoft:bench-c";
+    let dir = std::env::temp_dir().join(format!("shadowlun-bench-vss-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let lab = std::sync::Arc::new(RealLab::start(dir, false)?);
+    let mut infos = Vec::new();
+    for i in 0..64 {
+        let rec = lab
+            .create_mapped_lun(&format!("b{i}"), 1 << 20, HOST)
+            .map_err(anyhow::Error::msg)?;
+        let n = u64::from_str_radix(&rec.naa, 16)? & 0x0FFF_FFFF_FFFF_FFFF;
+        infos.push(LunInfo::from_identity(
+            &LunIdentity::for_number(n).scsi_identity(&[]),
+            BusType::ISCSI,
+        )?);
+    }
+    let p = lab.shadowlun_provider(HOST).map_err(anyhow::Error::msg)?;
+    let _ = commit_samples(&p, &infos[..1], 3)?;
+    let mut one = commit_samples(&p, &infos[..1], 50)?;
+    let mut many = commit_samples(&p, &infos, 50)?;
+    let p99 = percentile(&mut many, 99.0);
+    let p50_64 = percentile(&mut many, 50.0);
+    let p50_1 = percentile(&mut one, 50.0);
+
+    // Full creation cycle with auto-import (surfacing over iSCSI) of 8 single-LUN volumes.
+    let ctx = Ctx::new(Box::new(SharedLab(lab.clone())));
+    for _ in 0..8 {
+        lab.create_lun(4 << 20, HOST_C)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let rig = ctx
+        .bare_rig(HOST_C, Config::default(), vec![])
+        .map_err(anyhow::Error::msg)?;
+    let mut volumes = Vec::new();
+    for (i, d) in rig.host.disks().iter().enumerate() {
+        let name = format!("V{i}:");
+        rig.host
+            .partition_disk(&d.device, &[2 << 20])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        rig.host
+            .mount(&name, &[(d.device.clone(), 1)])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        volumes.push(name);
+    }
+    let vols: Vec<&str> = volumes.iter().map(String::as_str).collect();
+    let mut cycles = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (_set, bc) = rig
+            .create(SnapshotContext::BACKUP, &vols)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cycles.push(t.elapsed().as_secs_f64() * 1e6);
+        drop(bc); // auto-release: the snapshot LUNs are released (OnLunEmpty)
+    }
+    let cycle = percentile(&mut cycles, 50.0);
+    drop(rig);
+    drop(ctx);
+    lab.shutdown()?;
+
+    let rows = vec![
+        row(
+            "CommitSnapshots p99, 64-LUN set, over HTTPS",
+            "limit 20 ms",
+            20_000.0,
+            p99,
+            Some(1.0),
+            None,
+        ),
+        row(
+            "CommitSnapshots p50, 64-LUN set",
+            "same, 1-LUN set",
+            p50_1,
+            p50_64,
+            Some(2.0),
+            None,
+        ),
+        row(
+            "Full cycle, 8 LUNs, with surfacing over iSCSI (p50)",
+            "limit 1 s",
+            1_000_000.0,
+            cycle,
+            Some(1.0),
+            None,
+        ),
+    ];
+    Ok(Report {
+        name: "VSS provider against the real array (HTTPS, embedded engine, iSCSI)".into(),
+        machine: machine(),
+        rows,
+    })
+}

@@ -99,6 +99,9 @@ enum BenchCmd {
     Engine,
     /// The iSCSI target against tgt and against raw reads of the same backing file.
     Target,
+    /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
+    /// creation cycle with surfacing over iSCSI.
+    Vss,
     /// The provider core against the in-memory array (AreLunsSupported, CommitSnapshots).
     Provider,
 }
@@ -145,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 }
             }
+            BenchCmd::Vss => bench::vss_end_to_end()?.print(json),
             BenchCmd::Provider => bench::provider_core().print(json),
         },
         Command::Demo { keep } => demo::run(keep),
