@@ -80,6 +80,11 @@ pub mod routes {
     pub const ADMIN_SNAPSHOT: &str = "/v1/admin/snapshots/{lun}";
     /// POST [`crate::ReapRequest`] → [`crate::ReapReport`].
     pub const ADMIN_REAP: &str = "/v1/admin/reap";
+    /// POST [`crate::ResyncRequest`] → [`crate::ResyncResponse`]: an administrator's resync of
+    /// any snapshot LUN onto any LUN.
+    pub const ADMIN_RESYNC: &str = "/v1/admin/resync";
+    /// GET → [`crate::JobStatus`] of any resync job.
+    pub const ADMIN_RESYNC_JOB: &str = "/v1/admin/resync/{job}";
 
     /// Fills `{name}` placeholders in a route.
     pub fn fill(route: &str, params: &[(&str, &str)]) -> String {

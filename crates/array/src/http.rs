@@ -147,6 +147,8 @@ pub fn router(array: Array) -> Router {
         .route(r::EXPOSE, post(expose))
         .route(r::MASK, post(mask))
         .route(r::RELEASE, post(release))
+        .route(r::ADMIN_RESYNC, post(admin_resync))
+        .route(r::ADMIN_RESYNC_JOB, get(admin_resync_job))
         .route(r::RESYNC, post(resync))
         .route(r::RESYNC_JOB, get(resync_job))
         .route(r::RESYNC_CANCEL, post(resync_cancel))
@@ -332,6 +334,27 @@ async fn resync_cancel(
 
 // ---- admin ----
 
+async fn admin_resync(
+    State(a): State<Array>,
+    h: HeaderMap,
+    b: Result<axum::Json<ResyncRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_RESYNC)?;
+    let req = body(b)?;
+    let job = blocking(move || a.start_resync(crate::state::ADMIN_SCOPE, &req.pairs)).await?;
+    Ok(json(StatusCode::OK, &ResyncResponse { job }))
+}
+
+async fn admin_resync_job(
+    State(a): State<Array>,
+    h: HeaderMap,
+    Path(job): Path<String>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_RESYNC_JOB)?;
+    let st = blocking(move || a.resync_status(crate::state::ADMIN_SCOPE, &job)).await?;
+    Ok(json(StatusCode::OK, &st))
+}
+
 async fn admin_luns(State(a): State<Array>, h: HeaderMap) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_LUNS)?;
     let v = blocking(move || Ok(a.list_luns(false))).await?;
@@ -508,6 +531,8 @@ mod tests {
             r::ADMIN_SNAPSHOTS,
             r::ADMIN_SNAPSHOT,
             r::ADMIN_REAP,
+            r::ADMIN_RESYNC,
+            r::ADMIN_RESYNC_JOB,
         ];
         for route in all {
             assert!(
@@ -521,6 +546,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 31, "one operation per (route, method)");
+        assert_eq!(ops, 33, "one operation per (route, method)");
     }
 }

@@ -114,6 +114,13 @@ pub enum SnapshotCmd {
     List,
     /// Delete a snapshot LUN (what VSS's OnLunEmpty does; for LUNs VSS no longer tracks).
     Delete { lun: String },
+    /// Copy a snapshot LUN onto a LUN inside the array (the destination takes the snapshot's
+    /// size) and show progress until it ends, e.g. `shadowlun snapshot resync lun-4 lun-1`.
+    /// Unmount the destination on its host first: its contents are replaced.
+    Resync {
+        snapshot: String,
+        destination: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -317,6 +324,42 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
             &api.get::<Vec<LunRecord>>(routes::ADMIN_SNAPSHOTS)
                 .map_err(explain)?,
         ),
+        SnapshotCmd::Resync {
+            snapshot,
+            destination,
+        } => {
+            let req = api::ResyncRequest {
+                pairs: vec![api::ResyncPair {
+                    snapshot,
+                    destination,
+                }],
+            };
+            let r: api::ResyncResponse = api.post(routes::ADMIN_RESYNC, &req).map_err(explain)?;
+            let path = routes::fill(routes::ADMIN_RESYNC_JOB, &[("job", &r.job)]);
+            loop {
+                let st: api::JobStatus = api.get(&path).map_err(explain)?;
+                if !c.json {
+                    eprint!("\rresync {}: {:>3}%", r.job, st.progress);
+                }
+                match st.state {
+                    api::JobState::Running => {
+                        std::thread::sleep(std::time::Duration::from_millis(200))
+                    }
+                    api::JobState::Finished => {
+                        if c.json {
+                            return output::json(&st);
+                        }
+                        eprintln!();
+                        println!("resync {} finished", r.job);
+                        return Ok(());
+                    }
+                    api::JobState::Cancelled => bail!("resync {} was cancelled", r.job),
+                    api::JobState::Failed { reason, .. } => {
+                        bail!("resync {} failed: {reason}", r.job)
+                    }
+                }
+            }
+        }
         SnapshotCmd::Delete { lun } => {
             api.delete(&routes::fill(routes::ADMIN_SNAPSHOT, &[("lun", &lun)]))
                 .map_err(explain)?;

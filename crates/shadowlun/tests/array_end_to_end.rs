@@ -215,6 +215,13 @@ fn provider_runs_a_full_cycle_against_the_real_daemon() {
         Ok(false)
     );
 
+    // An administrator's resync of the snapshot onto the original runs to completion.
+    let snap_id = snaps[0]["id"].as_str().unwrap().to_string();
+    let done: serde_json::Value =
+        serde_json::from_str(&cli(&d, &["snapshot", "resync", &snap_id, &lun_id])).unwrap();
+    assert_eq!(done["state"], "finished");
+    assert_eq!(done["progress"], 100);
+
     // Deletion: OnLunEmpty releases the snapshot LUN; the original stays.
     assert_eq!(p.on_lun_empty("disk2", &dest[0]), Ok(()));
     let snaps: serde_json::Value = serde_json::from_str(&cli(&d, &["snapshot", "list"])).unwrap();
