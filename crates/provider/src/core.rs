@@ -163,7 +163,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
         if st.frozen {
             st.deferred.push(Deferred::Log(msg()));
         } else {
-            tracing::info!("{}", msg());
+            self.events.log(&msg());
         }
     }
 
@@ -172,7 +172,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
         st.frozen = false;
         for d in std::mem::take(&mut st.deferred) {
             match d {
-                Deferred::Log(m) => tracing::info!("{m}"),
+                Deferred::Log(m) => self.events.log(&m),
                 Deferred::Event(e) => self.events.report(&e),
             }
         }

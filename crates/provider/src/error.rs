@@ -125,9 +125,15 @@ impl ProviderEvent {
     }
 }
 
-/// Where vetoes go: the Windows COM server writes them to the Application event log.
+/// Where vetoes and the provider's log lines go: the Windows COM server writes vetoes to the
+/// Application event log. The provider calls neither while applications are frozen.
 pub trait EventSink: Send + Sync {
     fn report(&self, event: &ProviderEvent);
+
+    /// An informational line about what the provider did.
+    fn log(&self, message: &str) {
+        tracing::info!("{message}");
+    }
 }
 
 /// An [`EventSink`] that logs through `tracing`.
