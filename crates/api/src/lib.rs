@@ -10,10 +10,13 @@
 //! Every provider verb is idempotent and keyed by VSS ids or LUN identity: retrying a request
 //! never creates a second snapshot.
 //!
-//! Not here: any behaviour. See the `array` crate for the server and `provider::https` for the
+//! [`pinning`] is the one rule for trusting the array's certificate, shared by every client.
+//!
+//! Not here: any other behaviour. See the `array` crate for the server and `provider::https` for the
 //! client.
 #![forbid(unsafe_code)]
 
+pub mod pinning;
 pub mod types;
 
 use serde::{Deserialize, Serialize};

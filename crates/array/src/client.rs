@@ -59,7 +59,7 @@ impl Client {
         fingerprint: &str,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
-        let config = crate::tls::PinnedVerifier::client_config(fingerprint)
+        let config = api::pinning::client_config(fingerprint)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         Ok(Self {
             addr,

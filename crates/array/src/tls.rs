@@ -1,16 +1,12 @@
-//! TLS for the control API: a self-signed certificate generated on first start, its SHA-256
-//! fingerprint (what the provider pins), and a client-side verifier that accepts exactly the
-//! pinned certificate.
+//! TLS for the control API: a self-signed certificate generated on first start and its SHA-256
+//! fingerprint (what clients pin; the pinning rule itself is `api::pinning`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::Digest;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::ArrayError;
 
@@ -19,21 +15,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// SHA-256 of a DER certificate in `openssl x509 -fingerprint -sha256` form (`AB:CD:...`).
-pub fn fingerprint(der: &[u8]) -> String {
-    sha2::Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Normalises a fingerprint written with or without colons, any case, to raw bytes.
-pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    let v = hex::decode(hex).ok()?;
-    v.try_into().ok()
-}
+pub use api::pinning::{fingerprint, parse_fingerprint};
 
 fn tls_err(what: &str, e: impl std::fmt::Display) -> ArrayError {
     ArrayError::Tls(format!("{what}: {e}"))
@@ -101,90 +83,6 @@ pub fn server_config(
         .map_err(|e| tls_err("certificate and key", e))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// Accepts exactly the server certificate whose SHA-256 is the pin; signatures are still
-/// verified, so only the holder of the pinned certificate's key passes.
-#[derive(Debug)]
-pub struct PinnedVerifier {
-    pin: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl PinnedVerifier {
-    pub fn new(pin: [u8; 32]) -> Self {
-        Self {
-            pin,
-            provider: provider(),
-        }
-    }
-
-    /// A client configuration pinned to `fingerprint` (any [`fingerprint`] format).
-    pub fn client_config(fingerprint: &str) -> Result<rustls::ClientConfig, ArrayError> {
-        let pin = parse_fingerprint(fingerprint)
-            .ok_or_else(|| tls_err("fingerprint", "not 32 hex bytes"))?;
-        let verifier = Arc::new(Self::new(pin));
-        Ok(rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err("protocol versions", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth())
-    }
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -11,12 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::{Problem, ProblemCode, routes};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use vss::{SnapshotContext, VssId};
 
 use crate::array::*;
@@ -100,83 +96,11 @@ impl From<ClientError> for ArrayError {
 
 /// Parses a SHA-256 fingerprint in hex, with or without `:` separators.
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], ClientError> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    let bytes =
-        vss::lun::from_hex(&hex).ok_or_else(|| ClientError::BadFingerprint(s.to_string()))?;
-    bytes
-        .try_into()
-        .map_err(|_| ClientError::BadFingerprint(s.to_string()))
+    api::pinning::parse_fingerprint(s).ok_or_else(|| ClientError::BadFingerprint(s.to_string()))
 }
 
 /// The fingerprint of a DER certificate as `AB:CD:...`.
-pub fn fingerprint_of(der: &[u8]) -> String {
-    let d = Sha256::digest(der);
-    d.iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Trusts exactly one certificate, identified by its SHA-256 fingerprint.
-#[derive(Debug)]
-struct PinnedCert {
-    fingerprint: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+pub use api::pinning::fingerprint as fingerprint_of;
 
 /// A blocking HTTPS client of the control API.
 #[derive(Clone)]
@@ -206,17 +130,10 @@ impl Client {
         if !config.url.starts_with("https://") || config.url.len() <= "https://".len() {
             return Err(ClientError::BadUrl(config.url.clone()));
         }
-        let fingerprint = parse_fingerprint(&config.fingerprint)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert {
-                fingerprint,
-                provider,
-            }))
-            .with_no_client_auth();
+        let tls = api::pinning::client_config(&config.fingerprint).map_err(|e| match e {
+            api::pinning::PinError::BadFingerprint(s) => ClientError::BadFingerprint(s),
+            api::pinning::PinError::Tls(m) => ClientError::Transport(m),
+        })?;
         let agent = ureq::AgentBuilder::new()
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(5).min(config.timeout))
