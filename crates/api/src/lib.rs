@@ -272,9 +272,19 @@ pub struct LunRecord {
     pub allocated_bytes: u64,
 }
 
+/// One host a LUN is mapped to (`LunRecord::mapped_to`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mapping {
     pub host: String,
+    pub lun_number: u64,
+}
+
+/// One LUN mapped to a host (`HostRecord::luns`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLun {
+    /// LUN id (`lun-N`).
+    pub lun: String,
+    /// The LUN number the host's initiators see it at.
     pub lun_number: u64,
 }
 
@@ -300,7 +310,7 @@ pub struct HostRecord {
     pub name: String,
     pub initiators: Vec<String>,
     pub chap: bool,
-    pub luns: Vec<Mapping>,
+    pub luns: Vec<HostLun>,
     /// Hosts whose snapshot LUNs this host may import.
     #[serde(default)]
     pub import_from: Vec<String>,

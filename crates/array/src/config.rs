@@ -35,7 +35,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// iSCSI target name every LUN is served under.
     pub target_name: String,
-    /// Refuse iSCSI logins without CHAP (hosts then need a CHAP secret).
+    /// Refuse iSCSI logins without CHAP from every host (hosts then need a CHAP secret). A
+    /// host with a CHAP secret must use CHAP whether or not this is set.
     pub iscsi_require_chap: bool,
     /// Seconds after which a set prepared but never committed (or an aborted set) is reaped.
     pub reaper_timeout_secs: u64,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use api::{
-    ArrayLun, CreateHost, CreateLun, CreatedHost, HostRecord, JobId, JobState, JobStatus, LunId,
-    LunKey, LunRecord, MapLun, Mapping, PlannedSnapshot, ReapReport, ResyncPair, SetMember,
+    ArrayLun, CreateHost, CreateLun, CreatedHost, HostLun, HostRecord, JobId, JobState, JobStatus,
+    LunId, LunKey, LunRecord, MapLun, Mapping, PlannedSnapshot, ReapReport, ResyncPair, SetMember,
     SetRecord, SetState, SetSummary, SnapshotLun, SnapshotOrigin,
 };
 use serde::{Deserialize, Serialize};
@@ -440,8 +440,7 @@ impl Array {
         }
         // What the SCSI target appends to VPD 0x83 (relative port and TPGT 1, the iSCSI
         // target's portal group tag): the target port designators and the target device name.
-        let mut ports = Designator::iscsi_target_port(&policy.target_name, 1, 1).to_vec();
-        ports.push(Designator::iscsi_target_device(&policy.target_name));
+        let ports = scsi::target_designators(&policy.target_name, 1);
         let array = Array(Arc::new(Shared {
             inner: Mutex::new(Inner { journal, db }),
             backend,
@@ -1371,8 +1370,8 @@ impl Array {
             luns: h
                 .luns
                 .iter()
-                .map(|(n, l)| Mapping {
-                    host: l.clone(),
+                .map(|(n, l)| HostLun {
+                    lun: l.clone(),
                     lun_number: *n,
                 })
                 .collect(),

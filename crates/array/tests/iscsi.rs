@@ -155,6 +155,54 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
 }
 
 #[test]
+fn a_host_with_a_chap_secret_must_use_it_even_when_the_array_does_not_require_chap() {
+    let t = with_iscsi();
+    let mut admin = t.admin();
+    let r = admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: "a".into(),
+                initiators: vec![IQN_A.into()],
+                chap_secret: Some("correct-horse1".into()),
+                import_from: vec![],
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    let r = admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: "b".into(),
+                initiators: vec![IQN_B.into()],
+                chap_secret: None,
+                import_from: vec![],
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    match login(&t, IQN_A) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 1,
+        }) => {}
+        other => panic!("host a's name without its secret must be refused, got {other:?}"),
+    }
+    let mut cfg = InitiatorConfig::new(IQN_A);
+    cfg.chap = Some(iscsi::initiator::ChapCredentials {
+        user: IQN_A.into(),
+        secret: b"correct-horse1".to_vec(),
+        mutual: None,
+    });
+    let mut s = Session::login(portal(&t), TARGET, &cfg).unwrap();
+    assert_eq!(s.report_luns().unwrap(), Vec::<u64>::new());
+    let _ = s.logout();
+    let mut s = login(&t, IQN_B).expect("a host without a secret logs in without CHAP");
+    let _ = s.logout();
+}
+
+#[test]
 fn chap_is_required_when_configured_and_a_wrong_secret_is_refused() {
     let t = TestArray::start_with(|c| {
         c.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))];

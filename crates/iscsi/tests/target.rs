@@ -142,6 +142,41 @@ fn initiator_without_mapped_lun_is_refused_at_login_unless_allowed() {
 }
 
 #[test]
+fn an_initiator_with_a_secret_must_use_chap_even_where_the_target_does_not_require_it() {
+    let h = handler_with_lun0();
+    h.map(HOST_B, 0);
+    let (server, addr) = start(h, AuthPolicy::None);
+    server.set_chap(HOST_A, HOST_A, b"secret-of-a-12", None);
+    // Knowing host A's name is not enough: without CHAP its login is refused (2/1).
+    match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)) {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 1,
+        }) => {}
+        other => panic!("expected auth failure, got {other:?}"),
+    }
+    let mut cfg = InitiatorConfig::new(HOST_A);
+    cfg.chap = Some(ChapCredentials {
+        user: HOST_A.into(),
+        secret: b"secret-of-a-12".to_vec(),
+        mutual: None,
+    });
+    let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+    s.test_unit_ready(0).unwrap();
+    drop(s);
+    // Host B has no secret and the target's policy is None: it logs in without CHAP.
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_B)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    drop(s);
+    // Once the secret is cleared, host A may log in without CHAP again.
+    server.clear_chap(HOST_A);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    drop(s);
+    server.shutdown();
+}
+
+#[test]
 fn chap_one_way_and_mutual_succeed_and_wrong_secrets_fail() {
     let h = handler_with_lun0();
     let (server, addr) = start(h, AuthPolicy::Chap);

@@ -24,7 +24,7 @@ pub mod sense;
 mod target;
 
 pub use device::{FileDevice, MemDevice};
-pub use exec::inquiry::SUPPORTED_VPD;
+pub use exec::inquiry::{SUPPORTED_VPD, target_designators};
 pub use exec::limits;
 pub use exec::pr::{kind as pr_type, out_sa as pr_out_action};
 pub use lu::{IdentityError, LogicalUnit, LuIdentity};

@@ -189,7 +189,7 @@ fn print_hosts(c: &Connection, hosts: &[HostRecord]) -> anyhow::Result<()> {
                 if h.chap { "yes".into() } else { "no".into() },
                 h.luns
                     .iter()
-                    .map(|m| format!("{}→{}", m.lun_number, m.host))
+                    .map(|m| format!("{}→{}", m.lun_number, m.lun))
                     .collect::<Vec<_>>()
                     .join(","),
                 h.import_from.join(","),

@@ -238,16 +238,20 @@ where
             }
         }
         let initiator = s.initiator.clone().unwrap_or_default();
-        let policy = match &s.target {
-            Some(t) => t.auth,
-            None => cfg.discovery_auth,
-        };
         let secret = shared
             .chap
             .read()
             .expect("chap lock")
             .get(&initiator)
             .cloned();
+        // An initiator with a CHAP secret must prove it on every normal session, whatever
+        // the target's policy: initiator names are not secret, so accepting AuthMethod=None
+        // from it would let anyone who knows the name log in as that host.
+        let policy = match &s.target {
+            Some(_) if secret.is_some() => AuthPolicy::Chap,
+            Some(t) => t.auth,
+            None => cfg.discovery_auth,
+        };
         match csg {
             0 => {
                 if let Some(methods) = keys.get("AuthMethod") {

@@ -6,6 +6,16 @@ use vss::scsi::{
 };
 
 use super::{Ctx, Res, limits};
+
+/// The designators VPD 0x83 carries after a logical unit's own (association 0): the
+/// target port (relative port identifier and target port group, both `port`, the iSCSI
+/// portal group tag) and the target device name. Whoever predicts the page a host will read
+/// (the array's `describe`) calls this too, so the two cannot drift.
+pub fn target_designators(target_name: &str, port: u16) -> Vec<Designator> {
+    let mut ds = Designator::iscsi_target_port(target_name, port, port).to_vec();
+    ds.push(Designator::iscsi_target_device(target_name));
+    ds
+}
 use crate::sense::{Asc, Sense, key};
 
 /// VPD pages served, ascending.
@@ -39,9 +49,7 @@ pub(crate) fn inquiry(ctx: &Ctx<'_>, evpd: bool, page: u8) -> Res {
         0x80 => encode_unit_serial(p, &lu.identity().serial),
         0x83 => {
             let mut ds: Vec<Designator> = lu.identity().designators.clone();
-            let tp = ctx.nexus.target_port;
-            ds.extend(Designator::iscsi_target_port(ctx.target_name, tp, tp));
-            ds.push(Designator::iscsi_target_device(ctx.target_name));
+            ds.extend(target_designators(ctx.target_name, ctx.nexus.target_port));
             encode_device_identification(p, &ds).map_err(|e| {
                 tracing::error!(error = %e, "logical unit identity cannot be encoded");
                 Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
