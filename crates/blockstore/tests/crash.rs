@@ -12,8 +12,8 @@ fn pools_killed_at_random_points_recover_every_flushed_write_and_snapshot() {
             "4242",
             "--ops",
             "120",
-            "--max-delay-ms",
-            "400",
+            "--max-delay-us",
+            "2000",
         ])
         .output()
         .expect("run the crash test");
