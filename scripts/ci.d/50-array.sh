@@ -4,8 +4,8 @@
 #     over iSCSI, CHAP;
 #  2. the daemon example started from a TOML file: LUN, host and mapping made over HTTPS with
 #     curl pinned to the certificate's public key, then libiscsi's iscsi-ls / iscsi-inq must see
-#     the LUN (with the serial the API reported) from the host's initiator and nothing from a
-#     stranger; SIGTERM must stop the daemon cleanly.
+#     the LUN (with the serial the API reported) from the host's initiator with its CHAP secret,
+#     nothing without the secret and nothing from a stranger; SIGTERM must stop the daemon cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -68,9 +68,12 @@ code=$(curl -s -k --pinnedpubkey "$pin" -o "$work/p.json" -w '%{http_code}' "$ap
 [ "$code" = 401 ] && [ "$(jq -r .code "$work/p.json")" = unauthorized ] || { echo "401 expected, got $code"; exit 1; }
 
 target=iqn.2026-01.org.shadowlun:array
-ls_out=$(timeout --foreground 20 iscsi-ls -i "$host_iqn" -s "iscsi://$portal" 2>&1 || true)
+# The host has a CHAP secret, so its initiator name alone does not get it in.
+no_chap=$(timeout --foreground 20 iscsi-ls -i "$host_iqn" -s "iscsi://$portal" 2>&1 || true)
+if grep -q "Lun:" <<<"$no_chap"; then echo "$no_chap"; echo "the host logged in without its CHAP secret"; exit 1; fi
+ls_out=$(timeout --foreground 20 iscsi-ls -i "$host_iqn" -s "iscsi://$host_iqn%$chap@$portal" 2>&1 || true)
 grep -q "Lun:0" <<<"$ls_out" || { echo "$ls_out"; echo "the host's initiator does not see its LUN"; exit 1; }
-inq=$(timeout --foreground 20 iscsi-inq -i "$host_iqn" -e 1 -c 128 "iscsi://$portal/$target/0" 2>&1)
+inq=$(timeout --foreground 20 iscsi-inq -i "$host_iqn" -e 1 -c 128 "iscsi://$host_iqn%$chap@$portal/$target/0" 2>&1)
 grep -q "$serial" <<<"$inq" || { echo "$inq"; echo "serial $serial not served"; exit 1; }
 stranger=$(timeout --foreground 20 iscsi-ls -i iqn.2026-01.org.shadowlun:stranger -s "iscsi://$portal" 2>&1 || true)
 if grep -q "Lun:" <<<"$stranger"; then echo "$stranger"; echo "a stranger sees LUNs"; exit 1; fi
