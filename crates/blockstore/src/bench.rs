@@ -226,8 +226,9 @@ fn snapshot_size(pool: &Pool, q: bool) -> Result<Measure> {
             // A write between snapshots so each one freezes a fresh tree root.
             pool.open_volume(vol)?
                 .write_at(0, &[i as u8; 4096], false)?;
+            let snap = format!("{vol}-s{i}");
             let t = Instant::now();
-            pool.snapshot(vol, &format!("{vol}-s{i}"))?;
+            pool.snapshot_group(&[(vol, snap.as_str())])?;
             out.push(ms(t));
         }
     }
@@ -252,8 +253,9 @@ fn group(pool: &Pool, q: bool) -> Result<Measure> {
     let rounds = if q { 3 } else { 15 };
     let (mut one, mut all) = (Vec::new(), Vec::new());
     for r in 0..rounds {
+        let single = format!("cg1-{r}");
         let t = Instant::now();
-        pool.snapshot(&names[0], &format!("cg1-{r}"))?;
+        pool.snapshot_group(&[(names[0].as_str(), single.as_str())])?;
         one.push(ms(t));
         let snaps: Vec<String> = names.iter().map(|n| format!("{n}-g{r}")).collect();
         let pairs: Vec<(&str, &str)> = names

@@ -14,8 +14,7 @@ use crate::format::{
     self, CHECKPOINT_MAGIC, DATA_MAGIC, DecodeError, Frame, HEADER_LEN, Header, LOG_MAGIC, Record,
 };
 use crate::state::{
-    BLOCK_SIZE, BLOCKS_PER_CHUNK, CHUNK_SIZE, Entry, FULL_MASK, MAX_CHUNK, MAX_VOLUME_SIZE, Source,
-    State, check_name,
+    BLOCK_SIZE, CHUNK_SIZE, Entry, FULL_MASK, MAX_CHUNK, MAX_VOLUME_SIZE, Source, State, check_name,
 };
 
 /// Uncommitted metadata after which a write commits by itself.
@@ -469,25 +468,28 @@ impl Pool {
         self.info(name)
     }
 
-    /// Takes a read-only snapshot of `volume` (which may itself be a snapshot or clone).
+    /// Takes a read-only snapshot of `volume` (which may itself be a snapshot or clone) and
+    /// returns its description. The snapshot itself takes constant time; the space accounting
+    /// in the answer walks its mapping tree (use [`Pool::snapshot_group`] to skip that).
     pub fn snapshot(&self, volume: &str, name: &str) -> Result<VolumeInfo> {
-        Ok(self.snapshot_group(&[(volume, name)])?.remove(0))
+        self.snapshot_group(&[(volume, name)])?;
+        self.info(name)
     }
 
     /// Snapshots every `(volume, snapshot name)` pair at one instant with respect to
     /// acknowledged writes, in one metadata commit: after a crash either all exist or none.
-    pub fn snapshot_group(&self, members: &[(&str, &str)]) -> Result<Vec<VolumeInfo>> {
+    /// Its time does not depend on the volumes' sizes or contents (nothing is walked).
+    pub fn snapshot_group(&self, members: &[(&str, &str)]) -> Result<()> {
         self.make_copies(members, VolumeKind::Snapshot)
     }
 
     /// Creates a writable clone of `source` (a snapshot, or any volume or clone).
     pub fn clone_volume(&self, source: &str, name: &str) -> Result<VolumeInfo> {
-        Ok(self
-            .make_copies(&[(source, name)], VolumeKind::Clone)?
-            .remove(0))
+        self.make_copies(&[(source, name)], VolumeKind::Clone)?;
+        self.info(name)
     }
 
-    fn make_copies(&self, members: &[(&str, &str)], kind: VolumeKind) -> Result<Vec<VolumeInfo>> {
+    fn make_copies(&self, members: &[(&str, &str)], kind: VolumeKind) -> Result<()> {
         if members.is_empty() || members.len() > MAX_GROUP {
             return Err(Error::GroupSize {
                 count: members.len(),
@@ -532,7 +534,7 @@ impl Pool {
             Ok(())
         })?;
         tracing::info!(count = members.len(), ?kind, "created point-in-time copies");
-        members.iter().map(|(_, n)| self.info(n)).collect()
+        Ok(())
     }
 
     /// Deletes a volume, snapshot or clone and frees the chunks nothing else references.
@@ -1241,21 +1243,47 @@ impl Volume {
                         }
                     })
             } else {
-                // Shared and already layered: write a whole new chunk.
-                let mut buf = vec![0u8; CHUNK_SIZE as usize];
-                let r = (0..BLOCKS_PER_CHUNK).try_for_each(|b| {
-                    let s = (b * BLOCK_SIZE) as usize;
-                    self.read_block(&cur, b, &mut buf[s..s + BLOCK_SIZE as usize])
-                });
-                r.map(|_| {
-                    let s = p.within as usize;
-                    buf[s..s + p.len].copy_from_slice(data);
-                    out.push(base, &buf);
-                })
-                .map(|_| Entry {
+                // Shared and already layered (or partly written): the new chunk takes the
+                // blocks `phys` holds plus the touched ones and keeps the same `under`, so
+                // only those blocks are copied (one read, one write of the span they cover).
+                let mask = cur.mask | touched;
+                let first = |m: u16| u64::from(m.trailing_zeros());
+                let last = |m: u16| u64::from(15 - m.leading_zeros());
+                let lo = first(mask);
+                let lo_off = lo * BLOCK_SIZE;
+                let mut buf = vec![0u8; ((last(mask) - lo + 1) * BLOCK_SIZE) as usize];
+                // The blocks `phys` holds, in one read (only up to its last block in use: the
+                // file may end there).
+                let (c0, c1) = (first(cur.mask), last(cur.mask));
+                let cs = ((c0 - lo) * BLOCK_SIZE) as usize;
+                let ce = ((c1 - lo + 1) * BLOCK_SIZE) as usize;
+                let r = self
+                    .inner
+                    .data
+                    .read_exact_at(
+                        &mut buf[cs..ce],
+                        cur.phys as u64 * CHUNK_SIZE + c0 * BLOCK_SIZE,
+                    )
+                    .map_err(io_err(format!("read chunk {}", cur.phys)))
+                    .and_then(|_| {
+                        // Partial edge blocks not in `phys` come from `under` (or zeros).
+                        for (b, partial) in [(b0, head_partial), (b1, tail_partial)] {
+                            if partial && cur.mask & (1 << b) == 0 {
+                                let s = ((b - lo) * BLOCK_SIZE) as usize;
+                                self.read_block(&cur, b, &mut buf[s..s + BLOCK_SIZE as usize])?;
+                            }
+                        }
+                        let s = (p.within - lo_off) as usize;
+                        buf[s..s + p.len].copy_from_slice(data);
+                        out.push(base + lo_off, &buf);
+                        Ok(())
+                    });
+                // Blocks of the span in neither mask were written as zeros and are not in
+                // the new mask: they still read from `under` (or as zeros).
+                r.map(|_| Entry {
                     phys: q,
-                    under: 0,
-                    mask: FULL_MASK,
+                    under: if mask == FULL_MASK { 0 } else { cur.under },
+                    mask,
                 })
             };
             match r {

@@ -20,8 +20,6 @@ use crate::format::{Dec, DecodeError, Enc, Record, kind_from_u8, kind_to_u8};
 pub const CHUNK_SIZE: u64 = 64 * 1024;
 /// Bytes per block, the unit of the per-chunk "written" mask.
 pub const BLOCK_SIZE: u64 = 4096;
-/// Blocks per chunk.
-pub const BLOCKS_PER_CHUNK: u64 = CHUNK_SIZE / BLOCK_SIZE;
 /// Mask with every block of a chunk present.
 pub(crate) const FULL_MASK: u16 = 0xFFFF;
 /// Largest volume: 64 TiB.

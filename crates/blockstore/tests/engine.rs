@@ -136,6 +136,80 @@ fn random_io_matches_a_byte_model_and_survives_reopen() {
     }
 }
 
+/// Small unaligned writes between frequent snapshots and clones: every chunk ends up layered
+/// (`phys` over `under`) and shared again, the path where a write must copy only the blocks
+/// `phys` holds and keep the right `under`.
+#[test]
+fn small_writes_over_layered_shared_chunks_match_a_byte_model() {
+    for seed in 0..3u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let size = 8 * CHUNK_SIZE;
+        let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+        {
+            let p = Pool::create(&path, PoolOptions::default()).unwrap();
+            p.create_volume("v", size).unwrap();
+            model.insert("v".into(), vec![0; size as usize]);
+            let mut writable = vec!["v".to_string()];
+            let mut r = StdRng::seed_from_u64(100 + seed);
+            for i in 0..1000u64 {
+                let name = writable[r.random_range(0..writable.len())].clone();
+                match r.random_range(0..20) {
+                    0 => {
+                        let s = format!("s{i}");
+                        p.snapshot(&name, &s).unwrap();
+                        let m = model[&name].clone();
+                        model.insert(s, m);
+                    }
+                    1 if writable.len() < 6 => {
+                        let c = format!("c{i}");
+                        p.clone_volume(&name, &c).unwrap();
+                        let m = model[&name].clone();
+                        model.insert(c.clone(), m);
+                        writable.push(c);
+                    }
+                    2 => p.flush().unwrap(),
+                    3 => {
+                        let len = r.random_range(1..20_000u64);
+                        let off = r.random_range(0..size - len);
+                        p.open_volume(&name).unwrap().discard(off, len).unwrap();
+                        model.get_mut(&name).unwrap()[off as usize..(off + len) as usize].fill(0);
+                    }
+                    _ => {
+                        let len = r.random_range(1..9000usize);
+                        let off = r.random_range(0..size - len as u64);
+                        let data = pattern(i * 7 + seed, len);
+                        p.open_volume(&name)
+                            .unwrap()
+                            .write_at(off, &data, false)
+                            .unwrap();
+                        model.get_mut(&name).unwrap()[off as usize..off as usize + len]
+                            .copy_from_slice(&data);
+                    }
+                }
+                if i % 250 == 249 {
+                    for (n, m) in &model {
+                        same(
+                            &read(&p, n, 0, size as usize),
+                            m,
+                            &format!("{n} (seed {seed}, op {i})"),
+                        );
+                    }
+                }
+            }
+            p.flush().unwrap();
+        }
+        let p = Pool::open(&path).unwrap();
+        for (n, m) in &model {
+            same(
+                &read(&p, n, 0, size as usize),
+                m,
+                &format!("{n} after reopen (seed {seed})"),
+            );
+        }
+    }
+}
+
 #[test]
 fn snapshot_keeps_the_point_in_time_and_is_read_only() {
     let (_d, p) = pool();
