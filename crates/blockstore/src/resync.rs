@@ -164,28 +164,19 @@ fn run(
         })?;
         commits += 1;
     }
-    // Count what differs, in bounded batches.
-    let mut total = 0u64;
-    {
-        let st = inner.read()?;
-        let (s, d) = roots(&st, src, dst, names)?;
-        let mut from = 0u32;
-        let mut out: Vec<(u32, Entry)> = Vec::new();
-        loop {
-            out.clear();
-            st.diff(s, d, from, BATCH, &mut out);
-            total += out.len() as u64;
-            match out.last() {
-                Some((i, _)) if out.len() == BATCH && *i < u32::MAX => from = i + 1,
-                _ => break,
-            }
-        }
-    }
-    sh.total.store(total, Ordering::Release);
+    // Batches of at most BATCH differing chunks, each found and applied under the state
+    // lock and committed. The total is known after the first batch when it is the only one;
+    // otherwise the rest is counted then (read lock, bounded batches), so a small resync
+    // walks the trees once.
+    let mut total: Option<u64> = None;
     let mut cursor = 0u32;
     let mut done = 0u64;
     loop {
         if sh.cancel.load(Ordering::Acquire) {
+            let total = match total {
+                Some(t) => t,
+                None => count_from(inner, src, dst, names, cursor)?,
+            };
             return Err(Error::Cancelled { done, total });
         }
         let (n, last) = inner.run_op(|st| {
@@ -206,16 +197,54 @@ fn run(
         })?;
         commits += 1;
         done += n as u64;
-        sh.done.store(done.min(total.max(done)), Ordering::Release);
-        match last {
-            Some(i) if n == BATCH && i < u32::MAX => cursor = i + 1,
-            _ => break,
+        let more = match last {
+            Some(i) if n == BATCH && i < u32::MAX => Some(i + 1),
+            _ => None,
+        };
+        if total.is_none() {
+            let rest = match more {
+                Some(from) => count_from(inner, src, dst, names, from)?,
+                None => 0,
+            };
+            total = Some(done + rest);
+            sh.total.store(done + rest, Ordering::Release);
+        }
+        // Writes during the job may change what differs: progress never passes the total.
+        let t = total.unwrap_or(done);
+        sh.done.store(done.min(t.max(done)), Ordering::Release);
+        match more {
+            Some(c) => cursor = c,
+            None => break,
         }
     }
     Ok(ResyncReport {
         changed_chunks: done,
         commits,
     })
+}
+
+/// Chunks at or after `from` where `dst` differs from `src`, counted in bounded batches
+/// under the read lock.
+fn count_from(
+    inner: &Inner,
+    src: u64,
+    dst: u64,
+    names: &(String, String),
+    mut from: u32,
+) -> Result<u64> {
+    let st = inner.read()?;
+    let (s, d) = roots(&st, src, dst, names)?;
+    let mut out: Vec<(u32, Entry)> = Vec::new();
+    let mut n = 0u64;
+    loop {
+        out.clear();
+        st.diff(s, d, from, BATCH, &mut out);
+        n += out.len() as u64;
+        match out.last() {
+            Some((i, _)) if out.len() == BATCH && *i < u32::MAX => from = i + 1,
+            _ => return Ok(n),
+        }
+    }
 }
 
 #[cfg(test)]

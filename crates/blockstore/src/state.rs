@@ -649,6 +649,20 @@ impl State {
         if src == dst || out.len() >= limit {
             return;
         }
+        if level == DEPTH - 1 {
+            // Both leaves are looked up once and compared slot by slot.
+            let (se, de) = (self.leaf(src), self.leaf(dst));
+            for i in 0..FANOUT {
+                let b = base as u64 | i as u64;
+                if se[i] != de[i] && b >= from as u64 {
+                    if out.len() >= limit {
+                        return;
+                    }
+                    out.push((b as u32, se[i]));
+                }
+            }
+            return;
+        }
         let shift = FANOUT_BITS * (DEPTH - 1 - level);
         let span: u64 = 1u64 << shift;
         for i in 0..FANOUT {
@@ -659,17 +673,9 @@ impl State {
             if b + span <= from as u64 {
                 continue;
             }
-            if level == DEPTH - 1 {
-                let se = self.leaf_entry(src, i);
-                let de = self.leaf_entry(dst, i);
-                if se != de && b >= from as u64 {
-                    out.push((b as u32, se));
-                }
-            } else {
-                let sc = self.child(src, i);
-                let dc = self.child(dst, i);
-                self.diff_inner(sc, dc, level + 1, b as u32, from, limit, out);
-            }
+            let sc = self.child(src, i);
+            let dc = self.child(dst, i);
+            self.diff_inner(sc, dc, level + 1, b as u32, from, limit, out);
         }
     }
 
@@ -683,13 +689,15 @@ impl State {
         }
     }
 
-    fn leaf_entry(&self, node: u32, i: usize) -> Entry {
+    /// The entries of leaf `node` (all empty for node 0).
+    fn leaf(&self, node: u32) -> &[Entry; FANOUT] {
+        static EMPTY: [Entry; FANOUT] = [Entry::EMPTY; FANOUT];
         if node == 0 {
-            return Entry::EMPTY;
+            return &EMPTY;
         }
         match &self.node(node).body {
-            Body::Leaf(e) => e[i],
-            Body::Internal(_) => Entry::EMPTY,
+            Body::Leaf(e) => e,
+            Body::Internal(_) => &EMPTY,
         }
     }
 
