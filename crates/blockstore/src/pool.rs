@@ -941,6 +941,18 @@ impl Pending {
         }
         self.0.push((at, buf.to_vec()));
     }
+
+    /// Like `push`, for a buffer built for this write: kept as it is unless it continues the
+    /// previous one.
+    fn push_vec(&mut self, at: u64, buf: Vec<u8>) {
+        if let Some((o, b)) = self.0.last_mut() {
+            if *o + b.len() as u64 == at {
+                b.extend_from_slice(&buf);
+                return;
+            }
+        }
+        self.0.push((at, buf));
+    }
 }
 
 /// One chunk's share of a request.
@@ -1201,7 +1213,7 @@ impl Volume {
             let fill_head = head_partial && cur.mask & (1 << b0) == 0;
             let fill_tail = tail_partial && cur.mask & (1 << b1) == 0;
             if fill_head || fill_tail {
-                out.push(base + span_off, &span(self, Some(&cur))?);
+                out.push_vec(base + span_off, span(self, Some(&cur))?);
             } else {
                 out.push(base + p.within, data);
             }
@@ -1218,7 +1230,7 @@ impl Volume {
             let base = q as u64 * CHUNK_SIZE;
             let r = if cur.is_empty() {
                 span(self, None)
-                    .map(|b| out.push(base + span_off, &b))
+                    .map(|b| out.push_vec(base + span_off, b))
                     .map(|_| Entry {
                         phys: q,
                         under: 0,
@@ -1226,7 +1238,7 @@ impl Volume {
                     })
             } else if cur.under == 0 && cur.mask == FULL_MASK {
                 span(self, Some(&cur))
-                    .map(|b| out.push(base + span_off, &b))
+                    .map(|b| out.push_vec(base + span_off, b))
                     .map(|_| {
                         if touched == FULL_MASK {
                             Entry {
@@ -1275,7 +1287,7 @@ impl Volume {
                         }
                         let s = (p.within - lo_off) as usize;
                         buf[s..s + p.len].copy_from_slice(data);
-                        out.push(base + lo_off, &buf);
+                        out.push_vec(base + lo_off, buf);
                         Ok(())
                     });
                 // Blocks of the span in neither mask were written as zeros and are not in
