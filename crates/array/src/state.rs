@@ -728,8 +728,11 @@ impl Array {
         for m in &set.members {
             let mut row = inner.db.luns[&m.lun].clone();
             row.state = LunState::Committed;
-            if let Ok(v) = self.0.backend.volume(&m.lun) {
-                row.size_bytes = v.size_bytes;
+            // The snapshot has its source's size at this instant (a resize takes the same
+            // lock). Asking the engine would also compute space accounting, a walk of the
+            // whole mapping tree of every LUN of the set while applications are held.
+            if let Some(src) = inner.db.luns.get(&m.source) {
+                row.size_bytes = src.size_bytes;
             }
             records.push(Record::Lun(row));
         }
