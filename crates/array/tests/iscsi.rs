@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use api::routes as r;
 use api::*;
+use array::client::Client;
 use common::*;
 use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
 
@@ -25,6 +26,33 @@ fn portal(t: &TestArray) -> SocketAddr {
 fn login(t: &TestArray, iqn: &str) -> Result<Session, InitiatorError> {
     let mut cfg = InitiatorConfig::new(iqn);
     cfg.timeout = std::time::Duration::from_secs(10);
+    Session::login(portal(t), TARGET, &cfg)
+}
+
+/// Adds a host with one initiator and, if given, a CHAP secret.
+fn add_host(admin: &mut Client, name: &str, iqn: &str, chap_secret: Option<&str>) {
+    let r = admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: name.into(),
+                initiators: vec![iqn.into()],
+                chap_secret: chap_secret.map(Into::into),
+                import_from: vec![],
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+}
+
+/// Logs in with CHAP, the user name being the initiator name (the array's convention).
+fn chap_login(t: &TestArray, iqn: &str, secret: &str) -> Result<Session, InitiatorError> {
+    let mut cfg = InitiatorConfig::new(iqn);
+    cfg.chap = Some(iscsi::initiator::ChapCredentials {
+        user: iqn.into(),
+        secret: secret.as_bytes().to_vec(),
+        mutual: None,
+    });
     Session::login(portal(t), TARGET, &cfg)
 }
 
@@ -158,30 +186,8 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
 fn a_host_with_a_chap_secret_must_use_it_even_when_the_array_does_not_require_chap() {
     let t = with_iscsi();
     let mut admin = t.admin();
-    let r = admin
-        .post(
-            r::ADMIN_HOSTS,
-            &CreateHost {
-                name: "a".into(),
-                initiators: vec![IQN_A.into()],
-                chap_secret: Some("correct-horse1".into()),
-                import_from: vec![],
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
-    let r = admin
-        .post(
-            r::ADMIN_HOSTS,
-            &CreateHost {
-                name: "b".into(),
-                initiators: vec![IQN_B.into()],
-                chap_secret: None,
-                import_from: vec![],
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
+    add_host(&mut admin, "a", IQN_A, Some("correct-horse1"));
+    add_host(&mut admin, "b", IQN_B, None);
     match login(&t, IQN_A) {
         Err(InitiatorError::LoginRefused {
             class: 2,
@@ -189,13 +195,7 @@ fn a_host_with_a_chap_secret_must_use_it_even_when_the_array_does_not_require_ch
         }) => {}
         other => panic!("host a's name without its secret must be refused, got {other:?}"),
     }
-    let mut cfg = InitiatorConfig::new(IQN_A);
-    cfg.chap = Some(iscsi::initiator::ChapCredentials {
-        user: IQN_A.into(),
-        secret: b"correct-horse1".to_vec(),
-        mutual: None,
-    });
-    let mut s = Session::login(portal(&t), TARGET, &cfg).unwrap();
+    let mut s = chap_login(&t, IQN_A, "correct-horse1").unwrap();
     assert_eq!(s.report_luns().unwrap(), Vec::<u64>::new());
     let _ = s.logout();
     let mut s = login(&t, IQN_B).expect("a host without a secret logs in without CHAP");
@@ -209,28 +209,9 @@ fn chap_is_required_when_configured_and_a_wrong_secret_is_refused() {
         c.iscsi_require_chap = true;
     });
     let mut admin = t.admin();
-    let r = admin
-        .post(
-            r::ADMIN_HOSTS,
-            &CreateHost {
-                name: "a".into(),
-                initiators: vec![IQN_A.into()],
-                chap_secret: Some("correct-horse1".into()),
-                import_from: vec![],
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
+    add_host(&mut admin, "a", IQN_A, Some("correct-horse1"));
     assert!(login(&t, IQN_A).is_err(), "no CHAP, no login");
-    let chap = |secret: &str| {
-        let mut cfg = InitiatorConfig::new(IQN_A);
-        cfg.chap = Some(iscsi::initiator::ChapCredentials {
-            user: IQN_A.into(),
-            secret: secret.as_bytes().to_vec(),
-            mutual: None,
-        });
-        Session::login(portal(&t), TARGET, &cfg)
-    };
+    let chap = |secret: &str| chap_login(&t, IQN_A, secret);
     assert!(chap("wrong-secret12").is_err());
     let mut s = chap("correct-horse1").unwrap();
     assert_eq!(s.report_luns().unwrap(), Vec::<u64>::new());

@@ -932,26 +932,29 @@ impl std::fmt::Debug for Volume {
 struct Pending(Vec<(u64, Vec<u8>)>);
 
 impl Pending {
-    fn push(&mut self, at: u64, buf: &[u8]) {
-        if let Some((o, b)) = self.0.last_mut() {
-            if *o + b.len() as u64 == at {
+    /// Appends `buf` to the last write if it continues it; returns whether it did.
+    fn extend_last(&mut self, at: u64, buf: &[u8]) -> bool {
+        match self.0.last_mut() {
+            Some((o, b)) if *o + b.len() as u64 == at => {
                 b.extend_from_slice(buf);
-                return;
+                true
             }
+            _ => false,
         }
-        self.0.push((at, buf.to_vec()));
+    }
+
+    fn push(&mut self, at: u64, buf: &[u8]) {
+        if !self.extend_last(at, buf) {
+            self.0.push((at, buf.to_vec()));
+        }
     }
 
     /// Like `push`, for a buffer built for this write: kept as it is unless it continues the
     /// previous one.
     fn push_vec(&mut self, at: u64, buf: Vec<u8>) {
-        if let Some((o, b)) = self.0.last_mut() {
-            if *o + b.len() as u64 == at {
-                b.extend_from_slice(&buf);
-                return;
-            }
+        if !self.extend_last(at, &buf) {
+            self.0.push((at, buf));
         }
-        self.0.push((at, buf));
     }
 }
 

@@ -209,9 +209,7 @@ fn run(
             total = Some(done + rest);
             sh.total.store(done + rest, Ordering::Release);
         }
-        // Writes during the job may change what differs: progress never passes the total.
-        let t = total.unwrap_or(done);
-        sh.done.store(done.min(t.max(done)), Ordering::Release);
+        sh.done.store(done, Ordering::Release);
         match more {
             Some(c) => cursor = c,
             None => break,

@@ -41,6 +41,18 @@ fn handler_with_lun0() -> Arc<MemHandler> {
     h
 }
 
+/// A login refused with 0x0201 (authentication failure).
+#[track_caller]
+fn expect_auth_failure(r: Result<Session, InitiatorError>) {
+    match r {
+        Err(InitiatorError::LoginRefused {
+            class: 2,
+            detail: 1,
+        }) => {}
+        other => panic!("expected auth failure, got {other:?}"),
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -148,13 +160,7 @@ fn an_initiator_with_a_secret_must_use_chap_even_where_the_target_does_not_requi
     let (server, addr) = start(h, AuthPolicy::None);
     server.set_chap(HOST_A, HOST_A, b"secret-of-a-12", None);
     // Knowing host A's name is not enough: without CHAP its login is refused (2/1).
-    match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)) {
-        Err(InitiatorError::LoginRefused {
-            class: 2,
-            detail: 1,
-        }) => {}
-        other => panic!("expected auth failure, got {other:?}"),
-    }
+    expect_auth_failure(Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)));
     let mut cfg = InitiatorConfig::new(HOST_A);
     cfg.chap = Some(ChapCredentials {
         user: HOST_A.into(),
@@ -187,13 +193,7 @@ fn chap_one_way_and_mutual_succeed_and_wrong_secrets_fail() {
         Some(("array", b"secret-of-array")),
     );
     // No credentials at all: CHAP is required.
-    match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)) {
-        Err(InitiatorError::LoginRefused {
-            class: 2,
-            detail: 1,
-        }) => {}
-        other => panic!("expected auth failure, got {other:?}"),
-    }
+    expect_auth_failure(Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)));
     let mut cfg = InitiatorConfig::new(HOST_A);
     cfg.chap = Some(ChapCredentials {
         user: "host-a".into(),
@@ -226,13 +226,7 @@ fn chap_one_way_and_mutual_succeed_and_wrong_secrets_fail() {
         secret: b"wrong-secret".to_vec(),
         mutual: None,
     });
-    match Session::login(addr, TARGET, &cfg) {
-        Err(InitiatorError::LoginRefused {
-            class: 2,
-            detail: 1,
-        }) => {}
-        other => panic!("expected auth failure, got {other:?}"),
-    }
+    expect_auth_failure(Session::login(addr, TARGET, &cfg));
     server.shutdown();
 }
 
