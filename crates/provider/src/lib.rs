@@ -18,6 +18,7 @@ pub mod core;
 pub mod error;
 pub mod hardware;
 pub mod https;
+pub mod relay;
 pub mod resync;
 pub mod testing;
 
