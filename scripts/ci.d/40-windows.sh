@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Windows provider (crates/provider-com) cross-built for x86_64-pc-windows-gnu and tested
 # under Wine: COM vtables with CoTaskMem accounting, out-of-process activation through a
-# widl proxy/stub, install/activate/uninstall of the real exe. Wine-only scaffolding (the
+# widl proxy/stub, install/activate/uninstall of the real exe; then the conformance catalogue
+# through COM against a real array daemon. Wine-only scaffolding (the
 # ProcessPrng shim and the proxy/stub DLL) is built from tools/wine into the test prefix.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,5 +45,21 @@ timeout 120 "$wine" regsvr32 /s 'C:\windows\system32\vssprov_ps.dll'
 cargo clippy -p provider-com --target x86_64-pc-windows-gnu --all-targets -- -D warnings
 timeout --foreground 900 cargo test -p provider-com --target x86_64-pc-windows-gnu
 
-# Leave no Wine process of this prefix behind.
 timeout 60 wineserver -k || true
+
+# The emulator's conformance catalogue driven through COM: a real array daemon on loopback,
+# and behind each emulated host the real shadowlun-provider.exe installed in a prefix of its
+# own, activated and called by the relay (crates/provider-com/examples/relay.rs) from another
+# Windows process. Two hosts at most are live at once: two prefixes.
+cargo build -q -p provider-com --target x86_64-pc-windows-gnu --bins --examples
+prefix2="$target_dir/wine-prefix2"
+rm -rf "$prefix2"
+cp -a "$WINEPREFIX" "$prefix2"
+timeout --foreground 1500 cargo run -q -p shadowlun -- vss conformance --lab wine \
+  --wine-prefix "$WINEPREFIX" --wine-prefix "$prefix2" \
+  --provider-exe "$target_dir/x86_64-pc-windows-gnu/debug/shadowlun-provider.exe" \
+  --relay-exe "$target_dir/x86_64-pc-windows-gnu/debug/examples/relay.exe"
+
+# Leave no Wine process of either prefix behind (the command stops them too).
+timeout 60 wineserver -k || true
+WINEPREFIX="$prefix2" timeout 60 wineserver -k || true

@@ -407,11 +407,18 @@ where
 
 type Waiter = mpsc::Sender<Result<Reply, Hresult>>;
 
+/// Callers waiting for answers, by call id; `None` once the answers stopped, when every later
+/// call fails at once.
+type Pending = Mutex<Option<HashMap<u64, Waiter>>>;
+
+/// The sending half, shared by the client and its operations. Dropping the last of them
+/// closes `output` (the serving side sees the end of its input and finishes), then drops
+/// `guard`.
 struct Channel {
     output: Mutex<Box<dyn Write + Send>>,
-    /// `None` once the answers stopped: every later call fails at once.
-    pending: Mutex<Option<HashMap<u64, Waiter>>>,
+    pending: Arc<Pending>,
     next: AtomicU64,
+    guard: Mutex<Option<Box<dyn Send>>>,
 }
 
 impl Channel {
@@ -446,40 +453,39 @@ impl Channel {
             p.remove(&id);
         }
     }
+}
 
-    /// Delivers answers until `input` ends, then fails every pending and later call.
-    fn read_answers(&self, mut input: impl BufRead) {
-        let mut line = Vec::new();
-        loop {
-            match read_line(&mut input, &mut line) {
-                Ok(Some(())) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("relay: {e}");
-                    break;
-                }
-            }
-            match serde_json::from_slice::<Response>(&line) {
-                Ok(r) => {
-                    let waiter = self
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_mut()
-                        .and_then(|p| p.remove(&r.id));
-                    match waiter {
-                        Some(w) => {
-                            let _ = w.send(r.result);
-                        }
-                        None => tracing::warn!("relay: an answer to no call ({})", r.id),
-                    }
-                }
-                Err(e) => tracing::warn!("relay: not an answer: {e}"),
+/// Delivers answers until `input` ends, then fails every pending and later call.
+fn read_answers(pending: &Pending, mut input: impl BufRead) {
+    let mut line = Vec::new();
+    loop {
+        match read_line(&mut input, &mut line) {
+            Ok(Some(())) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("relay: {e}");
+                break;
             }
         }
-        // Dropping the waiters wakes every pending caller with SERVER_UNAVAILABLE.
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match serde_json::from_slice::<Response>(&line) {
+            Ok(r) => {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .and_then(|p| p.remove(&r.id));
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(r.result);
+                    }
+                    None => tracing::warn!("relay: an answer to no call ({})", r.id),
+                }
+            }
+            Err(e) => tracing::warn!("relay: not an answer: {e}"),
+        }
     }
+    // Dropping the waiters wakes every pending caller with SERVER_UNAVAILABLE.
+    *pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
 /// A [`HardwareProvider`] whose methods are calls answered by [`serve`] at the other end of a
@@ -490,21 +496,31 @@ pub struct RelayClient {
 
 impl RelayClient {
     /// Sends calls to `output` and reads answers from `input` (on a thread of its own that
-    /// ends when `input` does).
+    /// ends when `input` does). `output` is closed when the client and every operation it
+    /// returned are gone.
     pub fn new(
         input: impl BufRead + Send + 'static,
         output: impl Write + Send + 'static,
     ) -> io::Result<Self> {
-        let channel = Arc::new(Channel {
-            output: Mutex::new(Box::new(output)),
-            pending: Mutex::new(Some(HashMap::new())),
-            next: AtomicU64::new(0),
-        });
-        let reader = channel.clone();
+        let pending: Arc<Pending> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let reader = pending.clone();
         std::thread::Builder::new()
             .name("relay-answers".into())
-            .spawn(move || reader.read_answers(input))?;
-        Ok(Self { channel })
+            .spawn(move || read_answers(&reader, input))?;
+        Ok(Self {
+            channel: Arc::new(Channel {
+                output: Mutex::new(Box::new(output)),
+                pending,
+                next: AtomicU64::new(0),
+                guard: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Keeps `guard` (say, the serving process) until `output` has been closed, then drops it.
+    pub fn with_guard(self, guard: impl Send + 'static) -> Self {
+        *self.channel.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(guard));
+        self
     }
 
     fn call(&self, call: Call) -> Result<Reply, Hresult> {
@@ -788,12 +804,12 @@ mod tests {
         let devices = vec!["\\\\?\\disk1".to_string()];
         let mut a = vec![lun.clone()];
         let mut b = vec![lun.clone()];
-        assert_eq!(
-            direct.are_luns_supported(ctx, &devices, &mut a),
-            Ok(true)
-        );
+        assert_eq!(direct.are_luns_supported(ctx, &devices, &mut a), Ok(true));
         assert_eq!(client.are_luns_supported(ctx, &devices, &mut b), Ok(true));
-        assert_eq!(a, b, "the [in,out] LUNs came back as the provider left them");
+        assert_eq!(
+            a, b,
+            "the [in,out] LUNs came back as the provider left them"
+        );
         // A whole set through the relay leaves one more snapshot LUN on the array.
         let set = uuid::Uuid::from_u128(0x5e7);
         let mut l = vec![lun.clone()];
@@ -841,6 +857,54 @@ mod tests {
         );
     }
 
+    /// A socket's sending half that, like a pipe, is closed when dropped.
+    struct Half(UnixStream);
+
+    impl Write for Half {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.write(b)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    impl Drop for Half {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    #[test]
+    fn dropping_the_client_ends_the_relay_then_drops_the_guard() {
+        let (near, far) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let out = far.try_clone().unwrap();
+            let p: Arc<dyn HardwareProvider> =
+                Arc::new(ShadowlunProvider::new(MemoryArray::new().client("iqn.x")));
+            serve(p, BufReader::new(far), out, || {}).unwrap();
+        });
+        struct Guard(mpsc::Sender<&'static str>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = self.0.send("guard dropped");
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let client = RelayClient::new(BufReader::new(near.try_clone().unwrap()), Half(near))
+            .unwrap()
+            .with_guard(Guard(tx));
+        assert!(client.get_provider_capabilities().is_ok());
+        assert!(
+            rx.try_recv().is_err(),
+            "the guard lives as long as the client"
+        );
+        drop(client);
+        // The serving side saw the end of its input and returned.
+        server.join().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("guard dropped"));
+    }
+
     #[test]
     fn garbage_gets_invalidarg_and_the_relay_keeps_serving() {
         let (near, far) = UnixStream::pair().unwrap();
@@ -871,6 +935,8 @@ mod tests {
         r.read_line(&mut line).unwrap();
         let resp: Response = serde_json::from_str(&line).unwrap();
         assert_eq!((resp.id, resp.result), (8, Err(Hresult::E_INVALIDARG)));
+        // The wire form docs/windows-provider.md shows: the HRESULT as a number.
+        assert_eq!(line.trim_end(), r#"{"id":8,"result":{"Err":2147942487}}"#);
         // End of input ends the relay once every call is answered.
         w.shutdown(std::net::Shutdown::Write).unwrap();
         server.join().unwrap();

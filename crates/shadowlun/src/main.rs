@@ -8,6 +8,7 @@ mod lab;
 mod output;
 mod serve;
 mod vsscmd;
+mod wine;
 
 use clap::{Parser, Subcommand};
 

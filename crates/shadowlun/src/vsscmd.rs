@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
 use vss_emulator::coordinator::Config;
 use vss_emulator::script::{Environment, run_script};
 use vss_emulator::shadowlun_lab::ShadowlunLabFactory;
 
 use crate::lab::{RealLab, RealLabFactory, SharedLab};
+use crate::wine::{WineLabFactory, WineSetup};
 
 /// Which array the emulated hosts and the provider talk to.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -19,6 +20,49 @@ pub enum LabKind {
     Memory,
     /// A real array daemon on loopback: HTTPS control API, iSCSI hosts, embedded engine.
     Array,
+    /// As `array`, with the Windows provider (`shadowlun-provider.exe`) installed in Wine
+    /// prefixes and called through COM from another Windows process (see `--wine-prefix`).
+    Wine,
+}
+
+/// Where the Windows side is, for `--lab wine`.
+#[derive(Args, Debug)]
+pub struct WineArgs {
+    /// A prepared Wine prefix (wineboot done, VSS proxy/stub registered); one per host with
+    /// a live provider: give two for the conformance catalogue. Their Wine processes are
+    /// stopped before use and afterwards.
+    #[arg(long = "wine-prefix", value_name = "DIR")]
+    prefixes: Vec<PathBuf>,
+    /// The provider exe to install in each prefix.
+    #[arg(
+        long,
+        value_name = "EXE",
+        default_value = "target/x86_64-pc-windows-gnu/debug/shadowlun-provider.exe"
+    )]
+    provider_exe: PathBuf,
+    /// The relay that activates the installed provider through COM and carries calls to it.
+    #[arg(
+        long,
+        value_name = "EXE",
+        default_value = "target/x86_64-pc-windows-gnu/debug/examples/relay.exe"
+    )]
+    relay_exe: PathBuf,
+    #[arg(long, value_name = "PATH", default_value = "/usr/lib/wine/wine64")]
+    wine: PathBuf,
+    #[arg(long, value_name = "PATH", default_value = "wineserver")]
+    wineserver: PathBuf,
+}
+
+impl WineArgs {
+    fn factory(self) -> anyhow::Result<WineLabFactory> {
+        WineLabFactory::new(WineSetup {
+            prefixes: self.prefixes,
+            provider_exe: self.provider_exe,
+            relay_exe: self.relay_exe,
+            wine: self.wine,
+            wineserver: self.wineserver,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +82,8 @@ pub enum VssCmd {
         /// Directory for metadata files the scripts name (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        wine: WineArgs,
     },
     /// Run the conformance catalogue (contract §8 scenarios) and print a verdict per scenario.
     Conformance {
@@ -49,6 +95,8 @@ pub enum VssCmd {
         /// Print the full report, with every call trace, as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        wine: WineArgs,
     },
 }
 
@@ -57,10 +105,16 @@ const HOST_B: &str = "iqn.1991-05.com.microsoft:host-b";
 
 pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
     match cmd {
-        VssCmd::Conformance { lab, filter, json } => {
+        VssCmd::Conformance {
+            lab,
+            filter,
+            json,
+            wine,
+        } => {
             let factory: Box<dyn LabFactory> = match lab {
                 LabKind::Memory => Box::new(ShadowlunLabFactory),
                 LabKind::Array => Box::new(RealLabFactory::default()),
+                LabKind::Wine => Box::new(wine.factory()?),
             };
             let report = conformance::run(factory.as_ref(), &filter);
             if json {
@@ -73,11 +127,21 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        VssCmd::Run { scripts, lab, dir } => run_scripts(&scripts, lab, dir),
+        VssCmd::Run {
+            scripts,
+            lab,
+            dir,
+            wine,
+        } => run_scripts(&scripts, lab, dir, wine),
     }
 }
 
-fn run_scripts(scripts: &[String], lab: LabKind, dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn run_scripts(
+    scripts: &[String],
+    lab: LabKind,
+    dir: Option<PathBuf>,
+    wine: WineArgs,
+) -> anyhow::Result<()> {
     let mut parsed = Vec::new();
     for s in scripts {
         let (host, file) = match s.split_once('=') {
@@ -98,8 +162,14 @@ fn run_scripts(scripts: &[String], lab: LabKind, dir: Option<PathBuf>) -> anyhow
             d
         }
     };
+    // Declared before the lab: its prefixes are stopped after the lab is gone.
+    let wine_factory;
     let boxed: Box<dyn Lab> = match lab {
         LabKind::Memory => ShadowlunLabFactory.build().map_err(anyhow::Error::msg)?,
+        LabKind::Wine => {
+            wine_factory = wine.factory()?;
+            wine_factory.build().map_err(anyhow::Error::msg)?
+        }
         LabKind::Array => {
             let pool = base.join("array-pool");
             Box::new(SharedLab(Arc::new(RealLab::start(pool, false)?)))
