@@ -47,8 +47,10 @@ pub struct WineArgs {
         default_value = "target/x86_64-pc-windows-gnu/debug/examples/relay.exe"
     )]
     relay_exe: PathBuf,
+    /// Wine's loader for 64-bit programs (Debian's wine64 package puts it here).
     #[arg(long, value_name = "PATH", default_value = "/usr/lib/wine/wine64")]
     wine: PathBuf,
+    /// `wineserver`, used to stop each prefix's Wine processes (`-k`).
     #[arg(long, value_name = "PATH", default_value = "wineserver")]
     wineserver: PathBuf,
 }
@@ -86,6 +88,10 @@ pub enum VssCmd {
         wine: WineArgs,
     },
     /// Run the conformance catalogue (contract §8 scenarios) and print a verdict per scenario.
+    ///
+    /// With `--lab wine`, each emulated host's provider is the real `shadowlun-provider.exe`
+    /// installed in a Wine prefix and called through COM; scripts/ci.d/40-windows.sh prepares
+    /// the prefixes and runs it.
     Conformance {
         #[arg(long, value_enum, default_value = "memory")]
         lab: LabKind,
