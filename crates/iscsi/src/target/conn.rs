@@ -1168,9 +1168,14 @@ impl Session {
     }
 }
 
+/// Data segments at least this long go to the socket straight from the device's buffer
+/// (one vectored write after flushing what is buffered) instead of being copied into the
+/// write buffer.
+const DIRECT_DATA: usize = 32 * 1024;
+
 /// Writes one PDU whose data segment is a borrowed slice.
 async fn write_parts<W: AsyncWrite + Unpin>(
-    w: &mut W,
+    w: &mut BufWriter<W>,
     bhs: &Bhs,
     data: &[u8],
     d: Digests,
@@ -1184,6 +1189,13 @@ async fn write_parts<W: AsyncWrite + Unpin>(
         let crc = crc32c::crc32c(&b.0);
         head.extend_from_slice(&crc.to_le_bytes());
     }
+    if data.len() >= DIRECT_DATA {
+        let header_len = head.len();
+        pdu::write_data_trailer(data, d, head);
+        let (header, trailer) = head.split_at(header_len);
+        w.flush().await?;
+        return write_all_vectored(w.get_mut(), [header, data, trailer]).await;
+    }
     w.write_all(head).await?;
     if !data.is_empty() {
         w.write_all(data).await?;
@@ -1192,6 +1204,28 @@ async fn write_parts<W: AsyncWrite + Unpin>(
         w.write_all(head).await?;
     }
     Ok(())
+}
+
+/// Writes every byte of `parts`, in order, with as few vectored writes as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut parts: [&[u8]; 3],
+) -> std::io::Result<()> {
+    loop {
+        let slices = parts.map(std::io::IoSlice::new);
+        if slices.iter().all(|s| s.is_empty()) {
+            return Ok(());
+        }
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        for p in parts.iter_mut() {
+            let k = n.min(p.len());
+            *p = &p[k..];
+            n -= k;
+        }
+    }
 }
 
 async fn writer_task<W: AsyncWrite + Unpin>(
@@ -1324,4 +1358,72 @@ async fn writer_task<W: AsyncWrite + Unpin>(
     }
     w.flush().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most 1000 bytes per call, so vectored writes come back short.
+    struct Dribble(Vec<u8>);
+
+    impl AsyncWrite for Dribble {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(1000);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn pdus_written_from_the_device_buffer_are_byte_for_byte_the_encoded_pdu() {
+        for len in [
+            0,
+            1,
+            100,
+            DIRECT_DATA - 1,
+            DIRECT_DATA,
+            40_001,
+            65_536,
+            262_143,
+        ] {
+            for (header, data) in [(false, false), (true, false), (false, true), (true, true)] {
+                let d = Digests { header, data };
+                let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                let mut b = Bhs::new(op::DATA_IN);
+                b.set_itt(0x1234);
+                b.set_u32(40, 4096);
+                // Something small buffered first: it must reach the wire before the PDU.
+                let mut w = BufWriter::with_capacity(256 * 1024, Dribble(Vec::new()));
+                w.write_all(b"prior").await.unwrap();
+                let mut head = Vec::new();
+                write_parts(&mut w, &b, &payload, d, &mut head)
+                    .await
+                    .unwrap();
+                w.flush().await.unwrap();
+                let mut want = b"prior".to_vec();
+                want.extend(Pdu::with_data(b.clone(), payload.clone()).encode(d));
+                assert!(
+                    w.get_ref().0 == want,
+                    "length {len}, digests {header}/{data}"
+                );
+            }
+        }
+    }
 }
