@@ -10,9 +10,10 @@
 //! carries an id, [`serve`] runs each on its own thread, and answers come back in any order.
 //! The `IVssAsync` of `ResyncLuns` stays on the serving side; the client holds its id.
 //!
-//! Lines are at most [`MAX_LINE`] bytes; anything else (a line that does not parse, an answer
-//! of the wrong kind, an array whose length changed) is a protocol error that the client turns
-//! into `E_UNEXPECTED`. A relay that goes away turns every call, pending or later, into
+//! Lines are at most [`MAX_LINE`] bytes. A request that does not parse is answered with id 0
+//! and `E_INVALIDARG`; an answer of the wrong kind or an `[in,out]` array whose length changed
+//! is `E_UNEXPECTED` for the caller; an answer line that does not parse is logged and dropped
+//! (its caller waits until the stream ends). A relay that goes away turns every call, pending or later, into
 //! `HRESULT_FROM_WIN32(RPC_S_SERVER_UNAVAILABLE)`, what COM returns when a server process dies.
 
 use std::collections::HashMap;
@@ -170,12 +171,12 @@ struct Response {
     result: Result<Reply, Hresult>,
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` at end of stream.
-fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<()>> {
+/// Reads one line of at most [`MAX_LINE`] bytes; false at end of stream.
+fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<bool> {
     buf.clear();
     let n = Read::take(input, MAX_LINE as u64 + 1).read_until(b'\n', buf)?;
     if n == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     if buf.len() > MAX_LINE {
         return Err(io::Error::new(
@@ -183,7 +184,7 @@ fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<
             format!("a relay line longer than {MAX_LINE} bytes"),
         ));
     }
-    Ok(Some(()))
+    Ok(true)
 }
 
 fn write_line<T: Serialize>(out: &Mutex<impl Write>, value: &T) -> io::Result<()> {
@@ -209,14 +210,6 @@ impl Operations {
             .get(&id)
             .cloned()
             .ok_or(Hresult::E_INVALIDARG)
-    }
-}
-
-fn same_len(before: usize, after: &[LunInfo]) -> Result<(), Hresult> {
-    if before == after.len() {
-        Ok(())
-    } else {
-        Err(Hresult::E_UNEXPECTED)
     }
 }
 
@@ -368,7 +361,7 @@ where
     let ops = Operations::default();
     let mut line = Vec::new();
     std::thread::scope(|scope| {
-        while read_line(&mut input, &mut line)?.is_some() {
+        while read_line(&mut input, &mut line)? {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -443,6 +436,14 @@ impl Channel {
         rx.recv().unwrap_or(Err(SERVER_UNAVAILABLE))
     }
 
+    /// A call whose only answer is `Done`.
+    fn done(&self, call: Call) -> Result<(), Hresult> {
+        match self.call(call)? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn forget(&self, id: u64) {
         if let Some(p) = self
             .pending
@@ -460,8 +461,8 @@ fn read_answers(pending: &Pending, mut input: impl BufRead) {
     let mut line = Vec::new();
     loop {
         match read_line(&mut input, &mut line) {
-            Ok(Some(())) => {}
-            Ok(None) => break,
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => {
                 tracing::warn!("relay: {e}");
                 break;
@@ -528,10 +529,7 @@ impl RelayClient {
     }
 
     fn done(&self, call: Call) -> Result<(), Hresult> {
-        match self.call(call)? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.channel.done(call)
     }
 
     fn luns(&self, call: Call, into: &mut [LunInfo]) -> Result<(), Hresult> {
@@ -548,7 +546,9 @@ fn unexpected(reply: Reply) -> Hresult {
 }
 
 fn copy_back(luns: Vec<LunInfo>, into: &mut [LunInfo]) -> Result<(), Hresult> {
-    same_len(into.len(), &luns)?;
+    if luns.len() != into.len() {
+        return Err(Hresult::E_UNEXPECTED);
+    }
     for (dst, src) in into.iter_mut().zip(luns) {
         *dst = src;
     }
@@ -736,13 +736,10 @@ struct RelayOperation {
 
 impl AsyncOperation for RelayOperation {
     fn wait(&self, timeout: Option<Duration>) -> Result<(), Hresult> {
-        match self.channel.call(Call::AsyncWait {
+        self.channel.done(Call::AsyncWait {
             operation: self.operation,
             timeout_ms: timeout.map(|t| t.as_millis().min(u64::MAX as u128) as u64),
-        })? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        })
     }
 
     fn query_status(&self) -> Result<(Hresult, i32), Hresult> {

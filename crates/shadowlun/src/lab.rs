@@ -233,19 +233,24 @@ pub struct RealLabFactory {
     counter: std::sync::atomic::AtomicUsize,
 }
 
+impl RealLabFactory {
+    /// A new array in a temporary directory of its own (removed when the lab is dropped).
+    pub fn fresh(&self) -> Result<RealLab, String> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shadowlun-lab-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        RealLab::start(dir, false).map_err(|e| format!("{e:#}"))
+    }
+}
+
 impl LabFactory for RealLabFactory {
     fn name(&self) -> String {
         "shadowlun provider over HTTPS + array daemon (embedded engine) + hosts over iSCSI".into()
     }
 
     fn build(&self) -> Result<Box<dyn Lab>, String> {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("shadowlun-lab-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        RealLab::start(dir, false)
-            .map(|l| Box::new(l) as Box<dyn Lab>)
-            .map_err(|e| format!("{e:#}"))
+        self.fresh().map(|l| Box::new(l) as Box<dyn Lab>)
     }
 }

@@ -28,7 +28,7 @@ use vss::VssId;
 use vss_emulator::HostStorage;
 use vss_emulator::conformance::{Lab, LabFactory};
 
-use crate::lab::RealLab;
+use crate::lab::{RealLab, RealLabFactory};
 
 /// How long `install` may take (it starts Wine's services in a stopped prefix).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -191,7 +191,7 @@ impl Drop for RelayProcess {
 pub struct WineLabFactory {
     setup: Arc<WineSetup>,
     pool: Arc<Pool>,
-    counter: std::sync::atomic::AtomicUsize,
+    arrays: RealLabFactory,
 }
 
 impl WineLabFactory {
@@ -209,7 +209,7 @@ impl WineLabFactory {
         Ok(Self {
             setup: Arc::new(setup),
             pool,
-            counter: Default::default(),
+            arrays: RealLabFactory::default(),
         })
     }
 }
@@ -230,14 +230,8 @@ impl LabFactory for WineLabFactory {
     }
 
     fn build(&self) -> Result<Box<dyn Lab>, String> {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("shadowlun-wine-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let real = RealLab::start(dir, false).map_err(|e| format!("{e:#}"))?;
         Ok(Box::new(WineLab {
-            real,
+            real: self.arrays.fresh()?,
             setup: self.setup.clone(),
             pool: self.pool.clone(),
             live: Mutex::new(HashMap::new()),
