@@ -5,8 +5,9 @@ use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
 /// What the target needs from a SCSI device model. Implemented for [`scsi::Target`] in
 /// `scsi_target.rs`; tests use small in-memory handlers.
 ///
-/// `execute` may block (device I/O); the target calls it from a blocking thread pool and
-/// runs many commands at once, so implementations must be thread safe.
+/// `execute` may block (device I/O); the target calls it from a blocking thread pool (or,
+/// for commands `is_quick` accepts, on the connection's thread) and runs many commands at
+/// once, so implementations must be thread safe.
 pub trait ScsiHandler: Send + Sync + 'static {
     fn execute(&self, cmd: &Command<'_>) -> Outcome;
     fn task_management(&self, nexus: &Nexus, lun: u64, f: TaskManagement)
@@ -22,6 +23,13 @@ pub trait ScsiHandler: Send + Sync + 'static {
     fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
         let _ = cmd;
         None
+    }
+    /// True if `execute` will finish `cmd` in microseconds without waiting on other
+    /// commands (page-cache reads and writes). The target then runs it on the connection's
+    /// own thread instead of the blocking pool. Default: false.
+    fn is_quick(&self, cmd: &Command<'_>) -> bool {
+        let _ = cmd;
+        false
     }
 }
 
@@ -45,5 +53,8 @@ impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
     }
     fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
         (**self).data_length(cmd)
+    }
+    fn is_quick(&self, cmd: &Command<'_>) -> bool {
+        (**self).is_quick(cmd)
     }
 }

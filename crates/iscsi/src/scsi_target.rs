@@ -25,4 +25,7 @@ impl ScsiHandler for scsi::Target {
     fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
         scsi::Target::data_length(self, cmd)
     }
+    fn is_quick(&self, cmd: &Command<'_>) -> bool {
+        scsi::Target::is_quick(self, cmd)
+    }
 }

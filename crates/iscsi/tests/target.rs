@@ -281,6 +281,61 @@ fn thirty_two_queued_reads_all_complete_with_their_own_data() {
 }
 
 #[test]
+fn quick_commands_run_on_the_connection_thread_and_pass_a_slow_one() {
+    let h = handler_with_lun0();
+    h.quick_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    *h.delay_sync.lock().unwrap() = Some(Duration::from_millis(400));
+    let (server, addr) = start(h.clone(), AuthPolicy::None);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    let mut sync = [0u8; 16];
+    sync[0] = 0x91;
+    let sync_tag = s.submit(0, &sync, DataDir::None).unwrap();
+    let mut writes = Vec::new();
+    for i in 0..8u64 {
+        let cdb = iscsi::initiator::rw16(0x8a, i, 1, false);
+        writes.push(
+            s.submit(0, &cdb, DataDir::Write(pattern(512, i as u8)))
+                .unwrap(),
+        );
+    }
+    // The eight writes are answered while SYNCHRONIZE CACHE still runs on the pool.
+    for _ in 0..8 {
+        let (tag, r) = s.wait_any().unwrap();
+        assert_eq!(r.unwrap().status, 0);
+        assert!(
+            writes.contains(&tag),
+            "tag {tag} answered before the writes"
+        );
+    }
+    let (tag, r) = s.wait_any().unwrap();
+    assert_eq!((tag, r.unwrap().status), (sync_tag, 0));
+    for i in 0..8usize {
+        assert_eq!(
+            h.data.lock().unwrap()[i * 512..(i + 1) * 512],
+            pattern(512, i as u8)[..]
+        );
+    }
+    let threads = h.threads.lock().unwrap().clone();
+    let on = |op: u8| {
+        threads
+            .iter()
+            .filter(move |(o, _)| *o == op)
+            .map(|(_, t)| t.clone())
+    };
+    assert_eq!(on(0x8a).count(), 8);
+    assert!(
+        on(0x8a).all(|t| t.starts_with("iscsi-conn-")),
+        "{threads:?}"
+    );
+    assert!(
+        on(0x91).all(|t| !t.starts_with("iscsi-conn-")),
+        "{threads:?}"
+    );
+    server.shutdown();
+}
+
+#[test]
 fn reinstating_a_session_with_the_same_isid_ends_the_old_nexus() {
     let h = handler_with_lun0();
     let (server, addr) = start(h.clone(), AuthPolicy::None);

@@ -132,6 +132,10 @@ impl BlockDevice for FileDevice {
         self.block_size
     }
 
+    fn quick_io(&self) -> bool {
+        true
+    }
+
     fn num_blocks(&self) -> u64 {
         self.num_blocks.load(Ordering::Relaxed)
     }
@@ -141,6 +145,36 @@ impl BlockDevice for FileDevice {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| io_err(e, offset, false))
+    }
+
+    fn read_to_vec(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), DeviceError> {
+        self.check(offset, len as u64)?;
+        let start = buf.len();
+        let end = start + len;
+        buf.reserve_exact(len);
+        while buf.len() < end {
+            let done = (buf.len() - start) as u64;
+            match rustix::io::pread(
+                &self.file,
+                rustix::buffer::spare_capacity(&mut *buf),
+                offset + done,
+            ) {
+                Ok(0) => {
+                    buf.truncate(start);
+                    let e = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                    return Err(io_err(e, offset + done, false));
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(io_err(e.into(), offset + done, false));
+                }
+            }
+        }
+        // The spare capacity may have been larger than asked for.
+        buf.truncate(end);
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
@@ -360,6 +394,10 @@ impl MemDevice {
 impl BlockDevice for MemDevice {
     fn block_size(&self) -> u32 {
         self.block_size
+    }
+
+    fn quick_io(&self) -> bool {
+        true
     }
 
     fn num_blocks(&self) -> u64 {

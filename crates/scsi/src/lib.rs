@@ -71,6 +71,17 @@ pub trait BlockDevice: Send + Sync {
     /// Capacity in logical blocks.
     fn num_blocks(&self) -> u64;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Appends `len` bytes read at `offset` to `buf` (unchanged on error). Devices that can
+    /// read into uninitialised capacity override it to skip zeroing the buffer first.
+    fn read_to_vec(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), DeviceError> {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let r = self.read_at(offset, &mut buf[start..]);
+        if r.is_err() {
+            buf.truncate(start);
+        }
+        r
+    }
     /// Writes `data`; with `fua` the data is durable when this returns.
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
     /// Makes every completed write durable (SYNCHRONIZE CACHE).
@@ -82,6 +93,12 @@ pub trait BlockDevice: Send + Sync {
     }
     /// True if the device is thin provisioned and supports [`BlockDevice::discard`].
     fn thin_provisioned(&self) -> bool {
+        false
+    }
+    /// True if reads and writes without FUA complete in microseconds (memory, page cache)
+    /// and never wait on other commands. A transport may then run such commands on the
+    /// thread that received them instead of handing them to a pool. Default: false.
+    fn quick_io(&self) -> bool {
         false
     }
     /// For GET LBA STATUS: whether the range starting at `offset` is mapped, and for how many

@@ -154,6 +154,26 @@ impl Target {
     /// parse. The transport uses it to report residual overflow and underflow (RFC 7143
     /// 11.4.5): a WRITE whose Expected Data Transfer Length is smaller than this writes only
     /// the whole blocks that arrived.
+    /// True if `cmd` is a READ or WRITE (6/10/12/16) without FUA, or TEST UNIT READY, for a
+    /// LUN whose device does quick I/O ([`crate::BlockDevice::quick_io`]): the command
+    /// finishes in microseconds and may run on the transport's own thread.
+    pub fn is_quick(&self, cmd: &Command<'_>) -> bool {
+        use cdb::opcode::*;
+        let Some(&op) = cmd.cdb.first() else {
+            return false;
+        };
+        let fua = cmd.cdb.get(1).is_some_and(|b| b & 0x08 != 0);
+        let simple = match op {
+            TEST_UNIT_READY | READ_6 | WRITE_6 => true,
+            READ_10 | READ_12 | READ_16 | WRITE_10 | WRITE_12 | WRITE_16 => !fua,
+            _ => false,
+        };
+        simple
+            && decode_lun(cmd.lun)
+                .and_then(|l| self.lu_for(&cmd.nexus.initiator, l))
+                .is_some_and(|lu| lu.device().quick_io())
+    }
+
     pub fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
         let parsed = cdb::parse(cmd.cdb).ok()?;
         let bs = decode_lun(cmd.lun)

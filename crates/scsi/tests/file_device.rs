@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use scsi::encode_lun;
 use scsi::{FileDevice, LogicalUnit, Target};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -112,4 +113,76 @@ fn resized_file_reports_new_capacity_after_unit_attention() {
     let d = good(&exec(&t, &n, 0, &cdb16(0x9E, 0x10, 0, 32), &[])).to_vec();
     assert_eq!(&d[..8], &199u64.to_be_bytes());
     good(&exec(&t, &n, 0, &read10(150, 1), &[]));
+}
+
+#[test]
+fn reads_of_a_file_lun_return_the_file_bytes_and_range_errors_leave_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, dev, path) = file_target(dir.path());
+    let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 253) as u8).collect();
+    good(&exec(&t, &n, 0, &write10(1021, 3, false), &data));
+    // Through the device model: the last three blocks, exactly.
+    let o = exec(&t, &n, 0, &read10(1022, 3), &[]);
+    assert_eq!(sense_of(&o), (0x05, 0x21, 0x00));
+    let o = exec(&t, &n, 0, &read10(1024, 1), &[]);
+    assert_eq!(sense_of(&o), (0x05, 0x21, 0x00));
+    assert!(good(&exec(&t, &n, 0, &read10(1021, 3), &[])) == &data[..]);
+    // Straight from the device: appends to what the buffer holds.
+    use scsi::BlockDevice;
+    let mut buf = vec![0xee; 5];
+    dev.read_to_vec(1022 * 4096, 4096, &mut buf).unwrap();
+    assert_eq!(&buf[..5], &[0xee; 5]);
+    assert!(buf[5..] == data[4096..8192]);
+    assert_eq!(
+        dev.read_to_vec(1023 * 4096, 8192, &mut buf),
+        Err(scsi::DeviceError::OutOfRange)
+    );
+    assert_eq!(buf.len(), 5 + 4096);
+    // A file shorter than the device says (truncated behind its back): an error, not zeros.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1022 * 4096)
+        .unwrap();
+    let mut buf = Vec::new();
+    assert!(dev.read_to_vec(1021 * 4096, 2 * 4096, &mut buf).is_err());
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn plain_reads_and_writes_of_file_and_memory_luns_are_quick_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, _, _) = file_target(dir.path());
+    let (_, mem) = mem_lu(2, 512, 64);
+    t.map(HOST1, 1, mem);
+    let quick = |lun: u64, cdb: &[u8]| {
+        t.is_quick(&scsi::Command {
+            nexus: &n,
+            lun: encode_lun(lun),
+            cdb,
+            data_out: &[],
+            expected_length: 0,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    for lun in [0, 1] {
+        assert!(quick(lun, &read10(0, 1)));
+        assert!(quick(lun, &write10(0, 1, false)));
+        assert!(quick(lun, &cdb16(0x88, 0, 0, 1)));
+        assert!(quick(lun, &cdb16(0x8a, 0, 0, 1)));
+        assert!(quick(lun, &[0, 0, 0, 0, 0, 0]));
+        // FUA waits for the medium; SYNCHRONIZE CACHE, UNMAP, COMPARE AND WRITE and
+        // reservations are never quick.
+        assert!(!quick(lun, &write10(0, 1, true)));
+        assert!(!quick(lun, &cdb16(0x8a, 0x08, 0, 1)));
+        assert!(!quick(lun, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(!quick(lun, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0]));
+        assert!(!quick(lun, &cdb16(0x89, 0, 0, 1)));
+        assert!(!quick(lun, &[0x5f, 1, 0, 0, 0, 0, 0, 0, 24, 0]));
+    }
+    // An unmapped LUN, an empty CDB.
+    assert!(!quick(7, &read10(0, 1)));
+    assert!(!quick(0, &[]));
 }

@@ -441,6 +441,81 @@ async fn full_feature(
     let _ = ended_tx.send(true);
 }
 
+/// One SCSI command handed to the device model.
+struct Job {
+    handler: Arc<dyn ScsiHandler>,
+    nexus: Arc<Nexus>,
+    itt: u32,
+    lun: u64,
+    cdb: Vec<u8>,
+    data_out: Vec<u8>,
+    edtl: u32,
+    read: bool,
+    write: bool,
+    attr: TaskAttribute,
+    immediate: bool,
+    aborted: Arc<AtomicBool>,
+    seq: Arc<Seq>,
+    running: Arc<Running>,
+}
+
+impl Job {
+    fn command(&self) -> Command<'_> {
+        Command {
+            nexus: &self.nexus,
+            lun: self.lun,
+            cdb: &self.cdb,
+            data_out: &self.data_out,
+            expected_length: self.edtl,
+            task_tag: self.itt,
+            attribute: self.attr,
+        }
+    }
+
+    /// Executes the command (blocking) and leaves the task table; `None` if it was aborted
+    /// meanwhile (no response is sent then).
+    fn run(self) -> Option<ScsiDone> {
+        let cmd = self.command();
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handler.execute(&cmd)
+        })) {
+            Ok(o) => o,
+            Err(_) => {
+                tracing::error!(
+                    itt = self.itt,
+                    "SCSI handler panicked; answering HARDWARE ERROR"
+                );
+                check_condition(0x04, 0x44, 0x00)
+            }
+        };
+        let cdb_length = if self.write {
+            self.handler.data_length(&cmd)
+        } else {
+            None
+        };
+        if !self.immediate {
+            self.seq.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
+        }
+        // Leave the task table and read the abort flag under one lock, so that an ABORT
+        // TASK either finds the task (and no response is sent) or does not.
+        let was_aborted = {
+            let mut t = self.running.tasks.lock().expect("tasks lock");
+            t.remove(&self.itt);
+            self.aborted.load(Ordering::Acquire)
+        };
+        self.running.done.notify_waiters();
+        (!was_aborted).then_some(ScsiDone {
+            itt: self.itt,
+            lun: self.lun,
+            edtl: self.edtl,
+            read: self.read,
+            write: self.write,
+            cdb_length,
+            outcome,
+        })
+    }
+}
+
 impl Session {
     fn alloc_ttt(&mut self) -> u32 {
         let t = self.next_ttt;
@@ -598,7 +673,8 @@ impl Session {
                 false,
                 attr,
                 immediate,
-            );
+            )
+            .await;
             return Ok(());
         }
         if (imm_len > 0 && !self.params.immediate_data)
@@ -641,12 +717,12 @@ impl Session {
             refuse,
         };
         if w.received == w.edtl && w.unsol_done {
-            self.finish_write(itt, w);
+            self.finish_write(itt, w).await;
             return Ok(());
         }
         if w.unsol_done && w.refuse.is_some() && w.outstanding.is_empty() {
             // A refused command solicits nothing: answer once the unsolicited data is in.
-            self.finish_write(itt, w);
+            self.finish_write(itt, w).await;
             return Ok(());
         }
         if w.unsol_done {
@@ -758,12 +834,12 @@ impl Session {
             w.next_offset = w.received;
         }
         if w.received == w.edtl && w.outstanding.is_empty() {
-            self.finish_write(itt, w);
+            self.finish_write(itt, w).await;
             return Ok(());
         }
         if w.unsol_done && w.refuse.is_some() && w.outstanding.is_empty() {
             // A refused command solicits nothing: answer once the unsolicited data is in.
-            self.finish_write(itt, w);
+            self.finish_write(itt, w).await;
             return Ok(());
         }
         if w.unsol_done {
@@ -799,7 +875,7 @@ impl Session {
             .map_err(|_| ConnError::WriterGone)
     }
 
-    fn finish_write(&mut self, itt: u32, w: WriteTask) {
+    async fn finish_write(&mut self, itt: u32, w: WriteTask) {
         if let Some(outcome) = w.refuse {
             self.release_slot(w.immediate);
             let done = ScsiDone {
@@ -825,11 +901,14 @@ impl Session {
             true,
             w.attr,
             w.immediate,
-        );
+        )
+        .await;
     }
 
+    /// Runs one command: on this thread when the handler calls it quick, else on the
+    /// blocking pool. Its answer goes to the writer either way.
     #[allow(clippy::too_many_arguments)]
-    fn dispatch(
+    async fn dispatch(
         &mut self,
         itt: u32,
         lun: u64,
@@ -852,55 +931,37 @@ impl Session {
                 aborted: aborted.clone(),
             },
         );
-        let nexus = self.nexus.clone();
-        let tx = self.tx.clone();
-        let seq = self.seq.clone();
-        let running = self.running.clone();
-        tokio::task::spawn_blocking(move || {
-            let cmd = Command {
-                nexus: &nexus,
-                lun,
-                cdb: &cdb,
-                data_out: &data_out,
-                expected_length: edtl,
-                task_tag: itt,
-                attribute: attr,
-            };
-            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler.execute(&cmd)
-            })) {
-                Ok(o) => o,
-                Err(_) => {
-                    tracing::error!(itt, "SCSI handler panicked; answering HARDWARE ERROR");
-                    check_condition(0x04, 0x44, 0x00)
+        let job = Job {
+            handler,
+            nexus: self.nexus.clone(),
+            itt,
+            lun,
+            cdb,
+            data_out,
+            edtl,
+            read,
+            write,
+            attr,
+            immediate,
+            aborted,
+            seq: self.seq.clone(),
+            running: self.running.clone(),
+        };
+        if job.handler.is_quick(&job.command()) {
+            if let Some(done) = job.run() {
+                let large = done.outcome.data_in.len() >= DIRECT_DATA;
+                let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
+                if large {
+                    // Let the writer send a large answer now, so the initiator takes it in
+                    // while the next command executes; small answers go out in batches.
+                    tokio::task::yield_now().await;
                 }
-            };
-            let cdb_length = if write {
-                handler.data_length(&cmd)
-            } else {
-                None
-            };
-            if !immediate {
-                seq.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
             }
-            // Leave the task table and read the abort flag under one lock, so that an
-            // ABORT TASK either finds the task (and no response is sent) or does not.
-            let was_aborted = {
-                let mut t = running.tasks.lock().expect("tasks lock");
-                t.remove(&itt);
-                aborted.load(Ordering::Acquire)
-            };
-            running.done.notify_waiters();
-            if !was_aborted {
-                let done = ScsiDone {
-                    itt,
-                    lun,
-                    edtl,
-                    read,
-                    write,
-                    cdb_length,
-                    outcome,
-                };
+            return;
+        }
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(done) = job.run() {
                 let _ = tx.blocking_send(Out::Scsi(Box::new(done)));
             }
         });

@@ -382,8 +382,14 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
             c = rx.recv() => match c {
                 Some((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let s = shared.clone();
-                    conns.spawn(async move { conn::run(s, stream, peer).await });
+                    match connection_thread(shared.clone(), stream, peer) {
+                        Ok(done) => {
+                            conns.spawn(async move {
+                                let _ = done.await;
+                            });
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot start a connection thread"),
+                    }
                 }
                 None => break,
             },
@@ -396,6 +402,35 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     let limit = shared.config.logout_grace + Duration::from_secs(5);
     let _ = tokio::time::timeout(limit, async { while conns.join_next().await.is_some() {} }).await;
     conns.shutdown().await;
+}
+
+/// Runs one connection on a thread of its own with a single-threaded runtime: the session
+/// loop, its writer and the commands it executes in line hand work to each other without
+/// waking another thread. The receiver resolves when the connection has ended.
+fn connection_thread(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let stream = stream.into_std()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("iscsi-conn-{peer}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => conn::run(shared, stream, peer).await,
+                    Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
+                }
+            });
+            // Commands still on the blocking pool (device I/O) get a bounded wait.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

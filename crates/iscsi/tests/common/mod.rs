@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iscsi::ScsiHandler;
@@ -22,6 +22,11 @@ pub struct MemHandler {
     pub delay_reads: Mutex<Option<Duration>>,
     pub executed: AtomicUsize,
     pub seen_tags: Mutex<HashMap<u32, usize>>,
+    /// WRITE (16) is declared quick (runs on the connection's thread).
+    pub quick_writes: AtomicBool,
+    pub delay_sync: Mutex<Option<Duration>>,
+    /// (opcode, name of the thread that executed it), in execution order.
+    pub threads: Mutex<Vec<(u8, String)>>,
 }
 
 fn sense(key: u8, asc: u8, ascq: u8) -> Outcome {
@@ -59,6 +64,9 @@ impl MemHandler {
             delay_reads: Mutex::new(None),
             executed: AtomicUsize::new(0),
             seen_tags: Mutex::new(HashMap::new()),
+            quick_writes: AtomicBool::new(false),
+            delay_sync: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
         }
     }
     pub fn map(&self, initiator: &str, lun: u64) {
@@ -77,6 +85,10 @@ impl MemHandler {
 impl ScsiHandler for MemHandler {
     fn execute(&self, cmd: &Command<'_>) -> Outcome {
         self.executed.fetch_add(1, Ordering::SeqCst);
+        self.threads.lock().unwrap().push((
+            cmd.cdb[0],
+            std::thread::current().name().unwrap_or("").to_string(),
+        ));
         let lun = iscsi::initiator::decode_lun(cmd.lun);
         let cdb = cmd.cdb;
         if cdb[0] != 0xa0 && cdb[0] != 0x12 && !self.luns_for(&cmd.nexus.initiator).contains(&lun) {
@@ -86,7 +98,14 @@ impl ScsiHandler for MemHandler {
             return sense(0x06, 0x3f, 0x0e);
         }
         match cdb[0] {
-            0x00 | 0x91 => good(vec![], 0),
+            0x00 => good(vec![], 0),
+            0x91 => {
+                let delay = *self.delay_sync.lock().unwrap();
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                good(vec![], 0)
+            }
             0x12 => {
                 let alloc = u16::from_be_bytes([cdb[3], cdb[4]]) as usize;
                 if cdb[1] & 1 == 1 {
@@ -162,6 +181,10 @@ impl ScsiHandler for MemHandler {
 
     fn nexus_lost(&self, nexus: &Nexus) {
         self.lost.lock().unwrap().push(nexus.clone());
+    }
+
+    fn is_quick(&self, cmd: &Command<'_>) -> bool {
+        cmd.cdb[0] == 0x8a && self.quick_writes.load(Ordering::SeqCst)
     }
 
     fn luns_for(&self, initiator: &str) -> Vec<u64> {

@@ -58,12 +58,12 @@ fn writable(ctx: &Ctx<'_>) -> Result<(), Sense> {
 
 pub(crate) fn read(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16) -> Res {
     let (off, len) = range(ctx, lba, blocks, len_at)?;
-    let mut buf = vec![0u8; len];
+    let mut buf = Vec::with_capacity(len);
     if len > 0 {
         let _g = ctx.lu.io_shared();
         ctx.lu
             .device()
-            .read_at(off, &mut buf)
+            .read_to_vec(off, len, &mut buf)
             .map_err(|e| dev_err(ctx, &e))?;
     }
     Ok(buf)
