@@ -1,6 +1,6 @@
 //! The one interface between the transport and the SCSI device model.
 
-use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
+use scsi::{Command, FileSpan, Nexus, Outcome, TaskManagement, TaskManagementResponse};
 
 /// What the target needs from a SCSI device model. Implemented for [`scsi::Target`] in
 /// `scsi_target.rs`; tests use small in-memory handlers.
@@ -31,6 +31,11 @@ pub trait ScsiHandler: Send + Sync + 'static {
         let _ = cmd;
         false
     }
+    /// As `execute`, but data-in may instead be returned as a file span that the target
+    /// sends from the file (see [`scsi::Target::execute_zero_copy`]). Default: `execute`.
+    fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
+        (self.execute(cmd), None)
+    }
 }
 
 impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
@@ -56,5 +61,8 @@ impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
     }
     fn is_quick(&self, cmd: &Command<'_>) -> bool {
         (**self).is_quick(cmd)
+    }
+    fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
+        (**self).execute_zero_copy(cmd)
     }
 }

@@ -1,6 +1,6 @@
 //! [`ScsiHandler`] for the device model's [`scsi::Target`].
 
-use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
+use scsi::{Command, FileSpan, Nexus, Outcome, TaskManagement, TaskManagementResponse};
 
 use crate::handler::ScsiHandler;
 
@@ -27,5 +27,8 @@ impl ScsiHandler for scsi::Target {
     }
     fn is_quick(&self, cmd: &Command<'_>) -> bool {
         scsi::Target::is_quick(self, cmd)
+    }
+    fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
+        scsi::Target::execute_zero_copy(self, cmd)
     }
 }

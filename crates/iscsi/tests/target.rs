@@ -96,6 +96,96 @@ fn crc32c_digests_are_negotiated_and_carry_data_intact() {
     server.shutdown();
 }
 
+/// A file LUN behind the device model, its file holding `blocks` blocks of a pattern.
+fn file_lun(dir: &std::path::Path, blocks: u64) -> (TargetServer, SocketAddr, Vec<u8>) {
+    let path = dir.join("lun0.img");
+    let bytes = pattern((blocks * 512) as usize, 11);
+    std::fs::write(&path, &bytes).unwrap();
+    let dev = scsi::FileDevice::open(&path, 512, false).unwrap();
+    let t = Arc::new(scsi::Target::new(TARGET));
+    let identity = scsi::LuIdentity {
+        vendor: "SHADOWLN".into(),
+        product: "file".into(),
+        revision: "0001".into(),
+        serial: "FILE0001".into(),
+        designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf11e)],
+    };
+    t.map(
+        HOST_A,
+        0,
+        Arc::new(scsi::LogicalUnit::new(Arc::new(dev), identity)),
+    );
+    let server = TargetServer::spawn(config()).unwrap();
+    server
+        .add_target(TARGET, None, t, AuthPolicy::None)
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr, bytes)
+}
+
+#[test]
+fn large_reads_of_a_file_lun_carry_the_file_bytes_with_and_without_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, mut bytes) = file_lun(dir.path(), 8192);
+    // Several Data-In PDUs per command (one segment length that needs padding), and
+    // commands that end at the last block.
+    for (header, data, segment) in [
+        (false, false, 8192),
+        (true, false, 8192),
+        (true, true, 8192),
+        (false, false, 1001),
+    ] {
+        let mut cfg = InitiatorConfig::new(HOST_A);
+        cfg.header_digest = header;
+        cfg.data_digest = data;
+        cfg.max_recv_data_segment = segment;
+        let mut s = Session::login(addr, TARGET, &cfg).unwrap();
+        s.test_unit_ready(0).unwrap();
+        for (lba, blocks) in [(0u64, 2048u32), (8192 - 128, 128), (77, 64), (5, 1)] {
+            let got = s.read16(0, lba, blocks, BS).unwrap();
+            let at = lba as usize * 512;
+            assert!(
+                got == bytes[at..at + blocks as usize * 512],
+                "lba {lba} blocks {blocks} digests {header}/{data} segment {segment}"
+            );
+        }
+        // Written through the target, then read back from the file.
+        let new = pattern(64 * 1024, 99 + u8::from(data));
+        s.write16(0, 300, &new, BS, false).unwrap();
+        bytes[300 * 512..300 * 512 + new.len()].copy_from_slice(&new);
+        assert!(s.read16(0, 296, 136, BS).unwrap() == bytes[296 * 512..432 * 512]);
+        s.logout().unwrap();
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_file_cut_short_behind_the_target_ends_the_connection_instead_of_sending_short_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, bytes) = file_lun(dir.path(), 4096);
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    assert!(s.read16(0, 4000, 96, BS).unwrap() == bytes[4000 * 512..]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("lun0.img"))
+        .unwrap()
+        .set_len(4000 * 512)
+        .unwrap();
+    // The READ passed every check when it ran; its data is no longer in the file. The
+    // target cannot take back the GOOD status it already committed to, so the connection
+    // ends and the initiator gets no data at all.
+    match s.read16(0, 3968, 128, BS) {
+        Err(InitiatorError::ConnectionLost | InitiatorError::Pdu(_)) => {}
+        other => panic!("expected the connection to end, got {other:?}"),
+    }
+    // Earlier blocks still read (a new session).
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    assert!(s.read16(0, 0, 128, BS).unwrap() == bytes[..128 * 512]);
+    server.shutdown();
+}
+
 #[test]
 fn discovery_lists_only_targets_the_initiator_may_log_in_to() {
     let h = handler_with_lun0();

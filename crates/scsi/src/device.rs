@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::{BlockDevice, DeviceError};
 
@@ -25,7 +25,7 @@ fn io_err(e: io::Error, offset: u64, write: bool) -> DeviceError {
 /// where the filesystem cannot punch) and `SEEK_DATA`/`SEEK_HOLE` for mapping status.
 #[derive(Debug)]
 pub struct FileDevice {
-    file: File,
+    file: Arc<File>,
     block_size: u32,
     num_blocks: AtomicU64,
     read_only: bool,
@@ -47,7 +47,7 @@ impl FileDevice {
         // The end offset, not the metadata length, so that block devices work too.
         let len = rustix::fs::seek(&file, rustix::fs::SeekFrom::End(0))?;
         Ok(Self {
-            file,
+            file: Arc::new(file),
             block_size,
             num_blocks: AtomicU64::new(len / u64::from(block_size)),
             read_only,
@@ -145,6 +145,15 @@ impl BlockDevice for FileDevice {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| io_err(e, offset, false))
+    }
+
+    fn file_span(&self, offset: u64, len: usize) -> Option<crate::FileSpan> {
+        self.check(offset, len as u64).ok()?;
+        Some(crate::FileSpan {
+            file: self.file.clone(),
+            offset,
+            len,
+        })
     }
 
     fn read_to_vec(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), DeviceError> {

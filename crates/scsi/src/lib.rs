@@ -101,6 +101,15 @@ pub trait BlockDevice: Send + Sync {
     fn quick_io(&self) -> bool {
         false
     }
+    /// Where the `len` bytes at `offset` lie, unchanged, in a file: a transport may then
+    /// send them from that file (sendfile(2)) after the command completes instead of
+    /// reading them into memory first. Offer it only where that file region holds this
+    /// LUN's blocks for as long as the file is open (a plain file LUN), never storage that
+    /// could be handed to other data. Default: `None`.
+    fn file_span(&self, offset: u64, len: usize) -> Option<FileSpan> {
+        let _ = (offset, len);
+        None
+    }
     /// For GET LBA STATUS: whether the range starting at `offset` is mapped, and for how many
     /// bytes that stays true. Default: everything mapped.
     fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
@@ -144,6 +153,15 @@ pub struct Command<'a> {
     pub expected_length: u32,
     pub task_tag: u32,
     pub attribute: TaskAttribute,
+}
+
+/// Data-in that stays in a file until the transport sends it ([`BlockDevice::file_span`],
+/// [`Target::execute_zero_copy`]).
+#[derive(Debug, Clone)]
+pub struct FileSpan {
+    pub file: std::sync::Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: usize,
 }
 
 /// What the transport sends back.

@@ -127,6 +127,9 @@ pub struct LogicalUnit {
     state: Mutex<LuState>,
     /// Shared by ordinary I/O, exclusive for COMPARE AND WRITE.
     io_gate: RwLock<()>,
+    /// A COMPARE AND WRITE has run: reads are no longer answered by reference, since the
+    /// transport sends such data outside the gate above.
+    compare_and_write_seen: AtomicBool,
     write_protect: AtomicBool,
     wce: AtomicBool,
 }
@@ -147,6 +150,7 @@ impl LogicalUnit {
             identity,
             state: Mutex::new(LuState::default()),
             io_gate: RwLock::new(()),
+            compare_and_write_seen: AtomicBool::new(false),
             write_protect: AtomicBool::new(false),
             wce: AtomicBool::new(true),
         }
@@ -201,6 +205,7 @@ impl LogicalUnit {
     }
 
     pub(crate) fn io_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.compare_and_write_seen.store(true, Ordering::Release);
         self.io_gate.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -308,6 +313,42 @@ impl LogicalUnit {
 
     /// Runs a parsed command against this logical unit. Unit attentions are handled by the
     /// caller ([`LogicalUnit::take_ua`]).
+    /// A READ answered by reference ([`crate::Target::execute_zero_copy`]): `None` if this is
+    /// not a READ or the device keeps no file span for it (run it as usual then), else the
+    /// span or the failure (reservation conflict, range, transfer length).
+    pub(crate) fn read_span(
+        &self,
+        nexus: &Nexus,
+        target_name: &str,
+        cdb: &Cdb,
+    ) -> Option<Result<crate::FileSpan, Outcome>> {
+        let Cdb::Read {
+            lba,
+            blocks,
+            len_at,
+        } = *cdb
+        else {
+            return None;
+        };
+        if self.compare_and_write_seen.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.conflict(nexus, cdb) {
+            tracing::debug!(?cdb, initiator = %nexus.initiator_port, "reservation conflict");
+            return Some(Err(Fail::Conflict.outcome()));
+        }
+        let ctx = Ctx {
+            lu: self,
+            nexus,
+            target_name,
+            data_out: &[],
+        };
+        match exec::block::read_span(&ctx, lba, blocks, len_at) {
+            Ok(span) => span.map(Ok),
+            Err(f) => Some(Err(f.outcome())),
+        }
+    }
+
     pub(crate) fn run(
         &self,
         nexus: &Nexus,

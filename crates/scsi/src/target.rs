@@ -89,6 +89,23 @@ impl Target {
 
     /// Executes one command to completion. Blocking; call from worker threads.
     pub fn execute(&self, cmd: &Command<'_>) -> Outcome {
+        self.execute_inner(cmd, false).0
+    }
+
+    /// As [`Target::execute`], but a READ of a LUN whose device offers
+    /// [`crate::BlockDevice::file_span`] completes with GOOD, no data and the span: the
+    /// transport sends those bytes from the file itself. Every check (unit attention,
+    /// reservation, range) is made here, as for any READ.
+    pub fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<crate::FileSpan>) {
+        self.execute_inner(cmd, true)
+    }
+
+    fn execute_inner(
+        &self,
+        cmd: &Command<'_>,
+        zero_copy: bool,
+    ) -> (Outcome, Option<crate::FileSpan>) {
+        let o = |o: Outcome| (o, None);
         self.remember(cmd.nexus);
         let op = cmd.cdb.first().copied().unwrap_or(0xFF);
         let lun = decode_lun(cmd.lun);
@@ -97,7 +114,7 @@ impl Target {
             && let Some(ua) = lu.take_ua(cmd.nexus, op)
         {
             tracing::debug!(asc = ?ua.asc, "unit attention reported");
-            return Outcome::check(&ua);
+            return o(Outcome::check(&ua));
         }
         if lu.is_none()
             && lun == Some(0)
@@ -108,15 +125,15 @@ impl Target {
             if op == cdb::opcode::REQUEST_SENSE {
                 let mut d = ua.encode();
                 d.truncate(cmd.cdb.get(4).copied().unwrap_or(0).into());
-                return Outcome::good(d);
+                return o(Outcome::good(d));
             }
-            return Outcome::check(&ua);
+            return o(Outcome::check(&ua));
         }
         let parsed = match cdb::parse(cmd.cdb) {
             Ok(c) => c,
             Err(s) => {
                 tracing::debug!(op, sense = %s, "CDB rejected");
-                return Outcome::check(&s);
+                return o(Outcome::check(&s));
             }
         };
         if let Cdb::ReportLuns { select, alloc } = parsed {
@@ -127,10 +144,18 @@ impl Target {
             self.take_lun0_changed(cmd.nexus);
             let mut data = self.report_luns(&cmd.nexus.initiator, select);
             data.truncate(alloc as usize);
-            return Outcome::good(data);
+            return o(Outcome::good(data));
         }
-        match lu {
-            Some(lu) => lu.run(cmd.nexus, &self.name, &parsed, cmd.data_out),
+        o(match lu {
+            Some(lu) => {
+                if zero_copy && let Some(r) = lu.read_span(cmd.nexus, &self.name, &parsed) {
+                    return match r {
+                        Ok(span) => (Outcome::good(Vec::new()), Some(span)),
+                        Err(outcome) => o(outcome),
+                    };
+                }
+                lu.run(cmd.nexus, &self.name, &parsed, cmd.data_out)
+            }
             None => match parsed {
                 Cdb::Inquiry {
                     evpd: false, alloc, ..
@@ -146,14 +171,9 @@ impl Target {
                 }
                 _ => Outcome::check(&Sense::lun_not_supported()),
             },
-        }
+        })
     }
 
-    /// The SCSI data length in bytes the command's CDB calls for (see [`Cdb::data_length`]),
-    /// using the block size of the logical unit it addresses; `None` if the CDB does not
-    /// parse. The transport uses it to report residual overflow and underflow (RFC 7143
-    /// 11.4.5): a WRITE whose Expected Data Transfer Length is smaller than this writes only
-    /// the whole blocks that arrived.
     /// True if `cmd` is a READ or WRITE (6/10/12/16) without FUA, or TEST UNIT READY, for a
     /// LUN whose device does quick I/O ([`crate::BlockDevice::quick_io`]): the command
     /// finishes in microseconds and may run on the transport's own thread.
@@ -174,6 +194,11 @@ impl Target {
                 .is_some_and(|lu| lu.device().quick_io())
     }
 
+    /// The SCSI data length in bytes the command's CDB calls for (see [`Cdb::data_length`]),
+    /// using the block size of the logical unit it addresses; `None` if the CDB does not
+    /// parse. The transport uses it to report residual overflow and underflow (RFC 7143
+    /// 11.4.5): a WRITE whose Expected Data Transfer Length is smaller than this writes only
+    /// the whole blocks that arrived.
     pub fn data_length(&self, cmd: &Command<'_>) -> Option<u64> {
         let parsed = cdb::parse(cmd.cdb).ok()?;
         let bs = decode_lun(cmd.lun)

@@ -186,3 +186,54 @@ fn plain_reads_and_writes_of_file_and_memory_luns_are_quick_and_others_are_not()
     assert!(!quick(7, &read10(0, 1)));
     assert!(!quick(0, &[]));
 }
+
+#[test]
+fn zero_copy_reads_of_a_file_lun_point_at_the_very_bytes_a_copied_read_returns() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (t, n, _, _) = file_target(dir.path());
+    let data: Vec<u8> = (0..16 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    good(&exec(&t, &n, 0, &write10(100, 16, false), &data));
+    let cmd = |cdb: &[u8], nexus: &scsi::Nexus| {
+        t.execute_zero_copy(&scsi::Command {
+            nexus,
+            lun: encode_lun(0),
+            cdb,
+            data_out: &[],
+            expected_length: 16 * 4096,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    let (o, span) = cmd(&read10(100, 16), &n);
+    assert_eq!((o.status, o.sense.is_none(), o.data_in.len()), (0, true, 0));
+    let span = span.expect("a file LUN answers a READ by reference");
+    assert_eq!((span.offset, span.len), (100 * 4096, 16 * 4096));
+    let mut bytes = vec![0u8; span.len];
+    span.file.read_exact_at(&mut bytes, span.offset).unwrap();
+    assert!(bytes == data);
+    // Every check still applies: range, then reservations.
+    let (o, span) = cmd(&read10(1020, 8), &n);
+    assert_eq!((sense_of(&o), span.is_none()), ((0x05, 0x21, 0x00), true));
+    let other = nexus(HOST1, 2, 1);
+    clear_ua(&t, &other, 0);
+    good(&exec(&t, &other, 0, &[0x16, 0, 0, 0, 0, 0], &[]));
+    let (o, span) = cmd(&read10(100, 16), &n);
+    assert_eq!(
+        (o.status, span.is_none()),
+        (scsi::status::RESERVATION_CONFLICT, true)
+    );
+    good(&exec(&t, &other, 0, &[0x17, 0, 0, 0, 0, 0], &[]));
+    // Commands other than READ are executed as usual.
+    let (o, span) = cmd(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &n);
+    assert_eq!((o.data_in.len(), span.is_none()), (8, true));
+    // Once COMPARE AND WRITE has run, reads are copied under the LUN's I/O gate again, so
+    // that it stays atomic with respect to them.
+    let mut caw = vec![0u8; 2 * 4096];
+    caw[..4096].copy_from_slice(&data[..4096]);
+    caw[4096..].fill(0x3c);
+    good(&exec(&t, &n, 0, &cdb16(0x89, 0, 100, 1), &caw));
+    let (o, span) = cmd(&read10(100, 1), &n);
+    assert!(span.is_none());
+    assert!(o.data_in == vec![0x3c; 4096]);
+}

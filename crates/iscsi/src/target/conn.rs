@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use scsi::{Command, Nexus, Outcome, TaskAttribute, TaskManagement, TaskManagementResponse};
+use scsi::{
+    Command, FileSpan, Nexus, Outcome, TaskAttribute, TaskManagement, TaskManagementResponse,
+};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -46,6 +48,16 @@ struct ScsiDone {
     /// For data-out commands: the data length the CDB calls for, when the handler knows it.
     cdb_length: Option<u64>,
     outcome: Outcome,
+    /// Data-in still in a file (zero-copy read); `outcome.data_in` is empty then.
+    span: Option<FileSpan>,
+}
+
+impl ScsiDone {
+    fn data_in_len(&self) -> usize {
+        self.span
+            .as_ref()
+            .map_or(self.outcome.data_in.len(), |s| s.len)
+    }
 }
 
 enum Out {
@@ -162,6 +174,8 @@ struct Session {
     text_in: Vec<u8>,
     text_out: Option<TextRemainder>,
     local: Option<SocketAddr>,
+    /// READ data may be sent straight from the device's file (no data digest to compute).
+    zero_copy: bool,
 }
 
 fn sense_fixed(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
@@ -364,6 +378,7 @@ async fn full_feature(
         text_in: Vec::new(),
         text_out: None,
         local,
+        zero_copy: !digests.data,
     };
 
     // Keep-alive pings and the shutdown logout request run beside the session loop, so
@@ -457,6 +472,7 @@ struct Job {
     aborted: Arc<AtomicBool>,
     seq: Arc<Seq>,
     running: Arc<Running>,
+    zero_copy: bool,
 }
 
 impl Job {
@@ -476,16 +492,22 @@ impl Job {
     /// meanwhile (no response is sent then).
     fn run(self) -> Option<ScsiDone> {
         let cmd = self.command();
-        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.handler.execute(&cmd)
+        let (outcome, span) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // Small reads are cheaper copied: their answers are batched in the write
+            // buffer, where a file span costs two system calls of its own.
+            if self.zero_copy && self.read && !self.write && self.edtl as usize >= DIRECT_DATA {
+                self.handler.execute_zero_copy(&cmd)
+            } else {
+                (self.handler.execute(&cmd), None)
+            }
         })) {
-            Ok(o) => o,
+            Ok(r) => r,
             Err(_) => {
                 tracing::error!(
                     itt = self.itt,
                     "SCSI handler panicked; answering HARDWARE ERROR"
                 );
-                check_condition(0x04, 0x44, 0x00)
+                (check_condition(0x04, 0x44, 0x00), None)
             }
         };
         let cdb_length = if self.write {
@@ -512,6 +534,7 @@ impl Job {
             write: self.write,
             cdb_length,
             outcome,
+            span,
         })
     }
 }
@@ -868,6 +891,7 @@ impl Session {
             write: true,
             cdb_length: None,
             outcome: check_condition(0x0b, 0x4b, 0x00),
+            span: None,
         };
         self.tx
             .send(Out::Scsi(Box::new(done)))
@@ -886,6 +910,7 @@ impl Session {
                 write: true,
                 cdb_length: None,
                 outcome,
+                span: None,
             };
             let tx = self.tx.clone();
             tokio::spawn(async move { tx.send(Out::Scsi(Box::new(done))).await });
@@ -946,10 +971,11 @@ impl Session {
             aborted,
             seq: self.seq.clone(),
             running: self.running.clone(),
+            zero_copy: self.zero_copy,
         };
         if job.handler.is_quick(&job.command()) {
             if let Some(done) = job.run() {
-                let large = done.outcome.data_in.len() >= DIRECT_DATA;
+                let large = done.data_in_len() >= DIRECT_DATA;
                 let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
                 if large {
                     // Let the writer send a large answer now, so the initiator takes it in
@@ -1234,6 +1260,78 @@ impl Session {
 /// write buffer.
 const DIRECT_DATA: usize = 32 * 1024;
 
+/// `len` bytes of `span` from `off`, read into memory.
+fn span_bytes(span: &FileSpan, off: usize, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(&*span.file, &mut buf, span.offset + off as u64)?;
+    Ok(buf)
+}
+
+/// The write side of a connection, able to send a data segment that is still in a file.
+trait SpanWrite: AsyncWrite + Unpin + Sized {
+    /// Writes `head` (a PDU header) then `len` bytes of `span` from `off`. This default
+    /// reads them into memory first; sockets override it with sendfile(2).
+    async fn send_span(
+        &mut self,
+        head: &[u8],
+        span: &FileSpan,
+        off: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        let buf = span_bytes(span, off, len)?;
+        write_all_vectored(self, [head, &buf, &[]]).await
+    }
+}
+
+impl SpanWrite for tokio::net::tcp::OwnedWriteHalf {
+    async fn send_span(
+        &mut self,
+        head: &[u8],
+        span: &FileSpan,
+        off: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        use rustix::net::SendFlags;
+        use tokio::io::Interest;
+        let sock: &TcpStream = self.as_ref();
+        // The header with MSG_MORE, so that it leaves in the same segment as the data.
+        let mut h = head;
+        while !h.is_empty() {
+            sock.writable().await?;
+            match sock.try_io(Interest::WRITABLE, || {
+                rustix::net::send(sock, h, SendFlags::MORE).map_err(std::io::Error::from)
+            }) {
+                Ok(n) => h = &h[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut pos = span.offset + off as u64;
+        let end = pos + len as u64;
+        while pos < end {
+            sock.writable().await?;
+            let want = (end - pos) as usize;
+            match sock.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(sock, &*span.file, Some(&mut pos), want)
+                    .map_err(std::io::Error::from)
+            }) {
+                // The file is shorter than when the command ran (truncated meanwhile): the
+                // PDU cannot be completed, so the connection ends.
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the LUN's file ended before the data was sent",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Writes one PDU whose data segment is a borrowed slice.
 async fn write_parts<W: AsyncWrite + Unpin>(
     w: &mut BufWriter<W>,
@@ -1289,7 +1387,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn writer_task<W: AsyncWrite + Unpin>(
+async fn writer_task<W: SpanWrite>(
     mut w: BufWriter<W>,
     mut rx: mpsc::Receiver<Out>,
     seq: Arc<Seq>,
@@ -1334,9 +1432,10 @@ async fn writer_task<W: AsyncWrite + Unpin>(
                         write,
                         cdb_length,
                         outcome,
+                        span,
                     } = *done;
                     let edtl_us = edtl as usize;
-                    let have = outcome.data_in.len();
+                    let have = span.as_ref().map_or(outcome.data_in.len(), |s| s.len);
                     let send_len = have.min(edtl_us);
                     // Data-in residuals compare what the device model produced with the
                     // EDTL; data-out residuals compare the length the CDB calls for (when
@@ -1386,8 +1485,35 @@ async fn writer_task<W: AsyncWrite + Unpin>(
                         };
                         b.set_flags(flags);
                         stamp(&mut b, &mut stat_sn, sn);
-                        write_parts(&mut w, &b, &outcome.data_in[off..off + n], d, &mut head)
-                            .await?;
+                        match &span {
+                            // Segments of whole words need no padding (an odd
+                            // MaxRecvDataSegmentLength can cut others).
+                            Some(span) if !d.data && n % 4 == 0 => {
+                                head.clear();
+                                b.set_data_len(n);
+                                head.extend_from_slice(&b.0);
+                                if d.header {
+                                    let crc = crc32c::crc32c(&b.0);
+                                    head.extend_from_slice(&crc.to_le_bytes());
+                                }
+                                w.flush().await?;
+                                w.get_mut().send_span(&head, span, off, n).await?;
+                            }
+                            Some(span) => {
+                                let buf = span_bytes(span, off, n)?;
+                                write_parts(&mut w, &b, &buf, d, &mut head).await?;
+                            }
+                            None => {
+                                write_parts(
+                                    &mut w,
+                                    &b,
+                                    &outcome.data_in[off..off + n],
+                                    d,
+                                    &mut head,
+                                )
+                                .await?
+                            }
+                        }
                         data_sn += 1;
                         off += n;
                     }

@@ -69,6 +69,21 @@ pub(crate) fn read(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16) -> Res {
     Ok(buf)
 }
 
+/// READ by reference: the checks of [`read`], then the device's file span (`None`: no
+/// span, or nothing to transfer).
+pub(crate) fn read_span(
+    ctx: &Ctx<'_>,
+    lba: u64,
+    blocks: u32,
+    len_at: u16,
+) -> Result<Option<crate::FileSpan>, Fail> {
+    let (off, len) = range(ctx, lba, blocks, len_at)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    Ok(ctx.lu.device().file_span(off, len))
+}
+
 pub(crate) fn write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool, len_at: u16) -> Res {
     let (off, len) = range(ctx, lba, blocks, len_at)?;
     let d = received(ctx, len);
