@@ -414,32 +414,76 @@ const LOADS: [(&str, Load, &str, f64); 4] = [
     ),
 ];
 
-fn run_loads(
+/// One target under test: where it listens and which LUN serves the backing file.
+struct Side {
     addr: SocketAddr,
-    target: &str,
+    target: String,
     lun: u64,
+}
+
+/// Repetitions of every workload; the sides take turns within each, so that a slow spell
+/// of the machine falls on both rather than on one.
+const REPS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs every workload on every side, in turns of `dur / REPS`; returns per side the
+/// median of each workload, and the median raw read of the backing file (measured in the
+/// same turns as the sequential reads).
+fn run_sides(
+    sides: &[Side],
+    backing: &Path,
     size: u64,
     dur: Duration,
-) -> Result<Vec<f64>, BenchError> {
+) -> Result<(Vec<Vec<f64>>, f64), BenchError> {
+    let turn = dur / REPS as u32;
     let mut cfg = InitiatorConfig::new(BENCH_INITIATOR);
     cfg.max_recv_data_segment = 262_144;
-    let mut s = Session::login(addr, target, &cfg)?;
-    // Clear any unit attention before measuring.
-    s.test_unit_ready(lun)?;
-    let mut out = Vec::new();
-    for (_, load, unit, _) in LOADS {
-        let (bps, iops) = drive(&mut s, lun, size, load, dur)?;
-        out.push(if unit == "MB/s" { bps / 1e6 } else { iops });
+    let mut sessions = Vec::new();
+    for side in sides {
+        let mut s = Session::login(side.addr, &side.target, &cfg)?;
+        // Clear any unit attention before measuring.
+        s.test_unit_ready(side.lun)?;
+        sessions.push(s);
     }
-    let _ = s.logout();
-    drop(s);
-    if perf_available() {
-        let url = format!("iscsi://{addr}/{target}/{lun}");
-        for (_, blocks, depth, random) in PERF_LOADS {
-            out.push(iscsi_perf(&url, blocks, depth, random, dur)?);
+    let mut out = vec![Vec::new(); sides.len()];
+    let mut raw = Vec::new();
+    for (k, (_, load, unit, _)) in LOADS.iter().enumerate() {
+        let mut samples = vec![Vec::new(); sides.len()];
+        for _ in 0..REPS {
+            for (i, side) in sides.iter().enumerate() {
+                let (bps, iops) = drive(&mut sessions[i], side.lun, size, *load, turn)?;
+                samples[i].push(if *unit == "MB/s" { bps / 1e6 } else { iops });
+            }
+            if k == 0 {
+                raw.push(raw_read(backing, size, turn)? / 1e6);
+            }
+        }
+        for (i, v) in samples.into_iter().enumerate() {
+            out[i].push(median(v));
         }
     }
-    Ok(out)
+    for mut s in sessions {
+        let _ = s.logout();
+    }
+    if perf_available() {
+        for (_, blocks, depth, random) in PERF_LOADS {
+            let mut samples = vec![Vec::new(); sides.len()];
+            for _ in 0..REPS {
+                for (i, side) in sides.iter().enumerate() {
+                    let url = format!("iscsi://{}/{}/{}", side.addr, side.target, side.lun);
+                    samples[i].push(iscsi_perf(&url, blocks, depth, random, turn)?);
+                }
+            }
+            for (i, v) in samples.into_iter().enumerate() {
+                out[i].push(median(v));
+            }
+        }
+    }
+    Ok((out, median(raw)))
 }
 
 /// Read workloads run with libiscsi's `iscsi-perf` (a neutral load generator): name,
@@ -543,17 +587,31 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             ..TargetConfig::default()
         })?;
         server.add_target(OUR_TARGET, None, target, AuthPolicy::None)?;
-        let r = run_loads(server.local_addrs()[0], OUR_TARGET, 0, size, opts.duration);
-        server.shutdown();
-        r?
+        server
     };
     let tgt = if opts.with_tgt {
-        let t = Tgt::start(&opts.backing, TGT_TARGET, "TGTBENCH1")?;
-        Some(run_loads(t.addr, &t.target, 1, size, opts.duration)?)
+        Some(Tgt::start(&opts.backing, TGT_TARGET, "TGTBENCH1")?)
     } else {
         None
     };
-    let raw = raw_read(&opts.backing, size, opts.duration)? / 1e6;
+    let mut sides = vec![Side {
+        addr: ours.local_addrs()[0],
+        target: OUR_TARGET.into(),
+        lun: 0,
+    }];
+    if let Some(t) = &tgt {
+        sides.push(Side {
+            addr: t.addr,
+            target: t.target.clone(),
+            lun: 1,
+        });
+    }
+    let measured = run_sides(&sides, &opts.backing, size, opts.duration);
+    ours.shutdown();
+    drop(tgt);
+    let (results, raw) = measured?;
+    let ours = results[0].clone();
+    let tgt = results.get(1).cloned();
     let mut rows = Vec::new();
     let names = LOADS
         .iter()

@@ -306,7 +306,8 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(cfg.timeout));
         let _ = stream.set_write_timeout(Some(cfg.timeout));
-        let rd = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(PduError::Io)?);
+        let rd =
+            BufReader::with_capacity(pdu::READ_BUFFER, stream.try_clone().map_err(PduError::Io)?);
         let wr = BufWriter::with_capacity(256 * 1024, stream);
         let mut s = Session {
             addr,

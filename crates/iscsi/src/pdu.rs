@@ -436,8 +436,17 @@ pub async fn read_async<R: AsyncRead + Unpin>(
         whole.extend_from_slice(&ahs);
         check_header_digest(&whole, &dg)?;
     }
-    let mut data = vec![0u8; pad4(data_len)];
-    r.read_exact(&mut data).await.map_err(map_eof)?;
+    // Read into fresh capacity: no zero-filling of a buffer about to be overwritten.
+    let want = pad4(data_len);
+    let mut data = Vec::with_capacity(want + PROBE_SPARE);
+    let got = (&mut *r)
+        .take(want as u64)
+        .read_to_end(&mut data)
+        .await
+        .map_err(PduError::Io)?;
+    if got < want {
+        return Err(PduError::Closed);
+    }
     if d.data && data_len > 0 {
         let mut dg = [0u8; 4];
         r.read_exact(&mut dg).await.map_err(map_eof)?;
@@ -448,6 +457,16 @@ pub async fn read_async<R: AsyncRead + Unpin>(
     data.truncate(data_len);
     Ok(Pdu { bhs, ahs, data })
 }
+
+/// Read buffer of a connection. Small, so that data segments at least this long are read
+/// from the socket straight into their own buffer (a buffered reader passes reads that
+/// are no shorter than its capacity through once it is empty), while headers and small
+/// PDUs still arrive many per system call.
+pub const READ_BUFFER: usize = 16 * 1024;
+
+/// Spare capacity beyond a data segment, so that `read_to_end` finding the buffer full
+/// probes for more without reallocating it.
+const PROBE_SPARE: usize = 64;
 
 /// Reads one PDU from a blocking reader.
 pub fn read_sync<R: Read>(r: &mut R, d: Digests, max_data: usize) -> Result<Pdu, PduError> {
@@ -466,8 +485,16 @@ pub fn read_sync<R: Read>(r: &mut R, d: Digests, max_data: usize) -> Result<Pdu,
         whole.extend_from_slice(&ahs);
         check_header_digest(&whole, &dg)?;
     }
-    let mut data = vec![0u8; pad4(data_len)];
-    r.read_exact(&mut data).map_err(map_eof)?;
+    let want = pad4(data_len);
+    let mut data = Vec::with_capacity(want + PROBE_SPARE);
+    let got = r
+        .by_ref()
+        .take(want as u64)
+        .read_to_end(&mut data)
+        .map_err(PduError::Io)?;
+    if got < want {
+        return Err(PduError::Closed);
+    }
     if d.data && data_len > 0 {
         let mut dg = [0u8; 4];
         r.read_exact(&mut dg).map_err(map_eof)?;

@@ -285,7 +285,7 @@ async fn keeper_task(
 pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let local = stream.local_addr().ok();
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let mut rd = BufReader::with_capacity(pdu::READ_BUFFER, rd);
     let mut wr = BufWriter::with_capacity(256 * 1024, wr);
     let login =
         match tokio::time::timeout(LOGIN_TIMEOUT, login::run(&shared, &mut rd, &mut wr)).await {
