@@ -1,6 +1,9 @@
 //! Target benchmark: this crate's target against `tgt` (Debian's userspace target) on the
-//! same backing file, with this crate's initiator as the load generator, plus a raw read of
-//! the backing file. Every run is bounded by time and by a maximum operation count.
+//! same backing file, with this crate's initiator (and libiscsi's `iscsi-perf`, when
+//! installed) as the load generator, plus a raw read of the backing file. Both targets run
+//! at once; every workload runs in three turns per target, alternating, and the table shows
+//! the medians, so that a slow spell of the machine falls on both. Every run is bounded by
+//! time and by a maximum operation count.
 //!
 //! Entry point: [`run`]. Also home of [`Tgt`], a `tgtd` process started for tests and
 //! benchmarks (killed with SIGKILL on drop, since tgtd ignores SIGTERM).
