@@ -187,6 +187,46 @@ fn a_file_cut_short_behind_the_target_ends_the_connection_instead_of_sending_sho
 }
 
 #[test]
+fn connections_beyond_the_limit_are_closed_at_once_and_the_others_keep_working() {
+    let server = TargetServer::spawn(TargetConfig {
+        max_connections: 2,
+        ..config()
+    })
+    .unwrap();
+    let h = handler_with_lun0();
+    h.map(HOST_B, 0);
+    server
+        .add_target(TARGET, None, h, AuthPolicy::None)
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let idle = TcpStream::connect(addr).unwrap();
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    // A third connection: accepted by the kernel, closed by the target without a byte.
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(third.read(&mut b).unwrap(), 0);
+    s.test_unit_ready(0).unwrap();
+    // Once one ends, a new connection is served again.
+    drop(idle);
+    let start = std::time::Instant::now();
+    let mut again = loop {
+        match Session::login(addr, TARGET, &InitiatorConfig::new(HOST_B)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("no login after a connection ended: {e}"),
+        }
+    };
+    again.test_unit_ready(0).unwrap();
+    s.logout().unwrap();
+    server.shutdown();
+}
+
+#[test]
 fn discovery_lists_only_targets_the_initiator_may_log_in_to() {
     let h = handler_with_lun0();
     let (server, addr) = start(h, AuthPolicy::None);

@@ -56,6 +56,9 @@ pub struct TargetConfig {
     pub discovery_auth: AuthPolicy,
     /// How long initiators get to log out after an Async logout request on shutdown.
     pub logout_grace: Duration,
+    /// Connections open at once (each has a thread of its own, from accept on); one more is
+    /// closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl Default for TargetConfig {
@@ -70,6 +73,7 @@ impl Default for TargetConfig {
             max_transfer: 32 * 1024 * 1024,
             discovery_auth: AuthPolicy::None,
             logout_grace: Duration::from_secs(2),
+            max_connections: 1024,
         }
     }
 }
@@ -381,6 +385,14 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         tokio::select! {
             c = rx.recv() => match c {
                 Some((stream, peer)) => {
+                    if conns.len() >= shared.config.max_connections {
+                        tracing::warn!(
+                            %peer,
+                            limit = shared.config.max_connections,
+                            "too many connections; closing the new one"
+                        );
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     match connection_thread(shared.clone(), stream, peer) {
                         Ok(done) => {
