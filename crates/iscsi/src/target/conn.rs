@@ -456,10 +456,8 @@ async fn full_feature(
     let _ = ended_tx.send(true);
 }
 
-/// One SCSI command handed to the device model.
-struct Job {
-    handler: Arc<dyn ScsiHandler>,
-    nexus: Arc<Nexus>,
+/// A SCSI command as the session received it, with all its data-out.
+struct Request {
     itt: u32,
     lun: u64,
     cdb: Vec<u8>,
@@ -469,6 +467,13 @@ struct Job {
     write: bool,
     attr: TaskAttribute,
     immediate: bool,
+}
+
+/// One SCSI command handed to the device model.
+struct Job {
+    req: Request,
+    handler: Arc<dyn ScsiHandler>,
+    nexus: Arc<Nexus>,
     aborted: Arc<AtomicBool>,
     seq: Arc<Seq>,
     running: Arc<Running>,
@@ -479,12 +484,12 @@ impl Job {
     fn command(&self) -> Command<'_> {
         Command {
             nexus: &self.nexus,
-            lun: self.lun,
-            cdb: &self.cdb,
-            data_out: &self.data_out,
-            expected_length: self.edtl,
-            task_tag: self.itt,
-            attribute: self.attr,
+            lun: self.req.lun,
+            cdb: &self.req.cdb,
+            data_out: &self.req.data_out,
+            expected_length: self.req.edtl,
+            task_tag: self.req.itt,
+            attribute: self.req.attr,
         }
     }
 
@@ -495,7 +500,11 @@ impl Job {
         let (outcome, span) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Small reads are cheaper copied: their answers are batched in the write
             // buffer, where a file span costs two system calls of its own.
-            if self.zero_copy && self.read && !self.write && self.edtl as usize >= DIRECT_DATA {
+            if self.zero_copy
+                && self.req.read
+                && !self.req.write
+                && self.req.edtl as usize >= DIRECT_DATA
+            {
                 self.handler.execute_zero_copy(&cmd)
             } else {
                 (self.handler.execute(&cmd), None)
@@ -504,34 +513,34 @@ impl Job {
             Ok(r) => r,
             Err(_) => {
                 tracing::error!(
-                    itt = self.itt,
+                    itt = self.req.itt,
                     "SCSI handler panicked; answering HARDWARE ERROR"
                 );
                 (check_condition(0x04, 0x44, 0x00), None)
             }
         };
-        let cdb_length = if self.write {
+        let cdb_length = if self.req.write {
             self.handler.data_length(&cmd)
         } else {
             None
         };
-        if !self.immediate {
+        if !self.req.immediate {
             self.seq.max_cmd_sn.fetch_add(1, Ordering::AcqRel);
         }
         // Leave the task table and read the abort flag under one lock, so that an ABORT
         // TASK either finds the task (and no response is sent) or does not.
         let was_aborted = {
             let mut t = self.running.tasks.lock().expect("tasks lock");
-            t.remove(&self.itt);
+            t.remove(&self.req.itt);
             self.aborted.load(Ordering::Acquire)
         };
         self.running.done.notify_waiters();
         (!was_aborted).then_some(ScsiDone {
-            itt: self.itt,
-            lun: self.lun,
-            edtl: self.edtl,
-            read: self.read,
-            write: self.write,
+            itt: self.req.itt,
+            lun: self.req.lun,
+            edtl: self.req.edtl,
+            read: self.req.read,
+            write: self.req.write,
             cdb_length,
             outcome,
             span,
@@ -686,17 +695,17 @@ impl Session {
                 self.send_reject(bhs, reject::PROTOCOL_ERROR).await;
                 return Ok(());
             }
-            self.dispatch(
+            self.dispatch(Request {
                 itt,
                 lun,
                 cdb,
-                Vec::new(),
+                data_out: Vec::new(),
                 edtl,
                 read,
-                false,
+                write: false,
                 attr,
                 immediate,
-            )
+            })
             .await;
             return Ok(());
         }
@@ -916,58 +925,38 @@ impl Session {
             tokio::spawn(async move { tx.send(Out::Scsi(Box::new(done))).await });
             return;
         }
-        self.dispatch(
+        self.dispatch(Request {
             itt,
-            w.lun,
-            w.cdb,
-            w.buf,
-            w.edtl,
-            false,
-            true,
-            w.attr,
-            w.immediate,
-        )
+            lun: w.lun,
+            cdb: w.cdb,
+            data_out: w.buf,
+            edtl: w.edtl,
+            read: false,
+            write: true,
+            attr: w.attr,
+            immediate: w.immediate,
+        })
         .await;
     }
 
     /// Runs one command: on this thread when the handler calls it quick, else on the
     /// blocking pool. Its answer goes to the writer either way.
-    #[allow(clippy::too_many_arguments)]
-    async fn dispatch(
-        &mut self,
-        itt: u32,
-        lun: u64,
-        cdb: Vec<u8>,
-        data_out: Vec<u8>,
-        edtl: u32,
-        read: bool,
-        write: bool,
-        attr: TaskAttribute,
-        immediate: bool,
-    ) {
+    async fn dispatch(&mut self, req: Request) {
         let Some(handler) = self.handler.clone() else {
             return;
         };
         let aborted = Arc::new(AtomicBool::new(false));
         self.running.tasks.lock().expect("tasks lock").insert(
-            itt,
+            req.itt,
             TaskInfo {
-                lun,
+                lun: req.lun,
                 aborted: aborted.clone(),
             },
         );
         let job = Job {
+            req,
             handler,
             nexus: self.nexus.clone(),
-            itt,
-            lun,
-            cdb,
-            data_out,
-            edtl,
-            read,
-            write,
-            attr,
-            immediate,
             aborted,
             seq: self.seq.clone(),
             running: self.running.clone(),
