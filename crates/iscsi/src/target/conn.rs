@@ -16,7 +16,7 @@ use scsi::{
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::login::{self, LoginResult};
@@ -315,7 +315,7 @@ async fn full_feature(
     shared: Arc<Shared>,
     login: LoginResult,
     rd: BufReader<OwnedReadHalf>,
-    wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    wr: BufWriter<OwnedWriteHalf>,
     local: Option<SocketAddr>,
 ) {
     let cfg = &shared.config;
@@ -1256,68 +1256,64 @@ fn span_bytes(span: &FileSpan, off: usize, len: usize) -> std::io::Result<Vec<u8
     Ok(buf)
 }
 
-/// The write side of a connection, able to send a data segment that is still in a file.
-trait SpanWrite: AsyncWrite + Unpin + Sized {
-    /// Writes `head` (a PDU header) then `len` bytes of `span` from `off`. This default
-    /// reads them into memory first; sockets override it with sendfile(2).
-    async fn send_span(
-        &mut self,
-        head: &[u8],
-        span: &FileSpan,
-        off: usize,
-        len: usize,
-    ) -> std::io::Result<()> {
-        let buf = span_bytes(span, off, len)?;
-        write_all_vectored(self, [head, &buf, &[]]).await
+/// Writes `head` (a PDU header) then `len` bytes of `span` from `off` with sendfile(2).
+/// The caller has flushed its write buffer.
+async fn send_span(
+    w: &OwnedWriteHalf,
+    head: &[u8],
+    span: &FileSpan,
+    off: usize,
+    len: usize,
+) -> std::io::Result<()> {
+    use rustix::net::SendFlags;
+    use tokio::io::Interest;
+    let sock: &TcpStream = w.as_ref();
+    // The header with MSG_MORE, so that it leaves in the same segment as the data.
+    let mut h = head;
+    while !h.is_empty() {
+        sock.writable().await?;
+        match sock.try_io(Interest::WRITABLE, || {
+            rustix::net::send(sock, h, SendFlags::MORE).map_err(std::io::Error::from)
+        }) {
+            Ok(n) => h = &h[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    let mut pos = span.offset + off as u64;
+    let end = pos + len as u64;
+    while pos < end {
+        sock.writable().await?;
+        let want = (end - pos) as usize;
+        match sock.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(sock, &*span.file, Some(&mut pos), want)
+                .map_err(std::io::Error::from)
+        }) {
+            // The file is shorter than when the command ran (truncated meanwhile): the
+            // PDU cannot be completed, so the connection ends.
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the LUN's file ended before the data was sent",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
-impl SpanWrite for tokio::net::tcp::OwnedWriteHalf {
-    async fn send_span(
-        &mut self,
-        head: &[u8],
-        span: &FileSpan,
-        off: usize,
-        len: usize,
-    ) -> std::io::Result<()> {
-        use rustix::net::SendFlags;
-        use tokio::io::Interest;
-        let sock: &TcpStream = self.as_ref();
-        // The header with MSG_MORE, so that it leaves in the same segment as the data.
-        let mut h = head;
-        while !h.is_empty() {
-            sock.writable().await?;
-            match sock.try_io(Interest::WRITABLE, || {
-                rustix::net::send(sock, h, SendFlags::MORE).map_err(std::io::Error::from)
-            }) {
-                Ok(n) => h = &h[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let mut pos = span.offset + off as u64;
-        let end = pos + len as u64;
-        while pos < end {
-            sock.writable().await?;
-            let want = (end - pos) as usize;
-            match sock.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(sock, &*span.file, Some(&mut pos), want)
-                    .map_err(std::io::Error::from)
-            }) {
-                // The file is shorter than when the command ran (truncated meanwhile): the
-                // PDU cannot be completed, so the connection ends.
-                Ok(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the LUN's file ended before the data was sent",
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+/// The header of a PDU whose data segment is `len` bytes: the BHS and its digest.
+fn encode_head(bhs: &Bhs, len: usize, d: Digests, head: &mut Vec<u8>) {
+    head.clear();
+    let mut b = bhs.clone();
+    b.set_data_len(len);
+    head.extend_from_slice(&b.0);
+    if d.header {
+        let crc = crc32c::crc32c(&b.0);
+        head.extend_from_slice(&crc.to_le_bytes());
     }
 }
 
@@ -1329,14 +1325,7 @@ async fn write_parts<W: AsyncWrite + Unpin>(
     d: Digests,
     head: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    head.clear();
-    let mut b = bhs.clone();
-    b.set_data_len(data.len());
-    head.extend_from_slice(&b.0);
-    if d.header {
-        let crc = crc32c::crc32c(&b.0);
-        head.extend_from_slice(&crc.to_le_bytes());
-    }
+    encode_head(bhs, data.len(), d, head);
     if data.len() >= DIRECT_DATA {
         let header_len = head.len();
         pdu::write_data_trailer(data, d, head);
@@ -1376,8 +1365,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn writer_task<W: SpanWrite>(
-    mut w: BufWriter<W>,
+async fn writer_task(
+    mut w: BufWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Out>,
     seq: Arc<Seq>,
     mut stat_sn: u32,
@@ -1413,6 +1402,7 @@ async fn writer_task<W: SpanWrite>(
                     write_parts(&mut w, &p.bhs, &p.data, d, &mut head).await?;
                 }
                 Out::Scsi(done) => {
+                    let have = done.data_in_len();
                     let ScsiDone {
                         itt,
                         lun,
@@ -1424,7 +1414,6 @@ async fn writer_task<W: SpanWrite>(
                         span,
                     } = *done;
                     let edtl_us = edtl as usize;
-                    let have = span.as_ref().map_or(outcome.data_in.len(), |s| s.len);
                     let send_len = have.min(edtl_us);
                     // Data-in residuals compare what the device model produced with the
                     // EDTL; data-out residuals compare the length the CDB calls for (when
@@ -1478,15 +1467,9 @@ async fn writer_task<W: SpanWrite>(
                             // Segments of whole words need no padding (an odd
                             // MaxRecvDataSegmentLength can cut others).
                             Some(span) if !d.data && n % 4 == 0 => {
-                                head.clear();
-                                b.set_data_len(n);
-                                head.extend_from_slice(&b.0);
-                                if d.header {
-                                    let crc = crc32c::crc32c(&b.0);
-                                    head.extend_from_slice(&crc.to_le_bytes());
-                                }
+                                encode_head(&b, n, d, &mut head);
                                 w.flush().await?;
-                                w.get_mut().send_span(&head, span, off, n).await?;
+                                send_span(w.get_ref(), &head, span, off, n).await?;
                             }
                             Some(span) => {
                                 let buf = span_bytes(span, off, n)?;
