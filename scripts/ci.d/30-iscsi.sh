@@ -3,7 +3,10 @@
 #  1. libiscsi's conformance suite (iscsi-test-cu), iSCSI and SCSI families, against the
 #     target serving a file LUN through scsi::Target;
 #  2. iscsi-ls / iscsi-inq see exactly the identity and LUN masking configured;
-#  3. the crate's initiator against tgt.
+#  3. QEMU's iSCSI driver (qemu-img, qemu-io, installed by scripts/setup): capacity, bytes,
+#     allocation map (GET LBA STATUS), discard (UNMAP), write-zeroes (WRITE SAME), header
+#     digests, each checked on the LUN and in the backing file;
+#  4. the crate's initiator against tgt.
 # Tests that do not apply are listed in KNOWN_NOT_APPLICABLE with the reason (also in
 # docs/iscsi.md); every other test must pass.
 set -euo pipefail
@@ -39,11 +42,12 @@ i1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 i2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
 only0=iqn.2026-01.org.shadowlun:only-lun0
 nobody=iqn.2026-01.org.shadowlun:nobody
+qemu=iqn.2026-01.org.shadowlun:qemu
 
 "$bin" --portal "127.0.0.1:$port" --target "$tgt_name" --serial-prefix CI \
   --initiator "$i1" --initiator "$i2" \
   --lun "0:file:$work/lun0.img:64" --lun 1:mem:16 \
-  --map "0=$i1,$i2,$only0" --map "1=$i1,$i2" \
+  --map "0=$i1,$i2,$only0,$qemu" --map "1=$i1,$i2,$qemu" \
   >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
@@ -64,6 +68,52 @@ grep -q '^Lun:0 ' <<<"$ls_one" && ! grep -q '^Lun:1 ' <<<"$ls_one" || { echo "$l
 ls_none=$(lc iscsi-ls -s -i "$nobody" "iscsi://127.0.0.1:$port")
 [ -z "$ls_none" ] || { echo "$ls_none"; echo "$nobody must see no target"; exit 1; }
 echo "identity and masking ok"
+
+echo "== QEMU's iSCSI driver (qemu-img, qemu-io)"
+# QEMU reads the capacity, the block limits and LBPRZ, maps allocation with GET LBA STATUS,
+# discards with UNMAP and writes zeroes with WRITE SAME; each result is checked on the LUN
+# and in the backing file. LUN 0 is a fresh sparse file, LUN 1 memory.
+qimg() { # LUN [header-digest]
+  echo "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:$port,file.target=$tgt_name,file.lun=$1,file.initiator-name=$qemu,file.header-digest=${2:-none}"
+}
+fail_qemu() { echo "QEMU: $*"; exit 1; }
+qio() { # LUN COMMAND... ; fails on any error or pattern mismatch
+  local lun=$1 out; shift
+  local args=(); for c in "$@"; do args+=(-c "$c"); done
+  out=$(lc qemu-io --image-opts "$(qimg "$lun")" "${args[@]}" 2>&1) || fail_qemu "qemu-io $*: $out"
+  if grep -qiE 'fail|error' <<<"$out"; then fail_qemu "qemu-io $*: $out"; fi
+}
+size0=$(lc qemu-img info --output=json --image-opts "$(qimg 0)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
+[ "$size0" -eq $((64 << 20)) ] || fail_qemu "LUN 0 has $size0 bytes, not 64 MiB"
+qio 0 "write -P 0xab 1M 64k" "write -P 0xcd 8M 1M" "read -P 0xab 1M 64k" "read -P 0xcd 8M 1M" "read -P 0 0 1M"
+qmap() { lc qemu-img map --output=json --image-opts "$(qimg 0)" |
+  python3 -c 'import json,sys; print(" ".join("%d+%d" % (e["start"], e["length"]) for e in json.load(sys.stdin) if e["data"]))'; }
+# The backing file's bytes and holes, independently of the target.
+file_check() { # OFFSET LENGTH BYTE DATA|HOLE
+  python3 - "$work/lun0.img" "$@" <<'PY' || fail_qemu "backing file: $*"
+import os, sys
+path, off, n, byte, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4], 0), sys.argv[5]
+fd = os.open(path, os.O_RDONLY)
+assert os.pread(fd, n, off) == bytes([byte]) * n, "bytes differ"
+data = os.lseek(fd, off, os.SEEK_DATA) if os.path.getsize(path) > off else None
+assert (data == off) if kind == "DATA" else (data is None or data >= off + n), f"{kind} expected, data at {data}"
+PY
+}
+got=$(qmap); [ "$got" = "1048576+65536 8388608+1048576" ] || fail_qemu "map after writes: $got"
+file_check $((1 << 20)) 65536 0xab DATA
+file_check $((8 << 20)) $((1 << 20)) 0xcd DATA
+qio 0 "discard 8M 512k" "read -P 0 8M 512k" "read -P 0xcd 8704k 512k"
+file_check $((8 << 20)) $((512 << 10)) 0 HOLE
+got=$(qmap); [ "$got" = "1048576+65536 8912896+524288" ] || fail_qemu "map after discard: $got"
+qio 0 "write -z -u 1M 64k" "read -P 0 1M 64k"
+file_check $((1 << 20)) 65536 0 HOLE
+got=$(qmap); [ "$got" = "8912896+524288" ] || fail_qemu "map after write-zeroes with unmap: $got"
+lc qemu-img convert --image-opts "$(qimg 0)" -O raw "$work/lun0.copy" || fail_qemu "convert from LUN 0"
+cmp "$work/lun0.copy" "$work/lun0.img" || fail_qemu "LUN 0 read by qemu-img differs from its backing file"
+head -c 16M /dev/urandom >"$work/in.raw"
+lc qemu-img convert -n -f raw "$work/in.raw" --target-image-opts "$(qimg 1 crc32c)" || fail_qemu "convert to LUN 1"
+lc qemu-img compare --image-opts "driver=raw,file.filename=$work/in.raw" "$(qimg 1 crc32c)" >/dev/null || fail_qemu "LUN 1 differs from what qemu-img wrote"
+echo "QEMU ok"
 
 # Runs one family; writes the names of failed tests to $3.
 run_cu() {
