@@ -562,7 +562,10 @@ impl Session {
         self.pending.len()
     }
 
-    /// Sends a SCSI command without waiting; returns its task tag for [`Session::wait`].
+    /// Queues a SCSI command without waiting; returns its task tag for [`Session::wait`].
+    /// Queued commands go to the target together, at the latest when the session next has
+    /// to wait for the target ([`Session::wait`], [`Session::wait_any`] or any call that
+    /// expects an answer), so that a burst of submissions costs one system call.
     pub fn submit(&mut self, lun: u64, cdb: &[u8], dir: DataDir) -> Result<u32, InitiatorError> {
         if self.target.is_none() {
             return Err(InitiatorError::Protocol(
@@ -624,10 +627,18 @@ impl Session {
             flags |= 0x80;
         }
         b.set_flags(flags);
+        // All the data as immediate data (the usual small write): it moves into the
+        // command, and no R2T can ask for any of it again.
+        let all_immediate = imm == data_out.len();
+        let (immediate, data_out) = if all_immediate {
+            (data_out, Vec::new())
+        } else {
+            (data_out[..imm].to_vec(), data_out)
+        };
         let cmd = Pdu {
             bhs: b,
             ahs: Vec::new(),
-            data: data_out[..imm].to_vec(),
+            data: immediate,
         };
         self.send(&cmd)?;
         // Unsolicited Data-Out up to FirstBurstLength.
@@ -665,7 +676,6 @@ impl Session {
 
     /// Waits for the command with this tag.
     pub fn wait(&mut self, itt: u32) -> Result<ScsiResponse, InitiatorError> {
-        self.flush()?;
         loop {
             if let Some(r) = self.completed.remove(&itt) {
                 self.order.retain(|t| *t != itt);
@@ -676,7 +686,9 @@ impl Session {
                     "no command with tag {itt}"
                 )));
             }
+            self.flush()?;
             self.pump()?;
+            self.pump_buffered()?;
         }
     }
 
@@ -684,7 +696,6 @@ impl Session {
     pub fn wait_any(
         &mut self,
     ) -> Result<(u32, Result<ScsiResponse, InitiatorError>), InitiatorError> {
-        self.flush()?;
         loop {
             if let Some(itt) = self.order.pop_front() {
                 if let Some(r) = self.completed.remove(&itt) {
@@ -694,6 +705,25 @@ impl Session {
             }
             if self.pending.is_empty() {
                 return Err(InitiatorError::Protocol("no command in flight".into()));
+            }
+            // Only about to block: send what is queued first.
+            self.flush()?;
+            self.pump()?;
+            self.pump_buffered()?;
+        }
+    }
+
+    /// Handles every PDU that is already whole in the read buffer (no system call), so
+    /// that answers which arrived together complete together.
+    fn pump_buffered(&mut self) -> Result<(), InitiatorError> {
+        loop {
+            let buf = self.rd.buffer();
+            let Some(head) = buf.get(..pdu::BHS_LEN) else {
+                return Ok(());
+            };
+            let bhs = Bhs(head.try_into().expect("48 bytes"));
+            if buf.len() < pdu::wire_len(&bhs, self.digests) {
+                return Ok(());
             }
             self.pump()?;
         }

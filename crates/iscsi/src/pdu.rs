@@ -344,6 +344,15 @@ pub fn parse_ahs(mut buf: &[u8]) -> Result<Vec<Ahs<'_>>, AhsError> {
     Ok(out)
 }
 
+/// Bytes the PDU starting with this header takes on the wire: header, AHS, digests and the
+/// padded data segment.
+pub fn wire_len(bhs: &Bhs, d: Digests) -> usize {
+    let data_len = bhs.data_len();
+    let hd = if d.header { 4 } else { 0 };
+    let dd = if d.data && data_len > 0 { 4 } else { 0 };
+    BHS_LEN + bhs.ahs_len() + hd + pad4(data_len) + dd
+}
+
 /// Decodes one PDU from a byte slice (used by the property tests and by the initiator's
 /// tests). Returns the PDU and how many bytes it took, or `Ok(None)` if more bytes are needed.
 pub fn decode(buf: &[u8], d: Digests, max_data: usize) -> Result<Option<(Pdu, usize)>, PduError> {
@@ -356,7 +365,7 @@ pub fn decode(buf: &[u8], d: Digests, max_data: usize) -> Result<Option<(Pdu, us
     check_lengths(ahs_len, data_len, max_data)?;
     let hd = if d.header { 4 } else { 0 };
     let dd = if d.data && data_len > 0 { 4 } else { 0 };
-    let total = BHS_LEN + ahs_len + hd + pad4(data_len) + dd;
+    let total = wire_len(&bhs, d);
     if buf.len() < total {
         return Ok(None);
     }

@@ -67,6 +67,7 @@ proptest! {
         let wire = p.encode(d);
         let (q, used) = pdu::decode(&wire, d, 300).unwrap().unwrap();
         prop_assert_eq!(used, wire.len());
+        prop_assert_eq!(pdu::wire_len(&q.bhs, d), wire.len());
         prop_assert_eq!(q.data, data);
         prop_assert_eq!(q.bhs.itt(), itt);
     }
