@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, on a nightly toolchain with
-# AddressSanitizer) of what reads bytes from the network and of the SCSI device model:
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, with AddressSanitizer) of what
+# reads bytes from the network and of the SCSI device model:
 #   pdu            PDU decoding under a segment limit, AHS and CDB, text keys and their
 #                  negotiation (fuzz/fuzz_targets/pdu.rs)
 #   scsi_commands  command sequences from three I_T nexuses against two LUNs
@@ -8,20 +8,22 @@
 # Each target runs for FUZZ_SECONDS (60 by default). A panic, a memory error, a leak or one
 # allocation above 64 MiB (a length taken from the input unchecked) fails the stage; the input
 # that did it is kept in fuzz/artifacts/<target>/ and replays with
-# `cargo +nightly fuzz run <target> <file>`.
+# `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>` (from fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${FUZZ_SECONDS:-60}
 
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+# cargo-fuzz builds with -Z flags (sanitizer, coverage instrumentation); this lets the
+# machine's stable toolchain accept them, so no nightly toolchain is needed.
+export RUSTC_BOOTSTRAP=1
 
 cd fuzz
-cargo +nightly fuzz build
+cargo fuzz build
 fail=0
-for t in $(cargo +nightly fuzz list); do
+for t in $(cargo fuzz list); do
   log=$(mktemp)
-  if cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -malloc_limit_mb=64 \
+  if cargo fuzz run "$t" -- -max_total_time="$secs" -malloc_limit_mb=64 \
       -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
