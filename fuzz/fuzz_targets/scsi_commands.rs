@@ -4,19 +4,14 @@
 //! allocation length of the commands that have one.
 #![no_main]
 
-use std::sync::Arc;
+// The device-model tests' helpers, including their allocation-length oracle.
+#[path = "../../crates/scsi/tests/common/mod.rs"]
+mod common;
 
 use arbitrary::Arbitrary;
+use common::{HOST1, HOST2, TARGET, alloc_of, mem_lu, nexus};
 use libfuzzer_sys::fuzz_target;
-use scsi::{
-    Command, LogicalUnit, LuIdentity, MemDevice, Nexus, Target, TaskAttribute, encode_lun, status,
-};
-use vss::scsi::Designator;
-
-const HOSTS: [&str; 2] = [
-    "iqn.1991-05.com.microsoft:host1",
-    "iqn.1991-05.com.microsoft:host2",
-];
+use scsi::{Command, Target, TaskAttribute, encode_lun, status};
 
 #[derive(Debug, Arbitrary)]
 struct Cmd {
@@ -28,57 +23,18 @@ struct Cmd {
     attribute: u8,
 }
 
-fn be(b: &[u8]) -> u64 {
-    b.iter().fold(0, |a, &x| (a << 8) | u64::from(x))
-}
-
-/// The allocation length a CDB asks for, for commands that have one.
-fn alloc_of(c: &[u8]) -> Option<u64> {
-    let get = |a: usize, b: usize| c.get(a..b).map(be);
-    match c.first()? {
-        0x12 => get(3, 5),
-        0x03 | 0x1A => get(4, 5),
-        0x5A | 0x5E => get(7, 9),
-        0xA0 | 0xA3 => get(6, 10),
-        0x9E => get(10, 14),
-        _ => None,
-    }
-}
-
-fn lu(n: u64, block_size: u32, blocks: u64) -> Arc<LogicalUnit> {
-    let identity = LuIdentity {
-        vendor: "SHADOWLN".into(),
-        product: "shadowlun volume".into(),
-        revision: "0100".into(),
-        serial: format!("SL{n:010}"),
-        designators: vec![
-            Designator::naa_locally_assigned(0x1000 + n),
-            Designator::t10_vendor_id("SHADOWLN", format!("lun-{n}").as_bytes()),
-        ],
-    };
-    Arc::new(LogicalUnit::new(
-        Arc::new(MemDevice::new(block_size, blocks)),
-        identity,
-    ))
-}
-
 fuzz_target!(|cmds: Vec<Cmd>| {
-    let t = Target::new("iqn.2026-01.org.shadowlun:array");
-    let lu0 = lu(0, 512, 256);
-    t.map(HOSTS[0], 0, lu0.clone());
-    t.map(HOSTS[1], 0, lu0);
-    t.map(HOSTS[0], 1, lu(1, 4096, 32));
-    let nexus = |who: u8| {
-        let host = HOSTS[usize::from(who % 2)];
-        let isid = u64::from(who % 3);
-        Nexus {
-            initiator_port: format!("{host},i,0x{isid:012x}"),
-            initiator: host.to_string(),
-            target_port: 1,
-        }
-    };
+    let t = Target::new(TARGET);
+    let (_, lu0) = mem_lu(0, 512, 256);
+    t.map(HOST1, 0, lu0.clone());
+    t.map(HOST2, 0, lu0);
+    t.map(HOST1, 1, mem_lu(1, 4096, 32).1);
     for c in cmds.iter().take(32) {
-        let n = nexus(c.who);
+        let n = match c.who % 3 {
+            0 => nexus(HOST1, 1, 1),
+            1 => nexus(HOST2, 2, 1),
+            _ => nexus(HOST1, 3, 2),
+        };
         let attribute = match c.attribute % 4 {
             0 => TaskAttribute::Simple,
             1 => TaskAttribute::Ordered,

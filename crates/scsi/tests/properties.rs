@@ -12,23 +12,6 @@ const OPCODES: &[u8] = &[
     0xAA, 0xAE,
 ];
 
-fn be(b: &[u8]) -> u64 {
-    b.iter().fold(0, |a, &x| (a << 8) | u64::from(x))
-}
-
-/// The allocation length a CDB asks for, for commands that have one.
-fn alloc_of(c: &[u8]) -> Option<u64> {
-    let get = |a: usize, b: usize| c.get(a..b).map(be);
-    match c.first()? {
-        0x12 => get(3, 5),
-        0x03 | 0x1A => get(4, 5),
-        0x5A | 0x5E => get(7, 9),
-        0xA0 | 0xA3 => get(6, 10),
-        0x9E => get(10, 14),
-        _ => None,
-    }
-}
-
 fn cdb() -> impl Strategy<Value = Vec<u8>> {
     (
         prop_oneof![3 => proptest::sample::select(OPCODES), 1 => any::<u8>()],

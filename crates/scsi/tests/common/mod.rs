@@ -1,6 +1,7 @@
 #![allow(dead_code)]
-//! Helpers shared by the integration tests: a target with logical units over `MemDevice`s and
-//! shorthand for issuing CDBs.
+//! Helpers shared by the integration tests (and the `scsi_commands` fuzz target, which
+//! includes this file): a target with logical units over `MemDevice`s, shorthand for issuing
+//! CDBs, and an oracle for allocation lengths written apart from the device model.
 
 use std::sync::Arc;
 
@@ -108,4 +109,21 @@ pub fn single() -> (Target, Nexus, Arc<MemDevice>, Arc<LogicalUnit>) {
     let n = nexus(HOST1, 0x400001370000, 1);
     clear_ua(&t, &n, 0);
     (t, n, dev, lu)
+}
+
+fn be(b: &[u8]) -> u64 {
+    b.iter().fold(0, |a, &x| (a << 8) | u64::from(x))
+}
+
+/// The allocation length a CDB asks for, for commands that have one.
+pub fn alloc_of(c: &[u8]) -> Option<u64> {
+    let get = |a: usize, b: usize| c.get(a..b).map(be);
+    match c.first()? {
+        0x12 => get(3, 5),
+        0x03 | 0x1A => get(4, 5),
+        0x5A | 0x5E => get(7, 9),
+        0xA0 | 0xA3 => get(6, 10),
+        0x9E => get(10, 14),
+        _ => None,
+    }
 }
