@@ -70,6 +70,8 @@ ls_none=$(lc iscsi-ls -s -i "$nobody" "iscsi://127.0.0.1:$port")
 echo "identity and masking ok"
 
 echo "== QEMU's iSCSI driver (qemu-img, qemu-io)"
+command -v qemu-io >/dev/null && dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q 'ok installed' ||
+  { echo "qemu-io or its iSCSI driver (qemu-block-extra) is missing: run scripts/setup"; exit 1; }
 # QEMU reads the capacity, the block limits and LBPRZ, maps allocation with GET LBA STATUS,
 # discards with UNMAP and writes zeroes with WRITE SAME; each result is checked on the LUN
 # and in the backing file. LUN 0 is a fresh sparse file, LUN 1 memory.
