@@ -5,6 +5,9 @@
 #                  negotiation (fuzz/fuzz_targets/pdu.rs)
 #   scsi_commands  command sequences from three I_T nexuses against two LUNs
 #                  (fuzz/fuzz_targets/scsi_commands.rs)
+#   session        bytes on a live loopback connection to a TargetServer, from the first
+#                  byte or after a login; the server must keep serving
+#                  (fuzz/fuzz_targets/session.rs, seeds from fuzz/seeds/session.py)
 # Each target runs for FUZZ_SECONDS (60 by default). A panic, a memory error, a leak or one
 # allocation above 64 MiB (a length taken from the input unchecked) fails the stage; the input
 # that did it is kept in fuzz/artifacts/<target>/ and replays with
@@ -23,7 +26,10 @@ cargo fuzz build
 fail=0
 for t in $(cargo fuzz list); do
   log=$(mktemp)
-  if cargo fuzz run "$t" -- -max_total_time="$secs" -malloc_limit_mb=64 \
+  dirs=("corpus/$t")
+  mkdir -p "corpus/$t"
+  [ -d "seeds/$t" ] && dirs+=("seeds/$t")
+  if cargo fuzz run "$t" "${dirs[@]}" -- -max_total_time="$secs" -malloc_limit_mb=64 \
       -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
