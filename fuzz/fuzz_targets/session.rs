@@ -72,7 +72,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let addr = server();
-    let conn = if mode & 1 == 0 {
+    let mut conn = if mode & 1 == 0 {
         login(addr).expect("login before the input")
     } else {
         let c = TcpStream::connect(addr).expect("connect");
@@ -81,7 +81,6 @@ fuzz_target!(|input: &[u8]| {
         c.set_nodelay(true).expect("nodelay");
         c
     };
-    let mut conn = conn;
     // The server may close first (reject, protocol error): later writes may fail.
     let _ = conn.write_all(bytes);
     let _ = conn.shutdown(Shutdown::Write);
