@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # iSCSI referees (about a minute):
 #  1. libiscsi's conformance suite (iscsi-test-cu), iSCSI and SCSI families, against the
-#     target serving a file LUN through scsi::Target;
+#     target serving a file LUN through scsi::Target, and the block command suites against
+#     a file LUN with direct I/O (O_DIRECT);
 #  2. iscsi-ls / iscsi-inq see exactly the identity and LUN masking configured;
 #  3. QEMU's iSCSI driver (qemu-img, qemu-io, installed by scripts/setup): capacity, bytes,
 #     allocation map (GET LBA STATUS), discard (UNMAP), write-zeroes (WRITE SAME), header
-#     digests, each checked on the LUN and in the backing file;
+#     digests, each checked on the LUN and in the backing file; the direct I/O LUN read and
+#     written with its file left out of the page cache;
 #  4. the crate's initiator against tgt.
 # Tests that do not apply are listed in KNOWN_NOT_APPLICABLE with the reason (also in
 # docs/iscsi.md); every other test must pass.
@@ -29,10 +31,13 @@ cargo build -q -p iscsi --example serve
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
+# The direct I/O LUN's file lives on the build's disk (a tmpfs has no O_DIRECT to test).
+mkdir -p "${CARGO_TARGET_DIR:-target}"
+direct_dir=$(mktemp -d -p "${CARGO_TARGET_DIR:-target}")
 serve_pid=""
 cleanup() {
   if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  rm -rf "$work" "$direct_dir"
 }
 trap cleanup EXIT
 
@@ -46,8 +51,8 @@ qemu=iqn.2026-01.org.shadowlun:qemu
 
 "$bin" --portal "127.0.0.1:$port" --target "$tgt_name" --serial-prefix CI \
   --initiator "$i1" --initiator "$i2" \
-  --lun "0:file:$work/lun0.img:64" --lun 1:mem:16 \
-  --map "0=$i1,$i2,$only0,$qemu" --map "1=$i1,$i2,$qemu" \
+  --lun "0:file:$work/lun0.img:64" --lun 1:mem:16 --lun "2:direct:$direct_dir/lun2.img:16" \
+  --map "0=$i1,$i2,$only0,$qemu" --map "1=$i1,$i2,$qemu" --map "2=$i1,$i2,$qemu" \
   >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
@@ -62,7 +67,7 @@ grep -q '^Product:shadowlun LUN' <<<"$inq" || { echo "$inq"; echo "wrong product
 grep -qx 'Unit Serial Number:\[CI0000\]' <<<"$(lc iscsi-inq -i "$i1" -e 1 -c 128 "$url/0")" || { echo "wrong serial of LUN 0"; exit 1; }
 grep -qx 'Unit Serial Number:\[CI0001\]' <<<"$(lc iscsi-inq -i "$i1" -e 1 -c 128 "$url/1")" || { echo "wrong serial of LUN 1"; exit 1; }
 ls_all=$(lc iscsi-ls -s -i "$i1" "iscsi://127.0.0.1:$port")
-[ "$(grep -c '^Lun:' <<<"$ls_all")" -eq 2 ] || { echo "$ls_all"; echo "$i1 must see LUNs 0 and 1"; exit 1; }
+[ "$(grep -c '^Lun:' <<<"$ls_all")" -eq 3 ] || { echo "$ls_all"; echo "$i1 must see LUNs 0, 1 and 2"; exit 1; }
 ls_one=$(lc iscsi-ls -s -i "$only0" "iscsi://127.0.0.1:$port")
 grep -q '^Lun:0 ' <<<"$ls_one" && ! grep -q '^Lun:1 ' <<<"$ls_one" || { echo "$ls_one"; echo "$only0 must see LUN 0 only"; exit 1; }
 ls_none=$(lc iscsi-ls -s -i "$nobody" "iscsi://127.0.0.1:$port")
@@ -115,12 +120,26 @@ cmp "$work/lun0.copy" "$work/lun0.img" || fail_qemu "LUN 0 read by qemu-img diff
 head -c 16M /dev/urandom >"$work/in.raw"
 lc qemu-img convert -n -f raw "$work/in.raw" --target-image-opts "$(qimg 1 crc32c)" || fail_qemu "convert to LUN 1"
 lc qemu-img compare --image-opts "driver=raw,file.filename=$work/in.raw" "$(qimg 1 crc32c)" >/dev/null || fail_qemu "LUN 1 differs from what qemu-img wrote"
+# The direct I/O LUN: what qemu-img writes is in the file, reads back equal, and none of
+# it passes through the page cache (fincore counts the file's cached pages).
+lc qemu-img convert -n -f raw "$work/in.raw" --target-image-opts "$(qimg 2)" || fail_qemu "convert to LUN 2"
+cmp "$work/in.raw" "$direct_dir/lun2.img" || fail_qemu "LUN 2's file differs from what qemu-img wrote"
+lc qemu-img compare --image-opts "driver=raw,file.filename=$work/in.raw" "$(qimg 2 crc32c)" >/dev/null || fail_qemu "LUN 2 differs from what qemu-img wrote"
+python3 - "$direct_dir/lun2.img" <<'PY' || fail_qemu "could not drop LUN 2's file from the page cache"
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+PY
+lc qemu-img compare --image-opts "driver=raw,file.filename=$work/in.raw" "$(qimg 2)" >/dev/null || fail_qemu "LUN 2 differs on a second read"
+pages=$(fincore --noheadings --output PAGES "$direct_dir/lun2.img")
+[ "$pages" -eq 0 ] || fail_qemu "LUN 2 (direct I/O) left $pages pages of its file in the page cache"
 echo "QEMU ok"
 
-# Runs one family; writes the names of failed tests to $3.
+# Runs one family or suite against LUN URL $4 (default LUN 0); writes the names of failed
+# tests to $3.
 run_cu() {
-  local spec=$1 log=$2 out=$3
-  timeout --foreground 900 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test="$spec" "$url/0" >"$log" 2>&1 || true
+  local spec=$1 log=$2 out=$3 lun_url=${4:-$url/0}
+  timeout --foreground 900 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test="$spec" "$lun_url" >"$log" 2>&1 || true
   local summary
   summary=$(grep -E '^ +tests ' "$log" | tail -1 || true)
   if [ -z "$summary" ]; then tail -20 "$log"; echo "iscsi-test-cu $spec did not finish"; exit 1; fi
@@ -142,6 +161,15 @@ for fam in iSCSI SCSI; do
     for k in "${KNOWN_NOT_APPLICABLE[@]}"; do [ "$t" = "$k" ] && known=1; done
     if [ $known -eq 1 ]; then echo "not applicable (documented): $t"; else echo "FAILED: $t"; fail=1; fi
   done <"$work/failed-$fam"
+done
+# The block command suites again, on the direct I/O LUN.
+echo "== the block command suites on LUN 2 (O_DIRECT)"
+for suite in Read10 Read16 Write10 Write16 WriteVerify16 Verify16 WriteSame16 Unmap CompareAndWrite; do
+  run_cu "SCSI.$suite" "$work/cu-direct-$suite.log" "$work/failed-direct-$suite" "$url/2"
+  while read -r t; do
+    [ -n "$t" ] || continue
+    echo "FAILED on the direct I/O LUN: $t"; fail=1
+  done <"$work/failed-direct-$suite"
 done
 [ $fail -eq 0 ] || { echo "iscsi-test-cu failures above"; exit 1; }
 

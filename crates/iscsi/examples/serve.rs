@@ -5,7 +5,8 @@
 //!     --target iqn.2026-01.org.shadowlun:demo --initiator iqn.1991-05.com.microsoft:host \
 //!     --lun 0:file:/tmp/x.img:1024 --lun 1:mem:64
 //! ```
-//! `--lun N:file:PATH[:MiB]` serves a file (created with that size if missing);
+//! `--lun N:file:PATH[:MiB]` serves a file (created with that size if missing) through the
+//! page cache, `--lun N:direct:PATH[:MiB]` the same with direct I/O (`O_DIRECT`);
 //! `--lun N:mem:MiB` serves memory. Every LUN is mapped to every `--initiator`, unless
 //! `--map N=IQN[,IQN...]` names the initiators of LUN N.
 //! `--chap INITIATOR:USER:SECRET[:TARGETUSER:TARGETSECRET]` sets CHAP secrets; `--auth chap`
@@ -22,7 +23,7 @@ fn usage(msg: &str) -> ! {
     eprintln!("serve: {msg}");
     eprintln!(
         "usage: serve [--portal ADDR]... [--target IQN] [--initiator IQN]... \
-         --lun N:file:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
+         --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
          [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
          [--digests on|off]"
     );
@@ -49,20 +50,27 @@ fn parse_lun(spec: &str, block_size: u32) -> Lun {
             let blocks = mib(parts.get(2)) * 1024 * 1024 / u64::from(block_size);
             Arc::new(MemDevice::new(block_size, blocks))
         }
-        Some("file") => {
+        Some(kind @ ("file" | "direct")) => {
             let path = parts
                 .get(2)
                 .unwrap_or_else(|| usage("file LUN needs a path"));
             let p = Path::new(path);
             let dev = if p.exists() {
-                FileDevice::open(p, block_size, false)
+                Ok(())
             } else {
                 let blocks = mib(parts.get(3)) * 1024 * 1024 / u64::from(block_size);
-                FileDevice::create(p, block_size, blocks)
-            };
+                FileDevice::create(p, block_size, blocks).map(drop)
+            }
+            .and_then(|()| {
+                if kind == "direct" {
+                    FileDevice::open_direct(p, block_size, false)
+                } else {
+                    FileDevice::open(p, block_size, false)
+                }
+            });
             Arc::new(dev.unwrap_or_else(|e| usage(&format!("{path}: {e}"))))
         }
-        _ => usage("LUN kind must be file or mem"),
+        _ => usage("LUN kind must be file, direct or mem"),
     };
     Lun { number, device }
 }

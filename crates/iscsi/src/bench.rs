@@ -133,7 +133,8 @@ impl fmt::Display for BenchReport {
     }
 }
 
-/// A `tgtd` process serving one file LUN (LUN 1) to any initiator.
+/// A `tgtd` process serving one file to any initiator: LUN 1 through the page cache, LUN 2
+/// with direct I/O.
 #[derive(Debug)]
 pub struct Tgt {
     child: Child,
@@ -147,7 +148,8 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl Tgt {
-    /// Starts tgtd on a free loopback port and exports `backing` as LUN 1 of `target`.
+    /// Starts tgtd on a free loopback port and exports `backing` as LUNs 1 (page cache) and
+    /// 2 (direct I/O) of `target`.
     pub fn start(backing: &Path, target: &str, serial: &str) -> Result<Tgt, BenchError> {
         let port = free_port().map_err(|e| BenchError::Tgt(e.to_string()))?;
         let control = 1000 + std::process::id() % 20000 + u32::from(port % 1000);
@@ -204,6 +206,21 @@ impl Tgt {
             "1",
             "--params",
             &format!("vendor_id=TGTBENCH,product_id=tgt-lun,scsi_sn={serial},scsi_id=60000000000000000000000000000001"),
+        ])?;
+        // LUN 2: the same file with direct I/O (tgt's rdwr backing store with O_DIRECT).
+        t.adm(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "2",
+            "-b",
+            &path,
+            "--bsoflags",
+            "direct",
         ])?;
         t.adm(&[
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
@@ -361,6 +378,51 @@ fn raw_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
     Ok(bytes as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Sequential 64 KiB reads of the backing file with `O_DIRECT` from `depth` threads (the
+/// queue depth of the workload it is compared with), for `dur`, in bytes per second: what
+/// the storage under the file delivers, without the page cache.
+fn raw_direct_read(path: &Path, size: u64, depth: usize, dur: Duration) -> Result<f64, BenchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const CHUNK: usize = 64 * 1024;
+    let err = |source| BenchError::Backing {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .map_err(err)?;
+    let next = AtomicU64::new(0);
+    let slots = size / CHUNK as u64;
+    let start = Instant::now();
+    let bytes = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..depth)
+            .map(|_| {
+                scope.spawn(|| -> std::io::Result<u64> {
+                    let mut v = vec![0u8; CHUNK + 4096];
+                    let pad = v.as_ptr().align_offset(4096);
+                    let buf = &mut v[pad..pad + CHUNK];
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        let slot = next.fetch_add(1, Ordering::Relaxed) % slots;
+                        f.read_exact_at(buf, slot * CHUNK as u64)?;
+                        n += CHUNK as u64;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("reader thread"))
+            .sum::<std::io::Result<u64>>()
+    })
+    .map_err(err)?;
+    Ok(bytes as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Random 4 KiB `pwrite`s of the backing file from one thread for `dur`, in operations per
 /// second: what the file system itself allows (ext4 serializes buffered writes to one file).
 fn raw_random_write(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
@@ -452,6 +514,8 @@ struct Side {
     addr: SocketAddr,
     target: String,
     lun: u64,
+    /// A LUN serving the same file with direct I/O (`O_DIRECT`), if this side has one.
+    direct_lun: Option<u64>,
 }
 
 /// Repetitions of every workload; the sides take turns within each, so that a slow spell
@@ -470,17 +534,40 @@ struct RawFile {
     read: f64,
     /// Random 4 KiB `pwrite`s from one thread, IOPS.
     random_write: f64,
+    /// Sequential 64 KiB `O_DIRECT` reads at the workload's queue depth, MB/s.
+    direct_read: f64,
+}
+
+/// The workload of the direct I/O comparison (the first of [`LOADS`]).
+const DIRECT_LOAD: Load = LOADS[0].1;
+
+/// Medians of the direct I/O workload on a side's direct LUN: own initiator, then
+/// `iscsi-perf` when installed.
+#[derive(Debug, Default, Clone, Copy)]
+struct DirectResults {
+    own: f64,
+    perf: Option<f64>,
+}
+
+/// What [`run_sides`] measured.
+struct Measured {
+    /// Per side, the median of each workload of [`LOADS`] then [`PERF_LOADS`].
+    per_side: Vec<Vec<f64>>,
+    raw: RawFile,
+    /// Per side, its direct LUN's results.
+    direct: Vec<Option<DirectResults>>,
 }
 
 /// Runs every workload on every side, in turns of `dur / REPS`; returns per side the
-/// median of each workload, and the raw file figures (the sequential read measured in the
-/// same turns as the sequential reads, the random write in those of the random writes).
+/// median of each workload, the raw file figures (the sequential read measured in the
+/// same turns as the sequential reads, the random write in those of the random writes,
+/// the direct read in those of the direct LUNs) and per side its direct LUN's results.
 fn run_sides(
     sides: &[Side],
     backing: &Path,
     size: u64,
     dur: Duration,
-) -> Result<(Vec<Vec<f64>>, RawFile), BenchError> {
+) -> Result<Measured, BenchError> {
     let turn = dur / REPS as u32;
     let mut cfg = InitiatorConfig::new(BENCH_INITIATOR);
     cfg.max_recv_data_segment = 262_144;
@@ -489,6 +576,9 @@ fn run_sides(
         let mut s = Session::login(side.addr, &side.target, &cfg)?;
         // Clear any unit attention before measuring.
         s.test_unit_ready(side.lun)?;
+        if let Some(lun) = side.direct_lun {
+            s.test_unit_ready(lun)?;
+        }
         sessions.push(s);
     }
     let mut out = vec![Vec::new(); sides.len()];
@@ -512,6 +602,39 @@ fn run_sides(
             out[i].push(median(v));
         }
     }
+    // Direct I/O: each side's direct LUN and O_DIRECT reads of the file, in turns. The
+    // writes above may have left dirty pages that direct reads would wait for.
+    std::fs::File::open(backing)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| BenchError::Backing {
+            path: backing.to_path_buf(),
+            source,
+        })?;
+    let mut direct = vec![None; sides.len()];
+    let mut own = vec![Vec::new(); sides.len()];
+    let mut perf = vec![Vec::new(); sides.len()];
+    let mut raw_direct = Vec::new();
+    if sides.iter().any(|s| s.direct_lun.is_some()) {
+        for _ in 0..REPS {
+            for (i, side) in sides.iter().enumerate() {
+                let Some(lun) = side.direct_lun else { continue };
+                own[i].push(drive(&mut sessions[i], lun, size, DIRECT_LOAD, turn)?.0 / 1e6);
+                if perf_available() {
+                    let url = format!("iscsi://{}/{}/{}", side.addr, side.target, lun);
+                    perf[i].push(iscsi_perf(&url, 128, 8, false, turn)?);
+                }
+            }
+            raw_direct.push(raw_direct_read(backing, size, DIRECT_LOAD.depth, turn)? / 1e6);
+        }
+    }
+    for (i, side) in sides.iter().enumerate() {
+        if side.direct_lun.is_some() {
+            direct[i] = Some(DirectResults {
+                own: median(std::mem::take(&mut own[i])),
+                perf: (!perf[i].is_empty()).then(|| median(std::mem::take(&mut perf[i]))),
+            });
+        }
+    }
     for mut s in sessions {
         let _ = s.logout();
     }
@@ -529,13 +652,15 @@ fn run_sides(
             }
         }
     }
-    Ok((
-        out,
-        RawFile {
+    Ok(Measured {
+        per_side: out,
+        raw: RawFile {
             read: median(raw),
             random_write: median(raw_writes),
+            direct_read: median(raw_direct),
         },
-    ))
+        direct,
+    })
 }
 
 /// Read workloads run with libiscsi's `iscsi-perf` (a neutral load generator): name,
@@ -629,10 +754,28 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             serial: "BENCH0001".into(),
             designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0c)],
         };
+        let direct =
+            scsi::FileDevice::open_direct(&opts.backing, BLOCK, false).map_err(|source| {
+                BenchError::Backing {
+                    path: opts.backing.clone(),
+                    source,
+                }
+            })?;
+        let direct_identity = scsi::LuIdentity {
+            product: "bench-direct".into(),
+            serial: "BENCH0002".into(),
+            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0d)],
+            ..identity.clone()
+        };
         target.map(
             BENCH_INITIATOR,
             0,
             Arc::new(scsi::LogicalUnit::new(Arc::new(dev), identity)),
+        );
+        target.map(
+            BENCH_INITIATOR,
+            1,
+            Arc::new(scsi::LogicalUnit::new(Arc::new(direct), direct_identity)),
         );
         let server = TargetServer::spawn(TargetConfig {
             portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -650,20 +793,26 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         addr: ours.local_addrs()[0],
         target: OUR_TARGET.into(),
         lun: 0,
+        direct_lun: Some(1),
     }];
     if let Some(t) = &tgt {
         sides.push(Side {
             addr: t.addr,
             target: t.target.clone(),
             lun: 1,
+            direct_lun: Some(2),
         });
     }
     let measured = run_sides(&sides, &opts.backing, size, opts.duration);
     ours.shutdown();
     drop(tgt);
-    let (results, raw) = measured?;
-    let ours = results[0].clone();
-    let tgt = results.get(1).cloned();
+    let Measured {
+        per_side,
+        raw,
+        direct,
+    } = measured?;
+    let ours = per_side[0].clone();
+    let tgt = per_side.get(1).cloned();
     let mut rows = Vec::new();
     let names = LOADS
         .iter()
@@ -688,9 +837,63 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             met: ratio.map(|r| r >= goal),
         });
     }
+    // Against the storage under the file: the direct LUN and O_DIRECT reads of the file at
+    // the same block size and queue depth; tgt's direct LUN for context.
+    if let Some(d) = direct.first().copied().flatten() {
+        let tgt_direct = direct.get(1).copied().flatten();
+        let ratio = d.own / raw.direct_read;
+        rows.push(BenchRow {
+            measure: "seq read 64 KiB QD8 (own) vs raw file, direct I/O".into(),
+            unit: "MB/s",
+            ours: d.own,
+            baseline: Some(raw.direct_read),
+            baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads",
+            ratio: Some(ratio),
+            goal: Some(0.7),
+            met: Some(ratio >= 0.7),
+        });
+        if let Some(perf) = d.perf {
+            rows.push(BenchRow {
+                measure: "seq read 64 KiB QD8 (iscsi-perf) vs raw file, direct I/O".into(),
+                unit: "MB/s",
+                ours: perf,
+                baseline: Some(raw.direct_read),
+                baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads",
+                ratio: Some(perf / raw.direct_read),
+                goal: None,
+                met: None,
+            });
+        }
+        if let Some(t) = tgt_direct {
+            rows.push(BenchRow {
+                measure: "seq read 64 KiB QD8 direct I/O (own initiator)".into(),
+                unit: "MB/s",
+                ours: d.own,
+                baseline: Some(t.own),
+                baseline_name: "tgt, O_DIRECT",
+                ratio: Some(d.own / t.own),
+                goal: None,
+                met: None,
+            });
+            if let (Some(p), Some(tp)) = (d.perf, t.perf) {
+                rows.push(BenchRow {
+                    measure: "seq read 64 KiB QD8 direct I/O (iscsi-perf)".into(),
+                    unit: "MB/s",
+                    ours: p,
+                    baseline: Some(tp),
+                    baseline_name: "tgt, O_DIRECT",
+                    ratio: Some(p / tp),
+                    goal: None,
+                    met: None,
+                });
+            }
+        }
+    }
+    // Reads served from the page cache against a copy out of it (loopback TCP alone, with
+    // no protocol, reaches about half of that on small machines: scripts/loopback-ceiling).
     let ratio = ours[0] / raw.read;
     rows.push(BenchRow {
-        measure: "seq read 64 KiB QD8 (own) vs raw file".into(),
+        measure: "seq read 64 KiB QD8 (own) vs raw file, page cache".into(),
         unit: "MB/s",
         ours: ours[0],
         baseline: Some(raw.read),
@@ -703,7 +906,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     // one thread writing the file directly reaches.
     if let Some(&perf_seq) = ours.get(LOADS.len()) {
         rows.push(BenchRow {
-            measure: "seq read 64 KiB QD8 (iscsi-perf) vs raw file".into(),
+            measure: "seq read 64 KiB QD8 (iscsi-perf) vs raw file, page cache".into(),
             unit: "MB/s",
             ours: perf_seq,
             baseline: Some(raw.read),

@@ -98,10 +98,27 @@ fn crc32c_digests_are_negotiated_and_carry_data_intact() {
 
 /// A file LUN behind the device model, its file holding `blocks` blocks of a pattern.
 fn file_lun(dir: &std::path::Path, blocks: u64) -> (TargetServer, SocketAddr, Vec<u8>) {
+    file_lun_with(dir, blocks, false)
+}
+
+/// As [`file_lun`]; with `direct`, the LUN reads and writes its file with `O_DIRECT` and
+/// the file's pages are dropped from the page cache first.
+fn file_lun_with(
+    dir: &std::path::Path,
+    blocks: u64,
+    direct: bool,
+) -> (TargetServer, SocketAddr, Vec<u8>) {
     let path = dir.join("lun0.img");
     let bytes = pattern((blocks * 512) as usize, 11);
     std::fs::write(&path, &bytes).unwrap();
-    let dev = scsi::FileDevice::open(&path, 512, false).unwrap();
+    let dev = if direct {
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        scsi::FileDevice::open_direct(&path, 512, false).unwrap()
+    } else {
+        scsi::FileDevice::open(&path, 512, false).unwrap()
+    };
     let t = Arc::new(scsi::Target::new(TARGET));
     let identity = scsi::LuIdentity {
         vendor: "SHADOWLN".into(),
@@ -126,7 +143,43 @@ fn file_lun(dir: &std::path::Path, blocks: u64) -> (TargetServer, SocketAddr, Ve
 #[test]
 fn large_reads_of_a_file_lun_carry_the_file_bytes_with_and_without_digests() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr, mut bytes) = file_lun(dir.path(), 8192);
+    let (server, addr, bytes) = file_lun(dir.path(), 8192);
+    reads_and_writes_match_the_file(addr, bytes);
+    server.shutdown();
+}
+
+#[test]
+fn a_direct_io_file_lun_carries_the_file_bytes_and_leaves_the_page_cache_empty() {
+    // On the build's disk: /tmp may be a tmpfs.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (server, addr, bytes) = file_lun_with(dir.path(), 8192, true);
+    let path = dir.path().join("lun0.img");
+    assert_eq!(cached_pages(&path), 0);
+    let bytes = reads_and_writes_match_the_file(addr, bytes);
+    assert_eq!(
+        cached_pages(&path),
+        0,
+        "direct I/O went through the page cache"
+    );
+    server.shutdown();
+    assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+/// Pages of `path` in the page cache, from util-linux's fincore.
+fn cached_pages(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--noheadings", "--output", "PAGES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Reads (several Data-In PDUs per command, one segment length that needs padding, commands
+/// that end at the last block) and writes through the target at `addr` of `bytes` (8192
+/// blocks), with and without digests; returns the file's expected content.
+fn reads_and_writes_match_the_file(addr: SocketAddr, mut bytes: Vec<u8>) -> Vec<u8> {
     // Several Data-In PDUs per command (one segment length that needs padding), and
     // commands that end at the last block.
     for (header, data, segment) in [
@@ -156,7 +209,7 @@ fn large_reads_of_a_file_lun_carry_the_file_bytes_with_and_without_digests() {
         assert!(s.read16(0, 296, 136, BS).unwrap() == bytes[296 * 512..432 * 512]);
         s.logout().unwrap();
     }
-    server.shutdown();
+    bytes
 }
 
 #[test]

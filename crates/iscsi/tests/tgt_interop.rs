@@ -22,9 +22,10 @@ fn initiator_logs_in_to_tgt_and_reads_back_what_it_wrote() {
     assert_eq!(found[0].name, tgt.target);
 
     let mut s = Session::login(tgt.addr, &tgt.target, &cfg).unwrap();
-    // tgt has its controller at LUN 0 and the disk at LUN 1.
+    // tgt has its controller at LUN 0, the disk at LUN 1 and the same file again, opened
+    // with O_DIRECT, at LUN 2 (the benchmark's direct I/O comparison).
     let luns = s.report_luns().unwrap();
-    assert_eq!(luns, vec![0, 1]);
+    assert_eq!(luns, vec![0, 1, 2]);
     let inq = s.inquiry(1, None).unwrap();
     assert_eq!(&inq[8..16], b"TGTBENCH");
     let serial = s.inquiry(1, Some(0x80)).unwrap();

@@ -237,3 +237,107 @@ fn zero_copy_reads_of_a_file_lun_point_at_the_very_bytes_a_copied_read_returns()
     assert!(span.is_none());
     assert!(o.data_in == vec![0x3c; 4096]);
 }
+
+/// Pages of `path` in the page cache, from util-linux's fincore.
+fn cached_pages(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("fincore")
+        .args(["--noheadings", "--output", "PAGES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) runs");
+    assert!(out.status.success(), "fincore: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn direct_io_lun_moves_exact_bytes_without_the_page_cache() {
+    use scsi::BlockDevice;
+    // On the build's disk rather than /tmp, which may be a tmpfs.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("direct.img");
+    drop(FileDevice::create(&path, 512, 8192).unwrap());
+    let dev = Arc::new(FileDevice::open_direct(&path, 512, false).unwrap());
+    assert!(dev.is_direct());
+    assert!(
+        !dev.quick_io(),
+        "direct I/O waits on storage: not for the receiving thread"
+    );
+    assert!(
+        dev.file_span(0, 4096).is_none(),
+        "sendfile would go through the page cache"
+    );
+    let t = Target::new(TARGET);
+    t.map(
+        HOST1,
+        0,
+        Arc::new(LogicalUnit::new(dev.clone(), identity(3))),
+    );
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+
+    // 1.5 MiB + 512 bytes crosses the 1 MiB piece of the aligned buffer; a FUA write goes
+    // with RWF_DSYNC on the direct descriptor.
+    let data: Vec<u8> = (0..3073 * 512u32).map(|i| (i % 247) as u8).collect();
+    good(&exec(&t, &n, 0, &cdb16(0x8A, 0, 3, 3073), &data));
+    good(&exec(&t, &n, 0, &cdb16(0x8A, 0x08, 4000, 1), &[0x77; 512]));
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes[3 * 512..3076 * 512] == data[..]);
+    assert_eq!(&bytes[4000 * 512..4001 * 512], &[0x77; 512][..]);
+    assert!(bytes[..3 * 512].iter().all(|&b| b == 0));
+    // The file read above went through the cache: empty it, then read through the LUN.
+    rustix::fs::fadvise(
+        std::fs::File::open(&path).unwrap(),
+        0,
+        None,
+        rustix::fs::Advice::DontNeed,
+    )
+    .unwrap();
+    assert_eq!(cached_pages(&path), 0);
+    assert!(good(&exec(&t, &n, 0, &cdb16(0x88, 0, 3, 3073), &[])) == &data[..]);
+    assert_eq!(
+        cached_pages(&path),
+        0,
+        "direct reads must not fill the page cache"
+    );
+
+    // Unaligned memory on both sides of the device interface.
+    let mut buf = vec![0u8; 4096 + 1];
+    dev.read_at(3 * 512, &mut buf[1..]).unwrap();
+    assert!(buf[1..] == data[..4096]);
+    dev.write_at(512, &buf[1..1 + 1024], false).unwrap();
+    let mut back = vec![0xEEu8; 3];
+    dev.read_to_vec(512, 1024, &mut back).unwrap();
+    assert_eq!(&back[..3], &[0xEE; 3]);
+    assert!(back[3..] == data[..1024]);
+    // Range errors as for buffered files, buffer untouched.
+    assert_eq!(
+        dev.read_to_vec(8191 * 512, 1024, &mut back),
+        Err(scsi::DeviceError::OutOfRange)
+    );
+    assert_eq!(back.len(), 3 + 1024);
+    let o = exec(&t, &n, 0, &cdb16(0x88, 0, 8191, 2), &[]);
+    assert_eq!(sense_of(&o), (0x05, 0x21, 0x00));
+    // UNMAP still punches the file.
+    let mut p = vec![0, 22, 0, 16, 0, 0, 0, 0];
+    p.extend_from_slice(&3u64.to_be_bytes());
+    p.extend_from_slice(&8u32.to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    good(&exec(&t, &n, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p));
+    assert!(
+        good(&exec(&t, &n, 0, &read10(3, 8), &[]))
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(good(&exec(&t, &n, 0, &read10(11, 1), &[])) == &data[8 * 512..9 * 512]);
+}
+
+#[test]
+fn direct_io_refuses_what_it_cannot_honour() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("odd.img");
+    drop(FileDevice::create(&path, 512, 16).unwrap());
+    let e = FileDevice::open_direct(&path, 1024, false).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    let e = FileDevice::open_direct(&dir.path().join("missing.img"), 512, false).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+}
