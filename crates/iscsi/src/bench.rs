@@ -96,9 +96,16 @@ impl fmt::Display for BenchReport {
             "iSCSI target benchmark on {} ({} MiB backing file, {:.1} s per run)",
             self.machine, self.size_mib, self.seconds_per_run
         )?;
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.measure.len())
+            .max()
+            .unwrap_or(0)
+            .max("measure".len());
         writeln!(
             f,
-            "{:<46} {:>12} {:>12} {:>10} {:>7} {:>6}  unit",
+            "{:<w$} {:>12} {:>12} {:>10} {:>7} {:>6}  unit",
             "measure", "shadowlun", "baseline", "ratio", "goal", "met"
         )?;
         for r in &self.rows {
@@ -118,7 +125,7 @@ impl fmt::Display for BenchReport {
             };
             writeln!(
                 f,
-                "{:<46} {:>12.1} {:>12} {:>10} {:>7} {:>6}  {} (vs {})",
+                "{:<w$} {:>12.1} {:>12} {:>10} {:>7} {:>6}  {} (vs {})",
                 r.measure,
                 r.ours,
                 opt(r.baseline),
@@ -935,4 +942,55 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         seconds_per_run: opts.duration.as_secs_f64(),
         rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(measure: &str, ours: f64) -> BenchRow {
+        BenchRow {
+            measure: measure.into(),
+            unit: "MB/s",
+            ours,
+            baseline: Some(ours / 2.0),
+            baseline_name: "tgt",
+            ratio: Some(2.0),
+            goal: Some(1.5),
+            met: Some(true),
+        }
+    }
+
+    #[test]
+    fn the_table_keeps_its_columns_whatever_the_measure_names() {
+        let report = BenchReport {
+            machine: "test".into(),
+            backing: "/dev/null".into(),
+            size_mib: 1,
+            seconds_per_run: 1.0,
+            rows: vec![
+                row("short", 10.0),
+                row(
+                    "a measure whose name is longer than the usual column width",
+                    2000.0,
+                ),
+            ],
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), 3);
+        // Every line's "ratio" column ends at the same position.
+        let ends: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                let at = l.find(if l.starts_with("measure") {
+                    "ratio"
+                } else {
+                    "2.00x"
+                });
+                at.unwrap() + 5
+            })
+            .collect();
+        assert!(ends.iter().all(|&e| e == ends[0]), "{text}");
+    }
 }
