@@ -279,13 +279,15 @@ impl Rng {
     }
 }
 
-/// Runs one workload for `dur`; returns (bytes per second, operations per second).
+/// Runs one workload for `dur`, or until `max_ops` operations were issued; returns (bytes
+/// per second, operations per second).
 fn drive(
     s: &mut Session,
     lun: u64,
     size: u64,
     load: Load,
     dur: Duration,
+    max_ops: u64,
 ) -> Result<(f64, f64), BenchError> {
     let blocks_per_io = load.block_bytes / BLOCK;
     let slots = size / u64::from(load.block_bytes);
@@ -293,7 +295,7 @@ fn drive(
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut next_seq = 0u64;
     let mut done = 0u64;
-    let max_ops = 50_000_000u64;
+    let mut issued = 0u64;
     let start = Instant::now();
     let mut issue = |s: &mut Session| -> Result<(), BenchError> {
         let slot = if load.random {
@@ -319,8 +321,9 @@ fn drive(
         }
         Ok(())
     };
-    for _ in 0..load.depth {
+    while issued < max_ops.min(load.depth as u64) {
         issue(s)?;
+        issued += 1;
     }
     while s.in_flight() > 0 {
         let (_, r) = s.wait_any()?;
@@ -329,8 +332,9 @@ fn drive(
             return Err(BenchError::Initiator(InitiatorError::Status(r.status)));
         }
         done += 1;
-        if start.elapsed() < dur && done < max_ops {
+        if start.elapsed() < dur && issued < max_ops {
             issue(s)?;
+            issued += 1;
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -338,6 +342,68 @@ fn drive(
         done as f64 * f64::from(load.block_bytes) / secs,
         done as f64 / secs,
     ))
+}
+
+/// Bound of any timed run, whatever the machine's speed.
+const MAX_OPS: u64 = 50_000_000;
+
+/// Drops the backing file's pages from the page cache (it must be clean: synced).
+fn drop_cache(path: &Path) -> Result<(), BenchError> {
+    std::fs::File::open(path)
+        .and_then(|f| {
+            rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).map_err(Into::into)
+        })
+        .map_err(|source| BenchError::Backing {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Sequential passes over the whole LUN at [`COLD_LOAD`], each from a cold page cache, for
+/// `dur` (at least one pass); returns bytes per second of the passes' reading time.
+fn drive_cold(
+    s: &mut Session,
+    lun: u64,
+    size: u64,
+    backing: &Path,
+    dur: Duration,
+) -> Result<f64, BenchError> {
+    let start = Instant::now();
+    let (mut bytes, mut secs) = (0.0, 0.0);
+    let pass_ops = size / u64::from(COLD_LOAD.block_bytes);
+    while secs == 0.0 || start.elapsed() < dur {
+        drop_cache(backing)?;
+        let t = Instant::now();
+        drive(s, lun, size, COLD_LOAD, Duration::MAX, pass_ops)?;
+        secs += t.elapsed().as_secs_f64();
+        bytes += (pass_ops * u64::from(COLD_LOAD.block_bytes)) as f64;
+    }
+    Ok(bytes / secs)
+}
+
+/// As [`drive_cold`] for the raw file: sequential 64 KiB `pread`s from one thread, each
+/// pass from a cold page cache (the kernel's readahead is what makes them fast).
+fn raw_cold_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
+    let err = |source| BenchError::Backing {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(err)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    let (mut bytes, mut secs) = (0u64, 0.0);
+    while secs == 0.0 || start.elapsed() < dur {
+        drop_cache(path)?;
+        let t = Instant::now();
+        let mut off = 0;
+        while off + buf.len() as u64 <= size {
+            f.read_exact_at(&mut buf, off).map_err(err)?;
+            off += buf.len() as u64;
+        }
+        bytes += off;
+        secs += t.elapsed().as_secs_f64();
+    }
+    Ok(bytes as f64 / secs)
 }
 
 fn prepare_backing(path: &Path, size: u64) -> Result<(), BenchError> {
@@ -543,10 +609,15 @@ struct RawFile {
     random_write: f64,
     /// Sequential 64 KiB `O_DIRECT` reads at the workload's queue depth, MB/s.
     direct_read: f64,
+    /// Sequential 64 KiB `pread`s from one thread, cold page cache, MB/s.
+    cold_read: f64,
 }
 
 /// The workload of the direct I/O comparison (the first of [`LOADS`]).
 const DIRECT_LOAD: Load = LOADS[0].1;
+
+/// The workload of the cold page cache comparison (the first of [`LOADS`]).
+const COLD_LOAD: Load = LOADS[0].1;
 
 /// Medians of the direct I/O workload on a side's direct LUN: own initiator, then
 /// `iscsi-perf` when installed.
@@ -563,6 +634,8 @@ struct Measured {
     raw: RawFile,
     /// Per side, its direct LUN's results.
     direct: Vec<Option<DirectResults>>,
+    /// Per side, sequential reads of its page cache LUN from a cold cache, MB/s.
+    cold: Vec<f64>,
 }
 
 /// Runs every workload on every side, in turns of `dur / REPS`; returns per side the
@@ -595,7 +668,7 @@ fn run_sides(
         let mut samples = vec![Vec::new(); sides.len()];
         for _ in 0..REPS {
             for (i, side) in sides.iter().enumerate() {
-                let (bps, iops) = drive(&mut sessions[i], side.lun, size, *load, turn)?;
+                let (bps, iops) = drive(&mut sessions[i], side.lun, size, *load, turn, MAX_OPS)?;
                 samples[i].push(if *unit == "MB/s" { bps / 1e6 } else { iops });
             }
             if k == 0 {
@@ -625,7 +698,8 @@ fn run_sides(
         for _ in 0..REPS {
             for (i, side) in sides.iter().enumerate() {
                 let Some(lun) = side.direct_lun else { continue };
-                own[i].push(drive(&mut sessions[i], lun, size, DIRECT_LOAD, turn)?.0 / 1e6);
+                own[i]
+                    .push(drive(&mut sessions[i], lun, size, DIRECT_LOAD, turn, MAX_OPS)?.0 / 1e6);
                 if perf_available() {
                     let url = format!("iscsi://{}/{}/{}", side.addr, side.target, lun);
                     perf[i].push(iscsi_perf(&url, 128, 8, false, turn)?);
@@ -642,6 +716,20 @@ fn run_sides(
             });
         }
     }
+    // Cold page cache: whole passes over each side's page cache LUN, every pass after the
+    // file's pages were dropped, and the same passes of plain `pread`s, in turns. The
+    // file is clean (synced above), so its pages can be dropped.
+    let mut cold = vec![Vec::new(); sides.len()];
+    let mut raw_cold = Vec::new();
+    for _ in 0..REPS {
+        for (i, side) in sides.iter().enumerate() {
+            cold[i].push(drive_cold(&mut sessions[i], side.lun, size, backing, turn)? / 1e6);
+        }
+        raw_cold.push(raw_cold_read(backing, size, turn)? / 1e6);
+    }
+    let cold: Vec<f64> = cold.into_iter().map(median).collect();
+    // Warm again for the rest.
+    raw_read(backing, size, Duration::from_millis(300))?;
     for mut s in sessions {
         let _ = s.logout();
     }
@@ -665,8 +753,10 @@ fn run_sides(
             read: median(raw),
             random_write: median(raw_writes),
             direct_read: median(raw_direct),
+            cold_read: median(raw_cold),
         },
         direct,
+        cold,
     })
 }
 
@@ -817,6 +907,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         per_side,
         raw,
         direct,
+        cold,
     } = measured?;
     let ours = per_side[0].clone();
     let tgt = per_side.get(1).cloned();
@@ -895,6 +986,31 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 });
             }
         }
+    }
+    // Reads that wait for the storage under the page cache, against plain reads of the
+    // file from a cold cache; tgt for context.
+    let ratio = cold[0] / raw.cold_read;
+    rows.push(BenchRow {
+        measure: "seq read 64 KiB QD8 (own) vs raw file, cold page cache".into(),
+        unit: "MB/s",
+        ours: cold[0],
+        baseline: Some(raw.cold_read),
+        baseline_name: "raw pread 64 KiB, one thread, cold page cache",
+        ratio: Some(ratio),
+        goal: Some(0.7),
+        met: Some(ratio >= 0.7),
+    });
+    if let Some(&t) = cold.get(1) {
+        rows.push(BenchRow {
+            measure: "seq read 64 KiB QD8 cold page cache (own initiator)".into(),
+            unit: "MB/s",
+            ours: cold[0],
+            baseline: Some(t),
+            baseline_name: "tgt, cold page cache",
+            ratio: Some(cold[0] / t),
+            goal: None,
+            met: None,
+        });
     }
     // Reads served from the page cache against a copy out of it (loopback TCP alone, with
     // no protocol, reaches about half of that on small machines: scripts/loopback-ceiling).

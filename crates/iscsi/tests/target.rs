@@ -119,6 +119,12 @@ fn file_lun_with(
     } else {
         scsi::FileDevice::open(&path, 512, false).unwrap()
     };
+    let (server, addr) = serve_device(Arc::new(dev));
+    (server, addr, bytes)
+}
+
+/// A target serving `dev` as LUN 0 to HOST_A.
+fn serve_device(dev: Arc<dyn scsi::BlockDevice>) -> (TargetServer, SocketAddr) {
     let t = Arc::new(scsi::Target::new(TARGET));
     let identity = scsi::LuIdentity {
         vendor: "SHADOWLN".into(),
@@ -127,17 +133,13 @@ fn file_lun_with(
         serial: "FILE0001".into(),
         designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf11e)],
     };
-    t.map(
-        HOST_A,
-        0,
-        Arc::new(scsi::LogicalUnit::new(Arc::new(dev), identity)),
-    );
+    t.map(HOST_A, 0, Arc::new(scsi::LogicalUnit::new(dev, identity)));
     let server = TargetServer::spawn(config()).unwrap();
     server
         .add_target(TARGET, None, t, AuthPolicy::None)
         .unwrap();
     let addr = server.local_addrs()[0];
-    (server, addr, bytes)
+    (server, addr)
 }
 
 #[test]
@@ -163,6 +165,61 @@ fn a_direct_io_file_lun_carries_the_file_bytes_and_leaves_the_page_cache_empty()
     );
     server.shutdown();
     assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+#[test]
+fn queued_reads_of_a_file_lun_outside_the_page_cache_return_the_file_bytes() {
+    // On the build's disk: /tmp may be a tmpfs, whose pages cannot be dropped.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (server, addr, bytes) = file_lun_with(dir.path(), 8192, false);
+    let path = dir.path().join("lun0.img");
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    for round in 0..2 {
+        // Out of the cache (file_lun_with wrote the file; sync it first): the reads miss,
+        // go to the pool and are read into memory there.
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert_eq!(cached_pages(&path), 0);
+        // Sixteen 64 KiB reads in flight at once, from the end of the file backwards, with
+        // small ones and a TEST UNIT READY among them.
+        let mut want = std::collections::HashMap::new();
+        for i in 0..16u64 {
+            let (lba, blocks): (u64, u32) = if i % 4 == 3 {
+                (8192 - 1 - i * 100, 1)
+            } else {
+                (8192 - (i + 1) * 128, 128)
+            };
+            let mut cdb = [0u8; 16];
+            cdb[0] = 0x88;
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+            let itt = s.submit(0, &cdb, DataDir::Read(blocks * BS)).unwrap();
+            want.insert(itt, (lba as usize * 512, blocks as usize * 512));
+            if i == 8 {
+                let tur = s.submit(0, &[0; 6], DataDir::None).unwrap();
+                want.insert(tur, (0, 0));
+            }
+        }
+        while s.in_flight() > 0 {
+            let (itt, r) = s.wait_any().unwrap();
+            let r = r.unwrap();
+            let (at, len) = want.remove(&itt).unwrap();
+            assert_eq!(r.status, 0, "round {round}");
+            assert!(
+                r.data == bytes[at..at + len],
+                "round {round}: bytes at {at}"
+            );
+        }
+        assert!(want.is_empty());
+        assert!(
+            cached_pages(&path) > 0,
+            "buffered reads fill the page cache"
+        );
+    }
+    s.logout().unwrap();
+    server.shutdown();
 }
 
 /// Pages of `path` in the page cache, from util-linux's fincore.
@@ -212,22 +269,87 @@ fn reads_and_writes_match_the_file(addr: SocketAddr, mut bytes: Vec<u8>) -> Vec<
     bytes
 }
 
+/// A file LUN that takes every read for cached, as if the file were cut short between the
+/// residency probe and the send: the only way to meet a short file at sendfile time
+/// without a race.
+struct CachedAlways(scsi::FileDevice);
+
+impl scsi::BlockDevice for CachedAlways {
+    fn block_size(&self) -> u32 {
+        self.0.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.0.num_blocks()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), scsi::DeviceError> {
+        self.0.read_at(offset, buf)
+    }
+    fn read_to_vec(
+        &self,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), scsi::DeviceError> {
+        self.0.read_to_vec(offset, len, buf)
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), scsi::DeviceError> {
+        self.0.write_at(offset, data, fua)
+    }
+    fn flush(&self) -> Result<(), scsi::DeviceError> {
+        self.0.flush()
+    }
+    fn quick_io(&self) -> bool {
+        true
+    }
+    fn cached(&self, _: u64, _: usize) -> bool {
+        true
+    }
+    fn file_span(&self, offset: u64, len: usize) -> Option<scsi::FileSpan> {
+        self.0.file_span(offset, len)
+    }
+}
+
 #[test]
-fn a_file_cut_short_behind_the_target_ends_the_connection_instead_of_sending_short_data() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_file_cut_short_behind_the_target_gets_an_error_or_ends_the_connection_never_short_data() {
+    // On the build's disk: on a tmpfs without RWF_NOWAIT every read counts as cached.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (server, addr, bytes) = file_lun(dir.path(), 4096);
+    let path = dir.path().join("lun0.img");
     let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
     s.test_unit_ready(0).unwrap();
     assert!(s.read16(0, 4000, 96, BS).unwrap() == bytes[4000 * 512..]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.path().join("lun0.img"))
-        .unwrap()
-        .set_len(4000 * 512)
-        .unwrap();
-    // The READ passed every check when it ran; its data is no longer in the file. The
+    let cut = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4000 * 512)
+            .unwrap()
+    };
+    cut();
+    // The residency probe finds the range's end missing; the read runs on the pool and
+    // fails: HARDWARE ERROR, INTERNAL TARGET FAILURE, no data.
+    match s.read16(0, 3968, 128, BS) {
+        Err(InitiatorError::Check(sense)) => {
+            assert_eq!((sense.key, sense.asc, sense.ascq), (0x04, 0x44, 0x00))
+        }
+        other => panic!("expected CHECK CONDITION, got {other:?}"),
+    }
+    assert!(s.read16(0, 0, 128, BS).unwrap() == bytes[..128 * 512]);
+    s.logout().unwrap();
+    server.shutdown();
+
+    // Cut after the READ passed every check: its data is no longer in the file. The
     // target cannot take back the GOOD status it already committed to, so the connection
     // ends and the initiator gets no data at all.
+    std::fs::write(&path, &bytes).unwrap();
+    let (server, addr) = serve_device(Arc::new(CachedAlways(
+        scsi::FileDevice::open(&path, 512, false).unwrap(),
+    )));
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    assert!(s.read16(0, 4000, 96, BS).unwrap() == bytes[4000 * 512..]);
+    cut();
     match s.read16(0, 3968, 128, BS) {
         Err(InitiatorError::ConnectionLost | InitiatorError::Pdu(_)) => {}
         other => panic!("expected the connection to end, got {other:?}"),

@@ -40,6 +40,9 @@ pub struct FileDevice {
     punch: AtomicBool,
     /// `pwritev2(RWF_DSYNC)` works here (checked on first FUA write).
     dsync: AtomicBool,
+    /// `preadv2(RWF_NOWAIT)` works here (checked on first use): page-cache residency can
+    /// be probed ([`BlockDevice::cached`]).
+    nowait: AtomicBool,
 }
 
 impl FileDevice {
@@ -62,6 +65,7 @@ impl FileDevice {
             read_only,
             punch: AtomicBool::new(true),
             dsync: AtomicBool::new(true),
+            nowait: AtomicBool::new(true),
         })
     }
 
@@ -309,6 +313,40 @@ impl BlockDevice for FileDevice {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| io_err(e, offset, false))
+    }
+
+    /// Probes the first and the last byte of the range with a one-byte
+    /// `preadv2(RWF_NOWAIT)`, which fails instead of waiting for storage (and starts the
+    /// readahead that a read there would). Pages between them are taken to follow: the
+    /// page cache fills files in runs. Direct I/O is never cached; where the file system
+    /// cannot answer without waiting, every read counts as cached, as it did before the
+    /// probe existed.
+    fn cached(&self, offset: u64, len: usize) -> bool {
+        if self.direct.is_some() {
+            return false;
+        }
+        if len == 0 || !self.nowait.load(Ordering::Relaxed) {
+            return true;
+        }
+        let probe = |at: u64| {
+            let mut byte = [0u8; 1];
+            match rustix::io::preadv2(
+                &*self.file,
+                &mut [io::IoSliceMut::new(&mut byte)],
+                at,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(n) => n == 1,
+                Err(rustix::io::Errno::AGAIN) => false,
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => {
+                    self.nowait.store(false, Ordering::Relaxed);
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        let last = offset + len as u64 - 1;
+        probe(offset) && (last / 4096 == offset / 4096 || probe(last))
     }
 
     /// Not for direct I/O: sendfile(2) would read through the page cache, on the

@@ -101,6 +101,15 @@ pub trait BlockDevice: Send + Sync {
     fn quick_io(&self) -> bool {
         false
     }
+    /// True if the `len` bytes at `offset` can be read now without waiting for storage (in
+    /// memory, or in the page cache at the moment). [`Target::is_quick`] asks it for READs
+    /// on quick devices, so that a read that would wait for the disk goes to the
+    /// transport's pool instead of holding up the commands behind it. Default:
+    /// [`BlockDevice::quick_io`].
+    fn cached(&self, offset: u64, len: usize) -> bool {
+        let _ = (offset, len);
+        self.quick_io()
+    }
     /// Where the `len` bytes at `offset` lie, unchanged, in a file: a transport may then
     /// send them from that file (sendfile(2)) after the command completes instead of
     /// reading them into memory first. Offer it only where that file region holds this

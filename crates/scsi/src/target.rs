@@ -175,8 +175,9 @@ impl Target {
     }
 
     /// True if `cmd` is a READ or WRITE (6/10/12/16) without FUA, or TEST UNIT READY, for a
-    /// LUN whose device does quick I/O ([`crate::BlockDevice::quick_io`]): the command
-    /// finishes in microseconds and may run on the transport's own thread.
+    /// LUN whose device does quick I/O ([`crate::BlockDevice::quick_io`]), and for a READ
+    /// the blocks are at hand now ([`crate::BlockDevice::cached`]): the command finishes in
+    /// microseconds and may run on the transport's own thread.
     pub fn is_quick(&self, cmd: &Command<'_>) -> bool {
         use cdb::opcode::*;
         let Some(&op) = cmd.cdb.first() else {
@@ -188,10 +189,31 @@ impl Target {
             READ_10 | READ_12 | READ_16 | WRITE_10 | WRITE_12 | WRITE_16 => !fua,
             _ => false,
         };
-        simple
-            && decode_lun(cmd.lun)
-                .and_then(|l| self.lu_for(&cmd.nexus.initiator, l))
-                .is_some_and(|lu| lu.device().quick_io())
+        if !simple {
+            return false;
+        }
+        let Some(lu) = decode_lun(cmd.lun).and_then(|l| self.lu_for(&cmd.nexus.initiator, l))
+        else {
+            return false;
+        };
+        let dev = lu.device();
+        if !dev.quick_io() {
+            return false;
+        }
+        match cdb::parse(cmd.cdb) {
+            Ok(Cdb::Read { lba, blocks, .. }) => {
+                let bs = u64::from(dev.block_size());
+                // Out of range: quick, since it fails before touching the device.
+                match (lba.checked_mul(bs), (u64::from(blocks) * bs).try_into()) {
+                    (Some(off), Ok(len)) => {
+                        lba.saturating_add(u64::from(blocks)) > dev.num_blocks()
+                            || dev.cached(off, len)
+                    }
+                    _ => true,
+                }
+            }
+            _ => true,
+        }
     }
 
     /// The SCSI data length in bytes the command's CDB calls for (see [`Cdb::data_length`]),

@@ -154,6 +154,8 @@ fn reads_of_a_file_lun_return_the_file_bytes_and_range_errors_leave_the_buffer()
 fn plain_reads_and_writes_of_file_and_memory_luns_are_quick_and_others_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let (t, n, _, _) = file_target(dir.path());
+    // The file's first block in the page cache (a whole-page write leaves it there).
+    good(&exec(&t, &n, 0, &write10(0, 1, false), &[0x42; 4096]));
     let (_, mem) = mem_lu(2, 512, 64);
     t.map(HOST1, 1, mem);
     let quick = |lun: u64, cdb: &[u8]| {
@@ -236,6 +238,61 @@ fn zero_copy_reads_of_a_file_lun_point_at_the_very_bytes_a_copied_read_returns()
     let (o, span) = cmd(&read10(100, 1), &n);
     assert!(span.is_none());
     assert!(o.data_in == vec![0x3c; 4096]);
+}
+
+#[test]
+fn reads_of_blocks_outside_the_page_cache_are_not_quick_and_still_return_the_bytes() {
+    use scsi::BlockDevice;
+    // On the build's disk rather than /tmp, which may be a tmpfs (whose pages cannot be
+    // dropped).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (t, n, dev, path) = file_target(dir.path());
+    let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i * 13 % 251) as u8).collect();
+    good(&exec(&t, &n, 0, &write10(256, 64, false), &data));
+    good(&exec(&t, &n, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]));
+    let quick = |cdb: &[u8]| {
+        t.is_quick(&scsi::Command {
+            nexus: &n,
+            lun: encode_lun(0),
+            cdb,
+            data_out: &[],
+            expected_length: 0,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    // Drops pages from the cache (the data is on disk after SYNCHRONIZE CACHE). A probe
+    // that misses starts readahead, so each miss below is asserted once after a drop.
+    let drop_cache = |offset: u64, len: u64| {
+        rustix::fs::fadvise(
+            std::fs::File::open(&path).unwrap(),
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        )
+        .unwrap()
+    };
+    assert!(dev.cached(256 * 4096, 64 * 4096));
+    assert!(quick(&read10(256, 64)));
+    drop_cache(0, 1024 * 4096);
+    assert_eq!(cached_pages(&path), 0);
+    assert!(!quick(&read10(256, 64)), "a read that waits for the disk");
+    drop_cache(0, 1024 * 4096);
+    assert!(!dev.cached(300 * 4096, 4096));
+    // Writes and reads out of range stay quick: neither waits for the disk.
+    drop_cache(0, 1024 * 4096);
+    assert!(quick(&write10(256, 1, false)));
+    assert!(quick(&read10(1020, 8)));
+    // The read itself, on any thread, returns the bytes and fills the cache.
+    assert!(good(&exec(&t, &n, 0, &read10(256, 64), &[])) == &data[..]);
+    assert!(dev.cached(256 * 4096, 64 * 4096));
+    assert!(quick(&read10(256, 64)));
+    // The last block of a range is probed too: only block 256 in the cache (a whole-page
+    // write puts it there; the cache may hold larger pieces of a file, so no smaller drop).
+    drop_cache(0, 1024 * 4096);
+    good(&exec(&t, &n, 0, &write10(256, 1, false), &data[..4096]));
+    assert!(quick(&read10(256, 1)));
+    assert!(!quick(&read10(256, 2)));
 }
 
 /// Pages of `path` in the page cache, from util-linux's fincore.

@@ -939,8 +939,9 @@ impl Session {
         .await;
     }
 
-    /// Runs one command: on this thread when the handler calls it quick, else on the
-    /// blocking pool. Its answer goes to the writer either way.
+    /// Runs one command: on this thread when the handler calls it quick (for a file LUN: a
+    /// plain read or write whose blocks are in the page cache), else on the blocking
+    /// pool. Its answer goes to the writer either way.
     async fn dispatch(&mut self, req: Request) {
         let Some(handler) = self.handler.clone() else {
             return;
@@ -974,6 +975,10 @@ impl Session {
             }
             return;
         }
+        // Off this thread the data is read into memory: a file span would leave the wait
+        // for the storage to this thread's sendfile.
+        let mut job = job;
+        job.zero_copy = false;
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(done) = job.run() {
