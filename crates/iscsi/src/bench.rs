@@ -190,18 +190,26 @@ impl Tgt {
         t.adm(&[
             "--op", "new", "--mode", "target", "--tid", "1", "-T", target,
         ])?;
-        t.adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            &path,
-        ])?;
+        // LUN 1: the file through the page cache (tgt's rdwr backing store); LUN 2: the same
+        // file with O_DIRECT.
+        for (lun, flags) in [("1", None), ("2", Some("direct"))] {
+            let mut args = vec![
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                lun,
+                "-b",
+                &path,
+            ];
+            if let Some(f) = flags {
+                args.extend(["--bsoflags", f]);
+            }
+            t.adm(&args)?;
+        }
         t.adm(&[
             "--op",
             "update",
@@ -213,21 +221,6 @@ impl Tgt {
             "1",
             "--params",
             &format!("vendor_id=TGTBENCH,product_id=tgt-lun,scsi_sn={serial},scsi_id=60000000000000000000000000000001"),
-        ])?;
-        // LUN 2: the same file with direct I/O (tgt's rdwr backing store with O_DIRECT).
-        t.adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "2",
-            "-b",
-            &path,
-            "--bsoflags",
-            "direct",
         ])?;
         t.adm(&[
             "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
