@@ -337,6 +337,14 @@ fn drive(
     ))
 }
 
+/// Maps an I/O error on the backing file at `path`.
+fn backing_err(path: &Path) -> impl Fn(std::io::Error) -> BenchError + Copy + '_ {
+    move |source| BenchError::Backing {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Bound of any timed run, whatever the machine's speed.
 const MAX_OPS: u64 = 50_000_000;
 
@@ -346,13 +354,10 @@ fn drop_cache(path: &Path) -> Result<(), BenchError> {
         .and_then(|f| {
             rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).map_err(Into::into)
         })
-        .map_err(|source| BenchError::Backing {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(backing_err(path))
 }
 
-/// Sequential passes over the whole LUN at [`COLD_LOAD`], each from a cold page cache, for
+/// Sequential passes over the whole LUN at [`SEQ_READ`], each from a cold page cache, for
 /// `dur` (at least one pass); returns bytes per second of the passes' reading time.
 fn drive_cold(
     s: &mut Session,
@@ -363,13 +368,13 @@ fn drive_cold(
 ) -> Result<f64, BenchError> {
     let start = Instant::now();
     let (mut bytes, mut secs) = (0.0, 0.0);
-    let pass_ops = size / u64::from(COLD_LOAD.block_bytes);
+    let pass_ops = size / u64::from(SEQ_READ.block_bytes);
     while secs == 0.0 || start.elapsed() < dur {
         drop_cache(backing)?;
         let t = Instant::now();
-        drive(s, lun, size, COLD_LOAD, Duration::MAX, pass_ops)?;
+        drive(s, lun, size, SEQ_READ, Duration::MAX, pass_ops)?;
         secs += t.elapsed().as_secs_f64();
-        bytes += (pass_ops * u64::from(COLD_LOAD.block_bytes)) as f64;
+        bytes += (pass_ops * u64::from(SEQ_READ.block_bytes)) as f64;
     }
     Ok(bytes / secs)
 }
@@ -377,10 +382,7 @@ fn drive_cold(
 /// As [`drive_cold`] for the raw file: sequential 64 KiB `pread`s from one thread, each
 /// pass from a cold page cache (the kernel's readahead is what makes them fast).
 fn raw_cold_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
-    let err = |source| BenchError::Backing {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = backing_err(path);
     let f = std::fs::File::open(path).map_err(err)?;
     let mut buf = vec![0u8; 64 * 1024];
     let start = Instant::now();
@@ -400,10 +402,7 @@ fn raw_cold_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchErro
 }
 
 fn prepare_backing(path: &Path, size: u64) -> Result<(), BenchError> {
-    let err = |source| BenchError::Backing {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = backing_err(path);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -427,10 +426,7 @@ fn prepare_backing(path: &Path, size: u64) -> Result<(), BenchError> {
 
 /// Sequential 64 KiB reads of the backing file with pread, for `dur` (page cache warm).
 fn raw_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
-    let err = |source| BenchError::Backing {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = backing_err(path);
     let f = std::fs::File::open(path).map_err(err)?;
     let mut buf = vec![0u8; 64 * 1024];
     let start = Instant::now();
@@ -451,10 +447,7 @@ fn raw_direct_read(path: &Path, size: u64, depth: usize, dur: Duration) -> Resul
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
     const CHUNK: usize = 64 * 1024;
-    let err = |source| BenchError::Backing {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = backing_err(path);
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
@@ -492,10 +485,7 @@ fn raw_direct_read(path: &Path, size: u64, depth: usize, dur: Duration) -> Resul
 /// Random 4 KiB `pwrite`s of the backing file from one thread for `dur`, in operations per
 /// second: what the file system itself allows (ext4 serializes buffered writes to one file).
 fn raw_random_write(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
-    let err = |source| BenchError::Backing {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = backing_err(path);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -606,11 +596,9 @@ struct RawFile {
     cold_read: f64,
 }
 
-/// The workload of the direct I/O comparison (the first of [`LOADS`]).
-const DIRECT_LOAD: Load = LOADS[0].1;
-
-/// The workload of the cold page cache comparison (the first of [`LOADS`]).
-const COLD_LOAD: Load = LOADS[0].1;
+/// The workload of the comparisons with reads of the file from storage, direct I/O and
+/// cold page cache: the first of [`LOADS`], sequential 64 KiB reads at QD8.
+const SEQ_READ: Load = LOADS[0].1;
 
 /// Medians of the direct I/O workload on a side's direct LUN: own initiator, then
 /// `iscsi-perf` when installed.
@@ -679,10 +667,7 @@ fn run_sides(
     // writes above may have left dirty pages that direct reads would wait for.
     std::fs::File::open(backing)
         .and_then(|f| f.sync_all())
-        .map_err(|source| BenchError::Backing {
-            path: backing.to_path_buf(),
-            source,
-        })?;
+        .map_err(backing_err(backing))?;
     let mut direct = vec![None; sides.len()];
     let mut own = vec![Vec::new(); sides.len()];
     let mut perf = vec![Vec::new(); sides.len()];
@@ -691,14 +676,13 @@ fn run_sides(
         for _ in 0..REPS {
             for (i, side) in sides.iter().enumerate() {
                 let Some(lun) = side.direct_lun else { continue };
-                own[i]
-                    .push(drive(&mut sessions[i], lun, size, DIRECT_LOAD, turn, MAX_OPS)?.0 / 1e6);
+                own[i].push(drive(&mut sessions[i], lun, size, SEQ_READ, turn, MAX_OPS)?.0 / 1e6);
                 if perf_available() {
                     let url = format!("iscsi://{}/{}/{}", side.addr, side.target, lun);
                     perf[i].push(iscsi_perf(&url, 128, 8, false, turn)?);
                 }
             }
-            raw_direct.push(raw_direct_read(backing, size, DIRECT_LOAD.depth, turn)? / 1e6);
+            raw_direct.push(raw_direct_read(backing, size, SEQ_READ.depth, turn)? / 1e6);
         }
     }
     for (i, side) in sides.iter().enumerate() {
@@ -830,12 +814,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let _ = raw_read(&opts.backing, size, Duration::from_millis(300))?;
 
     let ours = {
-        let dev = scsi::FileDevice::open(&opts.backing, BLOCK, false).map_err(|source| {
-            BenchError::Backing {
-                path: opts.backing.clone(),
-                source,
-            }
-        })?;
+        let dev = scsi::FileDevice::open(&opts.backing, BLOCK, false)
+            .map_err(backing_err(&opts.backing))?;
         let target = Arc::new(scsi::Target::new(OUR_TARGET));
         let identity = scsi::LuIdentity {
             vendor: "SHADOWLN".into(),
@@ -844,13 +824,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             serial: "BENCH0001".into(),
             designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0c)],
         };
-        let direct =
-            scsi::FileDevice::open_direct(&opts.backing, BLOCK, false).map_err(|source| {
-                BenchError::Backing {
-                    path: opts.backing.clone(),
-                    source,
-                }
-            })?;
+        let direct = scsi::FileDevice::open_direct(&opts.backing, BLOCK, false)
+            .map_err(backing_err(&opts.backing))?;
         let direct_identity = scsi::LuIdentity {
             product: "bench-direct".into(),
             serial: "BENCH0002".into(),

@@ -954,7 +954,7 @@ impl Session {
                 aborted: aborted.clone(),
             },
         );
-        let job = Job {
+        let mut job = Job {
             req,
             handler,
             nexus: self.nexus.clone(),
@@ -977,7 +977,6 @@ impl Session {
         }
         // Off this thread the data is read into memory: a file span would leave the wait
         // for the storage to this thread's sendfile.
-        let mut job = job;
         job.zero_copy = false;
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
