@@ -6,7 +6,8 @@
 //!     --lun 0:file:/tmp/x.img:1024 --lun 1:mem:64
 //! ```
 //! `--lun N:file:PATH[:MiB]` serves a file (created with that size if missing) through the
-//! page cache, `--lun N:direct:PATH[:MiB]` the same with direct I/O (`O_DIRECT`);
+//! page cache, `--lun N:direct:PATH[:MiB]` the same with direct I/O (`O_DIRECT`, sequential
+//! reads read ahead in 1 MiB requests);
 //! `--lun N:mem:MiB` serves memory. Every LUN is mapped to every `--initiator`, unless
 //! `--map N=IQN[,IQN...]` names the initiators of LUN N.
 //! `--chap INITIATOR:USER:SECRET[:TARGETUSER:TARGETSECRET]` sets CHAP secrets; `--auth chap`

@@ -73,7 +73,7 @@ pub struct BenchRow {
     pub ours: f64,
     /// tgt for the protocol rows, the raw file access for the last rows.
     pub baseline: Option<f64>,
-    pub baseline_name: &'static str,
+    pub baseline_name: String,
     pub ratio: Option<f64>,
     /// None for rows shown for context (what the file itself allows).
     pub goal: Option<f64>,
@@ -440,13 +440,18 @@ fn raw_read(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchError> {
     Ok(bytes as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Sequential 64 KiB reads of the backing file with `O_DIRECT` from `depth` threads (the
-/// queue depth of the workload it is compared with), for `dur`, in bytes per second: what
-/// the storage under the file delivers, without the page cache.
-fn raw_direct_read(path: &Path, size: u64, depth: usize, dur: Duration) -> Result<f64, BenchError> {
+/// Sequential reads of `chunk` bytes of the backing file with `O_DIRECT` from `depth`
+/// threads, for `dur`, in bytes per second: what the storage under the file delivers,
+/// without the page cache, to requests of that size and number.
+fn raw_direct_read(
+    path: &Path,
+    size: u64,
+    chunk: usize,
+    depth: usize,
+    dur: Duration,
+) -> Result<f64, BenchError> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::{AtomicU64, Ordering};
-    const CHUNK: usize = 64 * 1024;
     let err = backing_err(path);
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -454,20 +459,20 @@ fn raw_direct_read(path: &Path, size: u64, depth: usize, dur: Duration) -> Resul
         .open(path)
         .map_err(err)?;
     let next = AtomicU64::new(0);
-    let slots = size / CHUNK as u64;
+    let slots = (size / chunk as u64).max(1);
     let start = Instant::now();
     let bytes = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..depth)
             .map(|_| {
                 scope.spawn(|| -> std::io::Result<u64> {
-                    let mut v = vec![0u8; CHUNK + 4096];
+                    let mut v = vec![0u8; chunk + 4096];
                     let pad = v.as_ptr().align_offset(4096);
-                    let buf = &mut v[pad..pad + CHUNK];
+                    let buf = &mut v[pad..pad + chunk];
                     let mut n = 0u64;
                     while start.elapsed() < dur {
                         let slot = next.fetch_add(1, Ordering::Relaxed) % slots;
-                        f.read_exact_at(buf, slot * CHUNK as u64)?;
-                        n += CHUNK as u64;
+                        f.read_exact_at(buf, slot * chunk as u64)?;
+                        n += chunk as u64;
                     }
                     Ok(n)
                 })
@@ -592,6 +597,9 @@ struct RawFile {
     random_write: f64,
     /// Sequential 64 KiB `O_DIRECT` reads at the workload's queue depth, MB/s.
     direct_read: f64,
+    /// Sequential `O_DIRECT` reads of the size and number a direct LUN reads ahead with
+    /// ([`scsi::READAHEAD_REQUEST`]), MB/s.
+    direct_ahead_read: f64,
     /// Sequential 64 KiB `pread`s from one thread, cold page cache, MB/s.
     cold_read: f64,
 }
@@ -672,6 +680,7 @@ fn run_sides(
     let mut own = vec![Vec::new(); sides.len()];
     let mut perf = vec![Vec::new(); sides.len()];
     let mut raw_direct = Vec::new();
+    let mut raw_ahead = Vec::new();
     if sides.iter().any(|s| s.direct_lun.is_some()) {
         for _ in 0..REPS {
             for (i, side) in sides.iter().enumerate() {
@@ -682,7 +691,10 @@ fn run_sides(
                     perf[i].push(iscsi_perf(&url, 128, 8, false, turn)?);
                 }
             }
-            raw_direct.push(raw_direct_read(backing, size, SEQ_READ.depth, turn)? / 1e6);
+            let block = SEQ_READ.block_bytes as usize;
+            raw_direct.push(raw_direct_read(backing, size, block, SEQ_READ.depth, turn)? / 1e6);
+            let (chunk, depth) = scsi::READAHEAD_REQUEST;
+            raw_ahead.push(raw_direct_read(backing, size, chunk, depth, turn)? / 1e6);
         }
     }
     for (i, side) in sides.iter().enumerate() {
@@ -730,6 +742,7 @@ fn run_sides(
             read: median(raw),
             random_write: median(raw_writes),
             direct_read: median(raw_direct),
+            direct_ahead_read: median(raw_ahead),
             cold_read: median(raw_cold),
         },
         direct,
@@ -897,7 +910,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             unit,
             ours: ours[i],
             baseline: base,
-            baseline_name: "tgt",
+            baseline_name: "tgt".into(),
             ratio,
             goal: Some(goal),
             met: ratio.map(|r| r >= goal),
@@ -913,7 +926,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             unit: "MB/s",
             ours: d.own,
             baseline: Some(raw.direct_read),
-            baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads",
+            baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads".into(),
             ratio: Some(ratio),
             goal: Some(0.7),
             met: Some(ratio >= 0.7),
@@ -924,19 +937,31 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                 unit: "MB/s",
                 ours: perf,
                 baseline: Some(raw.direct_read),
-                baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads",
+                baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads".into(),
                 ratio: Some(perf / raw.direct_read),
                 goal: None,
                 met: None,
             });
         }
+        // The direct LUN reads ahead: what the storage gives requests of that size.
+        let (chunk, depth) = scsi::READAHEAD_REQUEST;
+        rows.push(BenchRow {
+            measure: "seq read 64 KiB QD8 (own) vs raw file, direct I/O, readahead size".into(),
+            unit: "MB/s",
+            ours: d.own,
+            baseline: Some(raw.direct_ahead_read),
+            baseline_name: format!("raw O_DIRECT pread {} KiB, {depth} threads", chunk / 1024),
+            ratio: Some(d.own / raw.direct_ahead_read),
+            goal: None,
+            met: None,
+        });
         if let Some(t) = tgt_direct {
             rows.push(BenchRow {
                 measure: "seq read 64 KiB QD8 direct I/O (own initiator)".into(),
                 unit: "MB/s",
                 ours: d.own,
                 baseline: Some(t.own),
-                baseline_name: "tgt, O_DIRECT",
+                baseline_name: "tgt, O_DIRECT".into(),
                 ratio: Some(d.own / t.own),
                 goal: None,
                 met: None,
@@ -947,7 +972,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     unit: "MB/s",
                     ours: p,
                     baseline: Some(tp),
-                    baseline_name: "tgt, O_DIRECT",
+                    baseline_name: "tgt, O_DIRECT".into(),
                     ratio: Some(p / tp),
                     goal: None,
                     met: None,
@@ -963,7 +988,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         unit: "MB/s",
         ours: cold[0],
         baseline: Some(raw.cold_read),
-        baseline_name: "raw pread 64 KiB, one thread, cold page cache",
+        baseline_name: "raw pread 64 KiB, one thread, cold page cache".into(),
         ratio: Some(ratio),
         goal: Some(0.7),
         met: Some(ratio >= 0.7),
@@ -974,7 +999,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             unit: "MB/s",
             ours: cold[0],
             baseline: Some(t),
-            baseline_name: "tgt, cold page cache",
+            baseline_name: "tgt, cold page cache".into(),
             ratio: Some(cold[0] / t),
             goal: None,
             met: None,
@@ -988,7 +1013,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         unit: "MB/s",
         ours: ours[0],
         baseline: Some(raw.read),
-        baseline_name: "raw pread 64 KiB",
+        baseline_name: "raw pread 64 KiB".into(),
         ratio: Some(ratio),
         goal: Some(0.7),
         met: Some(ratio >= 0.7),
@@ -1001,7 +1026,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             unit: "MB/s",
             ours: perf_seq,
             baseline: Some(raw.read),
-            baseline_name: "raw pread 64 KiB",
+            baseline_name: "raw pread 64 KiB".into(),
             ratio: Some(perf_seq / raw.read),
             goal: None,
             met: None,
@@ -1013,7 +1038,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             unit: "IOPS",
             ours: ours[w],
             baseline: Some(raw.random_write),
-            baseline_name: "raw pwrite 4 KiB, one thread",
+            baseline_name: "raw pwrite 4 KiB, one thread".into(),
             ratio: Some(ours[w] / raw.random_write),
             goal: None,
             met: None,
@@ -1038,7 +1063,7 @@ mod tests {
             unit: "MB/s",
             ours,
             baseline: Some(ours / 2.0),
-            baseline_name: "tgt",
+            baseline_name: "tgt".into(),
             ratio: Some(2.0),
             goal: Some(1.5),
             met: Some(true),

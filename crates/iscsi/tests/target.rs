@@ -168,6 +168,75 @@ fn a_direct_io_file_lun_carries_the_file_bytes_and_leaves_the_page_cache_empty()
 }
 
 #[test]
+fn a_direct_io_lun_reads_streams_ahead_and_every_write_shows_in_later_reads() {
+    // On the build's disk: /tmp may be a tmpfs, which has no direct I/O.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    const BLOCKS: u64 = 32768; // 16 MiB: the stream runs well into its readahead window
+    let (server, addr, mut bytes) = file_lun_with(dir.path(), BLOCKS, true);
+    let path = dir.path().join("lun0.img");
+    let mut s = Session::login(addr, TARGET, &InitiatorConfig::new(HOST_A)).unwrap();
+    s.test_unit_ready(0).unwrap();
+    let mut lba = 0u64;
+    for round in 0..96u64 {
+        // Eight 64 KiB reads in flight, in order: a sequential stream at QD8.
+        let mut want = std::collections::HashMap::new();
+        for _ in 0..8 {
+            let cdb = read16_cdb(lba, 128);
+            let itt = s.submit(0, &cdb, DataDir::Read(128 * BS)).unwrap();
+            want.insert(itt, lba as usize * 512);
+            lba = (lba + 128) % BLOCKS;
+        }
+        while s.in_flight() > 0 {
+            let (itt, r) = s.wait_any().unwrap();
+            let r = r.unwrap();
+            let at = want.remove(&itt).unwrap();
+            assert_eq!(r.status, 0, "round {round}");
+            assert!(
+                r.data == bytes[at..at + 128 * 512],
+                "round {round}: stale or wrong bytes at {at}"
+            );
+        }
+        // Change blocks just ahead of the stream, where chunks are being read or already
+        // are: a plain write, a FUA write, or WRITE SAME with UNMAP (a punched hole).
+        let ahead = (lba + 2048 + round * 8 % 1024) % (BLOCKS - 8);
+        let at = ahead as usize * 512;
+        match round % 3 {
+            0 | 1 => {
+                let data = pattern(8 * 512, round as u8 + 100);
+                s.write16(0, ahead, &data, BS, round % 3 == 1).unwrap();
+                bytes[at..at + data.len()].copy_from_slice(&data);
+            }
+            _ => {
+                let mut cdb = [0u8; 16];
+                cdb[0] = 0x93;
+                cdb[1] = 0x08;
+                cdb[2..10].copy_from_slice(&ahead.to_be_bytes());
+                cdb[10..14].copy_from_slice(&8u32.to_be_bytes());
+                let r = s.command(0, &cdb, DataDir::Write(vec![0; 512])).unwrap();
+                assert_eq!(r.status, 0, "WRITE SAME with UNMAP");
+                bytes[at..at + 8 * 512].fill(0);
+            }
+        }
+    }
+    assert_eq!(
+        cached_pages(&path),
+        0,
+        "direct I/O readahead went through the page cache"
+    );
+    s.logout().unwrap();
+    server.shutdown();
+    assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+fn read16_cdb(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x88;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+#[test]
 fn queued_reads_of_a_file_lun_outside_the_page_cache_return_the_file_bytes() {
     // On the build's disk: /tmp may be a tmpfs, whose pages cannot be dropped.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::readahead::Readahead;
 use crate::{BlockDevice, DeviceError};
 
 fn io_err(e: io::Error, offset: u64, write: bool) -> DeviceError {
@@ -28,7 +29,9 @@ fn io_err(e: io::Error, offset: u64, write: bool) -> DeviceError {
 /// Opened with [`FileDevice::open_direct`], reads and writes bypass the page cache
 /// (`O_DIRECT`): the storage under the file is what the initiator measures, nothing is
 /// cached twice (once here, once in the initiator's own cache), and commands run on the
-/// transport's worker pool so that several reach the storage at once.
+/// transport's worker pool so that several reach the storage at once. Sequential read
+/// streams are read ahead in 1 MiB chunks (a few MiB per stream, see `readahead.rs`),
+/// coherent with writes through the device.
 #[derive(Debug)]
 pub struct FileDevice {
     file: Arc<File>,
@@ -109,9 +112,17 @@ impl FileDevice {
             .write(!read_only)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(path)?;
+        let file = Arc::new(file);
+        let mem_align = (mem_align as usize).max(512);
+        let ra_file = file.clone();
+        let readahead = Readahead::new(
+            mem_align,
+            Box::new(move |at, buf| ra_file.read_exact_at(buf, at)),
+        )?;
         dev.direct = Some(Direct {
             file,
-            mem_align: (mem_align as usize).max(512),
+            mem_align,
+            readahead,
         });
         Ok(dev)
     }
@@ -142,9 +153,34 @@ impl FileDevice {
         let len = num_blocks
             .checked_mul(u64::from(self.block_size))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size overflows"))?;
-        self.file.set_len(len)?;
-        self.num_blocks.store(num_blocks, Ordering::SeqCst);
-        Ok(())
+        let r = self.file.set_len(len);
+        if r.is_ok() {
+            self.num_blocks.store(num_blocks, Ordering::SeqCst);
+        }
+        self.forget(0, u64::MAX);
+        r
+    }
+
+    /// Drops what was read ahead of a range just written (direct I/O).
+    fn forget(&self, offset: u64, len: u64) {
+        if let Some(d) = &self.direct {
+            d.readahead.invalidate(offset, len);
+        }
+    }
+
+    /// A direct read: from the chunks read ahead where the range is in them, else from
+    /// the storage.
+    fn read_direct(
+        &self,
+        d: &Direct,
+        offset: u64,
+        len: usize,
+        mut take: impl FnMut(&[u8], usize),
+    ) -> Result<(), DeviceError> {
+        if d.readahead.read(offset, len, self.end(), &mut take) {
+            return Ok(());
+        }
+        d.read(offset, len, take)
     }
 
     fn end(&self) -> u64 {
@@ -196,6 +232,46 @@ impl FileDevice {
                 .map_err(|e| io_err(e, offset, true)),
         }
     }
+
+    /// [`BlockDevice::write_at`] once the range is checked.
+    fn write_checked(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        if fua && self.dsync.load(Ordering::Relaxed) {
+            match self.write_dsync(offset, data) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+                    tracing::info!("pwritev2(RWF_DSYNC) unsupported; FUA writes flush the file");
+                    self.dsync.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io_err(e.into(), offset, true)),
+            }
+        }
+        self.write_plain(offset, data)?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// [`BlockDevice::discard`] once the range is checked.
+    fn discard_checked(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        if self.punch.load(Ordering::Relaxed) {
+            use rustix::fs::{FallocateFlags, fallocate};
+            match fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+                    tracing::info!("filesystem cannot punch holes; discard writes zeros");
+                    self.punch.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io_err(e.into(), offset, true)),
+            }
+        }
+        self.write_zeros(offset, len)
+    }
 }
 
 /// `pwritev2(RWF_DSYNC)` of all of `data`.
@@ -222,8 +298,9 @@ fn pwrite_dsync(file: &File, mut offset: u64, mut data: &[u8]) -> Result<(), rus
 /// aligned; offsets and lengths are (whole blocks, checked at open).
 #[derive(Debug)]
 struct Direct {
-    file: File,
+    file: Arc<File>,
     mem_align: usize,
+    readahead: Readahead,
 }
 
 /// Largest piece moved through the aligned buffer at once.
@@ -306,7 +383,7 @@ impl BlockDevice for FileDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.check(offset, buf.len() as u64)?;
         if let Some(d) = &self.direct {
-            return d.read(offset, buf.len(), |piece, at| {
+            return self.read_direct(d, offset, buf.len(), |piece, at| {
                 buf[at..at + piece.len()].copy_from_slice(piece)
             });
         }
@@ -318,12 +395,12 @@ impl BlockDevice for FileDevice {
     /// Probes the first and the last byte of the range with a one-byte
     /// `preadv2(RWF_NOWAIT)`, which fails instead of waiting for storage (and starts the
     /// readahead that a read there would). Pages between them are taken to follow: the
-    /// page cache fills files in runs. Direct I/O is never cached; where the file system
-    /// cannot answer without waiting, every read counts as cached, as it did before the
-    /// probe existed.
+    /// page cache fills files in runs. Where the file system cannot answer without
+    /// waiting, every read counts as cached, as it did before the probe existed. With
+    /// direct I/O, a range is cached if all of it was read ahead (see `readahead.rs`).
     fn cached(&self, offset: u64, len: usize) -> bool {
-        if self.direct.is_some() {
-            return false;
+        if let Some(d) = &self.direct {
+            return d.readahead.cached(offset, len);
         }
         if len == 0 || !self.nowait.load(Ordering::Relaxed) {
             return true;
@@ -368,7 +445,7 @@ impl BlockDevice for FileDevice {
         let start = buf.len();
         if let Some(d) = &self.direct {
             buf.reserve_exact(len);
-            let r = d.read(offset, len, |piece, _| buf.extend_from_slice(piece));
+            let r = self.read_direct(d, offset, len, |piece, _| buf.extend_from_slice(piece));
             if r.is_err() {
                 buf.truncate(start);
             }
@@ -406,21 +483,10 @@ impl BlockDevice for FileDevice {
             return Err(DeviceError::ReadOnly);
         }
         self.check(offset, data.len() as u64)?;
-        if fua && self.dsync.load(Ordering::Relaxed) {
-            match self.write_dsync(offset, data) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
-                    tracing::info!("pwritev2(RWF_DSYNC) unsupported; FUA writes flush the file");
-                    self.dsync.store(false, Ordering::Relaxed);
-                }
-                Err(e) => return Err(io_err(e.into(), offset, true)),
-            }
-        }
-        self.write_plain(offset, data)?;
-        if fua {
-            self.flush()?;
-        }
-        Ok(())
+        // Whatever happened, the blocks may have changed.
+        let r = self.write_checked(offset, data, fua);
+        self.forget(offset, data.len() as u64);
+        r
     }
 
     fn flush(&self) -> Result<(), DeviceError> {
@@ -442,25 +508,10 @@ impl BlockDevice for FileDevice {
         if len == 0 {
             return Ok(());
         }
-        if self.punch.load(Ordering::Relaxed) {
-            use rustix::fs::{FallocateFlags, fallocate};
-            match fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                offset,
-                len,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
-                    tracing::info!("filesystem cannot punch holes; discard writes zeros");
-                    self.punch.store(false, Ordering::Relaxed);
-                }
-                Err(e) => return Err(io_err(e.into(), offset, true)),
-            }
-        }
-        self.write_zeros(offset, len)
+        let r = self.discard_checked(offset, len);
+        self.forget(offset, len);
+        r
     }
-
     fn thin_provisioned(&self) -> bool {
         !self.read_only
     }

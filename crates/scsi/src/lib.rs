@@ -20,6 +20,7 @@ pub mod cdb;
 mod device;
 mod exec;
 mod lu;
+mod readahead;
 pub mod sense;
 mod target;
 
@@ -30,6 +31,10 @@ pub use exec::pr::{kind as pr_type, out_sa as pr_out_action};
 pub use lu::{IdentityError, LogicalUnit, LuIdentity};
 pub use sense::Sense;
 pub use target::{MAX_LUN, Target, decode_lun, encode_lun};
+
+/// The requests a direct-I/O [`FileDevice`] reads sequential streams ahead with: bytes per
+/// request, requests at once.
+pub const READAHEAD_REQUEST: (usize, usize) = (readahead::CHUNK as usize, readahead::WORKERS);
 
 /// SCSI status codes (SAM-5).
 pub mod status {
@@ -102,9 +107,11 @@ pub trait BlockDevice: Send + Sync {
         false
     }
     /// True if the `len` bytes at `offset` can be read now without waiting for storage (in
-    /// memory, or in the page cache at the moment). [`Target::is_quick`] asks it for READs
-    /// on quick devices, so that a read that would wait for the disk goes to the
-    /// transport's pool instead of holding up the commands behind it. Default:
+    /// memory, or in the page cache at the moment). [`Target::is_quick`] asks it for every
+    /// READ: a read that would wait for the disk goes to the transport's pool instead of
+    /// holding up the commands behind it, and a read a slow device already holds in memory
+    /// (read ahead) need not go there. A hint: the answer may be stale by the time the read
+    /// runs, so the read must still be correct (and should be rare) if it waits. Default:
     /// [`BlockDevice::quick_io`].
     fn cached(&self, offset: u64, len: usize) -> bool {
         let _ = (offset, len);

@@ -174,10 +174,10 @@ impl Target {
         })
     }
 
-    /// True if `cmd` is a READ or WRITE (6/10/12/16) without FUA, or TEST UNIT READY, for a
-    /// LUN whose device does quick I/O ([`crate::BlockDevice::quick_io`]), and for a READ
-    /// the blocks are at hand now ([`crate::BlockDevice::cached`]): the command finishes in
-    /// microseconds and may run on the transport's own thread.
+    /// True if `cmd` is a READ (6/10/12/16) without FUA whose blocks are at hand now
+    /// ([`crate::BlockDevice::cached`]), or a WRITE without FUA or TEST UNIT READY for a LUN
+    /// whose device does quick I/O ([`crate::BlockDevice::quick_io`]): the command
+    /// finishes in microseconds and may run on the transport's own thread.
     pub fn is_quick(&self, cmd: &Command<'_>) -> bool {
         use cdb::opcode::*;
         let Some(&op) = cmd.cdb.first() else {
@@ -197,9 +197,8 @@ impl Target {
             return false;
         };
         let dev = lu.device();
-        if !dev.quick_io() {
-            return false;
-        }
+        // A READ asks the device about its blocks (a slow device may hold some in memory);
+        // everything else is as quick as the device.
         match cdb::parse(cmd.cdb) {
             Ok(Cdb::Read { lba, blocks, .. }) => {
                 let bs = u64::from(dev.block_size());
@@ -212,7 +211,7 @@ impl Target {
                     _ => true,
                 }
             }
-            _ => true,
+            _ => dev.quick_io(),
         }
     }
 

@@ -389,6 +389,82 @@ fn direct_io_lun_moves_exact_bytes_without_the_page_cache() {
 }
 
 #[test]
+fn direct_io_reads_a_sequential_stream_ahead_without_the_page_cache() {
+    use scsi::BlockDevice;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("direct.img");
+    let bytes: Vec<u8> = (0..16u32 << 20).map(|i| (i / 512 % 253) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let dev = Arc::new(FileDevice::open_direct(&path, 512, false).unwrap());
+    let t = Target::new(TARGET);
+    t.map(
+        HOST1,
+        0,
+        Arc::new(LogicalUnit::new(dev.clone(), identity(4))),
+    );
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    let quick = |cdb: &[u8]| {
+        t.is_quick(&scsi::Command {
+            nexus: &n,
+            lun: encode_lun(0),
+            cdb,
+            data_out: &[],
+            expected_length: 0,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    let (chunk, _) = scsi::READAHEAD_REQUEST;
+    let ahead_lba = (chunk / 512) as u32;
+    // Nothing is read ahead of single reads.
+    let mut buf = vec![0u8; 65536];
+    dev.read_at(5 << 20, &mut buf).unwrap();
+    assert!(!dev.cached(6 << 20, 4096));
+    assert!(!quick(&read10(ahead_lba, 128)), "a direct read waits");
+    // Three reads in a row make a stream: the chunks in front of it are read.
+    for i in 0..3u64 {
+        dev.read_at(i * 65536, &mut buf).unwrap();
+        assert!(buf[..] == bytes[i as usize * 65536..][..65536]);
+    }
+    let ahead = chunk as u64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dev.cached(ahead, 65536) {
+        assert!(std::time::Instant::now() < deadline, "nothing read ahead");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // Blocks read ahead are in memory: the READ may run on the receiving thread. Writes
+    // still wait for the storage.
+    assert!(quick(&read10(ahead_lba, 128)));
+    assert!(!quick(&write10(ahead_lba, 1, false)));
+    // A write there drops the chunk; the next read has the new bytes.
+    dev.write_at(ahead + 4096, &[0x5A; 1024], false).unwrap();
+    assert!(!dev.cached(ahead, 65536));
+    assert!(!quick(&read10(ahead_lba, 128)));
+    let mut got = vec![0u8; 8192];
+    dev.read_at(ahead + 4096 - 512, &mut got).unwrap();
+    assert!(got[..512] == bytes[(ahead + 3584) as usize..][..512]);
+    assert!(got[512..1536].iter().all(|&b| b == 0x5A));
+    // The rest of the stream, read ahead or not, is the file.
+    let mut all = vec![0u8; 65536];
+    for i in 3..256u64 {
+        let at = i * 65536;
+        dev.read_at(at, &mut all).unwrap();
+        if at != ahead {
+            assert!(all[..] == bytes[at as usize..][..65536], "bytes at {at}");
+        }
+    }
+    assert_eq!(
+        cached_pages(&path),
+        0,
+        "readahead of a direct LUN bypasses the page cache"
+    );
+}
+
+#[test]
 fn direct_io_refuses_what_it_cannot_honour() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("odd.img");
