@@ -158,17 +158,7 @@ fn plain_reads_and_writes_of_file_and_memory_luns_are_quick_and_others_are_not()
     good(&exec(&t, &n, 0, &write10(0, 1, false), &[0x42; 4096]));
     let (_, mem) = mem_lu(2, 512, 64);
     t.map(HOST1, 1, mem);
-    let quick = |lun: u64, cdb: &[u8]| {
-        t.is_quick(&scsi::Command {
-            nexus: &n,
-            lun: encode_lun(lun),
-            cdb,
-            data_out: &[],
-            expected_length: 0,
-            task_tag: 1,
-            attribute: scsi::TaskAttribute::Simple,
-        })
-    };
+    let quick = |lun: u64, cdb: &[u8]| is_quick(&t, &n, lun, cdb);
     for lun in [0, 1] {
         assert!(quick(lun, &read10(0, 1)));
         assert!(quick(lun, &write10(0, 1, false)));
@@ -250,17 +240,7 @@ fn reads_of_blocks_outside_the_page_cache_are_not_quick_and_still_return_the_byt
     let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i * 13 % 251) as u8).collect();
     good(&exec(&t, &n, 0, &write10(256, 64, false), &data));
     good(&exec(&t, &n, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]));
-    let quick = |cdb: &[u8]| {
-        t.is_quick(&scsi::Command {
-            nexus: &n,
-            lun: encode_lun(0),
-            cdb,
-            data_out: &[],
-            expected_length: 0,
-            task_tag: 1,
-            attribute: scsi::TaskAttribute::Simple,
-        })
-    };
+    let quick = |cdb: &[u8]| is_quick(&t, &n, 0, cdb);
     // Drops pages from the cache (the data is on disk after SYNCHRONIZE CACHE). A probe
     // that misses starts readahead, so each miss below is asserted once after a drop.
     let drop_cache = |offset: u64, len: u64| {
@@ -407,17 +387,7 @@ fn direct_io_reads_a_sequential_stream_ahead_without_the_page_cache() {
     );
     let n = nexus(HOST1, 1, 1);
     clear_ua(&t, &n, 0);
-    let quick = |cdb: &[u8]| {
-        t.is_quick(&scsi::Command {
-            nexus: &n,
-            lun: encode_lun(0),
-            cdb,
-            data_out: &[],
-            expected_length: 0,
-            task_tag: 1,
-            attribute: scsi::TaskAttribute::Simple,
-        })
-    };
+    let quick = |cdb: &[u8]| is_quick(&t, &n, 0, cdb);
     let (chunk, _) = scsi::READAHEAD_REQUEST;
     let ahead_lba = (chunk / 512) as u32;
     // Nothing is read ahead of single reads.

@@ -55,6 +55,19 @@ pub fn exec(t: &Target, n: &Nexus, lun: u64, cdb: &[u8], data_out: &[u8]) -> Out
 }
 
 /// Issues TEST UNIT READY until no unit attention is pending (bounded).
+/// Whether the target would run `cdb` for LUN `lun` on the transport's own thread.
+pub fn is_quick(t: &Target, n: &Nexus, lun: u64, cdb: &[u8]) -> bool {
+    t.is_quick(&Command {
+        nexus: n,
+        lun: encode_lun(lun),
+        cdb,
+        data_out: &[],
+        expected_length: 0,
+        task_tag: 1,
+        attribute: TaskAttribute::Simple,
+    })
+}
+
 pub fn clear_ua(t: &Target, n: &Nexus, lun: u64) {
     for _ in 0..16 {
         if exec(t, n, lun, &[0; 6], &[]).status == status::GOOD {
