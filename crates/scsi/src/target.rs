@@ -197,21 +197,25 @@ impl Target {
             return false;
         };
         let dev = lu.device();
+        let quick_dev = dev.quick_io();
         // A READ asks the device about its blocks (a slow device may hold some in memory);
-        // everything else is as quick as the device.
+        // everything else is as quick as the device. Only a quick device is asked for its
+        // size here: a slow one may answer that only behind a lock its I/O holds.
         match cdb::parse(cmd.cdb) {
             Ok(Cdb::Read { lba, blocks, .. }) => {
                 let bs = u64::from(dev.block_size());
-                // Out of range: quick, since it fails before touching the device.
                 match (lba.checked_mul(bs), (u64::from(blocks) * bs).try_into()) {
-                    (Some(off), Ok(len)) => {
+                    // Out of range on a quick device: quick, since it fails before
+                    // touching the device.
+                    (Some(off), Ok(len)) if quick_dev => {
                         lba.saturating_add(u64::from(blocks)) > dev.num_blocks()
                             || dev.cached(off, len)
                     }
-                    _ => true,
+                    (Some(off), Ok(len)) => dev.cached(off, len),
+                    _ => quick_dev,
                 }
             }
-            _ => dev.quick_io(),
+            _ => quick_dev,
         }
     }
 

@@ -408,3 +408,61 @@ fn data_length_tells_the_transport_what_the_cdb_implies() {
     assert_eq!(cmd(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0]), Some(24));
     assert_eq!(cmd(&[0xFF, 0, 0, 0, 0, 0]), None);
 }
+
+#[test]
+fn reads_of_a_slow_device_are_quick_only_for_blocks_it_holds_and_its_size_is_not_asked() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Not quick; blocks 0..8 "in memory"; counts size queries.
+    struct Slow(scsi::MemDevice, AtomicU64);
+    impl BlockDevice for Slow {
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.num_blocks()
+        }
+        fn cached(&self, offset: u64, len: usize) -> bool {
+            offset + len as u64 <= 8 * 512
+        }
+        fn read_at(&self, o: u64, b: &mut [u8]) -> Result<(), scsi::DeviceError> {
+            self.0.read_at(o, b)
+        }
+        fn write_at(&self, o: u64, d: &[u8], f: bool) -> Result<(), scsi::DeviceError> {
+            self.0.write_at(o, d, f)
+        }
+        fn flush(&self) -> Result<(), scsi::DeviceError> {
+            self.0.flush()
+        }
+    }
+    let dev = std::sync::Arc::new(Slow(scsi::MemDevice::new(512, 64), AtomicU64::new(0)));
+    let t = scsi::Target::new(TARGET);
+    t.map(
+        HOST1,
+        0,
+        std::sync::Arc::new(scsi::LogicalUnit::new(dev.clone(), identity(1))),
+    );
+    let n = nexus(HOST1, 1, 1);
+    clear_ua(&t, &n, 0);
+    let asked = dev.1.load(Ordering::SeqCst);
+    assert!(is_quick(&t, &n, 0, &read10(0, 8)));
+    assert!(is_quick(&t, &n, 0, &cdb16(0x88, 0, 4, 4)));
+    assert!(!is_quick(&t, &n, 0, &read10(4, 8)), "partly held");
+    assert!(
+        !is_quick(&t, &n, 0, &read10(100, 1)),
+        "out of range: the pool answers"
+    );
+    assert!(!is_quick(&t, &n, 0, &write10(0, 1, false)));
+    assert!(
+        !is_quick(&t, &n, 0, &[0; 6]),
+        "TEST UNIT READY on a slow device"
+    );
+    assert_eq!(
+        dev.1.load(Ordering::SeqCst),
+        asked,
+        "size asked on the fast path"
+    );
+    // The held READ still executes normally.
+    let o = exec(&t, &n, 0, &read10(0, 8), &[]);
+    assert_eq!(good(&o).len(), 8 * 512);
+}
