@@ -347,6 +347,21 @@ fn write_and_verify_writes_durably() {
     assert_eq!(back, data);
 }
 
+/// The I/O methods of a test device that wraps a `MemDevice` in its field `0`.
+macro_rules! mem_io {
+    () => {
+        fn read_at(&self, o: u64, b: &mut [u8]) -> Result<(), scsi::DeviceError> {
+            self.0.read_at(o, b)
+        }
+        fn write_at(&self, o: u64, d: &[u8], f: bool) -> Result<(), scsi::DeviceError> {
+            self.0.write_at(o, d, f)
+        }
+        fn flush(&self) -> Result<(), scsi::DeviceError> {
+            self.0.flush()
+        }
+    };
+}
+
 #[test]
 fn unmap_on_a_thick_device_is_an_invalid_opcode() {
     struct Thick(scsi::MemDevice);
@@ -357,15 +372,7 @@ fn unmap_on_a_thick_device_is_an_invalid_opcode() {
         fn num_blocks(&self) -> u64 {
             self.0.num_blocks()
         }
-        fn read_at(&self, o: u64, b: &mut [u8]) -> Result<(), scsi::DeviceError> {
-            self.0.read_at(o, b)
-        }
-        fn write_at(&self, o: u64, d: &[u8], f: bool) -> Result<(), scsi::DeviceError> {
-            self.0.write_at(o, d, f)
-        }
-        fn flush(&self) -> Result<(), scsi::DeviceError> {
-            self.0.flush()
-        }
+        mem_io!();
     }
     let t = scsi::Target::new(TARGET);
     let lu = std::sync::Arc::new(scsi::LogicalUnit::new(
@@ -425,15 +432,7 @@ fn reads_of_a_slow_device_are_quick_only_for_blocks_it_holds_and_its_size_is_not
         fn cached(&self, offset: u64, len: usize) -> bool {
             offset + len as u64 <= 8 * 512
         }
-        fn read_at(&self, o: u64, b: &mut [u8]) -> Result<(), scsi::DeviceError> {
-            self.0.read_at(o, b)
-        }
-        fn write_at(&self, o: u64, d: &[u8], f: bool) -> Result<(), scsi::DeviceError> {
-            self.0.write_at(o, d, f)
-        }
-        fn flush(&self) -> Result<(), scsi::DeviceError> {
-            self.0.flush()
-        }
+        mem_io!();
     }
     let dev = std::sync::Arc::new(Slow(scsi::MemDevice::new(512, 64), AtomicU64::new(0)));
     let t = scsi::Target::new(TARGET);
