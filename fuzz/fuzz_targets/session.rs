@@ -3,13 +3,16 @@
 //! connection (login phase) or after a valid login (full feature phase), then end of
 //! input. The server must never panic (any thread's panic aborts the run) and must keep
 //! serving: after every input a new connection still logs in and its READ is answered.
+//! Once every connection of the input is closed, the server's count of live connections
+//! returns to zero within a bounded time: a connection's thread, and everything it owns,
+//! never outlives its peer.
 #![no_main]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iscsi::pdu::{self, Bhs, Digests, Pdu, op};
 use iscsi::{AuthPolicy, TargetConfig, TargetServer};
@@ -19,32 +22,34 @@ use scsi::{LogicalUnit, LuIdentity, MemDevice};
 const TARGET: &str = "iqn.2026-01.org.shadowlun:fuzz";
 const INITIATOR: &str = "iqn.2026-01.org.shadowlun:fuzzer";
 
-fn server() -> SocketAddr {
+/// How long a closed connection's thread may take to end (teardown under AddressSanitizer
+/// included).
+const TEARDOWN: Duration = Duration::from_secs(2);
+
+fn server() -> &'static (TargetServer, SocketAddr) {
     static SERVER: OnceLock<(TargetServer, SocketAddr)> = OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            let t = Arc::new(scsi::Target::new(TARGET));
-            let identity = LuIdentity {
-                vendor: "SHADOWLN".into(),
-                product: "fuzz".into(),
-                revision: "0001".into(),
-                serial: "FUZZ0001".into(),
-                designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf022)],
-            };
-            let dev = Arc::new(MemDevice::new(512, 2048));
-            t.map(INITIATOR, 0, Arc::new(LogicalUnit::new(dev, identity)));
-            let server = TargetServer::spawn(TargetConfig {
-                portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-                ..TargetConfig::default()
-            })
-            .expect("target starts");
-            server
-                .add_target(TARGET, None, t, AuthPolicy::None)
-                .expect("target added");
-            let addr = server.local_addrs()[0];
-            (server, addr)
+    SERVER.get_or_init(|| {
+        let t = Arc::new(scsi::Target::new(TARGET));
+        let identity = LuIdentity {
+            vendor: "SHADOWLN".into(),
+            product: "fuzz".into(),
+            revision: "0001".into(),
+            serial: "FUZZ0001".into(),
+            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf022)],
+        };
+        let dev = Arc::new(MemDevice::new(512, 2048));
+        t.map(INITIATOR, 0, Arc::new(LogicalUnit::new(dev, identity)));
+        let server = TargetServer::spawn(TargetConfig {
+            portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            ..TargetConfig::default()
         })
-        .1
+        .expect("target starts");
+        server
+            .add_target(TARGET, None, t, AuthPolicy::None)
+            .expect("target added");
+        let addr = server.local_addrs()[0];
+        (server, addr)
+    })
 }
 
 /// Connects and logs in straight to the full feature phase; None if the server refused.
@@ -71,7 +76,8 @@ fuzz_target!(|input: &[u8]| {
     let Some((&mode, bytes)) = input.split_first() else {
         return;
     };
-    let addr = server();
+    let (server, addr) = server();
+    let addr = *addr;
     let mut conn = if mode & 1 == 0 {
         login(addr).expect("login before the input")
     } else {
@@ -104,4 +110,16 @@ fuzz_target!(|input: &[u8]| {
         matches!(r.bhs.opcode(), op::DATA_IN | op::SCSI_RESP) && r.bhs.itt() == 2,
         "READ answered with {r:?}"
     );
+    drop(c);
+
+    // Every connection of this input is closed: their threads end.
+    let start = Instant::now();
+    while server.connection_count() > 0 {
+        assert!(
+            start.elapsed() < TEARDOWN,
+            "{} connection thread(s) still alive {TEARDOWN:?} after their peers closed",
+            server.connection_count()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 });

@@ -794,23 +794,8 @@ fn ping_is_echoed_and_target_keepalive_is_answered() {
     server.shutdown();
 }
 
-/// Logs in with raw PDUs (no auth, straight to full feature phase).
 fn raw_login(addr: SocketAddr, initiator: &str) -> TcpStream {
-    let mut c = TcpStream::connect(addr).unwrap();
-    let mut b = Bhs::new(op::LOGIN_REQ);
-    b.set_immediate(true);
-    b.set_flags(0x80 | 0x04 | 0x03); // T, CSG=1, NSG=3
-    b.0[8] = 0x80;
-    b.set_itt(1);
-    b.set_u32(24, 10);
-    let keys = format!("InitiatorName={initiator}\0TargetName={TARGET}\0SessionType=Normal\0");
-    c.write_all(&Pdu::with_data(b, keys.into_bytes()).encode(Digests::default()))
-        .unwrap();
-    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
-    assert_eq!(r.bhs.opcode(), op::LOGIN_RESP);
-    assert_eq!((r.bhs.0[36], r.bhs.0[37]), (0, 0));
-    assert_eq!(r.bhs.flags() & 0x83, 0x83);
-    c
+    common::raw_login(addr, TARGET, initiator)
 }
 
 #[test]

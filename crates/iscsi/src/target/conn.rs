@@ -27,7 +27,16 @@ use crate::pdu::{self, BHS_LEN, Bhs, Digests, Pdu, PduError, RESERVED_TAG, op, r
 use crate::text::{self, TextPairs};
 
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a logout or a server shutdown waits for executing commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the answers already queued get to reach a peer that closed, broke the
+/// protocol or stopped answering, before the connection is cut.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// How long a logout response (and what is queued before it) gets to reach the peer.
+const LOGOUT_FLUSH: Duration = Duration::from_secs(5);
+/// How often a PDU's handling that waits (task management, logout, a full send queue)
+/// looks whether the peer has closed while there is unread input.
+const PEER_CHECK: Duration = Duration::from_millis(50);
 
 /// How the writer treats the StatSN field of an outgoing PDU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +86,44 @@ struct TaskInfo {
     aborted: Arc<AtomicBool>,
 }
 
-/// Commands that are executing.
-#[derive(Default)]
+/// Commands that are executing. Shared by the session and every command it started, so
+/// that it outlives the connection while commands still run on the blocking pool: the
+/// last owner to let go ends the session ([`SessionEnd`]).
 struct Running {
     tasks: Mutex<HashMap<u32, TaskInfo>>,
     done: Notify,
+    end: Option<SessionEnd>,
+}
+
+/// What is left to do once the connection and every command it started have ended:
+/// release the I_T nexus (after its last command, never before), free the session's slot
+/// and tell a reinstating login that the old session is gone.
+struct SessionEnd {
+    shared: Arc<Shared>,
+    handler: Option<Arc<dyn ScsiHandler>>,
+    nexus: Arc<Nexus>,
+    key: Option<SessionKey>,
+    tsih: u16,
+    ended: watch::Sender<bool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(end) = self.end.take() else { return };
+        if let Some(h) = &end.handler
+            && std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.nexus_lost(&end.nexus)))
+                .is_err()
+        {
+            tracing::error!(initiator = %end.nexus.initiator, "SCSI handler panicked releasing the nexus");
+        }
+        if let Some(k) = end.key {
+            let mut sessions = end.shared.sessions.lock().expect("sessions lock");
+            if sessions.get(&k).is_some_and(|v| v.tsih == end.tsih) {
+                sessions.remove(&k);
+            }
+        }
+        let _ = end.ended.send(true);
+    }
 }
 
 impl Running {
@@ -363,9 +405,22 @@ async fn full_feature(
             },
         );
     }
+    let handler = login.target.as_ref().map(|t| t.handler.clone());
+    let running = Arc::new(Running {
+        tasks: Mutex::new(HashMap::new()),
+        done: Notify::new(),
+        end: Some(SessionEnd {
+            shared: shared.clone(),
+            handler: handler.clone(),
+            nexus: nexus.clone(),
+            key,
+            tsih: login.tsih,
+            ended: ended_tx,
+        }),
+    });
     let mut s = Session {
         shared: shared.clone(),
-        handler: login.target.as_ref().map(|t| t.handler.clone()),
+        handler,
         target: login.target.clone(),
         nexus,
         params: login.params.clone(),
@@ -373,7 +428,7 @@ async fn full_feature(
         ahead: BTreeSet::new(),
         tx,
         writes: HashMap::new(),
-        running: Arc::new(Running::default()),
+        running,
         next_ttt: 1,
         text_in: Vec::new(),
         text_out: None,
@@ -397,63 +452,101 @@ async fn full_feature(
         s.tx.clone(),
         s.target.is_some(),
     ));
-    let reason: String = loop {
-        tokio::select! {
+    // Whatever a PDU's handling waits for (executing commands, room in the send queue),
+    // the connection ends as soon as the server ends it or the peer closes.
+    let killed = || {
+        keep.reason
+            .lock()
+            .expect("reason lock")
+            .take()
+            .unwrap_or_else(|| "ended by the server (reinstatement or target removal)".into())
+    };
+    let (reason, logout): (String, bool) = loop {
+        let r = tokio::select! {
             biased;
-            _ = kill.notified() => {
-                break keep
-                    .reason
-                    .lock()
-                    .expect("reason lock")
-                    .take()
-                    .unwrap_or_else(|| "ended by the server (reinstatement or target removal)".into());
-            }
-            r = pdu::read_async(&mut rd, digests, max_recv) => {
-                keep.last_rx_ms.store(keep.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                match r {
-                    Ok(p) => {
-                        if p.bhs.opcode() == op::NOP_OUT && p.bhs.itt() == RESERVED_TAG {
-                            let t = p.bhs.u32_at(20);
-                            let _ = keep.ping_ttt.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
-                        }
-                        match s.on_pdu(p).await {
-                            Ok(true) => {}
-                            Ok(false) => break "logout".into(),
-                            Err(e) => break e.to_string(),
-                        }
+            _ = kill.notified() => break (killed(), false),
+            r = pdu::read_async(&mut rd, digests, max_recv) => r,
+        };
+        keep.last_rx_ms
+            .store(keep.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match r {
+            Ok(p) => {
+                if p.bhs.opcode() == op::NOP_OUT && p.bhs.itt() == RESERVED_TAG {
+                    let t = p.bhs.u32_at(20);
+                    let _ =
+                        keep.ping_ttt
+                            .compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                let step = tokio::select! {
+                    biased;
+                    r = s.on_pdu(p) => r,
+                    _ = kill.notified() => break (killed(), false),
+                    _ = peer_closed(rd.get_ref()) => {
+                        break ("the initiator closed the connection while a request waited".into(), false)
                     }
-                    Err(PduError::DataDigest { bhs }) => {
-                        s.send_reject(&bhs, reject::DATA_DIGEST).await;
-                        break "data digest error (ERL 0)".into();
-                    }
-                    Err(e @ (PduError::DataTooLong { .. } | PduError::AhsTooLong { .. })) => {
-                        let b = Bhs::default();
-                        s.send_reject(&b, reject::PROTOCOL_ERROR).await;
-                        break e.to_string();
-                    }
-                    Err(e) => break e.to_string(),
+                };
+                match step {
+                    Ok(true) => {}
+                    Ok(false) => break ("logout".into(), true),
+                    Err(e) => break (e.to_string(), false),
                 }
             }
+            Err(PduError::DataDigest { bhs }) => {
+                s.send_reject(&bhs, reject::DATA_DIGEST).await;
+                break ("data digest error (ERL 0)".into(), false);
+            }
+            Err(e @ (PduError::DataTooLong { .. } | PduError::AhsTooLong { .. })) => {
+                let b = Bhs::default();
+                s.send_reject(&b, reject::PROTOCOL_ERROR).await;
+                break (e.to_string(), false);
+            }
+            Err(e) => break (e.to_string(), false),
         }
     };
     keeper.abort();
+    let _ = keeper.await;
     tracing::info!(initiator = %login.initiator, tsih = login.tsih, %reason, "connection closing");
-    // Let commands that are executing finish (device I/O cannot be interrupted), then close.
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, s.running.wait_empty()).await;
-    let _ = s.tx.send(Out::Close).await;
-    drop(s.tx);
-    let _ = writer.await;
-    if let Some(h) = s.handler.clone() {
-        let n = s.nexus.clone();
-        let _ = tokio::task::spawn_blocking(move || h.nexus_lost(&n)).await;
+    // A logout has drained its commands already. On server shutdown, commands that are
+    // executing finish and are answered before the connection closes (device I/O cannot be
+    // interrupted). Otherwise (the peer closed, broke the protocol or stopped answering, or
+    // the session was reinstated) nobody waits for their answers: they finish on the
+    // blocking pool, and the nexus is released after the last of them (`SessionEnd`).
+    let shutdown = *shared.shutdown.borrow();
+    if shutdown && !logout {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, s.running.wait_empty()).await;
     }
-    if let Some(k) = key {
-        let mut sessions = shared.sessions.lock().expect("sessions lock");
-        if sessions.get(&k).is_some_and(|v| v.tsih == login.tsih) {
-            sessions.remove(&k);
+    let grace = if logout || shutdown {
+        LOGOUT_FLUSH
+    } else {
+        CLOSE_GRACE
+    };
+    let mut writer = writer;
+    let tx = s.tx.clone();
+    drop(s);
+    let flushed = tokio::time::timeout(grace, async {
+        let _ = tx.send(Out::Close).await;
+        drop(tx);
+        let _ = (&mut writer).await;
+    })
+    .await;
+    if flushed.is_err() {
+        // The peer does not take what is queued: cut the connection.
+        writer.abort();
+        let _ = writer.await;
+    }
+}
+
+/// Resolves once the peer has closed its side of the connection (or the socket failed),
+/// even with input still unread. Only polled while the handling of a PDU waits.
+async fn peer_closed(r: &OwnedReadHalf) {
+    loop {
+        match r.ready(tokio::io::Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {}
+            _ => return,
         }
+        // Readable because input is waiting: look again later.
+        tokio::time::sleep(PEER_CHECK).await;
     }
-    let _ = ended_tx.send(true);
 }
 
 /// A SCSI command as the session received it, with all its data-out.
@@ -979,7 +1072,7 @@ impl Session {
         // for the storage to this thread's sendfile.
         job.zero_copy = false;
         let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || {
+        self.shared.pool.spawn_blocking(move || {
             if let Some(done) = job.run() {
                 let _ = tx.blocking_send(Out::Scsi(Box::new(done)));
             }
@@ -1057,7 +1150,10 @@ impl Session {
                 self.running.wait_until_gone(&waiting).await;
                 let h = h.clone();
                 let nexus = self.nexus.clone();
-                let r = tokio::task::spawn_blocking(move || h.task_management(&nexus, lun, f))
+                let r = self
+                    .shared
+                    .pool
+                    .spawn_blocking(move || h.task_management(&nexus, lun, f))
                     .await
                     .unwrap_or(TaskManagementResponse::Rejected);
                 match (f, r) {

@@ -9,7 +9,7 @@ mod login;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -133,6 +133,11 @@ pub(crate) struct Shared {
     next_tsih: AtomicU16,
     pub shutdown: watch::Receiver<bool>,
     pub local_addrs: Vec<SocketAddr>,
+    /// Connections whose thread is alive, from accept until the thread has been joined.
+    live: AtomicUsize,
+    /// The server's runtime: its blocking pool executes commands that are not quick and
+    /// task management, so that a connection's own thread owns nothing that outlives it.
+    pub pool: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -209,6 +214,8 @@ impl TargetServer {
             next_tsih: AtomicU16::new(1),
             shutdown: shutdown_rx,
             local_addrs: local,
+            live: AtomicUsize::new(0),
+            pool: tokio::runtime::Handle::current(),
         });
         let acc_shared = shared.clone();
         let accept = tokio::spawn(async move { accept_loop(acc_shared, listeners).await });
@@ -327,6 +334,14 @@ impl TargetServer {
         self.shared.sessions.lock().expect("sessions lock").len()
     }
 
+    /// Number of connections whose thread is still alive (login phase, full feature phase,
+    /// or tearing down). It returns to its former value once a closed connection's thread
+    /// has ended, released its buffers and been joined. Commands of a closed connection
+    /// that are still executing on the blocking pool are not counted: they finish there.
+    pub fn connection_count(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
     /// Stops accepting, asks every initiator to log out (Async Message, event 1), lets
     /// in-flight commands finish and closes every connection.
     pub async fn shutdown_async(&self) {
@@ -385,7 +400,7 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
         tokio::select! {
             c = rx.recv() => match c {
                 Some((stream, peer)) => {
-                    if conns.len() >= shared.config.max_connections {
+                    if shared.live.load(Ordering::Acquire) >= shared.config.max_connections {
                         tracing::warn!(
                             %peer,
                             limit = shared.config.max_connections,
@@ -394,10 +409,14 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    let live = Live::enter(shared.clone());
                     match connection_thread(shared.clone(), stream, peer) {
-                        Ok(done) => {
+                        Ok((thread, done)) => {
                             conns.spawn(async move {
                                 let _ = done.await;
+                                // The thread has let go of everything; wait for it to exit.
+                                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                                drop(live);
                             });
                         }
                         Err(e) => tracing::warn!(%peer, error = %e, "cannot start a connection thread"),
@@ -418,18 +437,22 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
 
 /// Runs one connection on a thread of its own with a single-threaded runtime: the session
 /// loop, its writer and the commands it executes in line hand work to each other without
-/// waking another thread. The receiver resolves when the connection has ended.
+/// waking another thread. The receiver resolves when the connection has ended; the thread
+/// then exits at once.
 fn connection_thread(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+) -> std::io::Result<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+)> {
     let stream = stream.into_std()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("iscsi-conn-{peer}"))
         .spawn(move || {
             rt.block_on(async move {
@@ -438,11 +461,31 @@ fn connection_thread(
                     Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
                 }
             });
-            // Commands still on the blocking pool (device I/O) get a bounded wait.
-            rt.shutdown_timeout(Duration::from_secs(5));
+            // Nothing of the connection runs on this runtime any more: commands still
+            // executing are on the server's blocking pool (the last of them releases the
+            // nexus), and the runtime has no blocking threads of its own (were there one,
+            // it would get a bounded wait).
+            rt.shutdown_timeout(Duration::from_secs(1));
             let _ = done_tx.send(());
         })?;
-    Ok(done_rx)
+    Ok((thread, done_rx))
+}
+
+/// One count in [`Shared::live`], held from accept until the connection's thread has been
+/// joined.
+struct Live(Arc<Shared>);
+
+impl Live {
+    fn enter(shared: Arc<Shared>) -> Live {
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        Live(shared)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

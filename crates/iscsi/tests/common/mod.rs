@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use iscsi::ScsiHandler;
+use iscsi::pdu::{self, Bhs, Digests, Pdu, op};
 use scsi::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
 
 pub const BS: u32 = 512;
@@ -195,4 +198,24 @@ impl ScsiHandler for MemHandler {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Logs in to `target` with raw PDUs (no auth, straight to the full feature phase, CmdSN
+/// 10, ISID type "random" with zeroes).
+pub fn raw_login(addr: SocketAddr, target: &str, initiator: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let mut b = Bhs::new(op::LOGIN_REQ);
+    b.set_immediate(true);
+    b.set_flags(0x80 | 0x04 | 0x03); // T, CSG=1, NSG=3
+    b.0[8] = 0x80;
+    b.set_itt(1);
+    b.set_u32(24, 10);
+    let keys = format!("InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0");
+    c.write_all(&Pdu::with_data(b, keys.into_bytes()).encode(Digests::default()))
+        .unwrap();
+    let r = pdu::read_sync(&mut c, Digests::default(), 65536).unwrap();
+    assert_eq!(r.bhs.opcode(), op::LOGIN_RESP);
+    assert_eq!((r.bhs.0[36], r.bhs.0[37]), (0, 0));
+    assert_eq!(r.bhs.flags() & 0x83, 0x83);
+    c
 }
