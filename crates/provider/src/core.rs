@@ -482,7 +482,7 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
     }
 
     fn get_provider_capabilities(&self) -> Result<u64, Hresult> {
-        // Documented as reserved; VSS expects zero.
+        // Documented as reserved (docs/vss-contract.md §4.13); 0 claims no capability.
         Ok(0)
     }
 
