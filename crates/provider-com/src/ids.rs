@@ -3,7 +3,7 @@
 
 use windows_core::GUID;
 
-/// The VSS provider id: permanent across upgrades (contract §6.1).
+/// The VSS provider id: permanent across upgrades (`docs/vss-contract.md` §9.1).
 pub const PROVIDER_ID: GUID = GUID::from_u128(0x90eb7606_45ed_4b0b_aaee_08f38ce193ea);
 
 /// The COM class id VSS instantiates (`CoCreateInstance(CLSCTX_LOCAL_SERVER)`).

@@ -5,7 +5,8 @@
 //! `IVssHardwareSnapshotProviderEx`, `IVssProviderCreateSnapshotSet` and
 //! `IVssProviderNotifications` by delegating to any [`provider::HardwareProvider`]; the
 //! conversions between `VDS_LUN_INFORMATION` and [`vss::LunInfo`] under the COM memory rules of
-//! the provider contract (§3.6); the veto event log; and `install` / `uninstall` / `status`.
+//! the provider contract (`docs/vss-contract.md` §5); the veto event log; and `install` /
+//! `uninstall` / `status`.
 //!
 //! What it is not for: snapshot logic (that is `provider`), talking to the array (that is the
 //! `ArrayControl` implementation behind the core), or anything on non-Windows platforms, where

@@ -1,11 +1,12 @@
 //! Event-log entries for failures, held back while the applications are frozen.
 //!
 //! The contract requires that `VSS_E_PROVIDER_VETO` is accompanied by an Application event-log
-//! entry telling the user how to fix the problem. The core reports its failures with a message
-//! through [`provider::EventSink`], which [`VetoLog`] implements; when a call vetoes without
-//! such a report, the COM layer writes a generic entry instead. Writing to the event log is
-//! not something to do between `PreCommitSnapshots` and `PostCommitSnapshots` (the
-//! flush-and-hold window), so entries raised then are buffered and written once the set leaves
+//! entry telling the user how to fix the problem (`docs/vss-contract.md` §3.1). The core
+//! reports its failures with a message through [`provider::EventSink`], which [`VetoLog`]
+//! implements; when a call vetoes without such a report, the COM layer writes a generic entry
+//! instead. Writing to the event log is not something to do between `PreCommitSnapshots` and
+//! `PostCommitSnapshots`, while the applications are frozen and, during `CommitSnapshots`,
+//! writes are held (§2.4), so entries raised then are buffered and written once the set leaves
 //! that window.
 #![forbid(unsafe_code)]
 

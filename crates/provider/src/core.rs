@@ -1,5 +1,5 @@
-//! `ShadowlunProvider`: the VSS hardware provider contract (contract §2, §3) over an
-//! [`ArrayControl`].
+//! `ShadowlunProvider`: the VSS hardware provider contract (`docs/vss-contract.md` §2 to §4)
+//! over an [`ArrayControl`].
 //!
 //! State machine of the set in progress (values of `VSS_SNAPSHOT_STATE`):
 //!
@@ -298,7 +298,7 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
                 return Err(ProviderError::InvalidArgument("no LUNs given".into()));
             }
             // A new set id while another set is unfinished: VSS abandoned that set and will
-            // never abort it (contract §3.2.2). Clean it up and start afresh.
+            // never abort it (docs/vss-contract.md §2.5). Clean it up and start afresh.
             if let Some(old) = st.current.take_if(|s| s.id != set_id) {
                 let state = old.state;
                 p.discard(
@@ -482,7 +482,7 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
     }
 
     fn get_provider_capabilities(&self) -> Result<u64, Hresult> {
-        // Documented as reserved; VSS expects zero.
+        // Documented as reserved (docs/vss-contract.md §4.13); 0 claims no capability.
         Ok(0)
     }
 

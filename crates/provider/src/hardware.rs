@@ -31,7 +31,7 @@ pub trait AsyncOperation: Send + Sync {
     fn cancel(&self) -> Result<Hresult, Hresult>;
 }
 
-/// The methods VSS calls on a hardware provider (contract §3), in Rust types.
+/// The methods VSS calls on a hardware provider (`docs/vss-contract.md` §4), in Rust types.
 ///
 /// In/out LUN arrays are `&mut [LunInfo]` (VSS owns the array; a provider may change the
 /// elements' fields but never the count). Every method may be called from any thread.

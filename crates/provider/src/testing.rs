@@ -474,7 +474,8 @@ impl ArrayControl for MemoryArrayClient {
         }
         for p in pairs {
             let data = m.luns[&p.snapshot].data.clone();
-            // The destination takes the snapshot's size (contract §3.3: resize to match).
+            // The destination takes the snapshot's size (docs/vss-contract.md §4.12
+            // asks this of a larger destination).
             m.luns.get_mut(&p.destination).expect("checked").data = data;
         }
         let job = format!("job-{}", m.jobs.len() + 1);

@@ -1,4 +1,4 @@
-//! The provider contract (contract §2, §3) against the in-memory array.
+//! The provider contract (`docs/vss-contract.md` §2 to §4) against the in-memory array.
 
 use std::sync::{Arc, Mutex};
 

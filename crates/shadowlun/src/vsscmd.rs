@@ -87,7 +87,7 @@ pub enum VssCmd {
         #[command(flatten)]
         wine: WineArgs,
     },
-    /// Run the conformance catalogue (contract §8 scenarios) and print a verdict per scenario.
+    /// Run the conformance catalogue (docs/vss-contract.md §10) and print a verdict per scenario.
     ///
     /// With `--lab wine`, each emulated host's provider is the real `shadowlun-provider.exe`
     /// installed in a Wine prefix and called through COM; scripts/ci.d/40-windows.sh prepares

@@ -2,8 +2,8 @@
 //! requester, this host later, or another host can import, break, resync or delete it.
 //!
 //! Windows writes it as XML inside the requester's document; shadowlun writes JSON with the
-//! same content (contract §2 step 18): the source LUN infos, the snapshot LUN infos from
-//! `GetTargetLuns`, the volume extents, the context and the providers. The format is
+//! same content (`docs/vss-contract.md` §2.2 step 16): the source LUN infos, the snapshot LUN
+//! infos from `GetTargetLuns`, the volume extents, the context and the providers. The format is
 //! described in `docs/vss-emulator.md`.
 
 use std::path::Path;

@@ -1,5 +1,6 @@
-//! A named catalogue of conformance scenarios covering contract §8 (registration aside), each
-//! run on a fresh lab and reported with a verdict and its call trace.
+//! A named catalogue of conformance scenarios covering the items of `docs/vss-contract.md` §10
+//! (all but 10.1, registration), each run on a fresh lab and reported with a verdict and its
+//! call trace.
 //!
 //! The catalogue is generic over how the SAN and the provider are built ([`LabFactory`]), so
 //! the same scenarios run against the in-process lab ([`crate::testing::MemoryLabFactory`])
@@ -47,7 +48,7 @@ pub trait LabFactory {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ScenarioResult {
     pub name: String,
-    /// The contract §8 item it covers.
+    /// The `docs/vss-contract.md` §10 items it covers (and, for the call order, §2.2).
     pub covers: String,
     pub passed: bool,
     pub detail: String,
@@ -263,56 +264,56 @@ fn in_order(labels: &[String], order: &[&str]) -> Result<(), String> {
 
 type Scenario = fn(&Ctx) -> Result<String, String>;
 
-/// The catalogue: (name, contract item, scenario).
+/// The catalogue: (name, `docs/vss-contract.md` items covered, scenario).
 pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
     vec![
-        ("support.own_foreign_and_context", "§8.2", support_query),
+        ("support.own_foreign_and_context", "§10.2", support_query),
         (
             "create.call_order_with_writers",
-            "§8.3 §2",
+            "§10.3 §2.2",
             create_call_order,
         ),
-        ("create.contexts", "§8.3", create_contexts),
+        ("create.contexts", "§10.3", create_contexts),
         (
             "create.differential_and_plex",
-            "§8.3",
+            "§10.3",
             create_differential_plex,
         ),
         (
             "create.point_in_time_is_consistent",
-            "§8.3 §8.6",
+            "§10.3 §10.4",
             point_in_time,
         ),
-        ("create.max_64_volumes", "§8.3", max_volumes),
-        ("timing.commit_within_budget", "§8.4", timing),
-        ("abort.failure_at_each_step", "§8.5", abort_each_step),
-        ("abort.abandoned_set_then_new_set", "§8.5", abandoned_set),
-        ("autoimport.hidden_read_only", "§8.7", auto_import),
-        ("transport.import_on_second_host", "§8.8", transport_import),
-        ("delete.on_lun_empty_once_per_lun", "§8.9", delete_once),
-        ("delete.auto_release_on_release", "§8.9", auto_release),
-        ("break.read_only_and_writable", "§8.10", break_ro_rw),
-        ("break.mask_luns", "§8.10", break_mask),
-        ("break.revert_identity", "§8.10", break_revert),
-        ("autorecover.notifications", "§8.11", autorecover),
-        ("resync.original_destination", "§8.12", resync),
+        ("create.max_64_volumes", "§10.3", max_volumes),
+        ("timing.commit_within_budget", "§10.5", timing),
+        ("abort.failure_at_each_step", "§10.6", abort_each_step),
+        ("abort.abandoned_set_then_new_set", "§10.6", abandoned_set),
+        ("autoimport.hidden_read_only", "§10.9", auto_import),
+        ("transport.import_on_second_host", "§10.10", transport_import),
+        ("delete.on_lun_empty_once_per_lun", "§10.11", delete_once),
+        ("delete.auto_release_on_release", "§10.11", auto_release),
+        ("break.read_only_and_writable", "§10.12", break_ro_rw),
+        ("break.mask_luns", "§10.12", break_mask),
+        ("break.revert_identity", "§10.12", break_revert),
+        ("autorecover.notifications", "§10.13", autorecover),
+        ("resync.original_destination", "§10.14", resync),
         (
             "identity.unique_and_target_equals_fill_in",
-            "§8.13",
+            "§10.8",
             identity,
         ),
-        ("stress.cycles_and_concurrent_requester", "§8.15", stress),
-        ("misbehaving.veto", "§8.14", mis_veto),
+        ("stress.cycles_and_concurrent_requester", "§10.15", stress),
+        ("misbehaving.veto", "§10.7", mis_veto),
         (
             "misbehaving.commit_overruns_hold",
-            "§8.4 §8.14",
+            "§10.5 §10.7",
             mis_overrun,
         ),
-        ("misbehaving.disallowed_code", "§8.14", mis_disallowed),
-        ("misbehaving.loses_a_lun", "§8.8 §8.14", mis_lose_lun),
+        ("misbehaving.disallowed_code", "§10.7", mis_disallowed),
+        ("misbehaving.loses_a_lun", "§10.10 §10.7", mis_lose_lun),
         (
             "misbehaving.touches_interconnects",
-            "§8.2 §8.14",
+            "§10.2 §10.7",
             mis_interconnects,
         ),
     ]

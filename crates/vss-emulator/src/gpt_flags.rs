@@ -1,4 +1,4 @@
-//! The GPT on a LUN, where Windows keeps VSS's per-LUN state (contract §5.9).
+//! The GPT on a LUN, where Windows keeps VSS's per-LUN state (`docs/vss-contract.md` §6.8).
 //!
 //! Partition tables are read and written with the `gpt` crate over the host's SCSI block
 //! reads and writes, so what the coordinator sets is on the LUN itself and travels with it
@@ -19,7 +19,8 @@ pub const SHADOW_COPY: u64 = 0x2000_0000_0000_0000;
 pub const HIDDEN: u64 = 0x4000_0000_0000_0000;
 /// `GPT_BASIC_DATA_ATTRIBUTE_NO_DRIVE_LETTER`.
 pub const NO_DRIVE_LETTER: u64 = 0x8000_0000_0000_0000;
-/// The four bits VSS sets on source LUNs before the freeze (contract §2 step 7).
+/// The four bits VSS sets on source LUNs before the freeze (`docs/vss-contract.md` §2.2
+/// step 6).
 pub const VSS_FLAGS: u64 = READ_ONLY | SHADOW_COPY | HIDDEN | NO_DRIVE_LETTER;
 
 /// Why a partition table could not be read or written.

@@ -2,7 +2,8 @@
 //! result, what VSS made of the result, duration) and the VSS-side steps between them.
 //!
 //! Providers are reached only through [`ProviderHandle`], which records each call and applies
-//! VSS's translation of status codes (contract §3.1, [`vss::Method::as_seen_by_vss`]).
+//! VSS's translation of status codes (`docs/vss-contract.md` §3.1,
+//! [`vss::Method::as_seen_by_vss`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

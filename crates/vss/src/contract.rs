@@ -1,7 +1,8 @@
-//! The provider methods VSS calls and the status codes each may return (contract §3).
+//! The provider methods VSS calls and the status codes each may return
+//! (`docs/vss-contract.md` §3.2).
 //!
 //! VSS translates any other code into `VSS_E_UNEXPECTED_PROVIDER_ERROR`, except for
-//! `AbortSnapshots` and `OnUnload`, whose results it does not translate.
+//! `AbortSnapshots` and `OnUnload`, whose results it does not translate (§3.1).
 
 use crate::Hresult;
 

@@ -3,7 +3,7 @@
 //! Every LUN, original or snapshot, gets a 60-bit number fixed at creation and never reused.
 //! From it come the VPD 0x80 serial and three association-0 designators: NAA locally assigned
 //! (type 3), T10 vendor ID based (type 1) and a SCSI name string (type 8), each unique per LUN,
-//! so any of them satisfies VSS's uniqueness rule (contract §7.3).
+//! so any of them satisfies VSS's uniqueness rule (`docs/vss-contract.md` §7.2).
 
 use crate::lun::{ScsiIdentity, latin1};
 use crate::scsi::{self, Designator, StandardInquiry};

@@ -196,9 +196,9 @@ impl LunInfo {
         )
     }
 
-    /// The import matching rule (contract §7.4): every field takes part except the bus type,
-    /// the disk signature and the interconnects. Identifiers compare as a set, since a host
-    /// may list them in another order.
+    /// The import matching rule (`docs/vss-contract.md` §7.4): every field takes part except
+    /// the bus type, the disk signature and the interconnects. Identifiers compare as a set,
+    /// since a host may list them in another order.
     pub fn matches_for_import(&self, other: &LunInfo) -> bool {
         let mut a: Vec<_> = self.identifiers.iter().collect();
         let mut b: Vec<_> = other.identifiers.iter().collect();
@@ -263,7 +263,7 @@ impl LunInfo {
     }
 
     /// True if the LUN carries at least one identifier VSS accepts as unique: association 0,
-    /// type T10 vendor id, EUI-64, NAA or SCSI name string (contract §7.3).
+    /// type T10 vendor id, EUI-64, NAA or SCSI name string (`docs/vss-contract.md` §7.2).
     pub fn has_unique_identifier(&self) -> bool {
         self.identifiers.iter().any(|i| {
             matches!(

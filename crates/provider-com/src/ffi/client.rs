@@ -90,7 +90,7 @@ impl LunArray {
 impl Drop for LunArray {
     fn drop(&mut self) {
         for i in 0..self.len {
-            // SAFETY: i < len elements; their pointers are CoTaskMem (contract §3.6).
+            // SAFETY: i < len elements; their pointers are CoTaskMem (docs/vss-contract.md §5.2).
             unsafe { free_lun(&mut *self.ptr.add(i)) };
         }
         // SAFETY: the array came from CoTaskMemAlloc.
