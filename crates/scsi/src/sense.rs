@@ -47,6 +47,7 @@ impl Asc {
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Self = Self(0x39, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Self = Self(0x3F, 0x0E);
     pub const INTERNAL_TARGET_FAILURE: Self = Self(0x44, 0x00);
+    pub const DATA_PHASE_ERROR: Self = Self(0x4B, 0x00);
 }
 
 /// Where in the CDB or parameter list an invalid field is (sense-key specific field pointer).
@@ -127,6 +128,22 @@ impl Sense {
 
     pub const fn lun_not_supported() -> Self {
         Self::new(key::ILLEGAL_REQUEST, Asc::LOGICAL_UNIT_NOT_SUPPORTED)
+    }
+
+    /// HARDWARE ERROR / INTERNAL TARGET FAILURE: the target itself failed the command.
+    pub const fn internal_target_failure() -> Self {
+        Self::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
+    }
+
+    /// ILLEGAL REQUEST / INVALID FIELD IN CDB with no field pointer: the command as a whole
+    /// asks for more than the target allows (a transfer longer than its maximum).
+    pub const fn invalid_cdb_field() -> Self {
+        Self::new(key::ILLEGAL_REQUEST, Asc::INVALID_FIELD_IN_CDB)
+    }
+
+    /// ABORTED COMMAND / DATA PHASE ERROR: the transport lost part of the command's data.
+    pub const fn data_phase_error() -> Self {
+        Self::new(key::ABORTED_COMMAND, Asc::DATA_PHASE_ERROR)
     }
 
     pub const fn write_protected() -> Self {

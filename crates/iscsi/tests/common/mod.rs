@@ -92,7 +92,7 @@ impl ScsiHandler for MemHandler {
             cmd.cdb[0],
             std::thread::current().name().unwrap_or("").to_string(),
         ));
-        let lun = iscsi::initiator::decode_lun(cmd.lun);
+        let lun = scsi::decode_lun(cmd.lun).unwrap_or(u64::MAX);
         let cdb = cmd.cdb;
         if cdb[0] != 0xa0 && cdb[0] != 0x12 && !self.luns_for(&cmd.nexus.initiator).contains(&lun) {
             return sense(0x05, 0x25, 0x00);
