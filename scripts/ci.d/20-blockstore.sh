@@ -6,6 +6,6 @@
 # Long mode: BLOCKSTORE_CRASH_RUNS=1000 scripts/test 20-blockstore
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p blockstore --bin blockstore-crashtest
+cargo build --release -p lab --bin blockstore-crashtest
 target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/release/blockstore-crashtest" --runs "${BLOCKSTORE_CRASH_RUNS:-200}"

@@ -174,5 +174,5 @@ done
 [ $fail -eq 0 ] || { echo "iscsi-test-cu failures above"; exit 1; }
 
 echo "== initiator against tgt"
-cargo test -q -p iscsi --test tgt_interop -- --ignored
+cargo test -q -p lab --test tgt_interop -- --ignored
 echo "iscsi referees passed"

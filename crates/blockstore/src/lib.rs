@@ -13,9 +13,6 @@
 //! block device).
 #![forbid(unsafe_code)]
 
-pub mod bench;
-#[doc(hidden)]
-pub mod crashtest;
 mod error;
 mod format;
 mod pool;

@@ -1,5 +1,5 @@
 //! iSCSI (RFC 7143): a target that serves the `scsi` device model over TCP, and a small
-//! blocking initiator for the emulator's hosts, tests and benchmarks.
+//! blocking initiator for the emulator's hosts, tests and the benchmarks (`lab`).
 //!
 //! - [`pdu`]: framing only (header, AHS, data segment, CRC32C digests), with every
 //!   peer-supplied length checked before allocation.
@@ -14,7 +14,6 @@
 //! `docs/iscsi.md`.
 #![forbid(unsafe_code)]
 
-pub mod bench;
 pub mod chap;
 mod handler;
 pub mod initiator;

@@ -2,83 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use lab::report::{Goal, Report, Row, machine};
 use provider::testing::MemoryArray;
 use provider::{HardwareProvider, ShadowlunProvider};
-use serde::Serialize;
 use vss::{BusType, LunInfo, SnapshotContext, VssId};
-
-/// One row of a benchmark table.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub measure: String,
-    pub baseline: String,
-    pub baseline_us: f64,
-    pub value_us: f64,
-    pub ratio: f64,
-    /// `<= 2.0` or `>= 0.8`
-    pub target: String,
-    pub pass: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub name: String,
-    pub machine: String,
-    pub rows: Vec<Row>,
-}
-
-impl Report {
-    pub fn print(&self, json: bool) -> anyhow::Result<()> {
-        if json {
-            return crate::output::json(self);
-        }
-        println!("{} ({})", self.name, self.machine);
-        let rows: Vec<Vec<String>> = self
-            .rows
-            .iter()
-            .map(|r| {
-                vec![
-                    r.measure.clone(),
-                    r.baseline.clone(),
-                    format!("{:.1} µs", r.baseline_us),
-                    format!("{:.1} µs", r.value_us),
-                    format!("{:.2}×", r.ratio),
-                    r.target.clone(),
-                    if r.pass { "pass".into() } else { "FAIL".into() },
-                ]
-            })
-            .collect();
-        crate::output::table(
-            &[
-                "MEASURE",
-                "BASELINE",
-                "BASELINE p50",
-                "VALUE p50",
-                "RATIO",
-                "TARGET",
-                "",
-            ],
-            &rows,
-        );
-        Ok(())
-    }
-}
-
-/// A one-line description of the machine.
-pub fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} CPU(s), {model}")
-}
 
 /// Median of `n` timed runs of `f` (after one warm-up), in microseconds.
 pub fn median_us(n: usize, mut f: impl FnMut() -> Duration) -> f64 {
@@ -88,6 +15,8 @@ pub fn median_us(n: usize, mut f: impl FnMut() -> Duration) -> f64 {
     v[v.len() / 2]
 }
 
+/// A row in microseconds: `value` against `base`, at most `max_ratio` or at least
+/// `min_ratio` times it (or for context, with neither).
 pub fn row(
     measure: &str,
     baseline: &str,
@@ -96,21 +25,8 @@ pub fn row(
     max_ratio: Option<f64>,
     min_ratio: Option<f64>,
 ) -> Row {
-    let ratio = value / base.max(1e-9);
-    let (target, pass) = match (max_ratio, min_ratio) {
-        (Some(m), _) => (format!("≤ {m}×"), ratio <= m),
-        (_, Some(m)) => (format!("≥ {m}×"), ratio >= m),
-        _ => ("-".into(), true),
-    };
-    Row {
-        measure: measure.into(),
-        baseline: baseline.into(),
-        baseline_us: base,
-        value_us: value,
-        ratio,
-        target,
-        pass,
-    }
+    let goal = max_ratio.map(Goal::AtMost).or(min_ratio.map(Goal::AtLeast));
+    Row::new(measure, "µs", value, baseline, Some(base), goal)
 }
 
 const HOST: &str = "iqn.1991-05.com.microsoft:bench";
@@ -198,9 +114,10 @@ pub fn provider_core() -> Report {
         None,
     ));
     Report {
-        name: "provider core against the in-memory array".into(),
+        title: "provider core against the in-memory array".into(),
         machine: machine(),
         rows,
+        notes: Vec::new(),
     }
 }
 
@@ -336,8 +253,9 @@ pub fn vss_end_to_end() -> anyhow::Result<Report> {
         ),
     ];
     Ok(Report {
-        name: "VSS provider against the real array (HTTPS, embedded engine, iSCSI)".into(),
+        title: "VSS provider against the real array (HTTPS, embedded engine, iSCSI)".into(),
         machine: machine(),
         rows,
+        notes: Vec::new(),
     })
 }

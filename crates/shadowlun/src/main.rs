@@ -99,7 +99,20 @@ enum BenchCmd {
     /// writes after a snapshot, reads under 256 snapshots, resync proportional to changes.
     Engine,
     /// The iSCSI target against tgt and against raw reads of the same backing file.
-    Target,
+    Target {
+        /// Seconds per turn of each workload (three turns per target, alternating).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Size of the backing file in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Leave tgt out (its rows then have no baseline).
+        #[arg(long)]
+        no_tgt: bool,
+        /// Backing file to create and measure (default: in the temporary directory).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
     /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
     /// creation cycle with surfacing over iSCSI.
     Vss,
@@ -130,28 +143,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host { conn, cmd } => admin::host(&conn, cmd),
         Command::Snapshot { conn, cmd } => admin::snapshot(&conn, cmd),
         Command::Set { conn, cmd } => admin::set(&conn, cmd),
-        Command::Bench { what, json } => match what {
-            BenchCmd::Engine => {
-                let r = blockstore::bench::run(&blockstore::bench::BenchOptions::default())?;
-                if json {
-                    output::json(&r)
-                } else {
-                    print!("{r}");
-                    Ok(())
+        Command::Bench { what, json } => {
+            let r = match what {
+                BenchCmd::Engine => {
+                    ::lab::engine_bench::run(&::lab::engine_bench::BenchOptions::default())?
                 }
-            }
-            BenchCmd::Target => {
-                let r = iscsi::bench::run(&iscsi::bench::BenchOptions::default())?;
-                if json {
-                    output::json(&r)
-                } else {
-                    print!("{r}");
-                    Ok(())
+                BenchCmd::Target {
+                    seconds,
+                    size_mib,
+                    no_tgt,
+                    file,
+                } => {
+                    let defaults = ::lab::target_bench::BenchOptions::default();
+                    ::lab::target_bench::run(&::lab::target_bench::BenchOptions {
+                        duration: std::time::Duration::from_secs_f64(seconds.max(0.1)),
+                        size_mib: size_mib.max(16),
+                        with_tgt: !no_tgt,
+                        backing: file.unwrap_or(defaults.backing),
+                    })?
                 }
+                BenchCmd::Vss => bench::vss_end_to_end()?,
+                BenchCmd::Provider => bench::provider_core(),
+            };
+            if json {
+                output::json(&r)
+            } else {
+                print!("{r}");
+                Ok(())
             }
-            BenchCmd::Vss => bench::vss_end_to_end()?.print(json),
-            BenchCmd::Provider => bench::provider_core().print(json),
-        },
+        }
         Command::Demo { keep } => demo::run(keep),
         Command::Vss { cmd } => vsscmd::run(cmd),
         Command::Hresult { code } => hresult(code),

@@ -289,7 +289,11 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
         ("abort.failure_at_each_step", "§10.6", abort_each_step),
         ("abort.abandoned_set_then_new_set", "§10.6", abandoned_set),
         ("autoimport.hidden_read_only", "§10.9", auto_import),
-        ("transport.import_on_second_host", "§10.10", transport_import),
+        (
+            "transport.import_on_second_host",
+            "§10.10",
+            transport_import,
+        ),
         ("delete.on_lun_empty_once_per_lun", "§10.11", delete_once),
         ("delete.auto_release_on_release", "§10.11", auto_release),
         ("break.read_only_and_writable", "§10.12", break_ro_rw),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use blockstore::crashtest;
+use lab::crashtest;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn arg<T: std::str::FromStr>(args: &[String], flag: &str) -> Option<T> {

@@ -1,26 +1,25 @@
-//! Target benchmark: this crate's target against `tgt` (Debian's userspace target) on the
-//! same backing file, with this crate's initiator (and libiscsi's `iscsi-perf`, when
+//! Target benchmark: shadowlun's iSCSI target against `tgt` (Debian's userspace target) on the
+//! same backing file, with shadowlun's initiator (and libiscsi's `iscsi-perf`, when
 //! installed) as the load generator, plus raw reads and writes of the backing file (what the
 //! file itself allows, without any target). Both targets run
 //! at once; every workload runs in three turns per target, alternating, and the table shows
 //! the medians, so that a slow spell of the machine falls on both. Every run is bounded by
 //! time and by a maximum operation count.
 //!
-//! Entry point: [`run`]. Also home of [`Tgt`], a `tgtd` process started for tests and
-//! benchmarks (killed with SIGKILL on drop, since tgtd ignores SIGTERM).
+//! Entry point: [`run`]; `shadowlun bench target` prints its report.
 
-use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use crate::report::{Goal, Report, Row, machine};
+use crate::tgt::{Tgt, TgtError};
 
-use crate::initiator::{DataDir, InitiatorConfig, InitiatorError, Session, rw16};
-use crate::{AuthPolicy, TargetConfig, TargetError, TargetServer};
+use iscsi::initiator::{DataDir, InitiatorConfig, InitiatorError, Session, rw16};
+use iscsi::{AuthPolicy, TargetConfig, TargetError, TargetServer};
 
 const BENCH_INITIATOR: &str = "iqn.2026-01.org.shadowlun:bench-initiator";
 const OUR_TARGET: &str = "iqn.2026-01.org.shadowlun:bench";
@@ -38,8 +37,10 @@ pub enum BenchError {
     Target(#[from] TargetError),
     #[error("initiator: {0}")]
     Initiator(#[from] InitiatorError),
-    #[error("tgt: {0}")]
-    Tgt(String),
+    #[error(transparent)]
+    Tgt(#[from] TgtError),
+    #[error("{0}")]
+    Perf(String),
 }
 
 /// What to run.
@@ -62,194 +63,6 @@ impl Default for BenchOptions {
             duration: Duration::from_secs(3),
             with_tgt: true,
         }
-    }
-}
-
-/// One measured workload.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchRow {
-    pub measure: String,
-    pub unit: &'static str,
-    pub ours: f64,
-    /// tgt for the protocol rows, the raw file access for the last rows.
-    pub baseline: Option<f64>,
-    pub baseline_name: String,
-    pub ratio: Option<f64>,
-    /// None for rows shown for context (what the file itself allows).
-    pub goal: Option<f64>,
-    pub met: Option<bool>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub machine: String,
-    pub backing: String,
-    pub size_mib: u64,
-    pub seconds_per_run: f64,
-    pub rows: Vec<BenchRow>,
-}
-
-impl fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "iSCSI target benchmark on {} ({} MiB backing file, {:.1} s per run)",
-            self.machine, self.size_mib, self.seconds_per_run
-        )?;
-        let w = self
-            .rows
-            .iter()
-            .map(|r| r.measure.len())
-            .max()
-            .unwrap_or(0)
-            .max("measure".len());
-        writeln!(
-            f,
-            "{:<w$} {:>12} {:>12} {:>10} {:>7} {:>6}  unit",
-            "measure", "shadowlun", "baseline", "ratio", "goal", "met"
-        )?;
-        for r in &self.rows {
-            let opt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
-            let ratio = r
-                .ratio
-                .map(|x| format!("{x:.2}x"))
-                .unwrap_or_else(|| "-".into());
-            let goal = r
-                .goal
-                .map(|g| format!("{g:.1}x"))
-                .unwrap_or_else(|| "-".into());
-            let met = match r.met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "-",
-            };
-            writeln!(
-                f,
-                "{:<w$} {:>12.1} {:>12} {:>10} {:>7} {:>6}  {} (vs {})",
-                r.measure,
-                r.ours,
-                opt(r.baseline),
-                ratio,
-                goal,
-                met,
-                r.unit,
-                r.baseline_name
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// A `tgtd` process serving one file to any initiator: LUN 1 through the page cache, LUN 2
-/// with direct I/O.
-#[derive(Debug)]
-pub struct Tgt {
-    child: Child,
-    control: u32,
-    pub addr: SocketAddr,
-    pub target: String,
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Tgt {
-    /// Starts tgtd on a free loopback port and exports `backing` as LUNs 1 (page cache) and
-    /// 2 (direct I/O) of `target`.
-    pub fn start(backing: &Path, target: &str, serial: &str) -> Result<Tgt, BenchError> {
-        let port = free_port().map_err(|e| BenchError::Tgt(e.to_string()))?;
-        let control = 1000 + std::process::id() % 20000 + u32::from(port % 1000);
-        let child = Command::new("tgtd")
-            .args([
-                "-f",
-                "-C",
-                &control.to_string(),
-                "--iscsi",
-                &format!("portal=127.0.0.1:{port}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| BenchError::Tgt(format!("cannot start tgtd: {e}")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut t = Tgt {
-            child,
-            control,
-            addr,
-            target: target.to_string(),
-        };
-        let start = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err(BenchError::Tgt("tgtd did not start listening".into()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let path = backing.to_string_lossy().to_string();
-        t.adm(&[
-            "--op", "new", "--mode", "target", "--tid", "1", "-T", target,
-        ])?;
-        // LUN 1: the file through the page cache (tgt's rdwr backing store); LUN 2: the same
-        // file with O_DIRECT.
-        for (lun, flags) in [("1", None), ("2", Some("direct"))] {
-            let mut args = vec![
-                "--op",
-                "new",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                lun,
-                "-b",
-                &path,
-            ];
-            if let Some(f) = flags {
-                args.extend(["--bsoflags", f]);
-            }
-            t.adm(&args)?;
-        }
-        t.adm(&[
-            "--op",
-            "update",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--params",
-            &format!("vendor_id=TGTBENCH,product_id=tgt-lun,scsi_sn={serial},scsi_id=60000000000000000000000000000001"),
-        ])?;
-        t.adm(&[
-            "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-        ])?;
-        Ok(t)
-    }
-
-    fn adm(&mut self, args: &[&str]) -> Result<(), BenchError> {
-        let out = Command::new("tgtadm")
-            .args(["-C", &self.control.to_string(), "--lld", "iscsi"])
-            .args(args)
-            .output()
-            .map_err(|e| BenchError::Tgt(format!("tgtadm: {e}")))?;
-        if !out.status.success() {
-            return Err(BenchError::Tgt(format!(
-                "tgtadm {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        // tgtd ignores SIGTERM; this is the process we started.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -506,21 +319,6 @@ fn raw_random_write(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchE
         ops += 1;
     }
     Ok(ops as f64 / start.elapsed().as_secs_f64())
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} CPUs, {model}, loopback TCP")
 }
 
 const LOADS: [(&str, Load, &str, f64); 4] = [
@@ -796,13 +594,13 @@ fn iscsi_perf(
     let out = cmd
         .arg(url)
         .output()
-        .map_err(|e| BenchError::Tgt(format!("iscsi-perf: {e}")))?;
+        .map_err(|e| BenchError::Perf(format!("iscsi-perf: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
     // "iops average 17289 (1080 MB/s)"
     let line = text
         .lines()
         .rfind(|l| l.contains("iops average"))
-        .ok_or_else(|| BenchError::Tgt(format!("iscsi-perf gave no result for {url}")))?;
+        .ok_or_else(|| BenchError::Perf(format!("iscsi-perf gave no result for {url}")))?;
     let after = line.split("iops average").nth(1).unwrap_or("").trim();
     let iops: f64 = after
         .split_whitespace()
@@ -820,7 +618,7 @@ fn iscsi_perf(
 
 /// Runs the benchmark: our target and (optionally) tgt serve the same file; the same
 /// initiator drives both with the same workloads.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let size = opts.size_mib * 1024 * 1024;
     prepare_backing(&opts.backing, size)?;
     // Warm the page cache once so both targets see the same state.
@@ -904,202 +702,129 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .take(ours.len());
     for (i, (name, unit, goal)) in names.enumerate() {
         let base = tgt.as_ref().and_then(|t| t.get(i).copied());
-        let ratio = base.map(|b| ours[i] / b);
-        rows.push(BenchRow {
-            measure: name.to_string(),
+        rows.push(Row::new(
+            name.to_string(),
             unit,
-            ours: ours[i],
-            baseline: base,
-            baseline_name: "tgt".into(),
-            ratio,
-            goal: Some(goal),
-            met: ratio.map(|r| r >= goal),
-        });
+            ours[i],
+            "tgt",
+            base,
+            Some(Goal::AtLeast(goal)),
+        ));
     }
     // Against the storage under the file: the direct LUN and O_DIRECT reads of the file at
     // the same block size and queue depth; tgt's direct LUN for context.
     if let Some(d) = direct.first().copied().flatten() {
         let tgt_direct = direct.get(1).copied().flatten();
-        let ratio = d.own / raw.direct_read;
-        rows.push(BenchRow {
-            measure: "seq read 64 KiB QD8 (own) vs raw file, direct I/O".into(),
-            unit: "MB/s",
-            ours: d.own,
-            baseline: Some(raw.direct_read),
-            baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads".into(),
-            ratio: Some(ratio),
-            goal: Some(0.7),
-            met: Some(ratio >= 0.7),
-        });
+        rows.push(Row::new(
+            "seq read 64 KiB QD8 (own) vs raw file, direct I/O",
+            "MB/s",
+            d.own,
+            "raw O_DIRECT pread 64 KiB, 8 threads",
+            Some(raw.direct_read),
+            Some(Goal::AtLeast(0.7)),
+        ));
         if let Some(perf) = d.perf {
-            rows.push(BenchRow {
-                measure: "seq read 64 KiB QD8 (iscsi-perf) vs raw file, direct I/O".into(),
-                unit: "MB/s",
-                ours: perf,
-                baseline: Some(raw.direct_read),
-                baseline_name: "raw O_DIRECT pread 64 KiB, 8 threads".into(),
-                ratio: Some(perf / raw.direct_read),
-                goal: None,
-                met: None,
-            });
+            rows.push(Row::new(
+                "seq read 64 KiB QD8 (iscsi-perf) vs raw file, direct I/O",
+                "MB/s",
+                perf,
+                "raw O_DIRECT pread 64 KiB, 8 threads",
+                Some(raw.direct_read),
+                None,
+            ));
         }
         // The direct LUN reads ahead: what the storage gives requests of that size.
         let (chunk, depth) = scsi::READAHEAD_REQUEST;
-        rows.push(BenchRow {
-            measure: "seq read 64 KiB QD8 (own) vs raw file, direct I/O, readahead size".into(),
-            unit: "MB/s",
-            ours: d.own,
-            baseline: Some(raw.direct_ahead_read),
-            baseline_name: format!("raw O_DIRECT pread {} KiB, {depth} threads", chunk / 1024),
-            ratio: Some(d.own / raw.direct_ahead_read),
-            goal: None,
-            met: None,
-        });
+        rows.push(Row::new(
+            "seq read 64 KiB QD8 (own) vs raw file, direct I/O, readahead size",
+            "MB/s",
+            d.own,
+            format!("raw O_DIRECT pread {} KiB, {depth} threads", chunk / 1024),
+            Some(raw.direct_ahead_read),
+            None,
+        ));
         if let Some(t) = tgt_direct {
-            rows.push(BenchRow {
-                measure: "seq read 64 KiB QD8 direct I/O (own initiator)".into(),
-                unit: "MB/s",
-                ours: d.own,
-                baseline: Some(t.own),
-                baseline_name: "tgt, O_DIRECT".into(),
-                ratio: Some(d.own / t.own),
-                goal: None,
-                met: None,
-            });
+            rows.push(Row::new(
+                "seq read 64 KiB QD8 direct I/O (own initiator)",
+                "MB/s",
+                d.own,
+                "tgt, O_DIRECT",
+                Some(t.own),
+                None,
+            ));
             if let (Some(p), Some(tp)) = (d.perf, t.perf) {
-                rows.push(BenchRow {
-                    measure: "seq read 64 KiB QD8 direct I/O (iscsi-perf)".into(),
-                    unit: "MB/s",
-                    ours: p,
-                    baseline: Some(tp),
-                    baseline_name: "tgt, O_DIRECT".into(),
-                    ratio: Some(p / tp),
-                    goal: None,
-                    met: None,
-                });
+                rows.push(Row::new(
+                    "seq read 64 KiB QD8 direct I/O (iscsi-perf)",
+                    "MB/s",
+                    p,
+                    "tgt, O_DIRECT",
+                    Some(tp),
+                    None,
+                ));
             }
         }
     }
     // Reads that wait for the storage under the page cache, against plain reads of the
     // file from a cold cache; tgt for context.
-    let ratio = cold[0] / raw.cold_read;
-    rows.push(BenchRow {
-        measure: "seq read 64 KiB QD8 (own) vs raw file, cold page cache".into(),
-        unit: "MB/s",
-        ours: cold[0],
-        baseline: Some(raw.cold_read),
-        baseline_name: "raw pread 64 KiB, one thread, cold page cache".into(),
-        ratio: Some(ratio),
-        goal: Some(0.7),
-        met: Some(ratio >= 0.7),
-    });
+    rows.push(Row::new(
+        "seq read 64 KiB QD8 (own) vs raw file, cold page cache",
+        "MB/s",
+        cold[0],
+        "raw pread 64 KiB, one thread, cold page cache",
+        Some(raw.cold_read),
+        Some(Goal::AtLeast(0.7)),
+    ));
     if let Some(&t) = cold.get(1) {
-        rows.push(BenchRow {
-            measure: "seq read 64 KiB QD8 cold page cache (own initiator)".into(),
-            unit: "MB/s",
-            ours: cold[0],
-            baseline: Some(t),
-            baseline_name: "tgt, cold page cache".into(),
-            ratio: Some(cold[0] / t),
-            goal: None,
-            met: None,
-        });
+        rows.push(Row::new(
+            "seq read 64 KiB QD8 cold page cache (own initiator)",
+            "MB/s",
+            cold[0],
+            "tgt, cold page cache",
+            Some(t),
+            None,
+        ));
     }
     // Reads served from the page cache against a copy out of it (loopback TCP alone, with
     // no protocol, reaches about half of that on small machines: scripts/loopback-ceiling).
-    let ratio = ours[0] / raw.read;
-    rows.push(BenchRow {
-        measure: "seq read 64 KiB QD8 (own) vs raw file, page cache".into(),
-        unit: "MB/s",
-        ours: ours[0],
-        baseline: Some(raw.read),
-        baseline_name: "raw pread 64 KiB".into(),
-        ratio: Some(ratio),
-        goal: Some(0.7),
-        met: Some(ratio >= 0.7),
-    });
+    rows.push(Row::new(
+        "seq read 64 KiB QD8 (own) vs raw file, page cache",
+        "MB/s",
+        ours[0],
+        "raw pread 64 KiB",
+        Some(raw.read),
+        Some(Goal::AtLeast(0.7)),
+    ));
     // For context: the same reads driven by iscsi-perf, and the random writes against what
     // one thread writing the file directly reaches.
     if let Some(&perf_seq) = ours.get(LOADS.len()) {
-        rows.push(BenchRow {
-            measure: "seq read 64 KiB QD8 (iscsi-perf) vs raw file, page cache".into(),
-            unit: "MB/s",
-            ours: perf_seq,
-            baseline: Some(raw.read),
-            baseline_name: "raw pread 64 KiB".into(),
-            ratio: Some(perf_seq / raw.read),
-            goal: None,
-            met: None,
-        });
+        rows.push(Row::new(
+            "seq read 64 KiB QD8 (iscsi-perf) vs raw file, page cache",
+            "MB/s",
+            perf_seq,
+            "raw pread 64 KiB",
+            Some(raw.read),
+            None,
+        ));
     }
     if let Some(w) = LOADS.iter().position(|(_, l, _, _)| l.random && l.write) {
-        rows.push(BenchRow {
-            measure: "random write 4 KiB QD32 (own) vs raw file".into(),
-            unit: "IOPS",
-            ours: ours[w],
-            baseline: Some(raw.random_write),
-            baseline_name: "raw pwrite 4 KiB, one thread".into(),
-            ratio: Some(ours[w] / raw.random_write),
-            goal: None,
-            met: None,
-        });
+        rows.push(Row::new(
+            "random write 4 KiB QD32 (own) vs raw file",
+            "IOPS",
+            ours[w],
+            "raw pwrite 4 KiB, one thread",
+            Some(raw.random_write),
+            None,
+        ));
     }
-    Ok(BenchReport {
+    Ok(Report {
+        title: "iSCSI target benchmark".into(),
         machine: machine(),
-        backing: opts.backing.display().to_string(),
-        size_mib: opts.size_mib,
-        seconds_per_run: opts.duration.as_secs_f64(),
         rows,
+        notes: vec![format!(
+            "{} MiB backing file {}, {:.1} s per run",
+            opts.size_mib,
+            opts.backing.display(),
+            opts.duration.as_secs_f64()
+        )],
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(measure: &str, ours: f64) -> BenchRow {
-        BenchRow {
-            measure: measure.into(),
-            unit: "MB/s",
-            ours,
-            baseline: Some(ours / 2.0),
-            baseline_name: "tgt".into(),
-            ratio: Some(2.0),
-            goal: Some(1.5),
-            met: Some(true),
-        }
-    }
-
-    #[test]
-    fn the_table_keeps_its_columns_whatever_the_measure_names() {
-        let report = BenchReport {
-            machine: "test".into(),
-            backing: "/dev/null".into(),
-            size_mib: 1,
-            seconds_per_run: 1.0,
-            rows: vec![
-                row("short", 10.0),
-                row(
-                    "a measure whose name is longer than the usual column width",
-                    2000.0,
-                ),
-            ],
-        };
-        let text = report.to_string();
-        let lines: Vec<&str> = text.lines().skip(1).collect();
-        assert_eq!(lines.len(), 3);
-        // Every line's "ratio" column ends at the same position.
-        let ends: Vec<usize> = lines
-            .iter()
-            .map(|l| {
-                let at = l.find(if l.starts_with("measure") {
-                    "ratio"
-                } else {
-                    "2.00x"
-                });
-                at.unwrap() + 5
-            })
-            .collect();
-        assert!(ends.iter().all(|&e| e == ends[0]), "{text}");
-    }
 }

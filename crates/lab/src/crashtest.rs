@@ -16,10 +16,10 @@ use std::path::Path;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use crate::{DeletePolicy, Pool, PoolOptions, VolumeKind};
+use blockstore::{DeletePolicy, Pool, PoolOptions, VolumeKind};
 
 /// Size of every volume of the workload.
-pub const VOLUME_SIZE: u64 = 64 * crate::CHUNK_SIZE;
+pub const VOLUME_SIZE: u64 = 64 * blockstore::CHUNK_SIZE;
 const BLOCK: u64 = 4096;
 const BLOCKS: u64 = VOLUME_SIZE / BLOCK;
 const MAX_LIVE: usize = 6;
@@ -175,7 +175,7 @@ fn identify(b: &[u8], block: u64) -> Option<u64> {
 
 /// Runs the workload against the pool in `dir`, printing the index of each operation to
 /// `ack` once it has returned. Exits on the first error.
-pub fn run_child(dir: &Path, seed: u64, len: usize, ack: &mut dyn Write) -> crate::Result<()> {
+pub fn run_child(dir: &Path, seed: u64, len: usize, ack: &mut dyn Write) -> blockstore::Result<()> {
     let ops = plan(seed, len);
     let mut pool = Some(Pool::create(dir, PoolOptions::default())?);
     pool.as_ref().unwrap().set_checkpoint_threshold(8 * 1024);

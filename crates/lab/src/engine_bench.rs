@@ -1,5 +1,5 @@
 //! Engine benchmarks: ratios measured in one run on this machine, each against a baseline
-//! measured in the same run (`shadowlun bench engine [--json]` prints [`BenchReport`]).
+//! measured in the same run (`shadowlun bench engine [--json]` prints the [`Report`]).
 //!
 //! | Measure | Target |
 //! |---|---|
@@ -17,17 +17,16 @@
 //! more than its one metadata commit (one `fdatasync` of the log): on a disk where that takes
 //! milliseconds, the ratio is bounded by that commit rather than by the chunks copied.
 
-use std::fmt;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::Serialize;
 
-use crate::error::{Error, Result, io_err};
-use crate::{CHUNK_SIZE, Pool, PoolOptions};
+use blockstore::{CHUNK_SIZE, Error, Pool, PoolOptions, Result};
+
+use crate::report::{Goal, Report, Row, machine};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -42,113 +41,8 @@ pub struct BenchOptions {
     pub quick: bool,
 }
 
-/// Which way a ratio must go.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    /// `value / baseline` at most this (times).
-    AtMost(f64),
-    /// `value / baseline` at least this (throughputs).
-    AtLeast(f64),
-}
-
-/// One row of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Measure {
-    pub name: String,
-    pub baseline_label: String,
-    pub baseline: f64,
-    pub value: f64,
-    /// Unit of `baseline` and `value` (`ms` or `MB/s`).
-    pub unit: String,
-    pub ratio: f64,
-    pub target: Target,
-    pub pass: bool,
-}
-
-/// The benchmark results.
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub measures: Vec<Measure>,
-    /// CPUs visible to the process.
-    pub cpus: usize,
-    pub elapsed_secs: f64,
-    pub quick: bool,
-}
-
-impl BenchReport {
-    /// True if every measure met its target.
-    pub fn all_pass(&self) -> bool {
-        self.measures.iter().all(|m| m.pass)
-    }
-}
-
-impl fmt::Display for BenchReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<44} {:>22} {:>12} {:>8} {:>8}  result",
-            "measure", "baseline", "value", "ratio", "target"
-        )?;
-        for m in &self.measures {
-            let target = match m.target {
-                Target::AtMost(x) => format!("<= {x}"),
-                Target::AtLeast(x) => format!(">= {x}"),
-            };
-            let base = format!("{} {:.2} {}", m.baseline_label, m.baseline, m.unit);
-            writeln!(
-                f,
-                "{:<44} {:>22} {:>9.2} {:<2} {:>8.3} {:>8}  {}",
-                m.name,
-                base,
-                m.value,
-                m.unit,
-                m.ratio,
-                target,
-                if m.pass { "pass" } else { "FAIL" }
-            )?;
-        }
-        write!(
-            f,
-            "{} CPUs, {:.1} s{}",
-            self.cpus,
-            self.elapsed_secs,
-            if self.quick {
-                ", quick mode (sizes too small for the ratios to mean much)"
-            } else {
-                ""
-            }
-        )
-    }
-}
-
-fn measure(
-    name: &str,
-    label: &str,
-    baseline: f64,
-    value: f64,
-    unit: &str,
-    target: Target,
-) -> Measure {
-    let ratio = if baseline > 0.0 {
-        value / baseline
-    } else {
-        f64::INFINITY
-    };
-    let pass = match target {
-        Target::AtMost(x) => ratio <= x,
-        Target::AtLeast(x) => ratio >= x,
-    };
-    Measure {
-        name: name.into(),
-        baseline_label: label.into(),
-        baseline,
-        value,
-        unit: unit.into(),
-        ratio,
-        target,
-        pass,
-    }
+fn measure(name: &str, label: &str, baseline: f64, value: f64, unit: &str, goal: Goal) -> Row {
+    Row::new(name, unit, value, label, Some(baseline), Some(goal))
 }
 
 fn ms(t: Instant) -> f64 {
@@ -172,7 +66,7 @@ fn fill(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Runs every measure and returns the report.
-pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+pub fn run(opts: &BenchOptions) -> Result<Report> {
     let start = Instant::now();
     let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
@@ -189,14 +83,26 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     measures.push(reads_with_snapshots(&pool, q)?);
     measures.push(resync(&pool, q)?);
     drop(pool);
-    Ok(BenchReport {
-        measures,
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        elapsed_secs: start.elapsed().as_secs_f64(),
-        quick: q,
+    Ok(Report {
+        title: "Embedded engine benchmark".into(),
+        machine: machine(),
+        rows: measures,
+        notes: vec![format!(
+            "{:.1} s{}",
+            start.elapsed().as_secs_f64(),
+            if q {
+                ", quick mode (sizes too small for the ratios to mean much)"
+            } else {
+                ""
+            }
+        )],
     })
+}
+
+/// Context for an I/O error of the benchmark's own files.
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
 }
 
 fn write_spread(pool: &Pool, name: &str, size: u64, chunks: u64) -> Result<()> {
@@ -209,7 +115,7 @@ fn write_spread(pool: &Pool, name: &str, size: u64, chunks: u64) -> Result<()> {
     pool.flush()
 }
 
-fn snapshot_size(pool: &Pool, q: bool) -> Result<Measure> {
+fn snapshot_size(pool: &Pool, q: bool) -> Result<Row> {
     pool.create_volume("snap-1g", GIB)?;
     pool.create_volume("snap-1t", 1 << 40)?;
     let chunks = if q { 16 } else { 256 };
@@ -238,11 +144,11 @@ fn snapshot_size(pool: &Pool, q: bool) -> Result<Measure> {
         median(small),
         median(big),
         "ms",
-        Target::AtMost(1.2),
+        Goal::AtMost(1.2),
     ))
 }
 
-fn group(pool: &Pool, q: bool) -> Result<Measure> {
+fn group(pool: &Pool, q: bool) -> Result<Row> {
     let n = 64;
     let names: Vec<String> = (0..n).map(|i| format!("cg-{i}")).collect();
     for name in &names {
@@ -273,11 +179,11 @@ fn group(pool: &Pool, q: bool) -> Result<Measure> {
         median(one),
         median(all),
         "ms",
-        Target::AtMost(2.0),
+        Goal::AtMost(2.0),
     ))
 }
 
-fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Measure>> {
+fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Row>> {
     let size = if q { 8 * MIB } else { 256 * MIB };
     let io = MIB as usize;
     let data = fill(2, io);
@@ -332,7 +238,7 @@ fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Measure
             best(rw),
             best(vw),
             "MB/s",
-            Target::AtLeast(0.8),
+            Goal::AtLeast(0.8),
         ),
         measure(
             "sequential read 1 MiB vs raw file",
@@ -340,14 +246,14 @@ fn sequential(pool: &Pool, dir: &std::path::Path, q: bool) -> Result<Vec<Measure
             best(rr),
             best(vr),
             "MB/s",
-            Target::AtLeast(0.8),
+            Goal::AtLeast(0.8),
         ),
     ])
 }
 
 /// Random 4 KiB writes per second into the page cache; the flush that follows is not timed
 /// (with it both sides measure the disk's writeback, not the engine).
-fn random_writes(v: &crate::Volume, size: u64, n: usize, seed: u64) -> Result<f64> {
+fn random_writes(v: &blockstore::Volume, size: u64, n: usize, seed: u64) -> Result<f64> {
     let mut r = StdRng::seed_from_u64(seed);
     let blk = [0x5Au8; 4096];
     let offs: Vec<u64> = (0..n)
@@ -362,7 +268,7 @@ fn random_writes(v: &crate::Volume, size: u64, n: usize, seed: u64) -> Result<f6
     Ok(rate)
 }
 
-fn random_after_snapshot(pool: &Pool, q: bool) -> Result<Measure> {
+fn random_after_snapshot(pool: &Pool, q: bool) -> Result<Row> {
     let size = if q { 16 * MIB } else { 256 * MIB };
     let n = if q { 2000 } else { 20000 };
     pool.create_volume("rnd", size)?;
@@ -385,11 +291,11 @@ fn random_after_snapshot(pool: &Pool, q: bool) -> Result<Measure> {
         best(base),
         best(after),
         "IOPS",
-        Target::AtLeast(0.5),
+        Goal::AtLeast(0.5),
     ))
 }
 
-fn random_reads(v: &crate::Volume, size: u64, n: usize, seed: u64) -> Result<f64> {
+fn random_reads(v: &blockstore::Volume, size: u64, n: usize, seed: u64) -> Result<f64> {
     let mut r = StdRng::seed_from_u64(seed);
     let mut blk = [0u8; 4096];
     let offs: Vec<u64> = (0..n)
@@ -402,7 +308,7 @@ fn random_reads(v: &crate::Volume, size: u64, n: usize, seed: u64) -> Result<f64
     Ok(n as f64 / (ms(t) / 1e3))
 }
 
-fn reads_with_snapshots(pool: &Pool, q: bool) -> Result<Measure> {
+fn reads_with_snapshots(pool: &Pool, q: bool) -> Result<Row> {
     let size = if q { 8 * MIB } else { 64 * MIB };
     let n = if q { 5000 } else { 100_000 };
     pool.create_volume("rd", size)?;
@@ -438,7 +344,7 @@ fn reads_with_snapshots(pool: &Pool, q: bool) -> Result<Measure> {
         best(base),
         best(with),
         "IOPS",
-        Target::AtLeast(0.9),
+        Goal::AtLeast(0.9),
     ))
 }
 
@@ -446,7 +352,7 @@ fn reads_with_snapshots(pool: &Pool, q: bool) -> Result<Measure> {
 /// differing chunk plus one metadata commit per batch. The volume is 16 GiB (262,144 chunks)
 /// so that the per-chunk work, not the ~1 ms of the first commit, is what the ratio compares;
 /// every chunk holds one 4 KiB block (the bytes in a chunk do not change the work).
-fn resync(pool: &Pool, q: bool) -> Result<Measure> {
+fn resync(pool: &Pool, q: bool) -> Result<Row> {
     let chunks: u64 = if q { 512 } else { 262_144 };
     let size = chunks * CHUNK_SIZE;
     pool.create_volume("rs", size)?;
@@ -490,7 +396,7 @@ fn resync(pool: &Pool, q: bool) -> Result<Measure> {
         t_all,
         t_few,
         "ms",
-        Target::AtMost(0.05),
+        Goal::AtMost(0.05),
     ))
 }
 
@@ -505,12 +411,16 @@ mod tests {
             quick: true,
         })
         .unwrap();
-        assert_eq!(r.measures.len(), 7);
-        assert!(r.measures.iter().all(|m| m.baseline > 0.0 && m.value > 0.0));
+        assert_eq!(r.rows.len(), 7);
+        assert!(
+            r.rows
+                .iter()
+                .all(|m| m.baseline.is_some_and(|b| b > 0.0) && m.value > 0.0 && m.met.is_some())
+        );
         let text = r.to_string();
-        assert!(text.contains("consistency group") && text.contains("target"));
+        assert!(text.contains("consistency group") && text.contains("goal"));
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["measures"].as_array().unwrap().len(), 7);
-        assert!(json["measures"][0]["target"]["at_most"].is_number());
+        assert_eq!(json["rows"].as_array().unwrap().len(), 7);
+        assert!(json["rows"][0]["goal"]["at_most"].is_number());
     }
 }

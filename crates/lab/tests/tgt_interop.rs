@@ -1,9 +1,9 @@
-//! This crate's initiator against tgt (Debian's userspace target). Needs `tgtd` and
+//! shadowlun's initiator against tgt (Debian's userspace target). Needs `tgtd` and
 //! `tgtadm`, so it is ignored in the plain test run and run by `scripts/ci.d/30-iscsi.sh`:
-//! `cargo test -p iscsi --test tgt_interop -- --ignored`.
+//! `cargo test -p lab --test tgt_interop -- --ignored`.
 
-use iscsi::bench::Tgt;
 use iscsi::initiator::{InitiatorConfig, Session, discover};
+use lab::tgt::Tgt;
 
 #[test]
 #[ignore = "needs tgtd; run by scripts/ci.d/30-iscsi.sh"]

@@ -1,0 +1,17 @@
+//! Test rigs and benchmarks. The product's library crates and the Windows provider never
+//! depend on this crate; the `shadowlun` CLI uses it for `bench`, and tests use it as a
+//! dev-dependency.
+//!
+//! - [`report`]: the one report shape every benchmark prints.
+//! - [`engine_bench`]: the embedded engine against the raw file and against itself.
+//! - [`target_bench`]: the iSCSI target against tgt and the raw file.
+//! - [`tgt`]: a `tgtd` process, the target benchmark's baseline and the initiator's referee.
+//! - [`crashtest`]: the engine's crash workload (`blockstore-crashtest` kills it at random
+//!   points and checks what recovery kept).
+#![forbid(unsafe_code)]
+
+pub mod crashtest;
+pub mod engine_bench;
+pub mod report;
+pub mod target_bench;
+pub mod tgt;
