@@ -1,0 +1,239 @@
+//! The commit protocol: the state lock, the log, data syncs and checkpoints.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::{CHECKPOINT_FILE, LOG_FILE};
+use crate::error::{Error, Result, io_err};
+use crate::format::{self, CHECKPOINT_MAGIC, HEADER_LEN, Header, LOG_MAGIC};
+use crate::state::State;
+
+pub(crate) struct Committer {
+    pub(super) log: File,
+    pub(super) generation: u64,
+    pub(super) len: u64,
+    pub(crate) seq: u64,
+    pub(super) checkpoint_bytes: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) data: File,
+    pub(crate) state: RwLock<State>,
+    pub(crate) commit: Mutex<Committer>,
+    pub(super) failed: AtomicBool,
+    /// Set after every data write; a commit syncs the data file only when it is set.
+    pub(super) data_dirty: AtomicBool,
+    pub(super) _lock: File,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("sync directory {}", dir.display())))
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file and a rename, durably.
+pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<File> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&tmp)
+        .map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(bytes)
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("sync {}", tmp.display())))?;
+    fs::rename(&tmp, &path).map_err(io_err(format!("rename to {}", path.display())))?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+pub(super) fn checkpoint_bytes(generation: u64, payload: &[u8]) -> Result<Vec<u8>> {
+    let body_len = u32::try_from(payload.len())
+        .map_err(|_| Error::Invalid("metadata too large for one checkpoint".into()))?;
+    let mut out = Header {
+        magic: CHECKPOINT_MAGIC,
+        generation,
+        body_len,
+    }
+    .encode()
+    .to_vec();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    Ok(out)
+}
+
+impl Drop for Inner {
+    /// A clean close commits what is pending, like a flush.
+    fn drop(&mut self) {
+        if !self.failed.load(Ordering::Acquire) {
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "final commit on close failed");
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
+        self.state.read().map_err(|_| Error::Failed)
+    }
+
+    pub(crate) fn write(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        self.state.write().map_err(|_| Error::Failed)
+    }
+
+    fn committer(&self) -> Result<MutexGuard<'_, Committer>> {
+        let c = self.commit.lock().map_err(|_| Error::Failed)?;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Failed);
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn fail<T>(&self, e: Error) -> Result<T> {
+        tracing::error!(error = %e, "metadata commit failed; the pool stops accepting changes");
+        self.failed.store(true, Ordering::Release);
+        Err(e)
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            Err(Error::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Syncs the data file if anything was written since the last sync. A writer sets the
+    /// flag after its write and before it is acknowledged (and, on the slow path, before its
+    /// mapping record can be taken by a commit), so every acknowledged write is covered.
+    fn sync_data(&self) -> Result<()> {
+        if self.data_dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.data.sync_data() {
+                self.data_dirty.store(true, Ordering::Release);
+                return Err(io_err("sync the data file")(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes to the data file and marks it dirty.
+    pub(crate) fn write_data(&self, buf: &[u8], at: u64) -> std::io::Result<()> {
+        let r = self.data.write_all_at(buf, at);
+        self.data_dirty.store(true, Ordering::Release);
+        r
+    }
+
+    fn append(&self, c: &mut Committer, records: &[u8]) -> Result<()> {
+        let frame = format::encode_frame(c.seq + 1, records);
+        c.log
+            .write_all_at(&frame, c.len)
+            .map_err(io_err("append to the log"))?;
+        c.log.sync_data().map_err(io_err("sync the log"))?;
+        c.seq += 1;
+        c.len += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Commits everything pending while the caller holds the state lock.
+    fn commit_locked(&self, c: &mut Committer, st: &mut State) -> Result<()> {
+        let (records, rel) = st.take_pending();
+        if let Err(e) = self.sync_data() {
+            return self.fail(e);
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.append(c, &records) {
+                return self.fail(e);
+            }
+        }
+        st.apply_releases(rel);
+        Ok(())
+    }
+
+    /// Runs a pool operation: checks and applies it under the state lock and commits it before
+    /// any I/O sees the result. I/O stalls only for this commit.
+    pub(crate) fn run_op<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut c = self.committer()?;
+        // Most dirty data goes out before I/O is stopped.
+        if let Err(e) = self.sync_data() {
+            return self.fail(e);
+        }
+        let r = {
+            let mut st = self.write()?;
+            let r = f(&mut st);
+            self.commit_locked(&mut c, &mut st)?;
+            r
+        };
+        self.maybe_checkpoint(&mut c)?;
+        r
+    }
+
+    /// Makes every acknowledged write and change durable, without stopping I/O for the syncs.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let mut c = self.committer()?;
+        let (records, rel) = self.write()?.take_pending();
+        if let Err(e) = self.sync_data() {
+            return self.fail(e);
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.append(&mut c, &records) {
+                return self.fail(e);
+            }
+        }
+        if !rel.is_empty() {
+            self.write()?.apply_releases(rel);
+        }
+        self.maybe_checkpoint(&mut c)
+    }
+
+    fn maybe_checkpoint(&self, c: &mut Committer) -> Result<()> {
+        if c.len < c.checkpoint_bytes {
+            return Ok(());
+        }
+        match self.checkpoint(c) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Folds the log into a new checkpoint and starts an empty log.
+    fn checkpoint(&self, c: &mut Committer) -> Result<()> {
+        let payload = {
+            let mut st = self.write()?;
+            self.commit_locked(c, &mut st)?;
+            st.encode_checkpoint()
+        };
+        let generation = c.generation + 1;
+        write_atomic(
+            &self.dir,
+            CHECKPOINT_FILE,
+            &checkpoint_bytes(generation, &payload)?,
+        )?;
+        let log = write_atomic(
+            &self.dir,
+            LOG_FILE,
+            &Header {
+                magic: LOG_MAGIC,
+                generation,
+                body_len: 0,
+            }
+            .encode(),
+        )?;
+        tracing::debug!(generation, bytes = payload.len(), "wrote checkpoint");
+        c.log = log;
+        c.generation = generation;
+        c.len = HEADER_LEN as u64;
+        c.seq = 0;
+        Ok(())
+    }
+}
