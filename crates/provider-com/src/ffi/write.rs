@@ -1,5 +1,5 @@
-//! Writing back `[in,out]` structures follows contract §3.6: only the fields the core changed
-//! are rewritten; each new buffer is `CoTaskMemAlloc` memory; the old buffer is freed with
+//! Writing back `[in,out]` structures follows `docs/vss-contract.md` §5.2 and §5.3: only
+//! the fields the core changed are rewritten; each new buffer is `CoTaskMemAlloc` memory; the old buffer is freed with
 //! `CoTaskMemFree` only after every new buffer of the whole array has been allocated, so an
 //! allocation failure leaves the caller's structures exactly as received. The top-level arrays
 //! belong to VSS and are never freed; `m_rgInterconnects` is never touched.
@@ -138,6 +138,8 @@ fn str_update(
     }))
 }
 
+/// A string field may be rewritten only if the new value is no longer than the old one
+/// (`docs/vss-contract.md` §5.4).
 fn str_fits(before: &Option<String>, after: &Option<String>) -> bool {
     match (before, after) {
         (None, _) => true,
@@ -236,7 +238,7 @@ fn prepare(before: &LunInfo, after: &LunInfo) -> Result<LunUpdate, FfiError> {
 /// `*field` is NULL or CoTaskMem memory owned by the structure.
 unsafe fn swap_str(field: &mut *mut u8, update: StrUpdate) {
     if let Some(new) = update {
-        // SAFETY: the old value is CoTaskMem owned by the structure (contract §3.6).
+        // SAFETY: the old value is CoTaskMem owned by the structure (`docs/vss-contract.md` §5.2).
         unsafe { CoTaskMemFree(Some((*field).cast_const().cast())) };
         *field = new.map_or(ptr::null_mut(), |b| b.release());
     }

@@ -182,7 +182,8 @@ impl BackupComponents {
         Ok(snapshot_id)
     }
 
-    /// `DoSnapshotSet`: the whole creation sequence of contract §2.4, in the diagram order.
+    /// `DoSnapshotSet`: the whole creation sequence of `docs/vss-contract.md` §2.2, in
+    /// the diagram order (§2.3).
     pub fn do_snapshot_set(&mut self) -> Result<VssId, VssError> {
         let Some(pending) = self.pending.take() else {
             return Err(VssError::refused(
@@ -262,13 +263,13 @@ impl BackupComponents {
         }
         c.trace.step(format!("DoSnapshotSet {set_id}"));
 
-        // 6. EndPrepareSnapshots, once per provider.
+        // 5. EndPrepareSnapshots, once per provider.
         for p in &providers {
             undo.ended.push(p.clone());
             p.end_prepare_snapshots(set_id).map_err(pf(p))?;
         }
 
-        // 7. VSS flags on every source LUN.
+        // 6. VSS flags on every source LUN.
         let mut sources: Vec<String> = Vec::new();
         for s in &pending.snapshots {
             for d in &s.devices {
@@ -286,7 +287,7 @@ impl BackupComponents {
         }
         c.trace.step("set VSS flags on source LUNs");
 
-        // 8-9. Writers: PrepareForSnapshot, Freeze.
+        // 7. Writers: PrepareForSnapshot, Freeze.
         let writers: Vec<Arc<dyn Writer>> = if ctx.contains(Attr::NO_WRITERS) {
             Vec::new()
         } else {
@@ -311,12 +312,12 @@ impl BackupComponents {
                 })?;
         }
 
-        // 10. PreCommitSnapshots.
+        // 8. PreCommitSnapshots.
         for p in &providers {
             p.pre_commit_snapshots(set_id).map_err(pf(p))?;
         }
 
-        // 11-13. Flush and hold, CommitSnapshots, release.
+        // 9-11. Flush and hold, CommitSnapshots, release.
         c.host.hold_writes(&sources, c.config.hold_window);
         undo.holding = true;
         c.trace.step("K: flush and hold writes");
@@ -342,20 +343,20 @@ impl BackupComponents {
             ));
         }
 
-        // 14. Clear the flags on the source LUNs (the snapshot LUNs keep them).
+        // 12. Clear the flags on the source LUNs (the snapshot LUNs keep them).
         for d in &sources {
             c.host.update_gpt(d, 0, gpt_flags::VSS_FLAGS, None)?;
         }
         undo.flagged.clear();
         c.trace.step("clear VSS flags on source LUNs");
 
-        // 15. PostCommitSnapshots.
+        // 13. PostCommitSnapshots.
         let count = pending.snapshots.len() as i32;
         for p in &providers {
             p.post_commit_snapshots(set_id, count).map_err(pf(p))?;
         }
 
-        // 16. Thaw.
+        // 14. Thaw.
         for w in undo.frozen.drain(..).collect::<Vec<_>>() {
             c.trace.step(format!("W: OnThaw {}", w.name()));
             w.thaw().map_err(|source| {
@@ -367,7 +368,7 @@ impl BackupComponents {
             })?;
         }
 
-        // 17. GetTargetLuns, once per provider over its distinct LUNs.
+        // 15. GetTargetLuns, once per provider over its distinct LUNs.
         let mut luns: Vec<LunRecord> = Vec::new();
         let mut lun_index: BTreeMap<(VssId, String), usize> = BTreeMap::new();
         for p in &providers {
@@ -439,7 +440,7 @@ impl BackupComponents {
             order: c.next_order.fetch_add(1, Ordering::Relaxed),
         };
 
-        // 18. Transportable: the BCD is complete; otherwise auto-import on this host.
+        // 16. Transportable: the BCD is complete; otherwise auto-import on this host.
         let autorecover = ctx.contains(Attr::AUTORECOVER) && !ctx.contains(Attr::NO_AUTORECOVERY);
         if !ctx.is_transportable() || autorecover {
             let (imported, missing) = c.surface(&mut known)?;
@@ -456,7 +457,7 @@ impl BackupComponents {
                 .step("transportable: BCD complete, nothing surfaced");
         }
 
-        // 19-21. PreFinalCommit, writers' OnPostSnapshot (auto-recovery), PostFinalCommit.
+        // 17-19. PreFinalCommit, writers' OnPostSnapshot (auto-recovery), PostFinalCommit.
         for p in &providers {
             p.pre_final_commit_snapshots(set_id).map_err(pf(p))?;
         }
@@ -540,7 +541,7 @@ impl BackupComponents {
     }
 }
 
-/// Providers must not touch `m_rgInterconnects` (contract §3.2.1).
+/// Providers must not touch `m_rgInterconnects` (`docs/vss-contract.md` §4.1, §6.4).
 fn check_interconnects(
     host: &Host,
     devices: &[String],

@@ -20,7 +20,7 @@ impl Coordinator {
         )
     }
 
-    /// LocateLuns, rescan, FillInLunInfo for each arriving disk, matching (§7.4), and mounting
+    /// LocateLuns, rescan, FillInLunInfo for each arriving disk, matching (`docs/vss-contract.md` §7.4), and mounting
     /// of the snapshot volumes hidden and read-only. Returns (imported, missing) snapshot counts.
     pub(super) fn surface(&self, set: &mut KnownSet) -> Result<(usize, usize), VssError> {
         let rec = set.record.clone();

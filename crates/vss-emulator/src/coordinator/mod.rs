@@ -1,8 +1,8 @@
 //! The VSS coordinator (vssvc) of one host, and the requester interface
 //! (`IVssBackupComponents`) that drives it.
 //!
-//! The coordinator is the only caller of providers. It follows the call order of contract §2
-//! (the diagram order: `GetTargetLuns` and auto-import before `PreFinalCommitSnapshots`),
+//! The coordinator is the only caller of providers. It follows the call order of
+//! `docs/vss-contract.md` §2.2 (in the diagram order of §2.3: `GetTargetLuns` and auto-import before `PreFinalCommitSnapshots`),
 //! enforces VSS's rules (one set in flight, at most 64 volumes, no partial sets, abort only
 //! after `DoSnapshotSet` began, the flush-and-hold and freeze windows, status translation),
 //! keeps VSS's partition flags on the LUNs, and records every step in a [`Trace`].
