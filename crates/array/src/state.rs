@@ -20,9 +20,9 @@ use vss::identity::LunIdentity;
 use vss::scsi::Designator;
 use vss::{SnapshotContext, VssId};
 
-use crate::backend::{BLOCK_SIZE, Backend};
-use crate::error::{ArrayError, BackendError};
+use crate::error::ArrayError;
 use crate::journal::Journal;
+use storage::{BLOCK_SIZE, Backend, BackendError};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,18 @@ pub struct LunRow {
     pub owner: Option<String>,
     pub state: LunState,
     pub created_at: u64,
+}
+
+/// The id of LUN number `number`, which is also the name of its volume.
+pub fn lun_id(number: u64) -> LunId {
+    format!("lun-{number}")
+}
+
+/// Whether `name` has the form of [`lun_id`]: the only volumes the array may delete without
+/// a LUN row saying so.
+pub fn is_lun_id(name: &str) -> bool {
+    name.strip_prefix("lun-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The scope of the administrator on verbs that otherwise take a host: every LUN and job.
@@ -426,12 +438,19 @@ impl Array {
             .filter(|l| l.state != LunState::Prepared)
             .map(|l| l.id.as_str())
             .collect();
+        // Only names this array gives its volumes are its to delete; the backend lists only
+        // its own volumes, and this holds even if one lists more.
         let have = backend.volumes()?;
         for v in &have {
-            if !wanted.contains(v.name.as_str()) {
-                tracing::warn!(volume = %v.name, "deleting orphan volume not in the journal");
-                backend.delete_volume(&v.name)?;
+            if wanted.contains(v.name.as_str()) {
+                continue;
             }
+            if !is_lun_id(&v.name) {
+                tracing::info!(volume = %v.name, "left alone a volume this array did not name");
+                continue;
+            }
+            tracing::warn!(volume = %v.name, "deleting orphan volume not in the journal");
+            backend.delete_volume(&v.name)?;
         }
         for id in &wanted {
             if !have.iter().any(|v| v.name == *id) {
@@ -643,7 +662,7 @@ impl Array {
                 )));
             }
             next += 1;
-            let id = format!("lun-{next}");
+            let id = lun_id(next);
             let src = &db.luns[&s.source];
             records.push(Record::Lun(LunRow {
                 id: id.clone(),
@@ -1240,7 +1259,7 @@ impl Array {
             )));
         }
         let n = inner.db.next_number + 1;
-        let id = format!("lun-{n}");
+        let id = lun_id(n);
         self.0.backend.create_volume(&id, req.size_bytes)?;
         let row = LunRow {
             id: id.clone(),

@@ -1,7 +1,7 @@
 use std::sync::atomic::AtomicU64;
 
 use super::*;
-use crate::backend::{FileBackend, MemoryBackend};
+use storage::{EngineBackend, FileBackend, MemoryBackend};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
@@ -22,7 +22,7 @@ impl Exporter for Recorder {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     array: Array,
     backend: Arc<dyn Backend>,
     rec: Arc<Recorder>,
@@ -89,7 +89,7 @@ fn fixture_with(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Fixture {
             .unwrap();
     }
     Fixture {
-        _dir: dir,
+        dir,
         array,
         backend,
         rec,
@@ -280,7 +280,7 @@ fn state_rules_refuse_out_of_order_verbs() {
 fn an_empty_set_commits_without_engine_work() {
     // The engine refuses empty consistency groups; the array must not ask for one.
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(crate::backend::EngineBackend::open(dir.path()).unwrap());
+    let engine = Arc::new(EngineBackend::open(&dir.path().join("engine")).unwrap());
     let f = fixture_with(engine, dir);
     let set = uuid::Uuid::new_v4();
     f.array.prepare("a", set, SnapshotContext(0), &[]).unwrap();
@@ -364,7 +364,8 @@ fn reaper_removes_stale_prepared_and_aborted_sets_never_committed_ones() {
 #[test]
 fn journal_recovers_state_and_orphan_volumes_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(FileBackend::open(dir.path()).unwrap());
+    let backend: Arc<dyn Backend> =
+        Arc::new(FileBackend::open(&dir.path().join("volumes")).unwrap());
     let path = dir.path().to_path_buf();
     let f = fixture_with(backend.clone(), dir);
     let set = uuid::Uuid::new_v4();
@@ -396,6 +397,40 @@ fn journal_recovers_state_and_orphan_volumes_are_deleted() {
         })
         .unwrap();
     assert_eq!(l.id, "lun-4");
+}
+
+#[test]
+fn the_start_up_sweep_deletes_only_volumes_named_as_this_array_names_them() {
+    let f = fixture();
+    let strangers = ["lun-", "lun-7a", "vm-disk-1", "lun-3.base-of-someone"];
+    for name in strangers.iter().chain(&["lun-999"]) {
+        f.backend.create_volume(name, 1 << 20).unwrap();
+    }
+    drop(f.array);
+    let _again = open(
+        f.dir.path(),
+        f.backend.clone(),
+        f.rec.clone(),
+        f.clock.clone(),
+    );
+    assert!(matches!(
+        f.backend.volume("lun-999"),
+        Err(BackendError::NoVolume(_))
+    ));
+    let mut left: Vec<String> = f
+        .backend
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = strangers.iter().map(|s| s.to_string()).collect();
+    want.extend([f.a_lun.clone(), f.b_lun.clone()]);
+    want.sort();
+    assert_eq!(left, want);
+    assert!(is_lun_id("lun-12") && !is_lun_id("lun-") && !is_lun_id("xlun-1"));
+    assert_eq!(lun_id(12), "lun-12");
 }
 
 #[test]
