@@ -31,5 +31,5 @@ pub mod tls;
 pub use config::Config;
 pub use daemon::{RunningArray, serve, start, start_with};
 pub use error::{ArrayError, ConfigError, JournalError};
-pub use state::{Array, Caller, ExportedLun, Exporter, NoExport, Policy};
+pub use state::{Array, ExportedLun, Exporter, NoExport, Policy, Scope};
 pub use storage::{BackendConfig, BackendError};

@@ -1,7 +1,13 @@
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use api::{
+    CreateHost, CreateLun, JobState, JobStatus, LunKey, MapLun, PlannedSnapshot, ResyncPair,
+    SetState,
+};
+use storage::{BackendError, EngineBackend, FileBackend, MemoryBackend};
+use vss::SnapshotContext;
 
 use super::*;
-use storage::{EngineBackend, FileBackend, MemoryBackend};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
@@ -111,6 +117,20 @@ fn plan(src: &str) -> Vec<PlannedSnapshot> {
         snapshot_id: uuid::Uuid::new_v4(),
         source: src.into(),
     }]
+}
+
+/// Host a's snapshot LUN of its LUN, in a set of its own, committed.
+fn committed_snapshot_of_a(f: &Fixture) -> LunId {
+    let set = uuid::Uuid::new_v4();
+    f.array
+        .prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
+        .unwrap();
+    f.array.commit("a", set).unwrap();
+    f.array
+        .describe("a", set, std::slice::from_ref(&f.a_lun))
+        .unwrap()[0]
+        .lun
+        .clone()
 }
 
 fn key_of(array: &Array, lun: &str) -> LunKey {
@@ -241,7 +261,7 @@ fn hosts_see_and_act_only_on_their_own_luns_and_sets() {
         Err(ArrayError::NotFound(_))
     ));
     assert!(a.list_sets("b").is_empty());
-    assert_eq!(a.authenticate("admin-secret"), Some(Caller::Admin));
+    assert_eq!(a.authenticate("admin-secret"), Some(Scope::Admin));
     assert_eq!(a.authenticate("nope"), None);
     let _ = f.b_lun;
 }
@@ -439,19 +459,11 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
     let a = &f.array;
     let dev = f.backend.device(&f.a_lun).unwrap();
     dev.write_at(512, &[3u8; 512], false).unwrap();
-    let set = uuid::Uuid::new_v4();
-    a.prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
-        .unwrap();
-    a.commit("a", set).unwrap();
-    let snap = a
-        .describe("a", set, std::slice::from_ref(&f.a_lun))
-        .unwrap()[0]
-        .lun
-        .clone();
+    let snap = committed_snapshot_of_a(&f);
     dev.write_at(512, &[4u8; 512], false).unwrap();
     let job = a
         .start_resync(
-            "a",
+            &Scope::host("a"),
             &[ResyncPair {
                 snapshot: snap,
                 destination: f.a_lun.clone(),
@@ -460,7 +472,7 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let st = loop {
-        let st = a.resync_status("a", &job).unwrap();
+        let st = a.resync_status(&Scope::host("a"), &job).unwrap();
         if st.state != JobState::Running || std::time::Instant::now() > deadline {
             break st;
         }
@@ -477,9 +489,48 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
     dev.read_at(512, &mut buf).unwrap();
     assert_eq!(buf, [3u8; 512]);
     assert!(matches!(
-        a.resync_status("b", &job),
+        a.resync_status(&Scope::host("b"), &job),
         Err(ArrayError::NotFound(_))
     ));
+}
+
+#[test]
+fn a_job_the_admin_started_reaches_the_admin_only_and_is_journaled_as_before() {
+    let f = fixture();
+    let a = &f.array;
+    let snap = committed_snapshot_of_a(&f);
+    let pair = ResyncPair {
+        snapshot: snap,
+        destination: f.b_lun.clone(),
+    };
+    // Host a may not see b's LUN; the administrator sees every LUN.
+    assert!(matches!(
+        a.start_resync(&Scope::host("a"), std::slice::from_ref(&pair)),
+        Err(ArrayError::NotFound(_))
+    ));
+    let job = a.start_resync(&Scope::Admin, &[pair]).unwrap();
+    a.resync_status(&Scope::Admin, &job).unwrap();
+    for host in ["a", "b"] {
+        assert!(matches!(
+            a.resync_status(&Scope::host(host), &job),
+            Err(ArrayError::NotFound(_))
+        ));
+        assert!(matches!(
+            a.cancel_resync(&Scope::host(host), &job),
+            Err(ArrayError::NotFound(_))
+        ));
+    }
+    // The journal spells the administrator as it always has.
+    let old = r#"{"job":{"id":"job-1","host":"*admin*","pairs":[],"status":{"state":"finished","progress":100}}}"#;
+    let Record::Job(row) = serde_json::from_str::<Record>(old).unwrap() else {
+        panic!("not a job record")
+    };
+    assert_eq!(row.host, Scope::Admin);
+    assert_eq!(serde_json::to_string(&Record::Job(row)).unwrap(), old);
+    let host: Scope = serde_json::from_str(r#""a""#).unwrap();
+    assert_eq!(host, Scope::host("a"));
+    assert!(Scope::Admin.reaches(&host) && host.reaches(&host));
+    assert!(!host.reaches(&Scope::Admin) && !host.reaches(&Scope::host("b")));
 }
 
 #[test]
@@ -591,15 +642,7 @@ fn a_host_importing_from_another_sees_its_snapshot_luns_but_never_its_originals(
         import_from: vec!["a".into()],
     })
     .unwrap();
-    let set = uuid::Uuid::new_v4();
-    a.prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
-        .unwrap();
-    a.commit("a", set).unwrap();
-    let snap = a
-        .describe("a", set, std::slice::from_ref(&f.a_lun))
-        .unwrap()[0]
-        .lun
-        .clone();
+    let snap = committed_snapshot_of_a(&f);
     assert!(a.lookup("backup", &[key_of(a, &snap)]).unwrap()[0].is_some());
     assert_eq!(
         a.lookup("backup", &[key_of(a, &f.a_lun)]).unwrap(),
