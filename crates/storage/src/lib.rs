@@ -29,8 +29,8 @@ pub use error::{BackendError, Cause};
 pub use files::FileBackend;
 pub use memory::MemoryBackend;
 
-/// Most volumes one [`Backend::snapshot_group`] takes, whatever the engine (the embedded
-/// engine's consistency-group limit).
+/// The most volumes the array puts in one [`Backend::snapshot_group`]: the embedded engine's
+/// consistency-group limit, which every engine takes.
 pub const MAX_GROUP: usize = blockstore::MAX_GROUP;
 
 /// A volume as the engine reports it.

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 
 use api::{JobId, JobStatus, LunId, Mapping, ResyncPair, SetState, SnapshotOrigin};
 use serde::{Deserialize, Serialize};
-use vss::{SnapshotContext, VssId};
-
 use storage::Backend;
+use vss::{SnapshotContext, VssId};
 
 use super::{Array, Scope};
 use crate::error::ArrayError;
