@@ -238,6 +238,19 @@ mod tests {
     }
 
     #[test]
+    fn a_written_configuration_reads_back_the_same() {
+        let c = Config {
+            backend: BackendConfig::Memory(storage::MemoryConfig {
+                capacity_bytes: Some(1 << 30),
+            }),
+            ..Config::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[backend]\nkind = \"memory\""), "{text}");
+        assert_eq!(Config::parse(&text, "t").unwrap(), c);
+    }
+
+    #[test]
     fn the_older_backend_string_still_means_that_kind() {
         let old = "pool_dir = '/srv/pool'\nbackend = 'files'\napi_listen = '127.0.0.1:9443'\n";
         let c = Config::parse(old, "t").unwrap();
