@@ -4,23 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use storage::BackendConfig;
 
 use crate::error::ConfigError;
-
-/// Which storage engine holds the volumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// The embedded engine (`blockstore`) in `<pool_dir>/engine`: thin volumes, O(1)
-    /// consistency-group snapshots and clones.
-    #[default]
-    Engine,
-    /// Sparse files under `<pool_dir>/volumes` (snapshots are full sparse copies).
-    Files,
-    /// Volumes in memory, lost at exit: for tests and demos.
-    Memory,
-}
 
 /// Daemon configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +15,9 @@ pub enum BackendKind {
 pub struct Config {
     /// Directory holding the journal, certificate, admin token and volumes.
     pub pool_dir: PathBuf,
-    pub backend: BackendKind,
+    /// Which storage engine holds the volumes, with its settings: the `[backend]` table.
+    #[serde(deserialize_with = "backend_table")]
+    pub backend: BackendConfig,
     /// iSCSI portals the target listens on.
     pub iscsi_portals: Vec<SocketAddr>,
     /// Address of the HTTPS control API.
@@ -58,7 +47,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             pool_dir: PathBuf::from("/var/lib/shadowlun"),
-            backend: BackendKind::Engine,
+            backend: BackendConfig::default(),
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             target_name: "iqn.2026-01.org.shadowlun:array".into(),
@@ -71,6 +60,67 @@ impl Default for Config {
             tls_key: None,
             tls_names: Vec::new(),
         }
+    }
+}
+
+/// The kinds as a list for messages: `"engine", "files" or "memory"`.
+fn kinds() -> String {
+    let quoted: Vec<String> = BackendConfig::KINDS
+        .iter()
+        .map(|k| format!("{k:?}"))
+        .collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// Reads `backend`: the `[backend]` table, or the string of the older form
+/// (`backend = "files"`), which still means that kind with its default settings.
+fn backend_table<'de, D: Deserializer<'de>>(d: D) -> Result<BackendConfig, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(kind) => match BackendConfig::with_defaults(&kind) {
+            Some(b) => {
+                tracing::warn!(
+                    "`backend = {kind:?}` is the older form of the setting; it still works, \
+                     but write `[backend]` with `kind = {kind:?}` on the next line instead"
+                );
+                Ok(b)
+            }
+            None => Err(D::Error::custom(format!(
+                "`backend = {kind:?}` names no storage backend; write a `[backend]` table with \
+                 `kind = ` one of {}",
+                kinds()
+            ))),
+        },
+        toml::Value::Table(table) => {
+            match table.get("kind") {
+                Some(toml::Value::String(kind))
+                    if BackendConfig::KINDS.contains(&kind.as_str()) => {}
+                Some(toml::Value::String(kind)) => {
+                    return Err(D::Error::custom(format!(
+                        "[backend] kind = {kind:?} is not a storage backend; set kind to {}",
+                        kinds()
+                    )));
+                }
+                _ => {
+                    return Err(D::Error::custom(format!(
+                        "the [backend] table needs `kind = ` one of {}",
+                        kinds()
+                    )));
+                }
+            }
+            table.try_into().map_err(|e: toml::de::Error| {
+                D::Error::custom(format!("[backend]: {}", e.message()))
+            })
+        }
+        other => Err(D::Error::custom(format!(
+            "backend must be a `[backend]` table (found {}) with `kind = ` one of {}",
+            other.type_str(),
+            kinds()
+        ))),
     }
 }
 
@@ -108,10 +158,10 @@ impl Config {
         if self.reaper_interval_secs == 0 {
             return Err(bad("reaper_interval_secs must be at least 1".into()));
         }
-        if self.max_luns_per_set == 0 || self.max_luns_per_set > blockstore::MAX_GROUP {
+        if self.max_luns_per_set == 0 || self.max_luns_per_set > storage::MAX_GROUP {
             return Err(bad(format!(
                 "max_luns_per_set must be 1 to {} (the engine's consistency group limit)",
-                blockstore::MAX_GROUP
+                storage::MAX_GROUP
             )));
         }
         Ok(())
@@ -164,6 +214,85 @@ mod tests {
         let text = include_str!("../array.example.toml");
         let c = Config::parse(text, "array.example.toml").unwrap();
         assert_eq!(c.reaper_timeout_secs, 1800);
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn backend_is_a_table_tagged_by_kind_with_its_own_settings() {
+        let c = Config::parse("[backend]\nkind = 'files'\npath = '/srv/volumes'\n", "t").unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::Files(storage::FilesConfig {
+                path: Some("/srv/volumes".into())
+            })
+        );
+        let c = Config::parse("[backend]\nkind = 'memory'\ncapacity_bytes = 4096\n", "t").unwrap();
+        assert_eq!(
+            c.backend,
+            BackendConfig::Memory(storage::MemoryConfig {
+                capacity_bytes: Some(4096)
+            })
+        );
+        let c = Config::parse("pool_dir = '/p'\n[backend]\nkind = 'engine'\n", "t").unwrap();
+        assert_eq!(c.backend, BackendConfig::default());
+    }
+
+    #[test]
+    fn a_written_configuration_reads_back_the_same() {
+        let c = Config {
+            backend: BackendConfig::Memory(storage::MemoryConfig {
+                capacity_bytes: Some(1 << 30),
+            }),
+            ..Config::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("[backend]\nkind = \"memory\""), "{text}");
+        assert_eq!(Config::parse(&text, "t").unwrap(), c);
+    }
+
+    #[test]
+    fn the_older_backend_string_still_means_that_kind() {
+        let old = "pool_dir = '/srv/pool'\nbackend = 'files'\napi_listen = '127.0.0.1:9443'\n";
+        let c = Config::parse(old, "t").unwrap();
+        assert_eq!(c.backend, BackendConfig::with_defaults("files").unwrap());
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:9443");
+        for kind in BackendConfig::KINDS {
+            let c = Config::parse(&format!("backend = '{kind}'"), "t").unwrap();
+            assert_eq!(c.backend.kind(), *kind);
+        }
+    }
+
+    fn reason(text: &str) -> String {
+        match Config::parse(text, "t") {
+            Err(ConfigError::Invalid { reason, .. }) => reason,
+            other => panic!("{text:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_backend_says_what_to_write_instead() {
+        let r = reason("[backend]\nkind = 'ceph'\n");
+        assert!(
+            r.contains(r#"[backend] kind = "ceph" is not a storage backend; set kind to "engine", "files" or "memory""#),
+            "{r}"
+        );
+        let r = reason("backend = 'ceph'\n");
+        assert!(
+            r.contains(r#"`backend = "ceph"` names no storage backend; write a `[backend]` table with `kind = ` one of "engine", "files" or "memory""#),
+            "{r}"
+        );
+        let r = reason("[backend]\npath = '/x'\n");
+        assert!(
+            r.contains("the [backend] table needs `kind = ` one of"),
+            "{r}"
+        );
+        let r = reason("[backend]\nkind = 'memory'\npath = '/x'\n");
+        assert!(r.contains("[backend]: unknown field `path`"), "{r}");
+        let r = reason("backend = 3\n");
+        assert!(
+            r.contains("backend must be a `[backend]` table (found integer)"),
+            "{r}"
+        );
     }
 
     #[test]

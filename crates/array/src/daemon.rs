@@ -14,8 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, EngineBackend, FileBackend, MemoryBackend};
-use crate::config::{BackendKind, Config};
+use crate::config::Config;
 use crate::error::ArrayError;
 use crate::export::ScsiExporter;
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
@@ -124,11 +123,8 @@ pub async fn start_with(
     let (certs, key, fingerprint) =
         crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
     let tls = Arc::new(crate::tls::server_config(certs, key)?);
-    let backend: Arc<dyn Backend> = match config.backend {
-        BackendKind::Engine => Arc::new(EngineBackend::open(&pool)?),
-        BackendKind::Files => Arc::new(FileBackend::open(&pool)?),
-        BackendKind::Memory => Arc::new(MemoryBackend::new(None)),
-    };
+    let backend = config.backend.open(&pool)?;
+    tracing::info!(kind = config.backend.kind(), "storage backend open");
     let policy = Policy {
         target_name: config.target_name.clone(),
         max_luns_per_set: config.max_luns_per_set,

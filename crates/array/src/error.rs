@@ -1,42 +1,7 @@
 //! Error types, one per layer, and their mapping onto API problems.
 
 use api::{Problem, ProblemCode};
-
-/// What a storage backend reports.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackendError {
-    #[error("volume {0} does not exist")]
-    NoVolume(String),
-    #[error("volume {0} already exists")]
-    Exists(String),
-    #[error("the pool has no space left: {0}")]
-    NoSpace(String),
-    #[error("volumes cannot shrink ({0})")]
-    Shrink(String),
-    #[error("cancelled")]
-    Cancelled,
-    #[error("storage I/O failed: {0}")]
-    Io(String),
-}
-
-impl From<std::io::Error> for BackendError {
-    fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(28) {
-            BackendError::NoSpace(e.to_string())
-        } else {
-            BackendError::Io(e.to_string())
-        }
-    }
-}
-
-impl From<scsi::DeviceError> for BackendError {
-    fn from(e: scsi::DeviceError) -> Self {
-        match e {
-            scsi::DeviceError::NoSpace => BackendError::NoSpace("device write".into()),
-            other => BackendError::Io(other.to_string()),
-        }
-    }
-}
+use storage::BackendError;
 
 /// The durable journal failed; the array refuses every further change until restarted.
 #[derive(Debug, thiserror::Error)]

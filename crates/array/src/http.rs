@@ -13,7 +13,7 @@ use api::routes as r;
 use api::*;
 
 use crate::error::ArrayError;
-use crate::state::{Array, Caller};
+use crate::state::{Array, Scope};
 
 /// The OpenAPI document served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -78,7 +78,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-fn caller(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<Caller> {
+fn caller(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<Scope> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -101,8 +101,8 @@ fn caller(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<Caller> 
 
 fn host(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<String> {
     match caller(array, headers, route)? {
-        Caller::Host(h) => Ok(h),
-        Caller::Admin => {
+        Scope::Host(h) => Ok(h),
+        Scope::Admin => {
             tracing::warn!(route, "refused admin token on a host verb");
             Err(ApiError(ArrayError::Forbidden(
                 "This verb needs a host token; the admin token is for /v1/admin routes.".into(),
@@ -113,8 +113,8 @@ fn host(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<String> {
 
 fn admin(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<()> {
     match caller(array, headers, route)? {
-        Caller::Admin => Ok(()),
-        Caller::Host(h) => {
+        Scope::Admin => Ok(()),
+        Scope::Host(h) => {
             tracing::warn!(route, host = %h, "refused host token on an admin verb");
             Err(ApiError(ArrayError::Forbidden(
                 "This verb needs the admin token.".into(),
@@ -308,7 +308,7 @@ async fn resync(
 ) -> ApiResult<Response> {
     let host = host(&a, &h, r::RESYNC)?;
     let req = body(b)?;
-    let job = blocking(move || a.start_resync(&host, &req.pairs)).await?;
+    let job = blocking(move || a.start_resync(&Scope::Host(host), &req.pairs)).await?;
     Ok(json(StatusCode::OK, &ResyncResponse { job }))
 }
 
@@ -318,7 +318,7 @@ async fn resync_job(
     Path(job): Path<String>,
 ) -> ApiResult<Response> {
     let host = host(&a, &h, r::RESYNC_JOB)?;
-    let st = blocking(move || a.resync_status(&host, &job)).await?;
+    let st = blocking(move || a.resync_status(&Scope::Host(host), &job)).await?;
     Ok(json(StatusCode::OK, &st))
 }
 
@@ -328,7 +328,7 @@ async fn resync_cancel(
     Path(job): Path<String>,
 ) -> ApiResult<Response> {
     let host = host(&a, &h, r::RESYNC_CANCEL)?;
-    blocking(move || a.cancel_resync(&host, &job)).await?;
+    blocking(move || a.cancel_resync(&Scope::Host(host), &job)).await?;
     Ok(no_content())
 }
 
@@ -341,7 +341,7 @@ async fn admin_resync(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_RESYNC)?;
     let req = body(b)?;
-    let job = blocking(move || a.start_resync(crate::state::ADMIN_SCOPE, &req.pairs)).await?;
+    let job = blocking(move || a.start_resync(&Scope::Admin, &req.pairs)).await?;
     Ok(json(StatusCode::OK, &ResyncResponse { job }))
 }
 
@@ -351,7 +351,7 @@ async fn admin_resync_job(
     Path(job): Path<String>,
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_RESYNC_JOB)?;
-    let st = blocking(move || a.resync_status(crate::state::ADMIN_SCOPE, &job)).await?;
+    let st = blocking(move || a.resync_status(&Scope::Admin, &job)).await?;
     Ok(json(StatusCode::OK, &st))
 }
 

@@ -2,8 +2,8 @@
 //! mappings, the durable snapshot-set journal and its reaper, and the authenticated HTTPS
 //! control API the VSS provider drives (wire format in the `api` crate).
 //!
-//! Layers, bottom up: [`backend`] (what the daemon needs from a storage engine: the embedded
-//! `blockstore` engine, sparse files, memory), [`journal`] (append-only, fsync'd, replayed on
+//! Layers, bottom up: the `storage` crate (what the daemon needs from a storage engine: the
+//! embedded `blockstore` engine, sparse files, memory), [`journal`] (append-only, fsync'd, replayed on
 //! start), [`state`] (every verb's rules, no HTTP), [`export`] (LUN mappings into the
 //! `scsi::Target` behind the iSCSI server, CHAP), [`http`] (routes, auth, problem documents),
 //! [`tls`] (certificate generation and fingerprint pinning), [`daemon`] (start, serve, reaper,
@@ -14,10 +14,10 @@
 //! documented in `docs/array.md`.
 //!
 //! Not here: SCSI command semantics (`scsi`), the iSCSI wire protocol (`iscsi`), the engine's
-//! on-disk format (`blockstore`), or the provider's client (`provider`).
+//! on-disk format (`blockstore`), the storage engines (`storage`), or the provider's client
+//! (`provider`).
 #![forbid(unsafe_code)]
 
-pub mod backend;
 pub mod client;
 pub mod config;
 pub mod daemon;
@@ -28,7 +28,8 @@ pub mod journal;
 pub mod state;
 pub mod tls;
 
-pub use config::{BackendKind, Config};
+pub use config::Config;
 pub use daemon::{RunningArray, serve, start, start_with};
-pub use error::{ArrayError, BackendError, ConfigError, JournalError};
-pub use state::{Array, Caller, ExportedLun, Exporter, NoExport, Policy};
+pub use error::{ArrayError, ConfigError, JournalError};
+pub use state::{Array, ExportedLun, Exporter, NoExport, Policy, Scope};
+pub use storage::{BackendConfig, BackendError};

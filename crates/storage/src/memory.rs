@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use scsi::{BlockDevice, DeviceError};
 
-use super::{BLOCK_SIZE, Backend, PoolUsage, VolumeInfo};
-use crate::error::BackendError;
+use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -310,5 +309,22 @@ impl Backend for MemoryBackend {
 
     fn device(&self, name: &str) -> Result<scsi::Device, BackendError> {
         Ok(self.get(name)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_pool_capacity_gives_no_space() {
+        let b = MemoryBackend::new(Some(1 << 20));
+        b.create_volume("a", 8 << 20).unwrap();
+        let d = b.device("a").unwrap();
+        d.write_at(0, &vec![1u8; 1 << 20], false).unwrap();
+        assert_eq!(
+            d.write_at(2 << 20, &[1u8; 512], false),
+            Err(scsi::DeviceError::NoSpace)
+        );
     }
 }

@@ -1,20 +1,37 @@
-//! What the daemon needs from a storage engine, and the engines it ships with.
+//! The storage seam of the array: what the daemon needs from a storage engine
+//! ([`Backend`]), the engines it ships with, how the configuration picks one
+//! ([`BackendConfig`]), and the [`conformance`] suite every engine passes.
 //!
 //! Volumes are named by the daemon (the LUN id). A snapshot LUN is a writable clone of a
 //! point-in-time image of its source: VSS writes signatures on it. All LUNs of a set are
 //! cloned at one instant by [`Backend::snapshot_group`].
+//!
+//! Engines: [`EngineBackend`] (the embedded `blockstore` engine: thin volumes, O(1)
+//! consistency-group snapshots), [`FileBackend`] (sparse files, snapshots are sparse copies),
+//! [`MemoryBackend`] (copy-on-write chunks in memory, for tests and demos).
+//!
+//! Not here: LUNs, hosts, snapshot sets and the journal (the `array` crate), SCSI command
+//! semantics (`scsi`), the engine's on-disk format (`blockstore`).
+#![forbid(unsafe_code)]
 
+mod config;
+pub mod conformance;
 mod engine;
+mod error;
 mod files;
 mod memory;
 
 use std::sync::atomic::AtomicBool;
 
+pub use config::{BackendConfig, EngineConfig, FilesConfig, MemoryConfig};
 pub use engine::{EngineBackend, EngineDevice};
+pub use error::{BackendError, Cause};
 pub use files::FileBackend;
 pub use memory::MemoryBackend;
 
-use crate::error::BackendError;
+/// The most volumes the array puts in one [`Backend::snapshot_group`]: the embedded engine's
+/// consistency-group limit, which every engine takes.
+pub const MAX_GROUP: usize = blockstore::MAX_GROUP;
 
 /// A volume as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +52,14 @@ pub struct PoolUsage {
 /// Block size every volume is addressed in.
 pub const BLOCK_SIZE: u32 = 512;
 
-/// A storage engine.
+/// A storage engine holding one array's volumes.
+///
+/// Who owns what: a backend is configured with a place (a pool directory, an engine pool, a
+/// pool and namespace in a cluster) and owns the volumes there; every method acts only on
+/// those, and [`Backend::volumes`] lists only those. Storage the place shares with others
+/// (other images in a shared pool) is never listed, opened or deleted. The array names the
+/// volumes it creates (`lun-N`) and, when it reconciles the pool with its journal at start,
+/// considers only volumes with such names: anything else a backend lists is left alone.
 pub trait Backend: Send + Sync {
     /// Volume sizes must be multiples of this many bytes.
     fn size_granularity(&self) -> u64 {
@@ -59,7 +83,8 @@ pub trait Backend: Send + Sync {
         let _ = name;
         Ok(())
     }
-    /// Every volume in the pool.
+    /// Every volume of this array in the pool (see the trait's note on ownership), each once,
+    /// snapshot clones under the name they were given, whether or not materialised.
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;
     /// One volume.
     fn volume(&self, name: &str) -> Result<VolumeInfo, BackendError>;
@@ -122,103 +147,4 @@ pub fn copy_volume<B: Backend + ?Sized>(
     dst.flush()?;
     progress(100);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    fn backends() -> Vec<(Box<dyn Backend>, Option<tempfile::TempDir>)> {
-        let dir = tempfile::tempdir().unwrap();
-        let dir2 = tempfile::tempdir().unwrap();
-        vec![
-            (Box::new(MemoryBackend::new(None)), None),
-            (Box::new(FileBackend::open(dir.path()).unwrap()), Some(dir)),
-            (
-                Box::new(EngineBackend::open(dir2.path()).unwrap()),
-                Some(dir2),
-            ),
-        ]
-    }
-
-    #[test]
-    fn group_snapshot_is_point_in_time_and_writable() {
-        for (b, _dir) in backends() {
-            b.create_volume("a", 1 << 20).unwrap();
-            b.create_volume("b", 1 << 20).unwrap();
-            let a = b.device("a").unwrap();
-            a.write_at(4096, &[7u8; 512], false).unwrap();
-            b.snapshot_group(&[("a".into(), "a1".into()), ("b".into(), "b1".into())])
-                .unwrap();
-            a.write_at(4096, &[9u8; 512], false).unwrap();
-            let s = b.device("a1").unwrap();
-            let mut buf = [0u8; 512];
-            s.read_at(4096, &mut buf).unwrap();
-            assert_eq!(buf, [7u8; 512], "clone keeps the instant's data");
-            s.write_at(0, &[1u8; 512], false).unwrap();
-            a.read_at(0, &mut buf).unwrap();
-            assert_eq!(
-                buf, [0u8; 512],
-                "writes to the clone do not reach the source"
-            );
-            assert_eq!(b.volume("b1").unwrap().size_bytes, 1 << 20);
-        }
-    }
-
-    #[test]
-    fn snapshot_group_of_missing_source_creates_nothing() {
-        for (b, _dir) in backends() {
-            b.create_volume("a", 1 << 20).unwrap();
-            let err = b
-                .snapshot_group(&[("a".into(), "a1".into()), ("zz".into(), "z1".into())])
-                .unwrap_err();
-            assert_eq!(err, BackendError::NoVolume("zz".into()));
-            assert!(matches!(b.volume("a1"), Err(BackendError::NoVolume(_))));
-        }
-    }
-
-    #[test]
-    fn resync_copies_and_can_be_cancelled() {
-        for (b, _dir) in backends() {
-            b.create_volume("s", 3 << 20).unwrap();
-            b.create_volume("d", 1 << 20).unwrap();
-            b.device("s")
-                .unwrap()
-                .write_at((2 << 20) + 512, &[5u8; 512], false)
-                .unwrap();
-            let seen = std::sync::Mutex::new(Vec::new());
-            b.resync(
-                "s",
-                "d",
-                &|p| seen.lock().unwrap().push(p),
-                &AtomicBool::new(false),
-            )
-            .unwrap();
-            let mut buf = [0u8; 512];
-            b.device("d")
-                .unwrap()
-                .read_at((2 << 20) + 512, &mut buf)
-                .unwrap();
-            assert_eq!(buf, [5u8; 512]);
-            assert_eq!(b.volume("d").unwrap().size_bytes, 3 << 20);
-            assert_eq!(seen.lock().unwrap().last(), Some(&100));
-            let err = b
-                .resync("s", "d", &|_| {}, &AtomicBool::new(true))
-                .unwrap_err();
-            assert_eq!(err, BackendError::Cancelled);
-        }
-    }
-
-    #[test]
-    fn memory_pool_capacity_gives_no_space() {
-        let b = MemoryBackend::new(Some(1 << 20));
-        b.create_volume("a", 8 << 20).unwrap();
-        let d = b.device("a").unwrap();
-        d.write_at(0, &vec![1u8; 1 << 20], false).unwrap();
-        assert_eq!(
-            d.write_at(2 << 20, &[1u8; 512], false),
-            Err(scsi::DeviceError::NoSpace)
-        );
-    }
 }

@@ -1,7 +1,13 @@
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use api::{
+    CreateHost, CreateLun, JobState, JobStatus, LunKey, MapLun, PlannedSnapshot, ResyncPair,
+    SetState,
+};
+use storage::{BackendError, EngineBackend, FileBackend, MemoryBackend};
+use vss::SnapshotContext;
 
 use super::*;
-use crate::backend::{FileBackend, MemoryBackend};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
@@ -22,7 +28,7 @@ impl Exporter for Recorder {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     array: Array,
     backend: Arc<dyn Backend>,
     rec: Arc<Recorder>,
@@ -89,7 +95,7 @@ fn fixture_with(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Fixture {
             .unwrap();
     }
     Fixture {
-        _dir: dir,
+        dir,
         array,
         backend,
         rec,
@@ -111,6 +117,20 @@ fn plan(src: &str) -> Vec<PlannedSnapshot> {
         snapshot_id: uuid::Uuid::new_v4(),
         source: src.into(),
     }]
+}
+
+/// Host a's snapshot LUN of its LUN, in a set of its own, committed.
+fn committed_snapshot_of_a(f: &Fixture) -> LunId {
+    let set = uuid::Uuid::new_v4();
+    f.array
+        .prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
+        .unwrap();
+    f.array.commit("a", set).unwrap();
+    f.array
+        .describe("a", set, std::slice::from_ref(&f.a_lun))
+        .unwrap()[0]
+        .lun
+        .clone()
 }
 
 fn key_of(array: &Array, lun: &str) -> LunKey {
@@ -241,7 +261,7 @@ fn hosts_see_and_act_only_on_their_own_luns_and_sets() {
         Err(ArrayError::NotFound(_))
     ));
     assert!(a.list_sets("b").is_empty());
-    assert_eq!(a.authenticate("admin-secret"), Some(Caller::Admin));
+    assert_eq!(a.authenticate("admin-secret"), Some(Scope::Admin));
     assert_eq!(a.authenticate("nope"), None);
     let _ = f.b_lun;
 }
@@ -280,7 +300,7 @@ fn state_rules_refuse_out_of_order_verbs() {
 fn an_empty_set_commits_without_engine_work() {
     // The engine refuses empty consistency groups; the array must not ask for one.
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(crate::backend::EngineBackend::open(dir.path()).unwrap());
+    let engine = Arc::new(EngineBackend::open(&dir.path().join("engine")).unwrap());
     let f = fixture_with(engine, dir);
     let set = uuid::Uuid::new_v4();
     f.array.prepare("a", set, SnapshotContext(0), &[]).unwrap();
@@ -364,7 +384,8 @@ fn reaper_removes_stale_prepared_and_aborted_sets_never_committed_ones() {
 #[test]
 fn journal_recovers_state_and_orphan_volumes_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(FileBackend::open(dir.path()).unwrap());
+    let backend: Arc<dyn Backend> =
+        Arc::new(FileBackend::open(&dir.path().join("volumes")).unwrap());
     let path = dir.path().to_path_buf();
     let f = fixture_with(backend.clone(), dir);
     let set = uuid::Uuid::new_v4();
@@ -399,24 +420,50 @@ fn journal_recovers_state_and_orphan_volumes_are_deleted() {
 }
 
 #[test]
+fn the_start_up_sweep_deletes_only_volumes_named_as_this_array_names_them() {
+    let f = fixture();
+    let strangers = ["lun-", "lun-7a", "vm-disk-1", "lun-3.base-of-someone"];
+    for name in strangers.iter().chain(&["lun-999"]) {
+        f.backend.create_volume(name, 1 << 20).unwrap();
+    }
+    drop(f.array);
+    let _again = open(
+        f.dir.path(),
+        f.backend.clone(),
+        f.rec.clone(),
+        f.clock.clone(),
+    );
+    assert!(matches!(
+        f.backend.volume("lun-999"),
+        Err(BackendError::NoVolume(_))
+    ));
+    let mut left: Vec<String> = f
+        .backend
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = strangers.iter().map(|s| s.to_string()).collect();
+    want.extend([f.a_lun.clone(), f.b_lun.clone()]);
+    want.sort();
+    assert_eq!(left, want);
+    assert!(is_lun_id("lun-12") && !is_lun_id("lun-") && !is_lun_id("xlun-1"));
+    assert_eq!(lun_id(12), "lun-12");
+}
+
+#[test]
 fn resync_copies_snapshot_onto_destination_and_reports_finished() {
     let f = fixture();
     let a = &f.array;
     let dev = f.backend.device(&f.a_lun).unwrap();
     dev.write_at(512, &[3u8; 512], false).unwrap();
-    let set = uuid::Uuid::new_v4();
-    a.prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
-        .unwrap();
-    a.commit("a", set).unwrap();
-    let snap = a
-        .describe("a", set, std::slice::from_ref(&f.a_lun))
-        .unwrap()[0]
-        .lun
-        .clone();
+    let snap = committed_snapshot_of_a(&f);
     dev.write_at(512, &[4u8; 512], false).unwrap();
     let job = a
         .start_resync(
-            "a",
+            &Scope::host("a"),
             &[ResyncPair {
                 snapshot: snap,
                 destination: f.a_lun.clone(),
@@ -425,7 +472,7 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let st = loop {
-        let st = a.resync_status("a", &job).unwrap();
+        let st = a.resync_status(&Scope::host("a"), &job).unwrap();
         if st.state != JobState::Running || std::time::Instant::now() > deadline {
             break st;
         }
@@ -442,9 +489,48 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
     dev.read_at(512, &mut buf).unwrap();
     assert_eq!(buf, [3u8; 512]);
     assert!(matches!(
-        a.resync_status("b", &job),
+        a.resync_status(&Scope::host("b"), &job),
         Err(ArrayError::NotFound(_))
     ));
+}
+
+#[test]
+fn a_job_the_admin_started_reaches_the_admin_only_and_is_journaled_as_before() {
+    let f = fixture();
+    let a = &f.array;
+    let snap = committed_snapshot_of_a(&f);
+    let pair = ResyncPair {
+        snapshot: snap,
+        destination: f.b_lun.clone(),
+    };
+    // Host a may not see b's LUN; the administrator sees every LUN.
+    assert!(matches!(
+        a.start_resync(&Scope::host("a"), std::slice::from_ref(&pair)),
+        Err(ArrayError::NotFound(_))
+    ));
+    let job = a.start_resync(&Scope::Admin, &[pair]).unwrap();
+    a.resync_status(&Scope::Admin, &job).unwrap();
+    for host in ["a", "b"] {
+        assert!(matches!(
+            a.resync_status(&Scope::host(host), &job),
+            Err(ArrayError::NotFound(_))
+        ));
+        assert!(matches!(
+            a.cancel_resync(&Scope::host(host), &job),
+            Err(ArrayError::NotFound(_))
+        ));
+    }
+    // The journal spells the administrator as it always has.
+    let old = r#"{"job":{"id":"job-1","host":"*admin*","pairs":[],"status":{"state":"finished","progress":100}}}"#;
+    let Record::Job(row) = serde_json::from_str::<Record>(old).unwrap() else {
+        panic!("not a job record")
+    };
+    assert_eq!(row.host, Scope::Admin);
+    assert_eq!(serde_json::to_string(&Record::Job(row)).unwrap(), old);
+    let host: Scope = serde_json::from_str(r#""a""#).unwrap();
+    assert_eq!(host, Scope::host("a"));
+    assert!(Scope::Admin.reaches(&host) && host.reaches(&host));
+    assert!(!host.reaches(&Scope::Admin) && !host.reaches(&Scope::host("b")));
 }
 
 #[test]
@@ -556,15 +642,7 @@ fn a_host_importing_from_another_sees_its_snapshot_luns_but_never_its_originals(
         import_from: vec!["a".into()],
     })
     .unwrap();
-    let set = uuid::Uuid::new_v4();
-    a.prepare("a", set, SnapshotContext(0), &plan(&f.a_lun))
-        .unwrap();
-    a.commit("a", set).unwrap();
-    let snap = a
-        .describe("a", set, std::slice::from_ref(&f.a_lun))
-        .unwrap()[0]
-        .lun
-        .clone();
+    let snap = committed_snapshot_of_a(&f);
     assert!(a.lookup("backup", &[key_of(a, &snap)]).unwrap()[0].is_some());
     assert_eq!(
         a.lookup("backup", &[key_of(a, &f.a_lun)]).unwrap(),

@@ -11,24 +11,12 @@ use std::time::Duration;
 use blockstore::{DeletePolicy, Pool, PoolOptions, VolumeKind};
 use scsi::{BlockDevice, DeviceError};
 
-use super::{BLOCK_SIZE, Backend, PoolUsage, VolumeInfo};
-use crate::error::BackendError;
+use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
 
 const BASE: &str = ".base";
 
 fn base_of(name: &str) -> String {
     format!("{name}{BASE}")
-}
-
-fn err(e: blockstore::Error) -> BackendError {
-    use blockstore::Error as E;
-    match e {
-        E::NoSpace => BackendError::NoSpace("the engine pool is full".into()),
-        E::NotFound { name } => BackendError::NoVolume(name),
-        E::AlreadyExists { name } => BackendError::Exists(name),
-        E::Cancelled { .. } => BackendError::Cancelled,
-        other => BackendError::Io(other.to_string()),
-    }
 }
 
 fn dev_err(e: blockstore::Error) -> DeviceError {
@@ -74,7 +62,7 @@ impl BlockDevice for EngineDevice {
     }
 }
 
-/// The engine backend over a `blockstore` pool in `<pool_dir>/engine`.
+/// The engine backend over a `blockstore` pool (by default `<pool_dir>/engine`).
 #[derive(Debug)]
 pub struct EngineBackend {
     pool: Pool,
@@ -83,15 +71,15 @@ pub struct EngineBackend {
 }
 
 impl EngineBackend {
-    /// Opens the engine pool, creating it on first start.
-    pub fn open(pool_dir: &Path) -> Result<Self, BackendError> {
-        let dir = pool_dir.join("engine");
-        let pool = match Pool::open(&dir) {
+    /// Opens the engine pool in `dir`, creating it on first start.
+    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+        let pool = match Pool::open(dir) {
             Ok(p) => p,
             Err(blockstore::Error::NotAPool { .. }) => {
-                Pool::create(&dir, PoolOptions::default()).map_err(err)?
+                tracing::info!(dir = %dir.display(), "creating the engine pool");
+                Pool::create(dir, PoolOptions::default())?
             }
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(e.into()),
         };
         Ok(Self {
             pool,
@@ -100,7 +88,9 @@ impl EngineBackend {
     }
 
     fn delete_one(&self, name: &str) -> Result<(), BackendError> {
-        self.pool.delete(name, DeletePolicy::Promote).map_err(err)
+        self.pool
+            .delete(name, DeletePolicy::Promote)
+            .map_err(BackendError::from)
     }
 
     fn info(&self, name: &str) -> Result<blockstore::VolumeInfo, BackendError> {
@@ -109,7 +99,7 @@ impl EngineBackend {
                 .pool
                 .info(&base_of(name))
                 .map_err(|_| BackendError::NoVolume(name.into())),
-            other => other.map_err(err),
+            other => other.map_err(BackendError::from),
         }
     }
 }
@@ -120,7 +110,7 @@ impl Backend for EngineBackend {
     }
 
     fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
-        self.pool.create_volume(name, size_bytes).map_err(err)?;
+        self.pool.create_volume(name, size_bytes)?;
         Ok(())
     }
 
@@ -144,22 +134,24 @@ impl Backend for EngineBackend {
         match self.pool.info(name) {
             Ok(_) => return Ok(()),
             Err(blockstore::Error::NotFound { .. }) => {}
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(e.into()),
         }
         match self.pool.clone_volume(&base_of(name), name) {
             Ok(_) | Err(blockstore::Error::AlreadyExists { .. }) => Ok(()),
             Err(blockstore::Error::NotFound { .. }) => Err(BackendError::NoVolume(name.into())),
-            Err(e) => Err(err(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
     fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
         self.materialize(name)?;
-        let cur = self.pool.info(name).map_err(err)?.size;
+        let cur = self.pool.info(name)?.size;
         if size_bytes < cur {
             return Err(BackendError::Shrink(name.into()));
         }
-        self.pool.resize(name, size_bytes).map_err(err)
+        self.pool
+            .resize(name, size_bytes)
+            .map_err(BackendError::from)
     }
 
     fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError> {
@@ -174,12 +166,12 @@ impl Backend for EngineBackend {
                 return Err(BackendError::Exists(clone.clone()));
             }
         }
-        self.pool.snapshot_group(&members).map_err(err)?;
+        self.pool.snapshot_group(&members)?;
         Ok(())
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
-        let all = self.pool.list().map_err(err)?;
+        let all = self.pool.list()?;
         let names: std::collections::BTreeSet<&str> = all.iter().map(|v| v.name.as_str()).collect();
         Ok(all
             .iter()
@@ -211,7 +203,7 @@ impl Backend for EngineBackend {
     }
 
     fn usage(&self) -> Result<PoolUsage, BackendError> {
-        let s = self.pool.stats().map_err(err)?;
+        let s = self.pool.stats()?;
         Ok(PoolUsage {
             capacity_bytes: s.size_limit_bytes,
             allocated_bytes: s.used_bytes,
@@ -220,7 +212,7 @@ impl Backend for EngineBackend {
 
     fn device(&self, name: &str) -> Result<scsi::Device, BackendError> {
         self.materialize(name)?;
-        let vol = self.pool.open_volume(name).map_err(err)?;
+        let vol = self.pool.open_volume(name)?;
         Ok(std::sync::Arc::new(EngineDevice { vol }))
     }
 
@@ -233,7 +225,7 @@ impl Backend for EngineBackend {
     ) -> Result<(), BackendError> {
         self.materialize(from)?;
         self.materialize(to)?;
-        let job = self.pool.resync(from, to).map_err(err)?;
+        let job = self.pool.resync(from, to)?;
         progress(0);
         loop {
             let p = job.progress();
@@ -248,7 +240,7 @@ impl Backend for EngineBackend {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        job.wait().map_err(err)?;
+        job.wait()?;
         progress(100);
         Ok(())
     }

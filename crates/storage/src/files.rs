@@ -1,4 +1,4 @@
-//! Volumes as sparse files under `<pool>/volumes/<name>.img`. A snapshot is a sparse copy
+//! Volumes as sparse files `<name>.img` in one directory (by default `<pool_dir>/volumes`). A snapshot is a sparse copy
 //! taken while every source of the group is write-locked. Simple and durable; the embedded
 //! `blockstore` engine replaces it for large volumes (clones there are metadata-only).
 
@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{FallocateFlags, SeekFrom};
 use scsi::{BlockDevice, DeviceError};
 
-use super::{BLOCK_SIZE, Backend, PoolUsage, VolumeInfo};
-use crate::error::BackendError;
+use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
 
 /// One file-backed volume; also its [`BlockDevice`].
 #[derive(Debug)]
@@ -25,7 +24,7 @@ pub struct FileVolume {
 }
 
 fn dev_err(e: std::io::Error) -> DeviceError {
-    if e.raw_os_error() == Some(28) {
+    if crate::error::is_no_space(&e) {
         DeviceError::NoSpace
     } else {
         DeviceError::Io(e.to_string())
@@ -89,12 +88,11 @@ pub struct FileBackend {
 }
 
 impl FileBackend {
-    /// Opens (creating) the volume directory `<pool_dir>/volumes`.
-    pub fn open(pool_dir: &Path) -> Result<Self, BackendError> {
-        let dir = pool_dir.join("volumes");
-        std::fs::create_dir_all(&dir)?;
+    /// Opens (creating) the volume directory `dir` (by default `<pool_dir>/volumes`).
+    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+        std::fs::create_dir_all(dir)?;
         Ok(Self {
-            dir,
+            dir: dir.to_path_buf(),
             open: Mutex::new(BTreeMap::new()),
         })
     }
@@ -240,7 +238,7 @@ impl Backend for FileBackend {
             }
             // One filesystem sync makes every clone and the directory durable at once.
             let dir = File::open(&self.dir)?;
-            rustix::fs::syncfs(&dir).map_err(std::io::Error::from)?;
+            rustix::fs::syncfs(&dir)?;
             Ok(())
         })();
         drop(guards);
@@ -285,7 +283,7 @@ impl Backend for FileBackend {
     }
 
     fn usage(&self) -> Result<PoolUsage, BackendError> {
-        let st = rustix::fs::statvfs(&self.dir).map_err(|e| BackendError::Io(e.to_string()))?;
+        let st = rustix::fs::statvfs(&self.dir)?;
         let allocated = self.volumes()?.iter().map(|v| v.allocated_bytes).sum();
         Ok(PoolUsage {
             capacity_bytes: st.f_blocks.saturating_mul(st.f_frsize),

@@ -1,0 +1,441 @@
+//! The administrator's verbs: LUNs, hosts, mappings, and every set on the array.
+
+use std::collections::BTreeMap;
+
+use api::{
+    CreateHost, CreateLun, CreatedHost, HostLun, HostRecord, LunRecord, MapLun, SetMember,
+    SetRecord,
+};
+use storage::{BLOCK_SIZE, BackendError};
+use vss::identity::LunIdentity;
+
+use super::auth::{new_token, token_hash};
+use super::rows::{Db, HostRow, LunRow, LunState, Record, lun_id};
+use super::{Array, MAX_LUN_NUMBER};
+use crate::error::ArrayError;
+
+fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// An iSCSI name (`iqn.`, `eui.` or `naa.` form, RFC 7143 §4.2.7, at most 223 bytes).
+pub fn valid_iqn(s: &str) -> bool {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
+    let ok_prefix = (s.starts_with("iqn.") && s.len() > 4)
+        || (s.starts_with("eui.") && s.len() == 20)
+        || (s.starts_with("naa.") && (s.len() == 20 || s.len() == 36));
+    ok_chars && ok_prefix && s.len() <= 223
+}
+
+impl Array {
+    fn lun_record(&self, db: &Db, row: &LunRow) -> LunRecord {
+        let ident = LunIdentity::for_number(row.number);
+        LunRecord {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            size_bytes: row.size_bytes,
+            serial: ident.serial.clone(),
+            naa: hex::encode(&ident.designators[0].value),
+            snapshot_of: row.snapshot_of.clone(),
+            mapped_to: db.mappings_of(&row.id),
+            allocated_bytes: self
+                .0
+                .backend
+                .volume(&row.id)
+                .map(|v| v.allocated_bytes)
+                .unwrap_or(0),
+        }
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), ArrayError> {
+        let unit = self.0.backend.size_granularity().max(BLOCK_SIZE as u64);
+        if size == 0 || size % unit != 0 || size > self.0.policy.max_lun_bytes {
+            return Err(ArrayError::BadRequest(format!(
+                "size_bytes must be a non-zero multiple of {unit} up to {}; got {size}.",
+                self.0.policy.max_lun_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates an original LUN: a new number (never reused), its volume, then its row.
+    /// Names are unique; the size is a non-zero multiple of the engine's granularity.
+    pub fn create_lun(&self, req: &CreateLun) -> Result<LunRecord, ArrayError> {
+        if !valid_name(&req.name) {
+            return Err(ArrayError::BadRequest(format!(
+                "LUN name {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -.",
+                req.name
+            )));
+        }
+        self.check_size(req.size_bytes)?;
+        let mut inner = self.lock();
+        if inner.db.luns.values().any(|l| l.name == req.name) {
+            return Err(ArrayError::Conflict(format!(
+                "A LUN named {} exists; pick another name.",
+                req.name
+            )));
+        }
+        let n = inner.db.next_number + 1;
+        let id = lun_id(n);
+        self.0.backend.create_volume(&id, req.size_bytes)?;
+        let row = LunRow {
+            id: id.clone(),
+            number: n,
+            name: req.name.clone(),
+            size_bytes: req.size_bytes,
+            snapshot_of: None,
+            owner: None,
+            state: LunState::Online,
+            created_at: self.now(),
+        };
+        let next_job = inner.db.next_job;
+        if let Err(e) = Self::write(
+            &mut inner,
+            vec![
+                Record::Counters {
+                    next_number: n,
+                    next_job,
+                },
+                Record::Lun(row.clone()),
+            ],
+        ) {
+            let _ = self.0.backend.delete_volume(&id);
+            return Err(e);
+        }
+        tracing::info!(lun = %id, name = %req.name, size = req.size_bytes, "LUN created");
+        Ok(self.lun_record(&inner.db, &row))
+    }
+
+    fn get_row<'a>(db: &'a Db, lun: &str) -> Result<&'a LunRow, ArrayError> {
+        db.luns
+            .get(lun)
+            .filter(|l| l.state != LunState::Prepared)
+            .ok_or_else(|| ArrayError::NotFound(format!("LUN {lun} does not exist.")))
+    }
+
+    /// Every LUN (or only snapshot LUNs), reserved snapshot LUNs excluded.
+    pub fn list_luns(&self, snapshots_only: bool) -> Vec<LunRecord> {
+        let inner = self.lock();
+        inner
+            .db
+            .luns
+            .values()
+            .filter(|l| l.state != LunState::Prepared)
+            .filter(|l| !snapshots_only || l.snapshot_of.is_some())
+            .map(|l| self.lun_record(&inner.db, l))
+            .collect()
+    }
+
+    /// One LUN; a reserved snapshot LUN is 404.
+    pub fn get_lun(&self, lun: &str) -> Result<LunRecord, ArrayError> {
+        let inner = self.lock();
+        let row = Self::get_row(&inner.db, lun)?;
+        Ok(self.lun_record(&inner.db, row))
+    }
+
+    /// Grows a LUN (LUNs never shrink); initiators hear that its capacity changed.
+    pub fn resize_lun(&self, lun: &str, size: u64) -> Result<LunRecord, ArrayError> {
+        self.check_size(size)?;
+        let mut inner = self.lock();
+        let mut row = Self::get_row(&inner.db, lun)?.clone();
+        if size < row.size_bytes {
+            return Err(ArrayError::BadRequest(format!(
+                "LUN {lun} is {} bytes and LUNs only grow; give a larger size.",
+                row.size_bytes
+            )));
+        }
+        if size != row.size_bytes {
+            self.0.backend.resize_volume(lun, size)?;
+            row.size_bytes = size;
+            Self::write(&mut inner, vec![Record::Lun(row.clone())])?;
+            self.0.exporter.resized(lun);
+            tracing::info!(lun, size, "LUN grown");
+        }
+        Ok(self.lun_record(&inner.db, &row))
+    }
+
+    /// Deletes an original LUN with no snapshot LUNs and no mapping (409 otherwise).
+    pub fn delete_lun(&self, lun: &str) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        let row = Self::get_row(&inner.db, lun)?.clone();
+        let deps = inner.db.dependants(lun);
+        if deps > 0 {
+            return Err(ArrayError::Conflict(format!(
+                "{deps} snapshot LUNs depend on LUN {lun}; delete them first."
+            )));
+        }
+        if row.snapshot_of.is_some() {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {lun} is a snapshot LUN; delete it with DELETE /v1/admin/snapshots/{lun}."
+            )));
+        }
+        let maps = inner.db.mappings_of(lun);
+        if !maps.is_empty() {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {lun} is mapped to host {}; unmap it first.",
+                maps[0].host
+            )));
+        }
+        match self.0.backend.delete_volume(lun) {
+            Ok(()) | Err(BackendError::NoVolume(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Self::write(&mut inner, vec![Record::LunGone { id: lun.into() }])?;
+        tracing::info!(lun, "LUN deleted");
+        Ok(())
+    }
+
+    /// Deletes a snapshot LUN with no snapshot LUNs taken of it, mapped or not.
+    pub fn delete_snapshot(&self, lun: &str) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        let row = Self::get_row(&inner.db, lun)?;
+        if row.snapshot_of.is_none() {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {lun} is an original LUN; delete it with DELETE /v1/admin/luns/{lun}."
+            )));
+        }
+        let deps = inner.db.dependants(lun);
+        if deps > 0 {
+            return Err(ArrayError::Conflict(format!(
+                "{deps} snapshot LUNs were taken of LUN {lun}; delete them first."
+            )));
+        }
+        self.remove_snapshot_lun(&mut inner, lun)?;
+        tracing::info!(lun, "snapshot LUN deleted by admin");
+        Ok(())
+    }
+
+    fn host_record(h: &HostRow) -> HostRecord {
+        HostRecord {
+            name: h.name.clone(),
+            initiators: h.initiators.clone(),
+            chap: h.chap_secret.is_some(),
+            import_from: h.import_from.clone(),
+            luns: h
+                .luns
+                .iter()
+                .map(|(n, l)| HostLun {
+                    lun: l.clone(),
+                    lun_number: *n,
+                })
+                .collect(),
+        }
+    }
+
+    /// Creates a host with its initiators (each belongs to one host), optional CHAP secret
+    /// and import grants; answers its API token, which only its hash is kept of.
+    pub fn create_host(&self, req: &CreateHost) -> Result<CreatedHost, ArrayError> {
+        if !valid_name(&req.name) {
+            return Err(ArrayError::BadRequest(format!(
+                "Host name {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -.",
+                req.name
+            )));
+        }
+        if req.initiators.is_empty() {
+            return Err(ArrayError::BadRequest(
+                "A host needs at least one initiator name.".into(),
+            ));
+        }
+        if let Some(bad) = req.initiators.iter().find(|i| !valid_iqn(i)) {
+            return Err(ArrayError::BadRequest(format!(
+                "{bad:?} is not an iSCSI name (iqn., eui. or naa. form, lower case)."
+            )));
+        }
+        if let Some(bad) = req
+            .import_from
+            .iter()
+            .find(|h| !valid_name(h) || **h == req.name)
+        {
+            return Err(ArrayError::BadRequest(format!(
+                "import_from names {bad:?}, which is not another host's name."
+            )));
+        }
+        if let Some(s) = &req.chap_secret {
+            if !(12..=16).contains(&s.len()) || !s.is_ascii() {
+                return Err(ArrayError::BadRequest(
+                    "The CHAP secret must be 12 to 16 ASCII characters.".into(),
+                ));
+            }
+        }
+        let mut inner = self.lock();
+        if inner.db.hosts.contains_key(&req.name) {
+            return Err(ArrayError::Conflict(format!(
+                "Host {} exists; delete it first or pick another name.",
+                req.name
+            )));
+        }
+        for h in inner.db.hosts.values() {
+            if let Some(i) = h.initiators.iter().find(|i| req.initiators.contains(i)) {
+                return Err(ArrayError::Conflict(format!(
+                    "Initiator {i} belongs to host {}; an initiator has one host.",
+                    h.name
+                )));
+            }
+        }
+        let token = new_token()?;
+        let row = HostRow {
+            name: req.name.clone(),
+            initiators: req.initiators.clone(),
+            chap_secret: req.chap_secret.clone(),
+            token_sha256: token_hash(&token),
+            luns: BTreeMap::new(),
+            import_from: req.import_from.clone(),
+        };
+        Self::write(&mut inner, vec![Record::Host(row.clone())])?;
+        for i in &row.initiators {
+            self.0.exporter.set_chap(i, row.chap_secret.as_deref());
+        }
+        tracing::info!(host = %row.name, "host created");
+        Ok(CreatedHost {
+            host: Self::host_record(&row),
+            token,
+        })
+    }
+
+    /// Every host.
+    pub fn list_hosts(&self) -> Vec<HostRecord> {
+        self.lock()
+            .db
+            .hosts
+            .values()
+            .map(Self::host_record)
+            .collect()
+    }
+
+    fn host_row(db: &Db, name: &str) -> Result<HostRow, ArrayError> {
+        db.hosts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ArrayError::NotFound(format!("Host {name} does not exist.")))
+    }
+
+    /// One host.
+    pub fn get_host(&self, name: &str) -> Result<HostRecord, ArrayError> {
+        Ok(Self::host_record(&Self::host_row(&self.lock().db, name)?))
+    }
+
+    /// Deletes a host: its mappings go, its initiators lose their CHAP secret.
+    pub fn delete_host(&self, name: &str) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        let h = Self::host_row(&inner.db, name)?;
+        Self::write(
+            &mut inner,
+            vec![Record::HostGone {
+                name: name.to_string(),
+            }],
+        )?;
+        for n in h.luns.keys() {
+            self.unexport(&h.initiators, *n);
+        }
+        for i in &h.initiators {
+            self.0.exporter.set_chap(i, None);
+        }
+        tracing::info!(host = name, "host deleted");
+        Ok(())
+    }
+
+    /// Maps a LUN to a host at the given or lowest free number; mapping it again at the same
+    /// number is a no-op, at another 409.
+    pub fn map_lun(&self, host: &str, req: &MapLun) -> Result<HostRecord, ArrayError> {
+        let mut inner = self.lock();
+        let mut h = Self::host_row(&inner.db, host)?;
+        Self::get_row(&inner.db, &req.lun)?;
+        if let Some(n) = req.lun_number {
+            if n >= MAX_LUN_NUMBER {
+                return Err(ArrayError::BadRequest(format!(
+                    "lun_number must be below {MAX_LUN_NUMBER}; got {n}."
+                )));
+            }
+        }
+        if let Some((n, _)) = h.luns.iter().find(|(_, l)| **l == req.lun) {
+            if req.lun_number.is_none_or(|want| want == *n) {
+                return Ok(Self::host_record(&h));
+            }
+            return Err(ArrayError::Conflict(format!(
+                "LUN {} is mapped to host {host} as number {n}; unmap it first.",
+                req.lun
+            )));
+        }
+        let n = match req.lun_number {
+            Some(n) if h.luns.contains_key(&n) => {
+                return Err(ArrayError::Conflict(format!(
+                    "Host {host} already has LUN number {n}; pick a free number."
+                )));
+            }
+            Some(n) => n,
+            None => (0u64..MAX_LUN_NUMBER)
+                .find(|n| !h.luns.contains_key(n))
+                .ok_or_else(|| {
+                    ArrayError::LimitReached(format!("Host {host} has no free LUN number."))
+                })?,
+        };
+        h.luns.insert(n, req.lun.clone());
+        let mut records = vec![Record::Host(h.clone())];
+        let row = &inner.db.luns[&req.lun];
+        if row.snapshot_of.is_some() && row.state != LunState::Exposed {
+            let mut r = row.clone();
+            r.state = LunState::Exposed;
+            records.push(Record::Lun(r));
+        }
+        Self::write(&mut inner, records)?;
+        self.export(&inner.db, &h.initiators, n, &req.lun);
+        tracing::info!(host, lun = %req.lun, number = n, "LUN mapped");
+        Ok(Self::host_record(&h))
+    }
+
+    /// Unmaps a LUN from a host (404 if it is not mapped there).
+    pub fn unmap_lun(&self, host: &str, lun: &str) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        let mut h = Self::host_row(&inner.db, host)?;
+        let nums: Vec<u64> = h
+            .luns
+            .iter()
+            .filter(|(_, l)| l.as_str() == lun)
+            .map(|(n, _)| *n)
+            .collect();
+        if nums.is_empty() {
+            return Err(ArrayError::NotFound(format!(
+                "LUN {lun} is not mapped to host {host}."
+            )));
+        }
+        for n in &nums {
+            h.luns.remove(n);
+        }
+        Self::write(&mut inner, vec![Record::Host(h.clone())])?;
+        for n in nums {
+            self.unexport(&h.initiators, n);
+        }
+        tracing::info!(host, lun, "LUN unmapped");
+        Ok(())
+    }
+
+    /// Every snapshot set of every host.
+    pub fn admin_sets(&self) -> Vec<SetRecord> {
+        self.lock()
+            .db
+            .sets
+            .values()
+            .map(|s| SetRecord {
+                set_id: s.set_id,
+                host: s.host.clone(),
+                state: s.state,
+                context: s.context,
+                snapshots: s
+                    .members
+                    .iter()
+                    .map(|m| SetMember {
+                        snapshot_id: m.snapshot_id,
+                        source: m.source.clone(),
+                        lun: m.lun.clone(),
+                    })
+                    .collect(),
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+            })
+            .collect()
+    }
+}

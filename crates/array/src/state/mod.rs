@@ -1,0 +1,240 @@
+//! The array's objects and every verb on them, independent of HTTP: LUNs with fixed identity,
+//! hosts and mappings, snapshot sets, resync jobs. Each change runs backend work first, then
+//! appends its records to the journal (durable), then updates memory, then answers; so an
+//! acknowledged change survives any crash, and an unacknowledged one leaves at worst an
+//! orphan volume that [`Array::open`] deletes.
+//!
+//! By job: the rows, the journal discipline and the start-up sweep (`rows`), the snapshot-set
+//! verbs the provider drives (`sets`), resync jobs (`resync`), the administrator's verbs
+//! (`admin`), the reaper (`reaper`), authentication and what each caller may reach (`auth`).
+//! This module opens the array and keeps the SCSI target's mappings in step with the rows.
+
+mod admin;
+mod auth;
+mod reaper;
+mod resync;
+mod rows;
+mod sets;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use api::{JobId, LunId};
+use storage::Backend;
+use vss::identity::LunIdentity;
+use vss::scsi::Designator;
+
+pub use admin::valid_iqn;
+pub use auth::{Scope, new_token, token_hash};
+pub use rows::{HostRow, JobRow, LunRow, LunState, MemberRow, Record, SetRow, is_lun_id, lun_id};
+
+use crate::error::ArrayError;
+use crate::journal::Journal;
+use resync::JobHandle;
+use rows::{Db, Inner};
+
+/// What maps LUNs into the SCSI target: called with every mapping change, per initiator.
+pub trait Exporter: Send + Sync {
+    fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun);
+    fn unmap(&self, initiator: &str, lun_number: u64);
+    /// A LUN's size changed: initiators that know it should hear CAPACITY DATA HAS CHANGED.
+    fn resized(&self, lun: &str) {
+        let _ = lun;
+    }
+    /// Sets (or clears) the CHAP secret an initiator must log in with.
+    fn set_chap(&self, initiator: &str, secret: Option<&str>) {
+        let _ = (initiator, secret);
+    }
+}
+
+/// A LUN as the SCSI target serves it.
+pub struct ExportedLun {
+    pub id: LunId,
+    pub identity: LunIdentity,
+    /// Target port designators appended to VPD 0x83.
+    pub target_ports: Vec<Designator>,
+    pub device: scsi::Device,
+}
+
+/// An exporter that serves nothing (API-only arrays and tests).
+#[derive(Debug, Default)]
+pub struct NoExport;
+
+impl Exporter for NoExport {
+    fn map(&self, _: &str, _: u64, _: &ExportedLun) {}
+    fn unmap(&self, _: &str, _: u64) {}
+}
+
+/// Limits and policies.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub target_name: String,
+    pub max_luns_per_set: usize,
+    pub max_lun_bytes: u64,
+    pub reaper_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let c = crate::config::Config::default();
+        Self {
+            reaper_timeout: c.reaper_timeout(),
+            target_name: c.target_name,
+            max_luns_per_set: c.max_luns_per_set,
+            max_lun_bytes: c.max_lun_bytes,
+        }
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    backend: Arc<dyn Backend>,
+    exporter: Arc<dyn Exporter>,
+    policy: Policy,
+    ports: Vec<Designator>,
+    admin_token_sha256: String,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    jobs: Mutex<HashMap<JobId, JobHandle>>,
+}
+
+/// The array: cheap to clone, every clone is the same array.
+#[derive(Clone)]
+pub struct Array(Arc<Shared>);
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Array")
+            .field("target", &self.0.policy.target_name)
+            .finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Array {
+    /// Opens the array: replays the journal at `journal_path`, deletes volumes named as this
+    /// array names them that no LUN owns (left by a crash between engine work and journal
+    /// append), marks interrupted resync jobs failed, and maps every mapping into `exporter`.
+    pub fn open(
+        journal_path: &Path,
+        backend: Arc<dyn Backend>,
+        exporter: Arc<dyn Exporter>,
+        policy: Policy,
+        admin_token_sha256: String,
+    ) -> Result<Self, ArrayError> {
+        Self::open_with_clock(
+            journal_path,
+            backend,
+            exporter,
+            policy,
+            admin_token_sha256,
+            Box::new(now_secs),
+        )
+    }
+
+    /// [`Array::open`] with a clock (seconds since the epoch), for reaper tests.
+    pub fn open_with_clock(
+        journal_path: &Path,
+        backend: Arc<dyn Backend>,
+        exporter: Arc<dyn Exporter>,
+        policy: Policy,
+        admin_token_sha256: String,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Self, ArrayError> {
+        let mut db = Db::default();
+        let (journal, _) = Journal::open::<Record, _>(journal_path, |recs| {
+            for r in recs {
+                db.apply(r);
+            }
+            resync::fail_interrupted(&mut db);
+            db.records()
+        })?;
+        rows::sweep_orphans(&db, backend.as_ref())?;
+        // What the SCSI target appends to VPD 0x83 (relative port and TPGT 1, the iSCSI
+        // target's portal group tag): the target port designators and the target device name.
+        let ports = scsi::target_designators(&policy.target_name, 1);
+        let array = Array(Arc::new(Shared {
+            inner: Mutex::new(Inner { journal, db }),
+            backend,
+            exporter,
+            policy,
+            ports,
+            admin_token_sha256,
+            clock,
+            jobs: Mutex::new(HashMap::new()),
+        }));
+        {
+            let inner = array.lock();
+            for h in inner.db.hosts.values() {
+                for i in &h.initiators {
+                    array.0.exporter.set_chap(i, h.chap_secret.as_deref());
+                }
+                for (n, lun) in &h.luns {
+                    array.export(&inner.db, &h.initiators, *n, lun);
+                }
+            }
+        }
+        Ok(array)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        (self.0.clock)()
+    }
+
+    fn export(&self, db: &Db, initiators: &[String], number: u64, lun: &str) {
+        let Some(row) = db.luns.get(lun) else { return };
+        let device = match self.0.backend.device(lun) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(lun, error = %e, "cannot open the LUN's volume; not exported");
+                return;
+            }
+        };
+        let e = ExportedLun {
+            id: row.id.clone(),
+            identity: LunIdentity::for_number(row.number),
+            target_ports: self.0.ports.clone(),
+            device,
+        };
+        for i in initiators {
+            self.0.exporter.map(i, number, &e);
+        }
+    }
+
+    fn unexport(&self, initiators: &[String], number: u64) {
+        for i in initiators {
+            self.0.exporter.unmap(i, number);
+        }
+    }
+
+    /// The identity pages a LUN serves.
+    pub fn identity_pages(&self, number: u64) -> vss::lun::ScsiIdentity {
+        LunIdentity::for_number(number).scsi_identity(&self.0.ports)
+    }
+
+    pub fn target_name(&self) -> &str {
+        &self.0.policy.target_name
+    }
+
+    /// Flushes the journal (shutdown).
+    pub fn sync(&self) -> Result<(), ArrayError> {
+        self.lock().journal.sync().map_err(Into::into)
+    }
+}
+
+/// LUN numbers a host can see: SAM flat space addressing tops out at 16383.
+pub const MAX_LUN_NUMBER: u64 = 16384;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! The rows the journal holds, the tables they replay into, and the journal discipline: a
+//! change is appended and fsync'd before it is applied to memory, so an acknowledged change
+//! survives any crash.
+
+use std::collections::BTreeMap;
+
+use api::{JobId, JobStatus, LunId, Mapping, ResyncPair, SetState, SnapshotOrigin};
+use serde::{Deserialize, Serialize};
+use storage::Backend;
+use vss::{SnapshotContext, VssId};
+
+use super::{Array, Scope};
+use crate::error::ArrayError;
+use crate::journal::Journal;
+
+/// Lifecycle of a LUN row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LunState {
+    /// An original LUN.
+    Online,
+    /// A snapshot LUN reserved by prepare: identity fixed, no volume yet.
+    Prepared,
+    /// A snapshot LUN taken by commit, not yet mapped.
+    Committed,
+    /// A snapshot LUN mapped to its host.
+    Exposed,
+    /// A snapshot LUN unmapped again.
+    Masked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunRow {
+    pub id: LunId,
+    pub number: u64,
+    pub name: String,
+    pub size_bytes: u64,
+    pub snapshot_of: Option<SnapshotOrigin>,
+    /// Host that created the snapshot LUN.
+    pub owner: Option<String>,
+    pub state: LunState,
+    pub created_at: u64,
+}
+
+/// The id of LUN number `number`, which is also the name of its volume.
+pub fn lun_id(number: u64) -> LunId {
+    format!("lun-{number}")
+}
+
+/// Whether `name` has the form of [`lun_id`]: the only volumes the array may delete without
+/// a LUN row saying so.
+pub fn is_lun_id(name: &str) -> bool {
+    name.strip_prefix("lun-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRow {
+    pub name: String,
+    pub initiators: Vec<String>,
+    /// CHAP needs the secret itself, so the journal (0600) keeps it.
+    pub chap_secret: Option<String>,
+    /// SHA-256 of the API token, hex.
+    pub token_sha256: String,
+    /// LUN number → LUN id.
+    pub luns: BTreeMap<u64, LunId>,
+    /// Hosts whose snapshot LUNs this host may import.
+    #[serde(default)]
+    pub import_from: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub snapshot_id: VssId,
+    pub source: LunId,
+    pub lun: LunId,
+    pub released: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRow {
+    pub set_id: VssId,
+    pub host: String,
+    pub state: SetState,
+    pub context: SnapshotContext,
+    pub members: Vec<MemberRow>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub id: JobId,
+    /// Who started the job (the journal spells the administrator `*admin*`).
+    pub host: Scope,
+    pub pairs: Vec<ResyncPair>,
+    pub status: JobStatus,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    Counters { next_number: u64, next_job: u64 },
+    Lun(LunRow),
+    LunGone { id: LunId },
+    Host(HostRow),
+    HostGone { name: String },
+    Set(SetRow),
+    SetGone { set_id: VssId },
+    Job(JobRow),
+}
+
+#[derive(Debug, Default, Clone)]
+/// Every row, as the journal's records leave them.
+pub(super) struct Db {
+    pub(super) next_number: u64,
+    pub(super) next_job: u64,
+    pub(super) luns: BTreeMap<LunId, LunRow>,
+    pub(super) hosts: BTreeMap<String, HostRow>,
+    pub(super) sets: BTreeMap<VssId, SetRow>,
+    pub(super) jobs: BTreeMap<JobId, JobRow>,
+}
+
+impl Db {
+    pub(super) fn apply(&mut self, r: Record) {
+        match r {
+            Record::Counters {
+                next_number,
+                next_job,
+            } => {
+                self.next_number = self.next_number.max(next_number);
+                self.next_job = self.next_job.max(next_job);
+            }
+            Record::Lun(l) => {
+                self.luns.insert(l.id.clone(), l);
+            }
+            Record::LunGone { id } => {
+                self.luns.remove(&id);
+            }
+            Record::Host(h) => {
+                self.hosts.insert(h.name.clone(), h);
+            }
+            Record::HostGone { name } => {
+                self.hosts.remove(&name);
+            }
+            Record::Set(s) => {
+                self.sets.insert(s.set_id, s);
+            }
+            Record::SetGone { set_id } => {
+                self.sets.remove(&set_id);
+            }
+            Record::Job(j) => {
+                self.jobs.insert(j.id.clone(), j);
+            }
+        }
+    }
+
+    pub(super) fn records(&self) -> Vec<Record> {
+        let mut v = vec![Record::Counters {
+            next_number: self.next_number,
+            next_job: self.next_job,
+        }];
+        v.extend(self.luns.values().cloned().map(Record::Lun));
+        v.extend(self.hosts.values().cloned().map(Record::Host));
+        v.extend(self.sets.values().cloned().map(Record::Set));
+        v.extend(self.jobs.values().cloned().map(Record::Job));
+        v
+    }
+
+    pub(super) fn mappings_of(&self, lun: &str) -> Vec<Mapping> {
+        self.hosts
+            .values()
+            .flat_map(|h| {
+                h.luns
+                    .iter()
+                    .filter(|(_, l)| l.as_str() == lun)
+                    .map(|(n, _)| Mapping {
+                        host: h.name.clone(),
+                        lun_number: *n,
+                    })
+            })
+            .collect()
+    }
+
+    pub(super) fn mapped_to(&self, host: &str, lun: &str) -> bool {
+        self.hosts
+            .get(host)
+            .is_some_and(|h| h.luns.values().any(|l| l == lun))
+    }
+
+    pub(super) fn dependants(&self, lun: &str) -> usize {
+        self.luns
+            .values()
+            .filter(|l| l.snapshot_of.as_ref().is_some_and(|o| o.source == lun))
+            .count()
+    }
+}
+
+/// The journal and the rows it holds, under the array's one lock.
+pub(super) struct Inner {
+    pub(super) journal: Journal,
+    pub(super) db: Db,
+}
+
+impl Array {
+    /// Journals `records` durably, then applies them.
+    pub(super) fn write(inner: &mut Inner, records: Vec<Record>) -> Result<(), ArrayError> {
+        if let Err(e) = inner.journal.append(&records) {
+            tracing::error!(error = %e, "journal append failed");
+            return Err(e.into());
+        }
+        for r in records {
+            inner.db.apply(r);
+        }
+        if inner.journal.appended() >= COMPACT_AFTER {
+            let live = inner.db.records();
+            match inner.journal.rewrite(&live) {
+                Ok(()) => tracing::info!(records = live.len(), "journal compacted"),
+                // The change above is durable; the next change will report the poisoning.
+                Err(e) => tracing::error!(error = %e, "journal compaction failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the volumes no LUN owns: engine work whose journal append never happened. Only
+/// names this array gives its volumes ([`lun_id`]) are its to delete; the backend lists only
+/// its own volumes, and this holds even if one lists more.
+pub(super) fn sweep_orphans(db: &Db, backend: &dyn Backend) -> Result<(), ArrayError> {
+    let wanted: std::collections::BTreeSet<&str> = db
+        .luns
+        .values()
+        .filter(|l| l.state != LunState::Prepared)
+        .map(|l| l.id.as_str())
+        .collect();
+    let have = backend.volumes()?;
+    for v in &have {
+        if wanted.contains(v.name.as_str()) {
+            continue;
+        }
+        if !is_lun_id(&v.name) {
+            tracing::info!(volume = %v.name, "left alone a volume this array did not name");
+            continue;
+        }
+        tracing::warn!(volume = %v.name, "deleting orphan volume not in the journal");
+        backend.delete_volume(&v.name)?;
+    }
+    for id in &wanted {
+        if !have.iter().any(|v| v.name == *id) {
+            tracing::error!(lun = %id, "LUN in the journal has no volume in the pool");
+        }
+    }
+    Ok(())
+}
+
+/// Appended records after which the running daemon rewrites the journal compactly.
+const COMPACT_AFTER: u64 = 100_000;
