@@ -24,6 +24,13 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// iSCSI target name every LUN is served under.
     pub target_name: String,
+    /// Relative target port identifier of this daemon's iSCSI target port (1 to 65535),
+    /// served in VPD 0x83 and told apart by persistent reservations. The gateways of one
+    /// array each need their own.
+    pub iscsi_relative_port: u16,
+    /// iSCSI target portal group tag of this daemon's portals (TargetPortalGroupTag at
+    /// login; it also names the target port in VPD 0x83).
+    pub iscsi_portal_group_tag: u16,
     /// Refuse iSCSI logins without CHAP from every host (hosts then need a CHAP secret). A
     /// host with a CHAP secret must use CHAP whether or not this is set.
     pub iscsi_require_chap: bool,
@@ -51,6 +58,8 @@ impl Default for Config {
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             target_name: "iqn.2026-01.org.shadowlun:array".into(),
+            iscsi_relative_port: 1,
+            iscsi_portal_group_tag: 1,
             iscsi_require_chap: false,
             reaper_timeout_secs: 1800,
             reaper_interval_secs: 60,
@@ -154,6 +163,11 @@ impl Config {
                 "target_name {:?} is not an iqn./eui./naa. name",
                 self.target_name
             )));
+        }
+        if self.iscsi_relative_port == 0 {
+            return Err(bad(
+                "iscsi_relative_port must be 1 to 65535 (0 is reserved by SCSI)".into(),
+            ));
         }
         if self.reaper_interval_secs == 0 {
             return Err(bad("reaper_interval_secs must be at least 1".into()));
@@ -305,5 +319,9 @@ mod tests {
             Config::parse("target_name = 'array'", "t"),
             Err(ConfigError::Invalid { .. })
         ));
+        assert!(
+            reason("iscsi_relative_port = 0").contains("iscsi_relative_port must be 1 to 65535")
+        );
+        assert!(reason("iscsi_portal_group_tag = 70000").contains("iscsi_portal_group_tag"));
     }
 }

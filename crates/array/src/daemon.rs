@@ -81,6 +81,8 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     let target = Arc::new(scsi::Target::new(&config.target_name));
     let server = iscsi::TargetServer::bind(iscsi::TargetConfig {
         portals: config.iscsi_portals.clone(),
+        relative_port: config.iscsi_relative_port,
+        portal_group_tag: config.iscsi_portal_group_tag,
         ..iscsi::TargetConfig::default()
     })
     .await
@@ -127,6 +129,8 @@ pub async fn start_with(
     tracing::info!(kind = config.backend.kind(), "storage backend open");
     let policy = Policy {
         target_name: config.target_name.clone(),
+        relative_port: config.iscsi_relative_port,
+        portal_group_tag: config.iscsi_portal_group_tag,
         max_luns_per_set: config.max_luns_per_set,
         max_lun_bytes: config.max_lun_bytes,
         reaper_timeout: config.reaper_timeout(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use scsi::{LogicalUnit, LuIdentity};
+use storage::Backend;
 
 use crate::state::{ExportedLun, Exporter};
 
@@ -39,7 +40,7 @@ impl ScsiExporter {
         &self.target
     }
 
-    fn unit(&self, lun: &ExportedLun) -> Option<Arc<LogicalUnit>> {
+    fn unit(&self, lun: &ExportedLun, storage: &dyn Backend) -> Option<Arc<LogicalUnit>> {
         let mut units = self.units.lock().unwrap_or_else(|p| p.into_inner());
         units.retain(|_, w| w.strong_count() > 0);
         if let Some(u) = units.get(&lun.id).and_then(Weak::upgrade) {
@@ -57,15 +58,23 @@ impl ScsiExporter {
             tracing::error!(lun = %lun.id, error = %e, "LUN identity cannot be served; not mapped");
             return None;
         }
-        let u = Arc::new(LogicalUnit::new(lun.device.clone(), identity));
+        let device = match storage.device(&lun.volume) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(lun = %lun.id, volume = %lun.volume, error = %e,
+                    "cannot open the LUN's volume; not mapped");
+                return None;
+            }
+        };
+        let u = Arc::new(LogicalUnit::new(device, identity));
         units.insert(lun.id.clone(), Arc::downgrade(&u));
         Some(u)
     }
 }
 
 impl Exporter for ScsiExporter {
-    fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun) {
-        if let Some(u) = self.unit(lun) {
+    fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun, storage: &dyn Backend) {
+        if let Some(u) = self.unit(lun, storage) {
             self.target.map(initiator, lun_number, u);
         }
     }

@@ -62,7 +62,52 @@ fn serial_of(vpd80: &[u8]) -> String {
 
 #[test]
 fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
-    let t = with_iscsi();
+    let page = visibility_and_promised_identity(&with_iscsi());
+    assert_eq!(target_port(&page), (1, format!("{TARGET},t,0x0001")));
+}
+
+/// The target port an array is configured with is the one its LUNs serve in VPD 0x83 and
+/// the one `describe` (what the provider's GetTargetLuns reports) predicts.
+#[test]
+fn the_configured_target_port_is_served_and_predicted() {
+    let t = TestArray::start_with(|c| {
+        c.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+        c.iscsi_relative_port = 3;
+        c.iscsi_portal_group_tag = 7;
+    });
+    let page = visibility_and_promised_identity(&t);
+    assert_eq!(target_port(&page), (3, format!("{TARGET},t,0x0007")));
+}
+
+/// The relative target port identifier and the target port's SCSI name in a VPD 0x83 page.
+fn target_port(page: &[u8]) -> (u16, String) {
+    use vss::IdentifierType;
+    use vss::scsi::{Association, decode_device_identification};
+    let (_, ds) = decode_device_identification(page).unwrap();
+    let port: Vec<_> = ds
+        .iter()
+        .filter(|d| d.association == Association::TARGET_PORT)
+        .collect();
+    let rel = port
+        .iter()
+        .find(|d| d.designator_type == IdentifierType::PORT_RELATIVE)
+        .map(|d| u16::from_be_bytes([d.value[2], d.value[3]]))
+        .expect("a relative target port designator");
+    let name = port
+        .iter()
+        .find(|d| d.designator_type == IdentifierType::SCSI_NAME_STRING)
+        .map(|d| {
+            String::from_utf8_lossy(&d.value)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .expect("a target port name");
+    (rel, name)
+}
+
+/// Masking, the identity `describe` promises for a snapshot LUN (byte for byte, as the host
+/// reads it over iSCSI), snapshot contents, and growth. Returns the snapshot LUN's VPD 0x83.
+fn visibility_and_promised_identity(t: &TestArray) -> Vec<u8> {
     let mut admin = t.admin();
     let (lun_a, tok_a) = lun_for_host(&mut admin, "la", "a", IQN_A);
     let (lun_b, _) = lun_for_host(&mut admin, "lb", "b", IQN_B);
@@ -77,14 +122,14 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
         .json()
         .unwrap();
 
-    let mut sa = login(&t, IQN_A).unwrap();
+    let mut sa = login(t, IQN_A).unwrap();
     assert_eq!(sa.report_luns().unwrap(), vec![0]);
     assert_eq!(serial_of(&sa.inquiry(0, Some(0x80)).unwrap()), rec_a.serial);
-    let mut sb = login(&t, IQN_B).unwrap();
+    let mut sb = login(t, IQN_B).unwrap();
     assert_eq!(sb.report_luns().unwrap(), vec![0]);
     assert_eq!(serial_of(&sb.inquiry(0, Some(0x80)).unwrap()), rec_b.serial);
     assert!(
-        login(&t, "iqn.1991-05.com.microsoft:stranger").is_err(),
+        login(t, "iqn.1991-05.com.microsoft:stranger").is_err(),
         "an initiator of no host may not log in"
     );
 
@@ -139,10 +184,8 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
         Some(sa.inquiry(1, Some(0x80)).unwrap()),
         snap.identity.unit_serial
     );
-    assert_eq!(
-        sa.inquiry(1, Some(0x83)).unwrap(),
-        snap.identity.device_identification
-    );
+    let page = sa.inquiry(1, Some(0x83)).unwrap();
+    assert_eq!(page, snap.identity.device_identification);
     let data = sa.read16(1, 0, 1, 512).unwrap();
     assert_eq!(data, block, "the snapshot holds the commit instant's data");
     sa.write16(1, 0, &[0x77u8; 512], 512, false)
@@ -180,6 +223,7 @@ fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
     );
     let _ = sa.logout();
     let _ = sb.logout();
+    page
 }
 
 #[test]

@@ -615,6 +615,7 @@ fn unit_attention_is_retried_and_reported_to_the_caller() {
         initiator_port: format!("{HOST_A},i,0x800000000042"),
         initiator: HOST_A.into(),
         target_port: 1,
+        portal_group_tag: 1,
     });
     s.test_unit_ready(0).unwrap();
     let uas = s.take_unit_attentions();

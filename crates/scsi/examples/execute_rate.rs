@@ -31,6 +31,7 @@ fn run(t: &Target, threads: u32, op: u8, label: &str) {
                     initiator_port: format!("iqn.2026-01.org.example:bench,i,0x{i:012x}"),
                     initiator: "iqn.2026-01.org.example:bench".into(),
                     target_port: 1,
+                    portal_group_tag: 1,
                 };
                 let data = vec![0x5Au8; 4096];
                 let mut ok = 0u32;

@@ -141,8 +141,13 @@ pub struct Nexus {
     pub initiator_port: String,
     /// Initiator device name (iSCSI InitiatorName); masking is keyed on it.
     pub initiator: String,
-    /// Relative target port identifier.
+    /// Relative target port identifier of the port the nexus came through (SPC-4 7.8.7):
+    /// unique among the array's target ports, it tells persistent reservations' target
+    /// ports apart and is served in VPD 0x83.
     pub target_port: u16,
+    /// iSCSI target portal group tag of that port: with the target name it names the target
+    /// port (`<target>,t,0x<tag>`) in VPD 0x83.
+    pub portal_group_tag: u16,
 }
 
 /// Task attribute of a command (SAM-5).

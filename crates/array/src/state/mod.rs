@@ -37,7 +37,10 @@ use rows::{Db, Inner};
 
 /// What maps LUNs into the SCSI target: called with every mapping change, per initiator.
 pub trait Exporter: Send + Sync {
-    fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun);
+    /// Maps `lun` at `lun_number` for `initiator`. The exporter opens the LUN's volume itself,
+    /// through `storage`, when it does not serve the LUN yet; a volume that cannot be opened
+    /// is logged and left unmapped.
+    fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun, storage: &dyn Backend);
     fn unmap(&self, initiator: &str, lun_number: u64);
     /// A LUN's size changed: initiators that know it should hear CAPACITY DATA HAS CHANGED.
     fn resized(&self, lun: &str) {
@@ -49,13 +52,14 @@ pub trait Exporter: Send + Sync {
     }
 }
 
-/// A LUN as the SCSI target serves it.
+/// A LUN as the SCSI target serves it: what it is, not the open volume.
 pub struct ExportedLun {
     pub id: LunId,
     pub identity: LunIdentity,
     /// Target port designators appended to VPD 0x83.
     pub target_ports: Vec<Designator>,
-    pub device: scsi::Device,
+    /// The storage volume holding the LUN's blocks.
+    pub volume: String,
 }
 
 /// An exporter that serves nothing (API-only arrays and tests).
@@ -63,7 +67,7 @@ pub struct ExportedLun {
 pub struct NoExport;
 
 impl Exporter for NoExport {
-    fn map(&self, _: &str, _: u64, _: &ExportedLun) {}
+    fn map(&self, _: &str, _: u64, _: &ExportedLun, _: &dyn Backend) {}
     fn unmap(&self, _: &str, _: u64) {}
 }
 
@@ -71,6 +75,10 @@ impl Exporter for NoExport {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub target_name: String,
+    /// The target port LUNs are served through (relative port identifier and iSCSI portal
+    /// group tag): what the identity pages the array predicts carry.
+    pub relative_port: u16,
+    pub portal_group_tag: u16,
     pub max_luns_per_set: usize,
     pub max_lun_bytes: u64,
     pub reaper_timeout: Duration,
@@ -82,6 +90,8 @@ impl Default for Policy {
         Self {
             reaper_timeout: c.reaper_timeout(),
             target_name: c.target_name,
+            relative_port: c.iscsi_relative_port,
+            portal_group_tag: c.iscsi_portal_group_tag,
             max_luns_per_set: c.max_luns_per_set,
             max_lun_bytes: c.max_lun_bytes,
         }
@@ -157,9 +167,13 @@ impl Array {
             db.records()
         })?;
         rows::sweep_orphans(&db, backend.as_ref())?;
-        // What the SCSI target appends to VPD 0x83 (relative port and TPGT 1, the iSCSI
-        // target's portal group tag): the target port designators and the target device name.
-        let ports = scsi::target_designators(&policy.target_name, 1);
+        // What the SCSI target appends to VPD 0x83: the target port designators (the port
+        // the configuration gives the iSCSI target) and the target device name.
+        let ports = scsi::target_designators(
+            &policy.target_name,
+            policy.relative_port,
+            policy.portal_group_tag,
+        );
         let array = Array(Arc::new(Shared {
             inner: Mutex::new(Inner { journal, db }),
             backend,
@@ -194,21 +208,14 @@ impl Array {
 
     fn export(&self, db: &Db, initiators: &[String], number: u64, lun: &str) {
         let Some(row) = db.luns.get(lun) else { return };
-        let device = match self.0.backend.device(lun) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(lun, error = %e, "cannot open the LUN's volume; not exported");
-                return;
-            }
-        };
         let e = ExportedLun {
             id: row.id.clone(),
             identity: LunIdentity::for_number(row.number),
             target_ports: self.0.ports.clone(),
-            device,
+            volume: row.id.to_string(),
         };
         for i in initiators {
-            self.0.exporter.map(i, number, &e);
+            self.0.exporter.map(i, number, &e, self.0.backend.as_ref());
         }
     }
 

@@ -13,7 +13,7 @@ use super::*;
 struct Recorder(Mutex<Vec<String>>);
 
 impl Exporter for Recorder {
-    fn map(&self, initiator: &str, n: u64, lun: &ExportedLun) {
+    fn map(&self, initiator: &str, n: u64, lun: &ExportedLun, _: &dyn Backend) {
         self.0
             .lock()
             .unwrap()

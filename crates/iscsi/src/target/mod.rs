@@ -49,6 +49,11 @@ pub struct TargetConfig {
     pub nop_interval: Option<Duration>,
     /// How long a ping may stay unanswered before the connection is dropped.
     pub nop_timeout: Duration,
+    /// Relative target port identifier of this server's target port (SCSI). Unique among
+    /// the target ports of one array: each gateway of an array has its own.
+    pub relative_port: u16,
+    /// iSCSI target portal group tag of every portal of this server (TargetPortalGroupTag
+    /// at login; with the target name it names the target port).
     pub portal_group_tag: u16,
     /// Largest Expected Data Transfer Length accepted for one command.
     pub max_transfer: u32,
@@ -69,6 +74,7 @@ impl Default for TargetConfig {
             queue_depth: 128,
             nop_interval: Some(Duration::from_secs(10)),
             nop_timeout: Duration::from_secs(30),
+            relative_port: 1,
             portal_group_tag: 1,
             max_transfer: 32 * 1024 * 1024,
             discovery_auth: AuthPolicy::None,

@@ -8,11 +8,16 @@ use vss::scsi::{
 use super::{Ctx, Res, limits};
 
 /// The designators VPD 0x83 carries after a logical unit's own (association 0): the
-/// target port (relative port identifier and target port group, both `port`, the iSCSI
+/// target port (its relative target port identifier, and its SCSI name with the iSCSI
 /// portal group tag) and the target device name. Whoever predicts the page a host will read
 /// (the array's `describe`) calls this too, so the two cannot drift.
-pub fn target_designators(target_name: &str, port: u16) -> Vec<Designator> {
-    let mut ds = Designator::iscsi_target_port(target_name, port, port).to_vec();
+pub fn target_designators(
+    target_name: &str,
+    relative_port: u16,
+    portal_group_tag: u16,
+) -> Vec<Designator> {
+    let mut ds =
+        Designator::iscsi_target_port(target_name, relative_port, portal_group_tag).to_vec();
     ds.push(Designator::iscsi_target_device(target_name));
     ds
 }
@@ -49,7 +54,11 @@ pub(crate) fn inquiry(ctx: &Ctx<'_>, evpd: bool, page: u8) -> Res {
         0x80 => encode_unit_serial(p, &lu.identity().serial),
         0x83 => {
             let mut ds: Vec<Designator> = lu.identity().designators.clone();
-            ds.extend(target_designators(ctx.target_name, ctx.nexus.target_port));
+            ds.extend(target_designators(
+                ctx.target_name,
+                ctx.nexus.target_port,
+                ctx.nexus.portal_group_tag,
+            ));
             encode_device_identification(p, &ds).map_err(|e| {
                 tracing::error!(error = %e, "logical unit identity cannot be encoded");
                 Sense::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)

@@ -20,6 +20,7 @@ pub fn nexus(initiator: &str, isid: u64, port: u16) -> Nexus {
         initiator_port: format!("{initiator},i,0x{isid:012x}"),
         initiator: initiator.to_string(),
         target_port: port,
+        portal_group_tag: port,
     }
 }
 

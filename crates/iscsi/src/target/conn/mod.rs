@@ -156,7 +156,8 @@ async fn full_feature(
     let nexus = Arc::new(Nexus {
         initiator_port: format!("{},i,0x{:012x}", login.initiator, login.isid),
         initiator: login.initiator.clone(),
-        target_port: cfg.portal_group_tag,
+        target_port: cfg.relative_port,
+        portal_group_tag: cfg.portal_group_tag,
     });
     let kill = Arc::new(Notify::new());
     let (ended_tx, ended_rx) = watch::channel(false);
