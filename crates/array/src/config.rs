@@ -22,8 +22,11 @@ pub struct Config {
     pub iscsi_portals: Vec<SocketAddr>,
     /// Address of the HTTPS control API.
     pub api_listen: SocketAddr,
-    /// iSCSI target name every LUN is served under.
-    pub target_name: String,
+    /// iSCSI target name every LUN is served under. Default: the pool's, fixed when the
+    /// pool is made (`iqn.2026-01.org.shadowlun:array-<array id>`; pools made before arrays
+    /// had ids keep `iqn.2026-01.org.shadowlun:array`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_name: Option<String>,
     /// Relative target port identifier of this daemon's iSCSI target port (1 to 65535),
     /// served in VPD 0x83 and told apart by persistent reservations. The gateways of one
     /// array each need their own.
@@ -57,7 +60,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
-            target_name: "iqn.2026-01.org.shadowlun:array".into(),
+            target_name: None,
             iscsi_relative_port: 1,
             iscsi_portal_group_tag: 1,
             iscsi_require_chap: false,
@@ -158,10 +161,11 @@ impl Config {
             path: origin.into(),
             reason,
         };
-        if !crate::state::valid_iqn(&self.target_name) {
+        if let Some(t) = &self.target_name
+            && !crate::state::valid_iqn(t)
+        {
             return Err(bad(format!(
-                "target_name {:?} is not an iqn./eui./naa. name",
-                self.target_name
+                "target_name {t:?} is not an iqn./eui./naa. name"
             )));
         }
         if self.iscsi_relative_port == 0 {
@@ -216,7 +220,7 @@ mod tests {
         let c = Config::parse("", "test").unwrap();
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:8443");
         assert_eq!(c.iscsi_portals[0].to_string(), "127.0.0.1:3260");
-        assert_eq!(c.target_name, "iqn.2026-01.org.shadowlun:array");
+        assert_eq!(c.target_name, None);
         assert_eq!(
             c.cert_path(),
             PathBuf::from("/var/lib/shadowlun/tls/cert.pem")

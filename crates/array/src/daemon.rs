@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ArrayError;
 use crate::export::ScsiExporter;
+use crate::pool::{PoolIdentity, PoolLock};
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 
 /// A started daemon.
@@ -31,6 +32,8 @@ pub struct RunningArray {
     /// The 0600 file holding the admin token.
     pub admin_token_path: PathBuf,
     pub array: Array,
+    /// Held until the daemon has stopped: no second daemon opens the pool meanwhile.
+    _pool_lock: PoolLock,
     iscsi: Option<Arc<iscsi::TargetServer>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -75,10 +78,12 @@ fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayErr
 /// Starts the daemon: the configured engine, the iSCSI target on `iscsi_portals` (none when
 /// the list is empty) and the HTTPS API.
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
+    let pool = PoolFiles::open(&config)?;
     if config.iscsi_portals.is_empty() {
-        return start_with(config, Arc::new(NoExport), None).await;
+        return start_prepared(config, pool, Arc::new(NoExport), None).await;
     }
-    let target = Arc::new(scsi::Target::new(&config.target_name));
+    let target_name = pool.target_name(&config);
+    let target = Arc::new(scsi::Target::new(&target_name));
     let server = iscsi::TargetServer::bind(iscsi::TargetConfig {
         portals: config.iscsi_portals.clone(),
         relative_port: config.iscsi_relative_port,
@@ -98,7 +103,7 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
         iscsi::AuthPolicy::None
     };
     server
-        .add_target(&config.target_name, Some("shadowlun"), target.clone(), auth)
+        .add_target(&target_name, Some("shadowlun"), target.clone(), auth)
         .map_err(|e| {
             ArrayError::io(
                 "adding the iSCSI target",
@@ -107,7 +112,37 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
         })?;
     let server = Arc::new(server);
     let exporter = Arc::new(ScsiExporter::new(target, Some(server.clone())));
-    start_with(config, exporter, Some(server)).await
+    start_prepared(config, pool, exporter, Some(server)).await
+}
+
+/// The pool directory, held: its lock and the array's identity.
+struct PoolFiles {
+    lock: PoolLock,
+    identity: PoolIdentity,
+}
+
+impl PoolFiles {
+    /// Creates the pool directory (0700) if needed, takes its lock (a second daemon on the
+    /// pool stops here) and reads or makes the array's identity.
+    fn open(config: &Config) -> Result<PoolFiles, ArrayError> {
+        let pool = &config.pool_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pool)
+            .map_err(|e| ArrayError::io(format!("creating {}", pool.display()), e))?;
+        let lock = PoolLock::acquire(pool)?;
+        let identity = PoolIdentity::load_or_create(pool, &config.journal_path())?;
+        Ok(PoolFiles { lock, identity })
+    }
+
+    /// The target name: the configuration's, or the pool's default.
+    fn target_name(&self, config: &Config) -> String {
+        config
+            .target_name
+            .clone()
+            .unwrap_or_else(|| self.identity.target_name.clone())
+    }
 }
 
 /// Starts the daemon, mapping LUNs through `exporter`; `iscsi` is the target server to stop
@@ -117,9 +152,17 @@ pub async fn start_with(
     exporter: Arc<dyn Exporter>,
     iscsi: Option<Arc<iscsi::TargetServer>>,
 ) -> Result<RunningArray, ArrayError> {
+    let pool = PoolFiles::open(&config)?;
+    start_prepared(config, pool, exporter, iscsi).await
+}
+
+async fn start_prepared(
+    config: Config,
+    files: PoolFiles,
+    exporter: Arc<dyn Exporter>,
+    iscsi: Option<Arc<iscsi::TargetServer>>,
+) -> Result<RunningArray, ArrayError> {
     let pool = config.pool_dir.clone();
-    std::fs::create_dir_all(&pool)
-        .map_err(|e| ArrayError::io(format!("creating {}", pool.display()), e))?;
     let admin_token_path = config.admin_token_path();
     let admin = read_or_create_admin_token(&admin_token_path)?;
     let (certs, key, fingerprint) =
@@ -128,7 +171,8 @@ pub async fn start_with(
     let backend = config.backend.open(&pool)?;
     tracing::info!(kind = config.backend.kind(), "storage backend open");
     let policy = Policy {
-        target_name: config.target_name.clone(),
+        array_id: Some(files.identity.array_id),
+        target_name: files.target_name(&config),
         relative_port: config.iscsi_relative_port,
         portal_group_tag: config.iscsi_portal_group_tag,
         max_luns_per_set: config.max_luns_per_set,
@@ -165,6 +209,7 @@ pub async fn start_with(
         .map(|s| s.local_addrs().to_vec())
         .unwrap_or_default();
     Ok(RunningArray {
+        _pool_lock: files.lock,
         api_addr,
         iscsi_addrs,
         iscsi,

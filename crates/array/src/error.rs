@@ -60,6 +60,15 @@ pub enum ArrayError {
     Config(#[from] ConfigError),
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error(
+        "the pool {} is in use by another shadowlun daemon{}; stop it first, or give this one another pool_dir",
+        pool.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    PoolInUse {
+        pool: std::path::PathBuf,
+        pid: Option<u32>,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

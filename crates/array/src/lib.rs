@@ -25,6 +25,7 @@ pub mod error;
 pub mod export;
 pub mod http;
 pub mod journal;
+pub mod pool;
 pub mod state;
 pub mod tls;
 

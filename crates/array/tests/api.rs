@@ -25,9 +25,15 @@ fn unauthenticated_and_wrong_role_calls_are_refused_with_problems() {
     let mut anon = t.client(None);
     let h = anon.get(r::HEALTH).unwrap();
     expect_status(&h, 200);
+    // A new pool's default target name carries the array's id.
+    let id = t
+        .running()
+        .array
+        .array_id()
+        .expect("a new pool has an array id");
     assert_eq!(
         h.json::<Health>().unwrap().target,
-        "iqn.2026-01.org.shadowlun:array"
+        format!("iqn.2026-01.org.shadowlun:array-{id}")
     );
     expect_status(&anon.get(r::OPENAPI).unwrap(), 200);
     let p = problem(&anon.get(r::ADMIN_LUNS).unwrap());
@@ -66,8 +72,7 @@ fn hosts_are_scoped_to_their_own_luns_and_sets() {
     let (lun_a, tok_a) = lun_for_host(&mut admin, "la", "a", IQN_A);
     let (_lun_b, tok_b) = lun_for_host(&mut admin, "lb", "b", IQN_B);
     let (mut a, mut b) = (t.client(Some(&tok_a)), t.client(Some(&tok_b)));
-    let n: u64 = lun_a.trim_start_matches("lun-").parse().unwrap();
-    let ident = vss::identity::LunIdentity::for_number(n);
+    let ident = t.identity(&lun_a);
     let key = LunKey {
         identifiers: ident.designators.iter().map(Into::into).collect(),
     };

@@ -13,7 +13,6 @@ use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
 
 const IQN_A: &str = "iqn.1991-05.com.microsoft:host-a";
 const IQN_B: &str = "iqn.1991-05.com.microsoft:host-b";
-const TARGET: &str = "iqn.2026-01.org.shadowlun:array";
 
 fn with_iscsi() -> TestArray {
     TestArray::start_with(|c| c.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))])
@@ -26,7 +25,7 @@ fn portal(t: &TestArray) -> SocketAddr {
 fn login(t: &TestArray, iqn: &str) -> Result<Session, InitiatorError> {
     let mut cfg = InitiatorConfig::new(iqn);
     cfg.timeout = std::time::Duration::from_secs(10);
-    Session::login(portal(t), TARGET, &cfg)
+    Session::login(portal(t), t.running().array.target_name(), &cfg)
 }
 
 /// Adds a host with one initiator and, if given, a CHAP secret.
@@ -53,7 +52,7 @@ fn chap_login(t: &TestArray, iqn: &str, secret: &str) -> Result<Session, Initiat
         secret: secret.as_bytes().to_vec(),
         mutual: None,
     });
-    Session::login(portal(t), TARGET, &cfg)
+    Session::login(portal(t), t.running().array.target_name(), &cfg)
 }
 
 fn serial_of(vpd80: &[u8]) -> String {
@@ -62,8 +61,10 @@ fn serial_of(vpd80: &[u8]) -> String {
 
 #[test]
 fn a_lun_is_visible_only_to_its_hosts_initiator_with_the_promised_identity() {
-    let page = visibility_and_promised_identity(&with_iscsi());
-    assert_eq!(target_port(&page), (1, format!("{TARGET},t,0x0001")));
+    let t = with_iscsi();
+    let page = visibility_and_promised_identity(&t);
+    let target = t.running().array.target_name();
+    assert_eq!(target_port(&page), (1, format!("{target},t,0x0001")));
 }
 
 /// The target port an array is configured with is the one its LUNs serve in VPD 0x83 and
@@ -76,7 +77,8 @@ fn the_configured_target_port_is_served_and_predicted() {
         c.iscsi_portal_group_tag = 7;
     });
     let page = visibility_and_promised_identity(&t);
-    assert_eq!(target_port(&page), (3, format!("{TARGET},t,0x0007")));
+    let target = t.running().array.target_name();
+    assert_eq!(target_port(&page), (3, format!("{target},t,0x0007")));
 }
 
 /// The relative target port identifier and the target port's SCSI name in a VPD 0x83 page.

@@ -17,9 +17,8 @@ fn provider_for(t: &TestArray, token: &str) -> HttpsArray {
     HttpsArray::new(ClientConfig::new(&url, token, &t.running().fingerprint)).unwrap()
 }
 
-fn key(lun: &str) -> LunKey {
-    let n: u64 = lun.trim_start_matches("lun-").parse().unwrap();
-    let ident = vss::identity::LunIdentity::for_number(n);
+fn key(t: &TestArray, lun: &str) -> LunKey {
+    let ident = t.identity(lun);
     LunKey {
         identifiers: ident.designators.iter().map(Into::into).collect(),
     }
@@ -31,7 +30,7 @@ fn provider_client_runs_a_whole_set_against_the_server() {
     let mut admin = t.admin();
     let (lun, tok) = lun_for_host(&mut admin, "data", "a", IQN_A);
     let p = provider_for(&t, &tok);
-    let found = p.lookup(&[key(&lun)]).unwrap();
+    let found = p.lookup(&[key(&t, &lun)]).unwrap();
     assert_eq!(found[0].as_ref().unwrap().id, lun);
     let set = uuid::Uuid::new_v4();
     let plan = vec![PlannedSnapshot {
@@ -45,7 +44,7 @@ fn provider_client_runs_a_whole_set_against_the_server() {
     p.commit(set).unwrap();
     let d = p.describe(set, std::slice::from_ref(&lun)).unwrap();
     let snap = d[0].lun.clone();
-    let origin = p.lookup(&[key(&snap)]).unwrap()[0]
+    let origin = p.lookup(&[key(&t, &snap)]).unwrap()[0]
         .clone()
         .unwrap()
         .snapshot_of
@@ -82,7 +81,7 @@ fn provider_client_sees_scope_and_auth_errors_as_typed_errors() {
     let (lun_a, tok_a) = lun_for_host(&mut admin, "la", "a", IQN_A);
     let (_, tok_b) = lun_for_host(&mut admin, "lb", "b", IQN_B);
     let (a, b) = (provider_for(&t, &tok_a), provider_for(&t, &tok_b));
-    assert_eq!(b.lookup(&[key(&lun_a)]).unwrap(), vec![None]);
+    assert_eq!(b.lookup(&[key(&t, &lun_a)]).unwrap(), vec![None]);
     let set = uuid::Uuid::new_v4();
     let plan = vec![PlannedSnapshot {
         snapshot_id: uuid::Uuid::new_v4(),

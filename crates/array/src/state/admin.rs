@@ -7,7 +7,6 @@ use api::{
     SetRecord,
 };
 use storage::{BLOCK_SIZE, BackendError};
-use vss::identity::LunIdentity;
 
 use super::auth::{new_token, token_hash};
 use super::rows::{Db, HostRow, LunRow, LunState, Record, lun_id};
@@ -33,7 +32,7 @@ pub fn valid_iqn(s: &str) -> bool {
 
 impl Array {
     fn lun_record(&self, db: &Db, row: &LunRow) -> LunRecord {
-        let ident = LunIdentity::for_number(row.number);
+        let ident = row.identity();
         LunRecord {
             id: row.id.clone(),
             name: row.name.clone(),
@@ -80,6 +79,7 @@ impl Array {
             )));
         }
         let n = inner.db.next_number + 1;
+        self.check_number(n)?;
         let id = lun_id(n);
         self.0.backend.create_volume(&id, req.size_bytes)?;
         let row = LunRow {
@@ -91,6 +91,7 @@ impl Array {
             owner: None,
             state: LunState::Online,
             created_at: self.now(),
+            array_id: self.0.policy.array_id,
         };
         let next_job = inner.db.next_job;
         if let Err(e) = Self::write(

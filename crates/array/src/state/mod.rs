@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use api::{JobId, LunId};
 use storage::Backend;
-use vss::identity::LunIdentity;
+use vss::identity::{ArrayId, LunIdentity};
 use vss::scsi::Designator;
 
 pub use admin::valid_iqn;
@@ -74,6 +74,9 @@ impl Exporter for NoExport {
 /// Limits and policies.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The array's id, from which new LUNs get their SCSI identity (none: the identity of
+    /// LUNs made before arrays had ids).
+    pub array_id: Option<ArrayId>,
     pub target_name: String,
     /// The target port LUNs are served through (relative port identifier and iSCSI portal
     /// group tag): what the identity pages the array predicts carry.
@@ -88,8 +91,11 @@ impl Default for Policy {
     fn default() -> Self {
         let c = crate::config::Config::default();
         Self {
+            array_id: None,
             reaper_timeout: c.reaper_timeout(),
-            target_name: c.target_name,
+            target_name: c
+                .target_name
+                .unwrap_or_else(|| crate::pool::LEGACY_TARGET_NAME.into()),
             relative_port: c.iscsi_relative_port,
             portal_group_tag: c.iscsi_portal_group_tag,
             max_luns_per_set: c.max_luns_per_set,
@@ -210,7 +216,7 @@ impl Array {
         let Some(row) = db.luns.get(lun) else { return };
         let e = ExportedLun {
             id: row.id.clone(),
-            identity: LunIdentity::for_number(row.number),
+            identity: row.identity(),
             target_ports: self.0.ports.clone(),
             volume: row.id.to_string(),
         };
@@ -226,8 +232,30 @@ impl Array {
     }
 
     /// The identity pages a LUN serves.
-    pub fn identity_pages(&self, number: u64) -> vss::lun::ScsiIdentity {
-        LunIdentity::for_number(number).scsi_identity(&self.0.ports)
+    pub fn identity_pages(&self, row: &LunRow) -> vss::lun::ScsiIdentity {
+        row.identity().scsi_identity(&self.0.ports)
+    }
+
+    /// The identity pages LUN `lun` serves, if it exists.
+    pub fn lun_identity_pages(&self, lun: &str) -> Option<vss::lun::ScsiIdentity> {
+        let inner = self.lock();
+        inner.db.luns.get(lun).map(|row| self.identity_pages(row))
+    }
+
+    /// The array id new LUNs get their identity from.
+    pub fn array_id(&self) -> Option<ArrayId> {
+        self.0.policy.array_id
+    }
+
+    /// Refuses a LUN number past what the array's identity scheme holds.
+    fn check_number(&self, n: u64) -> Result<(), ArrayError> {
+        if self.0.policy.array_id.is_some() && n > vss::identity::MAX_LUN_NUMBER {
+            return Err(ArrayError::LimitReached(format!(
+                "This array has given out all {} LUN numbers its identity scheme holds.",
+                vss::identity::MAX_LUN_NUMBER
+            )));
+        }
+        Ok(())
     }
 
     pub fn target_name(&self) -> &str {

@@ -3,6 +3,7 @@
 //! survives any crash.
 
 use std::collections::BTreeMap;
+use vss::identity::{ArrayId, LunIdentity};
 
 use api::{JobId, JobStatus, LunId, Mapping, ResyncPair, SetState, SnapshotOrigin};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,17 @@ pub struct LunRow {
     pub owner: Option<String>,
     pub state: LunState,
     pub created_at: u64,
+    /// The array id the LUN was created under; none for LUNs of pools made before arrays
+    /// had ids. With `number` it fixes the LUN's SCSI identity for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_id: Option<ArrayId>,
+}
+
+impl LunRow {
+    /// The SCSI identity the LUN was given at creation.
+    pub fn identity(&self) -> LunIdentity {
+        LunIdentity::new(self.array_id, self.number)
+    }
 }
 
 /// The id of LUN number `number`, which is also the name of its volume.

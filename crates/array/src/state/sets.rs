@@ -30,7 +30,7 @@ impl Array {
             .luns
             .values()
             .filter(|l| l.state != LunState::Prepared && db.visible_to(host, &l.id))
-            .map(|l| (l, LunIdentity::for_number(l.number)))
+            .map(|l| (l, l.identity()))
             .collect();
         Ok(keys
             .iter()
@@ -123,6 +123,7 @@ impl Array {
                 )));
             }
             next += 1;
+            self.check_number(next)?;
             let id = lun_id(next);
             let src = &db.luns[&s.source];
             records.push(Record::Lun(LunRow {
@@ -138,6 +139,7 @@ impl Array {
                 owner: Some(host.into()),
                 state: LunState::Prepared,
                 created_at: now,
+                array_id: self.0.policy.array_id,
             }));
             set.members.push(MemberRow {
                 snapshot_id: s.snapshot_id,
@@ -379,7 +381,7 @@ impl Array {
                 Ok(SnapshotLun {
                     source: src.clone(),
                     lun: m.lun.clone(),
-                    identity: self.identity_pages(row.number),
+                    identity: self.identity_pages(row),
                 })
             })
             .collect()

@@ -134,8 +134,7 @@ fn committed_snapshot_of_a(f: &Fixture) -> LunId {
 }
 
 fn key_of(array: &Array, lun: &str) -> LunKey {
-    let n: u64 = lun.trim_start_matches("lun-").parse().unwrap();
-    let ident = array.identity_pages(n);
+    let ident = array.lun_identity_pages(lun).unwrap();
     let info = vss::LunInfo::from_scsi(
         &ident.inquiry,
         ident.unit_serial.as_deref(),

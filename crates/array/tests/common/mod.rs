@@ -23,12 +23,30 @@ pub fn config(dir: &std::path::Path) -> Config {
 }
 
 impl TestArray {
+    /// The SCSI identity of LUN `lun` (`lun-<n>`): the array's id and the LUN's number.
+    pub fn identity(&self, lun: &str) -> vss::identity::LunIdentity {
+        let n: u64 = lun.trim_start_matches("lun-").parse().unwrap();
+        vss::identity::LunIdentity::new(self.running().array.array_id(), n)
+    }
+
     pub fn start() -> Self {
         Self::start_with(|_| {})
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), tweak)
+    }
+
+    /// Stops the daemon; its pool directory is handed back.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.shutdown()).unwrap();
+        }
+        // TestArray implements Drop, so its pool directory is taken out by swapping.
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = config(dir.path());
         tweak(&mut cfg);
         let rt = tokio::runtime::Builder::new_multi_thread()
