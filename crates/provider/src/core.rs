@@ -205,7 +205,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
         let id = set.id;
         self.note(st, || format!("discarding snapshot set {id}: {why}"));
         match self.array.abort(id) {
-            Ok(()) | Err(crate::ArrayError::NotFound(_)) => Ok(()),
+            Ok(()) | Err(crate::ControlError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -426,13 +426,13 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
             let mut out = Vec::with_capacity(ids.len());
             for id in &ids {
                 let snap = described.iter().find(|d| &d.source == id).ok_or_else(|| {
-                    ProviderError::Array(crate::ArrayError::NotFound(format!(
+                    ProviderError::Array(crate::ControlError::NotFound(format!(
                         "snapshot of LUN {id}"
                     )))
                 })?;
                 let mut info =
                     LunInfo::from_identity(&snap.identity, BusType::ISCSI).map_err(|e| {
-                        ProviderError::Array(crate::ArrayError::Rejected {
+                        ProviderError::Array(crate::ControlError::Rejected {
                             code: "bad-identity".into(),
                             detail: format!("snapshot LUN {} identity: {e}", snap.lun),
                         })

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use scsi::DeviceError;
 
-use crate::{BLOCK_SIZE, Backend, BackendError, copy_volume};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, copy_volume};
 
 const MIB: u64 = 1 << 20;
 
@@ -102,14 +102,14 @@ fn pair(source: &str, clone: &str) -> (String, String) {
 pub fn create_write_read_back<B: Backend, G>(make: &impl Fn() -> (B, G)) {
     let (b, _g) = make();
     let unit = b.size_granularity();
-    assert!(unit >= BLOCK_SIZE as u64 && unit % BLOCK_SIZE as u64 == 0);
+    assert!(unit >= LOGICAL_BLOCK_SIZE as u64 && unit % LOGICAL_BLOCK_SIZE as u64 == 0);
     assert_eq!(MIB % unit, 0, "sizes of whole MiB are valid");
     b.create_volume("a", 2 * MIB).unwrap();
     let info = b.volume("a").unwrap();
     assert_eq!((info.name.as_str(), info.size_bytes), ("a", 2 * MIB));
     let dev = b.device("a").unwrap();
-    assert_eq!(dev.block_size(), BLOCK_SIZE);
-    assert_eq!(dev.num_blocks(), 2 * MIB / BLOCK_SIZE as u64);
+    assert_eq!(dev.block_size(), LOGICAL_BLOCK_SIZE);
+    assert_eq!(dev.num_blocks(), 2 * MIB / LOGICAL_BLOCK_SIZE as u64);
     assert_eq!(
         read(&b, "a", 0, 8192),
         vec![0u8; 8192],
@@ -173,7 +173,7 @@ pub fn resize_grows_keeps_data_and_refuses_to_shrink<B: Backend, G>(make: &impl 
     assert_eq!(b.volume("a").unwrap().size_bytes, 3 * MIB);
     assert_eq!(
         before.num_blocks(),
-        3 * MIB / BLOCK_SIZE as u64,
+        3 * MIB / LOGICAL_BLOCK_SIZE as u64,
         "a device opened before the resize sees the new size"
     );
     assert_eq!(read(&b, "a", 0, 4096), pattern(4, 4096));

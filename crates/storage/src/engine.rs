@@ -11,7 +11,7 @@ use std::time::Duration;
 use blockstore::{DeletePolicy, Pool, PoolOptions, VolumeKind};
 use scsi::{BlockDevice, DeviceError};
 
-use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
 const BASE: &str = ".base";
 
@@ -37,10 +37,10 @@ pub struct EngineDevice {
 
 impl BlockDevice for EngineDevice {
     fn block_size(&self) -> u32 {
-        BLOCK_SIZE
+        LOGICAL_BLOCK_SIZE
     }
     fn num_blocks(&self) -> u64 {
-        self.vol.size().unwrap_or(0) / BLOCK_SIZE as u64
+        self.vol.size().unwrap_or(0) / LOGICAL_BLOCK_SIZE as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.vol.read_at(offset, buf).map_err(dev_err)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{FallocateFlags, SeekFrom};
 use scsi::{BlockDevice, DeviceError};
 
-use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
 /// One file-backed volume; also its [`BlockDevice`].
 #[derive(Debug)]
@@ -42,10 +42,10 @@ impl FileVolume {
 
 impl BlockDevice for FileVolume {
     fn block_size(&self) -> u32 {
-        BLOCK_SIZE
+        LOGICAL_BLOCK_SIZE
     }
     fn num_blocks(&self) -> u64 {
-        self.size.load(Ordering::Acquire) / BLOCK_SIZE as u64
+        self.size.load(Ordering::Acquire) / LOGICAL_BLOCK_SIZE as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.check(offset, buf.len() as u64)?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vss::scsi::{self, ScsiError};
+use vss::inquiry::{self, InquiryError};
 use vss::{BusType, Interconnect, LunInfo};
 
 use crate::gpt_flags::{self, GptError, Layout};
@@ -22,7 +22,7 @@ pub enum HostError {
     Identity {
         disk: DiskAddress,
         #[source]
-        source: ScsiError,
+        source: InquiryError,
     },
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -176,14 +176,14 @@ impl Host {
             source,
         };
         let inquiry = self.storage.inquiry(addr)?;
-        let pages = self.storage.vpd(addr, scsi::VPD_SUPPORTED_PAGES)?;
-        let (_, pages) = scsi::decode_supported_pages(&pages).map_err(id_err)?;
-        let serial = if pages.contains(&scsi::VPD_UNIT_SERIAL_NUMBER) {
-            Some(self.storage.vpd(addr, scsi::VPD_UNIT_SERIAL_NUMBER)?)
+        let pages = self.storage.vpd(addr, inquiry::VPD_SUPPORTED_PAGES)?;
+        let (_, pages) = inquiry::decode_supported_pages(&pages).map_err(id_err)?;
+        let serial = if pages.contains(&inquiry::VPD_UNIT_SERIAL_NUMBER) {
+            Some(self.storage.vpd(addr, inquiry::VPD_UNIT_SERIAL_NUMBER)?)
         } else {
             None
         };
-        let ident = self.storage.vpd(addr, scsi::VPD_DEVICE_IDENTIFICATION)?;
+        let ident = self.storage.vpd(addr, inquiry::VPD_DEVICE_IDENTIFICATION)?;
         let mut info = LunInfo::from_scsi(&inquiry, serial.as_deref(), &ident, self.bus_type)
             .map_err(id_err)?;
         info.interconnects = vec![Interconnect {

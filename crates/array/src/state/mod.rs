@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use api::{JobId, LunId};
 use storage::Backend;
 use vss::identity::LunIdentity;
-use vss::scsi::Designator;
+use vss::inquiry::Designator;
 
 pub use admin::valid_iqn;
 pub use auth::{Scope, new_token, token_hash};
