@@ -134,9 +134,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic in one call must not wedge VSS forever: the state is still consistent
-        // at every await-free point, so recover it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("provider state lock")
     }
 
     /// Runs one provider method with the state locked; failures become events and codes.

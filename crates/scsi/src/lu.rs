@@ -197,16 +197,16 @@ impl LogicalUnit {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LuState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("LU state lock")
     }
 
     pub(crate) fn io_shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.io_gate.read().unwrap_or_else(|p| p.into_inner())
+        self.io_gate.read().expect("LU I/O gate lock")
     }
 
     pub(crate) fn io_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         self.compare_and_write_seen.store(true, Ordering::Release);
-        self.io_gate.write().unwrap_or_else(|p| p.into_inner())
+        self.io_gate.write().expect("LU I/O gate lock")
     }
 
     pub(crate) fn mode_parameters_changed(&self, by: &Nexus) {

@@ -339,13 +339,13 @@ pub fn resync_copies_and_can_be_cancelled<B: Backend, G>(make: &impl Fn() -> (B,
     b.resync(
         "s",
         "d",
-        &|p| seen.lock().unwrap().push(p),
+        &|p| seen.lock().expect("seen lock").push(p),
         &AtomicBool::new(false),
     )
     .unwrap();
     assert_eq!(read(&b, "d", 2 * MIB + 512, 512), [5u8; 512]);
     assert_eq!(b.volume("d").unwrap().size_bytes, 3 * MIB);
-    assert_eq!(seen.lock().unwrap().last(), Some(&100));
+    assert_eq!(seen.lock().expect("seen lock").last(), Some(&100));
     let err = b
         .resync("s", "d", &|_| {}, &AtomicBool::new(true))
         .unwrap_err();
@@ -366,7 +366,7 @@ pub fn copy_volume_copies_grows_and_keeps_zeros<B: Backend, G>(make: &impl Fn() 
         &b,
         "s",
         "d",
-        &|p| seen.lock().unwrap().push(p),
+        &|p| seen.lock().expect("seen lock").push(p),
         &AtomicBool::new(false),
     )
     .unwrap();
@@ -377,7 +377,7 @@ pub fn copy_volume_copies_grows_and_keeps_zeros<B: Backend, G>(make: &impl Fn() 
         "zeros are copied too"
     );
     assert_eq!(read(&b, "d", 2 * MIB + 512, 1024), pattern(13, 1024));
-    let seen = seen.into_inner().unwrap();
+    let seen = seen.into_inner().expect("seen lock");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert_eq!((seen.first(), seen.last()), (Some(&0), Some(&100)));
     let err = copy_volume(&b, "s", "d", &|_| {}, &AtomicBool::new(true)).unwrap_err();

@@ -115,7 +115,7 @@ impl Backend for EngineBackend {
     }
 
     fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
-        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.materializing.lock().expect("materializing lock");
         let clone = self.delete_one(name);
         // A snapshot LUN's read-only base goes with it.
         let base = self.delete_one(&base_of(name));
@@ -130,7 +130,7 @@ impl Backend for EngineBackend {
     }
 
     fn materialize(&self, name: &str) -> Result<(), BackendError> {
-        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.materializing.lock().expect("materializing lock");
         match self.pool.info(name) {
             Ok(_) => return Ok(()),
             Err(blockstore::Error::NotFound { .. }) => {}

@@ -58,10 +58,10 @@ pub struct MemVolume {
 
 impl MemVolume {
     fn read_image(&self) -> std::sync::RwLockReadGuard<'_, Image> {
-        self.image.read().unwrap_or_else(|p| p.into_inner())
+        self.image.read().expect("volume image lock")
     }
     fn write_image(&self) -> std::sync::RwLockWriteGuard<'_, Image> {
-        self.image.write().unwrap_or_else(|p| p.into_inner())
+        self.image.write().expect("volume image lock")
     }
 }
 
@@ -193,7 +193,7 @@ impl MemoryBackend {
     }
 
     fn vols(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MemVolume>>> {
-        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
+        self.volumes.lock().expect("volumes lock")
     }
 
     fn get(&self, name: &str) -> Result<Arc<MemVolume>, BackendError> {

@@ -165,7 +165,7 @@ impl Host {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("host state lock")
     }
 
     /// Reads a disk's identity the way Windows does: INQUIRY, VPD 0x00, 0x80 (if listed) and
@@ -452,7 +452,7 @@ impl Host {
     }
 
     fn wait_for_hold(&self, device: &str) {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         while st.held.contains(device) {
             let Some(deadline) = st.deadline else { break };
             let now = Instant::now();
@@ -467,14 +467,14 @@ impl Host {
                 .hold
                 .cv
                 .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
+                .expect("write hold lock")
                 .0;
         }
     }
 
     /// Flush and hold writes to the given disks for at most `window`.
     pub fn hold_writes(&self, devices: &[String], window: Duration) {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         st.held = devices.iter().cloned().collect();
         st.deadline = Some(Instant::now() + window);
         st.lapsed = false;
@@ -482,7 +482,7 @@ impl Host {
 
     /// Releases held writes. Returns false if the hold had already lapsed (its window passed).
     pub fn release_writes(&self) -> bool {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         let lapsed = st.lapsed || st.deadline.is_some_and(|d| Instant::now() > d);
         st.held.clear();
         st.deadline = None;

@@ -185,7 +185,7 @@ impl Array {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.inner.lock().expect("array state lock")
     }
 
     fn now(&self) -> u64 {
