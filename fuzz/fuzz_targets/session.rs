@@ -35,7 +35,7 @@ fn server() -> &'static (TargetServer, SocketAddr) {
             product: "fuzz".into(),
             revision: "0001".into(),
             serial: "FUZZ0001".into(),
-            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf022)],
+            designators: vec![vss::inquiry::Designator::naa_locally_assigned(0xf022)],
         };
         let dev = Arc::new(MemDevice::new(512, 2048));
         t.map(INITIATOR, 0, Arc::new(LogicalUnit::new(dev, identity)));

@@ -41,7 +41,7 @@ impl ScsiExporter {
     }
 
     fn unit(&self, lun: &ExportedLun, storage: &dyn Backend) -> Option<Arc<LogicalUnit>> {
-        let mut units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        let mut units = self.units.lock().expect("units lock");
         units.retain(|_, w| w.strong_count() > 0);
         if let Some(u) = units.get(&lun.id).and_then(Weak::upgrade) {
             return Some(u);
@@ -84,7 +84,7 @@ impl Exporter for ScsiExporter {
     }
 
     fn resized(&self, lun: &str) {
-        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        let units = self.units.lock().expect("units lock");
         if let Some(u) = units.get(lun).and_then(Weak::upgrade) {
             u.capacity_changed();
         }

@@ -62,7 +62,11 @@ fn one_host_attached_to_two_arrays_sees_distinct_disks() {
         "two arrays' disks must never look like one disk to Windows"
     );
     for (x, y) in info_a.identifiers.iter().zip(&info_b.identifiers) {
-        assert_ne!(x.identifier, y.identifier, "{:?} designator shared", x.id_type);
+        assert_ne!(
+            x.identifier, y.identifier,
+            "{:?} designator shared",
+            x.id_type
+        );
     }
     // What the host reads is what the array promises for the LUN.
     let promised = a.running().array.lun_identity_pages(&lun_a).unwrap();

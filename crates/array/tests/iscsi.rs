@@ -84,7 +84,7 @@ fn the_configured_target_port_is_served_and_predicted() {
 /// The relative target port identifier and the target port's SCSI name in a VPD 0x83 page.
 fn target_port(page: &[u8]) -> (u16, String) {
     use vss::IdentifierType;
-    use vss::scsi::{Association, decode_device_identification};
+    use vss::inquiry::{Association, decode_device_identification};
     let (_, ds) = decode_device_identification(page).unwrap();
     let port: Vec<_> = ds
         .iter()

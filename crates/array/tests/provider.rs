@@ -6,7 +6,7 @@ mod common;
 use api::*;
 use common::*;
 use provider::ArrayControl;
-use provider::array::ArrayError as PErr;
+use provider::array::ControlError as PErr;
 use provider::https::{ClientConfig, HttpsArray};
 
 const IQN_A: &str = "iqn.1991-05.com.microsoft:host-a";

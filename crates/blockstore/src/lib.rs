@@ -24,4 +24,4 @@ pub use pool::{
     DeletePolicy, MAX_GROUP, Pool, PoolOptions, PoolStats, Volume, VolumeInfo, VolumeKind,
 };
 pub use resync::{ResyncJob, ResyncProgress, ResyncReport};
-pub use state::{BLOCK_SIZE, CHUNK_SIZE, MAX_VOLUME_SIZE};
+pub use state::{CHUNK_SIZE, MASK_BLOCK_SIZE, MAX_VOLUME_SIZE};

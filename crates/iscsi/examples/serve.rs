@@ -147,7 +147,7 @@ fn main() {
             product: "shadowlun LUN".into(),
             revision: "0001".into(),
             serial: format!("{serial_prefix}{:04}", lun.number),
-            designators: vec![vss::scsi::Designator::naa_locally_assigned(id)],
+            designators: vec![vss::inquiry::Designator::naa_locally_assigned(id)],
         };
         if let Err(e) = identity.validate() {
             usage(&format!("identity: {e}"));

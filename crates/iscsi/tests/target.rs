@@ -131,7 +131,7 @@ fn serve_device(dev: Arc<dyn scsi::BlockDevice>) -> (TargetServer, SocketAddr) {
         product: "file".into(),
         revision: "0001".into(),
         serial: "FILE0001".into(),
-        designators: vec![vss::scsi::Designator::naa_locally_assigned(0xf11e)],
+        designators: vec![vss::inquiry::Designator::naa_locally_assigned(0xf11e)],
     };
     t.map(HOST_A, 0, Arc::new(scsi::LogicalUnit::new(dev, identity)));
     let server = TargetServer::spawn(config()).unwrap();

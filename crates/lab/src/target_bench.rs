@@ -633,14 +633,14 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             product: "bench".into(),
             revision: "0001".into(),
             serial: "BENCH0001".into(),
-            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0c)],
+            designators: vec![vss::inquiry::Designator::naa_locally_assigned(0xbe0c)],
         };
         let direct = scsi::FileDevice::open_direct(&opts.backing, BLOCK, false)
             .map_err(backing_err(&opts.backing))?;
         let direct_identity = scsi::LuIdentity {
             product: "bench-direct".into(),
             serial: "BENCH0002".into(),
-            designators: vec![vss::scsi::Designator::naa_locally_assigned(0xbe0d)],
+            designators: vec![vss::inquiry::Designator::naa_locally_assigned(0xbe0d)],
             ..identity.clone()
         };
         target.map(

@@ -78,7 +78,7 @@ pub fn check_array(config: &Config) -> Result<String, String> {
 fn core_factory(veto: Arc<VetoLog>) -> Arc<CoreFactory> {
     let core: Mutex<Option<Arc<dyn HardwareProvider>>> = Mutex::new(None);
     Arc::new(move || {
-        let mut c = core.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = core.lock().expect("core lock");
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }

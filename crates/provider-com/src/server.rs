@@ -63,7 +63,7 @@ impl Lifetime {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        self.counts.lock().expect("lifetime counts lock")
     }
 
     fn update(&self, f: impl FnOnce(&mut Counts)) {
@@ -121,7 +121,7 @@ impl Lifetime {
             c = self
                 .changed
                 .wait_timeout(c, wait.max(Duration::from_millis(10)))
-                .unwrap_or_else(|p| p.into_inner())
+                .expect("lifetime counts lock")
                 .0;
         }
     }

@@ -135,8 +135,7 @@ impl VetoLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave State inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("veto log lock")
     }
 }
 

@@ -8,9 +8,11 @@
 pub use api::types::*;
 use vss::{SnapshotContext, VssId};
 
-/// Why an array call failed.
+/// Why an [`ArrayControl`] call failed, as the provider sees it: what it needs to choose a
+/// status code (`ProviderError::hresult`), whatever the transport. The array's own errors
+/// (`array::ArrayError`) reach it as problem codes, which the HTTPS client maps onto these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ArrayError {
+pub enum ControlError {
     #[error("the array cannot be reached: {0}")]
     Unreachable(String),
     #[error("the array did not answer in time ({0})")]
@@ -32,7 +34,7 @@ pub enum ArrayError {
 /// The operations a provider needs from the array.
 pub trait ArrayControl: Send + Sync {
     /// For each key, the LUN the array owns with that identity, or `None`.
-    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ArrayError>;
+    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ControlError>;
 
     /// Adds LUNs to set `set_id` (creating it), reserving names, identities and space.
     /// Idempotent per (set, source LUN).
@@ -41,36 +43,36 @@ pub trait ArrayControl: Send + Sync {
         set_id: VssId,
         context: SnapshotContext,
         snapshots: &[PlannedSnapshot],
-    ) -> Result<(), ArrayError>;
+    ) -> Result<(), ControlError>;
 
     /// Returns when the set's preparation is complete and the commit path is ready.
-    fn end_prepare(&self, set_id: VssId) -> Result<(), ArrayError>;
+    fn end_prepare(&self, set_id: VssId) -> Result<(), ControlError>;
 
     /// Snapshots every LUN of the set atomically, in one request.
-    fn commit(&self, set_id: VssId) -> Result<(), ArrayError>;
+    fn commit(&self, set_id: VssId) -> Result<(), ControlError>;
 
     /// Marks a committed set complete: from now on only release or an admin removes it.
-    fn complete(&self, set_id: VssId) -> Result<(), ArrayError>;
+    fn complete(&self, set_id: VssId) -> Result<(), ControlError>;
 
     /// Discards the set and everything created for it (refused once complete).
-    fn abort(&self, set_id: VssId) -> Result<(), ArrayError>;
+    fn abort(&self, set_id: VssId) -> Result<(), ControlError>;
 
     /// The snapshot LUNs of `sources` in the set, with the identity they will be served with.
-    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ArrayError>;
+    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ControlError>;
 
     /// Maps snapshot LUNs to the calling host's initiators.
-    fn expose(&self, luns: &[LunId]) -> Result<(), ArrayError>;
+    fn expose(&self, luns: &[LunId]) -> Result<(), ControlError>;
 
     /// Unmaps LUNs from the calling host without deleting them.
-    fn mask(&self, luns: &[LunId]) -> Result<(), ArrayError>;
+    fn mask(&self, luns: &[LunId]) -> Result<(), ControlError>;
 
     /// Deletes a snapshot LUN no shadow copy uses any more (OnLunEmpty).
-    fn release(&self, lun: &LunId) -> Result<(), ArrayError>;
+    fn release(&self, lun: &LunId) -> Result<(), ControlError>;
 
-    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ArrayError>;
-    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ArrayError>;
-    fn cancel_resync(&self, job: &JobId) -> Result<(), ArrayError>;
+    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ControlError>;
+    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ControlError>;
+    fn cancel_resync(&self, job: &JobId) -> Result<(), ControlError>;
 
     /// The sets the array's journal knows, for reconciliation.
-    fn list_sets(&self) -> Result<Vec<SetSummary>, ArrayError>;
+    fn list_sets(&self) -> Result<Vec<SetSummary>, ControlError>;
 }

@@ -134,9 +134,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic in one call must not wedge VSS forever: the state is still consistent
-        // at every await-free point, so recover it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("provider state lock")
     }
 
     /// Runs one provider method with the state locked; failures become events and codes.
@@ -205,7 +203,7 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
         let id = set.id;
         self.note(st, || format!("discarding snapshot set {id}: {why}"));
         match self.array.abort(id) {
-            Ok(()) | Err(crate::ArrayError::NotFound(_)) => Ok(()),
+            Ok(()) | Err(crate::ControlError::NotFound(_)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -426,13 +424,13 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
             let mut out = Vec::with_capacity(ids.len());
             for id in &ids {
                 let snap = described.iter().find(|d| &d.source == id).ok_or_else(|| {
-                    ProviderError::Array(crate::ArrayError::NotFound(format!(
+                    ProviderError::Array(crate::ControlError::NotFound(format!(
                         "snapshot of LUN {id}"
                     )))
                 })?;
                 let mut info =
                     LunInfo::from_identity(&snap.identity, BusType::ISCSI).map_err(|e| {
-                        ProviderError::Array(crate::ArrayError::Rejected {
+                        ProviderError::Array(crate::ControlError::Rejected {
                             code: "bad-identity".into(),
                             detail: format!("snapshot LUN {} identity: {e}", snap.lun),
                         })

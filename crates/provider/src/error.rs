@@ -2,13 +2,13 @@
 
 use vss::{Hresult, Method, SnapshotContext, SnapshotState, VssId};
 
-use crate::array::ArrayError;
+use crate::array::ControlError;
 
 /// Why a provider method failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     #[error(transparent)]
-    Array(#[from] ArrayError),
+    Array(#[from] ControlError),
     #[error("the LUN {0} is not a shadowlun LUN")]
     NotOurLun(String),
     #[error("the LUN {0} is an original LUN, not a snapshot LUN")]
@@ -37,10 +37,10 @@ impl ProviderError {
         use Method as M;
         let code = match (self, method) {
             (
-                ProviderError::Array(ArrayError::NoSpace(_)),
+                ProviderError::Array(ControlError::NoSpace(_)),
                 M::EndPrepareSnapshots | M::ResyncLuns,
             ) => H::VSS_E_INSUFFICIENT_STORAGE,
-            (ProviderError::Array(ArrayError::LimitReached(_)), M::BeginPrepareSnapshot) => {
+            (ProviderError::Array(ControlError::LimitReached(_)), M::BeginPrepareSnapshot) => {
                 H::VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED
             }
             (ProviderError::TooManyVolumes { .. }, M::BeginPrepareSnapshot) => {
@@ -52,7 +52,7 @@ impl ProviderError {
             (ProviderError::UnsupportedContext(_), M::BeginPrepareSnapshot) => {
                 H::VSS_E_UNSUPPORTED_CONTEXT
             }
-            (ProviderError::UnknownSet(_) | ProviderError::Array(ArrayError::NotFound(_)), m)
+            (ProviderError::UnknownSet(_) | ProviderError::Array(ControlError::NotFound(_)), m)
                 if m.allows(H::VSS_E_OBJECT_NOT_FOUND) =>
             {
                 H::VSS_E_OBJECT_NOT_FOUND
@@ -67,19 +67,19 @@ impl ProviderError {
     /// What the administrator should do about it: written with the veto to the event log.
     pub fn remedy(&self) -> &'static str {
         match self {
-            ProviderError::Array(ArrayError::Unreachable(_) | ArrayError::Timeout(_)) => {
+            ProviderError::Array(ControlError::Unreachable(_) | ControlError::Timeout(_)) => {
                 "Check that the shadowlun array is running and reachable from this host \
                  (shadowlun-provider.exe status), then retry the backup."
             }
-            ProviderError::Array(ArrayError::Unauthorized(_)) => {
+            ProviderError::Array(ControlError::Unauthorized(_)) => {
                 "The array refused this host's token. Re-run shadowlun-provider.exe install \
                  with a valid host token (shadowlun host add prints one)."
             }
-            ProviderError::Array(ArrayError::NoSpace(_)) => {
+            ProviderError::Array(ControlError::NoSpace(_)) => {
                 "Free space in the array's pool (delete old snapshot sets with \
                  shadowlun snapshot delete, or grow the pool), then retry."
             }
-            ProviderError::Array(ArrayError::LimitReached(_))
+            ProviderError::Array(ControlError::LimitReached(_))
             | ProviderError::TooManyVolumes { .. } => {
                 "Snapshot fewer volumes per set, or delete old snapshot sets, then retry."
             }
@@ -91,13 +91,13 @@ impl ProviderError {
                 "Request a differential (or default) hardware snapshot; plex snapshots are \
                  not supported."
             }
-            ProviderError::Array(ArrayError::NotFound(_) | ArrayError::Conflict(_))
+            ProviderError::Array(ControlError::NotFound(_) | ControlError::Conflict(_))
             | ProviderError::UnknownSet(_)
             | ProviderError::OutOfOrder { .. } => {
                 "VSS and the provider disagree about the snapshot set; the set was discarded. \
                  Retry the backup; if it persists, check shadowlun set list on the array."
             }
-            ProviderError::Array(ArrayError::Rejected { .. })
+            ProviderError::Array(ControlError::Rejected { .. })
             | ProviderError::InvalidArgument(_) => {
                 "Retry the backup; if it persists, collect the array log and report the error."
             }
@@ -151,16 +151,16 @@ mod tests {
     use super::*;
 
     fn all_errors() -> Vec<ProviderError> {
-        let a = |e: ArrayError| ProviderError::Array(e);
+        let a = |e: ControlError| ProviderError::Array(e);
         vec![
-            a(ArrayError::Unreachable("x".into())),
-            a(ArrayError::Timeout("x".into())),
-            a(ArrayError::Unauthorized("x".into())),
-            a(ArrayError::NotFound("x".into())),
-            a(ArrayError::Conflict("x".into())),
-            a(ArrayError::NoSpace("x".into())),
-            a(ArrayError::LimitReached("x".into())),
-            a(ArrayError::Rejected {
+            a(ControlError::Unreachable("x".into())),
+            a(ControlError::Timeout("x".into())),
+            a(ControlError::Unauthorized("x".into())),
+            a(ControlError::NotFound("x".into())),
+            a(ControlError::Conflict("x".into())),
+            a(ControlError::NoSpace("x".into())),
+            a(ControlError::LimitReached("x".into())),
+            a(ControlError::Rejected {
                 code: "c".into(),
                 detail: "d".into(),
             }),
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn specific_mappings() {
-        let ns = ProviderError::Array(ArrayError::NoSpace("pool".into()));
+        let ns = ProviderError::Array(ControlError::NoSpace("pool".into()));
         assert_eq!(
             ns.hresult(Method::EndPrepareSnapshots),
             Hresult::VSS_E_INSUFFICIENT_STORAGE

@@ -66,27 +66,27 @@ pub enum ClientError {
     Decode(String),
 }
 
-impl From<ClientError> for ArrayError {
+impl From<ClientError> for ControlError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Problem(p) => match p.code {
-                ProblemCode::NotFound => ArrayError::NotFound(p.detail),
-                ProblemCode::Conflict => ArrayError::Conflict(p.detail),
-                ProblemCode::NoSpace => ArrayError::NoSpace(p.detail),
-                ProblemCode::LimitReached => ArrayError::LimitReached(p.detail),
+                ProblemCode::NotFound => ControlError::NotFound(p.detail),
+                ProblemCode::Conflict => ControlError::Conflict(p.detail),
+                ProblemCode::NoSpace => ControlError::NoSpace(p.detail),
+                ProblemCode::LimitReached => ControlError::LimitReached(p.detail),
                 ProblemCode::Unauthorized | ProblemCode::Forbidden => {
-                    ArrayError::Unauthorized(p.detail)
+                    ControlError::Unauthorized(p.detail)
                 }
-                ProblemCode::BadRequest | ProblemCode::Internal => ArrayError::Rejected {
+                ProblemCode::BadRequest | ProblemCode::Internal => ControlError::Rejected {
                     code: format!("{:?}", p.code),
                     detail: p.detail,
                 },
             },
-            ClientError::Timeout(d) => ArrayError::Timeout(format!("{d:?}")),
-            ClientError::Transport(m) => ArrayError::Unreachable(m),
+            ClientError::Timeout(d) => ControlError::Timeout(format!("{d:?}")),
+            ClientError::Transport(m) => ControlError::Unreachable(m),
             e @ (ClientError::BadFingerprint(_)
             | ClientError::BadUrl(_)
-            | ClientError::Decode(_)) => ArrayError::Rejected {
+            | ClientError::Decode(_)) => ControlError::Rejected {
                 code: "client".into(),
                 detail: e.to_string(),
             },
@@ -308,7 +308,7 @@ impl HttpsArray {
         routes::fill(route, &[("set", &set_id.to_string())])
     }
 
-    fn post_set(&self, route: &str, set_id: VssId, deadline: Duration) -> Result<(), ArrayError> {
+    fn post_set(&self, route: &str, set_id: VssId, deadline: Duration) -> Result<(), ControlError> {
         Ok(self
             .client
             .post_empty::<()>(&Self::set_path(route, set_id), None, deadline)?)
@@ -316,7 +316,7 @@ impl HttpsArray {
 }
 
 impl ArrayControl for HttpsArray {
-    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ArrayError> {
+    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ControlError> {
         let r: api::LookupResponse = self.client.post(
             routes::LOOKUP,
             &api::LookupRequest {
@@ -331,7 +331,7 @@ impl ArrayControl for HttpsArray {
         set_id: VssId,
         context: SnapshotContext,
         snapshots: &[PlannedSnapshot],
-    ) -> Result<(), ArrayError> {
+    ) -> Result<(), ControlError> {
         let body = api::PrepareRequest {
             context,
             snapshots: snapshots.to_vec(),
@@ -343,24 +343,24 @@ impl ArrayControl for HttpsArray {
         )?)
     }
 
-    fn end_prepare(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn end_prepare(&self, set_id: VssId) -> Result<(), ControlError> {
         // Also leaves a warm connection in the pool for the commit.
         self.post_set(routes::END_PREPARE, set_id, self.client.config.timeout)
     }
 
-    fn commit(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn commit(&self, set_id: VssId) -> Result<(), ControlError> {
         self.post_set(routes::COMMIT, set_id, self.client.config.commit_timeout)
     }
 
-    fn complete(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn complete(&self, set_id: VssId) -> Result<(), ControlError> {
         self.post_set(routes::COMPLETE, set_id, self.client.config.timeout)
     }
 
-    fn abort(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn abort(&self, set_id: VssId) -> Result<(), ControlError> {
         self.post_set(routes::ABORT, set_id, self.client.config.timeout)
     }
 
-    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ArrayError> {
+    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ControlError> {
         let r: api::DescribeResponse = self.client.post(
             &Self::set_path(routes::DESCRIBE, set_id),
             &api::DescribeRequest {
@@ -370,7 +370,7 @@ impl ArrayControl for HttpsArray {
         Ok(r.snapshots)
     }
 
-    fn expose(&self, luns: &[LunId]) -> Result<(), ArrayError> {
+    fn expose(&self, luns: &[LunId]) -> Result<(), ControlError> {
         let body = api::LunsRequest {
             luns: luns.to_vec(),
         };
@@ -379,7 +379,7 @@ impl ArrayControl for HttpsArray {
             .post_empty(routes::EXPOSE, Some(&body), self.client.config.timeout)?)
     }
 
-    fn mask(&self, luns: &[LunId]) -> Result<(), ArrayError> {
+    fn mask(&self, luns: &[LunId]) -> Result<(), ControlError> {
         let body = api::LunsRequest {
             luns: luns.to_vec(),
         };
@@ -388,14 +388,14 @@ impl ArrayControl for HttpsArray {
             .post_empty(routes::MASK, Some(&body), self.client.config.timeout)?)
     }
 
-    fn release(&self, lun: &LunId) -> Result<(), ArrayError> {
+    fn release(&self, lun: &LunId) -> Result<(), ControlError> {
         let path = routes::fill(routes::RELEASE, &[("lun", lun)]);
         Ok(self
             .client
             .post_empty::<()>(&path, None, self.client.config.timeout)?)
     }
 
-    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ArrayError> {
+    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ControlError> {
         let r: api::ResyncResponse = self.client.post(
             routes::RESYNC,
             &api::ResyncRequest {
@@ -405,20 +405,20 @@ impl ArrayControl for HttpsArray {
         Ok(r.job)
     }
 
-    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ArrayError> {
+    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ControlError> {
         Ok(self
             .client
             .get(&routes::fill(routes::RESYNC_JOB, &[("job", job)]))?)
     }
 
-    fn cancel_resync(&self, job: &JobId) -> Result<(), ArrayError> {
+    fn cancel_resync(&self, job: &JobId) -> Result<(), ControlError> {
         let path = routes::fill(routes::RESYNC_CANCEL, &[("job", job)]);
         Ok(self
             .client
             .post_empty::<()>(&path, None, self.client.config.timeout)?)
     }
 
-    fn list_sets(&self) -> Result<Vec<SetSummary>, ArrayError> {
+    fn list_sets(&self) -> Result<Vec<SetSummary>, ControlError> {
         Ok(self.client.get(routes::SETS)?)
     }
 }

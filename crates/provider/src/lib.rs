@@ -22,7 +22,7 @@ pub mod relay;
 pub mod resync;
 pub mod testing;
 
-pub use array::{ArrayControl, ArrayError, ArrayLun, LunId, LunKey};
+pub use array::{ArrayControl, ArrayLun, ControlError, LunId, LunKey};
 pub use core::{ProviderConfig, ShadowlunProvider};
 pub use error::{EventSink, ProviderError, ProviderEvent, TracingEvents};
 pub use hardware::{AsyncOperation, HardwareProvider, UnloadAnswer};

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vss::identity::LunIdentity;
+use vss::inquiry::Designator;
 use vss::lun::ScsiIdentity;
-use vss::scsi::Designator;
 use vss::{SnapshotContext, VssId};
 
 use crate::array::*;
@@ -42,7 +42,7 @@ struct Mem {
     sets: BTreeMap<VssId, MemSet>,
     jobs: BTreeMap<JobId, JobStatus>,
     calls: Vec<String>,
-    faults: HashMap<String, VecDeque<ArrayError>>,
+    faults: HashMap<String, VecDeque<ControlError>>,
     delays: HashMap<String, Duration>,
     capacity: Option<u64>,
 }
@@ -191,7 +191,7 @@ impl MemoryArray {
     }
 
     /// The next call of `verb` fails with `err`.
-    pub fn fail_next(&self, verb: &str, err: ArrayError) {
+    pub fn fail_next(&self, verb: &str, err: ControlError) {
         self.lock()
             .faults
             .entry(verb.to_string())
@@ -205,7 +205,7 @@ impl MemoryArray {
     }
 
     /// Records the call, applies any injected delay and fault.
-    fn enter(&self, verb: &str) -> Result<MutexGuard<'_, Mem>, ArrayError> {
+    fn enter(&self, verb: &str) -> Result<MutexGuard<'_, Mem>, ControlError> {
         let delay = {
             let mut m = self.lock();
             m.calls.push(verb.to_string());
@@ -234,14 +234,14 @@ impl MemoryArrayClient {
     }
 }
 
-fn set_mut(m: &mut Mem, set_id: VssId) -> Result<&mut MemSet, ArrayError> {
+fn set_mut(m: &mut Mem, set_id: VssId) -> Result<&mut MemSet, ControlError> {
     m.sets
         .get_mut(&set_id)
-        .ok_or_else(|| ArrayError::NotFound(format!("snapshot set {set_id}")))
+        .ok_or_else(|| ControlError::NotFound(format!("snapshot set {set_id}")))
 }
 
 impl ArrayControl for MemoryArrayClient {
-    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ArrayError> {
+    fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ControlError> {
         let m = self.array.enter("lookup")?;
         Ok(keys
             .iter()
@@ -267,11 +267,11 @@ impl ArrayControl for MemoryArrayClient {
         set_id: VssId,
         context: SnapshotContext,
         snapshots: &[PlannedSnapshot],
-    ) -> Result<(), ArrayError> {
+    ) -> Result<(), ControlError> {
         let mut m = self.array.enter("prepare")?;
         for s in snapshots {
             if !m.luns.contains_key(&s.source) {
-                return Err(ArrayError::NotFound(format!("LUN {}", s.source)));
+                return Err(ControlError::NotFound(format!("LUN {}", s.source)));
             }
         }
         let set = m.sets.entry(set_id).or_insert_with(|| MemSet {
@@ -281,7 +281,7 @@ impl ArrayControl for MemoryArrayClient {
             snapshots: Vec::new(),
         });
         if set.state != SetState::Prepared {
-            return Err(ArrayError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "set {set_id} is {:?}",
                 set.state
             )));
@@ -303,11 +303,11 @@ impl ArrayControl for MemoryArrayClient {
         Ok(())
     }
 
-    fn end_prepare(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn end_prepare(&self, set_id: VssId) -> Result<(), ControlError> {
         let mut m = self.array.enter("end_prepare")?;
         let set = set_mut(&mut m, set_id)?;
         if set.state != SetState::Prepared {
-            return Err(ArrayError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "set {set_id} is {:?}",
                 set.state
             )));
@@ -315,13 +315,13 @@ impl ArrayControl for MemoryArrayClient {
         Ok(())
     }
 
-    fn commit(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn commit(&self, set_id: VssId) -> Result<(), ControlError> {
         let mut m = self.array.enter("commit")?;
         let set = set_mut(&mut m, set_id)?.clone();
         match set.state {
             SetState::Committed | SetState::Completed => return Ok(()),
             SetState::Aborted => {
-                return Err(ArrayError::Conflict(format!("set {set_id} was aborted")));
+                return Err(ControlError::Conflict(format!("set {set_id} was aborted")));
             }
             SetState::Prepared => {}
         }
@@ -332,7 +332,7 @@ impl ArrayControl for MemoryArrayClient {
             .sum();
         if let Some(cap) = m.capacity {
             if m.used() + need > cap {
-                return Err(ArrayError::NoSpace(format!("{need} bytes needed")));
+                return Err(ControlError::NoSpace(format!("{need} bytes needed")));
             }
         }
         // All LUNs at one instant: the lock is held across the whole set.
@@ -360,7 +360,7 @@ impl ArrayControl for MemoryArrayClient {
         Ok(())
     }
 
-    fn complete(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn complete(&self, set_id: VssId) -> Result<(), ControlError> {
         let mut m = self.array.enter("complete")?;
         let set = set_mut(&mut m, set_id)?;
         match set.state {
@@ -368,15 +368,15 @@ impl ArrayControl for MemoryArrayClient {
                 set.state = SetState::Completed;
                 Ok(())
             }
-            s => Err(ArrayError::Conflict(format!("set {set_id} is {s:?}"))),
+            s => Err(ControlError::Conflict(format!("set {set_id} is {s:?}"))),
         }
     }
 
-    fn abort(&self, set_id: VssId) -> Result<(), ArrayError> {
+    fn abort(&self, set_id: VssId) -> Result<(), ControlError> {
         let mut m = self.array.enter("abort")?;
         let set = set_mut(&mut m, set_id)?.clone();
         if set.state == SetState::Completed {
-            return Err(ArrayError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "set {set_id} is complete; release its LUNs instead"
             )));
         }
@@ -387,11 +387,11 @@ impl ArrayControl for MemoryArrayClient {
         Ok(())
     }
 
-    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ArrayError> {
+    fn describe(&self, set_id: VssId, sources: &[LunId]) -> Result<Vec<SnapshotLun>, ControlError> {
         let mut m = self.array.enter("describe")?;
         let set = set_mut(&mut m, set_id)?.clone();
         if !matches!(set.state, SetState::Committed | SetState::Completed) {
-            return Err(ArrayError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "set {set_id} is {:?}",
                 set.state
             )));
@@ -403,11 +403,11 @@ impl ArrayControl for MemoryArrayClient {
                     .snapshots
                     .iter()
                     .find(|(p, _)| &p.source == src)
-                    .ok_or_else(|| ArrayError::NotFound(format!("LUN {src} in set {set_id}")))?;
+                    .ok_or_else(|| ControlError::NotFound(format!("LUN {src} in set {set_id}")))?;
                 let l = m
                     .luns
                     .get(lun)
-                    .ok_or_else(|| ArrayError::NotFound(format!("snapshot LUN {lun}")))?;
+                    .ok_or_else(|| ControlError::NotFound(format!("snapshot LUN {lun}")))?;
                 Ok(SnapshotLun {
                     source: src.clone(),
                     lun: lun.clone(),
@@ -417,35 +417,35 @@ impl ArrayControl for MemoryArrayClient {
             .collect()
     }
 
-    fn expose(&self, luns: &[LunId]) -> Result<(), ArrayError> {
+    fn expose(&self, luns: &[LunId]) -> Result<(), ControlError> {
         let mut m = self.array.enter("expose")?;
         for id in luns {
             let l = m
                 .luns
                 .get_mut(id)
-                .ok_or_else(|| ArrayError::NotFound(format!("LUN {id}")))?;
+                .ok_or_else(|| ControlError::NotFound(format!("LUN {id}")))?;
             l.visible_to.insert(self.host.clone());
         }
         Ok(())
     }
 
-    fn mask(&self, luns: &[LunId]) -> Result<(), ArrayError> {
+    fn mask(&self, luns: &[LunId]) -> Result<(), ControlError> {
         let mut m = self.array.enter("mask")?;
         for id in luns {
             let l = m
                 .luns
                 .get_mut(id)
-                .ok_or_else(|| ArrayError::NotFound(format!("LUN {id}")))?;
+                .ok_or_else(|| ControlError::NotFound(format!("LUN {id}")))?;
             l.visible_to.remove(&self.host);
         }
         Ok(())
     }
 
-    fn release(&self, lun: &LunId) -> Result<(), ArrayError> {
+    fn release(&self, lun: &LunId) -> Result<(), ControlError> {
         let mut m = self.array.enter("release")?;
         match m.luns.get(lun) {
-            None => Err(ArrayError::NotFound(format!("LUN {lun}"))),
-            Some(l) if l.snapshot_of.is_none() => Err(ArrayError::Conflict(format!(
+            None => Err(ControlError::NotFound(format!("LUN {lun}"))),
+            Some(l) if l.snapshot_of.is_none() => Err(ControlError::Conflict(format!(
                 "LUN {lun} is an original LUN"
             ))),
             Some(_) => {
@@ -455,21 +455,21 @@ impl ArrayControl for MemoryArrayClient {
         }
     }
 
-    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ArrayError> {
+    fn start_resync(&self, pairs: &[ResyncPair]) -> Result<JobId, ControlError> {
         let mut m = self.array.enter("start_resync")?;
         for p in pairs {
             let src = m
                 .luns
                 .get(&p.snapshot)
-                .ok_or_else(|| ArrayError::NotFound(format!("LUN {}", p.snapshot)))?;
+                .ok_or_else(|| ControlError::NotFound(format!("LUN {}", p.snapshot)))?;
             if src.snapshot_of.is_none() {
-                return Err(ArrayError::Conflict(format!(
+                return Err(ControlError::Conflict(format!(
                     "LUN {} is not a snapshot",
                     p.snapshot
                 )));
             }
             if !m.luns.contains_key(&p.destination) {
-                return Err(ArrayError::NotFound(format!("LUN {}", p.destination)));
+                return Err(ControlError::NotFound(format!("LUN {}", p.destination)));
             }
         }
         for p in pairs {
@@ -489,27 +489,27 @@ impl ArrayControl for MemoryArrayClient {
         Ok(job)
     }
 
-    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ArrayError> {
+    fn resync_status(&self, job: &JobId) -> Result<JobStatus, ControlError> {
         let m = self.array.enter("resync_status")?;
         m.jobs
             .get(job)
             .cloned()
-            .ok_or_else(|| ArrayError::NotFound(format!("job {job}")))
+            .ok_or_else(|| ControlError::NotFound(format!("job {job}")))
     }
 
-    fn cancel_resync(&self, job: &JobId) -> Result<(), ArrayError> {
+    fn cancel_resync(&self, job: &JobId) -> Result<(), ControlError> {
         let mut m = self.array.enter("cancel_resync")?;
         let j = m
             .jobs
             .get_mut(job)
-            .ok_or_else(|| ArrayError::NotFound(format!("job {job}")))?;
+            .ok_or_else(|| ControlError::NotFound(format!("job {job}")))?;
         if j.state == JobState::Running {
             j.state = JobState::Cancelled;
         }
         Ok(())
     }
 
-    fn list_sets(&self) -> Result<Vec<SetSummary>, ArrayError> {
+    fn list_sets(&self) -> Result<Vec<SetSummary>, ControlError> {
         let m = self.array.enter("list_sets")?;
         Ok(m.sets
             .iter()

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use provider::array::{ArrayControl, JobState, SetState};
 use provider::testing::{MemoryArray, MemoryArrayClient};
 use provider::{
-    ArrayError, EventSink, HardwareProvider, ProviderConfig, ProviderEvent, ShadowlunProvider,
+    ControlError, EventSink, HardwareProvider, ProviderConfig, ProviderEvent, ShadowlunProvider,
     UnloadAnswer,
 };
 use vss::{
@@ -197,7 +197,7 @@ fn are_luns_supported_is_false_for_foreign_luns_plex_and_an_unreachable_array() 
     );
     r.san.fail_next(
         "lookup",
-        ArrayError::Unreachable("connection refused".into()),
+        ControlError::Unreachable("connection refused".into()),
     );
     assert_eq!(
         r.p.are_luns_supported(ctx(), &devs(1), &mut ours),
@@ -406,7 +406,7 @@ fn commit_failure_vetoes_and_abort_cleans_up() {
     let set = id(15);
     run_until(&r, set, &[&l], 2);
     r.san
-        .fail_next("commit", ArrayError::Timeout("commit".into()));
+        .fail_next("commit", ControlError::Timeout("commit".into()));
     assert_eq!(r.p.commit_snapshots(set), Err(Hresult::VSS_E_PROVIDER_VETO));
     assert_eq!(r.p.abort_snapshots(set), Ok(()));
     assert_eq!(r.san.set_state(set), Some(SetState::Aborted));
@@ -421,7 +421,7 @@ fn no_space_at_end_prepare_is_insufficient_storage() {
     let l = r.san.create_lun(MIB, &[HOST_A]);
     run_until(&r, id(16), &[&l], 0);
     r.san
-        .fail_next("end_prepare", ArrayError::NoSpace("pool full".into()));
+        .fail_next("end_prepare", ControlError::NoSpace("pool full".into()));
     assert_eq!(
         r.p.end_prepare_snapshots(id(16)),
         Err(Hresult::VSS_E_INSUFFICIENT_STORAGE)
@@ -584,7 +584,7 @@ fn resync_job_reports_failure_codes() {
     run_until(&r, id(24), &[&l], 7);
     let snap = r.san.snapshot_luns().pop().unwrap();
     r.san
-        .fail_next("start_resync", ArrayError::NoSpace("pool".into()));
+        .fail_next("start_resync", ControlError::NoSpace("pool".into()));
     assert_eq!(
         r.p.resync_luns(&[host_view(&r.san, &snap)], &[host_view(&r.san, &l)])
             .err(),
@@ -637,14 +637,14 @@ fn fill_in_lun_info_recognises_own_luns_and_normalises() {
 fn every_method_returns_only_allowed_codes() {
     let failures = || {
         vec![
-            ArrayError::Unreachable("x".into()),
-            ArrayError::Timeout("x".into()),
-            ArrayError::Unauthorized("x".into()),
-            ArrayError::NotFound("x".into()),
-            ArrayError::Conflict("x".into()),
-            ArrayError::NoSpace("x".into()),
-            ArrayError::LimitReached("x".into()),
-            ArrayError::Rejected {
+            ControlError::Unreachable("x".into()),
+            ControlError::Timeout("x".into()),
+            ControlError::Unauthorized("x".into()),
+            ControlError::NotFound("x".into()),
+            ControlError::Conflict("x".into()),
+            ControlError::NoSpace("x".into()),
+            ControlError::LimitReached("x".into()),
+            ControlError::Rejected {
                 code: "c".into(),
                 detail: "d".into(),
             },

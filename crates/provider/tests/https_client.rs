@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use provider::ArrayError;
+use provider::ControlError;
 use provider::array::ArrayControl;
 use provider::https::{ClientConfig, ClientError, HttpsArray, fingerprint_of};
 use vss::VssId;
@@ -137,7 +137,9 @@ fn a_different_certificate_is_refused() {
     fp.replace_range(0..2, if fp.starts_with("00") { "11" } else { "00" });
     let a = HttpsArray::new(ClientConfig::new(&s.url, "t", &fp)).unwrap();
     match a.commit(VssId::nil()) {
-        Err(ArrayError::Unreachable(m)) => assert!(m.to_lowercase().contains("certificate"), "{m}"),
+        Err(ControlError::Unreachable(m)) => {
+            assert!(m.to_lowercase().contains("certificate"), "{m}")
+        }
         other => panic!("expected a certificate failure, got {other:?}"),
     }
     assert!(
@@ -147,7 +149,7 @@ fn a_different_certificate_is_refused() {
 }
 
 #[test]
-fn problems_map_to_array_errors() {
+fn problems_map_to_control_errors() {
     let s = serve(Arc::new(|req, _| {
         let (status, code) = match req {
             r if r.ends_with("/commit") => (507, "no-space"),
@@ -165,19 +167,19 @@ fn problems_map_to_array_errors() {
     let set = VssId::nil();
     assert_eq!(
         a.commit(set),
-        Err(ArrayError::NoSpace("detail here".into()))
+        Err(ControlError::NoSpace("detail here".into()))
     );
     assert_eq!(
         a.abort(set),
-        Err(ArrayError::NotFound("detail here".into()))
+        Err(ControlError::NotFound("detail here".into()))
     );
     assert_eq!(
         a.end_prepare(set),
-        Err(ArrayError::Conflict("detail here".into()))
+        Err(ControlError::Conflict("detail here".into()))
     );
     assert_eq!(
         a.complete(set),
-        Err(ArrayError::Unauthorized("detail here".into()))
+        Err(ControlError::Unauthorized("detail here".into()))
     );
 }
 
@@ -192,7 +194,7 @@ fn commit_fails_fast_when_the_array_hangs() {
     let a = HttpsArray::new(cfg).unwrap();
     let start = Instant::now();
     let r = a.commit(VssId::nil());
-    assert!(matches!(r, Err(ArrayError::Timeout(_))), "{r:?}");
+    assert!(matches!(r, Err(ControlError::Timeout(_))), "{r:?}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "took {:?}",
@@ -219,6 +221,6 @@ fn bad_configuration_is_a_clear_error() {
     assert!(!format!("{:?}", a).contains("secret-token"));
     assert!(matches!(
         a.commit(VssId::nil()),
-        Err(ArrayError::Unreachable(_))
+        Err(ControlError::Unreachable(_))
     ));
 }

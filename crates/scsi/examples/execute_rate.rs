@@ -67,7 +67,7 @@ fn target(dev: Arc<dyn BlockDevice>) -> Target {
         product: "bench".into(),
         revision: "0100".into(),
         serial: "SLBENCH".into(),
-        designators: vec![vss::scsi::Designator::naa_locally_assigned(1)],
+        designators: vec![vss::inquiry::Designator::naa_locally_assigned(1)],
     };
     t.map(
         "iqn.2026-01.org.example:bench",

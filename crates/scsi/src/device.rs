@@ -597,7 +597,7 @@ impl MemDevice {
 
     /// Limits how many blocks may be mapped at once (a thin pool of that size).
     pub fn set_pool_limit(&self, blocks: Option<u64>) {
-        self.inner.write().expect("lock").pool_limit = blocks;
+        self.inner.write().expect("memory device lock").pool_limit = blocks;
     }
 
     pub fn set_read_only(&self, ro: bool) {
@@ -606,7 +606,7 @@ impl MemDevice {
 
     /// Makes reads and writes touching `lba` fail with a medium error.
     pub fn inject_medium_error(&self, lba: u64) {
-        self.bad_blocks.lock().expect("lock").push(lba);
+        self.bad_blocks.lock().expect("bad blocks lock").push(lba);
     }
 
     /// Number of completed flushes (SYNCHRONIZE CACHE and FUA writes).
@@ -616,12 +616,12 @@ impl MemDevice {
 
     /// Blocks currently mapped.
     pub fn mapped_blocks(&self) -> u64 {
-        self.inner.read().expect("lock").mapped_count
+        self.inner.read().expect("memory device lock").mapped_count
     }
 
     /// Changes the capacity; blocks beyond a shrunk end are dropped.
     pub fn resize(&self, num_blocks: u64) {
-        let mut g = self.inner.write().expect("lock");
+        let mut g = self.inner.write().expect("memory device lock");
         for b in num_blocks..g.num_blocks {
             g.set_mapped(b, false);
         }
@@ -643,7 +643,7 @@ impl MemDevice {
         if let Some(&b) = self
             .bad_blocks
             .lock()
-            .expect("lock")
+            .expect("bad blocks lock")
             .iter()
             .filter(|&&b| b >= first && b < last)
             .min()
@@ -674,11 +674,11 @@ impl BlockDevice for MemDevice {
     }
 
     fn num_blocks(&self) -> u64 {
-        self.inner.read().expect("lock").num_blocks
+        self.inner.read().expect("memory device lock").num_blocks
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let g = self.inner.read().expect("lock");
+        let g = self.inner.read().expect("memory device lock");
         self.range(&g, offset, buf.len() as u64)?;
         self.bad(offset, buf.len() as u64, false)?;
         let mut done = 0usize;
@@ -699,7 +699,7 @@ impl BlockDevice for MemDevice {
         if self.read_only.load(Ordering::SeqCst) {
             return Err(DeviceError::ReadOnly);
         }
-        let mut g = self.inner.write().expect("lock");
+        let mut g = self.inner.write().expect("memory device lock");
         self.range(&g, offset, data.len() as u64)?;
         self.bad(offset, data.len() as u64, true)?;
         let bs = u64::from(self.block_size);
@@ -741,7 +741,7 @@ impl BlockDevice for MemDevice {
         if self.read_only.load(Ordering::SeqCst) {
             return Err(DeviceError::ReadOnly);
         }
-        let mut g = self.inner.write().expect("lock");
+        let mut g = self.inner.write().expect("memory device lock");
         self.range(&g, offset, len)?;
         let bs = u64::from(self.block_size);
         for b in offset / bs..(offset + len) / bs {
@@ -766,7 +766,7 @@ impl BlockDevice for MemDevice {
     }
 
     fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
-        let g = self.inner.read().expect("lock");
+        let g = self.inner.read().expect("memory device lock");
         let bs = u64::from(self.block_size);
         let first = offset / bs;
         if first >= g.num_blocks {

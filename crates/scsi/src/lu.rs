@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use vss::scsi::Designator;
+use vss::inquiry::Designator;
 
 use crate::cdb::{Access, Cdb};
 use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
@@ -26,7 +26,7 @@ pub enum IdentityError {
     #[error("designator {index}: {source}")]
     Designator {
         index: usize,
-        source: vss::scsi::ScsiError,
+        source: vss::inquiry::InquiryError,
     },
     #[error("designator {index} is not a logical unit designator (association {association})")]
     NotLogicalUnit { index: usize, association: u8 },
@@ -75,7 +75,7 @@ impl LuIdentity {
         for (index, d) in self.designators.iter().enumerate() {
             d.validate()
                 .map_err(|source| IdentityError::Designator { index, source })?;
-            if d.association != vss::scsi::Association::LOGICAL_UNIT {
+            if d.association != vss::inquiry::Association::LOGICAL_UNIT {
                 return Err(IdentityError::NotLogicalUnit {
                     index,
                     association: d.association.0,
@@ -197,16 +197,16 @@ impl LogicalUnit {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LuState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("LU state lock")
     }
 
     pub(crate) fn io_shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.io_gate.read().unwrap_or_else(|p| p.into_inner())
+        self.io_gate.read().expect("LU I/O gate lock")
     }
 
     pub(crate) fn io_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
         self.compare_and_write_seen.store(true, Ordering::Release);
-        self.io_gate.write().unwrap_or_else(|p| p.into_inner())
+        self.io_gate.write().expect("LU I/O gate lock")
     }
 
     pub(crate) fn mode_parameters_changed(&self, by: &Nexus) {

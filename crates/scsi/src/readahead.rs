@@ -105,8 +105,16 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a panic while it was held; the map is still consistent
-        // (every change is a single insert or remove), so carry on.
+        self.state.lock().expect("readahead lock")
+    }
+
+    /// The lock for the reading threads and for closing, which carry on past a poisoned
+    /// lock (an exception to the rule in ARCHITECTURE.md, "Locks"): a reading thread that
+    /// died would leave commands waiting forever on the chunks it was reading, and a close
+    /// that panicked would leave the threads running. They only finish reads, wake the
+    /// waiters and stop; every command thread re-raises the panic at its next lock, so
+    /// nothing read from a poisoned state is served.
+    fn lock_past_poison(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -191,11 +199,7 @@ impl Readahead {
             if !wait {
                 break pieces;
             }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.shared.changed.wait(st).expect("readahead lock");
         };
         st.tick += 1;
         let tick = st.tick;
@@ -282,7 +286,7 @@ impl Drop for Readahead {
 }
 
 fn close(shared: &Shared, workers: Vec<JoinHandle<()>>) {
-    shared.lock().closing = true;
+    shared.lock_past_poison().closing = true;
     shared.work.notify_all();
     for w in workers {
         let _ = w.join();
@@ -400,7 +404,7 @@ fn keep_free(st: &mut State, mem: Vec<u8>) {
 fn worker(shared: &Shared) {
     loop {
         let (job, mut mem) = {
-            let mut st = shared.lock();
+            let mut st = shared.lock_past_poison();
             loop {
                 if st.closing {
                     return;
@@ -417,6 +421,7 @@ fn worker(shared: &Shared) {
                     let mem = st.free.pop().unwrap_or_default();
                     break (job, mem);
                 }
+                // Past a poisoned lock too, see `Shared::lock_past_poison`.
                 st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
@@ -426,7 +431,7 @@ fn worker(shared: &Shared) {
         }
         let pad = mem.as_ptr().align_offset(shared.align);
         let result = (shared.read)(job.start, &mut mem[pad..pad + job.len]);
-        let mut st = shared.lock();
+        let mut st = shared.lock_past_poison();
         st.chunk_reads += 1;
         let current = matches!(
             st.chunks.get(&job.start),

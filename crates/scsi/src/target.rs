@@ -67,20 +67,15 @@ impl Target {
     }
 
     fn lu_for(&self, initiator: &str, lun: u64) -> Option<Arc<LogicalUnit>> {
-        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        let maps = self.maps.read().expect("LUN maps lock");
         maps.get(initiator).and_then(|m| m.get(&lun)).cloned()
     }
 
     fn remember(&self, nexus: &Nexus) {
-        if self
-            .nexuses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(nexus)
-        {
+        if self.nexuses.read().expect("nexuses lock").contains(nexus) {
             return;
         }
-        let mut n = self.nexuses.write().unwrap_or_else(|p| p.into_inner());
+        let mut n = self.nexuses.write().expect("nexuses lock");
         if !n.contains(nexus) {
             tracing::debug!(initiator = %nexus.initiator_port, port = nexus.target_port, "new I_T nexus");
             n.insert(nexus.clone());
@@ -281,7 +276,7 @@ impl Target {
     }
 
     fn all_units(&self) -> Vec<Arc<LogicalUnit>> {
-        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        let maps = self.maps.read().expect("LUN maps lock");
         let mut v: Vec<Arc<LogicalUnit>> = Vec::new();
         for m in maps.values() {
             for lu in m.values() {
@@ -296,10 +291,7 @@ impl Target {
     /// The session behind `nexus` ended: its unit attentions and RESERVE(6) reservations go;
     /// persistent reservations stay.
     pub fn nexus_lost(&self, nexus: &Nexus) {
-        self.nexuses
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(nexus);
+        self.nexuses.write().expect("nexuses lock").remove(nexus);
         self.take_lun0_changed(nexus);
         for lu in self.all_units() {
             lu.nexus_lost(nexus);
@@ -317,7 +309,7 @@ impl Target {
             return;
         }
         {
-            let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+            let mut maps = self.maps.write().expect("LUN maps lock");
             maps.entry(initiator.to_string())
                 .or_default()
                 .insert(lun, unit);
@@ -330,7 +322,7 @@ impl Target {
     /// CHANGED.
     pub fn unmap(&self, initiator: &str, lun: u64) {
         let removed = {
-            let mut maps = self.maps.write().unwrap_or_else(|p| p.into_inner());
+            let mut maps = self.maps.write().expect("LUN maps lock");
             let r = maps.get_mut(initiator).and_then(|m| m.remove(&lun));
             if maps.get(initiator).is_some_and(|m| m.is_empty()) {
                 maps.remove(initiator);
@@ -343,7 +335,7 @@ impl Target {
             let gone: Vec<Nexus> = self
                 .nexuses
                 .read()
-                .unwrap_or_else(|p| p.into_inner())
+                .expect("nexuses lock")
                 .iter()
                 .filter(|n| n.initiator == initiator)
                 .cloned()
@@ -356,7 +348,7 @@ impl Target {
     }
 
     fn units_of(&self, initiator: &str) -> Vec<Arc<LogicalUnit>> {
-        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        let maps = self.maps.read().expect("LUN maps lock");
         maps.get(initiator)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
@@ -369,27 +361,27 @@ impl Target {
         let theirs: Vec<Nexus> = self
             .nexuses
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("nexuses lock")
             .iter()
             .filter(|n| n.initiator == initiator)
             .cloned()
             .collect();
         self.lun0_changed
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("LUN 0 changes lock")
             .extend(theirs);
     }
 
     fn take_lun0_changed(&self, nexus: &Nexus) -> bool {
         self.lun0_changed
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("LUN 0 changes lock")
             .remove(nexus)
     }
 
     /// The LUN numbers `initiator` sees, ascending.
     pub fn luns_for(&self, initiator: &str) -> Vec<u64> {
-        let maps = self.maps.read().unwrap_or_else(|p| p.into_inner());
+        let maps = self.maps.read().expect("LUN maps lock");
         maps.get(initiator)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()

@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use scsi::sense::key;
-use vss::scsi::{Association, Designator, decode_device_identification};
+use vss::inquiry::{Association, Designator, decode_device_identification};
 
 #[test]
 fn standard_inquiry_carries_the_lu_identity() {

@@ -270,7 +270,7 @@ fn identity_validation_names_the_bad_field() {
     ));
     let mut id = identity(1);
     id.designators
-        .push(vss::scsi::Designator::iscsi_target_device(TARGET));
+        .push(vss::inquiry::Designator::iscsi_target_device(TARGET));
     assert!(matches!(
         id.validate(),
         Err(scsi::IdentityError::NotLogicalUnit { index: 2, .. })

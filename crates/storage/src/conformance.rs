@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use scsi::DeviceError;
 
-use crate::{BLOCK_SIZE, Backend, BackendError, copy_volume};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, copy_volume};
 
 const MIB: u64 = 1 << 20;
 
@@ -102,14 +102,14 @@ fn pair(source: &str, clone: &str) -> (String, String) {
 pub fn create_write_read_back<B: Backend, G>(make: &impl Fn() -> (B, G)) {
     let (b, _g) = make();
     let unit = b.size_granularity();
-    assert!(unit >= BLOCK_SIZE as u64 && unit % BLOCK_SIZE as u64 == 0);
+    assert!(unit >= LOGICAL_BLOCK_SIZE as u64 && unit % LOGICAL_BLOCK_SIZE as u64 == 0);
     assert_eq!(MIB % unit, 0, "sizes of whole MiB are valid");
     b.create_volume("a", 2 * MIB).unwrap();
     let info = b.volume("a").unwrap();
     assert_eq!((info.name.as_str(), info.size_bytes), ("a", 2 * MIB));
     let dev = b.device("a").unwrap();
-    assert_eq!(dev.block_size(), BLOCK_SIZE);
-    assert_eq!(dev.num_blocks(), 2 * MIB / BLOCK_SIZE as u64);
+    assert_eq!(dev.block_size(), LOGICAL_BLOCK_SIZE);
+    assert_eq!(dev.num_blocks(), 2 * MIB / LOGICAL_BLOCK_SIZE as u64);
     assert_eq!(
         read(&b, "a", 0, 8192),
         vec![0u8; 8192],
@@ -173,7 +173,7 @@ pub fn resize_grows_keeps_data_and_refuses_to_shrink<B: Backend, G>(make: &impl 
     assert_eq!(b.volume("a").unwrap().size_bytes, 3 * MIB);
     assert_eq!(
         before.num_blocks(),
-        3 * MIB / BLOCK_SIZE as u64,
+        3 * MIB / LOGICAL_BLOCK_SIZE as u64,
         "a device opened before the resize sees the new size"
     );
     assert_eq!(read(&b, "a", 0, 4096), pattern(4, 4096));
@@ -339,13 +339,13 @@ pub fn resync_copies_and_can_be_cancelled<B: Backend, G>(make: &impl Fn() -> (B,
     b.resync(
         "s",
         "d",
-        &|p| seen.lock().unwrap().push(p),
+        &|p| seen.lock().expect("seen lock").push(p),
         &AtomicBool::new(false),
     )
     .unwrap();
     assert_eq!(read(&b, "d", 2 * MIB + 512, 512), [5u8; 512]);
     assert_eq!(b.volume("d").unwrap().size_bytes, 3 * MIB);
-    assert_eq!(seen.lock().unwrap().last(), Some(&100));
+    assert_eq!(seen.lock().expect("seen lock").last(), Some(&100));
     let err = b
         .resync("s", "d", &|_| {}, &AtomicBool::new(true))
         .unwrap_err();
@@ -366,7 +366,7 @@ pub fn copy_volume_copies_grows_and_keeps_zeros<B: Backend, G>(make: &impl Fn() 
         &b,
         "s",
         "d",
-        &|p| seen.lock().unwrap().push(p),
+        &|p| seen.lock().expect("seen lock").push(p),
         &AtomicBool::new(false),
     )
     .unwrap();
@@ -377,7 +377,7 @@ pub fn copy_volume_copies_grows_and_keeps_zeros<B: Backend, G>(make: &impl Fn() 
         "zeros are copied too"
     );
     assert_eq!(read(&b, "d", 2 * MIB + 512, 1024), pattern(13, 1024));
-    let seen = seen.into_inner().unwrap();
+    let seen = seen.into_inner().expect("seen lock");
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert_eq!((seen.first(), seen.last()), (Some(&0), Some(&100)));
     let err = copy_volume(&b, "s", "d", &|_| {}, &AtomicBool::new(true)).unwrap_err();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use blockstore::{DeletePolicy, Pool, PoolOptions, VolumeKind};
 use scsi::{BlockDevice, DeviceError};
 
-use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
 const BASE: &str = ".base";
 
@@ -37,10 +37,10 @@ pub struct EngineDevice {
 
 impl BlockDevice for EngineDevice {
     fn block_size(&self) -> u32 {
-        BLOCK_SIZE
+        LOGICAL_BLOCK_SIZE
     }
     fn num_blocks(&self) -> u64 {
-        self.vol.size().unwrap_or(0) / BLOCK_SIZE as u64
+        self.vol.size().unwrap_or(0) / LOGICAL_BLOCK_SIZE as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.vol.read_at(offset, buf).map_err(dev_err)
@@ -115,7 +115,7 @@ impl Backend for EngineBackend {
     }
 
     fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
-        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.materializing.lock().expect("materializing lock");
         let clone = self.delete_one(name);
         // A snapshot LUN's read-only base goes with it.
         let base = self.delete_one(&base_of(name));
@@ -130,7 +130,7 @@ impl Backend for EngineBackend {
     }
 
     fn materialize(&self, name: &str) -> Result<(), BackendError> {
-        let _g = self.materializing.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.materializing.lock().expect("materializing lock");
         match self.pool.info(name) {
             Ok(_) => return Ok(()),
             Err(blockstore::Error::NotFound { .. }) => {}

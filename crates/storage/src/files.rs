@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustix::fs::{FallocateFlags, SeekFrom};
 use scsi::{BlockDevice, DeviceError};
 
-use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
 /// One file-backed volume; also its [`BlockDevice`].
 #[derive(Debug)]
@@ -42,19 +42,19 @@ impl FileVolume {
 
 impl BlockDevice for FileVolume {
     fn block_size(&self) -> u32 {
-        BLOCK_SIZE
+        LOGICAL_BLOCK_SIZE
     }
     fn num_blocks(&self) -> u64 {
-        self.size.load(Ordering::Acquire) / BLOCK_SIZE as u64
+        self.size.load(Ordering::Acquire) / LOGICAL_BLOCK_SIZE as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.check(offset, buf.len() as u64)?;
-        let _g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.gate.read().expect("volume gate lock");
         self.file.read_exact_at(buf, offset).map_err(dev_err)
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         self.check(offset, data.len() as u64)?;
-        let _g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.gate.read().expect("volume gate lock");
         self.file.write_all_at(data, offset).map_err(dev_err)?;
         if fua {
             self.file.sync_data().map_err(dev_err)?;
@@ -66,7 +66,7 @@ impl BlockDevice for FileVolume {
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         self.check(offset, len)?;
-        let _g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.gate.read().expect("volume gate lock");
         rustix::fs::fallocate(
             &self.file,
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
@@ -102,7 +102,7 @@ impl FileBackend {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<FileVolume>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        self.open.lock().expect("open volumes lock")
     }
 
     fn get_locked(
@@ -198,7 +198,7 @@ impl Backend for FileBackend {
     fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
         let mut t = self.table();
         let v = self.get_locked(&mut t, name)?;
-        let _g = v.gate.write().unwrap_or_else(|p| p.into_inner());
+        let _g = v.gate.write().expect("volume gate lock");
         if size_bytes < v.size.load(Ordering::Acquire) {
             return Err(BackendError::Shrink(name.into()));
         }
@@ -219,7 +219,7 @@ impl Backend for FileBackend {
         }
         let guards: Vec<_> = sources
             .values()
-            .map(|v| v.gate.write().unwrap_or_else(|p| p.into_inner()))
+            .map(|v| v.gate.write().expect("volume gate lock"))
             .collect();
         let mut made = Vec::new();
         let result = (|| -> Result<(), BackendError> {

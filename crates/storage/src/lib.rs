@@ -49,8 +49,9 @@ pub struct PoolUsage {
     pub allocated_bytes: u64,
 }
 
-/// Block size every volume is addressed in.
-pub const BLOCK_SIZE: u32 = 512;
+/// Bytes per logical block: the unit every volume is addressed in (its LBA size), whatever
+/// the engine's internal granularity.
+pub const LOGICAL_BLOCK_SIZE: u32 = 512;
 
 /// A storage engine holding one array's volumes.
 ///
@@ -63,9 +64,9 @@ pub const BLOCK_SIZE: u32 = 512;
 pub trait Backend: Send + Sync {
     /// Volume sizes must be multiples of this many bytes.
     fn size_granularity(&self) -> u64 {
-        BLOCK_SIZE as u64
+        LOGICAL_BLOCK_SIZE as u64
     }
-    /// Creates a thin volume of `size_bytes` (a multiple of [`BLOCK_SIZE`]).
+    /// Creates a thin volume of `size_bytes` (a multiple of [`LOGICAL_BLOCK_SIZE`]).
     fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError>;
     /// Deletes a volume. Deleting a missing volume is an error ([`BackendError::NoVolume`]).
     fn delete_volume(&self, name: &str) -> Result<(), BackendError>;

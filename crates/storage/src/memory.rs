@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use scsi::{BlockDevice, DeviceError};
 
-use crate::{BLOCK_SIZE, Backend, BackendError, PoolUsage, VolumeInfo};
+use crate::{Backend, BackendError, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -58,10 +58,10 @@ pub struct MemVolume {
 
 impl MemVolume {
     fn read_image(&self) -> std::sync::RwLockReadGuard<'_, Image> {
-        self.image.read().unwrap_or_else(|p| p.into_inner())
+        self.image.read().expect("volume image lock")
     }
     fn write_image(&self) -> std::sync::RwLockWriteGuard<'_, Image> {
-        self.image.write().unwrap_or_else(|p| p.into_inner())
+        self.image.write().expect("volume image lock")
     }
 }
 
@@ -74,11 +74,11 @@ fn check_range(size: u64, offset: u64, len: usize) -> Result<(), DeviceError> {
 
 impl BlockDevice for MemVolume {
     fn block_size(&self) -> u32 {
-        BLOCK_SIZE
+        LOGICAL_BLOCK_SIZE
     }
 
     fn num_blocks(&self) -> u64 {
-        self.read_image().size / BLOCK_SIZE as u64
+        self.read_image().size / LOGICAL_BLOCK_SIZE as u64
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
@@ -193,7 +193,7 @@ impl MemoryBackend {
     }
 
     fn vols(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<MemVolume>>> {
-        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
+        self.volumes.lock().expect("volumes lock")
     }
 
     fn get(&self, name: &str) -> Result<Arc<MemVolume>, BackendError> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vss::scsi::{self, ScsiError};
+use vss::inquiry::{self, InquiryError};
 use vss::{BusType, Interconnect, LunInfo};
 
 use crate::gpt_flags::{self, GptError, Layout};
@@ -22,7 +22,7 @@ pub enum HostError {
     Identity {
         disk: DiskAddress,
         #[source]
-        source: ScsiError,
+        source: InquiryError,
     },
     #[error(transparent)]
     Gpt(#[from] GptError),
@@ -165,7 +165,7 @@ impl Host {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("host state lock")
     }
 
     /// Reads a disk's identity the way Windows does: INQUIRY, VPD 0x00, 0x80 (if listed) and
@@ -176,14 +176,14 @@ impl Host {
             source,
         };
         let inquiry = self.storage.inquiry(addr)?;
-        let pages = self.storage.vpd(addr, scsi::VPD_SUPPORTED_PAGES)?;
-        let (_, pages) = scsi::decode_supported_pages(&pages).map_err(id_err)?;
-        let serial = if pages.contains(&scsi::VPD_UNIT_SERIAL_NUMBER) {
-            Some(self.storage.vpd(addr, scsi::VPD_UNIT_SERIAL_NUMBER)?)
+        let pages = self.storage.vpd(addr, inquiry::VPD_SUPPORTED_PAGES)?;
+        let (_, pages) = inquiry::decode_supported_pages(&pages).map_err(id_err)?;
+        let serial = if pages.contains(&inquiry::VPD_UNIT_SERIAL_NUMBER) {
+            Some(self.storage.vpd(addr, inquiry::VPD_UNIT_SERIAL_NUMBER)?)
         } else {
             None
         };
-        let ident = self.storage.vpd(addr, scsi::VPD_DEVICE_IDENTIFICATION)?;
+        let ident = self.storage.vpd(addr, inquiry::VPD_DEVICE_IDENTIFICATION)?;
         let mut info = LunInfo::from_scsi(&inquiry, serial.as_deref(), &ident, self.bus_type)
             .map_err(id_err)?;
         info.interconnects = vec![Interconnect {
@@ -452,7 +452,7 @@ impl Host {
     }
 
     fn wait_for_hold(&self, device: &str) {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         while st.held.contains(device) {
             let Some(deadline) = st.deadline else { break };
             let now = Instant::now();
@@ -467,14 +467,14 @@ impl Host {
                 .hold
                 .cv
                 .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
+                .expect("write hold lock")
                 .0;
         }
     }
 
     /// Flush and hold writes to the given disks for at most `window`.
     pub fn hold_writes(&self, devices: &[String], window: Duration) {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         st.held = devices.iter().cloned().collect();
         st.deadline = Some(Instant::now() + window);
         st.lapsed = false;
@@ -482,7 +482,7 @@ impl Host {
 
     /// Releases held writes. Returns false if the hold had already lapsed (its window passed).
     pub fn release_writes(&self) -> bool {
-        let mut st = self.hold.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.hold.state.lock().expect("write hold lock");
         let lapsed = st.lapsed || st.deadline.is_some_and(|d| Instant::now() > d);
         st.held.clear();
         st.deadline = None;

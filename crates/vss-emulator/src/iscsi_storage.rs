@@ -51,7 +51,7 @@ impl IscsiStorage {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Session>> {
-        self.session.lock().unwrap_or_else(|p| p.into_inner())
+        self.session.lock().expect("session lock")
     }
 
     /// Runs `f` on the session (logging in if needed; once more after a lost connection).
@@ -98,7 +98,7 @@ impl IscsiStorage {
         if let Some(b) = self
             .block_sizes
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("block sizes lock")
             .get(&disk.lun)
         {
             return Ok(*b);
@@ -159,7 +159,7 @@ impl HostStorage for IscsiStorage {
         cap.validate()?;
         self.block_sizes
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("block sizes lock")
             .insert(disk.lun, c.block_size);
         Ok(cap)
     }

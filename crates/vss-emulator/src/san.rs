@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 use vss::identity::LunIdentity;
-use vss::scsi::{self, Designator};
+use vss::inquiry::{self, Designator};
 
 use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
 
@@ -415,19 +415,19 @@ impl HostStorage for SanStorage {
         self.with_lun(disk, |l| {
             let id = l.identity.scsi_identity(&MemorySan::target_ports());
             match page {
-                scsi::VPD_SUPPORTED_PAGES => Ok(scsi::encode_supported_pages(
+                inquiry::VPD_SUPPORTED_PAGES => Ok(inquiry::encode_supported_pages(
                     0,
                     &[
-                        scsi::VPD_SUPPORTED_PAGES,
-                        scsi::VPD_UNIT_SERIAL_NUMBER,
-                        scsi::VPD_DEVICE_IDENTIFICATION,
+                        inquiry::VPD_SUPPORTED_PAGES,
+                        inquiry::VPD_UNIT_SERIAL_NUMBER,
+                        inquiry::VPD_DEVICE_IDENTIFICATION,
                     ],
                 )),
-                scsi::VPD_UNIT_SERIAL_NUMBER => id.unit_serial.ok_or(StorageError::NoSuchPage {
+                inquiry::VPD_UNIT_SERIAL_NUMBER => id.unit_serial.ok_or(StorageError::NoSuchPage {
                     disk: disk.clone(),
                     page,
                 }),
-                scsi::VPD_DEVICE_IDENTIFICATION => Ok(id.device_identification),
+                inquiry::VPD_DEVICE_IDENTIFICATION => Ok(id.device_identification),
                 _ => Err(StorageError::NoSuchPage {
                     disk: disk.clone(),
                     page,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use provider::testing::{MemoryArray, TARGET_NAME};
 use provider::{HardwareProvider, ShadowlunProvider};
 use vss::VssId;
+use vss::inquiry;
 use vss::lun::ScsiIdentity;
-use vss::scsi;
 
 use crate::conformance::{Lab, LabFactory};
 use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
@@ -108,16 +108,16 @@ impl HostStorage for ArrayStorage {
             page,
         };
         match page {
-            scsi::VPD_SUPPORTED_PAGES => {
-                let mut pages = vec![scsi::VPD_SUPPORTED_PAGES];
+            inquiry::VPD_SUPPORTED_PAGES => {
+                let mut pages = vec![inquiry::VPD_SUPPORTED_PAGES];
                 if id.unit_serial.is_some() {
-                    pages.push(scsi::VPD_UNIT_SERIAL_NUMBER);
+                    pages.push(inquiry::VPD_UNIT_SERIAL_NUMBER);
                 }
-                pages.push(scsi::VPD_DEVICE_IDENTIFICATION);
-                Ok(scsi::encode_supported_pages(0, &pages))
+                pages.push(inquiry::VPD_DEVICE_IDENTIFICATION);
+                Ok(inquiry::encode_supported_pages(0, &pages))
             }
-            scsi::VPD_UNIT_SERIAL_NUMBER => id.unit_serial.ok_or_else(missing),
-            scsi::VPD_DEVICE_IDENTIFICATION => Ok(id.device_identification),
+            inquiry::VPD_UNIT_SERIAL_NUMBER => id.unit_serial.ok_or_else(missing),
+            inquiry::VPD_DEVICE_IDENTIFICATION => Ok(id.device_identification),
             _ => Err(missing()),
         }
     }

@@ -248,7 +248,7 @@ impl std::fmt::Debug for LedgerWriter {
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().expect("writer lock")
 }
 
 impl LedgerWriter {
@@ -290,7 +290,7 @@ impl LedgerWriter {
             .name(format!("writer-{name}"))
             .spawn(move || me.run(capacity, interval))
             .map_err(|e| HostError::NoSuchVolume(format!("cannot start writer thread: {e}")))?;
-        *w.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        *w.thread.lock().expect("writer thread lock") = Some(t);
         Ok(w)
     }
 
@@ -313,7 +313,7 @@ impl LedgerWriter {
                         }
                         Mode::Frozen => {
                             let Some(deadline) = s.freeze_deadline else {
-                                s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                                s = cv.wait(s).expect("writer lock");
                                 continue;
                             };
                             let now = Instant::now();
@@ -325,10 +325,7 @@ impl LedgerWriter {
                                 cv.notify_all();
                                 continue;
                             }
-                            s = cv
-                                .wait_timeout(s, deadline - now)
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0;
+                            s = cv.wait_timeout(s, deadline - now).expect("writer lock").0;
                         }
                         Mode::Running => break,
                     }
@@ -337,7 +334,7 @@ impl LedgerWriter {
                     s.full = true;
                     s = cv
                         .wait_timeout(s, Duration::from_millis(20))
-                        .unwrap_or_else(|p| p.into_inner())
+                        .expect("writer lock")
                         .0;
                     drop(s);
                     continue;
@@ -393,10 +390,7 @@ impl LedgerWriter {
             if now >= deadline || s.mode == Mode::Stopping || s.full {
                 return s.acknowledged >= n;
             }
-            s = cv
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            s = cv.wait_timeout(s, deadline - now).expect("writer lock").0;
         }
         true
     }
@@ -413,7 +407,7 @@ impl LedgerWriter {
             s.mode = Mode::Stopping;
             self.shared.1.notify_all();
         }
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(t) = self.thread.lock().expect("writer thread lock").take() {
             let _ = t.join();
         }
     }
@@ -454,7 +448,7 @@ impl Writer for LedgerWriter {
         s.mode = Mode::FreezeRequested;
         cv.notify_all();
         while s.mode == Mode::FreezeRequested {
-            s = cv.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = cv.wait(s).expect("writer lock");
         }
         Ok(())
     }

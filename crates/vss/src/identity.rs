@@ -12,8 +12,8 @@
 //! LUN number alone ([`LunIdentity::for_number`], as if the array id were 0, which no array
 //! id is).
 
+use crate::inquiry::{self, Designator, StandardInquiry};
 use crate::lun::{ScsiIdentity, latin1};
-use crate::scsi::{self, Designator, StandardInquiry};
 
 /// INQUIRY vendor id of shadowlun LUNs.
 pub const VENDOR: &str = "SHADOWLN";
@@ -139,8 +139,8 @@ impl LunIdentity {
         ds.extend_from_slice(target_ports);
         ScsiIdentity {
             inquiry: inq.encode(),
-            unit_serial: Some(scsi::encode_unit_serial(inq.peripheral(), &self.serial)),
-            device_identification: scsi::encode_device_identification(inq.peripheral(), &ds)
+            unit_serial: Some(inquiry::encode_unit_serial(inq.peripheral(), &self.serial)),
+            device_identification: inquiry::encode_device_identification(inq.peripheral(), &ds)
                 .expect("shadowlun designators are valid by construction"),
         }
     }
@@ -153,7 +153,7 @@ pub fn is_shadowlun_vendor(vendor: Option<&str>) -> bool {
 
 /// The vendor id exactly as INQUIRY carries it (8 bytes, space padded).
 pub fn padded_vendor() -> String {
-    latin1(&scsi::pad_ascii::<8>(VENDOR))
+    latin1(&inquiry::pad_ascii::<8>(VENDOR))
 }
 
 #[cfg(test)]

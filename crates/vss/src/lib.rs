@@ -7,10 +7,10 @@
 //!   capabilities and snapshot states with their documented values;
 //! * [`LunInfo`]: the owned mirror of `VDS_LUN_INFORMATION` and the rule VSS uses to match a
 //!   LUN arriving on import against what `GetTargetLuns` promised ([`LunInfo::matches_for_import`]);
-//! * [`scsi`]: encoders and strict decoders for standard INQUIRY data and VPD pages 0x00, 0x80
+//! * [`inquiry`]: encoders and strict decoders for standard INQUIRY data and VPD pages 0x00, 0x80
 //!   and 0x83, and [`LunInfo::from_scsi`], which builds what Windows builds for a disk.
 //!
-//! Both sides of the identity rule live here: the array encodes its LUNs' pages with [`scsi`],
+//! Both sides of the identity rule live here: the array encodes its LUNs' pages with [`inquiry`],
 //! the provider predicts the snapshot LUN's `LunInfo` with [`LunInfo::from_scsi`] over the same
 //! pages, and the emulated Windows host reads the pages over iSCSI and calls the same function.
 //! So `GetTargetLuns` and `FillInLunInfo` cannot drift apart.
@@ -22,8 +22,8 @@ pub mod contract;
 pub mod flags;
 pub mod hresult;
 pub mod identity;
+pub mod inquiry;
 pub mod lun;
-pub mod scsi;
 
 pub use contract::Method;
 pub use flags::{

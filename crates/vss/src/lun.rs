@@ -1,7 +1,7 @@
 //! `LunInfo`, the owned mirror of `VDS_LUN_INFORMATION`, and the identity rules VSS applies.
 
 use crate::VER_VDS_LUN_INFORMATION;
-use crate::scsi::{self, Association, Designator, ScsiError, StandardInquiry};
+use crate::inquiry::{self, Association, Designator, InquiryError, StandardInquiry};
 
 /// `VDS_STORAGE_IDENTIFIER_CODE_SET` (same values as the SCSI CODE SET field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -161,10 +161,10 @@ impl LunInfo {
         unit_serial: Option<&[u8]>,
         device_identification: &[u8],
         bus_type: BusType,
-    ) -> Result<Self, ScsiError> {
+    ) -> Result<Self, InquiryError> {
         let inq = StandardInquiry::decode(inquiry)?;
-        let serial = unit_serial.map(scsi::decode_unit_serial).transpose()?;
-        let (_, designators) = scsi::decode_device_identification(device_identification)?;
+        let serial = unit_serial.map(inquiry::decode_unit_serial).transpose()?;
+        let (_, designators) = inquiry::decode_device_identification(device_identification)?;
         Ok(Self {
             version: VER_VDS_LUN_INFORMATION,
             device_type: inq.device_type,
@@ -187,7 +187,7 @@ impl LunInfo {
     }
 
     /// [`LunInfo::from_scsi`] over a stored [`ScsiIdentity`].
-    pub fn from_identity(id: &ScsiIdentity, bus_type: BusType) -> Result<Self, ScsiError> {
+    pub fn from_identity(id: &ScsiIdentity, bus_type: BusType) -> Result<Self, InquiryError> {
         Self::from_scsi(
             &id.inquiry,
             id.unit_serial.as_deref(),
@@ -341,7 +341,7 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::*;
+    use crate::inquiry::*;
     use proptest::prelude::*;
 
     fn identity(n: u64) -> ScsiIdentity {

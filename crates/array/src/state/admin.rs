@@ -6,7 +6,7 @@ use api::{
     CreateHost, CreateLun, CreatedHost, HostLun, HostRecord, LunRecord, MapLun, SetMember,
     SetRecord,
 };
-use storage::{BLOCK_SIZE, BackendError};
+use storage::{BackendError, LOGICAL_BLOCK_SIZE};
 
 use super::auth::{new_token, token_hash};
 use super::rows::{Db, HostRow, LunRow, LunState, Record, lun_id};
@@ -51,7 +51,11 @@ impl Array {
     }
 
     fn check_size(&self, size: u64) -> Result<(), ArrayError> {
-        let unit = self.0.backend.size_granularity().max(BLOCK_SIZE as u64);
+        let unit = self
+            .0
+            .backend
+            .size_granularity()
+            .max(LOGICAL_BLOCK_SIZE as u64);
         if size == 0 || size % unit != 0 || size > self.0.policy.max_lun_bytes {
             return Err(ArrayError::BadRequest(format!(
                 "size_bytes must be a non-zero multiple of {unit} up to {}; got {size}.",

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use api::{JobId, LunId};
 use storage::Backend;
 use vss::identity::{ArrayId, LunIdentity};
-use vss::scsi::Designator;
+use vss::inquiry::Designator;
 
 pub use admin::valid_iqn;
 pub use auth::{Scope, new_token, token_hash};
@@ -205,7 +205,7 @@ impl Array {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.inner.lock().expect("array state lock")
     }
 
     fn now(&self) -> u64 {

@@ -32,7 +32,7 @@ pub(super) fn fail_interrupted(db: &mut Db) {
 
 impl Array {
     fn running_jobs(&self) -> MutexGuard<'_, HashMap<JobId, JobHandle>> {
-        self.0.jobs.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.jobs.lock().expect("resync jobs lock")
     }
 
     /// Starts copying each pair's snapshot LUN onto its destination, in order, on a thread

@@ -83,6 +83,9 @@ impl Drop for Inner {
     }
 }
 
+// A poisoned lock is reported as `Error::Failed` rather than re-raised (an exception to the
+// rule in ARCHITECTURE.md, "Locks"): the engine is a library with a failed state of its
+// own, so every call that needs the lock is refused, and nothing behind it is used.
 impl Inner {
     pub(crate) fn read(&self) -> Result<RwLockReadGuard<'_, State>> {
         self.state.read().map_err(|_| Error::Failed)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Inner, VolumeKind, apply};
 use crate::error::{Error, Result, io_err};
 use crate::format::Record;
-use crate::state::{BLOCK_SIZE, CHUNK_SIZE, Entry, FULL_MASK, Source, State};
+use crate::state::{CHUNK_SIZE, Entry, FULL_MASK, MASK_BLOCK_SIZE, Source, State};
 
 /// Uncommitted metadata after which a write commits by itself.
 pub(super) const AUTO_COMMIT_BYTES: usize = if cfg!(test) { 4096 } else { 4 << 20 };
@@ -89,8 +89,8 @@ fn pieces(offset: u64, len: usize) -> impl Iterator<Item = Piece> {
 }
 
 fn touched_mask(within: u64, len: usize) -> u16 {
-    let b0 = within / BLOCK_SIZE;
-    let b1 = (within + len as u64 - 1) / BLOCK_SIZE;
+    let b0 = within / MASK_BLOCK_SIZE;
+    let b1 = (within + len as u64 - 1) / MASK_BLOCK_SIZE;
     let mut m = 0u16;
     for b in b0..=b1 {
         m |= 1 << b;
@@ -142,8 +142,8 @@ impl Volume {
             let mut pos = p.within;
             let end = p.within + p.len as u64;
             while pos < end {
-                let b = pos / BLOCK_SIZE;
-                let n = ((b + 1) * BLOCK_SIZE).min(end) - pos;
+                let b = pos / MASK_BLOCK_SIZE;
+                let n = ((b + 1) * MASK_BLOCK_SIZE).min(end) - pos;
                 let src = match e.source(b) {
                     Source::Zero => None,
                     Source::Chunk(c) => Some(c as u64 * CHUNK_SIZE + pos),
@@ -275,7 +275,7 @@ impl Volume {
             Source::Chunk(c) => self
                 .inner
                 .data
-                .read_exact_at(out, c as u64 * CHUNK_SIZE + b * BLOCK_SIZE)
+                .read_exact_at(out, c as u64 * CHUNK_SIZE + b * MASK_BLOCK_SIZE)
                 .map_err(io_err(format!("read chunk {c}"))),
         }
     }
@@ -291,21 +291,21 @@ impl Volume {
         let root = self.meta(st)?.root;
         let (cur, excl) = st.lookup(root, p.idx);
         let touched = touched_mask(p.within, p.len);
-        let b0 = p.within / BLOCK_SIZE;
-        let b1 = (p.within + p.len as u64 - 1) / BLOCK_SIZE;
-        let head_partial = p.within % BLOCK_SIZE != 0;
-        let tail_partial = (p.within + p.len as u64) % BLOCK_SIZE != 0;
-        let span_off = b0 * BLOCK_SIZE;
-        let span_len = ((b1 - b0 + 1) * BLOCK_SIZE) as usize;
+        let b0 = p.within / MASK_BLOCK_SIZE;
+        let b1 = (p.within + p.len as u64 - 1) / MASK_BLOCK_SIZE;
+        let head_partial = p.within % MASK_BLOCK_SIZE != 0;
+        let tail_partial = (p.within + p.len as u64) % MASK_BLOCK_SIZE != 0;
+        let span_off = b0 * MASK_BLOCK_SIZE;
+        let span_len = ((b1 - b0 + 1) * MASK_BLOCK_SIZE) as usize;
         // The touched blocks with edges completed from `fill` (None: zeros).
         let span = |this: &Self, fill: Option<&Entry>| -> Result<Vec<u8>> {
             let mut buf = vec![0u8; span_len];
             if let Some(e) = fill {
                 if head_partial {
-                    this.read_block(e, b0, &mut buf[..BLOCK_SIZE as usize])?;
+                    this.read_block(e, b0, &mut buf[..MASK_BLOCK_SIZE as usize])?;
                 }
                 if tail_partial {
-                    this.read_block(e, b1, &mut buf[span_len - BLOCK_SIZE as usize..])?;
+                    this.read_block(e, b1, &mut buf[span_len - MASK_BLOCK_SIZE as usize..])?;
                 }
             }
             let s = (p.within - span_off) as usize;
@@ -367,27 +367,31 @@ impl Volume {
                 let first = |m: u16| u64::from(m.trailing_zeros());
                 let last = |m: u16| u64::from(15 - m.leading_zeros());
                 let lo = first(mask);
-                let lo_off = lo * BLOCK_SIZE;
-                let mut buf = vec![0u8; ((last(mask) - lo + 1) * BLOCK_SIZE) as usize];
+                let lo_off = lo * MASK_BLOCK_SIZE;
+                let mut buf = vec![0u8; ((last(mask) - lo + 1) * MASK_BLOCK_SIZE) as usize];
                 // The blocks `phys` holds, in one read (only up to its last block in use: the
                 // file may end there).
                 let (c0, c1) = (first(cur.mask), last(cur.mask));
-                let cs = ((c0 - lo) * BLOCK_SIZE) as usize;
-                let ce = ((c1 - lo + 1) * BLOCK_SIZE) as usize;
+                let cs = ((c0 - lo) * MASK_BLOCK_SIZE) as usize;
+                let ce = ((c1 - lo + 1) * MASK_BLOCK_SIZE) as usize;
                 let r = self
                     .inner
                     .data
                     .read_exact_at(
                         &mut buf[cs..ce],
-                        cur.phys as u64 * CHUNK_SIZE + c0 * BLOCK_SIZE,
+                        cur.phys as u64 * CHUNK_SIZE + c0 * MASK_BLOCK_SIZE,
                     )
                     .map_err(io_err(format!("read chunk {}", cur.phys)))
                     .and_then(|_| {
                         // Partial edge blocks not in `phys` come from `under` (or zeros).
                         for (b, partial) in [(b0, head_partial), (b1, tail_partial)] {
                             if partial && cur.mask & (1 << b) == 0 {
-                                let s = ((b - lo) * BLOCK_SIZE) as usize;
-                                self.read_block(&cur, b, &mut buf[s..s + BLOCK_SIZE as usize])?;
+                                let s = ((b - lo) * MASK_BLOCK_SIZE) as usize;
+                                self.read_block(
+                                    &cur,
+                                    b,
+                                    &mut buf[s..s + MASK_BLOCK_SIZE as usize],
+                                )?;
                             }
                         }
                         let s = (p.within - lo_off) as usize;
@@ -466,9 +470,9 @@ impl Volume {
                     let mut mask = cur.mask;
                     let mut p = within;
                     while p < within + n {
-                        let b = p / BLOCK_SIZE;
-                        let bend = ((b + 1) * BLOCK_SIZE).min(within + n);
-                        if p == b * BLOCK_SIZE && bend == (b + 1) * BLOCK_SIZE {
+                        let b = p / MASK_BLOCK_SIZE;
+                        let bend = ((b + 1) * MASK_BLOCK_SIZE).min(within + n);
+                        if p == b * MASK_BLOCK_SIZE && bend == (b + 1) * MASK_BLOCK_SIZE {
                             mask &= !(1 << b);
                         } else if mask & (1 << b) != 0 {
                             let z = vec![0u8; (bend - p) as usize];
@@ -530,14 +534,14 @@ impl Volume {
             let (e, _) = st.lookup(root, idx);
             let chunk_end = (idx as u64 + 1) * CHUNK_SIZE;
             while pos < chunk_end.min(limit) {
-                let b = (pos % CHUNK_SIZE) / BLOCK_SIZE;
+                let b = (pos % CHUNK_SIZE) / MASK_BLOCK_SIZE;
                 let m = e.block_mapped(b);
                 match state {
                     None => state = Some(m),
                     Some(s) if s != m => return Ok((s, pos - offset)),
                     _ => {}
                 }
-                pos = (pos / BLOCK_SIZE + 1) * BLOCK_SIZE;
+                pos = (pos / MASK_BLOCK_SIZE + 1) * MASK_BLOCK_SIZE;
             }
         }
         Ok((state.unwrap_or(false), limit - offset))

@@ -116,6 +116,7 @@ impl Pool {
     /// Sets the log size after which the metadata is folded into a new checkpoint (default
     /// 64 MiB). Smaller values make opening faster and commits occasionally slower.
     pub fn set_checkpoint_threshold(&self, bytes: u64) {
+        // A poisoned lock: the pool refuses every call already (see `Inner::read`).
         if let Ok(mut c) = self.inner.commit.lock() {
             c.checkpoint_bytes = bytes.max(1);
         }

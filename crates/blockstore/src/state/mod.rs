@@ -22,8 +22,9 @@ use crate::format::{DecodeError, Enc, Record};
 
 /// Bytes per chunk, the unit of allocation and of snapshot sharing.
 pub const CHUNK_SIZE: u64 = 64 * 1024;
-/// Bytes per block, the unit of the per-chunk "written" mask.
-pub const BLOCK_SIZE: u64 = 4096;
+/// Bytes per mask block, the unit of the per-chunk "written" mask (one bit per block);
+/// not the logical block a volume is addressed in, which is the caller's business.
+pub const MASK_BLOCK_SIZE: u64 = 4096;
 /// Mask with every block of a chunk present.
 pub(crate) const FULL_MASK: u16 = 0xFFFF;
 /// Largest volume: 64 TiB.

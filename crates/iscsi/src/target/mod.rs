@@ -239,6 +239,10 @@ impl TargetServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .max_blocking_threads(64)
+            // Blocking threads (slow commands, task management) stay once started instead
+            // of retiring after 10 s idle: at most 64, and no thread comes and goes around
+            // each burst of slow commands.
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
             .thread_name("iscsi-target")
             .enable_all()
             .build()
@@ -420,8 +424,10 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                         Ok((thread, done)) => {
                             conns.spawn(async move {
                                 let _ = done.await;
-                                // The thread has let go of everything; wait for it to exit.
-                                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                                // Sending `done` is the thread's last act: it is exiting,
+                                // so the join is over in microseconds and is not worth a
+                                // hop to the blocking pool (which may start a thread).
+                                let _ = thread.join();
                                 drop(live);
                             });
                         }

@@ -1,6 +1,6 @@
 //! INQUIRY: standard data and the VPD pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2.
 
-use vss::scsi::{
+use vss::inquiry::{
     Designator, StandardInquiry, encode_device_identification, encode_supported_pages,
     encode_unit_serial,
 };

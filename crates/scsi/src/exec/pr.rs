@@ -143,7 +143,7 @@ fn transport_id(initiator_port: &str) -> Vec<u8> {
     while name.len() % 4 != 0 || name.len() < 20 {
         name.push(0);
     }
-    let mut t = vec![format | vss::scsi::PROTOCOL_ISCSI, 0];
+    let mut t = vec![format | vss::inquiry::PROTOCOL_ISCSI, 0];
     t.extend_from_slice(&(name.len() as u16).to_be_bytes());
     t.extend(name);
     t

@@ -9,7 +9,7 @@ use scsi::{
     Command, LogicalUnit, LuIdentity, MemDevice, Nexus, Outcome, Target, TaskAttribute, encode_lun,
     status,
 };
-use vss::scsi::Designator;
+use vss::inquiry::Designator;
 
 pub const TARGET: &str = "iqn.2026-01.org.shadowlun:array";
 pub const HOST1: &str = "iqn.1991-05.com.microsoft:host1";

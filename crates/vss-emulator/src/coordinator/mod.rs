@@ -159,8 +159,10 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// Locks one of the coordinator's tables; the panic on a poisoned lock points at the caller.
+#[track_caller]
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().expect("coordinator lock")
 }
 
 impl Coordinator {

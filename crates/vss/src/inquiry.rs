@@ -1,7 +1,7 @@
 //! SCSI identity pages (SPC-4): standard INQUIRY data and VPD pages 0x00, 0x80 and 0x83.
 //!
 //! Encoders produce exactly the bytes a device returns; decoders are strict about lengths and
-//! structure (a malformed page is a typed [`ScsiError`], never a panic) but keep reserved code
+//! structure (a malformed page is a typed [`InquiryError`], never a panic) but keep reserved code
 //! values as they are, so a foreign device's identity survives unchanged.
 
 use thiserror::Error;
@@ -20,7 +20,7 @@ pub const PROTOCOL_ISCSI: u8 = 0x5;
 
 /// Why identity data could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ScsiError {
+pub enum InquiryError {
     #[error("{what} is {got} bytes, at least {need} are required")]
     TooShort {
         what: &'static str,
@@ -141,9 +141,9 @@ impl StandardInquiry {
 
     /// Decodes INQUIRY data. At least 36 bytes are required; data cut short by the allocation
     /// length is accepted as long as the fixed fields are complete.
-    pub fn decode(b: &[u8]) -> Result<Self, ScsiError> {
+    pub fn decode(b: &[u8]) -> Result<Self, InquiryError> {
         if b.len() < 36 {
-            return Err(ScsiError::TooShort {
+            return Err(InquiryError::TooShort {
                 what: "standard INQUIRY data",
                 need: 36,
                 got: b.len(),
@@ -151,7 +151,7 @@ impl StandardInquiry {
         }
         let declared = b[4] as usize + 5;
         if declared < 36 {
-            return Err(ScsiError::TooShort {
+            return Err(InquiryError::TooShort {
                 what: "standard INQUIRY additional length",
                 need: 36,
                 got: declared,
@@ -307,14 +307,14 @@ impl Designator {
     }
 
     /// Checks the designator's length against the rules of its type.
-    pub fn validate(&self) -> Result<(), ScsiError> {
+    pub fn validate(&self) -> Result<(), InquiryError> {
         let len = self.value.len();
-        let bad = || ScsiError::BadDesignatorLength {
+        let bad = || InquiryError::BadDesignatorLength {
             designator_type: self.designator_type.0,
             len,
         };
         if len > 255 {
-            return Err(ScsiError::TooLong {
+            return Err(InquiryError::TooLong {
                 what: "designator",
                 len,
                 max: 255,
@@ -333,7 +333,7 @@ impl Designator {
                 if ok {
                     Ok(())
                 } else {
-                    Err(ScsiError::BadNaa { naa, len })
+                    Err(InquiryError::BadNaa { naa, len })
                 }
             }
             IdentifierType::PORT_RELATIVE
@@ -346,9 +346,9 @@ impl Designator {
             IdentifierType::MD5_LOGICAL_UNIT_IDENTIFIER if len != 16 => Err(bad()),
             IdentifierType::SCSI_NAME_STRING => {
                 if len == 0 || len % 4 != 0 {
-                    Err(ScsiError::NameNotPadded { len })
+                    Err(InquiryError::NameNotPadded { len })
                 } else if !self.value.contains(&0) {
-                    Err(ScsiError::NameNotTerminated)
+                    Err(InquiryError::NameNotTerminated)
                 } else {
                     Ok(())
                 }
@@ -396,23 +396,23 @@ fn vpd_header(peripheral: u8, page: u8, body_len: usize) -> Vec<u8> {
 }
 
 /// Checks the header of a VPD page and returns (peripheral byte, body).
-fn vpd_body<'a>(b: &'a [u8], page: u8, what: &'static str) -> Result<(u8, &'a [u8]), ScsiError> {
+fn vpd_body<'a>(b: &'a [u8], page: u8, what: &'static str) -> Result<(u8, &'a [u8]), InquiryError> {
     if b.len() < 4 {
-        return Err(ScsiError::TooShort {
+        return Err(InquiryError::TooShort {
             what,
             need: 4,
             got: b.len(),
         });
     }
     if b[1] != page {
-        return Err(ScsiError::WrongPage {
+        return Err(InquiryError::WrongPage {
             expected: page,
             got: b[1],
         });
     }
     let declared = u16::from_be_bytes([b[2], b[3]]) as usize;
     if 4 + declared > b.len() {
-        return Err(ScsiError::Truncated {
+        return Err(InquiryError::Truncated {
             what,
             declared,
             available: b.len() - 4,
@@ -429,10 +429,10 @@ pub fn encode_supported_pages(peripheral: u8, pages: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes VPD page 0x00 into (peripheral byte, page codes).
-pub fn decode_supported_pages(b: &[u8]) -> Result<(u8, Vec<u8>), ScsiError> {
+pub fn decode_supported_pages(b: &[u8]) -> Result<(u8, Vec<u8>), InquiryError> {
     let (p, body) = vpd_body(b, VPD_SUPPORTED_PAGES, "supported VPD pages page")?;
     if body.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(ScsiError::PagesNotAscending);
+        return Err(InquiryError::PagesNotAscending);
     }
     Ok((p, body.to_vec()))
 }
@@ -446,7 +446,7 @@ pub fn encode_unit_serial(peripheral: u8, serial: &str) -> Vec<u8> {
 }
 
 /// Decodes VPD page 0x80 into (peripheral byte, serial bytes).
-pub fn decode_unit_serial(b: &[u8]) -> Result<(u8, Vec<u8>), ScsiError> {
+pub fn decode_unit_serial(b: &[u8]) -> Result<(u8, Vec<u8>), InquiryError> {
     let (p, body) = vpd_body(b, VPD_UNIT_SERIAL_NUMBER, "unit serial number page")?;
     Ok((p, body.to_vec()))
 }
@@ -455,7 +455,7 @@ pub fn decode_unit_serial(b: &[u8]) -> Result<(u8, Vec<u8>), ScsiError> {
 pub fn encode_device_identification(
     peripheral: u8,
     designators: &[Designator],
-) -> Result<Vec<u8>, ScsiError> {
+) -> Result<Vec<u8>, InquiryError> {
     let mut body = Vec::new();
     for d in designators {
         d.validate()?;
@@ -468,7 +468,7 @@ pub fn encode_device_identification(
         body.extend_from_slice(&d.value);
     }
     if body.len() > u16::MAX as usize {
-        return Err(ScsiError::TooLong {
+        return Err(InquiryError::TooLong {
             what: "device identification page",
             len: body.len(),
             max: 65535,
@@ -480,17 +480,17 @@ pub fn encode_device_identification(
 }
 
 /// Decodes VPD page 0x83 into (peripheral byte, designators in page order).
-pub fn decode_device_identification(b: &[u8]) -> Result<(u8, Vec<Designator>), ScsiError> {
+pub fn decode_device_identification(b: &[u8]) -> Result<(u8, Vec<Designator>), InquiryError> {
     let (p, body) = vpd_body(b, VPD_DEVICE_IDENTIFICATION, "device identification page")?;
     let mut out = Vec::new();
     let mut off = 0;
     while off < body.len() {
         if off + 4 > body.len() {
-            return Err(ScsiError::DesignatorOverrun { offset: off + 4 });
+            return Err(InquiryError::DesignatorOverrun { offset: off + 4 });
         }
         let len = body[off + 3] as usize;
         if off + 4 + len > body.len() {
-            return Err(ScsiError::DesignatorOverrun { offset: off + 4 });
+            return Err(InquiryError::DesignatorOverrun { offset: off + 4 });
         }
         let d = Designator {
             protocol_identifier: body[off] >> 4,
@@ -534,7 +534,7 @@ mod tests {
         let b = StandardInquiry::block_device("A", "B", "C").encode();
         assert_eq!(
             StandardInquiry::decode(&b[..35]),
-            Err(ScsiError::TooShort {
+            Err(InquiryError::TooShort {
                 what: "standard INQUIRY data",
                 need: 36,
                 got: 35
@@ -559,7 +559,7 @@ mod tests {
         assert!(d6.validate().is_ok());
         let mut bad = d.clone();
         bad.value[0] = 0x6F;
-        assert_eq!(bad.validate(), Err(ScsiError::BadNaa { naa: 6, len: 8 }));
+        assert_eq!(bad.validate(), Err(InquiryError::BadNaa { naa: 6, len: 8 }));
     }
 
     #[test]
@@ -600,19 +600,19 @@ mod tests {
         long[3] += 1; // declares one byte more than present
         assert!(matches!(
             decode_device_identification(&long),
-            Err(ScsiError::Truncated { .. })
+            Err(InquiryError::Truncated { .. })
         ));
         let mut over = b.clone();
         over[7] = 9; // designator longer than the page
         assert!(matches!(
             decode_device_identification(&over),
-            Err(ScsiError::DesignatorOverrun { .. })
+            Err(InquiryError::DesignatorOverrun { .. })
         ));
         let mut page = b.clone();
         page[1] = 0x80;
         assert_eq!(
             decode_device_identification(&page),
-            Err(ScsiError::WrongPage {
+            Err(InquiryError::WrongPage {
                 expected: 0x83,
                 got: 0x80
             })
@@ -632,7 +632,7 @@ mod tests {
         let bad = encode_supported_pages(0, &[0x80, 0x00]);
         assert_eq!(
             decode_supported_pages(&bad),
-            Err(ScsiError::PagesNotAscending)
+            Err(InquiryError::PagesNotAscending)
         );
     }
 
