@@ -67,7 +67,11 @@ call POST /v1/admin/hosts/ci/map "{\"lun\":\"$lun_id\"}" >/dev/null
 code=$(curl -s -k --pinnedpubkey "$pin" -o "$work/p.json" -w '%{http_code}' "$api/v1/admin/luns")
 [ "$code" = 401 ] && [ "$(jq -r .code "$work/p.json")" = unauthorized ] || { echo "401 expected, got $code"; exit 1; }
 
-target=iqn.2026-01.org.shadowlun:array
+# The pool's own target name, made with its array id when the pool was first used.
+target=$(jq -r .target_name "$work/pool/array.json")
+[[ "$target" == iqn.2026-01.org.shadowlun:array-* ]] || { echo "target name $target carries no array id"; exit 1; }
+[ "$(stat -c %a "$work/pool/array.json")" = 600 ] && [ "$(stat -c %a "$work/pool")" = 700 ] ||
+  { echo "the pool directory or its identity file is readable by others"; exit 1; }
 # The host has a CHAP secret, so its initiator name alone does not get it in.
 no_chap=$(timeout --foreground 20 iscsi-ls -i "$host_iqn" -s "iscsi://$portal" 2>&1 || true)
 if grep -q "Lun:" <<<"$no_chap"; then echo "$no_chap"; echo "the host logged in without its CHAP secret"; exit 1; fi
