@@ -77,6 +77,8 @@ pub mod routes {
     pub const ADMIN_UNMAP: &str = "/v1/admin/hosts/{host}/map/{lun}";
     /// GET → `Vec<SetRecord>` (every host's sets).
     pub const ADMIN_SETS: &str = "/v1/admin/sets";
+    /// `POST`: an administrator aborts a set that is not complete (a set left prepared).
+    pub const ADMIN_SET_ABORT: &str = "/v1/admin/sets/{set}/abort";
     /// GET → `Vec<LunRecord>` (snapshot LUNs only).
     pub const ADMIN_SNAPSHOTS: &str = "/v1/admin/snapshots";
     /// DELETE → 204: removes a snapshot LUN (admin override of OnLunEmpty).
@@ -144,6 +146,10 @@ pub struct LunsRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncRequest {
     pub pairs: Vec<ResyncPair>,
+    /// Administrators only: resync onto a LUN that is mapped to a host, or that is not the
+    /// snapshot's source. Hosts (the provider, for VSS) may always resync onto their LUNs.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +336,10 @@ pub struct MapLun {
     /// LUN number the host sees; the lowest free one if absent.
     #[serde(default)]
     pub lun_number: Option<u64>,
+    /// Map a LUN that another host has mapped already (clusters share LUNs; by accident,
+    /// two hosts writing one LUN corrupt it). Without it such a mapping is refused.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// A set as the admin API shows it.
@@ -351,6 +361,9 @@ pub struct SetMember {
     pub snapshot_id: VssId,
     pub source: LunId,
     pub lun: LunId,
+    /// The snapshot LUN has been deleted (released or removed by an administrator).
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// `POST /v1/admin/reap`.

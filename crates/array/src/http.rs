@@ -4,7 +4,7 @@
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -59,6 +59,18 @@ fn bad_json(e: JsonRejection) -> ApiError {
 
 fn body<T>(b: Result<axum::Json<T>, JsonRejection>) -> ApiResult<T> {
     b.map(|j| j.0).map_err(bad_json)
+}
+
+/// `?force=true` (or `false`, or absent) on a destructive admin call; anything else is a
+/// bad request rather than a silent no.
+fn force(q: &std::collections::HashMap<String, String>) -> ApiResult<bool> {
+    match q.get("force").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError(ArrayError::BadRequest(format!(
+            "force={other:?}: write force=true or leave it out."
+        )))),
+    }
 }
 
 fn set_id(s: &str) -> ApiResult<vss::VssId> {
@@ -164,6 +176,7 @@ pub fn router(array: Array) -> Router {
         .route(r::ADMIN_MAP, post(admin_map))
         .route(r::ADMIN_UNMAP, delete(admin_unmap))
         .route(r::ADMIN_SETS, get(admin_sets))
+        .route(r::ADMIN_SET_ABORT, post(admin_set_abort))
         .route(r::ADMIN_SNAPSHOTS, get(admin_snapshots))
         .route(r::ADMIN_SNAPSHOT, delete(admin_delete_snapshot))
         .route(r::ADMIN_REAP, post(admin_reap))
@@ -308,7 +321,7 @@ async fn resync(
 ) -> ApiResult<Response> {
     let host = host(&a, &h, r::RESYNC)?;
     let req = body(b)?;
-    let job = blocking(move || a.start_resync(&Scope::Host(host), &req.pairs)).await?;
+    let job = blocking(move || a.start_resync(&Scope::Host(host), &req.pairs, false)).await?;
     Ok(json(StatusCode::OK, &ResyncResponse { job }))
 }
 
@@ -341,7 +354,7 @@ async fn admin_resync(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_RESYNC)?;
     let req = body(b)?;
-    let job = blocking(move || a.start_resync(&Scope::Admin, &req.pairs)).await?;
+    let job = blocking(move || a.start_resync(&Scope::Admin, &req.pairs, req.force)).await?;
     Ok(json(StatusCode::OK, &ResyncResponse { job }))
 }
 
@@ -435,9 +448,22 @@ async fn admin_delete_host(
     State(a): State<Array>,
     h: HeaderMap,
     Path(name): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_HOST)?;
-    blocking(move || a.delete_host(&name)).await?;
+    let force = force(&q)?;
+    blocking(move || a.delete_host(&name, force)).await?;
+    Ok(no_content())
+}
+
+async fn admin_set_abort(
+    State(a): State<Array>,
+    h: HeaderMap,
+    Path(set): Path<String>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_SET_ABORT)?;
+    let set = set_id(&set)?;
+    blocking(move || a.admin_abort(set)).await?;
     Ok(no_content())
 }
 
@@ -528,6 +554,7 @@ mod tests {
             r::ADMIN_MAP,
             r::ADMIN_UNMAP,
             r::ADMIN_SETS,
+            r::ADMIN_SET_ABORT,
             r::ADMIN_SNAPSHOTS,
             r::ADMIN_SNAPSHOT,
             r::ADMIN_REAP,
@@ -546,6 +573,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 33, "one operation per (route, method)");
+        assert_eq!(ops, 34, "one operation per (route, method)");
     }
 }

@@ -206,6 +206,7 @@ fn bad_input_gets_precise_problems_never_a_500() {
                 &MapLun {
                     lun: second.clone(),
                     lun_number: None,
+                    shared: false,
                 },
             )
             .unwrap(),
@@ -300,6 +301,7 @@ fn full_lifecycle_with_retries_over_https() {
                     snapshot: snap.clone(),
                     destination: lun.clone(),
                 }],
+                force: false,
             },
         )
         .unwrap()
@@ -382,6 +384,7 @@ fn commit_of_64_luns_is_fast_over_https() {
                 &MapLun {
                     lun: rec.id.clone(),
                     lun_number: None,
+                    shared: false,
                 },
             )
             .unwrap();

@@ -131,6 +131,7 @@ fn setup(d: &Daemon, admin: &str) -> (String, String) {
             &MapLun {
                 lun: lun.id.clone(),
                 lun_number: None,
+                shared: false,
             },
         )
         .unwrap(),

@@ -400,6 +400,7 @@ impl ArrayControl for HttpsArray {
             routes::RESYNC,
             &api::ResyncRequest {
                 pairs: pairs.to_vec(),
+                force: false,
             },
         )?;
         Ok(r.job)

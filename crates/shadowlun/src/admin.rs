@@ -94,8 +94,14 @@ pub enum HostCmd {
         #[arg(long = "import-from")]
         import_from: Vec<String>,
     },
-    /// Remove a host and its mappings.
-    Remove { name: String },
+    /// Remove a host. Refused while LUNs are mapped to it, unless --force. The grants that
+    /// let other hosts import its snapshots go with it.
+    Remove {
+        name: String,
+        /// Unmap its LUNs and remove it anyway: its initiators lose them at once.
+        #[arg(long)]
+        force: bool,
+    },
     /// Map a LUN to a host.
     Map {
         host: String,
@@ -103,6 +109,10 @@ pub enum HostCmd {
         /// LUN number the host sees (lowest free if omitted).
         #[arg(long)]
         lun_number: Option<u64>,
+        /// The LUN is mapped to another host already and both are meant to use it (a
+        /// cluster). Two hosts writing one LUN without a cluster corrupt it.
+        #[arg(long)]
+        shared: bool,
     },
     /// Unmap a LUN from a host.
     Unmap { host: String, lun: String },
@@ -114,12 +124,17 @@ pub enum SnapshotCmd {
     List,
     /// Delete a snapshot LUN (what VSS's OnLunEmpty does; for LUNs VSS no longer tracks).
     Delete { lun: String },
-    /// Copy a snapshot LUN onto a LUN inside the array (the destination takes the snapshot's
-    /// size) and show progress until it ends, e.g. `shadowlun snapshot resync lun-4 lun-1`.
-    /// Unmount the destination on its host first: its contents are replaced.
+    /// Copy a snapshot LUN back onto its source (the destination grows to the snapshot's
+    /// size; a larger one is refused) and show progress until it ends, e.g. `shadowlun
+    /// snapshot resync lun-4 lun-1`. The destination's contents are replaced: a destination
+    /// mapped to a host, or that is not the snapshot's source, needs --force.
     Resync {
         snapshot: String,
         destination: String,
+        /// Resync onto a LUN mapped to a host (take its volumes offline there first) or onto
+        /// a LUN that is not the snapshot's source.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -127,6 +142,9 @@ pub enum SnapshotCmd {
 pub enum SetCmd {
     /// List snapshot sets of every host.
     List,
+    /// Abort a set that is not complete (one left prepared by a backup that went away):
+    /// its snapshot LUNs are deleted now instead of by the reaper.
+    Abort { set: String },
     /// Remove sets prepared but never committed, and leftovers of aborted sets.
     Reap {
         /// Only show what would be removed.
@@ -285,9 +303,12 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        HostCmd::Remove { name } => {
-            api.delete(&routes::fill(routes::ADMIN_HOST, &[("host", &name)]))
-                .map_err(explain)?;
+        HostCmd::Remove { name, force } => {
+            let mut path = routes::fill(routes::ADMIN_HOST, &[("host", &name)]);
+            if force {
+                path.push_str("?force=true");
+            }
+            api.delete(&path).map_err(explain)?;
             println!("removed host {name}");
             Ok(())
         }
@@ -295,11 +316,16 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             host,
             lun,
             lun_number,
+            shared,
         } => {
             let h: HostRecord = api
                 .post(
                     &routes::fill(routes::ADMIN_MAP, &[("host", &host)]),
-                    &MapLun { lun, lun_number },
+                    &MapLun {
+                        lun,
+                        lun_number,
+                        shared,
+                    },
                 )
                 .map_err(explain)?;
             print_hosts(c, &[h])
@@ -327,12 +353,14 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
         SnapshotCmd::Resync {
             snapshot,
             destination,
+            force,
         } => {
             let req = api::ResyncRequest {
                 pairs: vec![api::ResyncPair {
                     snapshot,
                     destination,
                 }],
+                force,
             };
             let r: api::ResyncResponse = api.post(routes::ADMIN_RESYNC, &req).map_err(explain)?;
             let path = routes::fill(routes::ADMIN_RESYNC_JOB, &[("job", &r.job)]);
@@ -387,13 +415,26 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
                         s.context.to_string(),
                         s.snapshots
                             .iter()
-                            .map(|m| format!("{}→{}", m.source, m.lun))
+                            .map(|m| {
+                                let gone = if m.deleted { " (deleted)" } else { "" };
+                                format!("{}→{}{gone}", m.source, m.lun)
+                            })
                             .collect::<Vec<_>>()
                             .join(","),
                     ]
                 })
                 .collect();
             output::table(&["SET", "HOST", "STATE", "CONTEXT", "SNAPSHOTS"], &rows);
+            Ok(())
+        }
+        SetCmd::Abort { set } => {
+            api.post_empty::<()>(
+                &routes::fill(routes::ADMIN_SET_ABORT, &[("set", &set)]),
+                None,
+                api.config().timeout,
+            )
+            .map_err(explain)?;
+            println!("aborted set {set}");
             Ok(())
         }
         SetCmd::Reap { dry_run } => {

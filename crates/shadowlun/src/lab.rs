@@ -133,6 +133,7 @@ impl RealLab {
                 &MapLun {
                     lun: lun.id.clone(),
                     lun_number: None,
+                    shared: false,
                 },
             )
             .map_err(|e| e.to_string())?;

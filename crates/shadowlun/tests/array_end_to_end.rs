@@ -91,6 +91,24 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs the CLI expecting it to fail; returns what it said on stderr.
+fn cli_fails(d: &Daemon, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .args([
+            "--array",
+            &d.api,
+            "--fingerprint",
+            &d.fingerprint,
+            "--token-file",
+        ])
+        .arg(&d.token_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "shadowlun {args:?} succeeded");
+    String::from_utf8(out.stderr).unwrap()
+}
+
 /// What a Windows host builds for the LUN (from the pages the array serves for it).
 fn host_view(naa_hex: &str) -> LunInfo {
     let n = u64::from_str_radix(naa_hex, 16).unwrap() & 0x0FFF_FFFF_FFFF_FFFF;
@@ -215,10 +233,19 @@ fn provider_runs_a_full_cycle_against_the_real_daemon() {
         Ok(false)
     );
 
-    // An administrator's resync of the snapshot onto the original runs to completion.
+    // An administrator's resync onto the original, still mapped to sql01, needs --force;
+    // then it runs to completion.
     let snap_id = snaps[0]["id"].as_str().unwrap().to_string();
-    let done: serde_json::Value =
-        serde_json::from_str(&cli(&d, &["snapshot", "resync", &snap_id, &lun_id])).unwrap();
+    let refused = cli_fails(&d, &["snapshot", "resync", &snap_id, &lun_id]);
+    assert!(
+        refused.contains("sql01") && refused.contains("--force"),
+        "{refused}"
+    );
+    let done: serde_json::Value = serde_json::from_str(&cli(
+        &d,
+        &["snapshot", "resync", &snap_id, &lun_id, "--force"],
+    ))
+    .unwrap();
     assert_eq!(done["state"], "finished");
     assert_eq!(done["progress"], 100);
 

@@ -372,8 +372,8 @@ pub fn run(factory: &dyn LabFactory, filter: &str) -> Report {
 }
 
 fn support_query(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
-    let p = ctx.traced_provider("iqn.test:a")?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
+    let p = ctx.traced_provider("iqn.2026-01.org.shadowlun.test:a")?;
     let disk = rig.host.disks()[0].clone();
     let devs = vec![disk.device.clone()];
     let mut luns = vec![disk.lun_info.clone()];
@@ -422,7 +422,7 @@ fn support_query(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn create_call_order(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let w = rig.writer(1, &["E:"])?;
     let t0 = rig.coord.trace().len();
     let (_set, _bc) = s(rig.create(SnapshotContext::BACKUP, &["E:"]))?;
@@ -461,7 +461,7 @@ fn create_call_order(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn create_contexts(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let mut n = 0;
     for base in [
         SnapshotContext::BACKUP,
@@ -504,7 +504,7 @@ fn create_contexts(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn create_differential_plex(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let mut made = Vec::new();
     for (a, name) in [(Attr::DIFFERENTIAL, "DIFFERENTIAL"), (Attr::PLEX, "PLEX")] {
         match rig.create(SnapshotContext::APP_ROLLBACK.with(a), &["F:"]) {
@@ -533,7 +533,7 @@ fn create_differential_plex(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn point_in_time(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let w = rig.writer(42, &["E:", "G:"])?;
     let (set, bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:", "G:"]))?;
     let frozen = w.frozen_at().ok_or("writer never froze")?;
@@ -559,7 +559,7 @@ fn point_in_time(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn max_volumes(ctx: &Ctx) -> Result<String, String> {
-    let init = "iqn.test:many";
+    let init = "iqn.2026-01.org.shadowlun.test:many";
     ctx.lab().create_lun(70 << 20, init)?;
     let rig = ctx.bare_rig(init, fast(), vec![])?;
     let dev = rig.host.disks()[0].device.clone();
@@ -600,7 +600,7 @@ fn call_duration(entries: &[TraceEntry], m: Method) -> Option<u64> {
 }
 
 fn timing(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let t0 = rig.coord.trace().len();
     let (_set, _bc) = s(rig.create(SnapshotContext::BACKUP, &["E:", "G:"]))?;
     let entries = rig.coord.trace().since(t0);
@@ -637,7 +637,7 @@ fn abort_each_step(ctx: &Ctx) -> Result<String, String> {
         Method::PostFinalCommitSnapshots,
     ];
     for (i, m) in steps.iter().enumerate() {
-        let init = format!("iqn.test:abort{i}");
+        let init = format!("iqn.2026-01.org.shadowlun.test:abort{i}");
         let rig = ctx.rig(
             &init,
             fast(),
@@ -685,7 +685,7 @@ fn abort_each_step(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn abandoned_set(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let mut bc = rig.coord.backup_components();
     s(bc.set_context(SnapshotContext::APP_ROLLBACK))?;
     s(bc.start_snapshot_set())?;
@@ -705,7 +705,7 @@ fn abandoned_set(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn auto_import(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let (set, bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:", "G:"]))?;
     let vols = bc.snapshot_volumes(set);
     ensure!(vols.len() == 2, "{} volumes surfaced", vols.len());
@@ -747,8 +747,8 @@ fn auto_import(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn transport_import(ctx: &Ctx) -> Result<String, String> {
-    let a = ctx.rig("iqn.test:a", fast(), vec![])?;
-    let b = ctx.bare_rig("iqn.test:b", fast(), vec![])?;
+    let a = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
+    let b = ctx.bare_rig("iqn.2026-01.org.shadowlun.test:b", fast(), vec![])?;
     let w = a.writer(9, &["E:", "G:"])?;
     let (set, bc) = s(a.create(
         SnapshotContext::APP_ROLLBACK.with(Attr::TRANSPORTABLE),
@@ -796,7 +796,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf, String> {
 }
 
 fn delete_once(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let (set, mut bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:", "F:"]))?;
     let before = ctx.lab().lun_count()?;
     let q = rig.coord.query();
@@ -832,7 +832,7 @@ fn delete_once(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn auto_release(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let base = ctx.lab().lun_count()?;
     let (_set, mut bc) = s(rig.create(SnapshotContext::BACKUP, &["G:"]))?;
     ensure!(
@@ -852,7 +852,7 @@ fn auto_release(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn break_ro_rw(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     for writable in [false, true] {
         let (set, mut bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:"]))?;
         let vols = bc.snapshot_volumes(set);
@@ -893,7 +893,7 @@ fn break_ro_rw(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn break_mask(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let (set, mut bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["G:"]))?;
     let disks = rig.host.disks().len();
     let luns = ctx.lab().lun_count()?;
@@ -914,7 +914,7 @@ fn break_mask(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn break_revert(ctx: &Ctx) -> Result<String, String> {
-    let a = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let a = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let (set, mut bc) = s(a.create(SnapshotContext::APP_ROLLBACK, &["E:"]))?;
     expect_code(
         bc.break_snapshot_set_ex(set, HardwareOptions::BREAKEX_FLAG_REVERT_IDENTITY_ALL),
@@ -926,7 +926,7 @@ fn break_revert(ctx: &Ctx) -> Result<String, String> {
         &["E:"],
     ))?;
     let bcd = s(tbc.bcd(tset))?;
-    let b = ctx.bare_rig("iqn.test:b", fast(), vec![])?;
+    let b = ctx.bare_rig("iqn.2026-01.org.shadowlun.test:b", fast(), vec![])?;
     let mut ib = b.coord.backup_components();
     s(ib.load_bcd(bcd.clone()))?;
     s(ib.import_snapshots())?;
@@ -946,7 +946,7 @@ fn break_revert(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn autorecover(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let w = rig.writer(3, &["E:"])?;
     let t0 = rig.coord.trace().len();
     let (_set, _bc) = s(rig.create(
@@ -990,7 +990,7 @@ fn autorecover(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn resync(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     s(rig.host.write_volume("E:", 0, &[0xAA; 512]))?;
     let (set, mut bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:"]))?;
     s(rig.host.write_volume("E:", 0, &[0xBB; 512]))?;
@@ -1033,7 +1033,7 @@ fn resync(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn identity(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let (set, bc) = s(rig.create(SnapshotContext::APP_ROLLBACK, &["E:", "G:"]))?;
     let bcd = s(bc.bcd(set))?;
     for l in &bcd.set.luns {
@@ -1062,7 +1062,7 @@ fn identity(ctx: &Ctx) -> Result<String, String> {
         );
         // As on import: VSS lets the provider fill in each arriving disk's information,
         // then compares it with what GetTargetLuns said.
-        let p = ctx.traced_provider("iqn.test:a")?;
+        let p = ctx.traced_provider("iqn.2026-01.org.shadowlun.test:a")?;
         let mut found = None;
         for d in rig.host.disks() {
             let mut info = d.lun_info.clone();
@@ -1085,7 +1085,7 @@ fn identity(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn stress(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![])?;
+    let rig = ctx.rig("iqn.2026-01.org.shadowlun.test:a", fast(), vec![])?;
     let base = ctx.lab().lun_count()?;
     for i in 0..5 {
         let (set, mut bc) = rig
@@ -1111,7 +1111,7 @@ fn stress(ctx: &Ctx) -> Result<String, String> {
 
 fn mis_veto(ctx: &Ctx) -> Result<String, String> {
     let rig = ctx.rig(
-        "iqn.test:a",
+        "iqn.2026-01.org.shadowlun.test:a",
         fast(),
         vec![Fault::Fail(
             Method::BeginPrepareSnapshot,
@@ -1133,7 +1133,7 @@ fn mis_overrun(ctx: &Ctx) -> Result<String, String> {
         ..Config::default()
     };
     let rig = ctx.rig(
-        "iqn.test:a",
+        "iqn.2026-01.org.shadowlun.test:a",
         cfg,
         vec![Fault::Delay(
             Method::CommitSnapshots,
@@ -1159,7 +1159,7 @@ fn mis_overrun(ctx: &Ctx) -> Result<String, String> {
 
 fn mis_disallowed(ctx: &Ctx) -> Result<String, String> {
     let rig = ctx.rig(
-        "iqn.test:a",
+        "iqn.2026-01.org.shadowlun.test:a",
         fast(),
         vec![Fault::Fail(Method::PreCommitSnapshots, Hresult::E_FAIL)],
     )?;
@@ -1182,7 +1182,7 @@ fn mis_disallowed(ctx: &Ctx) -> Result<String, String> {
     ensure!(translated, "trace does not show the translation");
     // Abort's own result is never translated.
     let rig2 = ctx.rig(
-        "iqn.test:b",
+        "iqn.2026-01.org.shadowlun.test:b",
         fast(),
         vec![
             Fault::Fail(Method::CommitSnapshots, Hresult::VSS_E_PROVIDER_VETO),
@@ -1211,7 +1211,11 @@ fn mis_disallowed(ctx: &Ctx) -> Result<String, String> {
 
 fn mis_lose_lun(ctx: &Ctx) -> Result<String, String> {
     // Auto-import: the set fails and is aborted.
-    let rig = ctx.rig("iqn.test:a", fast(), vec![Fault::LoseLastLun])?;
+    let rig = ctx.rig(
+        "iqn.2026-01.org.shadowlun.test:a",
+        fast(),
+        vec![Fault::LoseLastLun],
+    )?;
     expect_code(
         rig.create(SnapshotContext::APP_ROLLBACK, &["E:", "G:"]),
         Hresult::VSS_E_MISSING_DISK,
@@ -1219,8 +1223,12 @@ fn mis_lose_lun(ctx: &Ctx) -> Result<String, String> {
     // This host is done (a lab may hold only two live providers at once).
     drop(rig);
     // Import: partial.
-    let a = ctx.rig("iqn.test:c", fast(), vec![])?;
-    let b = ctx.bare_rig("iqn.test:d", fast(), vec![Fault::LoseLastLun])?;
+    let a = ctx.rig("iqn.2026-01.org.shadowlun.test:c", fast(), vec![])?;
+    let b = ctx.bare_rig(
+        "iqn.2026-01.org.shadowlun.test:d",
+        fast(),
+        vec![Fault::LoseLastLun],
+    )?;
     let (set, bc) = s(a.create(
         SnapshotContext::APP_ROLLBACK.with(Attr::TRANSPORTABLE),
         &["E:", "G:"],
@@ -1236,7 +1244,11 @@ fn mis_lose_lun(ctx: &Ctx) -> Result<String, String> {
 }
 
 fn mis_interconnects(ctx: &Ctx) -> Result<String, String> {
-    let rig = ctx.rig("iqn.test:a", fast(), vec![Fault::TouchInterconnects])?;
+    let rig = ctx.rig(
+        "iqn.2026-01.org.shadowlun.test:a",
+        fast(),
+        vec![Fault::TouchInterconnects],
+    )?;
     let mut bc = rig.coord.backup_components();
     s(bc.start_snapshot_set())?;
     expect_code(

@@ -17,7 +17,8 @@ fn ctx() -> (Ctx, Arc<MemorySan>) {
 }
 
 fn rig(ctx: &Ctx, config: Config, faults: Vec<Fault>) -> Rig {
-    ctx.rig("iqn.test:a", config, faults).unwrap()
+    ctx.rig("iqn.2026-01.org.shadowlun.test:a", config, faults)
+        .unwrap()
 }
 
 #[test]
@@ -27,7 +28,7 @@ fn guid_null_asks_providers_in_order_until_one_supports_the_volume() {
     // A coordinator with a declining provider registered before the reference provider.
     let coord = vss_emulator::Coordinator::new(r.host.clone(), Config::default());
     let decliner = FaultyProvider::new(
-        ReferenceProvider::new(san.clone(), "iqn.test:a"),
+        ReferenceProvider::new(san.clone(), "iqn.2026-01.org.shadowlun.test:a"),
         vec![Fault::SupportNothing],
     );
     let other = uuid::Uuid::from_u128(7);
@@ -38,7 +39,7 @@ fn guid_null_asks_providers_in_order_until_one_supports_the_volume() {
         .register_provider(
             REFERENCE_PROVIDER_ID,
             "reference",
-            ReferenceProvider::new(san.clone(), "iqn.test:a"),
+            ReferenceProvider::new(san.clone(), "iqn.2026-01.org.shadowlun.test:a"),
         )
         .unwrap();
     let mut bc = coord.backup_components();
@@ -140,7 +141,11 @@ fn import_refuses_a_non_transportable_bcd_and_malformed_documents() {
     let (ctx, _san) = ctx();
     let a = rig(&ctx, Config::default(), vec![]);
     let b = ctx
-        .bare_rig("iqn.test:b", Config::default(), vec![])
+        .bare_rig(
+            "iqn.2026-01.org.shadowlun.test:b",
+            Config::default(),
+            vec![],
+        )
         .unwrap();
     let (set, bc) = a.create(SnapshotContext::APP_ROLLBACK, &["E:"]).unwrap();
     let bcd = bc.bcd(set).unwrap();

@@ -22,10 +22,18 @@ fn examples_run_end_to_end(lab: Box<dyn Lab>) {
     let dir = tempfile::tempdir().unwrap();
     let ctx = Ctx::new(lab);
     let a = ctx
-        .rig("iqn.test:host-a", Config::default(), vec![])
+        .rig(
+            "iqn.2026-01.org.shadowlun.test:host-a",
+            Config::default(),
+            vec![],
+        )
         .unwrap();
     let b = ctx
-        .bare_rig("iqn.test:host-b", Config::default(), vec![])
+        .bare_rig(
+            "iqn.2026-01.org.shadowlun.test:host-b",
+            Config::default(),
+            vec![],
+        )
         .unwrap();
     let originals = ctx.lab().lun_count().unwrap();
     a.host.write_volume("E:", 0, &[0xA1; 512]).unwrap();
@@ -104,7 +112,13 @@ fn a_failing_command_reports_its_line_and_hresult() {
     let ctx = Ctx::new(Box::new(MemoryLab {
         san: MemorySan::new(),
     }));
-    let a = ctx.rig("iqn.test:a", Config::default(), vec![]).unwrap();
+    let a = ctx
+        .rig(
+            "iqn.2026-01.org.shadowlun.test:a",
+            Config::default(),
+            vec![],
+        )
+        .unwrap();
     let mut env = Environment::new(a.coord.clone(), std::env::temp_dir());
     let e = run_script("begin backup\nadd volume Q:\n", &mut env).unwrap_err();
     assert_eq!(e.line, 2);

@@ -19,15 +19,89 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// An iSCSI name (`iqn.`, `eui.` or `naa.` form, RFC 7143 §4.2.7, at most 223 bytes).
+/// An iSCSI name as RFC 7143 §4.2.7 defines it, at most 223 bytes: `iqn.` + a year and
+/// month (`yyyy-mm`) + `.` + a reversed domain name, then optionally `:` and any string;
+/// `eui.` + 16 hex digits; `naa.` + 16 or 32 hex digits.
 pub fn valid_iqn(s: &str) -> bool {
-    let ok_chars = s
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
-    let ok_prefix = (s.starts_with("iqn.") && s.len() > 4)
-        || (s.starts_with("eui.") && s.len() == 20)
-        || (s.starts_with("naa.") && (s.len() == 20 || s.len() == 36));
-    ok_chars && ok_prefix && s.len() <= 223
+    iscsi_name_problem(s).is_none()
+}
+
+/// What is wrong with `s` as an iSCSI name, in an administrator's words; None if nothing.
+pub fn iscsi_name_problem(s: &str) -> Option<String> {
+    let hex = |t: &str, lens: &[usize]| {
+        lens.contains(&t.len()) && t.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    if s.len() > 223 {
+        return Some("is longer than 223 bytes".into());
+    }
+    if let Some(t) = s.strip_prefix("eui.") {
+        return (!hex(t, &[16])).then(|| "needs 16 hex digits after eui.".into());
+    }
+    if let Some(t) = s.strip_prefix("naa.") {
+        return (!hex(t, &[16, 32])).then(|| "needs 16 or 32 hex digits after naa.".into());
+    }
+    let Some(t) = s.strip_prefix("iqn.") else {
+        return Some("does not start with iqn., eui. or naa.".into());
+    };
+    let ok_chars = |t: &str| {
+        t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b))
+    };
+    if !ok_chars(t) {
+        return Some(
+            "may hold only lower-case letters, digits, '.', '-' and ':' (iSCSI names are \
+             lower case)"
+                .into(),
+        );
+    }
+    let (date, rest) = (t.get(..7), t.get(7..));
+    let good_date = date.is_some_and(|d| {
+        let b = d.as_bytes();
+        b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[5..].iter().all(u8::is_ascii_digit)
+            && (1..=12).contains(&d[5..].parse::<u8>().unwrap_or(0))
+    });
+    if !good_date {
+        return Some(
+            "needs the year and month the naming authority got its domain, \
+             as iqn.yyyy-mm."
+                .into(),
+        );
+    }
+    let domain = rest
+        .and_then(|r| r.strip_prefix('.'))
+        .map(|r| r.split(':').next().unwrap_or(""))
+        .unwrap_or("");
+    if domain.is_empty()
+        || domain
+            .split('.')
+            .any(|l| l.is_empty() || l.starts_with('-'))
+    {
+        return Some(
+            "needs a reversed domain name after the date, as in \
+             iqn.1991-05.com.microsoft:host"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Checks a host's initiator names: each a valid iSCSI name, none twice.
+fn check_initiators(initiators: &[String]) -> Result<(), ArrayError> {
+    for (i, name) in initiators.iter().enumerate() {
+        if let Some(why) = iscsi_name_problem(name) {
+            return Err(ArrayError::BadRequest(format!(
+                "Initiator name {name:?} {why}."
+            )));
+        }
+        if initiators[..i].contains(name) {
+            return Err(ArrayError::BadRequest(format!(
+                "Initiator name {name} is listed twice."
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Array {
@@ -168,9 +242,12 @@ impl Array {
         let mut inner = self.lock();
         let row = Self::get_row(&inner.db, lun)?.clone();
         let deps = inner.db.dependants(lun);
-        if deps > 0 {
+        if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
-                "{deps} snapshot LUNs depend on LUN {lun}; delete them first."
+                "LUN {lun} has {} snapshot LUN(s): {}; delete them first (shadowlun snapshot \
+                 delete LUN), then delete LUN {lun}.",
+                deps.len(),
+                deps.join(", ")
             )));
         }
         if row.snapshot_of.is_some() {
@@ -180,9 +257,11 @@ impl Array {
         }
         let maps = inner.db.mappings_of(lun);
         if !maps.is_empty() {
+            let hosts: Vec<&str> = maps.iter().map(|m| m.host.as_str()).collect();
             return Err(ArrayError::Conflict(format!(
-                "LUN {lun} is mapped to host {}; unmap it first.",
-                maps[0].host
+                "LUN {lun} is mapped to host(s) {}; unmap it from each first (shadowlun host \
+                 unmap HOST {lun}).",
+                hosts.join(", ")
             )));
         }
         match self.0.backend.delete_volume(lun) {
@@ -204,9 +283,10 @@ impl Array {
             )));
         }
         let deps = inner.db.dependants(lun);
-        if deps > 0 {
+        if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
-                "{deps} snapshot LUNs were taken of LUN {lun}; delete them first."
+                "Snapshot LUN(s) {} were taken of LUN {lun}; delete them first.",
+                deps.join(", ")
             )));
         }
         self.remove_snapshot_lun(&mut inner, lun)?;
@@ -245,11 +325,7 @@ impl Array {
                 "A host needs at least one initiator name.".into(),
             ));
         }
-        if let Some(bad) = req.initiators.iter().find(|i| !valid_iqn(i)) {
-            return Err(ArrayError::BadRequest(format!(
-                "{bad:?} is not an iSCSI name (iqn., eui. or naa. form, lower case)."
-            )));
-        }
+        check_initiators(&req.initiators)?;
         if let Some(bad) = req
             .import_from
             .iter()
@@ -267,6 +343,15 @@ impl Array {
             }
         }
         let mut inner = self.lock();
+        if let Some(missing) = req
+            .import_from
+            .iter()
+            .find(|h| !inner.db.hosts.contains_key(*h))
+        {
+            return Err(ArrayError::NotFound(format!(
+                "import_from names host {missing}, which does not exist; add it first."
+            )));
+        }
         if inner.db.hosts.contains_key(&req.name) {
             return Err(ArrayError::Conflict(format!(
                 "Host {} exists; delete it first or pick another name.",
@@ -323,16 +408,31 @@ impl Array {
         Ok(Self::host_record(&Self::host_row(&self.lock().db, name)?))
     }
 
-    /// Deletes a host: its mappings go, its initiators lose their CHAP secret.
-    pub fn delete_host(&self, name: &str) -> Result<(), ArrayError> {
+    /// Deletes a host: its initiators lose their CHAP secret and the grants that name it
+    /// go from the other hosts (a later host of the same name inherits nothing). A host with
+    /// LUNs mapped is refused unless `force`, which unmaps them.
+    pub fn delete_host(&self, name: &str, force: bool) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let h = Self::host_row(&inner.db, name)?;
-        Self::write(
-            &mut inner,
-            vec![Record::HostGone {
-                name: name.to_string(),
-            }],
-        )?;
+        if !h.luns.is_empty() && !force {
+            let luns: Vec<&str> = h.luns.values().map(String::as_str).collect();
+            return Err(ArrayError::Conflict(format!(
+                "Host {name} has LUN(s) {} mapped; unmap them first, or remove it with --force \
+                 (its initiators lose those LUNs at once).",
+                luns.join(", ")
+            )));
+        }
+        let mut records = vec![Record::HostGone {
+            name: name.to_string(),
+        }];
+        for other in inner.db.hosts.values() {
+            if other.import_from.iter().any(|g| g == name) {
+                let mut o = other.clone();
+                o.import_from.retain(|g| g != name);
+                records.push(Record::Host(o));
+            }
+        }
+        Self::write(&mut inner, records)?;
         for n in h.luns.keys() {
             self.unexport(&h.initiators, *n);
         }
@@ -363,6 +463,21 @@ impl Array {
             return Err(ArrayError::Conflict(format!(
                 "LUN {} is mapped to host {host} as number {n}; unmap it first.",
                 req.lun
+            )));
+        }
+        let others: Vec<String> = inner
+            .db
+            .mappings_of(&req.lun)
+            .into_iter()
+            .map(|m| m.host)
+            .filter(|o| o != host)
+            .collect();
+        if !others.is_empty() && !req.shared {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {} is mapped to host(s) {} already; two hosts writing one LUN corrupt it \
+                 unless they run a cluster. Map it with --shared if they do.",
+                req.lun,
+                others.join(", ")
             )));
         }
         let n = match req.lun_number {
@@ -420,7 +535,8 @@ impl Array {
 
     /// Every snapshot set of every host.
     pub fn admin_sets(&self) -> Vec<SetRecord> {
-        self.lock()
+        let inner = self.lock();
+        inner
             .db
             .sets
             .values()
@@ -436,6 +552,7 @@ impl Array {
                         snapshot_id: m.snapshot_id,
                         source: m.source.clone(),
                         lun: m.lun.clone(),
+                        deleted: !inner.db.luns.contains_key(&m.lun),
                     })
                     .collect(),
                 created_at: s.created_at,

@@ -36,9 +36,18 @@ impl Array {
     }
 
     /// Starts copying each pair's snapshot LUN onto its destination, in order, on a thread
-    /// of its own; the destination grows to the snapshot's size. Every LUN must be visible
-    /// to `scope` and committed, every source a snapshot LUN, no pair a LUN onto itself.
-    pub fn start_resync(&self, scope: &Scope, pairs: &[ResyncPair]) -> Result<JobId, ArrayError> {
+    /// of its own; the destination grows to the snapshot's size, and one larger than the
+    /// snapshot is refused (a resync never shrinks a LUN). Every LUN must be visible to
+    /// `scope` and committed, every source a snapshot LUN, no pair a LUN onto itself. An
+    /// administrator must also `force` a resync onto a LUN mapped to a host (whose data
+    /// changes under it) or onto a LUN that is not the snapshot's source; a host (VSS, which
+    /// takes the volumes offline first) may resync onto any of its LUNs.
+    pub fn start_resync(
+        &self,
+        scope: &Scope,
+        pairs: &[ResyncPair],
+        force: bool,
+    ) -> Result<JobId, ArrayError> {
         if pairs.is_empty() {
             return Err(ArrayError::BadRequest(
                 "The resync request lists no pairs; name at least one.".into(),
@@ -62,6 +71,43 @@ impl Array {
                     "LUN {} cannot be resynced onto itself.",
                     p.snapshot
                 )));
+            }
+            let (snap, dst) = (&inner.db.luns[&p.snapshot], &inner.db.luns[&p.destination]);
+            if dst.size_bytes > snap.size_bytes {
+                return Err(ArrayError::Conflict(format!(
+                    "LUN {} ({}) is larger than snapshot LUN {} ({}); a resync never shrinks a \
+                     LUN. Resync onto a LUN of the snapshot's size or smaller.",
+                    p.destination,
+                    human_bytes(dst.size_bytes),
+                    p.snapshot,
+                    human_bytes(snap.size_bytes)
+                )));
+            }
+            if *scope == Scope::Admin && !force {
+                let source = snap.snapshot_of.as_ref().map(|o| o.source.as_str());
+                if source != Some(p.destination.as_str()) {
+                    return Err(ArrayError::Conflict(format!(
+                        "LUN {} is not the source of snapshot LUN {} (that is {}); its data \
+                         would be replaced by another LUN's. Add --force if that is meant.",
+                        p.destination,
+                        p.snapshot,
+                        source.unwrap_or("-")
+                    )));
+                }
+                let hosts: Vec<String> = inner
+                    .db
+                    .mappings_of(&p.destination)
+                    .into_iter()
+                    .map(|m| m.host)
+                    .collect();
+                if !hosts.is_empty() {
+                    return Err(ArrayError::Conflict(format!(
+                        "LUN {} is mapped to host(s) {}, whose data would change under them; \
+                         unmap it or take its volumes offline there, then add --force.",
+                        p.destination,
+                        hosts.join(", ")
+                    )));
+                }
             }
         }
         let n = inner.db.next_job + 1;
@@ -187,4 +233,25 @@ impl Array {
         }
         Ok(())
     }
+}
+
+/// A size as an administrator reads it: `1 GiB`, `512 MiB`, `4096 bytes`.
+pub(super) fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (name, size) in UNITS {
+        if n >= size && n % (size / 1024).max(1) == 0 {
+            let v = n as f64 / size as f64;
+            return if v.fract() == 0.0 {
+                format!("{v:.0} {name}")
+            } else {
+                format!("{v:.1} {name}")
+            };
+        }
+    }
+    format!("{n} bytes")
 }

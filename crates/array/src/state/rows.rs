@@ -201,11 +201,13 @@ impl Db {
             .is_some_and(|h| h.luns.values().any(|l| l == lun))
     }
 
-    pub(super) fn dependants(&self, lun: &str) -> usize {
+    /// The snapshot LUNs taken of `lun`, by id.
+    pub(super) fn dependants(&self, lun: &str) -> Vec<LunId> {
         self.luns
             .values()
             .filter(|l| l.snapshot_of.as_ref().is_some_and(|o| o.source == lun))
-            .count()
+            .map(|l| l.id.clone())
+            .collect()
     }
 }
 

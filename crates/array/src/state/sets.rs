@@ -325,6 +325,24 @@ impl Array {
     pub fn abort(&self, host: &str, set_id: VssId) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let set = Self::own_set(&inner.db, host, set_id)?.clone();
+        self.abort_set(&mut inner, set)
+    }
+
+    /// An administrator aborts a set that is not complete, whoever's it is (a set left
+    /// prepared by a requester that went away), instead of waiting for the reaper.
+    pub fn admin_abort(&self, set_id: VssId) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        let set = inner
+            .db
+            .sets
+            .get(&set_id)
+            .cloned()
+            .ok_or_else(|| set_not_found(set_id))?;
+        self.abort_set(&mut inner, set)
+    }
+
+    fn abort_set(&self, inner: &mut Inner, set: SetRow) -> Result<(), ArrayError> {
+        let (set_id, host) = (set.set_id, set.host.clone());
         if set.state == SetState::Completed {
             return Err(ArrayError::Conflict(format!(
                 "Snapshot set {set_id} is complete; release its LUNs instead of aborting."
@@ -334,10 +352,10 @@ impl Array {
             let mut s = set.clone();
             s.state = SetState::Aborted;
             s.updated_at = self.now();
-            Self::write(&mut inner, vec![Record::Set(s)])?;
+            Self::write(inner, vec![Record::Set(s)])?;
         }
         for m in &set.members {
-            if let Err(e) = self.remove_snapshot_lun(&mut inner, &m.lun) {
+            if let Err(e) = self.remove_snapshot_lun(inner, &m.lun) {
                 // The reaper retries leftovers of aborted sets.
                 tracing::warn!(%set_id, lun = %m.lun, error = %e, "abort left a LUN behind");
             }
@@ -488,9 +506,10 @@ impl Array {
             )));
         }
         let deps = inner.db.dependants(lun);
-        if deps > 0 {
+        if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
-                "{deps} snapshot LUNs were taken of LUN {lun}; release them first."
+                "{} snapshot LUNs were taken of LUN {lun}; release them first.",
+                deps.len()
             )));
         }
         self.remove_snapshot_lun(&mut inner, lun)?;

@@ -90,6 +90,7 @@ fn fixture_with(backend: Arc<dyn Backend>, dir: tempfile::TempDir) -> Fixture {
                 &MapLun {
                     lun: lun.clone(),
                     lun_number: None,
+                    shared: false,
                 },
             )
             .unwrap();
@@ -327,6 +328,7 @@ fn set_larger_than_the_limit_is_refused() {
                 &MapLun {
                     lun: id.clone(),
                     lun_number: None,
+                    shared: false,
                 },
             )
             .unwrap();
@@ -467,6 +469,7 @@ fn resync_copies_snapshot_onto_destination_and_reports_finished() {
                 snapshot: snap,
                 destination: f.a_lun.clone(),
             }],
+            false,
         )
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -504,10 +507,10 @@ fn a_job_the_admin_started_reaches_the_admin_only_and_is_journaled_as_before() {
     };
     // Host a may not see b's LUN; the administrator sees every LUN.
     assert!(matches!(
-        a.start_resync(&Scope::host("a"), std::slice::from_ref(&pair)),
+        a.start_resync(&Scope::host("a"), std::slice::from_ref(&pair), false),
         Err(ArrayError::NotFound(_))
     ));
-    let job = a.start_resync(&Scope::Admin, &[pair]).unwrap();
+    let job = a.start_resync(&Scope::Admin, &[pair], true).unwrap();
     a.resync_status(&Scope::Admin, &job).unwrap();
     for host in ["a", "b"] {
         assert!(matches!(
@@ -597,7 +600,8 @@ fn admin_input_is_validated_with_precise_errors() {
             "b",
             &MapLun {
                 lun: f.a_lun.clone(),
-                lun_number: Some(0)
+                lun_number: Some(0),
+                shared: false,
             }
         ),
         Err(ArrayError::Conflict(_))

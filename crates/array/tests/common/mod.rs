@@ -143,6 +143,7 @@ pub fn lun_for_host(admin: &mut Client, lun: &str, host: &str, iqn: &str) -> (St
             &api::MapLun {
                 lun: rec.id.clone(),
                 lun_number: None,
+                shared: false,
             },
         )
         .unwrap();
