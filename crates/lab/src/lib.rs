@@ -2,6 +2,9 @@
 //! depend on this crate; the `shadowlun` CLI uses it for `bench`, and tests use it as a
 //! dev-dependency.
 //!
+//! - [`adapter`]: a provider's `ArrayControl` straight into `array::Array`'s verbs (no HTTP).
+//! - [`memory_array`]: the real array on the memory engine, with call recording and injected
+//!   failures in front of each host's adapter: what provider tests run against.
 //! - [`report`]: the one report shape every benchmark prints.
 //! - [`engine_bench`]: the embedded engine against the raw file and against itself.
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
@@ -10,8 +13,10 @@
 //!   points and checks what recovery kept).
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod crashtest;
 pub mod engine_bench;
+pub mod memory_array;
 pub mod report;
 pub mod target_bench;
 pub mod tgt;
