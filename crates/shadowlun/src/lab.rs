@@ -202,7 +202,7 @@ impl Lab for RealLab {
     }
 
     fn provider_id(&self) -> VssId {
-        vss_emulator::shadowlun_lab::SHADOWLUN_PROVIDER_ID
+        ::lab::shadowlun_lab::SHADOWLUN_PROVIDER_ID
     }
 }
 

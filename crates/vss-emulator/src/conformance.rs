@@ -3,8 +3,9 @@
 //! call trace.
 //!
 //! The catalogue is generic over how the SAN and the provider are built ([`LabFactory`]), so
-//! the same scenarios run against the in-process lab ([`crate::testing::MemoryLabFactory`])
-//! and against a real array reached over the network. Scenarios whose name starts with
+//! the same scenarios run against every lab of the `lab` crate: an in-process SAN with a
+//! reference provider, shadowlun's provider over the array in memory, and the array daemon
+//! reached over the network. Scenarios whose name starts with
 //! `misbehaving.` wrap the provider in a [`FaultyProvider`] and pass when the emulator catches
 //! the fault.
 
@@ -321,12 +322,6 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
             mis_interconnects,
         ),
     ]
-}
-
-/// Runs the catalogue against the default lab: shadowlun's provider over the provider crate's
-/// in-memory array ([`crate::shadowlun_lab::ShadowlunLabFactory`]).
-pub fn run_default(filter: &str) -> Report {
-    run(&crate::shadowlun_lab::ShadowlunLabFactory, filter)
 }
 
 /// Runs every scenario whose name contains `filter` (all with `""`).

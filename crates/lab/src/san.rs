@@ -12,7 +12,7 @@ use thiserror::Error;
 use vss::identity::LunIdentity;
 use vss::scsi::{self, Designator};
 
-use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
+use vss_emulator::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
 
 /// The target name every LUN of a [`MemorySan`] is served under.
 pub const TARGET: &str = "iqn.2026-01.org.shadowlun:emulated-array";
