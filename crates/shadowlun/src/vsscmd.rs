@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ::lab::shadowlun_lab::ShadowlunLabFactory;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use lab::real_lab::{RealLab, RealLabFactory, SharedLab};
+use lab::shadowlun_lab::ShadowlunLabFactory;
+use lab::wine_lab::{WineLabFactory, WineSetup};
 use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
 use vss_emulator::coordinator::Config;
 use vss_emulator::script::{Environment, run_script};
-
-use crate::lab::{RealLab, RealLabFactory, SharedLab};
-use crate::wine::{WineLabFactory, WineSetup};
 
 /// Which array the emulated hosts and the provider talk to.
 #[derive(Debug, Clone, Copy, ValueEnum)]

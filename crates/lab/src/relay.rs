@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vss::{HardwareOptions, Hresult, LunInfo, SnapshotContext, VssId};
 
-use crate::hardware::{AsyncOperation, HardwareProvider, UnloadAnswer};
+use provider::{AsyncOperation, HardwareProvider, UnloadAnswer};
 
 /// The longest line either side reads (a 64-LUN call is about 100 KiB).
 pub const MAX_LINE: usize = 16 << 20;
@@ -773,8 +773,8 @@ impl Drop for RelayOperation {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::ShadowlunProvider;
-    use crate::testing::MemoryArray;
+    use crate::memory_array::MemoryArray;
+    use provider::ShadowlunProvider;
     use std::io::BufReader;
     use std::os::unix::net::UnixStream;
 

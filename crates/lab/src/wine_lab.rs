@@ -2,7 +2,7 @@
 //! host, the real Windows provider: `shadowlun-provider.exe` installed in a Wine prefix and
 //! activated through COM (`CoCreateInstance`, `CLSCTX_LOCAL_SERVER`) by the relay
 //! (`crates/provider-com/examples/relay.rs`), which carries the emulator's calls to it over
-//! stdin and stdout ([`provider::relay`]).
+//! stdin and stdout ([`crate::relay`]).
 //!
 //! A call from a scenario thus crosses: the relay's line protocol, Wine's COM marshalling
 //! (the widl proxy/stub registered in the prefix), the exe's vtables and CoTaskMem
@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use provider::HardwareProvider;
-use provider::relay::{RelayClient, SERVER_UNAVAILABLE};
+
 use vss::VssId;
 use vss_emulator::HostStorage;
 use vss_emulator::conformance::{Lab, LabFactory};
 
-use crate::lab::{RealLab, RealLabFactory};
+use crate::real_lab::{RealLab, RealLabFactory};
+use crate::relay::{RelayClient, SERVER_UNAVAILABLE};
 
 /// How long `install` may take (it starts Wine's services in a stopped prefix).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
