@@ -10,9 +10,10 @@ use vss::VssId;
 use vss::lun::ScsiIdentity;
 use vss::scsi;
 use vss_emulator::conformance::{Lab, LabFactory};
-use vss_emulator::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
+use vss_emulator::storage::{Capacity, DiskAddress, HostStorage, StorageError};
 
 use crate::memory_array::MemoryArray;
+use crate::san::block_range;
 
 /// Block size the hosts use on a [`MemoryArray`] (the storage engines' block).
 pub const BLOCK_SIZE: u32 = storage::BLOCK_SIZE;
@@ -49,32 +50,6 @@ impl ArrayStorage {
         let pages = self.array.identity(&lun).ok_or_else(missing)?;
         let size = self.array.size(&lun).ok_or_else(missing)?;
         Ok((lun, pages, size))
-    }
-
-    fn range(disk: &DiskAddress, size: u64, lba: u64, len: usize) -> Result<u64, StorageError> {
-        if len > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len,
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
-        if len % BLOCK_SIZE as usize != 0 {
-            return Err(StorageError::Unaligned {
-                len,
-                block_size: BLOCK_SIZE,
-            });
-        }
-        let blocks = size / BLOCK_SIZE as u64;
-        let end = lba.saturating_add((len / BLOCK_SIZE as usize) as u64);
-        if end > blocks {
-            return Err(StorageError::OutOfRange {
-                disk: disk.clone(),
-                lba,
-                end,
-                blocks,
-            });
-        }
-        Ok(lba * BLOCK_SIZE as u64)
     }
 
     fn io_error(disk: &DiskAddress, what: &str) -> StorageError {
@@ -139,7 +114,7 @@ impl HostStorage for ArrayStorage {
     fn read(&self, disk: &DiskAddress, lba: u64, blocks: u32) -> Result<Vec<u8>, StorageError> {
         let (lun, _, size) = self.visible(disk)?;
         let len = (blocks as usize).saturating_mul(BLOCK_SIZE as usize);
-        let off = Self::range(disk, size, lba, len)?;
+        let off = block_range(disk, size, BLOCK_SIZE, lba, len)?;
         self.array
             .read(&lun, off, len)
             .ok_or_else(|| Self::io_error(disk, "read"))
@@ -147,7 +122,7 @@ impl HostStorage for ArrayStorage {
 
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError> {
         let (lun, _, size) = self.visible(disk)?;
-        let off = Self::range(disk, size, lba, data.len())?;
+        let off = block_range(disk, size, BLOCK_SIZE, lba, data.len())?;
         if self.array.write(&lun, off, data) {
             Ok(())
         } else {
