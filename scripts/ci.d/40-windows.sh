@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Windows provider (crates/provider-com) cross-built for x86_64-pc-windows-gnu and tested
-# under Wine: COM vtables with CoTaskMem accounting, out-of-process activation through a
-# widl proxy/stub, install/activate/uninstall of the real exe; then the conformance catalogue
+# under Wine: COM vtables with CoTaskMem accounting (the real provider core among them, against
+# an array daemon on loopback), out-of-process activation through a widl proxy/stub,
+# install/activate/uninstall of the real exe; then the conformance catalogue
 # through COM against a real array daemon. Wine-only scaffolding (the
 # ProcessPrng shim and the proxy/stub DLL) is built from tools/wine into the test prefix.
 set -euo pipefail
@@ -43,7 +44,31 @@ cp "$tools/bcryptprimitives.dll" "$tools/vssprov_ps.dll" "$sys32/"
 timeout 120 "$wine" regsvr32 /s 'C:\windows\system32\vssprov_ps.dll'
 
 cargo clippy -p provider-com --target x86_64-pc-windows-gnu --all-targets -- -D warnings
-timeout --foreground 900 cargo test -p provider-com --target x86_64-pc-windows-gnu
+
+# The real provider core through the vtables (tests/real_core.rs) talks to an array daemon over
+# HTTPS: one on loopback, on the Linux side, while the tests run.
+cargo build -q -p shadowlun
+array_dir=$(mktemp -d)
+"$target_dir/debug/shadowlun" array serve --pool "$array_dir/pool" --api 127.0.0.1:0 \
+  --portal 127.0.0.1:0 >"$array_dir/out" 2>"$array_dir/log" &
+array_pid=$!
+stop_array() {
+  kill "$array_pid" 2>/dev/null || true
+  wait "$array_pid" 2>/dev/null || true
+  rm -rf "$array_dir"
+}
+trap stop_array EXIT
+for _ in $(seq 100); do grep -q "admin token in" "$array_dir/out" 2>/dev/null && break; sleep 0.1; done
+api=$(sed -n 's/^shadowlun array: API //p' "$array_dir/out")
+fingerprint=$(sed -n 's/^shadowlun array: certificate SHA-256 fingerprint //p' "$array_dir/out")
+token_file=$(sed -n 's/^shadowlun array: admin token in //p' "$array_dir/out")
+[ -n "$api" ] && [ -n "$fingerprint" ] && [ -f "$token_file" ] ||
+  { cat "$array_dir/log"; echo "40-windows: the array daemon did not start"; exit 1; }
+SHADOWLUN_TEST_ARRAY="$api" SHADOWLUN_TEST_FINGERPRINT="$fingerprint" \
+  SHADOWLUN_TEST_ADMIN_TOKEN="$(cat "$token_file")" \
+  timeout --foreground 900 cargo test -p provider-com --target x86_64-pc-windows-gnu
+stop_array
+trap - EXIT
 
 timeout 60 wineserver -k || true
 

@@ -186,7 +186,9 @@ fn a_direct_io_lun_reads_streams_ahead_and_every_write_shows_in_later_reads() {
             want.insert(itt, lba as usize * 512);
             lba = (lba + 128) % BLOCKS;
         }
-        while s.in_flight() > 0 {
+        // Until every answer is taken: one wait may read several, so in_flight() can reach
+        // zero while answers are still to be handed out.
+        while !want.is_empty() {
             let (itt, r) = s.wait_any().unwrap();
             let r = r.unwrap();
             let at = want.remove(&itt).unwrap();
@@ -271,7 +273,9 @@ fn queued_reads_of_a_file_lun_outside_the_page_cache_return_the_file_bytes() {
                 want.insert(tur, (0, 0));
             }
         }
-        while s.in_flight() > 0 {
+        // Until every answer is taken: one wait may read several, so in_flight() can reach
+        // zero while answers are still to be handed out.
+        while !want.is_empty() {
             let (itt, r) = s.wait_any().unwrap();
             let r = r.unwrap();
             let (at, len) = want.remove(&itt).unwrap();

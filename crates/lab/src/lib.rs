@@ -1,8 +1,26 @@
-//! Test rigs and benchmarks. The product's library crates and the Windows provider never
-//! depend on this crate; the `shadowlun` CLI uses it for `bench`, and tests use it as a
-//! dev-dependency.
+//! Test rigs and benchmarks, outside the product: no library crate and not the Windows
+//! provider depend on this crate. The `shadowlun` CLI uses it for `bench`, `demo` and
+//! `vss run|conformance`; tests use it as a dev-dependency.
 //!
+//! The array in the process, for provider tests:
+//! - [`adapter`]: a provider's `ArrayControl` straight into `array::Array`'s verbs (no HTTP).
+//! - [`memory_array`]: the real array on the memory engine, with call recording and injected
+//!   failures in front of each host's adapter.
+//!
+//! The VSS emulator's labs (each a `vss_emulator::conformance::Lab`):
+//! - [`shadowlun_lab`]: shadowlun's provider over that array (`--lab memory`).
+//! - [`san`]: an in-process SAN (LUNs in memory or in files, masking per initiator), and
+//!   [`reference`]: a small reference provider over it, with the lab they make.
+//! - [`iscsi_lab`]: the reference provider with hosts on shadowlun's iSCSI target over loopback.
+//! - [`real_lab`]: the array daemon on loopback, hosts over iSCSI, the provider over HTTPS
+//!   (`--lab array`, the demo, `bench vss`).
+//! - [`wine_lab`]: the same with `shadowlun-provider.exe` under Wine behind each host
+//!   (`--lab wine`), reached through [`relay`]: provider calls as lines of JSON over a stream
+//!   pair (the one module that also builds for Windows, for provider-com's relay example).
+//!
+//! Benchmarks and the engine's crash workload:
 //! - [`report`]: the one report shape every benchmark prints.
+//! - [`vss_bench`]: the provider against the array in the process and over HTTPS.
 //! - [`engine_bench`]: the embedded engine against the raw file and against itself.
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
 //! - [`tgt`]: a `tgtd` process, the target benchmark's baseline and the initiator's referee.
@@ -10,8 +28,33 @@
 //!   points and checks what recovery kept).
 #![forbid(unsafe_code)]
 
+pub mod relay;
+
+#[cfg(unix)]
+pub mod adapter;
+#[cfg(unix)]
 pub mod crashtest;
+#[cfg(unix)]
 pub mod engine_bench;
+#[cfg(unix)]
+pub mod iscsi_lab;
+#[cfg(unix)]
+pub mod memory_array;
+#[cfg(unix)]
+pub mod real_lab;
+#[cfg(unix)]
+pub mod reference;
+#[cfg(unix)]
 pub mod report;
+#[cfg(unix)]
+pub mod san;
+#[cfg(unix)]
+pub mod shadowlun_lab;
+#[cfg(unix)]
 pub mod target_bench;
+#[cfg(unix)]
 pub mod tgt;
+#[cfg(unix)]
+pub mod vss_bench;
+#[cfg(unix)]
+pub mod wine_lab;

@@ -2,7 +2,7 @@
 //! `shadowlun-provider.exe` through COM, and its answers back to stdout.
 //!
 //! It activates the provider with `CoCreateInstance(CLSID_PROVIDER, CLSCTX_LOCAL_SERVER)`, as
-//! vssvc does, and answers the line protocol of `provider::relay` with calls on the COM
+//! vssvc does, and answers the line protocol of `lab::relay` with calls on the COM
 //! interfaces (marshalled across the process boundary by the widl proxy/stub registered in the
 //! Wine prefix). Under Wine, this is how the emulator's conformance catalogue on Linux drives
 //! the real exe: `shadowlun vss conformance --lab wine`.
@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let stdin = std::io::stdin();
-    let r = provider::relay::serve(client, stdin.lock(), std::io::stdout(), enter_mta);
+    let r = lab::relay::serve(client, stdin.lock(), std::io::stdout(), enter_mta);
     // SAFETY: balances the CoInitializeEx of this thread; every interface was released when
     // `serve` returned and dropped the client.
     unsafe { CoUninitialize() };

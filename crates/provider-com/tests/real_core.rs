@@ -1,17 +1,24 @@
-//! The real provider core (`ShadowlunProvider` over the in-memory array) driven through the
-//! COM vtables as vssvc drives it: a snapshot is created, found again on import and deleted,
-//! and every CoTaskMem block is accounted for.
+//! The real provider core (`ShadowlunProvider` over HTTPS to a real array daemon) driven
+//! through the COM vtables as vssvc drives it: a snapshot is created, found again on import
+//! and deleted, and every CoTaskMem block is accounted for.
+//!
+//! The array daemon runs on the Linux side (the Windows build of the array does not exist):
+//! `scripts/ci.d/40-windows.sh` starts one on loopback and names it in
+//! `SHADOWLUN_TEST_ARRAY` (its API URL), `SHADOWLUN_TEST_FINGERPRINT` and
+//! `SHADOWLUN_TEST_ADMIN_TOKEN`.
 #![cfg(windows)]
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 
+use api::{CreateHost, CreateLun, CreatedHost, HostRecord, LunRecord, MapLun, routes};
 use common::{Spy, SpyState};
-use provider::testing::MemoryArray;
+use provider::https::{Client, ClientConfig, HttpsArray};
 use provider::{HardwareProvider, ShadowlunProvider, UnloadAnswer};
 use provider_com::{ComClient, ComProvider, EventLogWriter, VetoEntry, VetoLog};
-use vss::lun::BusType;
+use vss::identity::LunIdentity;
+use vss::lun::{BusType, ScsiIdentity};
 use vss::{LunInfo, SnapshotContext};
 use windows::Win32::System::Com::{
     COINIT_MULTITHREADED, CoInitializeEx, CoRegisterMallocSpy, CoRevokeMallocSpy, IMallocSpy,
@@ -27,6 +34,39 @@ impl EventLogWriter for Events {
     }
 }
 
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: this test needs an array daemon; scripts/ci.d/40-windows.sh starts one")
+    })
+}
+
+/// The array's administrator and the URL and fingerprint a host's provider uses.
+fn admin() -> (Client, String, String) {
+    let (url, fingerprint) = (
+        env("SHADOWLUN_TEST_ARRAY"),
+        env("SHADOWLUN_TEST_FINGERPRINT"),
+    );
+    let token = env("SHADOWLUN_TEST_ADMIN_TOKEN");
+    let c = Client::new(ClientConfig::new(&url, &token, &fingerprint)).expect("admin client");
+    (c, url, fingerprint)
+}
+
+/// The identity pages a LUN serves: those whose designators carry the 60 bits of the NAA
+/// the array reports for it (its array id and its number).
+fn pages(admin: &Client, lun: &str) -> ScsiIdentity {
+    let rec: LunRecord = admin
+        .get(&routes::fill(routes::ADMIN_LUN, &[("lun", lun)]))
+        .expect("the LUN exists");
+    let bits = u64::from_str_radix(&rec.naa, 16).expect("hex NAA") & 0x0FFF_FFFF_FFFF_FFFF;
+    LunIdentity::for_number(bits).scsi_identity(&[])
+}
+
+fn lun_exists(admin: &Client, lun: &str) -> bool {
+    admin
+        .get::<LunRecord>(&routes::fill(routes::ADMIN_LUN, &[("lun", lun)]))
+        .is_ok()
+}
+
 #[test]
 fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
     // SAFETY: plain COM initialisation of the test thread.
@@ -36,16 +76,48 @@ fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
     // SAFETY: a live IMallocSpy, revoked at the end.
     unsafe { CoRegisterMallocSpy(&ispy) }.unwrap();
 
-    let host = "iqn.1991-05.com.microsoft:backup-host";
-    let array = MemoryArray::new();
-    array.create_lun(1 << 20, &[host]);
-    let (orig_id, identity, _) = array.visible_luns(host).remove(0);
-    let source = LunInfo::from_identity(&identity, BusType::ISCSI).unwrap();
+    // A host and a LUN of their own, whatever else the array holds.
+    let (admin, url, fingerprint) = admin();
+    let tag = format!("real-core-{}", std::process::id());
+    let initiator = format!("iqn.1991-05.com.microsoft:{tag}");
+    let host: CreatedHost = admin
+        .post(
+            routes::ADMIN_HOSTS,
+            &CreateHost {
+                name: tag.clone(),
+                initiators: vec![initiator],
+                chap_secret: None,
+                import_from: vec![],
+            },
+        )
+        .unwrap();
+    let orig: LunRecord = admin
+        .post(
+            routes::ADMIN_LUNS,
+            &CreateLun {
+                name: tag.clone(),
+                size_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+    let map = routes::fill(routes::ADMIN_MAP, &[("host", &tag)]);
+    let _: HostRecord = admin
+        .post(
+            &map,
+            &MapLun {
+                lun: orig.id.clone(),
+                lun_number: None,
+                shared: false,
+            },
+        )
+        .unwrap();
+    let source = LunInfo::from_identity(&pages(&admin, &orig.id), BusType::ISCSI).unwrap();
+    let array = HttpsArray::new(ClientConfig::new(&url, &host.token, &fingerprint)).unwrap();
 
     let events = Arc::new(Events::default());
     let log = VetoLog::new(events.clone());
     let core: Arc<dyn HardwareProvider> = Arc::new(ShadowlunProvider::with_config(
-        array.client(host),
+        array,
         provider::ProviderConfig::default(),
         log.clone(),
     ));
@@ -74,20 +146,24 @@ fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
     assert!(target[0].interconnects.is_empty());
 
     // The snapshot LUN exists on the array; import surfaces it to this host.
-    let snap_ids: Vec<_> = array
-        .lun_ids()
+    let snap_ids: Vec<_> = admin
+        .get::<Vec<LunRecord>>(routes::ADMIN_LUNS)
+        .unwrap()
         .into_iter()
-        .filter(|id| *id != orig_id)
+        .filter(|l| l.snapshot_of.as_ref().is_some_and(|o| o.source == orig.id))
+        .map(|l| l.id)
         .collect();
     assert_eq!(snap_ids.len(), 1);
     c.locate_luns(&target).unwrap();
-    let (_, seen, _) = array
-        .visible_luns(host)
-        .into_iter()
-        .find(|(id, _, _)| *id == snap_ids[0])
-        .expect("LocateLuns made the snapshot visible");
+    let mapped: HostRecord = admin
+        .get(&routes::fill(routes::ADMIN_HOST, &[("host", &tag)]))
+        .unwrap();
+    assert!(
+        mapped.luns.iter().any(|l| l.lun == snap_ids[0]),
+        "LocateLuns made the snapshot visible"
+    );
     // What the host reads from the disk, after FillInLunInfo, matches GetTargetLuns.
-    let mut found = LunInfo::from_identity(&seen, BusType::ISCSI).unwrap();
+    let mut found = LunInfo::from_identity(&pages(&admin, &snap_ids[0]), BusType::ISCSI).unwrap();
     assert!(c.fill_in_lun_info("\\\\?\\disk#snap", &mut found).unwrap());
     assert!(
         found.matches_for_import(&target[0]),
@@ -95,10 +171,10 @@ fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
         target[0]
     );
 
-    assert!(array.lun_exists(&snap_ids[0]));
+    assert!(lun_exists(&admin, &snap_ids[0]));
     c.on_lun_empty("\\\\?\\disk#snap", &target[0]).unwrap();
     assert!(
-        !array.lun_exists(&snap_ids[0]),
+        !lun_exists(&admin, &snap_ids[0]),
         "OnLunEmpty deletes the snapshot"
     );
     assert_eq!(c.on_unload(false).unwrap(), UnloadAnswer::Ready);

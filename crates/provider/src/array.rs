@@ -1,9 +1,9 @@
 //! `ArrayControl`: the provider's private channel to the array.
 //!
 //! Every call is keyed by VSS ids or LUN identity and is idempotent, so a retried call never
-//! creates a second snapshot. The HTTPS implementation is [`crate::https::HttpsArray`]; an
-//! in-memory one for tests is [`crate::testing::MemoryArray`]. The objects exchanged are the
-//! control API's wire types (crate `api`).
+//! creates a second snapshot. The implementation is [`crate::https::HttpsArray`] (tests reach
+//! the array's verbs in the process through an adapter in the `lab` crate). The objects
+//! exchanged are the control API's wire types (crate `api`).
 
 pub use api::types::*;
 use vss::{SnapshotContext, VssId};

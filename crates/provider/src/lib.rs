@@ -5,8 +5,8 @@
 //!   `IVssProviderNotifications`, in Rust types. The Windows COM server (`provider-com`) and the
 //!   VSS emulator (`vss-emulator`) call providers only through it.
 //! * [`ShadowlunProvider`]: the contract's state machine over an [`ArrayControl`].
-//! * [`ArrayControl`]: the private channel to the array; [`testing::MemoryArray`] is an
-//!   in-memory array for tests.
+//! * [`ArrayControl`]: the private channel to the array; [`https::HttpsArray`] reaches it
+//!   over its control API.
 //! * [`ProviderError`]: the one place internal failures become the HRESULTs each method may
 //!   return, with the message a veto writes to the event log.
 //!
@@ -18,9 +18,7 @@ pub mod core;
 pub mod error;
 pub mod hardware;
 pub mod https;
-pub mod relay;
 pub mod resync;
-pub mod testing;
 
 pub use array::{ArrayControl, ArrayLun, ControlError, LunId, LunKey};
 pub use core::{ProviderConfig, ShadowlunProvider};

@@ -1,9 +1,10 @@
-//! The provider contract (`docs/vss-contract.md` §2 to §4) against the in-memory array.
+//! The provider contract (`docs/vss-contract.md` §2 to §4) against the real array on the memory
+//! engine (`lab::memory_array`).
 
 use std::sync::{Arc, Mutex};
 
+use lab::memory_array::{MemoryArray, MemoryArrayClient};
 use provider::array::{ArrayControl, JobState, SetState};
-use provider::testing::{MemoryArray, MemoryArrayClient};
 use provider::{
     ControlError, EventSink, HardwareProvider, ProviderConfig, ProviderEvent, ShadowlunProvider,
     UnloadAnswer,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use lab::real_lab::{RealLab, SharedLab};
 use vss::{Hresult, RecoveryOptions, SnapshotContext, VolumeSnapshotAttributes, VssId};
 use vss_emulator::bcd::Bcd;
 use vss_emulator::conformance::Ctx;
@@ -18,7 +19,6 @@ use vss_emulator::coordinator::{Config, DeleteTarget};
 use vss_emulator::trace::TraceEntry;
 use vss_emulator::writer::verify_ledgers;
 
-use crate::lab::{RealLab, SharedLab};
 use crate::output::{size, table};
 
 const HOST_A: &str = "iqn.1991-05.com.microsoft:sql01";

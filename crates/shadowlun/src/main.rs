@@ -2,13 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod bench;
 mod demo;
-mod lab;
 mod output;
 mod serve;
 mod vsscmd;
-mod wine;
 
 use clap::{Parser, Subcommand};
 
@@ -116,7 +113,8 @@ enum BenchCmd {
     /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
     /// creation cycle with surfacing over iSCSI.
     Vss,
-    /// The provider core against the in-memory array (AreLunsSupported, CommitSnapshots).
+    /// The provider core against the array on the memory engine, in the process
+    /// (AreLunsSupported, CommitSnapshots).
     Provider,
 }
 
@@ -146,7 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { what, json } => {
             let r = match what {
                 BenchCmd::Engine => {
-                    ::lab::engine_bench::run(&::lab::engine_bench::BenchOptions::default())?
+                    lab::engine_bench::run(&lab::engine_bench::BenchOptions::default())?
                 }
                 BenchCmd::Target {
                     seconds,
@@ -154,16 +152,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     no_tgt,
                     file,
                 } => {
-                    let defaults = ::lab::target_bench::BenchOptions::default();
-                    ::lab::target_bench::run(&::lab::target_bench::BenchOptions {
+                    let defaults = lab::target_bench::BenchOptions::default();
+                    lab::target_bench::run(&lab::target_bench::BenchOptions {
                         duration: std::time::Duration::from_secs_f64(seconds.max(0.1)),
                         size_mib: size_mib.max(16),
                         with_tgt: !no_tgt,
                         backing: file.unwrap_or(defaults.backing),
                     })?
                 }
-                BenchCmd::Vss => bench::vss_end_to_end()?,
-                BenchCmd::Provider => bench::provider_core(),
+                BenchCmd::Vss => lab::vss_bench::vss_end_to_end()?,
+                BenchCmd::Provider => lab::vss_bench::provider_core(),
             };
             if json {
                 output::json(&r)

@@ -5,18 +5,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use lab::real_lab::{RealLab, RealLabFactory, SharedLab};
+use lab::shadowlun_lab::ShadowlunLabFactory;
+use lab::wine_lab::{WineLabFactory, WineSetup};
 use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
 use vss_emulator::coordinator::Config;
 use vss_emulator::script::{Environment, run_script};
-use vss_emulator::shadowlun_lab::ShadowlunLabFactory;
-
-use crate::lab::{RealLab, RealLabFactory, SharedLab};
-use crate::wine::{WineLabFactory, WineSetup};
 
 /// Which array the emulated hosts and the provider talk to.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LabKind {
-    /// The provider crate's in-memory array (fast; no network).
+    /// The array on the memory engine, called in-process (fast; no network).
     Memory,
     /// A real array daemon on loopback: HTTPS control API, iSCSI hosts, embedded engine.
     Array,

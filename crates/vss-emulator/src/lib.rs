@@ -6,13 +6,15 @@
 //! * [`host`]: disks from SCSI rescans, `LunInfo` via [`vss::LunInfo::from_scsi`], volumes on
 //!   GPT partitions, flush-and-hold; [`gpt_flags`]: VSS's partition flags on the LUN;
 //! * [`storage`]: the [`HostStorage`] trait a host reaches its SAN through;
-//!   [`san`]: an in-process SAN implementing it;
+//!   [`iscsi_storage`]: the same over shadowlun's iSCSI initiator;
 //! * [`writer`]: VSS writer events and the ledger writer that proves consistency;
 //! * [`bcd`]: the backup components document; [`trace`]: the record of every provider call;
-//! * [`testing`]: a reference provider over the in-process SAN.
+//! * [`conformance`]: the `docs/vss-contract.md` §10 catalogue, generic over a [`conformance::Lab`]
+//!   (a SAN with a provider); [`faults`]: the misbehaviours its scenarios inject.
 //!
-//! Not here: the provider itself (crate `provider`), COM, or any real array. The emulator only
-//! calls providers through [`provider::HardwareProvider`].
+//! Not here: the provider itself (crate `provider`), COM, any array, or the labs the catalogue
+//! runs against (an in-process SAN, a reference provider, the array in memory or as a daemon:
+//! crate `lab`). The emulator only calls providers through [`provider::HardwareProvider`].
 #![forbid(unsafe_code)]
 
 pub mod bcd;
@@ -21,13 +23,9 @@ pub mod coordinator;
 pub mod faults;
 pub mod gpt_flags;
 pub mod host;
-pub mod iscsi_lab;
 pub mod iscsi_storage;
-pub mod san;
 pub mod script;
-pub mod shadowlun_lab;
 pub mod storage;
-pub mod testing;
 pub mod trace;
 pub mod writer;
 

@@ -83,10 +83,7 @@ impl Trace {
     }
 
     fn push(&self, e: TraceEntry) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+        self.entries.lock().expect("trace lock").push(e);
     }
 
     /// Records a VSS-side step.
@@ -100,10 +97,7 @@ impl Trace {
     }
 
     pub fn entries(&self) -> Vec<TraceEntry> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.entries.lock().expect("trace lock").clone()
     }
 
     /// Entries recorded from position `from` on.
@@ -112,7 +106,7 @@ impl Trace {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.lock().expect("trace lock").len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The conformance catalogue against the in-process SAN and the reference provider.
 
+use lab::reference::MemoryLabFactory;
 use vss_emulator::conformance;
-use vss_emulator::testing::MemoryLabFactory;
 
 #[test]
 fn every_catalogue_scenario_passes_against_the_reference_provider() {
@@ -46,7 +46,7 @@ fn every_catalogue_scenario_passes_against_the_reference_provider() {
 
 #[test]
 fn every_catalogue_scenario_passes_against_the_shadowlun_provider() {
-    let report = conformance::run(&vss_emulator::shadowlun_lab::ShadowlunLabFactory, "");
+    let report = conformance::run(&lab::shadowlun_lab::ShadowlunLabFactory, "");
     println!("{}", report.summary());
     for r in report.results.iter().filter(|r| !r.passed) {
         println!(
@@ -61,7 +61,7 @@ fn every_catalogue_scenario_passes_against_the_shadowlun_provider() {
 
 #[test]
 fn every_catalogue_scenario_passes_with_hosts_on_iscsi_over_loopback() {
-    let report = conformance::run(&vss_emulator::iscsi_lab::IscsiLabFactory, "");
+    let report = conformance::run(&lab::iscsi_lab::IscsiLabFactory, "");
     println!("{}", report.summary());
     for r in report.results.iter().filter(|r| !r.passed) {
         println!(

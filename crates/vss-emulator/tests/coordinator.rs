@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lab::reference::{MemoryLab, REFERENCE_PROVIDER_ID, ReferenceProvider};
+use lab::san::MemorySan;
 use vss::{Hresult, Method, SnapshotContext, VolumeSnapshotAttributes as Attr, VssId};
 use vss_emulator::bcd::Bcd;
 use vss_emulator::conformance::{Ctx, Rig};
 use vss_emulator::coordinator::{Config, DeleteTarget};
 use vss_emulator::faults::{Fault, FaultyProvider};
-use vss_emulator::san::MemorySan;
-use vss_emulator::testing::{MemoryLab, REFERENCE_PROVIDER_ID, ReferenceProvider};
 
 fn ctx() -> (Ctx, Arc<MemorySan>) {
     let san = MemorySan::new();

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
+use lab::memory_array::MemoryArray;
+use lab::reference::MemoryLab;
+use lab::san::MemorySan;
+use lab::shadowlun_lab::ShadowlunLab;
 use vss::Hresult;
 use vss_emulator::conformance::{Ctx, Lab};
 use vss_emulator::coordinator::Config;
-use vss_emulator::san::MemorySan;
 use vss_emulator::script::{Environment, run_script};
-use vss_emulator::shadowlun_lab::ShadowlunLab;
-use vss_emulator::testing::MemoryLab;
 
 fn example(name: &str) -> String {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -103,7 +104,7 @@ fn example_scripts_run_on_file_backed_luns_with_the_reference_provider() {
 #[test]
 fn example_scripts_run_with_the_shadowlun_provider() {
     examples_run_end_to_end(Box::new(ShadowlunLab {
-        array: provider::testing::MemoryArray::new(),
+        array: MemoryArray::new(),
     }));
 }
 

@@ -12,7 +12,7 @@ use thiserror::Error;
 use vss::identity::LunIdentity;
 use vss::inquiry::{self, Designator};
 
-use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
+use vss_emulator::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
 
 /// The target name every LUN of a [`MemorySan`] is served under.
 pub const TARGET: &str = "iqn.2026-01.org.shadowlun:emulated-array";
@@ -133,7 +133,7 @@ impl MemorySan {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("san lock")
     }
 
     fn backing(&self, number: LunNumber, bytes: u64) -> Result<Backing, SanError> {
@@ -363,21 +363,27 @@ impl SanStorage {
     }
 }
 
-fn range_check(disk: &DiskAddress, lun: &Lun, lba: u64, len: usize) -> Result<u64, StorageError> {
+/// The byte offset of a transfer of `len` bytes at block `lba` of a `bytes`-byte disk of
+/// `block_size` blocks, refused as a SCSI device refuses it: too large, not whole blocks, or
+/// past the end.
+pub fn block_range(
+    disk: &DiskAddress,
+    bytes: u64,
+    block_size: u32,
+    lba: u64,
+    len: usize,
+) -> Result<u64, StorageError> {
     if len > MAX_TRANSFER_BYTES {
         return Err(StorageError::TooLarge {
             len,
             max: MAX_TRANSFER_BYTES,
         });
     }
-    if len % BLOCK_SIZE as usize != 0 {
-        return Err(StorageError::Unaligned {
-            len,
-            block_size: BLOCK_SIZE,
-        });
+    if len % block_size as usize != 0 {
+        return Err(StorageError::Unaligned { len, block_size });
     }
-    let blocks = lun.bytes / BLOCK_SIZE as u64;
-    let end = lba.saturating_add(len as u64 / BLOCK_SIZE as u64);
+    let blocks = bytes / block_size as u64;
+    let end = lba.saturating_add(len as u64 / block_size as u64);
     if end > blocks {
         return Err(StorageError::OutOfRange {
             disk: disk.clone(),
@@ -386,7 +392,7 @@ fn range_check(disk: &DiskAddress, lun: &Lun, lba: u64, len: usize) -> Result<u6
             blocks,
         });
     }
-    Ok(lba * BLOCK_SIZE as u64)
+    Ok(lba * block_size as u64)
 }
 
 impl HostStorage for SanStorage {
@@ -448,7 +454,7 @@ impl HostStorage for SanStorage {
     fn read(&self, disk: &DiskAddress, lba: u64, blocks: u32) -> Result<Vec<u8>, StorageError> {
         let len = (blocks as usize).saturating_mul(BLOCK_SIZE as usize);
         self.with_lun(disk, |l| {
-            let off = range_check(disk, l, lba, len)?;
+            let off = block_range(disk, l.bytes, BLOCK_SIZE, lba, len)?;
             let mut buf = vec![0u8; len];
             l.data
                 .read_at(off, &mut buf)
@@ -462,7 +468,7 @@ impl HostStorage for SanStorage {
 
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError> {
         self.with_lun(disk, |l| {
-            let off = range_check(disk, l, lba, data.len())?;
+            let off = block_range(disk, l.bytes, BLOCK_SIZE, lba, data.len())?;
             l.data.write_at(off, data).map_err(|e| StorageError::Io {
                 disk: disk.clone(),
                 message: e.to_string(),

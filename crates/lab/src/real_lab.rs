@@ -66,7 +66,7 @@ impl RealLab {
             token.trim(),
             &running.fingerprint,
         ))?;
-        let target = admin.health().map_err(crate::admin::explain)?.target;
+        let target = admin.health()?.target;
         Ok(Self {
             fingerprint: running.fingerprint.clone(),
             rt,
@@ -203,7 +203,7 @@ impl Lab for RealLab {
     }
 
     fn provider_id(&self) -> VssId {
-        vss_emulator::shadowlun_lab::SHADOWLUN_PROVIDER_ID
+        crate::shadowlun_lab::SHADOWLUN_PROVIDER_ID
     }
 }
 

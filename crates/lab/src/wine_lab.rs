@@ -2,7 +2,7 @@
 //! host, the real Windows provider: `shadowlun-provider.exe` installed in a Wine prefix and
 //! activated through COM (`CoCreateInstance`, `CLSCTX_LOCAL_SERVER`) by the relay
 //! (`crates/provider-com/examples/relay.rs`), which carries the emulator's calls to it over
-//! stdin and stdout ([`provider::relay`]).
+//! stdin and stdout ([`crate::relay`]).
 //!
 //! A call from a scenario thus crosses: the relay's line protocol, Wine's COM marshalling
 //! (the widl proxy/stub registered in the prefix), the exe's vtables and CoTaskMem
@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use provider::HardwareProvider;
-use provider::relay::{RelayClient, SERVER_UNAVAILABLE};
+
 use vss::VssId;
 use vss_emulator::HostStorage;
 use vss_emulator::conformance::{Lab, LabFactory};
 
-use crate::lab::{RealLab, RealLabFactory};
+use crate::real_lab::{RealLab, RealLabFactory};
+use crate::relay::{RelayClient, SERVER_UNAVAILABLE};
 
 /// How long `install` may take (it starts Wine's services in a stopped prefix).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -162,7 +163,7 @@ impl Drop for Slot {
         self.pool
             .0
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("wine lab lock")
             .push(self.prefix.clone());
     }
 }
@@ -254,7 +255,7 @@ impl WineLab {
             .pool
             .0
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("wine lab lock")
             .pop()
             .with_context(|| {
                 format!(
@@ -318,7 +319,7 @@ impl WineLab {
         let stderr = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 tracing::debug!("relay: {line}");
-                let mut k = keep.lock().unwrap_or_else(|p| p.into_inner());
+                let mut k = keep.lock().expect("wine lab lock");
                 if k.len() < STDERR_KEEP {
                     k.push_str(&line);
                     k.push('\n');
@@ -336,7 +337,7 @@ impl WineLab {
             Err(code) => {
                 // Dropping the client closes the relay's input and waits for it to exit.
                 drop(client);
-                let said = said.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let said = said.lock().expect("wine lab lock").clone();
                 if code == SERVER_UNAVAILABLE {
                     bail!("the relay in {} ended: {said}", prefix.display());
                 }
@@ -380,7 +381,7 @@ impl Lab for WineLab {
     }
 
     fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = self.live.lock().expect("wine lab lock");
         if let Some(p) = live.get(initiator).and_then(Weak::upgrade) {
             return Ok(p);
         }

@@ -13,11 +13,11 @@ use scsi::{LogicalUnit, LuIdentity, MemDevice};
 use vss::VssId;
 use vss::identity::LunIdentity;
 
-use crate::conformance::{Lab, LabFactory};
-use crate::iscsi_storage::IscsiStorage;
+use crate::reference::{REFERENCE_PROVIDER_ID, ReferenceProvider, SanBackend};
 use crate::san::LunNumber;
-use crate::storage::HostStorage;
-use crate::testing::{REFERENCE_PROVIDER_ID, ReferenceProvider, SanBackend};
+use vss_emulator::conformance::{Lab, LabFactory};
+use vss_emulator::iscsi_storage::IscsiStorage;
+use vss_emulator::storage::HostStorage;
 
 /// The target name the lab serves.
 pub const TARGET: &str = "iqn.2026-01.org.shadowlun:iscsi-lab";
@@ -81,7 +81,7 @@ impl TargetSan {
     }
 
     fn lock(&self) -> MutexGuard<'_, (LunNumber, BTreeMap<LunNumber, Unit>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("iscsi lab lock")
     }
 
     fn add(
@@ -128,7 +128,7 @@ impl TargetSan {
 
     /// Stops the target.
     pub fn shutdown(&self) {
-        if let Some(s) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(s) = self.server.lock().expect("iscsi lab lock").take() {
             s.shutdown();
         }
     }

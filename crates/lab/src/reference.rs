@@ -99,7 +99,7 @@ impl ReferenceProvider {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<SetState>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().expect("reference lock")
     }
 
     fn lun_of(&self, info: &LunInfo) -> Option<LunNumber> {
@@ -410,7 +410,7 @@ pub struct MemoryLab {
     pub san: Arc<MemorySan>,
 }
 
-impl crate::conformance::Lab for MemoryLab {
+impl vss_emulator::conformance::Lab for MemoryLab {
     fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
         self.san
             .create_lun(bytes, &[initiator])
@@ -422,7 +422,7 @@ impl crate::conformance::Lab for MemoryLab {
         Ok(self.san.luns().len())
     }
 
-    fn storage(&self, initiator: &str) -> Result<Arc<dyn crate::HostStorage>, String> {
+    fn storage(&self, initiator: &str) -> Result<Arc<dyn vss_emulator::HostStorage>, String> {
         Ok(self.san.host_storage(initiator))
     }
 
@@ -439,12 +439,12 @@ impl crate::conformance::Lab for MemoryLab {
 #[derive(Debug, Default)]
 pub struct MemoryLabFactory;
 
-impl crate::conformance::LabFactory for MemoryLabFactory {
+impl vss_emulator::conformance::LabFactory for MemoryLabFactory {
     fn name(&self) -> String {
         "in-process SAN + reference provider".into()
     }
 
-    fn build(&self) -> Result<Box<dyn crate::conformance::Lab>, String> {
+    fn build(&self) -> Result<Box<dyn vss_emulator::conformance::Lab>, String> {
         Ok(Box::new(MemoryLab {
             san: MemorySan::new(),
         }))

@@ -1,11 +1,13 @@
-//! `shadowlun bench …`: benchmarks that compare against a baseline measured in the same run.
+//! The provider's benchmarks (`shadowlun bench provider|vss`): its core against the array in
+//! the process, and the whole path against the array daemon over HTTPS with hosts on iSCSI.
 
 use std::time::{Duration, Instant};
 
-use lab::report::{Goal, Report, Row, machine};
-use provider::testing::MemoryArray;
 use provider::{HardwareProvider, ShadowlunProvider};
 use vss::{BusType, LunInfo, SnapshotContext, VssId};
+
+use crate::memory_array::{MemoryArray, MemoryArrayClient};
+use crate::report::{Goal, Report, Row, machine};
 
 /// Median of `n` timed runs of `f` (after one warm-up), in microseconds.
 pub fn median_us(n: usize, mut f: impl FnMut() -> Duration) -> f64 {
@@ -42,10 +44,7 @@ fn luns(san: &MemoryArray, n: usize) -> Vec<LunInfo> {
 }
 
 /// Times one full creation up to Commit; returns (AreLunsSupported, Commit) durations.
-fn one_set(
-    p: &ShadowlunProvider<provider::testing::MemoryArrayClient>,
-    infos: &[LunInfo],
-) -> (Duration, Duration) {
+fn one_set(p: &ShadowlunProvider<MemoryArrayClient>, infos: &[LunInfo]) -> (Duration, Duration) {
     let set = VssId::new_v4();
     let devices: Vec<String> = (0..infos.len()).map(|i| format!("disk{i}")).collect();
     let mut v = infos.to_vec();
@@ -72,7 +71,8 @@ fn one_set(
     (support, commit)
 }
 
-/// The provider core against the in-memory array: its own cost, without network or engine.
+/// The provider core against the array on the memory engine, called in the process: its own
+/// cost and the array's rules, without network or the embedded engine.
 pub fn provider_core() -> Report {
     let mut rows = Vec::new();
     let measure = |n: usize| {
@@ -103,8 +103,8 @@ pub fn provider_core() -> Report {
         None,
         None,
     ));
-    // The double copies each LUN's bytes at commit, so its cost grows with the LUN count;
-    // the ≤ 2× target applies to the real array (`bench vss`), not to this double.
+    // For context only: the ≤ 2× target applies to the array daemon with the embedded engine
+    // (`bench vss`), not to the memory engine.
     rows.push(row(
         "CommitSnapshots, 64-LUN set",
         "same, 1-LUN set",
@@ -114,7 +114,7 @@ pub fn provider_core() -> Report {
         None,
     ));
     Report {
-        title: "provider core against the in-memory array".into(),
+        title: "provider core against the array on the memory engine (in-process)".into(),
         machine: machine(),
         rows,
         notes: Vec::new(),
@@ -162,7 +162,7 @@ fn commit_samples(
 
 /// The provider through the real array: HTTPS control API, embedded engine, iSCSI surfacing.
 pub fn vss_end_to_end() -> anyhow::Result<Report> {
-    use crate::lab::{RealLab, SharedLab};
+    use crate::real_lab::{RealLab, SharedLab};
     use vss::identity::LunIdentity;
     use vss_emulator::conformance::{Ctx, Lab};
     use vss_emulator::coordinator::Config;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vss::{HardwareOptions, Hresult, LunInfo, SnapshotContext, VssId};
 
-use crate::hardware::{AsyncOperation, HardwareProvider, UnloadAnswer};
+use provider::{AsyncOperation, HardwareProvider, UnloadAnswer};
 
 /// The longest line either side reads (a 64-LUN call is about 100 KiB).
 pub const MAX_LINE: usize = 16 << 20;
@@ -190,7 +190,7 @@ fn read_line<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<bool> {
 fn write_line<T: Serialize>(out: &Mutex<impl Write>, value: &T) -> io::Result<()> {
     let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
     line.push(b'\n');
-    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = out.lock().expect("relay lock");
     out.write_all(&line)?;
     out.flush()
 }
@@ -206,7 +206,7 @@ impl Operations {
     fn get(&self, id: u64) -> Result<Arc<dyn AsyncOperation>, Hresult> {
         self.live
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("relay lock")
             .get(&id)
             .cloned()
             .ok_or(Hresult::E_INVALIDARG)
@@ -267,10 +267,7 @@ fn execute(p: &dyn HardwareProvider, ops: &Operations, call: Call) -> Result<Rep
         Call::ResyncLuns { sources, targets } => {
             let op = p.resync_luns(&sources, &targets)?;
             let id = ops.next.fetch_add(1, Ordering::Relaxed) + 1;
-            ops.live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, op);
+            ops.live.lock().expect("relay lock").insert(id, op);
             Reply::Operation { operation: id }
         }
         Call::OnReuseLuns {
@@ -334,10 +331,7 @@ fn execute(p: &dyn HardwareProvider, ops: &Operations, call: Call) -> Result<Rep
             code: ops.get(operation)?.cancel()?,
         },
         Call::AsyncRelease { operation } => {
-            ops.live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&operation);
+            ops.live.lock().expect("relay lock").remove(&operation);
             Reply::Done
         }
     })
@@ -418,12 +412,7 @@ impl Channel {
     fn call(&self, call: Call) -> Result<Reply, Hresult> {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel();
-        match self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        match self.pending.lock().expect("relay lock").as_mut() {
             Some(p) => p.insert(id, tx),
             None => return Err(SERVER_UNAVAILABLE),
         };
@@ -445,12 +434,7 @@ impl Channel {
     }
 
     fn forget(&self, id: u64) {
-        if let Some(p) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(p) = self.pending.lock().expect("relay lock").as_mut() {
             p.remove(&id);
         }
     }
@@ -472,7 +456,7 @@ fn read_answers(pending: &Pending, mut input: impl BufRead) {
             Ok(r) => {
                 let waiter = pending
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .expect("relay lock")
                     .as_mut()
                     .and_then(|p| p.remove(&r.id));
                 match waiter {
@@ -486,7 +470,7 @@ fn read_answers(pending: &Pending, mut input: impl BufRead) {
         }
     }
     // Dropping the waiters wakes every pending caller with SERVER_UNAVAILABLE.
-    *pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *pending.lock().expect("relay lock") = None;
 }
 
 /// A [`HardwareProvider`] whose methods are calls answered by [`serve`] at the other end of a
@@ -520,7 +504,7 @@ impl RelayClient {
 
     /// Keeps `guard` (say, the serving process) until `output` has been closed, then drops it.
     pub fn with_guard(self, guard: impl Send + 'static) -> Self {
-        *self.channel.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(guard));
+        *self.channel.guard.lock().expect("relay lock") = Some(Box::new(guard));
         self
     }
 
@@ -773,8 +757,8 @@ impl Drop for RelayOperation {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use crate::ShadowlunProvider;
-    use crate::testing::MemoryArray;
+    use crate::memory_array::MemoryArray;
+    use provider::ShadowlunProvider;
     use std::io::BufReader;
     use std::os::unix::net::UnixStream;
 
@@ -792,11 +776,13 @@ mod tests {
     #[test]
     fn a_snapshot_set_through_the_relay_matches_the_provider_called_directly() {
         let array = MemoryArray::new();
-        let id = array.create_lun(1 << 20, &["iqn.x"]);
+        let id = array.create_lun(1 << 20, &["iqn.2026-01.org.shadowlun.test:x"]);
         let identity = array.identity(&id).unwrap();
         let lun = LunInfo::from_identity(&identity, vss::BusType::ISCSI).unwrap();
-        let direct = ShadowlunProvider::new(array.client("iqn.x"));
-        let (client, _server) = relay(Arc::new(ShadowlunProvider::new(array.client("iqn.x"))));
+        let direct = ShadowlunProvider::new(array.client("iqn.2026-01.org.shadowlun.test:x"));
+        let (client, _server) = relay(Arc::new(ShadowlunProvider::new(
+            array.client("iqn.2026-01.org.shadowlun.test:x"),
+        )));
         let ctx = SnapshotContext::from_i32(0);
         let devices = vec!["\\\\?\\disk1".to_string()];
         let mut a = vec![lun.clone()];
@@ -877,8 +863,9 @@ mod tests {
         let (near, far) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             let out = far.try_clone().unwrap();
-            let p: Arc<dyn HardwareProvider> =
-                Arc::new(ShadowlunProvider::new(MemoryArray::new().client("iqn.x")));
+            let p: Arc<dyn HardwareProvider> = Arc::new(ShadowlunProvider::new(
+                MemoryArray::new().client("iqn.2026-01.org.shadowlun.test:x"),
+            ));
             serve(p, BufReader::new(far), out, || {}).unwrap();
         });
         struct Guard(mpsc::Sender<&'static str>);
@@ -907,8 +894,9 @@ mod tests {
         let (near, far) = UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             let out = far.try_clone().unwrap();
-            let p: Arc<dyn HardwareProvider> =
-                Arc::new(ShadowlunProvider::new(MemoryArray::new().client("iqn.x")));
+            let p: Arc<dyn HardwareProvider> = Arc::new(ShadowlunProvider::new(
+                MemoryArray::new().client("iqn.2026-01.org.shadowlun.test:x"),
+            ));
             serve(p, BufReader::new(far), out, || {}).unwrap();
         });
         let mut w = near.try_clone().unwrap();

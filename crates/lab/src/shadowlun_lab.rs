@@ -1,26 +1,28 @@
-//! The catalogue's default lab: shadowlun's own provider ([`provider::ShadowlunProvider`])
-//! over the provider crate's in-memory array ([`provider::testing::MemoryArray`]), with hosts
-//! that read the array's LUNs through [`ArrayStorage`].
+//! The catalogue's memory lab: shadowlun's own provider ([`provider::ShadowlunProvider`]) over
+//! the real array on the memory engine ([`MemoryArray`], no HTTP), with hosts that see the
+//! LUNs mapped to them through [`ArrayStorage`], at the LUN numbers the array gave them, with
+//! the identity pages the array serves.
 
 use std::sync::Arc;
 
-use provider::testing::{MemoryArray, TARGET_NAME};
 use provider::{HardwareProvider, ShadowlunProvider};
 use vss::VssId;
 use vss::inquiry;
 use vss::lun::ScsiIdentity;
+use vss_emulator::conformance::{Lab, LabFactory};
+use vss_emulator::storage::{Capacity, DiskAddress, HostStorage, StorageError};
 
-use crate::conformance::{Lab, LabFactory};
-use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
+use crate::memory_array::MemoryArray;
+use crate::san::block_range;
 
-/// Block size the hosts use on a [`MemoryArray`].
-pub const BLOCK_SIZE: u32 = 512;
+/// Block size the hosts use on a [`MemoryArray`] (the storage engines' block).
+pub const BLOCK_SIZE: u32 = storage::LOGICAL_BLOCK_SIZE;
 
 /// The id shadowlun's provider registers under in the emulator.
 pub const SHADOWLUN_PROVIDER_ID: VssId =
     uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0002);
 
-/// [`HostStorage`] over a [`MemoryArray`] for one initiator.
+/// [`HostStorage`] over a [`MemoryArray`] for one initiator: the LUNs mapped to its host.
 pub struct ArrayStorage {
     array: MemoryArray,
     initiator: String,
@@ -34,48 +36,27 @@ impl ArrayStorage {
         })
     }
 
-    fn lun_id(disk: &DiskAddress) -> String {
-        format!("lun-{}", disk.lun)
+    /// The LUN at this address, its identity pages and size, if this initiator sees it.
+    fn visible(&self, disk: &DiskAddress) -> Result<(String, ScsiIdentity, u64), StorageError> {
+        let missing = || StorageError::NoSuchDisk(disk.clone());
+        if disk.target != self.array.array().target_name() {
+            return Err(missing());
+        }
+        let lun = self
+            .array
+            .mapped(&self.initiator)
+            .remove(&disk.lun)
+            .ok_or_else(missing)?;
+        let pages = self.array.identity(&lun).ok_or_else(missing)?;
+        let size = self.array.size(&lun).ok_or_else(missing)?;
+        Ok((lun, pages, size))
     }
 
-    /// The LUN's identity pages and size, if this initiator sees it.
-    fn visible(&self, disk: &DiskAddress) -> Result<(ScsiIdentity, u64), StorageError> {
-        if disk.target != TARGET_NAME {
-            return Err(StorageError::NoSuchDisk(disk.clone()));
+    fn io_error(disk: &DiskAddress, what: &str) -> StorageError {
+        StorageError::Io {
+            disk: disk.clone(),
+            message: format!("{what} failed"),
         }
-        let id = Self::lun_id(disk);
-        self.array
-            .visible_luns(&self.initiator)
-            .into_iter()
-            .find(|(l, _, _)| *l == id)
-            .map(|(_, p, s)| (p, s))
-            .ok_or_else(|| StorageError::NoSuchDisk(disk.clone()))
-    }
-
-    fn range(disk: &DiskAddress, size: u64, lba: u64, len: usize) -> Result<u64, StorageError> {
-        if len > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len,
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
-        if len % BLOCK_SIZE as usize != 0 {
-            return Err(StorageError::Unaligned {
-                len,
-                block_size: BLOCK_SIZE,
-            });
-        }
-        let blocks = size / BLOCK_SIZE as u64;
-        let end = lba.saturating_add((len / BLOCK_SIZE as usize) as u64);
-        if end > blocks {
-            return Err(StorageError::OutOfRange {
-                disk: disk.clone(),
-                lba,
-                end,
-                blocks,
-            });
-        }
-        Ok(lba * BLOCK_SIZE as u64)
     }
 }
 
@@ -85,24 +66,24 @@ impl HostStorage for ArrayStorage {
     }
 
     fn report_luns(&self) -> Result<Vec<DiskAddress>, StorageError> {
+        let target = self.array.array().target_name();
         Ok(self
             .array
-            .visible_luns(&self.initiator)
-            .into_iter()
-            .filter_map(|(id, _, _)| id.strip_prefix("lun-").and_then(|n| n.parse().ok()))
+            .mapped(&self.initiator)
+            .into_keys()
             .map(|lun| DiskAddress {
-                target: TARGET_NAME.into(),
+                target: target.into(),
                 lun,
             })
             .collect())
     }
 
     fn inquiry(&self, disk: &DiskAddress) -> Result<Vec<u8>, StorageError> {
-        Ok(self.visible(disk)?.0.inquiry)
+        Ok(self.visible(disk)?.1.inquiry)
     }
 
     fn vpd(&self, disk: &DiskAddress, page: u8) -> Result<Vec<u8>, StorageError> {
-        let (id, _) = self.visible(disk)?;
+        let (_, id, _) = self.visible(disk)?;
         let missing = || StorageError::NoSuchPage {
             disk: disk.clone(),
             page,
@@ -123,7 +104,7 @@ impl HostStorage for ArrayStorage {
     }
 
     fn read_capacity(&self, disk: &DiskAddress) -> Result<Capacity, StorageError> {
-        let (_, size) = self.visible(disk)?;
+        let (_, _, size) = self.visible(disk)?;
         Ok(Capacity {
             block_size: BLOCK_SIZE,
             blocks: size / BLOCK_SIZE as u64,
@@ -131,27 +112,21 @@ impl HostStorage for ArrayStorage {
     }
 
     fn read(&self, disk: &DiskAddress, lba: u64, blocks: u32) -> Result<Vec<u8>, StorageError> {
-        let (_, size) = self.visible(disk)?;
+        let (lun, _, size) = self.visible(disk)?;
         let len = (blocks as usize).saturating_mul(BLOCK_SIZE as usize);
-        let off = Self::range(disk, size, lba, len)?;
+        let off = block_range(disk, size, BLOCK_SIZE, lba, len)?;
         self.array
-            .read(&Self::lun_id(disk), off, len)
-            .ok_or_else(|| StorageError::Io {
-                disk: disk.clone(),
-                message: "read failed".into(),
-            })
+            .read(&lun, off, len)
+            .ok_or_else(|| Self::io_error(disk, "read"))
     }
 
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError> {
-        let (_, size) = self.visible(disk)?;
-        let off = Self::range(disk, size, lba, data.len())?;
-        if self.array.write(&Self::lun_id(disk), off, data) {
+        let (lun, _, size) = self.visible(disk)?;
+        let off = block_range(disk, size, BLOCK_SIZE, lba, data.len())?;
+        if self.array.write(&lun, off, data) {
             Ok(())
         } else {
-            Err(StorageError::Io {
-                disk: disk.clone(),
-                message: "write failed".into(),
-            })
+            Err(Self::io_error(disk, "write"))
         }
     }
 }
@@ -169,8 +144,7 @@ impl std::fmt::Debug for ShadowlunLab {
 
 impl Lab for ShadowlunLab {
     fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
-        self.array.create_lun(bytes, &[initiator]);
-        Ok(())
+        self.array.try_create_lun(bytes, &[initiator]).map(|_| ())
     }
 
     fn lun_count(&self) -> Result<usize, String> {
@@ -178,10 +152,12 @@ impl Lab for ShadowlunLab {
     }
 
     fn storage(&self, initiator: &str) -> Result<Arc<dyn HostStorage>, String> {
+        self.array.host(initiator)?;
         Ok(ArrayStorage::new(self.array.clone(), initiator))
     }
 
     fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {
+        self.array.host(initiator)?;
         Ok(Arc::new(ShadowlunProvider::new(
             self.array.client(initiator),
         )))
@@ -198,12 +174,12 @@ pub struct ShadowlunLabFactory;
 
 impl LabFactory for ShadowlunLabFactory {
     fn name(&self) -> String {
-        "shadowlun provider + in-memory array".into()
+        "shadowlun provider + array on the memory engine (no HTTP)".into()
     }
 
     fn build(&self) -> Result<Box<dyn Lab>, String> {
         Ok(Box::new(ShadowlunLab {
-            array: MemoryArray::new(),
+            array: MemoryArray::try_new()?,
         }))
     }
 }
