@@ -38,7 +38,7 @@ pool_dir = "$work/pool"
 api_listen = "127.0.0.1:0"
 iscsi_portals = ["127.0.0.1:0"]
 TOML
-RUST_LOG=debug "$bin" "$work/array.toml" > "$work/out" 2> "$work/log" &
+(umask 022; RUST_LOG=debug exec "$bin" "$work/array.toml") > "$work/out" 2> "$work/log" &
 pid=$!
 for _ in $(seq 100); do grep -q "iSCSI portal" "$work/out" 2>/dev/null && break; sleep 0.1; done
 api=$(sed -n 's/^shadowlun array: API //p' "$work/out")
@@ -81,6 +81,10 @@ inq=$(timeout --foreground 20 iscsi-inq -i "$host_iqn" -e 1 -c 128 "iscsi://$hos
 grep -q "$serial" <<<"$inq" || { echo "$inq"; echo "serial $serial not served"; exit 1; }
 stranger=$(timeout --foreground 20 iscsi-ls -i iqn.2026-01.org.shadowlun:stranger -s "iscsi://$portal" 2>&1 || true)
 if grep -q "Lun:" <<<"$stranger"; then echo "$stranger"; echo "a stranger sees LUNs"; exit 1; fi
+
+# Every file in the pool is private to the daemon's user, whatever the umask it started with.
+loose=$(find "$work/pool" \( -type f ! -perm 600 \) -o \( -type d ! -perm 700 \))
+[ -z "$loose" ] || { ls -la $loose; echo "files in the pool are readable by others"; exit 1; }
 
 kill -TERM "$pid"
 status=0; wait "$pid" || status=$?

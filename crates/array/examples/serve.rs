@@ -6,6 +6,7 @@
 //! ```
 
 fn main() {
+    array::private_files();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

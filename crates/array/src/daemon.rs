@@ -75,6 +75,14 @@ fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayErr
     Ok(token)
 }
 
+/// Makes every file and directory this process creates from now on private to its user
+/// (umask 077), whatever the umask it was started with: the pool holds LUN data, the journal,
+/// the TLS key and the admin token. Daemon entry points call it first; it is process-wide,
+/// so a library caller decides for itself.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 /// Starts the daemon: the configured engine, the iSCSI target on `iscsi_portals` (none when
 /// the list is empty) and the HTTPS API.
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {

@@ -30,7 +30,7 @@ pub mod state;
 pub mod tls;
 
 pub use config::Config;
-pub use daemon::{RunningArray, serve, start, start_with};
+pub use daemon::{RunningArray, private_files, serve, start, start_with};
 pub use error::{ArrayError, ConfigError, JournalError};
 pub use state::{Array, ExportedLun, Exporter, NoExport, Policy, Scope};
 pub use storage::{BackendConfig, BackendError};

@@ -22,6 +22,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    array::private_files();
     let mut config = match &args.config {
         Some(p) => array::Config::load(p).with_context(|| format!("loading {}", p.display()))?,
         None => array::Config::default(),
