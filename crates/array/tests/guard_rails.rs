@@ -52,6 +52,21 @@ fn lun(admin: &mut Client, name: &str, size_bytes: u64) -> String {
     r.json::<LunRecord>().unwrap().id
 }
 
+/// A set the host with token `tok` prepared with one snapshot of `src`.
+fn prepared_set(t: &TestArray, tok: &str, src: &str) -> (Client, uuid::Uuid) {
+    let mut h = t.client(Some(tok));
+    let set = uuid::Uuid::new_v4();
+    let plan = PrepareRequest {
+        context: vss::SnapshotContext(0),
+        snapshots: vec![PlannedSnapshot {
+            snapshot_id: uuid::Uuid::new_v4(),
+            source: src.into(),
+        }],
+    };
+    expect_status(&h.post(&set_path(r::PREPARE, set), &plan).unwrap(), 204);
+    (h, set)
+}
+
 #[track_caller]
 fn conflict_saying(r: &Response, words: &[&str]) {
     let p = problem(r);
@@ -167,16 +182,7 @@ fn an_admin_resync_is_forced_onto_a_mapped_or_foreign_lun_and_never_shrinks() {
     let other = lun(&mut admin, "other", 1 << 20);
     let big = lun(&mut admin, "big", 4 << 20);
     // A committed snapshot of src, taken by its host.
-    let mut h = t.client(Some(&tok));
-    let set = uuid::Uuid::new_v4();
-    let plan = PrepareRequest {
-        context: vss::SnapshotContext(0),
-        snapshots: vec![PlannedSnapshot {
-            snapshot_id: uuid::Uuid::new_v4(),
-            source: src.clone(),
-        }],
-    };
-    expect_status(&h.post(&set_path(r::PREPARE, set), &plan).unwrap(), 204);
+    let (mut h, set) = prepared_set(&t, &tok, &src);
     expect_status(
         &h.request("POST", &set_path(r::COMMIT, set), None).unwrap(),
         204,
@@ -211,16 +217,7 @@ fn an_admin_aborts_a_set_left_prepared_and_set_lists_show_deleted_luns() {
     let t = TestArray::start();
     let mut admin = t.admin();
     let (src, tok) = lun_for_host(&mut admin, "src", "node-a", IQN_A);
-    let mut h = t.client(Some(&tok));
-    let set = uuid::Uuid::new_v4();
-    let plan = PrepareRequest {
-        context: vss::SnapshotContext(0),
-        snapshots: vec![PlannedSnapshot {
-            snapshot_id: uuid::Uuid::new_v4(),
-            source: src.clone(),
-        }],
-    };
-    expect_status(&h.post(&set_path(r::PREPARE, set), &plan).unwrap(), 204);
+    let (_, set) = prepared_set(&t, &tok, &src);
     let abort = r::fill(r::ADMIN_SET_ABORT, &[("set", &set.to_string())]);
     expect_status(&admin.request("POST", &abort, None).unwrap(), 204);
     let sets: Vec<SetRecord> = admin.get(r::ADMIN_SETS).unwrap().json().unwrap();

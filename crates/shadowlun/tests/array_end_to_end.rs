@@ -69,8 +69,9 @@ fn start(pool: &Path) -> Daemon {
     }
 }
 
-fn cli(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+/// Runs the CLI against the daemon, with `--json` when asked.
+fn run_cli(d: &Daemon, args: &[&str], json: bool) -> std::process::Output {
+    Command::new(BIN)
         .args(args)
         .args([
             "--array",
@@ -80,9 +81,13 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
             "--token-file",
         ])
         .arg(&d.token_file)
-        .arg("--json")
+        .args(json.then_some("--json"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let out = run_cli(d, args, true);
     assert!(
         out.status.success(),
         "shadowlun {args:?} failed: {}",
@@ -93,18 +98,7 @@ fn cli(d: &Daemon, args: &[&str]) -> String {
 
 /// Runs the CLI expecting it to fail; returns what it said on stderr.
 fn cli_fails(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .args([
-            "--array",
-            &d.api,
-            "--fingerprint",
-            &d.fingerprint,
-            "--token-file",
-        ])
-        .arg(&d.token_file)
-        .output()
-        .unwrap();
+    let out = run_cli(d, args, false);
     assert!(!out.status.success(), "shadowlun {args:?} succeeded");
     String::from_utf8(out.stderr).unwrap()
 }
