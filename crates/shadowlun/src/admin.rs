@@ -51,15 +51,85 @@ impl Connection {
     }
 }
 
+/// Why an administration command failed, in the admin's words, with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AdminError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The documented exit codes of `shadowlun`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 1: anything else (the array failed internally, an answer could not be read).
+    Failed,
+    /// 2: the command line or its values are wrong (clap uses 2 for its own usage errors).
+    Usage,
+    /// 3: what the command names does not exist.
+    NotFound,
+    /// 4: the array refused because something is in the way (a guard rail, a name taken).
+    Conflict,
+    /// 5: the array refused the caller or the request (authentication, limits, no space).
+    Refused,
+    /// 6: the array cannot be reached, or did not answer in time.
+    Unreachable,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Conflict => 4,
+            ErrorKind::Refused => 5,
+            ErrorKind::Unreachable => 6,
+        }
+    }
+}
+
+/// A wrong value on the command line.
+fn usage(message: String) -> anyhow::Error {
+    AdminError {
+        kind: ErrorKind::Usage,
+        message,
+    }
+    .into()
+}
+
 /// Turns a client error into a message that says what to do.
 pub fn explain(e: ClientError) -> anyhow::Error {
-    match e {
-        ClientError::Problem(p) => anyhow::anyhow!("{} ({}): {}", p.title, p.status, p.detail),
-        ClientError::Transport(m) => anyhow::anyhow!(
-            "the array cannot be reached ({m}); check --array and that `shadowlun array serve` is running"
+    use api::ProblemCode as P;
+    let (kind, message) = match e {
+        ClientError::Problem(p) => {
+            let kind = match p.code {
+                P::NotFound => ErrorKind::NotFound,
+                P::Conflict => ErrorKind::Conflict,
+                P::Unauthorized | P::Forbidden | P::NoSpace | P::LimitReached => ErrorKind::Refused,
+                P::BadRequest => ErrorKind::Usage,
+                _ => ErrorKind::Failed,
+            };
+            (kind, p.detail)
+        }
+        ClientError::Transport(m) => (
+            ErrorKind::Unreachable,
+            format!(
+                "the array cannot be reached ({m}); check --array and that `shadowlun array \
+                 serve` is running"
+            ),
         ),
-        other => anyhow::anyhow!("{other}"),
-    }
+        ClientError::Timeout(d) => (
+            ErrorKind::Unreachable,
+            format!("the array did not answer within {d:?}"),
+        ),
+        e @ (ClientError::BadFingerprint(_) | ClientError::BadUrl(_)) => {
+            (ErrorKind::Usage, e.to_string())
+        }
+        other => (ErrorKind::Failed, other.to_string()),
+    };
+    AdminError { kind, message }.into()
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,7 +300,7 @@ pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
                 .map_err(explain)?,
         ),
         LunCmd::Create { name, size } => {
-            let size_bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
+            let size_bytes = parse_size(&size).map_err(usage)?;
             let l: LunRecord = api
                 .post(routes::ADMIN_LUNS, &CreateLun { name, size_bytes })
                 .map_err(explain)?;
@@ -243,7 +313,7 @@ pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
             print_luns(c, &[l])
         }
         LunCmd::Resize { lun, size } => {
-            let size_bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
+            let size_bytes = parse_size(&size).map_err(usage)?;
             let l: LunRecord = api
                 .patch(
                     &routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]),
@@ -277,9 +347,11 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
         } => {
             if let Some(s) = &chap_secret {
                 if !(12..=16).contains(&s.len()) {
-                    bail!(
-                        "the CHAP secret must be 12 to 16 characters long (the Microsoft initiator's rule)"
-                    );
+                    return Err(usage(
+                        "the CHAP secret must be 12 to 16 characters long (the Microsoft \
+                         initiator's rule)"
+                            .into(),
+                    ));
                 }
             }
             let h: CreatedHost = api

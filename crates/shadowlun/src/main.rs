@@ -15,7 +15,16 @@ use clap::{Parser, Subcommand};
 /// control API; pass --array, --token-file and --fingerprint, or set SHADOWLUN_ARRAY,
 /// SHADOWLUN_TOKEN_FILE and SHADOWLUN_FINGERPRINT.
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(
+    version,
+    about,
+    long_about,
+    after_help = "Exit codes: 0 done; 1 failed (see the message); 2 a wrong command line or \
+value; 3 not found; 4 refused because something is in the way (a guard rail, a name \
+taken; the message says how to go on); 5 refused (authentication, a limit, no space); 6 the \
+array cannot be reached. With --json, administration errors are a JSON object on stderr: \
+{\"error\": {\"kind\", \"exit_code\", \"message\"}}."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -126,9 +135,34 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Lun { conn, .. }
+        | Command::Host { conn, .. }
+        | Command::Snapshot { conn, .. }
+        | Command::Set { conn, .. } => {
+            // Administration commands print and end: a closed pipe (`| head -1`) ends them
+            // quietly, as it does any Unix tool. Commands that serve (array serve, demo, vss,
+            // bench) keep ignoring SIGPIPE, so a peer that goes away is an error, not death.
+            sigpipe::reset();
+            conn.json
+        }
+        _ => false,
+    };
+    if let Err(e) = run(cli) {
+        let (kind, message) = match e.downcast_ref::<admin::AdminError>() {
+            Some(a) => (a.kind, a.message.clone()),
+            None => (admin::ErrorKind::Failed, format!("{e:#}")),
+        };
+        if json {
+            let doc = serde_json::json!({
+                "error": { "kind": kind, "exit_code": kind.exit_code(), "message": message }
+            });
+            eprintln!("{doc}");
+        } else {
+            eprintln!("error: {message}");
+        }
+        std::process::exit(kind.exit_code());
     }
 }
 

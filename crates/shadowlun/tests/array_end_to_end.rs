@@ -298,3 +298,69 @@ fn cli_errors_say_what_to_do() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Exit codes say what kind of failure it was (`shadowlun --help` documents them), `--json`
+/// errors are JSON, and a closed output pipe ends a listing quietly.
+#[test]
+fn exit_codes_json_errors_and_a_closed_pipe() {
+    let dir = std::env::temp_dir().join(format!("shadowlun-exit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = start(&dir);
+    cli(&d, &["lun", "create", "data", "8MiB"]);
+    cli(&d, &["host", "add", "sql01", "--initiator", HOST_A]);
+    cli(&d, &["host", "map", "sql01", "lun-1"]);
+    let code = |args: &[&str], json: bool| run_cli(&d, args, json);
+    // Not found: 3, and as JSON on stderr.
+    let out = code(&["lun", "show", "lun-99"], true);
+    assert_eq!(out.status.code(), Some(3));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["kind"], "not_found");
+    assert_eq!(err["error"]["exit_code"], 3);
+    assert!(err["error"]["message"].as_str().unwrap().contains("lun-99"));
+    // In the way: 4.
+    let out = code(&["host", "remove", "sql01"], false);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // A wrong value: 2.
+    assert_eq!(
+        code(&["lun", "create", "x", "ten"], false).status.code(),
+        Some(2)
+    );
+    // Nobody there: 6.
+    let out = Command::new(BIN)
+        .args([
+            "lun",
+            "list",
+            "--array",
+            "https://127.0.0.1:1",
+            "--fingerprint",
+        ])
+        .arg(&d.fingerprint)
+        .arg("--token-file")
+        .arg(&d.token_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    // `shadowlun lun list | head -0`: the reader is gone before the listing is written.
+    let mut child = Command::new(BIN)
+        .args([
+            "lun",
+            "list",
+            "--array",
+            &d.api,
+            "--fingerprint",
+            &d.fingerprint,
+            "--token-file",
+        ])
+        .arg(&d.token_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
