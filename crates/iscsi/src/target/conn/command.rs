@@ -313,11 +313,9 @@ impl Session {
             if let Some(done) = job.run() {
                 let large = done.data_in_len() >= DIRECT_DATA;
                 let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
-                if large {
-                    // Let the writer send a large answer now, so the initiator takes it in
-                    // while the next command executes; small answers go out in batches.
-                    tokio::task::yield_now().await;
-                }
+                // Let the writer send a large answer now, so the initiator takes it in while
+                // the next command executes; small answers go out in batches.
+                self.yield_to_writer |= large;
             }
             return;
         }

@@ -91,6 +91,9 @@ struct Session {
     local: Option<SocketAddr>,
     /// READ data may be sent straight from the device's file (no data digest to compute).
     zero_copy: bool,
+    /// A large answer was just queued: the session loop lets the writer run before it reads
+    /// the next PDU.
+    yield_to_writer: bool,
 }
 
 /// Entry point for an accepted TCP connection.
@@ -205,6 +208,7 @@ async fn full_feature(
         text_out: None,
         local,
         zero_copy: !digests.data,
+        yield_to_writer: false,
     };
 
     // Keep-alive pings and the shutdown logout request run beside the session loop, so
@@ -260,6 +264,11 @@ async fn full_feature(
                     Ok(true) => {}
                     Ok(false) => break ("logout".into(), true),
                     Err(e) => break (e.to_string(), false),
+                }
+                if std::mem::take(&mut s.yield_to_writer) {
+                    // Outside the race above, so that the common case, a PDU handled without
+                    // waiting, never starts watching the socket for the peer's close.
+                    tokio::task::yield_now().await;
                 }
             }
             Err(PduError::DataDigest { bhs }) => {
