@@ -25,6 +25,22 @@ use vss::{SnapshotContext, VssId};
 pub use types::*;
 
 /// Route paths. `{set}` is a set GUID, `{lun}` a LUN id, `{job}` a job id, `{host}` a host name.
+/// A size as an administrator reads it: `1073741824` → `1 GiB`, `1610612736` → `1.5 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 pub mod routes {
     /// GET: [`crate::Health`]. No authentication.
     pub const HEALTH: &str = "/v1/health";

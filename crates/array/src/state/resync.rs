@@ -78,9 +78,9 @@ impl Array {
                     "LUN {} ({}) is larger than snapshot LUN {} ({}); a resync never shrinks a \
                      LUN. Resync onto a LUN of the snapshot's size or smaller.",
                     p.destination,
-                    human_bytes(dst.size_bytes),
+                    api::human_size(dst.size_bytes),
                     p.snapshot,
-                    human_bytes(snap.size_bytes)
+                    api::human_size(snap.size_bytes)
                 )));
             }
             if *scope == Scope::Admin && !force {
@@ -233,25 +233,4 @@ impl Array {
         }
         Ok(())
     }
-}
-
-/// A size as an administrator reads it: `1 GiB`, `512 MiB`, `4096 bytes`.
-pub(super) fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (name, size) in UNITS {
-        if n >= size && n % (size / 1024).max(1) == 0 {
-            let v = n as f64 / size as f64;
-            return if v.fract() == 0.0 {
-                format!("{v:.0} {name}")
-            } else {
-                format!("{v:.1} {name}")
-            };
-        }
-    }
-    format!("{n} bytes")
 }
