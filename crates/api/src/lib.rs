@@ -24,7 +24,6 @@ use vss::{SnapshotContext, VssId};
 
 pub use types::*;
 
-/// Route paths. `{set}` is a set GUID, `{lun}` a LUN id, `{job}` a job id, `{host}` a host name.
 /// A size as an administrator reads it: `1073741824` → `1 GiB`, `1610612736` → `1.5 GiB`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -41,6 +40,47 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Orders names as an administrator counts: runs of digits compare as numbers, so `lun-2`
+/// comes before `lun-10` and `node-9` before `node-10`; otherwise byte by byte.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let (si, sj) = (i, j);
+            while i < a.len() && a[i].is_ascii_digit() {
+                i += 1;
+            }
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            // Compare the numbers without parsing them (any length): leading zeros off,
+            // then the longer is larger, then digit by digit.
+            let na = trim_zeros(&a[si..i]);
+            let nb = trim_zeros(&b[sj..j]);
+            let o = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
+            if o != Ordering::Equal {
+                return o;
+            }
+        } else {
+            if a[i] != b[j] {
+                return a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j)).then_with(|| a.cmp(b))
+}
+
+fn trim_zeros(d: &[u8]) -> &[u8] {
+    let n = d.iter().take_while(|c| **c == b'0').count();
+    &d[n..]
+}
+
+/// Route paths. `{set}` is a set GUID, `{job}` a job id, `{host}` a host name; `{lun}` is a
+/// LUN id (`lun-N`) on host verbs, and a LUN id or a LUN's name on admin verbs.
 pub mod routes {
     /// GET: [`crate::Health`]. No authentication.
     pub const HEALTH: &str = "/v1/health";
@@ -81,7 +121,7 @@ pub mod routes {
     /// GET → `Vec<LunRecord>`; POST [`crate::CreateLun`] → [`crate::LunRecord`].
     pub const ADMIN_LUNS: &str = "/v1/admin/luns";
     /// GET → [`crate::LunRecord`]; DELETE → 204 (refused while snapshots depend on it);
-    /// PATCH [`crate::ResizeLun`] → [`crate::LunRecord`].
+    /// PATCH [`crate::UpdateLun`] → [`crate::LunRecord`] (grow, rename).
     pub const ADMIN_LUN: &str = "/v1/admin/luns/{lun}";
     /// GET → `Vec<HostRecord>`; POST [`crate::CreateHost`] → [`crate::CreatedHost`].
     pub const ADMIN_HOSTS: &str = "/v1/admin/hosts";
@@ -271,10 +311,16 @@ pub struct CreateLun {
     pub size_bytes: u64,
 }
 
-/// `PATCH /v1/admin/luns/{lun}`: grow a LUN.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResizeLun {
-    pub size_bytes: u64,
+/// `PATCH /v1/admin/luns/{lun}`: grow a LUN, rename it, or both; a field left out is left
+/// as it is. Neither changes what hosts see of the LUN's identity or its mappings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateLun {
+    /// The new size (LUNs only grow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The new name, unique among LUNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A LUN as the admin API shows it.
@@ -414,6 +460,28 @@ mod tests {
         assert_eq!(j["code"], "no-space");
         let back: Problem = serde_json::from_value(j).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn names_sort_as_numbers() {
+        let mut v = vec![
+            "lun-10", "lun-2", "lun-1", "b", "a10", "a9", "lun-02", "node",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "a9", "a10", "b", "lun-1", "lun-02", "lun-2", "lun-10", "node"
+            ]
+        );
+        assert_eq!(natural_cmp("x", "x"), std::cmp::Ordering::Equal);
+        assert_eq!(
+            natural_cmp(
+                "lun-99999999999999999999999",
+                "lun-100000000000000000000000"
+            ),
+            std::cmp::Ordering::Less
+        );
     }
 
     #[test]

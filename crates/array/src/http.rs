@@ -169,7 +169,7 @@ pub fn router(array: Array) -> Router {
             r::ADMIN_LUN,
             get(admin_lun)
                 .delete(admin_delete_lun)
-                .patch(admin_resize_lun),
+                .patch(admin_update_lun),
         )
         .route(r::ADMIN_HOSTS, get(admin_hosts).post(admin_create_host))
         .route(r::ADMIN_HOST, get(admin_host).delete(admin_delete_host))
@@ -405,15 +405,15 @@ async fn admin_delete_lun(
     Ok(no_content())
 }
 
-async fn admin_resize_lun(
+async fn admin_update_lun(
     State(a): State<Array>,
     h: HeaderMap,
     Path(lun): Path<String>,
-    b: Result<axum::Json<ResizeLun>, JsonRejection>,
+    b: Result<axum::Json<UpdateLun>, JsonRejection>,
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_LUN)?;
     let req = body(b)?;
-    let v = blocking(move || a.resize_lun(&lun, req.size_bytes)).await?;
+    let v = blocking(move || a.update_lun(&lun, &req)).await?;
     Ok(json(StatusCode::OK, &v))
 }
 

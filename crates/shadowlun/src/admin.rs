@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use api::{
     CreateHost, CreateLun, CreatedHost, HostRecord, LunRecord, MapLun, ReapReport, ReapRequest,
-    ResizeLun, SetRecord, routes,
+    SetRecord, UpdateLun, routes,
 };
 use clap::{Args, Subcommand};
 use provider::https::{Client, ClientConfig, ClientError};
@@ -132,16 +132,41 @@ pub fn explain(e: ClientError) -> anyhow::Error {
     AdminError { kind, message }.into()
 }
 
+/// Fills a route's placeholders, each value percent-encoded as one path segment (so a
+/// mistyped name with a `/` or `?` in it is a name the array does not know, not another route).
+fn path(route: &str, params: &[(&str, &str)]) -> String {
+    let enc: Vec<(&str, String)> = params
+        .iter()
+        .map(|(k, v)| {
+            let mut e = String::new();
+            for b in v.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+                    e.push(b as char);
+                } else {
+                    e.push_str(&format!("%{b:02X}"));
+                }
+            }
+            (*k, e)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = enc.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    routes::fill(route, &refs)
+}
+
+/// Every command that names a LUN takes its id (`lun-7`) or its name (`sql-data`).
 #[derive(Subcommand, Debug)]
 pub enum LunCmd {
-    /// List LUNs (originals and snapshot LUNs).
+    /// List LUNs (originals and snapshot LUNs), by number.
     List,
     /// Create a thin LUN, e.g. `shadowlun lun create sql-data 100GiB`.
     Create { name: String, size: String },
-    /// Show one LUN.
+    /// Show one LUN, by id or name: `shadowlun lun show sql-data`.
     Show { lun: String },
-    /// Grow a LUN.
+    /// Grow a LUN (hosts keep it mapped and hear that its capacity changed).
     Resize { lun: String, size: String },
+    /// Rename a LUN: `shadowlun lun rename sql-data sql-data-old`. Its id, its SCSI identity
+    /// and its mappings stay as they are; hosts see no change.
+    Rename { lun: String, new_name: String },
     /// Delete a LUN (refused while snapshot LUNs depend on it or it is mapped).
     Delete { lun: String },
 }
@@ -308,7 +333,7 @@ pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
         }
         LunCmd::Show { lun } => {
             let l: LunRecord = api
-                .get(&routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]))
+                .get(&path(routes::ADMIN_LUN, &[("lun", &lun)]))
                 .map_err(explain)?;
             print_luns(c, &[l])
         }
@@ -316,14 +341,29 @@ pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
             let size_bytes = parse_size(&size).map_err(usage)?;
             let l: LunRecord = api
                 .patch(
-                    &routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]),
-                    &ResizeLun { size_bytes },
+                    &path(routes::ADMIN_LUN, &[("lun", &lun)]),
+                    &UpdateLun {
+                        size_bytes: Some(size_bytes),
+                        name: None,
+                    },
+                )
+                .map_err(explain)?;
+            print_luns(c, &[l])
+        }
+        LunCmd::Rename { lun, new_name } => {
+            let l: LunRecord = api
+                .patch(
+                    &path(routes::ADMIN_LUN, &[("lun", &lun)]),
+                    &UpdateLun {
+                        size_bytes: None,
+                        name: Some(new_name),
+                    },
                 )
                 .map_err(explain)?;
             print_luns(c, &[l])
         }
         LunCmd::Delete { lun } => {
-            api.delete(&routes::fill(routes::ADMIN_LUN, &[("lun", &lun)]))
+            api.delete(&path(routes::ADMIN_LUN, &[("lun", &lun)]))
                 .map_err(explain)?;
             println!("deleted LUN {lun}");
             Ok(())
@@ -376,11 +416,11 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             Ok(())
         }
         HostCmd::Remove { name, force } => {
-            let mut path = routes::fill(routes::ADMIN_HOST, &[("host", &name)]);
+            let mut p = path(routes::ADMIN_HOST, &[("host", &name)]);
             if force {
-                path.push_str("?force=true");
+                p.push_str("?force=true");
             }
-            api.delete(&path).map_err(explain)?;
+            api.delete(&p).map_err(explain)?;
             println!("removed host {name}");
             Ok(())
         }
@@ -392,7 +432,7 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
         } => {
             let h: HostRecord = api
                 .post(
-                    &routes::fill(routes::ADMIN_MAP, &[("host", &host)]),
+                    &path(routes::ADMIN_MAP, &[("host", &host)]),
                     &MapLun {
                         lun,
                         lun_number,
@@ -403,7 +443,7 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             print_hosts(c, &[h])
         }
         HostCmd::Unmap { host, lun } => {
-            api.delete(&routes::fill(
+            api.delete(&path(
                 routes::ADMIN_UNMAP,
                 &[("host", &host), ("lun", &lun)],
             ))
@@ -435,9 +475,9 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
                 force,
             };
             let r: api::ResyncResponse = api.post(routes::ADMIN_RESYNC, &req).map_err(explain)?;
-            let path = routes::fill(routes::ADMIN_RESYNC_JOB, &[("job", &r.job)]);
+            let job_path = path(routes::ADMIN_RESYNC_JOB, &[("job", &r.job)]);
             loop {
-                let st: api::JobStatus = api.get(&path).map_err(explain)?;
+                let st: api::JobStatus = api.get(&job_path).map_err(explain)?;
                 if !c.json {
                     eprint!("\rresync {}: {:>3}%", r.job, st.progress);
                 }
@@ -461,7 +501,7 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
             }
         }
         SnapshotCmd::Delete { lun } => {
-            api.delete(&routes::fill(routes::ADMIN_SNAPSHOT, &[("lun", &lun)]))
+            api.delete(&path(routes::ADMIN_SNAPSHOT, &[("lun", &lun)]))
                 .map_err(explain)?;
             println!("deleted snapshot LUN {lun}");
             Ok(())
@@ -501,7 +541,7 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
         }
         SetCmd::Abort { set } => {
             api.post_empty::<()>(
-                &routes::fill(routes::ADMIN_SET_ABORT, &[("set", &set)]),
+                &path(routes::ADMIN_SET_ABORT, &[("set", &set)]),
                 None,
                 api.config().timeout,
             )

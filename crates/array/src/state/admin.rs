@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 
 use api::{
     CreateHost, CreateLun, CreatedHost, HostLun, HostRecord, LunRecord, MapLun, SetMember,
-    SetRecord,
+    SetRecord, UpdateLun,
 };
 use storage::{BackendError, LOGICAL_BLOCK_SIZE};
 
 use super::auth::{new_token, token_hash};
-use super::rows::{Db, HostRow, LunRow, LunState, Record, lun_id};
+use super::rows::{Db, HostRow, LunRow, LunState, Record, is_lun_id, lun_id};
 use super::{Array, MAX_LUN_NUMBER};
 use crate::error::ArrayError;
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -130,10 +130,55 @@ impl Array {
             .backend
             .size_granularity()
             .max(LOGICAL_BLOCK_SIZE as u64);
-        if size == 0 || size % unit != 0 || size > self.0.policy.max_lun_bytes {
+        let max = self.0.policy.max_lun_bytes;
+        let human = api::human_size;
+        if size == 0 {
+            return Err(ArrayError::BadRequest(
+                "A LUN cannot be empty; give a size such as 10GiB.".into(),
+            ));
+        }
+        if size > max {
             return Err(ArrayError::BadRequest(format!(
-                "size_bytes must be a non-zero multiple of {unit} up to {}; got {size}.",
-                self.0.policy.max_lun_bytes
+                "{} is larger than this array's largest LUN, {}; give a smaller size (or \
+                 raise max_lun_bytes in the array's configuration).",
+                human(size),
+                human(max)
+            )));
+        }
+        if size % unit != 0 {
+            return Err(ArrayError::BadRequest(format!(
+                "{} is not a whole number of {} units; give a multiple of {}, such as {}.",
+                human(size),
+                human(unit),
+                human(unit),
+                human(size.div_ceil(unit) * unit)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a new name for a LUN: well formed, not of the form of a LUN id (names and ids
+    /// both name LUNs, so `lun-7` must always mean LUN 7), and not taken by another LUN.
+    fn check_lun_name(db: &Db, name: &str, this: Option<&str>) -> Result<(), ArrayError> {
+        if !valid_name(name) {
+            return Err(ArrayError::BadRequest(format!(
+                "LUN name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -."
+            )));
+        }
+        if is_lun_id(name) && Some(name) != this {
+            return Err(ArrayError::BadRequest(format!(
+                "{name} has the form of a LUN id (lun-N), which names LUN number N; pick a \
+                 name of another form."
+            )));
+        }
+        if let Some(other) = db
+            .luns
+            .values()
+            .find(|l| l.name == name && Some(l.id.as_str()) != this)
+        {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {} is named {name} already; pick another name (names are unique).",
+                other.id
             )));
         }
         Ok(())
@@ -142,20 +187,9 @@ impl Array {
     /// Creates an original LUN: a new number (never reused), its volume, then its row.
     /// Names are unique; the size is a non-zero multiple of the engine's granularity.
     pub fn create_lun(&self, req: &CreateLun) -> Result<LunRecord, ArrayError> {
-        if !valid_name(&req.name) {
-            return Err(ArrayError::BadRequest(format!(
-                "LUN name {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -.",
-                req.name
-            )));
-        }
         self.check_size(req.size_bytes)?;
         let mut inner = self.lock();
-        if inner.db.luns.values().any(|l| l.name == req.name) {
-            return Err(ArrayError::Conflict(format!(
-                "A LUN named {} exists; pick another name.",
-                req.name
-            )));
-        }
+        Self::check_lun_name(&inner.db, &req.name, None)?;
         let n = inner.db.next_number + 1;
         self.check_number(n)?;
         let id = lun_id(n);
@@ -189,27 +223,33 @@ impl Array {
         Ok(self.lun_record(&inner.db, &row))
     }
 
-    fn get_row<'a>(db: &'a Db, lun: &str) -> Result<&'a LunRow, ArrayError> {
-        db.luns
-            .get(lun)
-            .filter(|l| l.state != LunState::Prepared)
-            .ok_or_else(|| ArrayError::NotFound(format!("LUN {lun} does not exist.")))
+    /// The LUN an administrator names, by id (`lun-7`) or by name (`sql-data`); a reserved
+    /// snapshot LUN is not found.
+    pub(super) fn get_row<'a>(db: &'a Db, lun: &str) -> Result<&'a LunRow, ArrayError> {
+        db.resolve(lun).ok_or_else(|| {
+            ArrayError::NotFound(format!(
+                "There is no LUN {lun} (by id or by name); `shadowlun lun list` lists them."
+            ))
+        })
     }
 
-    /// Every LUN (or only snapshot LUNs), reserved snapshot LUNs excluded.
+    /// Every LUN (or only snapshot LUNs), reserved snapshot LUNs excluded, by number.
     pub fn list_luns(&self, snapshots_only: bool) -> Vec<LunRecord> {
         let inner = self.lock();
-        inner
+        let mut rows: Vec<&LunRow> = inner
             .db
             .luns
             .values()
             .filter(|l| l.state != LunState::Prepared)
             .filter(|l| !snapshots_only || l.snapshot_of.is_some())
+            .collect();
+        rows.sort_by_key(|l| l.number);
+        rows.into_iter()
             .map(|l| self.lun_record(&inner.db, l))
             .collect()
     }
 
-    /// One LUN; a reserved snapshot LUN is 404.
+    /// One LUN, by id or name; a reserved snapshot LUN is 404.
     pub fn get_lun(&self, lun: &str) -> Result<LunRecord, ArrayError> {
         let inner = self.lock();
         let row = Self::get_row(&inner.db, lun)?;
@@ -218,21 +258,62 @@ impl Array {
 
     /// Grows a LUN (LUNs never shrink); initiators hear that its capacity changed.
     pub fn resize_lun(&self, lun: &str, size: u64) -> Result<LunRecord, ArrayError> {
-        self.check_size(size)?;
+        self.update_lun(
+            lun,
+            &UpdateLun {
+                size_bytes: Some(size),
+                name: None,
+            },
+        )
+    }
+
+    /// Grows a LUN, renames it, or both, as one change. Neither touches its identity, its
+    /// number or its mappings: hosts keep their sessions and see the same disk (a grown one
+    /// hears CAPACITY DATA HAS CHANGED).
+    pub fn update_lun(&self, lun: &str, req: &UpdateLun) -> Result<LunRecord, ArrayError> {
+        if req.size_bytes.is_none() && req.name.is_none() {
+            return Err(ArrayError::BadRequest(
+                "Say what to change: a new size, a new name, or both.".into(),
+            ));
+        }
+        if let Some(size) = req.size_bytes {
+            self.check_size(size)?;
+        }
         let mut inner = self.lock();
         let mut row = Self::get_row(&inner.db, lun)?.clone();
-        if size < row.size_bytes {
-            return Err(ArrayError::BadRequest(format!(
-                "LUN {lun} is {} bytes and LUNs only grow; give a larger size.",
-                row.size_bytes
-            )));
+        let id = row.id.clone();
+        if let Some(name) = &req.name {
+            Self::check_lun_name(&inner.db, name, Some(&id))?;
         }
-        if size != row.size_bytes {
-            self.0.backend.resize_volume(lun, size)?;
+        let grow = match req.size_bytes {
+            Some(size) if size < row.size_bytes => {
+                return Err(ArrayError::BadRequest(format!(
+                    "LUN {id} is {} and LUNs only grow; give a size larger than that.",
+                    api::human_size(row.size_bytes)
+                )));
+            }
+            Some(size) => (size != row.size_bytes).then_some(size),
+            None => None,
+        };
+        let rename = req.name.clone().filter(|n| *n != row.name);
+        if grow.is_none() && rename.is_none() {
+            return Ok(self.lun_record(&inner.db, &row));
+        }
+        if let Some(size) = grow {
+            self.0.backend.resize_volume(&id, size)?;
             row.size_bytes = size;
-            Self::write(&mut inner, vec![Record::Lun(row.clone())])?;
-            self.0.exporter.resized(lun);
-            tracing::info!(lun, size, "LUN grown");
+        }
+        let old_name = row.name.clone();
+        if let Some(name) = &rename {
+            row.name = name.clone();
+        }
+        Self::write(&mut inner, vec![Record::Lun(row.clone())])?;
+        if let Some(size) = grow {
+            self.0.exporter.resized(&id);
+            tracing::info!(lun = %id, size, "LUN grown");
+        }
+        if let Some(name) = rename {
+            tracing::info!(lun = %id, from = %old_name, to = %name, "LUN renamed");
         }
         Ok(self.lun_record(&inner.db, &row))
     }
@@ -241,6 +322,7 @@ impl Array {
     pub fn delete_lun(&self, lun: &str) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let row = Self::get_row(&inner.db, lun)?.clone();
+        let lun = row.id.as_str();
         let deps = inner.db.dependants(lun);
         if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
@@ -252,7 +334,7 @@ impl Array {
         }
         if row.snapshot_of.is_some() {
             return Err(ArrayError::Conflict(format!(
-                "LUN {lun} is a snapshot LUN; delete it with DELETE /v1/admin/snapshots/{lun}."
+                "LUN {lun} is a snapshot LUN; delete it with `shadowlun snapshot delete {lun}`."
             )));
         }
         let maps = inner.db.mappings_of(lun);
@@ -277,19 +359,21 @@ impl Array {
     pub fn delete_snapshot(&self, lun: &str) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let row = Self::get_row(&inner.db, lun)?;
+        let lun = row.id.clone();
         if row.snapshot_of.is_none() {
             return Err(ArrayError::Conflict(format!(
-                "LUN {lun} is an original LUN; delete it with DELETE /v1/admin/luns/{lun}."
+                "LUN {lun} is an original LUN, not a snapshot LUN; delete it with `shadowlun \
+                 lun delete {lun}`."
             )));
         }
-        let deps = inner.db.dependants(lun);
+        let deps = inner.db.dependants(&lun);
         if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
                 "Snapshot LUN(s) {} were taken of LUN {lun}; delete them first.",
                 deps.join(", ")
             )));
         }
-        self.remove_snapshot_lun(&mut inner, lun)?;
+        self.remove_snapshot_lun(&mut inner, &lun)?;
         tracing::info!(lun, "snapshot LUN deleted by admin");
         Ok(())
     }
@@ -386,14 +470,17 @@ impl Array {
         })
     }
 
-    /// Every host.
+    /// Every host, names in natural order (`node-2` before `node-10`).
     pub fn list_hosts(&self) -> Vec<HostRecord> {
-        self.lock()
+        let mut v: Vec<HostRecord> = self
+            .lock()
             .db
             .hosts
             .values()
             .map(Self::host_record)
-            .collect()
+            .collect();
+        v.sort_by(|a, b| api::natural_cmp(&a.name, &b.name));
+        v
     }
 
     fn host_row(db: &Db, name: &str) -> Result<HostRow, ArrayError> {
@@ -448,7 +535,10 @@ impl Array {
     pub fn map_lun(&self, host: &str, req: &MapLun) -> Result<HostRecord, ArrayError> {
         let mut inner = self.lock();
         let mut h = Self::host_row(&inner.db, host)?;
-        Self::get_row(&inner.db, &req.lun)?;
+        let req = &MapLun {
+            lun: Self::get_row(&inner.db, &req.lun)?.id.clone(),
+            ..req.clone()
+        };
         if let Some(n) = req.lun_number {
             if n >= MAX_LUN_NUMBER {
                 return Err(ArrayError::BadRequest(format!(
@@ -511,6 +601,8 @@ impl Array {
     pub fn unmap_lun(&self, host: &str, lun: &str) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let mut h = Self::host_row(&inner.db, host)?;
+        let lun = Self::get_row(&inner.db, lun)?.id.clone();
+        let lun = lun.as_str();
         let nums: Vec<u64> = h
             .luns
             .iter()
@@ -533,10 +625,10 @@ impl Array {
         Ok(())
     }
 
-    /// Every snapshot set of every host.
+    /// Every snapshot set of every host, oldest first.
     pub fn admin_sets(&self) -> Vec<SetRecord> {
         let inner = self.lock();
-        inner
+        let mut v: Vec<SetRecord> = inner
             .db
             .sets
             .values()
@@ -558,6 +650,8 @@ impl Array {
                 created_at: s.created_at,
                 updated_at: s.updated_at,
             })
-            .collect()
+            .collect();
+        v.sort_by_key(|s| (s.created_at, s.set_id));
+        v
     }
 }

@@ -54,6 +54,24 @@ impl Array {
             ));
         }
         let mut inner = self.lock();
+        // An administrator names LUNs by id or by name; a host by id.
+        let pairs: Vec<ResyncPair> = pairs
+            .iter()
+            .map(|p| {
+                let resolve = |l: &str| match scope {
+                    Scope::Admin => inner
+                        .db
+                        .resolve(l)
+                        .map_or_else(|| l.to_string(), |r| r.id.clone()),
+                    Scope::Host(_) => l.to_string(),
+                };
+                ResyncPair {
+                    snapshot: resolve(&p.snapshot),
+                    destination: resolve(&p.destination),
+                }
+            })
+            .collect();
+        let pairs = pairs.as_slice();
         for p in pairs {
             Self::check_visible(
                 &inner.db,

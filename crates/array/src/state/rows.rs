@@ -180,8 +180,10 @@ impl Db {
         v
     }
 
+    /// The hosts `lun` is mapped to, names in natural order.
     pub(super) fn mappings_of(&self, lun: &str) -> Vec<Mapping> {
-        self.hosts
+        let mut v: Vec<Mapping> = self
+            .hosts
             .values()
             .flat_map(|h| {
                 h.luns
@@ -192,7 +194,19 @@ impl Db {
                         lun_number: *n,
                     })
             })
-            .collect()
+            .collect();
+        v.sort_by(|a, b| api::natural_cmp(&a.host, &b.host));
+        v
+    }
+
+    /// The LUN an administrator names: by id first (`lun-7`), else by name (names are
+    /// unique and never of an id's form). Reserved snapshot LUNs are nobody's to name.
+    pub(super) fn resolve(&self, key: &str) -> Option<&LunRow> {
+        let live = |l: &&LunRow| l.state != LunState::Prepared;
+        self.luns
+            .get(key)
+            .filter(live)
+            .or_else(|| self.luns.values().filter(live).find(|l| l.name == key))
     }
 
     pub(super) fn mapped_to(&self, host: &str, lun: &str) -> bool {

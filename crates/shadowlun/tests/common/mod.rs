@@ -1,0 +1,145 @@
+//! The daemon as a child process on 127.0.0.1, and the CLI run against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shadowlun");
+
+pub struct Daemon {
+    pub child: Child,
+    pub api: String,
+    pub fingerprint: String,
+    pub token_file: PathBuf,
+    /// The iSCSI portal the daemon listens on.
+    pub portal: String,
+    pub pool: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shadowlun array serve` on `pool` and waits until it says where it listens.
+pub fn start(pool: &Path) -> Daemon {
+    let mut child = Command::new(BIN)
+        .args([
+            "array",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--portal",
+            "127.0.0.1:0",
+            "--pool",
+        ])
+        .arg(pool)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting shadowlun array serve");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (mut api, mut fingerprint, mut token_file, mut portal) = (None, None, None, None);
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("shadowlun array: API ") {
+            api = Some(v.trim().to_string());
+        } else if let Some(v) =
+            line.strip_prefix("shadowlun array: certificate SHA-256 fingerprint ")
+        {
+            fingerprint = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("shadowlun array: admin token in ") {
+            token_file = Some(PathBuf::from(v.trim()));
+        } else if let Some(v) = line.strip_prefix("shadowlun array: iSCSI portal ") {
+            portal = Some(v.trim().to_string());
+        }
+        if api.is_some() && fingerprint.is_some() && token_file.is_some() {
+            break;
+        }
+    }
+    Daemon {
+        child,
+        api: api.expect("the daemon printed its API address"),
+        fingerprint: fingerprint.expect("the daemon printed its fingerprint"),
+        token_file: token_file.expect("the daemon printed the admin token path"),
+        portal: portal.unwrap_or_default(),
+        pool: pool.to_path_buf(),
+    }
+}
+
+impl Daemon {
+    /// The CLI against this daemon, as a command to add to.
+    pub fn command(&self, args: &[&str], json: bool) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .args([
+                "--array",
+                &self.api,
+                "--fingerprint",
+                &self.fingerprint,
+                "--token-file",
+            ])
+            .arg(&self.token_file)
+            .args(json.then_some("--json"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str], json: bool) -> Output {
+        self.command(args, json).output().unwrap()
+    }
+
+    /// Runs the CLI with `--json`, expecting success; its standard output as JSON.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args, true);
+        assert!(
+            out.status.success(),
+            "shadowlun {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs the CLI for its table, expecting success.
+    #[track_caller]
+    pub fn text(&self, args: &[&str]) -> String {
+        let out = self.run(args, false);
+        assert!(
+            out.status.success(),
+            "shadowlun {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI expecting it to fail; its exit code and what it said on stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args, false);
+        assert!(!out.status.success(), "shadowlun {args:?} succeeded");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+/// A fresh directory for a pool, removed when dropped.
+pub struct Pool(pub PathBuf);
+
+impl Pool {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shadowlun-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Pool(dir)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
