@@ -11,6 +11,8 @@ pub enum Cause {
     Engine(#[from] blockstore::Error),
     #[error(transparent)]
     Device(#[from] scsi::DeviceError),
+    #[error(transparent)]
+    Rbd(#[from] rbd::Error),
 }
 
 /// What a storage backend reports.

@@ -8,7 +8,8 @@
 //!
 //! Engines: [`EngineBackend`] (the embedded `blockstore` engine: thin volumes, O(1)
 //! consistency-group snapshots), [`FileBackend`] (sparse files, snapshots are sparse copies),
-//! [`MemoryBackend`] (copy-on-write chunks in memory, for tests and demos).
+//! [`MemoryBackend`] (copy-on-write chunks in memory, for tests and demos), [`RbdBackend`]
+//! (RBD images in a Ceph pool: snapshots are clone v2 children of per-image snapshots).
 //!
 //! Not here: LUNs, hosts, snapshot sets and the journal (the `array` crate), SCSI command
 //! semantics (`scsi`), the engine's on-disk format (`blockstore`).
@@ -20,6 +21,7 @@ mod engine;
 mod error;
 mod files;
 mod memory;
+mod rbd;
 
 use std::sync::atomic::AtomicBool;
 
@@ -28,6 +30,7 @@ pub use engine::{EngineBackend, EngineDevice};
 pub use error::{BackendError, Cause};
 pub use files::FileBackend;
 pub use memory::MemoryBackend;
+pub use rbd::{RbdBackend, RbdVolume};
 
 /// The most volumes the array puts in one [`Backend::snapshot_group`]: the embedded engine's
 /// consistency-group limit, which every engine takes.

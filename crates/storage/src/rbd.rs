@@ -1,0 +1,435 @@
+//! Volumes as RBD images in a Ceph pool (`kind = "rbd"`), through the `rbd` crate.
+//!
+//! What lives where (nothing about the images is known only to this process, so another
+//! gateway of the same array finds everything in the cluster):
+//! - volume `V` of array `A` is image `sl-<A as 8 hex digits>-V`, in the configured pool and
+//!   RADOS namespace; [`Backend::volumes`] lists only images with this array's prefix;
+//! - a snapshot volume `C` of source `S` is a clone v2 of snapshot `sl-C` of `S`'s image: the
+//!   per-image snapshot is named after the clone it exists for;
+//! - deleting `C` removes its image, then the snapshot once no other clone uses it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rbd::{Image, Pool};
+use scsi::{BlockDevice, DeviceError};
+
+use crate::{Backend, BackendError, Cause, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
+
+/// The rbd engine: one array's volumes in one pool and namespace.
+#[derive(Debug)]
+pub struct RbdBackend {
+    pool: Arc<Pool>,
+    prefix: String,
+    /// Read-write handles of the images this process serves, shared by their devices.
+    open: Mutex<std::collections::BTreeMap<String, Arc<Image>>>,
+}
+
+/// An image as a block device.
+#[derive(Debug)]
+pub struct RbdVolume {
+    image: Arc<Image>,
+}
+
+fn dev_err(e: rbd::Error) -> DeviceError {
+    if e.is_no_space() {
+        DeviceError::NoSpace
+    } else {
+        DeviceError::Io(e.to_string())
+    }
+}
+
+impl RbdVolume {
+    fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        let size = self.image.size().map_err(dev_err)?;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(DeviceError::OutOfRange),
+        }
+    }
+}
+
+impl BlockDevice for RbdVolume {
+    fn block_size(&self) -> u32 {
+        LOGICAL_BLOCK_SIZE
+    }
+    fn num_blocks(&self) -> u64 {
+        self.image.size().unwrap_or(0) / LOGICAL_BLOCK_SIZE as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.check(offset, buf.len() as u64)?;
+        let n = self.image.read(offset, buf).map_err(dev_err)?;
+        if n != buf.len() {
+            return Err(DeviceError::Io(format!(
+                "short read of {}: {n} of {} bytes",
+                self.image.spec(),
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        self.check(offset, data.len() as u64)?;
+        self.image.write(offset, data).map_err(dev_err)?;
+        if fua {
+            self.image.flush().map_err(dev_err)?;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.image.flush().map_err(dev_err)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        self.check(offset, len)?;
+        self.image.discard(offset, len).map_err(dev_err)
+    }
+    fn thin_provisioned(&self) -> bool {
+        true
+    }
+}
+
+/// The backend's error for a failed call about volume `name`.
+fn err(name: &str, e: rbd::Error) -> BackendError {
+    if e.is_not_found() {
+        BackendError::NoVolume(name.into())
+    } else if e.is_exists() {
+        BackendError::Exists(name.into())
+    } else if e.is_no_space() {
+        BackendError::NoSpace(Cause::Rbd(e))
+    } else {
+        BackendError::Io(Cause::Rbd(e))
+    }
+}
+
+impl RbdBackend {
+    /// The volumes of array `array_id` in `pool` (its namespace is created if missing).
+    pub fn new(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
+        pool.create_namespace()
+            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        Ok(RbdBackend {
+            pool,
+            prefix: format!("sl-{array_id:08x}-"),
+            open: Mutex::new(Default::default()),
+        })
+    }
+
+    /// The image that holds volume `name`.
+    pub fn image_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// The snapshot, on its source's image, that snapshot volume `clone` is a clone of.
+    pub fn snap_name(clone: &str) -> String {
+        format!("sl-{clone}")
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Arc<Image>>> {
+        self.open.lock().expect("open images lock")
+    }
+
+    /// The shared read-write handle of volume `name`.
+    fn image(&self, name: &str) -> Result<Arc<Image>, BackendError> {
+        let mut t = self.table();
+        if let Some(i) = t.get(name) {
+            return Ok(i.clone());
+        }
+        let i = Arc::new(
+            self.pool
+                .open(&self.image_name(name))
+                .map_err(|e| err(name, e))?,
+        );
+        t.insert(name.into(), i.clone());
+        Ok(i)
+    }
+
+    fn info(&self, name: &str, image: &Image) -> Result<VolumeInfo, BackendError> {
+        Ok(VolumeInfo {
+            name: name.into(),
+            size_bytes: image.size().map_err(|e| err(name, e))?,
+            allocated_bytes: image.used_bytes().map_err(|e| err(name, e))?,
+        })
+    }
+
+    fn exists(&self, name: &str) -> Result<bool, BackendError> {
+        match self.pool.open_read_only(&self.image_name(name), None) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(err(name, e)),
+        }
+    }
+
+    /// Removes snapshot `snap` of `image` if no clone uses it any more.
+    fn drop_snap_if_unused(&self, image: &str, snap: &str) -> Result<(), rbd::Error> {
+        let at = match self.pool.open_read_only(image, Some(snap)) {
+            Ok(at) => at,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !at.children()?.is_empty() {
+            return Ok(());
+        }
+        drop(at);
+        let head = self.pool.open(image)?;
+        match head.snap_remove(snap) {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Undoes a failed group: the clones made, then the snapshots taken.
+    fn undo(&self, clones: &[String], snaps: &[(Arc<Image>, String)]) {
+        for c in clones {
+            let _ = self.pool.remove(c);
+        }
+        for (img, s) in snaps {
+            let _ = img.snap_remove(s);
+        }
+    }
+}
+
+impl Backend for RbdBackend {
+    fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
+        self.pool
+            .create(&self.image_name(name), size_bytes, None)
+            .map_err(|e| err(name, e))
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
+        let image = self.image_name(name);
+        self.table().remove(name);
+        let (parent, snaps) = {
+            let h = self
+                .pool
+                .open_read_only(&image, None)
+                .map_err(|e| err(name, e))?;
+            (
+                h.parent().map_err(|e| err(name, e))?,
+                h.snaps().map_err(|e| err(name, e))?,
+            )
+        };
+        // Snapshots of this volume: clones still using one are flattened first, so they
+        // keep their data when the source goes.
+        if !snaps.is_empty() {
+            let head = self.pool.open(&image).map_err(|e| err(name, e))?;
+            for s in &snaps {
+                let at = self
+                    .pool
+                    .open_read_only(&image, Some(&s.name))
+                    .map_err(|e| err(name, e))?;
+                for (_, child) in at.children().map_err(|e| err(name, e))? {
+                    self.pool
+                        .open(&child)
+                        .and_then(|c| c.flatten())
+                        .map_err(|e| err(&child, e))?;
+                }
+                head.snap_remove(&s.name).map_err(|e| err(name, e))?;
+            }
+        }
+        self.pool.remove(&image).map_err(|e| err(name, e))?;
+        if let Some(p) = parent {
+            if p.pool == self.pool.name() && p.namespace == self.pool.namespace() {
+                if let Err(e) = self.drop_snap_if_unused(&p.image, &p.snap) {
+                    tracing::warn!(volume = name, parent = %p.image, snap = %p.snap, error = %e,
+                        "the snapshot the deleted clone came from could not be removed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
+        let image = self.image(name)?;
+        if size_bytes < image.size().map_err(|e| err(name, e))? {
+            return Err(BackendError::Shrink(name.into()));
+        }
+        image.resize(size_bytes).map_err(|e| err(name, e))
+    }
+
+    /// Every source's snapshot is taken at once (in parallel, skipping quiesce: the caller
+    /// holds the writes), then the clones are made; on any failure nothing is left.
+    fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        let mut sources = Vec::new();
+        for (src, clone) in pairs {
+            sources.push(self.image(src)?);
+            if self.exists(clone)? || pairs.iter().filter(|(_, c)| c == clone).count() > 1 {
+                return Err(BackendError::Exists(clone.clone()));
+            }
+        }
+        let results: Vec<Result<(), rbd::Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = sources
+                .iter()
+                .zip(pairs)
+                .map(|(img, (_, clone))| {
+                    s.spawn(move || img.snap_create(&Self::snap_name(clone), true))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("snapshot thread"))
+                .collect()
+        });
+        let mut taken = Vec::new();
+        let mut failed = None;
+        for ((img, (src, clone)), r) in sources.iter().zip(pairs).zip(results) {
+            match r {
+                Ok(()) => taken.push((img.clone(), Self::snap_name(clone))),
+                Err(e) => failed = failed.or(Some(err(src, e))),
+            }
+        }
+        if let Some(e) = failed {
+            self.undo(&[], &taken);
+            return Err(e);
+        }
+        let mut made = Vec::new();
+        for (src, clone) in pairs {
+            let child = self.image_name(clone);
+            match self
+                .pool
+                .clone_image(&self.image_name(src), &Self::snap_name(clone), &child)
+            {
+                Ok(()) => made.push(child),
+                Err(e) => {
+                    self.undo(&made, &taken);
+                    return Err(err(clone, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
+        let mut out = Vec::new();
+        let images = self
+            .pool
+            .list()
+            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        for image in images {
+            let Some(name) = image.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            match self.pool.open_read_only(&image, None) {
+                Ok(h) => out.push(self.info(name, &h)?),
+                Err(e) if e.is_not_found() => {} // deleted since the listing
+                Err(e) => return Err(err(name, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    fn volume(&self, name: &str) -> Result<VolumeInfo, BackendError> {
+        let h = self
+            .pool
+            .open_read_only(&self.image_name(name), None)
+            .map_err(|e| err(name, e))?;
+        self.info(name, &h)
+    }
+
+    /// The cluster's capacity (unbounded when the cluster reports none: without a manager)
+    /// and the data this array's images hold.
+    fn usage(&self) -> Result<PoolUsage, BackendError> {
+        let cluster = self
+            .pool
+            .cluster()
+            .usage()
+            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        let allocated: u64 = self.volumes()?.iter().map(|v| v.allocated_bytes).sum();
+        Ok(PoolUsage {
+            capacity_bytes: if cluster.total_bytes == 0 {
+                u64::MAX
+            } else {
+                cluster.total_bytes.max(allocated)
+            },
+            allocated_bytes: allocated,
+        })
+    }
+
+    fn device(&self, name: &str) -> Result<scsi::Device, BackendError> {
+        Ok(Arc::new(RbdVolume {
+            image: self.image(name)?,
+        }))
+    }
+
+    /// When `from` is a clone of a snapshot of `to` (a snapshot LUN resynced onto its
+    /// source), only what changed is copied: the extents `to` changed since the snapshot
+    /// and those the clone wrote, both from `rbd_diff_iterate2`. Otherwise a full copy.
+    fn resync(
+        &self,
+        from: &str,
+        to: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        let src = self.image(from)?;
+        let dst = self.image(to)?;
+        let parent = src.parent().map_err(|e| err(from, e))?;
+        let snap = match parent {
+            Some(p)
+                if p.image == self.image_name(to)
+                    && p.pool == self.pool.name()
+                    && p.namespace == self.pool.namespace() =>
+            {
+                p.snap
+            }
+            _ => return crate::copy_volume(self, from, to, progress, cancel),
+        };
+        let size = src.size().map_err(|e| err(from, e))?;
+        if dst.size().map_err(|e| err(to, e))? < size {
+            dst.resize(size).map_err(|e| err(to, e))?;
+        }
+        let mut extents = Vec::new();
+        dst.diff(Some(&snap), 0, size, true, false, |e| {
+            extents.push((e.offset, e.len));
+            !cancel.load(Ordering::Relaxed)
+        })
+        .map_err(|e| {
+            if e.is_cancelled() {
+                BackendError::Cancelled
+            } else {
+                err(to, e)
+            }
+        })?;
+        src.diff(None, 0, size, false, false, |e| {
+            extents.push((e.offset, e.len));
+            !cancel.load(Ordering::Relaxed)
+        })
+        .map_err(|e| {
+            if e.is_cancelled() {
+                BackendError::Cancelled
+            } else {
+                err(from, e)
+            }
+        })?;
+        extents.sort();
+        let total: u64 = extents.iter().map(|e| e.1).sum::<u64>().max(1);
+        let (mut done, mut last) = (0u64, 0u8);
+        progress(0);
+        let mut buf = Vec::new();
+        for (off, len) in extents {
+            let mut pos = off;
+            while pos < off + len {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(BackendError::Cancelled);
+                }
+                let n = (off + len - pos).min(4 << 20) as usize;
+                buf.resize(n, 0);
+                src.read(pos, &mut buf).map_err(|e| err(from, e))?;
+                if buf.iter().all(|b| *b == 0) {
+                    dst.discard(pos, n as u64).map_err(|e| err(to, e))?;
+                } else {
+                    dst.write(pos, &buf).map_err(|e| err(to, e))?;
+                }
+                pos += n as u64;
+                done += n as u64;
+                let pct = ((done as u128 * 100) / total as u128).min(99) as u8;
+                if pct > last {
+                    last = pct;
+                    progress(pct);
+                }
+            }
+        }
+        dst.flush().map_err(|e| err(to, e))?;
+        tracing::info!(from, to, bytes = done, "resync copied the changed extents");
+        progress(100);
+        Ok(())
+    }
+}
