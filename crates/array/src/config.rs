@@ -291,12 +291,12 @@ mod tests {
     fn a_bad_backend_says_what_to_write_instead() {
         let r = reason("[backend]\nkind = 'ceph'\n");
         assert!(
-            r.contains(r#"[backend] kind = "ceph" is not a storage backend; set kind to "engine", "files" or "memory""#),
+            r.contains(r#"[backend] kind = "ceph" is not a storage backend; set kind to "engine", "files", "memory" or "rbd""#),
             "{r}"
         );
         let r = reason("backend = 'ceph'\n");
         assert!(
-            r.contains(r#"`backend = "ceph"` names no storage backend; write a `[backend]` table with `kind = ` one of "engine", "files" or "memory""#),
+            r.contains(r#"`backend = "ceph"` names no storage backend; write a `[backend]` table with `kind = ` one of "engine", "files", "memory" or "rbd""#),
             "{r}"
         );
         let r = reason("[backend]\npath = '/x'\n");

@@ -176,7 +176,7 @@ async fn start_prepared(
     let (certs, key, fingerprint) =
         crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
     let tls = Arc::new(crate::tls::server_config(certs, key)?);
-    let backend = config.backend.open(&pool)?;
+    let backend = config.backend.open(&pool, files.identity.array_id.bits())?;
     tracing::info!(kind = config.backend.kind(), "storage backend open");
     let policy = Policy {
         array_id: Some(files.identity.array_id),

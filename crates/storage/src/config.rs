@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Backend, BackendError, EngineBackend, FileBackend, MemoryBackend};
+use crate::{Backend, BackendError, Cause, EngineBackend, FileBackend, MemoryBackend, RbdBackend};
 
 /// A backend and its settings, as the `[backend]` table names it:
 ///
@@ -15,9 +15,7 @@ use crate::{Backend, BackendError, EngineBackend, FileBackend, MemoryBackend};
 /// kind = "engine"
 /// ```
 ///
-/// Each kind has its own settings, every one optional. A backend that lives elsewhere (a
-/// Ceph RBD pool, say) is one more variant with its own settings (pool, namespace, client
-/// name, configuration file), selected by its own `kind`.
+/// Each kind has its own settings, every one optional.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackendConfig {
@@ -28,6 +26,37 @@ pub enum BackendConfig {
     Files(FilesConfig),
     /// Volumes in memory, lost at exit: for tests and demos.
     Memory(MemoryConfig),
+    /// RBD images in a Ceph pool, named from the array id.
+    Rbd(RbdConfig),
+}
+
+/// Settings of `kind = "rbd"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RbdConfig {
+    /// The pool. Default `rbd`.
+    pub pool: String,
+    /// The RADOS namespace (created if missing). Default: the pool's default namespace.
+    pub namespace: String,
+    /// The Ceph configuration file. Default: librados' own search (`$CEPH_CONF`,
+    /// `/etc/ceph/ceph.conf`).
+    pub ceph_conf: Option<PathBuf>,
+    /// The client id (`admin` for `client.admin`). Default: librados' (`admin`).
+    pub client_id: Option<String>,
+    /// The bound on every cluster call, in seconds. Default 30.
+    pub timeout_secs: u64,
+}
+
+impl Default for RbdConfig {
+    fn default() -> Self {
+        RbdConfig {
+            pool: "rbd".into(),
+            namespace: String::new(),
+            ceph_conf: None,
+            client_id: None,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// Settings of `kind = "engine"`.
@@ -64,7 +93,7 @@ impl Default for BackendConfig {
 
 impl BackendConfig {
     /// Every `kind`, in the order the documentation lists them.
-    pub const KINDS: &[&str] = &["engine", "files", "memory"];
+    pub const KINDS: &[&str] = &["engine", "files", "memory", "rbd"];
 
     /// The backend of `kind` with every setting at its default, if that kind has such a
     /// form (a kind whose settings are required has none).
@@ -73,6 +102,7 @@ impl BackendConfig {
             "engine" => Some(BackendConfig::Engine(EngineConfig::default())),
             "files" => Some(BackendConfig::Files(FilesConfig::default())),
             "memory" => Some(BackendConfig::Memory(MemoryConfig::default())),
+            "rbd" => Some(BackendConfig::Rbd(RbdConfig::default())),
             _ => None,
         }
     }
@@ -83,12 +113,13 @@ impl BackendConfig {
             BackendConfig::Engine(_) => "engine",
             BackendConfig::Files(_) => "files",
             BackendConfig::Memory(_) => "memory",
+            BackendConfig::Rbd(_) => "rbd",
         }
     }
 
-    /// Opens the backend, creating its storage on first start. Relative paths are under
-    /// `pool_dir`.
-    pub fn open(&self, pool_dir: &Path) -> Result<Arc<dyn Backend>, BackendError> {
+    /// Opens the backend of array `array_id`, creating its storage on first start. Relative
+    /// paths are under `pool_dir`.
+    pub fn open(&self, pool_dir: &Path, array_id: u32) -> Result<Arc<dyn Backend>, BackendError> {
         let dir = |path: &Option<PathBuf>, default: &str| {
             pool_dir.join(path.as_deref().unwrap_or(Path::new(default)))
         };
@@ -96,6 +127,19 @@ impl BackendConfig {
             BackendConfig::Engine(c) => Arc::new(EngineBackend::open(&dir(&c.path, "engine"))?),
             BackendConfig::Files(c) => Arc::new(FileBackend::open(&dir(&c.path, "volumes"))?),
             BackendConfig::Memory(c) => Arc::new(MemoryBackend::new(c.capacity_bytes)),
+            BackendConfig::Rbd(c) => {
+                let cluster = rbd::Cluster::connect(&rbd::ClusterConfig {
+                    conf_path: c.ceph_conf.as_ref().map(|p| pool_dir.join(p)),
+                    client_id: c.client_id.clone(),
+                    timeout: std::time::Duration::from_secs(c.timeout_secs.max(1)),
+                    settings: Vec::new(),
+                })
+                .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+                let pool = cluster
+                    .pool(&c.pool, &c.namespace)
+                    .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+                Arc::new(RbdBackend::new(pool, array_id)?)
+            }
         })
     }
 }
@@ -117,10 +161,11 @@ mod tests {
     #[test]
     fn open_puts_each_engine_in_its_default_place_under_the_pool_dir() {
         let dir = tempfile::tempdir().unwrap();
-        for kind in BackendConfig::KINDS {
+        // The local kinds (rbd's place is a cluster: tests/rbd.rs opens it).
+        for kind in ["engine", "files", "memory"] {
             let b = BackendConfig::with_defaults(kind)
                 .unwrap()
-                .open(dir.path())
+                .open(dir.path(), 1)
                 .unwrap();
             b.create_volume(&format!("v-{kind}"), 1 << 20).unwrap();
         }
@@ -137,7 +182,7 @@ mod tests {
             (PathBuf::from("relative"), dir.path().join("relative")),
         ] {
             let c = BackendConfig::Files(FilesConfig { path: Some(path) });
-            c.open(dir.path())
+            c.open(dir.path(), 1)
                 .unwrap()
                 .create_volume("v", 1 << 20)
                 .unwrap();

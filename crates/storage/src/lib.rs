@@ -25,7 +25,7 @@ mod rbd;
 
 use std::sync::atomic::AtomicBool;
 
-pub use config::{BackendConfig, EngineConfig, FilesConfig, MemoryConfig};
+pub use config::{BackendConfig, EngineConfig, FilesConfig, MemoryConfig, RbdConfig};
 pub use engine::{EngineBackend, EngineDevice};
 pub use error::{BackendError, Cause};
 pub use files::FileBackend;

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Ceph (a few minutes): installs Ceph, starts a throwaway single-node cluster (scripts/ceph-lab)
+# and runs on it:
+#  1. the rbd crate's tests (librbd through the project's own layer, the rbd CLI as witness);
+#  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
+#     resync cases;
+#  3. the array daemon with `[backend] kind = "rbd"`: a LUN made over the API is an image
+#     named from the array id; libiscsi's iscsi-test-cu, iSCSI and SCSI families, on it
+#     through the daemon's target; after the LUN is deleted `rbd ls` shows nothing of it and
+#     an image someone else made in the pool is still there;
+# then stops the cluster (only the daemons it started).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bash scripts/setup --ceph
+need=()
+command -v iscsi-test-cu >/dev/null || need+=(libiscsi-bin)
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo build -q -p array --example serve
+cargo test -q -p rbd --no-run
+cargo test -q -p storage --test rbd --no-run
+bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
+
+work=$(mktemp -d)
+lab="$work/lab"
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  bash scripts/ceph-lab stop "$lab" || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+eval "$(bash scripts/ceph-lab start "$lab")"
+export CEPH_CONF SHADOWLUN_REQUIRE_CEPH=1
+
+echo "== the rbd crate"
+cargo test -q -p rbd
+echo "== the storage conformance suite on the rbd backend"
+cargo test -q -p storage --test rbd
+
+echo "== the array on rbd"
+rbd create --size 4M rbd/stranger
+cat >"$work/array.toml" <<TOML
+pool_dir = "$work/pool"
+api_listen = "127.0.0.1:0"
+iscsi_portals = ["127.0.0.1:0"]
+
+[backend]
+kind = "rbd"
+pool = "rbd"
+ceph_conf = "$CEPH_CONF"
+TOML
+RUST_LOG=info "$bin" "$work/array.toml" >"$work/out" 2>"$work/log" &
+pid=$!
+for _ in $(seq 300); do grep -q "iSCSI portal" "$work/out" 2>/dev/null && break; sleep 0.1; done
+api=$(sed -n 's/^shadowlun array: API //p' "$work/out")
+portal=$(sed -n 's/^shadowlun array: iSCSI portal //p' "$work/out")
+[ -n "$api" ] && [ -n "$portal" ] || { tail -20 "$work/log"; echo "daemon did not start"; exit 1; }
+call() { # METHOD PATH [JSON]
+  curl -sS --fail-with-body -k -X "$1" -H "Authorization: Bearer $(cat "$work/pool/admin.token")" \
+    -H 'Content-Type: application/json' ${3:+--data "$3"} "$api$2"
+}
+i1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
+i2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
+lun_id=$(call POST /v1/admin/luns '{"name":"ci","size_bytes":134217728}' | jq -r .id)
+call POST /v1/admin/hosts "{\"name\":\"cu\",\"initiators\":[\"$i1\",\"$i2\"]}" >/dev/null
+call POST /v1/admin/hosts/cu/map "{\"lun\":\"$lun_id\"}" >/dev/null
+array_id=$(jq -r .array_id "$work/pool/array.json")
+target=$(jq -r .target_name "$work/pool/array.json")
+images=$(rbd ls rbd)
+grep -qx "sl-.*-$lun_id" <<<"$images" || { echo "$images"; echo "no image for $lun_id (array $array_id)"; exit 1; }
+
+fail=0
+for fam in iSCSI SCSI; do
+  log="$work/cu-$fam.log"
+  timeout --foreground 900 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test="$fam" \
+    "iscsi://$portal/$target/0" >"$log" 2>&1 || true
+  summary=$(grep -E '^ +tests ' "$log" | tail -1 || true)
+  [ -n "$summary" ] || { tail -20 "$log"; echo "iscsi-test-cu $fam did not finish"; exit 1; }
+  echo "$fam: $summary"
+  failed=$(awk '/^Suite: / { suite=$2 } /^  Test: / { name=$2 }
+    /FAILED$/ && name != "" { print suite "." name; name="" }' "$log" | sort -u)
+  if [ -n "$failed" ]; then echo "$failed" | sed 's/^/FAILED: /'; fail=1; fi
+done
+[ $fail -eq 0 ] || { echo "iscsi-test-cu failures on the RBD LUN"; exit 1; }
+
+call DELETE "/v1/admin/hosts/cu/map/$lun_id" >/dev/null
+call DELETE "/v1/admin/luns/$lun_id" >/dev/null
+images=$(rbd ls rbd)
+[ "$images" = stranger ] || { echo "$images"; echo "after the delete, rbd ls shows more than the stranger's image"; exit 1; }
+kill -TERM "$pid"; wait "$pid" || true; pid=""
+rbd rm --no-progress rbd/stranger
+echo "ceph: ok"
