@@ -125,8 +125,12 @@ pub mod routes {
     pub const ADMIN_LUN: &str = "/v1/admin/luns/{lun}";
     /// GET → `Vec<HostRecord>`; POST [`crate::CreateHost`] → [`crate::CreatedHost`].
     pub const ADMIN_HOSTS: &str = "/v1/admin/hosts";
-    /// GET → [`crate::HostRecord`]; DELETE → 204.
+    /// GET → [`crate::HostRecord`]; DELETE → 204; PATCH [`crate::UpdateHost`] →
+    /// [`crate::HostRecord`] (initiators, CHAP secret; nothing is unmapped).
     pub const ADMIN_HOST: &str = "/v1/admin/hosts/{host}";
+    /// POST → [`crate::CreatedHost`]: a new API token for the host, shown once; the old one
+    /// is refused from then on.
+    pub const ADMIN_HOST_TOKEN: &str = "/v1/admin/hosts/{host}/token";
     /// POST [`crate::MapLun`] → [`crate::HostRecord`].
     pub const ADMIN_MAP: &str = "/v1/admin/hosts/{host}/map";
     /// DELETE → 204.
@@ -389,6 +393,27 @@ pub struct HostRecord {
 pub struct CreatedHost {
     pub host: HostRecord,
     pub token: String,
+}
+
+/// `PATCH /v1/admin/hosts/{host}`: change a host without unmapping anything. Removals
+/// apply before additions, so replacing an initiator is one change (remove the old, add the
+/// new). A removed initiator loses the host's LUNs, its iSCSI sessions end and it cannot log
+/// in again; an added one may log in at once and sees the host's LUNs. A CHAP change applies
+/// from each initiator's next login; sessions already open stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateHost {
+    /// Initiator names to add (adding one the host has is a no-op).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_initiators: Vec<String>,
+    /// Initiator names to remove (each must be the host's; one must be left).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_initiators: Vec<String>,
+    /// A new CHAP secret (12-16 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap_secret: Option<String>,
+    /// Log in without CHAP from now on (unless the array requires CHAP of everyone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear_chap: bool,
 }
 
 /// `POST /v1/admin/hosts/{host}/map`.

@@ -90,6 +90,20 @@ impl Exporter for ScsiExporter {
         }
     }
 
+    fn forget_initiator(&self, initiator: &str) {
+        let Some(server) = &self.server else { return };
+        server.disallow_initiator(self.target.name(), initiator);
+        server.clear_chap(initiator);
+        let ended = server.end_sessions(initiator);
+        if ended > 0 {
+            tracing::info!(
+                initiator,
+                sessions = ended,
+                "ended the sessions of a removed initiator"
+            );
+        }
+    }
+
     fn set_chap(&self, initiator: &str, secret: Option<&str>) {
         let Some(server) = &self.server else { return };
         // A host's initiators may log in (and see an empty LUN list) before any mapping.

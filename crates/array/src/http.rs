@@ -172,7 +172,13 @@ pub fn router(array: Array) -> Router {
                 .patch(admin_update_lun),
         )
         .route(r::ADMIN_HOSTS, get(admin_hosts).post(admin_create_host))
-        .route(r::ADMIN_HOST, get(admin_host).delete(admin_delete_host))
+        .route(
+            r::ADMIN_HOST,
+            get(admin_host)
+                .delete(admin_delete_host)
+                .patch(admin_update_host),
+        )
+        .route(r::ADMIN_HOST_TOKEN, post(admin_rotate_token))
         .route(r::ADMIN_MAP, post(admin_map))
         .route(r::ADMIN_UNMAP, delete(admin_unmap))
         .route(r::ADMIN_SETS, get(admin_sets))
@@ -456,6 +462,28 @@ async fn admin_delete_host(
     Ok(no_content())
 }
 
+async fn admin_update_host(
+    State(a): State<Array>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Result<axum::Json<UpdateHost>, JsonRejection>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_HOST)?;
+    let req = body(b)?;
+    let v = blocking(move || a.update_host(&name, &req)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn admin_rotate_token(
+    State(a): State<Array>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_HOST_TOKEN)?;
+    let v = blocking(move || a.rotate_token(&name)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
 async fn admin_set_abort(
     State(a): State<Array>,
     h: HeaderMap,
@@ -551,6 +579,7 @@ mod tests {
             r::ADMIN_LUN,
             r::ADMIN_HOSTS,
             r::ADMIN_HOST,
+            r::ADMIN_HOST_TOKEN,
             r::ADMIN_MAP,
             r::ADMIN_UNMAP,
             r::ADMIN_SETS,
@@ -573,6 +602,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 34, "one operation per (route, method)");
+        assert_eq!(ops, 36, "one operation per (route, method)");
     }
 }

@@ -258,6 +258,11 @@ impl Client {
         Self::decode(self.send(Verb::Post, path, Some(body), self.config.timeout)?)
     }
 
+    /// POST without a body, answering JSON.
+    pub fn post_no_body<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Self::decode(self.send::<()>(Verb::Post, path, None, self.config.timeout)?)
+    }
+
     /// POST expecting no body back.
     pub fn post_empty<B: Serialize>(
         &self,

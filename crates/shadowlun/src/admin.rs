@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use api::{
     CreateHost, CreateLun, CreatedHost, HostRecord, LunRecord, MapLun, ReapReport, ReapRequest,
-    SetRecord, UpdateLun, routes,
+    SetRecord, UpdateHost, UpdateLun, routes,
 };
 use clap::{Args, Subcommand};
 use provider::https::{Client, ClientConfig, ClientError};
@@ -181,9 +181,11 @@ pub enum HostCmd {
         /// iSCSI initiator name of the host (repeat for several).
         #[arg(long = "initiator", required = true)]
         initiators: Vec<String>,
-        /// CHAP secret the host's initiator must log in with (12-16 characters).
-        #[arg(long)]
-        chap_secret: Option<String>,
+        /// File holding the CHAP secret the host's initiators must log in with (12-16
+        /// characters; `-` reads it from standard input). Never on the command line, where
+        /// other users and the shell history would see it.
+        #[arg(long, value_name = "FILE")]
+        chap_secret_file: Option<std::path::PathBuf>,
         /// A host whose snapshot LUNs this host may import (a backup host names the production
         /// hosts it backs up); repeat for several.
         #[arg(long = "import-from")]
@@ -211,6 +213,86 @@ pub enum HostCmd {
     },
     /// Unmap a LUN from a host.
     Unmap { host: String, lun: String },
+    /// Show one host: its initiators, CHAP, LUNs and import grants.
+    Show { name: String },
+    /// Give a host a new API token, printed once; the old one is refused at once. Its LUNs
+    /// stay mapped; give the new token to the host's provider (`shadowlun-provider.exe
+    /// install --token ...`).
+    RotateToken { name: String },
+    /// Add, remove or replace a host's initiators without unmapping anything: `--remove OLD
+    /// --add NEW` replaces one in a single change. A removed initiator's iSCSI sessions end
+    /// and it cannot log in again; an added one can log in at once and sees the host's LUNs.
+    Initiators {
+        name: String,
+        /// Initiator name to add (repeat for several).
+        #[arg(long = "add", value_name = "IQN")]
+        add: Vec<String>,
+        /// Initiator name to remove (repeat for several).
+        #[arg(long = "remove", value_name = "IQN")]
+        remove: Vec<String>,
+    },
+    /// Set or clear a host's CHAP secret; its initiators use it from their next login (open
+    /// sessions stay).
+    Chap {
+        name: String,
+        /// File holding the new secret (12-16 characters; `-`: standard input).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "clear",
+            required_unless_present = "clear"
+        )]
+        secret_file: Option<std::path::PathBuf>,
+        /// Log in without CHAP from now on.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// Reads a secret from a file, or from standard input for `-`: the first line, without its
+/// line ending. Checked here as the array checks it, so a typo costs no round trip.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .context("cannot read the CHAP secret from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "cannot read the CHAP secret from {}: {e}",
+                path.display()
+            ))
+        })?
+    };
+    let secret = text.lines().next().unwrap_or("").to_string();
+    if !(12..=16).contains(&secret.len()) || !secret.is_ascii() {
+        return Err(usage(format!(
+            "the CHAP secret in {} must be 12 to 16 ASCII characters on its first line (the \
+             Microsoft initiator's rule); it is {} characters long",
+            if path.as_os_str() == "-" {
+                "standard input".to_string()
+            } else {
+                path.display().to_string()
+            },
+            secret.chars().count()
+        )));
+    }
+    Ok(secret)
+}
+
+/// Prints a host's one-time token after its record.
+fn print_token(c: &Connection, h: &CreatedHost) -> anyhow::Result<()> {
+    if c.json {
+        return output::json(h);
+    }
+    print_hosts(c, std::slice::from_ref(&h.host))?;
+    println!(
+        "\nAPI token for this host (shown once, store it safely):\n{}",
+        h.token
+    );
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -382,18 +464,10 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
         HostCmd::Add {
             name,
             initiators,
-            chap_secret,
+            chap_secret_file,
             import_from,
         } => {
-            if let Some(s) = &chap_secret {
-                if !(12..=16).contains(&s.len()) {
-                    return Err(usage(
-                        "the CHAP secret must be 12 to 16 characters long (the Microsoft \
-                         initiator's rule)"
-                            .into(),
-                    ));
-                }
-            }
+            let chap_secret = chap_secret_file.as_deref().map(read_secret).transpose()?;
             let h: CreatedHost = api
                 .post(
                     routes::ADMIN_HOSTS,
@@ -405,15 +479,55 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
                     },
                 )
                 .map_err(explain)?;
-            if c.json {
-                return output::json(&h);
+            print_token(c, &h)
+        }
+        HostCmd::Show { name } => {
+            let h: HostRecord = api
+                .get(&path(routes::ADMIN_HOST, &[("host", &name)]))
+                .map_err(explain)?;
+            print_hosts(c, &[h])
+        }
+        HostCmd::RotateToken { name } => {
+            let h: CreatedHost = api
+                .post_no_body(&path(routes::ADMIN_HOST_TOKEN, &[("host", &name)]))
+                .map_err(explain)?;
+            print_token(c, &h)
+        }
+        HostCmd::Initiators { name, add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                return Err(usage(
+                    "say which initiators to --add or --remove (both, to replace one)".into(),
+                ));
             }
-            print_hosts(c, std::slice::from_ref(&h.host))?;
-            println!(
-                "\nAPI token for this host (shown once, store it safely):\n{}",
-                h.token
-            );
-            Ok(())
+            let h: HostRecord = api
+                .patch(
+                    &path(routes::ADMIN_HOST, &[("host", &name)]),
+                    &UpdateHost {
+                        add_initiators: add,
+                        remove_initiators: remove,
+                        ..UpdateHost::default()
+                    },
+                )
+                .map_err(explain)?;
+            print_hosts(c, &[h])
+        }
+        HostCmd::Chap {
+            name,
+            secret_file,
+            clear,
+        } => {
+            let chap_secret = secret_file.as_deref().map(read_secret).transpose()?;
+            let h: HostRecord = api
+                .patch(
+                    &path(routes::ADMIN_HOST, &[("host", &name)]),
+                    &UpdateHost {
+                        chap_secret,
+                        clear_chap: clear,
+                        ..UpdateHost::default()
+                    },
+                )
+                .map_err(explain)?;
+            print_hosts(c, &[h])
         }
         HostCmd::Remove { name, force } => {
             let mut p = path(routes::ADMIN_HOST, &[("host", &name)]);

@@ -88,7 +88,7 @@ pub fn iscsi_name_problem(s: &str) -> Option<String> {
 }
 
 /// Checks a host's initiator names: each a valid iSCSI name, none twice.
-fn check_initiators(initiators: &[String]) -> Result<(), ArrayError> {
+pub(super) fn check_initiators(initiators: &[String]) -> Result<(), ArrayError> {
     for (i, name) in initiators.iter().enumerate() {
         if let Some(why) = iscsi_name_problem(name) {
             return Err(ArrayError::BadRequest(format!(
@@ -378,7 +378,7 @@ impl Array {
         Ok(())
     }
 
-    fn host_record(h: &HostRow) -> HostRecord {
+    pub(super) fn host_record(h: &HostRow) -> HostRecord {
         HostRecord {
             name: h.name.clone(),
             initiators: h.initiators.clone(),
@@ -420,11 +420,7 @@ impl Array {
             )));
         }
         if let Some(s) = &req.chap_secret {
-            if !(12..=16).contains(&s.len()) || !s.is_ascii() {
-                return Err(ArrayError::BadRequest(
-                    "The CHAP secret must be 12 to 16 ASCII characters.".into(),
-                ));
-            }
+            super::host_changes::check_chap_secret(s)?;
         }
         let mut inner = self.lock();
         if let Some(missing) = req
@@ -483,7 +479,7 @@ impl Array {
         v
     }
 
-    fn host_row(db: &Db, name: &str) -> Result<HostRow, ArrayError> {
+    pub(super) fn host_row(db: &Db, name: &str) -> Result<HostRow, ArrayError> {
         db.hosts
             .get(name)
             .cloned()
@@ -495,7 +491,8 @@ impl Array {
         Ok(Self::host_record(&Self::host_row(&self.lock().db, name)?))
     }
 
-    /// Deletes a host: its initiators lose their CHAP secret and the grants that name it
+    /// Deletes a host: its initiators may not log in any more (their sessions end) and the
+    /// grants that name it
     /// go from the other hosts (a later host of the same name inherits nothing). A host with
     /// LUNs mapped is refused unless `force`, which unmaps them.
     pub fn delete_host(&self, name: &str, force: bool) -> Result<(), ArrayError> {
@@ -524,7 +521,7 @@ impl Array {
             self.unexport(&h.initiators, *n);
         }
         for i in &h.initiators {
-            self.0.exporter.set_chap(i, None);
+            self.0.exporter.forget_initiator(i);
         }
         tracing::info!(host = name, "host deleted");
         Ok(())

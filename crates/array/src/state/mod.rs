@@ -11,6 +11,7 @@
 
 mod admin;
 mod auth;
+mod host_changes;
 mod reaper;
 mod resync;
 mod rows;
@@ -46,9 +47,15 @@ pub trait Exporter: Send + Sync {
     fn resized(&self, lun: &str) {
         let _ = lun;
     }
-    /// Sets (or clears) the CHAP secret an initiator must log in with.
+    /// Lets an initiator log in (even before any LUN is mapped to it) and sets (or clears)
+    /// the CHAP secret it must log in with from its next login.
     fn set_chap(&self, initiator: &str, secret: Option<&str>) {
         let _ = (initiator, secret);
+    }
+    /// The initiator belongs to no host any more: it may not log in again, and its open
+    /// sessions end now.
+    fn forget_initiator(&self, initiator: &str) {
+        let _ = initiator;
     }
 }
 

@@ -312,6 +312,28 @@ impl TargetServer {
         }
     }
 
+    /// Takes back [`TargetServer::allow_initiator`]: `initiator` logs in to `target` only
+    /// while a LUN is mapped to it.
+    pub fn disallow_initiator(&self, target: &str, initiator: &str) {
+        if let Some(t) = self.shared.target(target) {
+            t.allow.write().expect("allow lock").remove(initiator);
+        }
+    }
+
+    /// Ends every session `initiator` has open, on every target; answers how many. The
+    /// connections close at once (commands in flight finish first, as at any disconnect).
+    pub fn end_sessions(&self, initiator: &str) -> usize {
+        let sessions = self.shared.sessions.lock().expect("sessions lock");
+        let mut n = 0;
+        for (k, s) in sessions.iter() {
+            if k.initiator == initiator {
+                s.kill.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Sets the CHAP secret an initiator must prove (CHAP_N = `user`), and optionally the
     /// name and secret the target proves back for mutual CHAP.
     pub fn set_chap(
