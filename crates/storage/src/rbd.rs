@@ -6,6 +6,9 @@
 //!   RADOS namespace; [`Backend::volumes`] lists only images with this array's prefix;
 //! - a snapshot volume `C` of source `S` is a clone v2 of snapshot `sl-C` of `S`'s image: the
 //!   per-image snapshot is named after the clone it exists for;
+//! - a group snapshot takes only the snapshots (the commit, while the host holds writes);
+//!   the clone image is made by [`Backend::materialize`] afterwards, or on first use. Until
+//!   then the snapshot alone is the volume: every method finds it by its name;
 //! - deleting `C` removes its image, then the snapshot once no other clone uses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,13 +136,45 @@ impl RbdBackend {
         if let Some(i) = t.get(name) {
             return Ok(i.clone());
         }
-        let i = Arc::new(
-            self.pool
-                .open(&self.image_name(name))
-                .map_err(|e| err(name, e))?,
-        );
+        let i = match self.pool.open(&self.image_name(name)) {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => {
+                drop(t);
+                self.materialize(name)?;
+                t = self.table();
+                self.pool
+                    .open(&self.image_name(name))
+                    .map_err(|e| err(name, e))?
+            }
+            Err(e) => return Err(err(name, e)),
+        };
+        let i = Arc::new(i);
         t.insert(name.into(), i.clone());
         Ok(i)
+    }
+
+    /// The source image and size of snapshot volume `name` whose clone is not made yet.
+    fn pending(&self, name: &str) -> Result<Option<(String, u64)>, BackendError> {
+        let snap = Self::snap_name(name);
+        let images = self
+            .pool
+            .list()
+            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        if images.contains(&self.image_name(name)) {
+            return Ok(None);
+        }
+        for image in images.iter().filter(|i| i.starts_with(&self.prefix)) {
+            let h = match self.pool.open_read_only(image, None) {
+                Ok(h) => h,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(BackendError::Io(Cause::Rbd(e))),
+            };
+            let snaps = h.snaps().map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+            if let Some(s) = snaps.iter().find(|s| s.name == snap) {
+                return Ok(Some((image.clone(), s.size)));
+            }
+        }
+        Ok(None)
     }
 
     fn info(&self, name: &str, image: &Image) -> Result<VolumeInfo, BackendError> {
@@ -148,14 +183,6 @@ impl RbdBackend {
             size_bytes: image.size().map_err(|e| err(name, e))?,
             allocated_bytes: image.used_bytes().map_err(|e| err(name, e))?,
         })
-    }
-
-    fn exists(&self, name: &str) -> Result<bool, BackendError> {
-        match self.pool.open_read_only(&self.image_name(name), None) {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() => Ok(false),
-            Err(e) => Err(err(name, e)),
-        }
     }
 
     /// Removes snapshot `snap` of `image` if no clone uses it any more.
@@ -176,11 +203,8 @@ impl RbdBackend {
         }
     }
 
-    /// Undoes a failed group: the clones made, then the snapshots taken.
-    fn undo(&self, clones: &[String], snaps: &[(Arc<Image>, String)]) {
-        for c in clones {
-            let _ = self.pool.remove(c);
-        }
+    /// Undoes a failed group: removes the snapshots taken.
+    fn undo(&self, snaps: &[(Arc<Image>, String)]) {
         for (img, s) in snaps {
             let _ = img.snap_remove(s);
         }
@@ -198,17 +222,33 @@ impl Backend for RbdBackend {
         let image = self.image_name(name);
         self.table().remove(name);
         let (parent, snaps) = {
-            let h = self
-                .pool
-                .open_read_only(&image, None)
-                .map_err(|e| err(name, e))?;
+            let h = match self.pool.open_read_only(&image, None) {
+                Ok(h) => h,
+                Err(e) if e.is_not_found() => {
+                    // A snapshot volume whose clone was never made: its snapshot is all.
+                    let Some((source, _)) = self.pending(name)? else {
+                        return Err(BackendError::NoVolume(name.into()));
+                    };
+                    return self
+                        .pool
+                        .open(&source)
+                        .and_then(|h| h.snap_remove(&Self::snap_name(name)))
+                        .map_err(|e| err(name, e));
+                }
+                Err(e) => return Err(err(name, e)),
+            };
             (
                 h.parent().map_err(|e| err(name, e))?,
                 h.snaps().map_err(|e| err(name, e))?,
             )
         };
-        // Snapshots of this volume: clones still using one are flattened first, so they
-        // keep their data when the source goes.
+        // Snapshots of this volume: their clones are made if still pending, and flattened, so
+        // they keep their data when the source goes.
+        for s in &snaps {
+            if let Some(clone) = s.name.strip_prefix("sl-") {
+                self.materialize(clone)?;
+            }
+        }
         if !snaps.is_empty() {
             let head = self.pool.open(&image).map_err(|e| err(name, e))?;
             for s in &snaps {
@@ -246,12 +286,29 @@ impl Backend for RbdBackend {
     }
 
     /// Every source's snapshot is taken at once (in parallel, skipping quiesce: the caller
-    /// holds the writes), then the clones are made; on any failure nothing is left.
+    /// holds the writes); on any failure none is left. The clones come later
+    /// ([`Backend::materialize`]).
     fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError> {
+        // One look at the pool: the images, and the snapshots waiting for their clones.
+        let images = self
+            .pool
+            .list()
+            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        let mut taken_names = std::collections::BTreeSet::new();
+        for image in images.iter().filter(|i| i.starts_with(&self.prefix)) {
+            if let Ok(h) = self.pool.open_read_only(image, None) {
+                for snap in h.snaps().map_err(|e| BackendError::Io(Cause::Rbd(e)))? {
+                    taken_names.insert(snap.name);
+                }
+            }
+        }
         let mut sources = Vec::new();
         for (src, clone) in pairs {
             sources.push(self.image(src)?);
-            if self.exists(clone)? || pairs.iter().filter(|(_, c)| c == clone).count() > 1 {
+            if images.contains(&self.image_name(clone))
+                || taken_names.contains(&Self::snap_name(clone))
+                || pairs.iter().filter(|(_, c)| c == clone).count() > 1
+            {
                 return Err(BackendError::Exists(clone.clone()));
             }
         }
@@ -273,28 +330,31 @@ impl Backend for RbdBackend {
         for ((img, (src, clone)), r) in sources.iter().zip(pairs).zip(results) {
             match r {
                 Ok(()) => taken.push((img.clone(), Self::snap_name(clone))),
+                Err(e) if e.is_exists() => {
+                    failed = failed.or(Some(BackendError::Exists(clone.clone())))
+                }
                 Err(e) => failed = failed.or(Some(err(src, e))),
             }
         }
         if let Some(e) = failed {
-            self.undo(&[], &taken);
+            self.undo(&taken);
             return Err(e);
         }
-        let mut made = Vec::new();
-        for (src, clone) in pairs {
-            let child = self.image_name(clone);
-            match self
-                .pool
-                .clone_image(&self.image_name(src), &Self::snap_name(clone), &child)
-            {
-                Ok(()) => made.push(child),
-                Err(e) => {
-                    self.undo(&made, &taken);
-                    return Err(err(clone, e));
-                }
-            }
-        }
         Ok(())
+    }
+
+    /// Makes the clone of a snapshot volume (idempotent; nothing to do for other volumes).
+    fn materialize(&self, name: &str) -> Result<(), BackendError> {
+        let Some((source, _)) = self.pending(name)? else {
+            return Ok(());
+        };
+        match self
+            .pool
+            .clone_image(&source, &Self::snap_name(name), &self.image_name(name))
+        {
+            Err(e) if !e.is_exists() => Err(err(name, e)),
+            _ => Ok(()),
+        }
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {
@@ -303,25 +363,48 @@ impl Backend for RbdBackend {
             .pool
             .list()
             .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
-        for image in images {
+        let mut pending = Vec::new();
+        for image in &images {
             let Some(name) = image.strip_prefix(&self.prefix) else {
                 continue;
             };
-            match self.pool.open_read_only(&image, None) {
-                Ok(h) => out.push(self.info(name, &h)?),
+            match self.pool.open_read_only(image, None) {
+                Ok(h) => {
+                    out.push(self.info(name, &h)?);
+                    for s in h.snaps().map_err(|e| err(name, e))? {
+                        if let Some(clone) = s.name.strip_prefix("sl-") {
+                            if !images.contains(&self.image_name(clone)) {
+                                pending.push(VolumeInfo {
+                                    name: clone.into(),
+                                    size_bytes: s.size,
+                                    allocated_bytes: 0,
+                                });
+                            }
+                        }
+                    }
+                }
                 Err(e) if e.is_not_found() => {} // deleted since the listing
                 Err(e) => return Err(err(name, e)),
             }
         }
+        out.extend(pending);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
     fn volume(&self, name: &str) -> Result<VolumeInfo, BackendError> {
-        let h = self
-            .pool
-            .open_read_only(&self.image_name(name), None)
-            .map_err(|e| err(name, e))?;
-        self.info(name, &h)
+        match self.pool.open_read_only(&self.image_name(name), None) {
+            Ok(h) => self.info(name, &h),
+            Err(e) if e.is_not_found() => match self.pending(name)? {
+                Some((_, size)) => Ok(VolumeInfo {
+                    name: name.into(),
+                    size_bytes: size,
+                    allocated_bytes: 0,
+                }),
+                None => Err(BackendError::NoVolume(name.into())),
+            },
+            Err(e) => Err(err(name, e)),
+        }
     }
 
     /// The cluster's capacity (unbounded when the cluster reports none: without a manager)

@@ -29,6 +29,40 @@ fn rbd_backend_against_a_lab_cluster() {
     images_carry_the_array_id_and_strangers_are_left_alone(&lab, &cluster, &ns);
     a_snapshot_is_a_clone_of_a_per_image_snapshot_and_goes_with_it(&lab, &cluster, &ns);
     resync_onto_the_source_copies_only_what_changed(&lab, &cluster, &ns);
+    a_group_commit_takes_only_the_snapshots(&lab, &cluster, &format!("grp{pid}"));
+}
+
+fn a_group_commit_takes_only_the_snapshots(lab: &Lab, cluster: &Arc<rbd::Cluster>, ns: &str) {
+    let b = backend(cluster, ns, 0xe5);
+    for i in 0..64 {
+        b.create_volume(&format!("v{i}"), 4 * MIB).unwrap();
+        b.device(&format!("v{i}"))
+            .unwrap()
+            .write_at(0, &[i as u8; 512], false)
+            .unwrap();
+    }
+    let mut made = Vec::new();
+    for (k, n) in [(0, 1usize), (1, 8), (2, 64)] {
+        let pairs: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("v{i}"), format!("s{k}-{i}")))
+            .collect();
+        let t0 = std::time::Instant::now();
+        b.snapshot_group(&pairs).unwrap();
+        eprintln!("  group commit of {n} volumes: {:?}", t0.elapsed());
+        made.extend(pairs.into_iter().map(|p| p.1));
+    }
+    let images = lab.rbd(&["ls", &format!("rbd/{ns}")]);
+    assert_eq!(images.lines().count(), 64, "no clone made by the commits");
+    let mut buf = [0u8; 512];
+    b.device("s2-63").unwrap().read_at(0, &mut buf).unwrap(); // made on first use
+    assert_eq!(buf, [63u8; 512]);
+    for s in &made {
+        b.delete_volume(s).unwrap();
+    }
+    for i in 0..64 {
+        b.delete_volume(&format!("v{i}")).unwrap();
+    }
+    assert_eq!(lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(), "");
 }
 
 fn images_carry_the_array_id_and_strangers_are_left_alone(
@@ -89,6 +123,22 @@ fn a_snapshot_is_a_clone_of_a_per_image_snapshot_and_goes_with_it(
             .count(),
         1
     );
+    // Committed: the snapshots exist, the clones not yet; the volumes are there all the same.
+    let images = lab.rbd(&["ls", &format!("rbd/{ns}")]);
+    assert!(
+        !images.contains("lun-3") && !images.contains("lun-4"),
+        "{images}"
+    );
+    let listed: Vec<_> = b
+        .volumes()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.name, v.size_bytes))
+        .collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(b.volume("lun-3").unwrap().size_bytes, 4 * MIB);
+    b.materialize("lun-3").unwrap();
+    b.materialize("lun-3").unwrap();
     let info = lab.rbd(&["info", &spec("lun-3")]);
     assert!(
         info.contains(&format!("parent: rbd/{ns}/sl-000000c3-lun-1@sl-lun-3")),
