@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use provider::HardwareProvider;
-use provider::https::{Client, ClientConfig, HttpsArray};
+use provider::https::{Client, ClientConfig, ClientError, HttpsArray};
 use provider::{ProviderConfig, ShadowlunProvider};
 use vss::Hresult;
 
@@ -34,7 +34,9 @@ usage: shadowlun-provider.exe <command>
                  register the provider (COM class, service, event source, VSS);
                  running it again upgrades in place
   uninstall      remove every registration (works from any partial state)
-  status         show what is registered and whether the array answers
+  status [--json]
+                 show the configuration, every registration, and whether the array
+                 answers with its pinned certificate and accepts the token
   service        run as the Windows service (started by the SCM)
   -Embedding     run as the COM local server (started by COM)
 ";
@@ -59,18 +61,52 @@ pub fn build_core(
     )))
 }
 
-/// `status`'s probe: the array's health endpoint over the pinned TLS connection.
-pub fn check_array(config: &Config) -> Result<String, String> {
-    let token = config.token().map_err(|e| e.to_string())?;
+/// What the array said to `status`.
+pub struct Probe {
+    /// `/v1/health` over the pinned TLS connection: the array's version and target name.
+    pub health: api::Health,
+    /// An authenticated host call with the configured token (`POST /v1/lookup` of no LUN);
+    /// on failure the failure class and the text.
+    pub token: Result<(), (&'static str, String)>,
+}
+
+/// The failure class of a client error, as `status` names it.
+pub fn failure_class(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Transport(m) if m.to_lowercase().contains("certificate") => {
+            "certificate-mismatch"
+        }
+        ClientError::Transport(_) | ClientError::Timeout(_) => "unreachable",
+        ClientError::Problem(p)
+            if matches!(
+                p.code,
+                api::ProblemCode::Unauthorized | api::ProblemCode::Forbidden
+            ) =>
+        {
+            "token-refused"
+        }
+        _ => "error",
+    }
+}
+
+/// `status`'s probe: the array's health endpoint over the pinned TLS connection, then one
+/// authenticated call with the configured token.
+pub fn probe_array(config: &Config) -> Result<Probe, (&'static str, String)> {
+    let token = config
+        .token()
+        .map_err(|e| ("not-configured", e.to_string()))?;
     let mut cc = ClientConfig::new(&config.array_url, &token, &config.fingerprint);
     cc.timeout = Duration::from_secs(5);
     cc.attempts = 1;
-    let client = Client::new(cc).map_err(|e| e.to_string())?;
-    let h = client.health().map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{} answers: {} (version {}, target {})",
-        config.array_url, h.status, h.version, h.target
-    ))
+    let client = Client::new(cc).map_err(|e| (failure_class(&e), e.to_string()))?;
+    let health = client
+        .health()
+        .map_err(|e| (failure_class(&e), e.to_string()))?;
+    let token = client
+        .post::<_, api::LookupResponse>(api::routes::LOOKUP, &api::LookupRequest { keys: vec![] })
+        .map(|_| ())
+        .map_err(|e| (failure_class(&e), e.to_string()));
+    Ok(Probe { health, token })
 }
 
 /// One core per process, built on first activation and shared by every provider object, so
@@ -241,9 +277,19 @@ pub fn main() -> ExitCode {
         }
         "status" => {
             log_to_stderr();
-            let r = install::status();
-            print_report(&r);
-            if r.ok() {
+            let st = crate::status::collect();
+            if args.iter().any(|a| a == "--json") {
+                match serde_json::to_string_pretty(&st) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("cannot encode the status: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print_report(&st.report());
+            }
+            if st.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

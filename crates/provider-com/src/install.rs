@@ -1,4 +1,4 @@
-//! `install`, `uninstall` and `status`: every registration step, each reported on its own.
+//! `install` and `uninstall`: every registration step, each reported on its own.
 //!
 //! Install writes, in order: the configuration (token DPAPI-protected), the COM class
 //! (`CLSID\{clsid}\LocalServer32` and the AppID with `LocalService` and the launch/access
@@ -55,7 +55,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(&mut self, name: &'static str, outcome: Outcome) {
+    pub(crate) fn push(&mut self, name: &'static str, outcome: Outcome) {
         match &outcome {
             Outcome::Failed(m) => tracing::error!(step = name, "{m}"),
             o => tracing::info!(step = name, outcome = ?o),
@@ -96,17 +96,17 @@ impl fmt::Display for Report {
     }
 }
 
-fn clsid_key() -> String {
+pub(crate) fn clsid_key() -> String {
     format!("SOFTWARE\\Classes\\CLSID\\{}", braced(&CLSID_PROVIDER))
 }
 
-fn appid_key() -> String {
+pub(crate) fn appid_key() -> String {
     format!("SOFTWARE\\Classes\\AppID\\{}", braced(&APPID))
 }
 
 const APPID_EXE_KEY: &str = "SOFTWARE\\Classes\\AppID\\shadowlun-provider.exe";
 
-fn event_source_key() -> String {
+pub(crate) fn event_source_key() -> String {
     format!("SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\{EVENT_SOURCE}")
 }
 
@@ -145,7 +145,7 @@ fn register_event_source() -> Result<String, String> {
     Ok(format!("Application\\{EVENT_SOURCE}"))
 }
 
-fn hresult_text(code: u32) -> String {
+pub(crate) fn hresult_text(code: u32) -> String {
     let name = vss::Hresult(code)
         .name()
         .map(|n| format!(" {n}"))
@@ -158,7 +158,7 @@ fn hresult_text(code: u32) -> String {
     format!("HRESULT 0x{code:08X}{name}{hint}")
 }
 
-fn vss_admin() -> Result<IVssAdmin, u32> {
+pub(crate) fn vss_admin() -> Result<IVssAdmin, u32> {
     // SAFETY: COM initialised on this thread by the caller; a constant CLSID.
     unsafe { CoCreateInstance(&VSSCoordinator, None, CLSCTX_LOCAL_SERVER) }
         .map_err(|e| e.code().0 as u32)
@@ -199,7 +199,7 @@ fn register_vss() -> Result<String, u32> {
     ))
 }
 
-fn com_init() {
+pub(crate) fn com_init() {
     // SAFETY: initialises COM on the calling thread; a second call is harmless.
     let _ = unsafe { CoInitializeEx(None, COINIT_MULTITHREADED) };
 }
@@ -282,65 +282,6 @@ pub fn uninstall() -> Report {
         ),
         Ok(false) => r.push("configuration", Outcome::Absent),
         Err(e) => r.push("configuration", Outcome::Failed(e.to_string())),
-    }
-    r
-}
-
-/// What is registered, and whether the array answers.
-pub fn status() -> Report {
-    com_init();
-    let mut r = Report::default();
-    let config = Config::load();
-    match &config {
-        Ok(c) => r.push(
-            "configuration",
-            Outcome::Done(format!("array {}", c.array_url)),
-        ),
-        Err(e) => r.push("configuration", Outcome::Failed(e.to_string())),
-    }
-    match registry::get_string(HKLM, &format!("{}\\LocalServer32", clsid_key()), "") {
-        Ok(Some(exe)) => r.push("COM class", Outcome::Done(exe)),
-        Ok(None) => r.push("COM class", Outcome::Absent),
-        Err(e) => r.push("COM class", Outcome::Failed(e.to_string())),
-    }
-    match registry::get_string(HKLM, &appid_key(), "LocalService") {
-        Ok(Some(s)) => r.push("AppID", Outcome::Done(format!("LocalService={s}"))),
-        Ok(None) => r.push("AppID", Outcome::Absent),
-        Err(e) => r.push("AppID", Outcome::Failed(e.to_string())),
-    }
-    match service::state() {
-        Ok(Some(s)) => r.push(
-            "service",
-            Outcome::Done(match s {
-                service::RUNNING => "running".into(),
-                service::STOPPED => "stopped".into(),
-                other => format!("state {other}"),
-            }),
-        ),
-        Ok(None) => r.push("service", Outcome::Absent),
-        Err(e) => r.push("service", Outcome::Failed(e.to_string())),
-    }
-    if registry::key_exists(HKLM, &event_source_key()) {
-        r.push(
-            "event source",
-            Outcome::Done(format!("Application\\{EVENT_SOURCE}")),
-        );
-    } else {
-        r.push("event source", Outcome::Absent);
-    }
-    match vss_admin() {
-        Ok(_) => r.push(
-            "VSS registration",
-            Outcome::Skipped("coordinator present; use `vssadmin list providers`".into()),
-        ),
-        Err(c) => r.push("VSS registration", Outcome::Failed(hresult_text(c))),
-    }
-    match config {
-        Ok(c) => match crate::cli::check_array(&c) {
-            Ok(t) => r.push("array", Outcome::Done(t)),
-            Err(t) => r.push("array", Outcome::Failed(t)),
-        },
-        Err(_) => r.push("array", Outcome::Skipped("no configuration".into())),
     }
     r
 }

@@ -41,6 +41,8 @@ pub mod server;
 #[cfg(windows)]
 pub mod service;
 #[cfg(windows)]
+pub mod status;
+#[cfg(windows)]
 pub mod veto;
 
 #[cfg(windows)]

@@ -3,7 +3,8 @@
 use windows::Win32::Foundation::{ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, WIN32_ERROR};
 use windows::Win32::System::Registry::{
     HKEY, KEY_READ, KEY_WRITE, REG_BINARY, REG_DWORD, REG_EXPAND_SZ, REG_OPTION_NON_VOLATILE,
-    REG_SZ, REG_VALUE_TYPE, RRF_RT_REG_SZ, RegCloseKey, RegCreateKeyExW, RegDeleteTreeW,
+    REG_ROUTINE_FLAGS, REG_SZ, REG_VALUE_TYPE, RRF_NOEXPAND, RRF_RT_ANY, RRF_RT_REG_DWORD,
+    RRF_RT_REG_EXPAND_SZ, RRF_RT_REG_SZ, RegCloseKey, RegCreateKeyExW, RegDeleteTreeW,
     RegGetValueW, RegOpenKeyExW, RegSetValueExW,
 };
 use windows_core::{HSTRING, PCWSTR};
@@ -112,6 +113,75 @@ pub fn set_binary(root: HKEY, path: &str, name: &str, value: &[u8]) -> Result<()
 
 /// Reads a `REG_SZ`; `Ok(None)` when the key or value does not exist.
 pub fn get_string(root: HKEY, path: &str, name: &str) -> Result<Option<String>, RegistryError> {
+    get_text(root, path, name, RRF_RT_REG_SZ)
+}
+
+/// Reads a `REG_SZ` or a `REG_EXPAND_SZ` as stored (variables not expanded); `Ok(None)` when
+/// the key or value does not exist.
+pub fn get_string_unexpanded(
+    root: HKEY,
+    path: &str,
+    name: &str,
+) -> Result<Option<String>, RegistryError> {
+    get_text(
+        root,
+        path,
+        name,
+        REG_ROUTINE_FLAGS(RRF_RT_REG_SZ.0 | RRF_RT_REG_EXPAND_SZ.0 | RRF_NOEXPAND.0),
+    )
+}
+
+/// Reads a `REG_DWORD`; `Ok(None)` when the key or value does not exist.
+pub fn get_dword(root: HKEY, path: &str, name: &str) -> Result<Option<u32>, RegistryError> {
+    let mut v = 0u32;
+    let mut len = 4u32;
+    // SAFETY: `v` holds the 4 bytes announced in `len`.
+    let r = unsafe {
+        RegGetValueW(
+            root,
+            &HSTRING::from(path),
+            &HSTRING::from(name),
+            RRF_RT_REG_DWORD,
+            None,
+            Some((&mut v as *mut u32).cast()),
+            Some(&mut len),
+        )
+    };
+    if r == ERROR_FILE_NOT_FOUND || r == ERROR_PATH_NOT_FOUND {
+        return Ok(None);
+    }
+    check(r, "read", path)?;
+    Ok(Some(v))
+}
+
+/// Whether a value of any type exists.
+pub fn value_exists(root: HKEY, path: &str, name: &str) -> Result<bool, RegistryError> {
+    let mut len = 0u32;
+    // SAFETY: size query: no data buffer.
+    let r = unsafe {
+        RegGetValueW(
+            root,
+            &HSTRING::from(path),
+            &HSTRING::from(name),
+            RRF_RT_ANY,
+            None,
+            None,
+            Some(&mut len),
+        )
+    };
+    if r == ERROR_FILE_NOT_FOUND || r == ERROR_PATH_NOT_FOUND {
+        return Ok(false);
+    }
+    check(r, "read", path)?;
+    Ok(true)
+}
+
+fn get_text(
+    root: HKEY,
+    path: &str,
+    name: &str,
+    flags: REG_ROUTINE_FLAGS,
+) -> Result<Option<String>, RegistryError> {
     let p = HSTRING::from(path);
     let n = if name.is_empty() {
         HSTRING::new()
@@ -120,7 +190,7 @@ pub fn get_string(root: HKEY, path: &str, name: &str) -> Result<Option<String>, 
     };
     let mut bytes = 0u32;
     // SAFETY: size query: no data buffer.
-    let r = unsafe { RegGetValueW(root, &p, &n, RRF_RT_REG_SZ, None, None, Some(&mut bytes)) };
+    let r = unsafe { RegGetValueW(root, &p, &n, flags, None, None, Some(&mut bytes)) };
     if r == ERROR_FILE_NOT_FOUND || r == ERROR_PATH_NOT_FOUND {
         return Ok(None);
     }
@@ -134,7 +204,7 @@ pub fn get_string(root: HKEY, path: &str, name: &str) -> Result<Option<String>, 
             root,
             &p,
             &n,
-            RRF_RT_REG_SZ,
+            flags,
             None,
             Some(buf.as_mut_ptr().cast()),
             Some(&mut len),

@@ -234,6 +234,17 @@ pub fn run(body: Body) -> Result<(), ServiceError> {
         .map_err(err("StartServiceCtrlDispatcherW"))
 }
 
+/// A service state as `status` prints it.
+pub fn state_name(state: u32) -> String {
+    match state {
+        1 => "stopped".into(),
+        2 => "start-pending".into(),
+        3 => "stop-pending".into(),
+        4 => "running".into(),
+        other => format!("state {other}"),
+    }
+}
+
 /// `SERVICE_STOPPED`, for `status`.
 pub const STOPPED: u32 = SERVICE_STOPPED.0;
 /// `SERVICE_RUNNING`, for `status`.

@@ -208,6 +208,8 @@ mod windows_main {
                 "{step}: {out}"
             );
         }
+        status_reads_every_registration_back(&fp);
+
         // Upgrade in place: a second install leaves the same state.
         let (code2, out2) = exe(&[
             "install",
@@ -266,6 +268,125 @@ mod windows_main {
                 "{step}: {out}"
             );
         }
+    }
+
+    fn status_json() -> (i32, serde_json::Value) {
+        let (code, out) = exe(&["status", "--json"]);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (code, v)
+    }
+
+    /// `status --json` after `install`: every registration read back from the registry and
+    /// the SCM, the VSS coordinator's absence reported with its HRESULT, the array probed.
+    fn status_reads_every_registration_back(fp: &str) {
+        let (code, s) = status_json();
+        println!("{s:#}");
+        assert_eq!(code, 1, "not everything is in place under Wine: {s}");
+        let c = &s["configuration"];
+        assert_eq!(c["present"], true);
+        assert_eq!(c["array"], "https://127.0.0.1:9");
+        assert_eq!(c["fingerprint"], fp);
+        assert_eq!(c["token"], "stored");
+        assert!(!s.to_string().contains("t0ken"), "the token leaked: {s}");
+        let r = &s["registrations"];
+        let com = &r["com_class"];
+        assert_eq!(com["registered"], true, "{com}");
+        assert_eq!(com["clsid"], braced(&CLSID_PROVIDER));
+        let server = com["local_server32"].as_str().unwrap();
+        assert!(
+            server.to_lowercase().contains(&real_exe().to_lowercase()),
+            "{server}"
+        );
+        assert_eq!(com["local_service"], "ShadowlunProvider");
+        assert_eq!(com["launch_permission"], true);
+        assert_eq!(com["access_permission"], true);
+        let svc = &r["service"];
+        assert_eq!(svc["registered"], true, "{svc}");
+        assert!(
+            svc["image_path"].as_str().unwrap().ends_with("\" service"),
+            "{svc}"
+        );
+        let ev = &r["event_source"];
+        assert_eq!(ev["registered"], true, "{ev}");
+        assert_eq!(ev["name"], "shadowlun");
+        assert_eq!(ev["types_supported"], 7);
+        assert!(ev["event_message_file"].as_str().is_some(), "{ev}");
+        let vss = &r["vss"];
+        assert_eq!(vss["registered"], serde_json::Value::Null, "{vss}");
+        assert!(
+            vss["error"].as_str().unwrap().contains("0x80040154"),
+            "{vss}"
+        );
+        let a = &s["array"];
+        assert_eq!(a["reachable"], false, "{a}");
+        assert_eq!(a["failure"], "unreachable", "{a}");
+
+        // Against the real array daemon the CI stage starts: reachable, its identity, and
+        // the token checked by an authenticated call (a host token accepted, the admin
+        // token refused for a provider).
+        let (Ok(url), Ok(afp), Ok(admin_token)) = (
+            std::env::var("SHADOWLUN_TEST_ARRAY"),
+            std::env::var("SHADOWLUN_TEST_FINGERPRINT"),
+            std::env::var("SHADOWLUN_TEST_ADMIN_TOKEN"),
+        ) else {
+            println!("  (no SHADOWLUN_TEST_ARRAY: the reachable-array half is skipped)");
+            return;
+        };
+        let admin = provider::https::Client::new(provider::https::ClientConfig::new(
+            &url,
+            &admin_token,
+            &afp,
+        ))
+        .unwrap();
+        let health = admin.health().unwrap();
+        let tag = format!("status-{}", std::process::id());
+        let host: api::CreatedHost = admin
+            .post(
+                api::routes::ADMIN_HOSTS,
+                &api::CreateHost {
+                    name: tag.clone(),
+                    initiators: vec![format!("iqn.1991-05.com.microsoft:{tag}")],
+                    chap_secret: None,
+                    import_from: vec![],
+                },
+            )
+            .unwrap();
+        for (token, expect) in [(host.token.as_str(), "accepted"), (&admin_token, "refused")] {
+            let (code, _) = exe(&[
+                "install",
+                "--array",
+                &url,
+                "--token",
+                token,
+                "--fingerprint",
+                &afp,
+            ]);
+            assert_eq!(code, 3);
+            let (_, s) = status_json();
+            let a = &s["array"];
+            assert_eq!(a["reachable"], true, "{a}");
+            assert_eq!(a["target"], health.target.as_str(), "{a}");
+            assert_eq!(a["version"], health.version.as_str(), "{a}");
+            assert_eq!(a["token"], expect, "{a}");
+            if expect == "refused" {
+                assert_eq!(a["failure"], "token-refused", "{a}");
+            }
+        }
+        // A pinned fingerprint that is not the array's: the handshake is refused.
+        let wrong = if afp.starts_with("00") { "11" } else { "00" }.to_string() + &afp[2..];
+        let (code, _) = exe(&[
+            "install",
+            "--array",
+            &url,
+            "--token",
+            &host.token,
+            "--fingerprint",
+            &wrong,
+        ]);
+        assert_eq!(code, 3);
+        let (_, s) = status_json();
+        assert_eq!(s["array"]["reachable"], false, "{s}");
+        assert_eq!(s["array"]["failure"], "certificate-mismatch", "{s}");
     }
 
     pub fn main() {
