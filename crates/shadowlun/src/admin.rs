@@ -111,7 +111,19 @@ pub fn explain(e: ClientError) -> anyhow::Error {
                 P::BadRequest => ErrorKind::Usage,
                 _ => ErrorKind::Failed,
             };
-            (kind, p.detail)
+            // The array words these for any API client; the CLI's admin knows files and
+            // flags, not headers and routes.
+            let detail = match p.code {
+                P::Unauthorized => "the array does not accept the admin token: pass \
+                                    --token-file with the admin.token file from the array's \
+                                    pool directory (or set SHADOWLUN_TOKEN_FILE)"
+                    .to_string(),
+                P::Forbidden => "the token in --token-file is a host's API token, not the \
+                                 array's admin token (admin.token in its pool directory)"
+                    .to_string(),
+                _ => p.detail,
+            };
+            (kind, detail)
         }
         ClientError::Transport(m) => (
             ErrorKind::Unreachable,

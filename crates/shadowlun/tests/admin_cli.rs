@@ -231,3 +231,104 @@ fn a_host_changes_without_an_outage_and_the_changes_survive_kill_9() {
     let _ = b.logout();
     let _ = std::fs::remove_file(&secret_file);
 }
+
+/// Every refusal says what is wrong and what to do, in sizes and commands an administrator
+/// reads: no HTTP verbs, routes, headers or raw byte counts.
+#[test]
+fn refusals_are_in_the_admins_words() {
+    let pool = Pool::new("admin-words");
+    let d = start(&pool.0);
+    d.json(&["lun", "create", "data", "8MiB"]);
+    let added = d.json(&["host", "add", "sql01", "--initiator", SQL01]);
+    let host_token = pool.0.with_extension("host-token");
+    std::fs::write(&host_token, added["token"].as_str().unwrap()).unwrap();
+    let bad_token = pool.0.with_extension("bad-token");
+    std::fs::write(&bad_token, "0123456789abcdef").unwrap();
+    let with_token = |file: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "lun",
+                "list",
+                "--array",
+                &d.api,
+                "--fingerprint",
+                &d.fingerprint,
+            ])
+            .arg("--token-file")
+            .arg(file)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let mut said = Vec::new();
+    let (code, err) = with_token(&bad_token);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("--token-file") && err.contains("admin.token"),
+        "{err}"
+    );
+    said.push(err);
+    let (code, err) = with_token(&host_token);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("host's API token"), "{err}");
+    said.push(err);
+    for (args, code, words) in [
+        (
+            &["lun", "create", "big", "100PiB"][..],
+            2,
+            &["100 PiB", "64 TiB"][..],
+        ),
+        (
+            &["lun", "create", "odd", "1000"],
+            2,
+            &["1000 B", "multiple of"],
+        ),
+        (&["lun", "create", "empty", "0"], 2, &["empty"]),
+        (
+            &["lun", "resize", "data", "4MiB"],
+            2,
+            &["8 MiB", "only grow"],
+        ),
+        (&["lun", "delete", "nothing"], 3, &["nothing", "lun list"]),
+        (
+            &["host", "map", "sql01", "data", "--lun-number", "20000"],
+            2,
+            &["0 to 16383"],
+        ),
+        (
+            &[
+                "host",
+                "add",
+                "bk",
+                "--initiator",
+                "iqn.1991-05.com.x:bk",
+                "--import-from",
+                "nobody",
+            ],
+            3,
+            &["nobody", "host add"],
+        ),
+    ] {
+        let (c, err) = d.fails(args);
+        assert_eq!(c, code, "{args:?}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{args:?}: {err} lacks {w:?}");
+        }
+        said.push(err);
+    }
+    for err in &said {
+        for jargon in [
+            "/v1/",
+            "HTTP",
+            "Bearer",
+            "DELETE",
+            "PATCH",
+            "size_bytes",
+            "lun_number",
+        ] {
+            assert!(!err.contains(jargon), "{err:?} says {jargon:?}");
+        }
+    }
+    let _ = std::fs::remove_file(&host_token);
+    let _ = std::fs::remove_file(&bad_token);
+}

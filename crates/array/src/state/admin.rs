@@ -416,7 +416,7 @@ impl Array {
             .find(|h| !valid_name(h) || **h == req.name)
         {
             return Err(ArrayError::BadRequest(format!(
-                "import_from names {bad:?}, which is not another host's name."
+                "A host cannot import from {bad:?}: that is not another host's name."
             )));
         }
         if let Some(s) = &req.chap_secret {
@@ -429,7 +429,8 @@ impl Array {
             .find(|h| !inner.db.hosts.contains_key(*h))
         {
             return Err(ArrayError::NotFound(format!(
-                "import_from names host {missing}, which does not exist; add it first."
+                "Host {missing}, named to import from, does not exist; add it first (shadowlun \
+                 host add {missing} ...)."
             )));
         }
         if inner.db.hosts.contains_key(&req.name) {
@@ -539,7 +540,9 @@ impl Array {
         if let Some(n) = req.lun_number {
             if n >= MAX_LUN_NUMBER {
                 return Err(ArrayError::BadRequest(format!(
-                    "lun_number must be below {MAX_LUN_NUMBER}; got {n}."
+                    "LUN number {n} is out of range: hosts see LUN numbers 0 to {}; pick one \
+                     in that range or leave it out for the lowest free one.",
+                    MAX_LUN_NUMBER - 1
                 )));
             }
         }
