@@ -16,12 +16,14 @@
 //! client.
 #![forbid(unsafe_code)]
 
+pub mod ops;
 pub mod pinning;
 pub mod types;
 
 use serde::{Deserialize, Serialize};
 use vss::{SnapshotContext, VssId};
 
+pub use ops::*;
 pub use types::*;
 
 /// A size as an administrator reads it: `1073741824` → `1 GiB`, `1610612736` → `1.5 GiB`.
@@ -150,6 +152,13 @@ pub mod routes {
     pub const ADMIN_RESYNC: &str = "/v1/admin/resync";
     /// GET → [`crate::JobStatus`] of any resync job.
     pub const ADMIN_RESYNC_JOB: &str = "/v1/admin/resync/{job}";
+    /// GET → [`crate::ArrayStatus`].
+    pub const ADMIN_STATUS: &str = "/v1/admin/status";
+    /// GET → `Vec<SessionRecord>`: open iSCSI sessions.
+    pub const ADMIN_SESSIONS: &str = "/v1/admin/sessions";
+    /// GET `?since=SECONDS` (since the Unix epoch, optional) → `Vec<AuditRecord>`, oldest
+    /// first.
+    pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
 
     /// Fills `{name}` placeholders in a route.
     pub fn fill(route: &str, params: &[(&str, &str)]) -> String {

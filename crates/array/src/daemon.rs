@@ -200,7 +200,23 @@ async fn start_prepared(
         .local_addr()
         .map_err(|e| ArrayError::io("local address", e))?;
     let (stop, stop_rx) = watch::channel(false);
-    let router = crate::http::router(array.clone());
+    let audit = crate::audit::AuditLog::open(&pool, crate::audit::DEFAULT_LIMIT).map_err(|e| {
+        ArrayError::io(
+            "opening the audit trail",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let ops = Arc::new(crate::ops::Ops {
+        array: array.clone(),
+        iscsi: iscsi.clone(),
+        backend_kind: config.backend.kind().to_string(),
+        pool_dir: pool.clone(),
+        audit: Arc::new(audit),
+        audit_failures: Default::default(),
+        warn_percent: crate::ops::WARN_PERCENT,
+        critical_percent: crate::ops::CRITICAL_PERCENT,
+    });
+    let router = crate::ops::router(crate::http::router(array.clone()), ops);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let reaper = tokio::spawn(reaper(
         array.clone(),
@@ -250,7 +266,13 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // The caller's address goes with each request: the log and the audit trail say
+        // where a call came from.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(crate::ops::ClientAddr(peer))),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =

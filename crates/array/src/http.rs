@@ -48,7 +48,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 fn bad_json(e: JsonRejection) -> ApiError {
     ApiError(ArrayError::BadRequest(format!(
@@ -81,7 +81,7 @@ fn set_id(s: &str) -> ApiResult<vss::VssId> {
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ArrayError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
@@ -123,7 +123,7 @@ fn host(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<String> {
     }
 }
 
-fn admin(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<()> {
+pub(crate) fn admin(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<()> {
     match caller(array, headers, route)? {
         Scope::Admin => Ok(()),
         Scope::Host(h) => {
@@ -135,7 +135,7 @@ fn admin(array: &Array, headers: &HeaderMap, route: &str) -> ApiResult<()> {
     }
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
@@ -589,6 +589,9 @@ mod tests {
             r::ADMIN_REAP,
             r::ADMIN_RESYNC,
             r::ADMIN_RESYNC_JOB,
+            r::ADMIN_STATUS,
+            r::ADMIN_SESSIONS,
+            r::ADMIN_AUDIT,
         ];
         for route in all {
             assert!(
@@ -602,6 +605,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 36, "one operation per (route, method)");
+        assert_eq!(ops, 39, "one operation per (route, method)");
     }
 }

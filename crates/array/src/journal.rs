@@ -168,6 +168,11 @@ impl Journal {
         Ok(())
     }
 
+    /// A write or fsync failed: every later append is refused.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// Records appended since open.
     pub fn appended(&self) -> u64 {
         self.appended

@@ -6,8 +6,10 @@
 //! embedded `blockstore` engine, sparse files, memory), [`journal`] (append-only, fsync'd, replayed on
 //! start), [`state`] (every verb's rules, no HTTP), [`export`] (LUN mappings into the
 //! `scsi::Target` behind the iSCSI server, CHAP), [`http`] (routes, auth, problem documents),
-//! [`tls`] (certificate generation and fingerprint pinning), [`daemon`] (start, serve, reaper,
-//! shutdown), [`client`] (a small pinned blocking HTTPS client for tools and tests).
+//! [`ops`] (status, sessions, the audit route, and the layer every request passes: its
+//! caller's address in the log, each change in the [`audit`] trail), [`tls`] (certificate
+//! generation and fingerprint pinning), [`daemon`] (start, serve, reaper, shutdown),
+//! [`client`] (a small pinned blocking HTTPS client for tools and tests).
 //!
 //! Entry points: [`serve`] runs until a shutdown future resolves; [`start`] returns a
 //! [`RunningArray`] with the bound addresses and the certificate fingerprint. The behaviour is
@@ -18,6 +20,7 @@
 //! (`provider`).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod daemon;
@@ -25,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod http;
 pub mod journal;
+pub mod ops;
 pub mod pool;
 pub mod state;
 pub mod tls;

@@ -328,6 +328,13 @@ pub enum SnapshotCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// List open iSCSI sessions: initiator, host, peer address, portal, LUNs, CHAP or not,
+    /// connected since.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SetCmd {
     /// List snapshot sets of every host.
     List,

@@ -3,6 +3,8 @@
 
 mod admin;
 mod demo;
+mod logging;
+mod ops;
 mod output;
 mod serve;
 mod vsscmd;
@@ -26,6 +28,21 @@ array cannot be reached. With --json, administration errors are a JSON object on
 {\"error\": {\"kind\", \"exit_code\", \"message\"}}."
 )]
 struct Cli {
+    /// What to log on stderr: error, warn, info, debug or trace, or a filter such as
+    /// `info,iscsi=debug`. Default: info for `array serve` (admin changes, iSCSI logins and
+    /// logouts, refused logins), warn for every other command.
+    #[arg(long, env = "SHADOWLUN_LOG", global = true, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// How log lines are written on stderr: text (coloured only when stderr is a terminal)
+    /// or json (one JSON object a line).
+    #[arg(
+        long,
+        env = "SHADOWLUN_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t = logging::Format::Text
+    )]
+    log_format: logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +81,28 @@ enum Command {
         conn: admin::Connection,
         #[command(subcommand)]
         cmd: admin::SetCmd,
+    },
+    /// The array's status: backend, array id, target and portals, pool space and
+    /// overcommitment, sessions, sets in flight, health with reasons.
+    Status {
+        #[command(flatten)]
+        conn: admin::Connection,
+    },
+    /// Open iSCSI sessions: who is connected, from where, seeing which LUNs.
+    Session {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::SessionCmd,
+    },
+    /// The audit trail: every change asked of the array (who, what, when, from where).
+    Audit {
+        #[command(flatten)]
+        conn: admin::Connection,
+        /// Only changes since a duration ago (`2h`, `30min`, `7days`) or a time
+        /// (`2026-12-06T14:00:00Z`, `2026-12-06 14:00:00`, UTC).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// The VSS emulator: diskshadow-style scripts and the conformance catalogue.
     Vss {
@@ -128,19 +167,23 @@ enum BenchCmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHADOWLUN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Array { .. } => "info",
+        _ => "warn",
+    };
+    if let Err(e) = logging::init(cli.log_level.as_deref(), default_level, cli.log_format) {
+        eprintln!("error: {e}");
+        std::process::exit(admin::ErrorKind::Usage.exit_code());
+    }
     let json = match &cli.command {
         Command::Lun { conn, .. }
         | Command::Host { conn, .. }
         | Command::Snapshot { conn, .. }
-        | Command::Set { conn, .. } => {
+        | Command::Set { conn, .. }
+        | Command::Status { conn }
+        | Command::Session { conn, .. }
+        | Command::Audit { conn, .. } => {
             // Administration commands print and end: a closed pipe (`| head -1`) ends them
             // quietly, as it does any Unix tool. Commands that serve (array serve, demo, vss,
             // bench) keep ignoring SIGPIPE, so a peer that goes away is an error, not death.
@@ -175,6 +218,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host { conn, cmd } => admin::host(&conn, cmd),
         Command::Snapshot { conn, cmd } => admin::snapshot(&conn, cmd),
         Command::Set { conn, cmd } => admin::set(&conn, cmd),
+        Command::Status { conn } => ops::status(&conn),
+        Command::Session { conn, cmd } => ops::session(&conn, cmd),
+        Command::Audit { conn, since } => ops::audit(&conn, since.as_deref()),
         Command::Bench { what, json } => {
             let r = match what {
                 BenchCmd::Engine => {

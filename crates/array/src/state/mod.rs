@@ -269,6 +269,16 @@ impl Array {
         &self.0.policy.target_name
     }
 
+    /// The storage backend (status checks).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.0.backend.clone()
+    }
+
+    /// A journal write failed: the array refuses changes until it is restarted.
+    pub fn journal_failed(&self) -> bool {
+        self.lock().journal.poisoned()
+    }
+
     /// Flushes the journal (shutdown).
     pub fn sync(&self) -> Result<(), ArrayError> {
         self.lock().journal.sync().map_err(Into::into)

@@ -29,14 +29,37 @@ pub(crate) mod status {
     pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (2, 0x0a);
     pub const INVALID_DURING_LOGIN: (u8, u8) = (2, 0x0b);
     pub const SERVICE_UNAVAILABLE: (u8, u8) = (3, 1);
+
+    /// A refusal in an administrator's words.
+    pub fn describe(code: (u8, u8)) -> &'static str {
+        match code {
+            AUTH_FAILURE => "authentication failed (CHAP)",
+            AUTHORIZATION_FAILURE => "no LUN is mapped to this initiator",
+            NOT_FOUND => "no such target",
+            INITIATOR_ERROR => "initiator error",
+            UNSUPPORTED_VERSION => "unsupported iSCSI version",
+            TOO_MANY_CONNECTIONS => "too many connections",
+            MISSING_PARAMETER => "a login parameter is missing",
+            SESSION_TYPE_NOT_SUPPORTED => "session type not supported",
+            SESSION_DOES_NOT_EXIST => "no such session",
+            INVALID_DURING_LOGIN => "request not valid during login",
+            SERVICE_UNAVAILABLE => "the target is stopping",
+            _ => "refused",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoginError {
     #[error(transparent)]
     Pdu(#[from] PduError),
-    #[error("login refused: status {0:#04x}/{1:#04x}")]
-    Refused(u8, u8),
+    #[error("login refused: {}", status::describe((*class, *detail)))]
+    Refused {
+        class: u8,
+        detail: u8,
+        /// The initiator name, when it got that far.
+        initiator: Option<String>,
+    },
     #[error("non-login PDU (opcode {0:#04x}) during login")]
     NotLogin(u8),
 }
@@ -48,6 +71,8 @@ pub(crate) struct LoginResult {
     pub initiator: String,
     pub isid: u64,
     pub tsih: u16,
+    /// The initiator proved a CHAP secret.
+    pub chap: bool,
     pub params: SessionParams,
     /// The next StatSN to send.
     pub stat_sn: u32,
@@ -69,6 +94,8 @@ struct State {
     discovery: bool,
     target: Option<Arc<TargetEntry>>,
     auth: AuthStep,
+    /// CHAP succeeded.
+    chap: bool,
     params: SessionParams,
     declared: bool,
     first_response: bool,
@@ -155,6 +182,7 @@ where
             discovery: false,
             target: None,
             auth: AuthStep::Start,
+            chap: false,
             params: SessionParams::default(),
             declared: false,
             first_response: true,
@@ -164,7 +192,11 @@ where
                 let code: (u8, u8) = $code;
                 let pdu = response(&req.bhs, false, csg, 0, 0, code, Vec::new());
                 send(wr, s, pdu, cfg.queue_depth).await?;
-                return Err(LoginError::Refused(code.0, code.1));
+                return Err(LoginError::Refused {
+                    class: code.0,
+                    detail: code.1,
+                    initiator: s.initiator.clone(),
+                });
             }};
         }
         if req.bhs.0[3] > 0 {
@@ -330,6 +362,7 @@ where
                         _ => fail!(status::AUTH_FAILURE),
                     }
                     s.auth = AuthStep::Done;
+                    s.chap = true;
                 }
                 // Operational keys in the security stage are negotiated as well.
                 negotiate(&keys, &cfg.limits, &mut s.params, &mut reply, s.discovery);
@@ -418,6 +451,7 @@ where
             initiator,
             isid: s.isid,
             tsih,
+            chap: s.chap,
             params: s.params,
             stat_sn: s.stat_sn,
             exp_cmd_sn: s.cmd_sn,

@@ -129,6 +129,28 @@ pub(crate) struct SessionSlot {
     pub kill: Arc<Notify>,
     /// Becomes true when the connection has fully ended (tasks drained, nexus released).
     pub ended: watch::Receiver<bool>,
+    pub peer: SocketAddr,
+    /// The portal the connection came in on.
+    pub portal: Option<SocketAddr>,
+    pub since: std::time::SystemTime,
+    pub chap: bool,
+}
+
+/// An open normal session, as [`TargetServer::sessions`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub initiator: String,
+    pub target: String,
+    pub isid: u64,
+    pub tsih: u16,
+    /// The initiator's address.
+    pub peer: SocketAddr,
+    /// The portal (local address) the session's connection came in on.
+    pub portal: Option<SocketAddr>,
+    /// When the login completed.
+    pub since: std::time::SystemTime,
+    /// The initiator proved a CHAP secret at login.
+    pub chap: bool,
 }
 
 pub(crate) struct Shared {
@@ -364,6 +386,26 @@ impl TargetServer {
     /// Number of open normal sessions.
     pub fn session_count(&self) -> usize {
         self.shared.sessions.lock().expect("sessions lock").len()
+    }
+
+    /// The open normal sessions, by initiator name.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let sessions = self.shared.sessions.lock().expect("sessions lock");
+        let mut v: Vec<SessionInfo> = sessions
+            .iter()
+            .map(|(k, s)| SessionInfo {
+                initiator: k.initiator.clone(),
+                target: k.target.clone(),
+                isid: k.isid,
+                tsih: s.tsih,
+                peer: s.peer,
+                portal: s.portal,
+                since: s.since,
+                chap: s.chap,
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.initiator, a.isid).cmp(&(&b.initiator, b.isid)));
+        v
     }
 
     /// Number of connections whose thread is still alive (login phase, full feature phase,

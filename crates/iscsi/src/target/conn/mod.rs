@@ -105,6 +105,20 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
     let login =
         match tokio::time::timeout(LOGIN_TIMEOUT, login::run(&shared, &mut rd, &mut wr)).await {
             Ok(Ok(l)) => l,
+            Ok(Err(login::LoginError::Refused {
+                class,
+                detail,
+                initiator,
+            })) => {
+                tracing::warn!(
+                    %peer,
+                    initiator = initiator.as_deref().unwrap_or("(not given)"),
+                    reason = login::status::describe((class, detail)),
+                    "iSCSI login refused"
+                );
+                let _ = wr.shutdown().await;
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "login failed");
                 let _ = wr.shutdown().await;
@@ -121,9 +135,10 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         target = login.target.as_ref().map(|t| t.name.as_str()).unwrap_or("(discovery)"),
         tsih = login.tsih,
         discovery = login.discovery,
-        "login complete"
+        chap = login.chap,
+        "iSCSI login"
     );
-    full_feature(shared, login, rd, wr, local).await;
+    full_feature(shared, login, rd, wr, local, peer).await;
 }
 
 async fn full_feature(
@@ -132,6 +147,7 @@ async fn full_feature(
     rd: BufReader<OwnedReadHalf>,
     wr: BufWriter<OwnedWriteHalf>,
     local: Option<SocketAddr>,
+    peer: SocketAddr,
 ) {
     let cfg = &shared.config;
     let depth = cfg.queue_depth.max(1);
@@ -176,6 +192,10 @@ async fn full_feature(
                 tsih: login.tsih,
                 kill: kill.clone(),
                 ended: ended_rx,
+                peer,
+                portal: local,
+                since: std::time::SystemTime::now(),
+                chap: login.chap,
             },
         );
     }
@@ -285,7 +305,13 @@ async fn full_feature(
     };
     keeper.abort();
     let _ = keeper.await;
-    tracing::info!(initiator = %login.initiator, tsih = login.tsih, %reason, "connection closing");
+    tracing::info!(
+        %peer,
+        initiator = %login.initiator,
+        tsih = login.tsih,
+        %reason,
+        "iSCSI logout or connection closed"
+    );
     // A logout has drained its commands already. On server shutdown, commands that are
     // executing finish and are answered before the connection closes (device I/O cannot be
     // interrupted). Otherwise (the peer closed, broke the protocol or stopped answering, or
