@@ -149,6 +149,8 @@ fn logs_status_sessions_and_an_audit_trail_that_survives_kill_9() {
     let lun_id = lun[0]["id"].as_str().unwrap().to_string();
     let sql01 = cli(&d, &["host", "add", "sql01", "--initiator", SQL01]);
     let host_token = sql01["token"].as_str().unwrap().to_string();
+    let secret_file = dir.join("chap.secret");
+    std::fs::write(&secret_file, CHAP_SECRET).unwrap();
     cli(
         &d,
         &[
@@ -157,8 +159,8 @@ fn logs_status_sessions_and_an_audit_trail_that_survives_kill_9() {
             "backup01",
             "--initiator",
             BACKUP01,
-            "--chap-secret",
-            CHAP_SECRET,
+            "--chap-secret-file",
+            secret_file.to_str().unwrap(),
         ],
     );
     cli(&d, &["host", "map", "sql01", &lun_id]);
