@@ -110,9 +110,6 @@ pub(crate) fn event_source_key() -> String {
     format!("SYSTEM\\CurrentControlSet\\Services\\EventLog\\Application\\{EVENT_SOURCE}")
 }
 
-/// `EventCreate.exe`'s message table maps ids 1..=1000 to "%1": the event text is ours.
-const EVENT_MESSAGE_FILE: &str = "%SystemRoot%\\System32\\EventCreate.exe";
-
 fn register_com(exe: &str) -> Result<String, String> {
     let e = |x: registry::RegistryError| x.to_string();
     let launch = Descriptor::from_sddl(COM_LAUNCH_SDDL).map_err(|x| x.to_string())?;
@@ -136,10 +133,11 @@ fn register_com(exe: &str) -> Result<String, String> {
     Ok(format!("CLSID {} -> {exe}", braced(&CLSID_PROVIDER)))
 }
 
-fn register_event_source() -> Result<String, String> {
+/// The event source's message file is this exe: its message table holds our texts.
+fn register_event_source(exe: &str) -> Result<String, String> {
     let key = event_source_key();
     let e = |x: registry::RegistryError| x.to_string();
-    registry::set_expand_string(HKLM, &key, "EventMessageFile", EVENT_MESSAGE_FILE).map_err(e)?;
+    registry::set_expand_string(HKLM, &key, "EventMessageFile", exe).map_err(e)?;
     registry::set_dword(HKLM, &key, "TypesSupported", 7).map_err(e)?;
     registry::set_dword(HKLM, &key, "CustomSource", 1).map_err(e)?;
     Ok(format!("Application\\{EVENT_SOURCE}"))
@@ -231,7 +229,7 @@ pub fn install(a: &InstallArgs) -> Report {
         Ok(s) => r.push("service", Outcome::Done(format!("{SERVICE_NAME} {s:?}"))),
         Err(e) => r.push("service", Outcome::Failed(e.to_string())),
     }
-    match register_event_source() {
+    match register_event_source(&a.exe) {
         Ok(t) => r.push("event source", Outcome::Done(t)),
         Err(e) => r.push("event source", Outcome::Failed(e)),
     }

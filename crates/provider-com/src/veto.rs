@@ -26,6 +26,8 @@ pub struct VetoEntry {
     pub hresult: Hresult,
     /// The core's own text (what failed and what to do), when it reported one.
     pub detail: Option<String>,
+    /// The failure's class and its text without the remedy, when the core reported it.
+    pub class: Option<(provider::FailureClass, String)>,
 }
 
 impl VetoEntry {
@@ -120,6 +122,7 @@ impl VetoLog {
             set_id,
             hresult,
             detail: None,
+            class: None,
         });
     }
 
@@ -147,6 +150,7 @@ impl provider::EventSink for VetoLog {
             set_id: None,
             hresult: event.hresult,
             detail: Some(event.message.clone()),
+            class: Some((event.class, event.detail.clone())),
         });
     }
 }

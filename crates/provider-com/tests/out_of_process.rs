@@ -310,7 +310,13 @@ mod windows_main {
         assert_eq!(ev["registered"], true, "{ev}");
         assert_eq!(ev["name"], "shadowlun");
         assert_eq!(ev["types_supported"], 7);
-        assert!(ev["event_message_file"].as_str().is_some(), "{ev}");
+        let message_file = ev["event_message_file"].as_str().unwrap();
+        assert_eq!(
+            message_file.to_lowercase(),
+            real_exe().to_lowercase(),
+            "{ev}"
+        );
+        event_texts_come_from_the_message_file(message_file);
         let vss = &r["vss"];
         assert_eq!(vss["registered"], serde_json::Value::Null, "{vss}");
         assert!(
@@ -387,6 +393,89 @@ mod windows_main {
         let (_, s) = status_json();
         assert_eq!(s["array"]["reachable"], false, "{s}");
         assert_eq!(s["array"]["failure"], "certificate-mismatch", "{s}");
+    }
+
+    /// The message table's texts as written in `res/messages.mc`, by event id.
+    fn mc_texts() -> Vec<(u32, String)> {
+        let mc = include_str!("../res/messages.mc").replace("\r\n", "\n");
+        let mut out = Vec::new();
+        let mut id = None;
+        let mut lines = mc.lines();
+        while let Some(l) = lines.next() {
+            if let Some(n) = l.strip_prefix("MessageId=") {
+                id = Some(n.trim().parse::<u32>().unwrap());
+            }
+            if l.starts_with("Language=") {
+                let mut text = Vec::new();
+                for t in lines.by_ref() {
+                    if t == "." {
+                        break;
+                    }
+                    text.push(t);
+                }
+                out.push((id.take().unwrap(), text.join("\n")));
+            }
+        }
+        out
+    }
+
+    /// What Event Viewer does with an event: load the source's EventMessageFile as a data
+    /// file and format the event id with its inserts (FormatMessageW).
+    fn event_texts_come_from_the_message_file(message_file: &str) {
+        use windows::Win32::Foundation::FreeLibrary;
+        use windows::Win32::System::Diagnostics::Debug::{
+            FORMAT_MESSAGE_ARGUMENT_ARRAY, FORMAT_MESSAGE_FROM_HMODULE, FormatMessageW,
+        };
+        use windows::Win32::System::LibraryLoader::{
+            LOAD_LIBRARY_AS_DATAFILE, LOAD_LIBRARY_AS_IMAGE_RESOURCE, LoadLibraryExW,
+        };
+        use windows_core::HSTRING;
+
+        let texts = mc_texts();
+        let ids: Vec<u32> = texts.iter().map(|t| t.0).collect();
+        assert_eq!(ids, provider_com::eventlog::EVENT_IDS.to_vec());
+        // SAFETY: a path to a PE file, loaded as data only.
+        let module = unsafe {
+            LoadLibraryExW(
+                &HSTRING::from(message_file),
+                None,
+                LOAD_LIBRARY_AS_DATAFILE | LOAD_LIBRARY_AS_IMAGE_RESOURCE,
+            )
+        }
+        .expect("load the message file");
+        let inserts = [
+            "CommitSnapshots",
+            "HRESULT 0x80042306 VSS_E_PROVIDER_VETO",
+            "the array cannot be reached: connection refused",
+        ];
+        let wide: Vec<HSTRING> = inserts.iter().map(|s| HSTRING::from(*s)).collect();
+        let args: Vec<usize> = wide.iter().map(|s| s.as_ptr() as usize).collect();
+        for (id, text) in texts {
+            let mut buf = vec![0u16; 8192];
+            // SAFETY: a loaded module; `args` holds 3 string pointers that outlive the call;
+            // buf is writable for its length.
+            let n = unsafe {
+                FormatMessageW(
+                    FORMAT_MESSAGE_FROM_HMODULE | FORMAT_MESSAGE_ARGUMENT_ARRAY,
+                    Some(module.0 as *const _),
+                    id,
+                    0x409,
+                    windows_core::PWSTR(buf.as_mut_ptr()),
+                    buf.len() as u32,
+                    Some(args.as_ptr() as *const _),
+                )
+            };
+            assert!(n > 0, "event {id} has no text in {message_file}");
+            let got = String::from_utf16_lossy(&buf[..n as usize]);
+            let want = text
+                .replace("%r", "\r")
+                .replace("%1", inserts[0])
+                .replace("%2", inserts[1])
+                .replace("%3", inserts[2]);
+            assert_eq!(got.trim_end(), want.trim_end(), "event {id}");
+        }
+        // SAFETY: loaded above.
+        let _ = unsafe { FreeLibrary(module) };
     }
 
     pub fn main() {

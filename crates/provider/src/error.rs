@@ -105,11 +105,73 @@ impl ProviderError {
     }
 }
 
+/// What kind of failure an administrator is looking at: each class has an event id of its
+/// own in the Windows event log (`provider-com`'s message table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// The array does not answer (connection refused, reset, or no answer in time).
+    ArrayUnreachable,
+    /// The array's certificate is not the one pinned by its fingerprint.
+    CertificateMismatch,
+    /// The array refused this host's token.
+    TokenRefused,
+    /// A LUN (or snapshot LUN) VSS named is not one the array serves to this host.
+    LunNotFound,
+    /// The array refused the snapshot set in its current state, or a limit was reached.
+    SetVetoed,
+    /// The array's pool has no space for the snapshots.
+    InsufficientStorage,
+    /// The commit did not finish within its time limit (VSS holds writes meanwhile).
+    CommitTimeLimit,
+    /// Anything else (a request VSS should not have made, an unexpected answer).
+    Other,
+}
+
+impl ProviderError {
+    /// The class of this failure when `method` returned it.
+    pub fn class(&self, method: Method) -> FailureClass {
+        use FailureClass as F;
+        match self {
+            ProviderError::Array(ControlError::Timeout(_)) if method == Method::CommitSnapshots => {
+                F::CommitTimeLimit
+            }
+            // The pinning verifier's refusal reaches us as a transport error naming the
+            // certificate (`https::ClientError::Transport`).
+            ProviderError::Array(ControlError::Unreachable(m))
+                if m.to_lowercase().contains("certificate") =>
+            {
+                F::CertificateMismatch
+            }
+            ProviderError::Array(ControlError::Unreachable(_) | ControlError::Timeout(_)) => {
+                F::ArrayUnreachable
+            }
+            ProviderError::Array(ControlError::Unauthorized(_)) => F::TokenRefused,
+            ProviderError::Array(ControlError::NotFound(_))
+            | ProviderError::NotOurLun(_)
+            | ProviderError::NotASnapshot(_) => F::LunNotFound,
+            ProviderError::Array(
+                ControlError::Conflict(_)
+                | ControlError::LimitReached(_)
+                | ControlError::Rejected { .. },
+            )
+            | ProviderError::TooManyVolumes { .. }
+            | ProviderError::UnknownSet(_)
+            | ProviderError::OutOfOrder { .. } => F::SetVetoed,
+            ProviderError::Array(ControlError::NoSpace(_)) => F::InsufficientStorage,
+            ProviderError::UnsupportedContext(_) | ProviderError::InvalidArgument(_) => F::Other,
+        }
+    }
+}
+
 /// A failure VSS will see, with the message for the Application event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderEvent {
     pub method: Method,
     pub hresult: Hresult,
+    /// The failure's class (its event id on Windows).
+    pub class: FailureClass,
+    /// The failure itself, without the remedy (an insert of the event's message).
+    pub detail: String,
     /// What failed and what to do.
     pub message: String,
 }
@@ -120,6 +182,8 @@ impl ProviderEvent {
         Self {
             method,
             hresult,
+            class: err.class(method),
+            detail: err.to_string(),
             message: format!("{method} failed with {hresult}: {err}. {}", err.remedy()),
         }
     }
@@ -190,6 +254,56 @@ mod tests {
                 assert!(m.allows(h), "{m} would return {h} for {e}");
                 assert!(h.is_failure(), "{m}: {e} mapped to success");
             }
+        }
+    }
+
+    #[test]
+    fn failure_classes() {
+        use FailureClass as F;
+        let a = |e: ControlError| ProviderError::Array(e);
+        let c = Method::CommitSnapshots;
+        let cases = [
+            (a(ControlError::Timeout("3s".into())), c, F::CommitTimeLimit),
+            (
+                a(ControlError::Timeout("30s".into())),
+                Method::EndPrepareSnapshots,
+                F::ArrayUnreachable,
+            ),
+            (
+                a(ControlError::Unreachable("refused".into())),
+                c,
+                F::ArrayUnreachable,
+            ),
+            (
+                a(ControlError::Unreachable(
+                    "invalid peer certificate: ApplicationVerificationFailure".into(),
+                )),
+                c,
+                F::CertificateMismatch,
+            ),
+            (
+                a(ControlError::Unauthorized("x".into())),
+                c,
+                F::TokenRefused,
+            ),
+            (
+                ProviderError::NotOurLun("x".into()),
+                Method::BeginPrepareSnapshot,
+                F::LunNotFound,
+            ),
+            (a(ControlError::Conflict("x".into())), c, F::SetVetoed),
+            (
+                a(ControlError::NoSpace("x".into())),
+                Method::EndPrepareSnapshots,
+                F::InsufficientStorage,
+            ),
+            (ProviderError::InvalidArgument("x".into()), c, F::Other),
+        ];
+        for (e, m, class) in cases {
+            assert_eq!(e.class(m), class, "{e} in {m}");
+            let ev = ProviderEvent::new(m, &e);
+            assert_eq!(ev.class, class);
+            assert_eq!(ev.detail, e.to_string());
         }
     }
 

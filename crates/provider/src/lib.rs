@@ -22,5 +22,5 @@ pub mod resync;
 
 pub use array::{ArrayControl, ArrayLun, ControlError, LunId, LunKey};
 pub use core::{ProviderConfig, ShadowlunProvider};
-pub use error::{EventSink, ProviderError, ProviderEvent, TracingEvents};
+pub use error::{EventSink, FailureClass, ProviderError, ProviderEvent, TracingEvents};
 pub use hardware::{AsyncOperation, HardwareProvider, UnloadAnswer};

@@ -91,6 +91,8 @@ impl Double {
             sink.report(&provider::ProviderEvent {
                 method,
                 hresult: h,
+                class: provider::FailureClass::SetVetoed,
+                detail: format!("the array refused {m}"),
                 message: format!("the array refused {m}. Check the array."),
             });
         }
