@@ -5,7 +5,7 @@
 //! (no CA, no host-name check). Handshake signatures are still verified, so only the holder of
 //! the pinned certificate's key passes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -52,17 +52,55 @@ impl std::error::Error for PinError {}
 /// A rustls client configuration (ring provider) that trusts only the certificate whose
 /// fingerprint is `fingerprint`.
 pub fn client_config(fingerprint: &str) -> Result<rustls::ClientConfig, PinError> {
+    client_config_observed(fingerprint).map(|(c, _)| c)
+}
+
+/// What a pinned configuration saw: the fingerprint of the last certificate it refused, so a
+/// client can say "the array's certificate does not match" instead of "cannot be reached".
+#[derive(Debug, Default)]
+pub struct Mismatch {
+    pinned: String,
+    presented: Mutex<Option<String>>,
+}
+
+impl Mismatch {
+    /// The pinned fingerprint, `AB:CD:...`.
+    pub fn pinned(&self) -> &str {
+        &self.pinned
+    }
+
+    /// The fingerprint of the last certificate refused for not matching the pin, if any.
+    pub fn presented(&self) -> Option<String> {
+        self.presented.lock().expect("mismatch lock").clone()
+    }
+}
+
+/// [`client_config`], and what its verifier refuses.
+pub fn client_config_observed(
+    fingerprint: &str,
+) -> Result<(rustls::ClientConfig, Arc<Mismatch>), PinError> {
     let pin = parse_fingerprint(fingerprint)
         .ok_or_else(|| PinError::BadFingerprint(fingerprint.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(
-        rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| PinError::Tls(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
-            .with_no_client_auth(),
-    )
+    let seen = Arc::new(Mismatch {
+        pinned: pin
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        presented: Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PinError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            pin,
+            provider,
+            seen: seen.clone(),
+        }))
+        .with_no_client_auth();
+    Ok((config, seen))
 }
 
 /// Trusts exactly one certificate, identified by its SHA-256.
@@ -70,6 +108,7 @@ pub fn client_config(fingerprint: &str) -> Result<rustls::ClientConfig, PinError
 struct PinnedCert {
     pin: [u8; 32],
     provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Arc<Mismatch>,
 }
 
 impl ServerCertVerifier for PinnedCert {
@@ -85,6 +124,8 @@ impl ServerCertVerifier for PinnedCert {
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
+            *self.seen.presented.lock().expect("mismatch lock") =
+                Some(fingerprint(end_entity.as_ref()));
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))

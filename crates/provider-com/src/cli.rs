@@ -73,6 +73,7 @@ pub struct Probe {
 /// The failure class of a client error, as `status` names it.
 pub fn failure_class(e: &ClientError) -> &'static str {
     match e {
+        ClientError::CertificateMismatch { .. } => "certificate-mismatch",
         ClientError::Transport(m) if m.to_lowercase().contains("certificate") => {
             "certificate-mismatch"
         }

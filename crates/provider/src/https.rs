@@ -58,6 +58,11 @@ pub enum ClientError {
     BadUrl(String),
     #[error("{}: {}", .0.title, .0.detail)]
     Problem(Problem),
+    #[error(
+        "the array's certificate does not match the pinned fingerprint: pinned {pinned}, the \
+         array presented {presented}"
+    )]
+    CertificateMismatch { pinned: String, presented: String },
     #[error("the array cannot be reached: {0}")]
     Transport(String),
     #[error("the array did not answer within {0:?}")]
@@ -84,6 +89,8 @@ impl From<ClientError> for ControlError {
             },
             ClientError::Timeout(d) => ControlError::Timeout(format!("{d:?}")),
             ClientError::Transport(m) => ControlError::Unreachable(m),
+            // To VSS the array is out of reach; the message says why.
+            e @ ClientError::CertificateMismatch { .. } => ControlError::Unreachable(e.to_string()),
             e @ (ClientError::BadFingerprint(_)
             | ClientError::BadUrl(_)
             | ClientError::Decode(_)) => ControlError::Rejected {
@@ -107,6 +114,8 @@ pub use api::pinning::fingerprint as fingerprint_of;
 pub struct Client {
     agent: ureq::Agent,
     config: Arc<ClientConfig>,
+    /// Certificates refused for not matching the pin.
+    mismatch: Arc<api::pinning::Mismatch>,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,10 +139,11 @@ impl Client {
         if !config.url.starts_with("https://") || config.url.len() <= "https://".len() {
             return Err(ClientError::BadUrl(config.url.clone()));
         }
-        let tls = api::pinning::client_config(&config.fingerprint).map_err(|e| match e {
-            api::pinning::PinError::BadFingerprint(s) => ClientError::BadFingerprint(s),
-            api::pinning::PinError::Tls(m) => ClientError::Transport(m),
-        })?;
+        let (tls, mismatch) =
+            api::pinning::client_config_observed(&config.fingerprint).map_err(|e| match e {
+                api::pinning::PinError::BadFingerprint(s) => ClientError::BadFingerprint(s),
+                api::pinning::PinError::Tls(m) => ClientError::Transport(m),
+            })?;
         let agent = ureq::AgentBuilder::new()
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(5).min(config.timeout))
@@ -142,6 +152,7 @@ impl Client {
         Ok(Self {
             agent,
             config: Arc::new(config),
+            mismatch,
         })
     }
 
@@ -202,6 +213,12 @@ impl Client {
                 Err(ClientError::Problem(p))
             }
             Err(ureq::Error::Transport(t)) => {
+                if let Some(presented) = self.mismatch.presented() {
+                    return Err(ClientError::CertificateMismatch {
+                        pinned: self.mismatch.pinned().to_string(),
+                        presented,
+                    });
+                }
                 let msg = t.to_string();
                 if msg.contains("timed out") || msg.contains("Timeout") {
                     Err(ClientError::Timeout(timeout))

@@ -138,7 +138,11 @@ fn a_different_certificate_is_refused() {
     let a = HttpsArray::new(ClientConfig::new(&s.url, "t", &fp)).unwrap();
     match a.commit(VssId::nil()) {
         Err(ControlError::Unreachable(m)) => {
-            assert!(m.to_lowercase().contains("certificate"), "{m}")
+            assert!(m.contains("does not match the pinned fingerprint"), "{m}");
+            assert!(
+                m.contains(&s.fingerprint),
+                "the presented fingerprint is named: {m}"
+            );
         }
         other => panic!("expected a certificate failure, got {other:?}"),
     }

@@ -75,6 +75,8 @@ pub enum ErrorKind {
     Refused,
     /// 6: the array cannot be reached, or did not answer in time.
     Unreachable,
+    /// 7: the array's certificate does not match the pinned fingerprint.
+    CertificateMismatch,
 }
 
 impl ErrorKind {
@@ -86,6 +88,7 @@ impl ErrorKind {
             ErrorKind::Conflict => 4,
             ErrorKind::Refused => 5,
             ErrorKind::Unreachable => 6,
+            ErrorKind::CertificateMismatch => 7,
         }
     }
 }
@@ -125,6 +128,15 @@ pub fn explain(e: ClientError) -> anyhow::Error {
             };
             (kind, detail)
         }
+        ClientError::CertificateMismatch { pinned, presented } => (
+            ErrorKind::CertificateMismatch,
+            format!(
+                "the array's certificate does not match the pinned fingerprint: pinned \
+                 {pinned}, the array presented {presented}. If the array's certificate was \
+                 replaced on purpose, pin the new fingerprint (--fingerprint or \
+                 SHADOWLUN_FINGERPRINT); otherwise something else answers at this address"
+            ),
+        ),
         ClientError::Transport(m) => (
             ErrorKind::Unreachable,
             format!(

@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand};
     after_help = "Exit codes: 0 done; 1 failed (see the message); 2 a wrong command line or \
 value; 3 not found; 4 refused because something is in the way (a guard rail, a name \
 taken; the message says how to go on); 5 refused (authentication, a limit, no space); 6 the \
-array cannot be reached. With --json, administration errors are a JSON object on stderr: \
+array cannot be reached; 7 the array's certificate does not match the pinned \
+fingerprint. With --json, administration errors are a JSON object on stderr: \
 {\"error\": {\"kind\", \"exit_code\", \"message\"}}."
 )]
 struct Cli {

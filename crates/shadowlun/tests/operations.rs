@@ -334,3 +334,62 @@ fn a_log_level_that_is_not_one_is_a_usage_error() {
     assert!(help.contains("--log-level") && help.contains("SHADOWLUN_LOG"));
     assert!(help.contains("--log-format"));
 }
+
+#[test]
+fn a_wrong_fingerprint_is_named_not_called_unreachable() {
+    let dir = std::env::temp_dir().join(format!("shadowlun-pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = start(&dir.join("pool"), &dir.join("daemon.log"), &[]);
+    let wrong = provider::https::fingerprint_of(b"some other certificate");
+    for json in [false, true] {
+        let out = Command::new(BIN)
+            .args(["lun", "list", "--array", &d.api, "--fingerprint", &wrong])
+            .arg("--token-file")
+            .arg(&d.token_file)
+            .args(json.then_some("--json"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "exit code 7 for a certificate mismatch"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("does not match the pinned fingerprint"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&wrong) && err.contains(&d.fingerprint),
+            "{err}"
+        );
+        assert!(!err.contains("cannot be reached"), "{err}");
+        if json {
+            let v: Value = serde_json::from_str(err.trim()).unwrap();
+            assert_eq!(v["error"]["kind"], "certificate_mismatch");
+            assert_eq!(v["error"]["exit_code"], 7);
+        }
+    }
+    // The provider's client shares the code: it says the same.
+    let client =
+        provider::https::Client::new(provider::https::ClientConfig::new(&d.api, "token", &wrong))
+            .unwrap();
+    match client.health() {
+        Err(provider::https::ClientError::CertificateMismatch { pinned, presented }) => {
+            assert_eq!(pinned, wrong);
+            assert_eq!(presented, d.fingerprint);
+        }
+        other => panic!("expected a certificate mismatch, got {other:?}"),
+    }
+    // The right pin still works.
+    let ok = provider::https::Client::new(provider::https::ClientConfig::new(
+        &d.api,
+        "token",
+        &d.fingerprint,
+    ))
+    .unwrap();
+    assert!(ok.health().is_ok());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
