@@ -393,3 +393,84 @@ fn a_wrong_fingerprint_is_named_not_called_unreachable() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn status_says_why_a_nearly_full_pool_is_critical() {
+    let dir = std::env::temp_dir().join(format!("shadowlun-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("array.toml");
+    std::fs::write(
+        &config,
+        "[backend]\nkind = \"memory\"\ncapacity_bytes = 8388608\n",
+    )
+    .unwrap();
+    let d = start_with_config(&dir.join("pool"), &dir.join("daemon.log"), &config);
+    let lun = cli(&d, &["lun", "create", "data", "8MiB"]);
+    let lun_id = lun[0]["id"].as_str().unwrap().to_string();
+    cli(&d, &["host", "add", "sql01", "--initiator", SQL01]);
+    let host = cli(&d, &["host", "map", "sql01", &lun_id]);
+    let number = host[0]["luns"][0]["lun_number"].as_u64().unwrap();
+    let st = cli(&d, &["status"]);
+    assert_eq!(st["backend"], "memory");
+    assert_eq!(st["pool"]["capacity_bytes"], 8 << 20);
+    assert_eq!(st["health"]["state"], "ok", "{st}");
+    let target = st["target"].as_str().unwrap().to_string();
+    let mut s = login(&d, &target, SQL01).unwrap();
+    let chunk = vec![0xA5u8; 1 << 20];
+    for i in 0..8u64 {
+        s.write16(number, i * 2048, &chunk, 512, false).unwrap();
+    }
+    s.logout().unwrap();
+    let st = cli(&d, &["status"]);
+    assert_eq!(st["health"]["state"], "critical", "{st}");
+    let reasons = st["health"]["reasons"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("% full (critical at 90%)")),
+        "{st}"
+    );
+    assert!(st["pool"]["used_bytes"].as_u64().unwrap() >= 8 << 20);
+    assert!(st["pool"]["provisioned_ratio"].as_f64().unwrap() >= 1.0);
+    drop(s);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn start_with_config(pool: &Path, log: &Path, config: &Path) -> Daemon {
+    let mut child = Command::new(BIN)
+        .args(["array", "serve", "--config"])
+        .arg(config)
+        .args(["--api", "127.0.0.1:0", "--portal", "127.0.0.1:0", "--pool"])
+        .arg(pool)
+        .env_remove("SHADOWLUN_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (mut api, mut portal, mut fingerprint, mut token_file) = (None, None, None, None);
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(v) = line.strip_prefix("shadowlun array: API ") {
+            api = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("shadowlun array: iSCSI portal ") {
+            portal = Some(v.trim().parse().unwrap());
+        } else if let Some(v) =
+            line.strip_prefix("shadowlun array: certificate SHA-256 fingerprint ")
+        {
+            fingerprint = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("shadowlun array: admin token in ") {
+            token_file = Some(PathBuf::from(v.trim()));
+            break;
+        }
+    }
+    Daemon {
+        child,
+        api: api.unwrap(),
+        portal: portal.unwrap(),
+        fingerprint: fingerprint.unwrap(),
+        token_file: token_file.unwrap(),
+    }
+}
