@@ -43,6 +43,7 @@ pub struct Client {
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     token: Option<String>,
+    idempotency_key: Option<String>,
     conn: Option<BufReader<Stream>>,
 }
 
@@ -65,6 +66,7 @@ impl Client {
             addr,
             config: Arc::new(config),
             token: token.map(str::to_string),
+            idempotency_key: None,
             conn: None,
         })
     }
@@ -91,6 +93,11 @@ impl Client {
 
     pub fn set_token(&mut self, token: Option<&str>) {
         self.token = token.map(str::to_string);
+    }
+
+    /// Sends `Idempotency-Key: key` with every request from now on (none: no header).
+    pub fn set_idempotency_key(&mut self, key: Option<&str>) {
+        self.idempotency_key = key.map(str::to_string);
     }
 
     /// Sends a request with an optional JSON body (raw bytes, so tests can send bad JSON).
@@ -121,6 +128,9 @@ impl Client {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
         if let Some(t) = &self.token {
             head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(k) = &self.idempotency_key {
+            head.push_str(&format!("Idempotency-Key: {k}\r\n"));
         }
         let body = body.unwrap_or(b"");
         if !body.is_empty() || method != "GET" {

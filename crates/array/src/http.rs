@@ -13,7 +13,7 @@ use api::routes as r;
 use api::*;
 
 use crate::error::ArrayError;
-use crate::state::{Array, Scope};
+use crate::state::{Array, Keyed, Scope};
 
 /// The OpenAPI document served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -133,6 +133,70 @@ pub(crate) fn admin(array: &Array, headers: &HeaderMap, route: &str) -> ApiResul
             )))
         }
     }
+}
+
+/// The header a client sends with a creating request it may retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Runs a creating admin verb under the request's `Idempotency-Key`, if it carries one: a
+/// repeat of a request that succeeded gets the first answer (see `state::idempotency`).
+/// `what` names the request (method, route with its parameters); `req` is its body.
+async fn keyed<T, R>(
+    a: Array,
+    headers: &HeaderMap,
+    what: String,
+    req: &R,
+    status: StatusCode,
+    f: impl FnOnce(&Array) -> Result<T, ArrayError> + Send + 'static,
+) -> ApiResult<Response>
+where
+    T: serde::Serialize + Send + 'static,
+    R: serde::Serialize,
+{
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        let v = blocking(move || f(&a)).await?;
+        return Ok(json(status, &v));
+    };
+    let key = key
+        .to_str()
+        .map_err(|_| {
+            ApiError(ArrayError::BadRequest(
+                "An Idempotency-Key must be 1 to 255 visible ASCII characters.".into(),
+            ))
+        })?
+        .to_string();
+    let hash = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(what.as_bytes());
+        h.update([0]);
+        h.update(serde_json::to_vec(req).unwrap_or_default());
+        hex::encode(h.finalize())
+    };
+    let (code, body) = blocking(move || {
+        let _gate = a.idempotency_gate();
+        if let Keyed::Replay { status, body } = a.idempotency_check(&key, &hash)? {
+            tracing::info!(key = %key, "answered a repeated request as the first time");
+            return Ok((status, body));
+        }
+        let v = f(&a)?;
+        let body = serde_json::to_string(&v).unwrap_or_default();
+        if let Err(e) = a.idempotency_store(&key, &hash, status.as_u16(), body.clone()) {
+            // The change is made and durable; only a later retry would not be recognised.
+            tracing::error!(error = %e, "could not journal an idempotency key's answer");
+        }
+        Ok((status.as_u16(), body))
+    })
+    .await?;
+    Ok((
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 pub(crate) fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
@@ -360,8 +424,13 @@ async fn admin_resync(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_RESYNC)?;
     let req = body(b)?;
-    let job = blocking(move || a.start_resync(&Scope::Admin, &req.pairs, req.force)).await?;
-    Ok(json(StatusCode::OK, &ResyncResponse { job }))
+    let what = format!("POST {}", r::ADMIN_RESYNC);
+    let r2 = req.clone();
+    keyed(a, &h, what, &req, StatusCode::OK, move |a| {
+        let job = a.start_resync(&Scope::Admin, &r2.pairs, r2.force)?;
+        Ok(ResyncResponse { job })
+    })
+    .await
 }
 
 async fn admin_resync_job(
@@ -387,8 +456,12 @@ async fn admin_create_lun(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_LUNS)?;
     let req = body(b)?;
-    let v = blocking(move || a.create_lun(&req)).await?;
-    Ok(json(StatusCode::CREATED, &v))
+    let what = format!("POST {}", r::ADMIN_LUNS);
+    let r2 = req.clone();
+    keyed(a, &h, what, &req, StatusCode::CREATED, move |a| {
+        a.create_lun(&r2)
+    })
+    .await
 }
 
 async fn admin_lun(
@@ -436,8 +509,12 @@ async fn admin_create_host(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_HOSTS)?;
     let req = body(b)?;
-    let v = blocking(move || a.create_host(&req)).await?;
-    Ok(json(StatusCode::CREATED, &v))
+    let what = format!("POST {}", r::ADMIN_HOSTS);
+    let r2 = req.clone();
+    keyed(a, &h, what, &req, StatusCode::CREATED, move |a| {
+        a.create_host(&r2)
+    })
+    .await
 }
 
 async fn admin_host(
@@ -480,8 +557,11 @@ async fn admin_rotate_token(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_HOST_TOKEN)?;
-    let v = blocking(move || a.rotate_token(&name)).await?;
-    Ok(json(StatusCode::OK, &v))
+    let what = format!("POST {}", r::fill(r::ADMIN_HOST_TOKEN, &[("host", &name)]));
+    keyed(a, &h, what, &(), StatusCode::OK, move |a| {
+        a.rotate_token(&name)
+    })
+    .await
 }
 
 async fn admin_set_abort(
@@ -503,8 +583,12 @@ async fn admin_map(
 ) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_MAP)?;
     let req = body(b)?;
-    let v = blocking(move || a.map_lun(&name, &req)).await?;
-    Ok(json(StatusCode::OK, &v))
+    let what = format!("POST {}", r::fill(r::ADMIN_MAP, &[("host", &name)]));
+    let r2 = req.clone();
+    keyed(a, &h, what, &req, StatusCode::OK, move |a| {
+        a.map_lun(&name, &r2)
+    })
+    .await
 }
 
 async fn admin_unmap(

@@ -215,3 +215,75 @@ fn lists_come_in_the_order_an_administrator_counts() {
     let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["node-1", "node-2", "node-10"]);
 }
+
+fn add_host(admin: &mut Client, name: &str, iqn: &str) -> Response {
+    admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: name.into(),
+                initiators: vec![iqn.into()],
+                chap_secret: None,
+                import_from: vec![],
+            },
+        )
+        .unwrap()
+}
+
+/// A creating request retried with its idempotency key gets the first answer (a host's
+/// one-time token included), also after a restart; the key with another request is refused.
+#[test]
+fn a_retried_creating_request_gets_the_first_answer() {
+    let t = TestArray::start();
+    let mut admin = t.admin();
+    admin.set_idempotency_key(Some("k-host-1"));
+    let first = add_host(&mut admin, "sql01", IQN_A);
+    expect_status(&first, 201);
+    let first: CreatedHost = first.json().unwrap();
+    let again = add_host(&mut admin, "sql01", IQN_A);
+    expect_status(&again, 201);
+    assert_eq!(
+        again.json::<CreatedHost>().unwrap(),
+        first,
+        "the same token"
+    );
+    let p = problem(&add_host(&mut admin, "sql02", IQN_A));
+    assert_eq!(p.code, ProblemCode::Conflict);
+    assert!(
+        p.detail.contains("k-host-1") && p.detail.contains("new key"),
+        "{}",
+        p.detail
+    );
+    // Without a key the same request is a second attempt at creating, and refused.
+    admin.set_idempotency_key(None);
+    assert_eq!(
+        problem(&add_host(&mut admin, "sql01", IQN_A)).code,
+        ProblemCode::Conflict
+    );
+    // A LUN created once however often its request is repeated.
+    admin.set_idempotency_key(Some("k-lun-1"));
+    let l1 = lun(&mut admin, "data");
+    let l2 = lun(&mut admin, "data");
+    assert_eq!(l1.id, l2.id);
+    admin.set_idempotency_key(None);
+    let luns: Vec<LunRecord> = admin.get(r::ADMIN_LUNS).unwrap().json().unwrap();
+    assert_eq!(luns.len(), 1);
+    // The journal keeps the answers across a restart.
+    let dir = t.stop();
+    let t = TestArray::start_in(dir, |_| {});
+    let mut admin = t.admin();
+    admin.set_idempotency_key(Some("k-host-1"));
+    let after = add_host(&mut admin, "sql01", IQN_A);
+    expect_status(&after, 201);
+    assert_eq!(after.json::<CreatedHost>().unwrap().token, first.token);
+    admin.set_idempotency_key(Some("x y"));
+    assert_eq!(
+        problem(&add_host(
+            &mut admin,
+            "sql03",
+            "iqn.1991-05.com.microsoft:c"
+        ))
+        .code,
+        ProblemCode::BadRequest
+    );
+}

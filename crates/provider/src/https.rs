@@ -166,6 +166,7 @@ impl Client {
         path: &str,
         body: Option<&B>,
         timeout: Duration,
+        key: Option<&str>,
     ) -> Result<Option<String>, ClientError> {
         let url = format!("{}{path}", self.config.url);
         let req = match verb {
@@ -177,6 +178,10 @@ impl Client {
         .set("Authorization", &format!("Bearer {}", self.config.token))
         .set("Accept", "application/json, application/problem+json")
         .timeout(timeout);
+        let req = match key {
+            Some(k) => req.set("Idempotency-Key", k),
+            None => req,
+        };
         let res = match body {
             Some(b) => req.send_json(
                 serde_json::to_value(b).map_err(|e| ClientError::Decode(e.to_string()))?,
@@ -237,15 +242,37 @@ impl Client {
         body: Option<&B>,
         deadline: Duration,
     ) -> Result<Option<String>, ClientError> {
+        self.send_keyed(verb, path, body, deadline, None)
+    }
+
+    /// [`Client::send`] with an idempotency key: the array answers a repeat as it answered
+    /// the first, so a request that timed out is retried too (with the same key), within
+    /// `deadline`.
+    fn send_keyed<B: Serialize>(
+        &self,
+        verb: Verb,
+        path: &str,
+        body: Option<&B>,
+        deadline: Duration,
+        key: Option<&str>,
+    ) -> Result<Option<String>, ClientError> {
         let start = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let left = deadline.saturating_sub(start.elapsed());
+            // A keyed request gets the whole deadline on each of its attempts (a repeat is
+            // answered, not executed again); any other shares one deadline.
+            let left = match key {
+                Some(_) => deadline,
+                None => deadline.saturating_sub(start.elapsed()),
+            };
             if left.is_zero() {
                 return Err(ClientError::Timeout(deadline));
             }
-            match self.once(&verb, path, body, left) {
+            match self.once(&verb, path, body, left, key) {
+                Err(ClientError::Timeout(_)) if key.is_some() && attempt < self.config.attempts => {
+                    tracing::debug!("retrying {path} with its idempotency key after a timeout");
+                }
                 Err(ClientError::Transport(m))
                     if attempt < self.config.attempts && start.elapsed() < deadline =>
                 {
@@ -275,9 +302,15 @@ impl Client {
         Self::decode(self.send(Verb::Post, path, Some(body), self.config.timeout)?)
     }
 
-    /// POST without a body, answering JSON.
-    pub fn post_no_body<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        Self::decode(self.send::<()>(Verb::Post, path, None, self.config.timeout)?)
+    /// A creating POST under an idempotency key (one per operation, the same on every
+    /// retry): safe to retry after a timeout or a reset connection.
+    pub fn post_keyed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+        key: &str,
+    ) -> Result<T, ClientError> {
+        Self::decode(self.send_keyed(Verb::Post, path, body, self.config.timeout, Some(key))?)
     }
 
     /// POST expecting no body back.

@@ -156,6 +156,27 @@ pub fn explain(e: ClientError) -> anyhow::Error {
     AdminError { kind, message }.into()
 }
 
+/// A fresh idempotency key for one invocation's creating request: the CLI retries that
+/// request after a timeout or a reset connection with the same key, and the array answers
+/// the retry as it answered the first (a host's one-time token included).
+fn idempotency_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut key = String::from("cli-");
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        key.push_str(&format!("{:016x}", h.finish()));
+    }
+    key
+}
+
 /// Fills a route's placeholders, each value percent-encoded as one path segment (so a
 /// mistyped name with a `/` or `?` in it is a name the array does not know, not another route).
 fn path(route: &str, params: &[(&str, &str)]) -> String {
@@ -440,7 +461,11 @@ pub fn lun(c: &Connection, cmd: LunCmd) -> anyhow::Result<()> {
         LunCmd::Create { name, size } => {
             let size_bytes = parse_size(&size).map_err(usage)?;
             let l: LunRecord = api
-                .post(routes::ADMIN_LUNS, &CreateLun { name, size_bytes })
+                .post_keyed(
+                    routes::ADMIN_LUNS,
+                    Some(&CreateLun { name, size_bytes }),
+                    &idempotency_key(),
+                )
                 .map_err(explain)?;
             print_luns(c, &[l])
         }
@@ -500,14 +525,15 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
         } => {
             let chap_secret = chap_secret_file.as_deref().map(read_secret).transpose()?;
             let h: CreatedHost = api
-                .post(
+                .post_keyed(
                     routes::ADMIN_HOSTS,
-                    &CreateHost {
+                    Some(&CreateHost {
                         name,
                         initiators,
                         chap_secret,
                         import_from,
-                    },
+                    }),
+                    &idempotency_key(),
                 )
                 .map_err(explain)?;
             print_token(c, &h)
@@ -520,7 +546,11 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
         }
         HostCmd::RotateToken { name } => {
             let h: CreatedHost = api
-                .post_no_body(&path(routes::ADMIN_HOST_TOKEN, &[("host", &name)]))
+                .post_keyed::<(), _>(
+                    &path(routes::ADMIN_HOST_TOKEN, &[("host", &name)]),
+                    None,
+                    &idempotency_key(),
+                )
                 .map_err(explain)?;
             print_token(c, &h)
         }
@@ -576,13 +606,14 @@ pub fn host(c: &Connection, cmd: HostCmd) -> anyhow::Result<()> {
             shared,
         } => {
             let h: HostRecord = api
-                .post(
+                .post_keyed(
                     &path(routes::ADMIN_MAP, &[("host", &host)]),
-                    &MapLun {
+                    Some(&MapLun {
                         lun,
                         lun_number,
                         shared,
-                    },
+                    }),
+                    &idempotency_key(),
                 )
                 .map_err(explain)?;
             print_hosts(c, &[h])
@@ -619,7 +650,9 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
                 }],
                 force,
             };
-            let r: api::ResyncResponse = api.post(routes::ADMIN_RESYNC, &req).map_err(explain)?;
+            let r: api::ResyncResponse = api
+                .post_keyed(routes::ADMIN_RESYNC, Some(&req), &idempotency_key())
+                .map_err(explain)?;
             let job_path = path(routes::ADMIN_RESYNC_JOB, &[("job", &r.job)]);
             loop {
                 let st: api::JobStatus = api.get(&job_path).map_err(explain)?;

@@ -12,6 +12,7 @@
 mod admin;
 mod auth;
 mod host_changes;
+mod idempotency;
 mod reaper;
 mod resync;
 mod rows;
@@ -29,6 +30,9 @@ use vss::inquiry::Designator;
 
 pub use admin::valid_iqn;
 pub use auth::{Scope, new_token, token_hash};
+pub use idempotency::{
+    IdemRow, KEEP_SECS as IDEMPOTENCY_KEEP_SECS, Keyed, MAX_KEYS as IDEMPOTENCY_MAX_KEYS,
+};
 pub use rows::{HostRow, JobRow, LunRow, LunState, MemberRow, Record, SetRow, is_lun_id, lun_id};
 
 use crate::error::ArrayError;
@@ -120,6 +124,7 @@ struct Shared {
     admin_token_sha256: String,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
     jobs: Mutex<HashMap<JobId, JobHandle>>,
+    idem_gate: Mutex<()>,
 }
 
 /// The array: cheap to clone, every clone is the same array.
@@ -196,6 +201,7 @@ impl Array {
             admin_token_sha256,
             clock,
             jobs: Mutex::new(HashMap::new()),
+            idem_gate: Mutex::new(()),
         }));
         {
             let inner = array.lock();

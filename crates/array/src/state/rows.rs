@@ -113,14 +113,28 @@ pub struct JobRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Record {
-    Counters { next_number: u64, next_job: u64 },
+    Counters {
+        next_number: u64,
+        next_job: u64,
+    },
     Lun(LunRow),
-    LunGone { id: LunId },
+    LunGone {
+        id: LunId,
+    },
     Host(HostRow),
-    HostGone { name: String },
+    HostGone {
+        name: String,
+    },
     Set(SetRow),
-    SetGone { set_id: VssId },
+    SetGone {
+        set_id: VssId,
+    },
     Job(JobRow),
+    /// The answer to a request that carried an idempotency key.
+    Idem(super::IdemRow),
+    IdemGone {
+        key: String,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -132,6 +146,7 @@ pub(super) struct Db {
     pub(super) hosts: BTreeMap<String, HostRow>,
     pub(super) sets: BTreeMap<VssId, SetRow>,
     pub(super) jobs: BTreeMap<JobId, JobRow>,
+    pub(super) idem: BTreeMap<String, super::IdemRow>,
 }
 
 impl Db {
@@ -165,6 +180,12 @@ impl Db {
             Record::Job(j) => {
                 self.jobs.insert(j.id.clone(), j);
             }
+            Record::Idem(r) => {
+                self.idem.insert(r.key.clone(), r);
+            }
+            Record::IdemGone { key } => {
+                self.idem.remove(&key);
+            }
         }
     }
 
@@ -177,6 +198,7 @@ impl Db {
         v.extend(self.hosts.values().cloned().map(Record::Host));
         v.extend(self.sets.values().cloned().map(Record::Set));
         v.extend(self.jobs.values().cloned().map(Record::Job));
+        v.extend(self.idem.values().cloned().map(Record::Idem));
         v
     }
 

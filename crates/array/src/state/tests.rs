@@ -668,3 +668,31 @@ fn a_host_importing_from_another_sees_its_snapshot_luns_but_never_its_originals(
     assert_eq!(a.lookup("b", &[key_of(a, &snap)]).unwrap(), vec![None]);
     a.release("backup", &snap).unwrap();
 }
+
+#[test]
+fn idempotency_keys_are_bounded_by_count_and_age() {
+    use super::idempotency::{KEEP_SECS, Keyed, MAX_KEYS};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000));
+    let a = open(
+        dir.path(),
+        Arc::new(MemoryBackend::new(None)),
+        Arc::new(Recorder::default()),
+        clock.clone(),
+    );
+    let run = |k: &str| matches!(a.idempotency_check(k, "h").unwrap(), Keyed::Run);
+    for i in 0..=MAX_KEYS {
+        clock.store(1_000 + i as u64, Ordering::Relaxed);
+        a.idempotency_store(&format!("k{i}"), "h", 200, "{}".into())
+            .unwrap();
+    }
+    assert!(run("k0"), "the oldest key goes past the count");
+    assert!(!run("k1") && !run(&format!("k{MAX_KEYS}")));
+    assert_eq!(a.lock().db.idem.len(), MAX_KEYS);
+    // Past their age, keys are forgotten: by lookups at once, from the journal at the next
+    // store.
+    clock.fetch_add(KEEP_SECS + MAX_KEYS as u64 + 1, Ordering::Relaxed);
+    assert!(run("k1"));
+    a.idempotency_store("fresh", "h", 200, "{}".into()).unwrap();
+    assert_eq!(a.lock().db.idem.len(), 1);
+}
