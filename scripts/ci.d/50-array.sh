@@ -5,7 +5,8 @@
 #  2. the daemon example started from a TOML file: LUN, host and mapping made over HTTPS with
 #     curl pinned to the certificate's public key, then libiscsi's iscsi-ls / iscsi-inq must see
 #     the LUN (with the serial the API reported) from the host's initiator with its CHAP secret,
-#     nothing without the secret and nothing from a stranger; SIGTERM must stop the daemon cleanly.
+#     nothing without the secret and nothing from a stranger (whose refusal is logged); the audit
+#     trail holds the changes and no secret; SIGTERM must stop the daemon cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -82,6 +83,18 @@ grep -q "$serial" <<<"$inq" || { echo "$inq"; echo "serial $serial not served"; 
 stranger=$(timeout --foreground 20 iscsi-ls -i iqn.2026-01.org.shadowlun:stranger -s "iscsi://$portal" 2>&1 || true)
 if grep -q "Lun:" <<<"$stranger"; then echo "$stranger"; echo "a stranger sees LUNs"; exit 1; fi
 
+# A stranger's login to the target is refused, and the log says so with its address.
+if timeout --foreground 20 iscsi-inq -i iqn.2026-01.org.shadowlun:stranger \
+  "iscsi://$portal/$target/0" >/dev/null 2>&1; then echo "a stranger logged in to the target"; exit 1; fi
+grep -q "iSCSI login refused.*stranger\|stranger.*iSCSI login refused" "$work/log" ||
+  { tail -50 "$work/log"; echo "the stranger's refused login was not logged"; exit 1; }
+# The audit trail has the changes made above, by the admin, with the CHAP secret shown as set.
+audit=$(call GET /v1/admin/audit)
+[ "$(jq -r '[.[].action] | join(",")' <<<"$audit")" = "lun create,host add,host map" ] &&
+  [ "$(jq -r '.[1].details.chap_secret' <<<"$audit")" = set ] &&
+  [ "$(jq -r '[.[].who] | unique | join(",")' <<<"$audit")" = admin ] ||
+  { echo "$audit"; echo "the audit trail does not hold the changes"; exit 1; }
+
 # Every file in the pool is private to the daemon's user, whatever the umask it started with.
 loose=$(find "$work/pool" \( -type f ! -perm 600 \) -o \( -type d ! -perm 700 \))
 [ -z "$loose" ] || { ls -la $loose; echo "files in the pool are readable by others"; exit 1; }
@@ -91,7 +104,10 @@ status=0; wait "$pid" || status=$?
 pid=""
 [ "$status" = 0 ] || { cat "$work/log"; echo "daemon exited with $status on SIGTERM"; exit 1; }
 grep -q "array stopped" "$work/log" || { cat "$work/log"; echo "no clean stop"; exit 1; }
+if grep -q $'\e\[' "$work/log"; then echo "colour codes in a log written to a file"; exit 1; fi
 for secret in "$(cat "$work/pool/admin.token")" "$host_token" "$chap"; do
-  if grep -qF "$secret" "$work/out" "$work/log"; then echo "a secret appeared in the daemon's log"; exit 1; fi
+  if grep -qF "$secret" "$work/out" "$work/log" "$work/pool/audit.log"; then
+    echo "a secret appeared in the daemon's log or its audit trail"; exit 1
+  fi
 done
 echo "array: ok"

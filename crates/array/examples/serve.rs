@@ -12,6 +12,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = match std::env::args().nth(1) {
         Some(path) => match array::Config::load(std::path::Path::new(&path)) {
