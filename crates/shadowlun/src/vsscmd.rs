@@ -10,7 +10,7 @@ use lab::shadowlun_lab::ShadowlunLabFactory;
 use lab::wine_lab::{WineLabFactory, WineSetup};
 use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
 use vss_emulator::coordinator::Config;
-use vss_emulator::script::{Environment, run_script};
+use vss_emulator::script::{Environment, parse, run_commands};
 
 /// Which array the emulated hosts and the provider talk to.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -157,7 +157,12 @@ fn run_scripts(
         };
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading script {file}"))?;
-        parsed.push((host, file.to_string(), text));
+        // Every script is parsed before any runs: a syntax error runs nothing.
+        let commands = parse(&text).map_err(|e| crate::admin::AdminError {
+            kind: crate::admin::ErrorKind::Usage,
+            message: format!("{file}: {e}"),
+        })?;
+        parsed.push((host, file.to_string(), commands));
     }
     let base = match dir {
         Some(d) => d,
@@ -196,10 +201,18 @@ fn run_scripts(
         };
         println!("--- {file} on host {host}");
         let mut env = Environment::new(coord, &base);
-        let report = run_script(&text, &mut env).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-        for line in report.output {
-            println!("{line}");
-        }
+        // Lines are printed as each command runs; the first failing command stops the run
+        // (exit code 1) after what it printed.
+        let mut stdout = std::io::stdout();
+        run_commands(&text, &mut env, &mut |l| {
+            use std::io::Write;
+            let _ = writeln!(stdout, "{l}");
+            let _ = stdout.flush();
+        })
+        .map_err(|e| match e.hresult() {
+            Some(code) => anyhow::anyhow!("{file}: {e} [{code}]"),
+            None => anyhow::anyhow!("{file}: {e}"),
+        })?;
     }
     Ok(())
 }

@@ -57,7 +57,66 @@ fn example_scripts_run_on_two_hosts_against_the_real_array() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Host a does not store its transportable set; host b lists it after the import.
+    let a_part = text.split("--- ").nth(1).unwrap_or_default();
+    assert!(
+        a_part.contains("Number of shadow copies listed: 0"),
+        "{text}"
+    );
     assert!(text.contains("Number of shadow copies listed: 2"), "{text}");
     assert!(dir.join("backup.json").exists(), "the BCD was not written");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_script_stops_after_printing_what_ran_and_a_syntax_error_runs_nothing() {
+    let dir = std::env::temp_dir().join(format!("shadowlun-script-fail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fails = dir.join("fails.dsh");
+    std::fs::write(
+        &fails,
+        "set context persistent nowriters\nadd volume e:\\\ncreate\nrevert %VSS_SHADOW_1%\nlist shadows all\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["vss", "run", "--lab", "memory", "--dir"])
+        .arg(&dir)
+        .arg(&fails)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Shadow copy set ID {"), "{stdout}");
+    assert!(
+        !stdout.contains("Number of shadow copies listed"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 4:") && stderr.contains("E_NOTIMPL"),
+        "{stderr}"
+    );
+
+    let bad = dir.join("bad.dsh");
+    std::fs::write(&bad, "list shadows all\nfrobnicate\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["vss", "run", "--lab", "memory", "--dir"])
+        .arg(&dir)
+        .arg(&fails)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("Shadow copy set ID"),
+        "the first script ran: {stdout}"
+    );
+    assert!(
+        stderr.contains("bad.dsh: line 2: expected a command"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,14 +68,43 @@ pub struct Extent {
 /// A mounted volume: its extents in order (several for a spanned volume).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
+    /// The name it was mounted under (`E:`, or a shadow copy device name).
     pub name: String,
     pub extents: Vec<Extent>,
     /// Mounted read-only (the partitions carry `GPT_BASIC_DATA_ATTRIBUTE_READ_ONLY`).
     pub read_only: bool,
     pub block_size: u32,
+    /// The mount manager's id: the volume is also `\\?\Volume{guid}\`.
+    pub guid: uuid::Uuid,
+    /// Folders the volume is mounted at besides its name (`C:\Mounts\Logs\`).
+    pub mount_points: Vec<String>,
+}
+
+/// A volume name as Windows compares them: any case, with or without the trailing
+/// backslash (`e:`, `E:\`, `\\?\volume{…}` and `C:\Mounts\Logs` are all fine).
+pub fn normalize_volume_name(name: &str) -> String {
+    name.trim().trim_end_matches('\\').to_ascii_uppercase()
 }
 
 impl Volume {
+    /// `\\?\Volume{guid}\`.
+    pub fn guid_path(&self) -> String {
+        format!("\\\\?\\Volume{{{}}}\\", self.guid)
+    }
+
+    /// True if `name` names this volume: its name, its volume GUID path or a mount point,
+    /// compared as Windows compares them ([`normalize_volume_name`]).
+    pub fn is_named(&self, name: &str) -> bool {
+        let n = normalize_volume_name(name);
+        !n.is_empty()
+            && (normalize_volume_name(&self.name) == n
+                || normalize_volume_name(&self.guid_path()) == n
+                || self
+                    .mount_points
+                    .iter()
+                    .any(|m| normalize_volume_name(m) == n))
+    }
+
     pub fn bytes(&self) -> u64 {
         self.extents
             .iter()
@@ -354,6 +383,8 @@ impl Host {
             extents,
             read_only,
             block_size,
+            guid: uuid::Uuid::new_v4(),
+            mount_points: Vec::new(),
         };
         st.volumes.insert(name.to_string(), v.clone());
         Ok(v)
@@ -378,12 +409,53 @@ impl Host {
         Ok(())
     }
 
+    /// The volume `name` names: its own name, its `\\?\Volume{guid}\` path or one of its
+    /// mount points, in any case, with or without the trailing backslash.
     pub fn volume(&self, name: &str) -> Result<Volume, HostError> {
-        self.lock()
-            .volumes
-            .get(name)
+        let st = self.lock();
+        if let Some(v) = st.volumes.get(name) {
+            return Ok(v.clone());
+        }
+        st.volumes
+            .values()
+            .find(|v| v.is_named(name))
             .cloned()
             .ok_or_else(|| HostError::NoSuchVolume(name.to_string()))
+    }
+
+    /// Mounts a volume at a folder as well (`C:\Mounts\Logs\`). The folder must not name
+    /// another volume.
+    pub fn add_mount_point(&self, volume: &str, folder: &str) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if normalize_volume_name(folder).is_empty()
+            || st.volumes.values().any(|v| v.is_named(folder))
+        {
+            return Err(HostError::VolumeExists(folder.to_string()));
+        }
+        let v = st
+            .volumes
+            .values_mut()
+            .find(|v| v.is_named(volume))
+            .ok_or_else(|| HostError::NoSuchVolume(volume.to_string()))?;
+        v.mount_points.push(folder.to_string());
+        Ok(())
+    }
+
+    /// Removes a mount point added with [`Host::add_mount_point`].
+    pub fn remove_mount_point(&self, folder: &str) -> Result<String, HostError> {
+        let n = normalize_volume_name(folder);
+        let mut st = self.lock();
+        for v in st.volumes.values_mut() {
+            if let Some(i) = v
+                .mount_points
+                .iter()
+                .position(|m| normalize_volume_name(m) == n)
+            {
+                v.mount_points.remove(i);
+                return Ok(v.name.clone());
+            }
+        }
+        Err(HostError::NoSuchVolume(folder.to_string()))
     }
 
     pub fn volumes(&self) -> Vec<Volume> {

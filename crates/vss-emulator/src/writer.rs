@@ -36,11 +36,61 @@ impl WriterError {
     }
 }
 
+/// A component of a writer's metadata (`list writers metadata`): its files and the
+/// volumes they are on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Component {
+    pub name: String,
+    pub files: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+/// The backup type a requester announces (`SetBackupState`): a full backup lets writers
+/// truncate their logs at `BackupComplete`, a copy backup leaves their history alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum BackupType {
+    Full,
+    Copy,
+}
+
+/// A writer id derived from its name (writers of one kind share a class id on Windows).
+pub fn writer_id(name: &str) -> vss::VssId {
+    let a = crc32c::crc32c(name.as_bytes()) as u128;
+    let b = crc32c::crc32c_append(0x5EED, name.as_bytes()) as u128;
+    uuid::Builder::from_u128((a << 96) | (b << 64) | 0x5348_4144_4f57_4c55)
+        .with_version(uuid::Version::Random)
+        .with_variant(uuid::Variant::RFC4122)
+        .into_uuid()
+}
+
 /// The events VSS sends a writer during a backup.
 pub trait Writer: Send + Sync {
     fn name(&self) -> String;
+    /// The writer class id (`list writers`).
+    fn id(&self) -> vss::VssId {
+        writer_id(&self.name())
+    }
     /// The volumes (host volume names) the writer's data lives on.
     fn volumes(&self) -> Vec<String>;
+    /// The writer's components (its metadata, `OnIdentify`): by default one per volume.
+    fn components(&self) -> Vec<Component> {
+        self.volumes()
+            .into_iter()
+            .map(|v| Component {
+                name: format!("data on {v}"),
+                files: Vec::new(),
+                volumes: vec![v],
+            })
+            .collect()
+    }
+    /// OnPrepareBackup, with the backup type of the requester.
+    fn prepare_backup(&self, _backup_type: BackupType) -> Result<(), WriterError> {
+        Ok(())
+    }
+    /// OnBackupComplete, sent at `end backup` to the writers that took part.
+    fn backup_complete(&self) -> Result<(), WriterError> {
+        Ok(())
+    }
     /// OnFreeze: stop writing and flush; the writer must thaw itself after `window`.
     fn freeze(&self, window: Duration) -> Result<(), WriterError>;
     /// OnThaw.

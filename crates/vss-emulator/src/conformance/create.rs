@@ -132,7 +132,28 @@ pub(super) fn create_contexts(ctx: &Ctx) -> Result<String, String> {
                 "{c}: {} LUNs in the BCD",
                 bcd.set.luns.len()
             );
-            s(bc.delete_snapshots(DeleteTarget::Set(set)))?;
+            if transportable {
+                // Not stored on the creating host: not listed, not deletable there; the
+                // holder of the BCD imports it (here) and deletes it.
+                ensure!(
+                    rig.coord.query().iter().all(|p| p.snapshot_set_id != set),
+                    "{c}: transportable set listed on the creating host"
+                );
+                expect_code(
+                    bc.delete_snapshots(DeleteTarget::Set(set)),
+                    vss::Hresult::VSS_E_OBJECT_NOT_FOUND,
+                )?;
+                let mut ib = rig.coord.backup_components();
+                s(ib.load_bcd(bcd))?;
+                let r = s(ib.import_snapshots())?;
+                ensure!(
+                    r == vss::Hresult::S_OK,
+                    "{c}: import on the creating host: {r}"
+                );
+                s(ib.delete_snapshots(DeleteTarget::Set(set)))?;
+            } else {
+                s(bc.delete_snapshots(DeleteTarget::Set(set)))?;
+            }
             n += 1;
         }
     }

@@ -36,6 +36,8 @@ macro_rules! ensure {
 mod create;
 mod lifecycle;
 mod misbehaving;
+mod names;
+mod transport;
 
 /// A SAN with a provider: what a scenario runs against.
 pub trait Lab {
@@ -111,7 +113,11 @@ pub struct Ctx {
 /// LUN size the rigs use.
 pub const RIG_LUN_BYTES: u64 = 8 << 20;
 
-/// A host with three LUNs: `E:` and `F:` on the first, `G:` spanning the second and third.
+/// Where the rig's `G:` is also mounted.
+pub const RIG_MOUNT_POINT: &str = "C:\\Mounts\\Logs\\";
+
+/// A host with three LUNs: `E:` and `F:` on the first, `G:` spanning the second and third
+/// (also mounted at [`RIG_MOUNT_POINT`]).
 pub struct Rig {
     pub host: Arc<Host>,
     pub coord: Arc<Coordinator>,
@@ -169,7 +175,8 @@ impl Ctx {
         })
     }
 
-    /// The standard host: `E:`, `F:` (two volumes on one LUN) and `G:` (spanned).
+    /// The standard host: `E:`, `F:` (two volumes on one LUN) and `G:` (spanned, also at
+    /// [`RIG_MOUNT_POINT`]).
     pub fn rig(&self, initiator: &str, config: Config, faults: Vec<Fault>) -> Result<Rig, String> {
         for _ in 0..3 {
             self.lab.create_lun(RIG_LUN_BYTES, initiator)?;
@@ -194,6 +201,7 @@ impl Ctx {
         rig.host.mount("E:", &[(d0.clone(), 1)]).map_err(e)?;
         rig.host.mount("F:", &[(d0, 2)]).map_err(e)?;
         rig.host.mount("G:", &[(d1, 1), (d2, 1)]).map_err(e)?;
+        rig.host.add_mount_point("G:", RIG_MOUNT_POINT).map_err(e)?;
         Ok(rig)
     }
 }
@@ -346,6 +354,21 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
             "stress.cycles_and_concurrent_requester",
             "§10.15",
             create::stress,
+        ),
+        (
+            "names.any_case_guid_path_and_mount_point",
+            "§2.2",
+            names::volume_names,
+        ),
+        (
+            "names.delete_by_any_volume_name",
+            "§10.11",
+            names::delete_by_name,
+        ),
+        (
+            "transport.not_stored_on_creating_host",
+            "§10.10",
+            transport::not_stored_on_creator,
         ),
         ("misbehaving.veto", "§10.7", misbehaving::mis_veto),
         (

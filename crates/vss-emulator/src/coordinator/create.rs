@@ -38,6 +38,13 @@ pub(super) struct PendingSet {
     snapshots: Vec<PendingSnapshot>,
 }
 
+impl PendingSet {
+    /// The volumes of the set, by their own names.
+    pub(super) fn volumes(&self) -> BTreeSet<String> {
+        self.snapshots.iter().map(|s| s.volume.clone()).collect()
+    }
+}
+
 /// What the coordinator holds while `DoSnapshotSet` runs, to undo on failure.
 #[derive(Default)]
 struct Undo {
@@ -97,10 +104,19 @@ impl BackupComponents {
             ));
         };
         let set_id = pending.id;
-        if pending.snapshots.iter().any(|s| s.volume == volume) {
+        let host = &self.coord.host;
+        // Any name of the volume will do (`e:`, `E:\`, its volume GUID path, a mount
+        // point); the set records the volume's own name.
+        let vol = host.volume(volume).map_err(|_| {
+            VssError::refused(
+                Hresult::VSS_E_OBJECT_NOT_FOUND,
+                format!("no volume {volume} on {}", host.name()),
+            )
+        })?;
+        if pending.snapshots.iter().any(|s| s.volume == vol.name) {
             return Err(VssError::refused(
                 Hresult::VSS_E_OBJECT_ALREADY_EXISTS,
-                format!("{volume} is already in the set"),
+                format!("{volume} ({}) is already in the set", vol.name),
             ));
         }
         if pending.snapshots.len() >= vss::MAX_VOLUMES_PER_SET {
@@ -109,19 +125,27 @@ impl BackupComponents {
                 format!("a set holds at most {} volumes", vss::MAX_VOLUMES_PER_SET),
             ));
         }
-        let host = &self.coord.host;
-        let vol = host.volume(volume).map_err(|_| {
-            VssError::refused(
-                Hresult::VSS_E_OBJECT_NOT_FOUND,
-                format!("no volume {volume} on {}", host.name()),
-            )
-        })?;
         let devices = vol.devices();
         let mut luns = Vec::with_capacity(devices.len());
         for d in &devices {
             luns.push(host.disk(d)?.lun_info);
         }
         let ctx = self.context;
+        if ctx.attributes().contains(Attr::CLIENT_ACCESSIBLE) {
+            // Client-accessible copies are the system provider's; hardware providers are
+            // not asked.
+            self.coord
+                .trace
+                .step(format!("{ctx}: no hardware provider is asked"));
+            return Err(VssError::refused(
+                if provider_id.is_nil() {
+                    Hresult::VSS_E_VOLUME_NOT_SUPPORTED
+                } else {
+                    Hresult::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
+                },
+                format!("no hardware provider makes {ctx} shadow copies of {volume}"),
+            ));
+        }
         let provider = if provider_id.is_nil() {
             let candidates: Vec<ProviderHandle> = lock(&self.coord.providers).clone();
             let mut chosen = None;
@@ -172,7 +196,7 @@ impl BackupComponents {
         };
         pending.snapshots.push(PendingSnapshot {
             id: snapshot_id,
-            volume: volume.to_string(),
+            volume: vol.name.clone(),
             provider,
             devices,
             luns,
@@ -263,6 +287,20 @@ impl BackupComponents {
         }
         c.trace.step(format!("DoSnapshotSet {set_id}"));
 
+        // The writers that take part (`writer verify` fails the set before any provider
+        // hears of it), then PrepareForBackup.
+        let writers = self.writers_of(pending);
+        self.verify_writers(&writers)?;
+        for w in &writers {
+            c.trace.step(format!(
+                "W: OnPrepareBackup {} ({:?})",
+                w.name(),
+                self.backup_type
+            ));
+            w.prepare_backup(self.backup_type)
+                .map_err(|source| c.writer_failed(w.as_ref(), source))?;
+        }
+
         // 5. EndPrepareSnapshots, once per provider.
         for p in &providers {
             undo.ended.push(p.clone());
@@ -288,28 +326,11 @@ impl BackupComponents {
         c.trace.step("set VSS flags on source LUNs");
 
         // 7. Writers: PrepareForSnapshot, Freeze.
-        let writers: Vec<Arc<dyn Writer>> = if ctx.contains(Attr::NO_WRITERS) {
-            Vec::new()
-        } else {
-            let vols: BTreeSet<&str> = pending
-                .snapshots
-                .iter()
-                .map(|s| s.volume.as_str())
-                .collect();
-            lock(&c.writers)
-                .iter()
-                .filter(|w| w.volumes().iter().any(|v| vols.contains(v.as_str())))
-                .cloned()
-                .collect()
-        };
         for w in &writers {
             c.trace.step(format!("W: OnFreeze {}", w.name()));
             undo.frozen.push(Arc::clone(w));
             w.freeze(c.config.freeze_window)
-                .map_err(|source| VssError::Writer {
-                    code: source.hresult(),
-                    source,
-                })?;
+                .map_err(|source| c.writer_failed(w.as_ref(), source))?;
         }
 
         // 8. PreCommitSnapshots.
@@ -435,6 +456,7 @@ impl BackupComponents {
             surfaced: BTreeMap::new(),
             volumes: BTreeMap::new(),
             emptied: BTreeSet::new(),
+            exposed: BTreeMap::new(),
             imported: false,
             owner: ctx.is_auto_release().then_some(self.id),
             order: c.next_order.fetch_add(1, Ordering::Relaxed),
@@ -487,7 +509,20 @@ impl BackupComponents {
             p.post_final_commit_snapshots(set_id).map_err(pf(p))?;
         }
         c.trace.step(format!("DoSnapshotSet {set_id} done"));
-        lock(&c.sets).insert(set_id, known);
+        for w in writers {
+            if !self.took_part.iter().any(|t| t.name() == w.name()) {
+                self.took_part.push(w);
+            }
+        }
+        if ctx.is_transportable() {
+            // A transportable set is not stored on the creating host: it lives in its BCD
+            // until it is imported (here or elsewhere).
+            c.trace
+                .step(format!("set {set_id} kept in its BCD only (transportable)"));
+            self.created_transportable.insert(set_id, known.record);
+        } else {
+            lock(&c.sets).insert(set_id, known);
+        }
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use vss::{Hresult, VssId};
 
 use super::{BackupComponents, Coordinator, VssError, lock};
+use crate::host::normalize_volume_name;
 
 /// What `DeleteSnapshots` removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum DeleteTarget {
     Volume(String),
     /// The oldest snapshot of a volume.
     Oldest(String),
+    /// The snapshot exposed at this drive letter or mount point.
+    Exposed(String),
 }
 
 impl Coordinator {
@@ -99,6 +102,17 @@ impl BackupComponents {
     pub fn delete_snapshots(&mut self, target: DeleteTarget) -> Result<usize, VssError> {
         let c = &self.coord;
         let all = c.query();
+        // A volume may be named any way Windows accepts; on a host that does not have it
+        // (an import host), the name is compared with the snapshots' original volume names.
+        let same_volume = |named: &str| {
+            let n = normalize_volume_name(
+                &c.host
+                    .volume(named)
+                    .map(|v| v.name)
+                    .unwrap_or_else(|_| named.to_string()),
+            );
+            move |original: &str| normalize_volume_name(original) == n
+        };
         let ids: Vec<VssId> = match &target {
             DeleteTarget::Snapshot(id) => all
                 .iter()
@@ -111,19 +125,33 @@ impl BackupComponents {
                 .map(|s| s.snapshot_id)
                 .collect(),
             DeleteTarget::All => all.iter().map(|s| s.snapshot_id).collect(),
-            DeleteTarget::Volume(v) => all
-                .iter()
-                .filter(|s| &s.original_volume == v)
-                .map(|s| s.snapshot_id)
-                .collect(),
+            DeleteTarget::Volume(v) => {
+                let is = same_volume(v);
+                all.iter()
+                    .filter(|s| is(&s.original_volume))
+                    .map(|s| s.snapshot_id)
+                    .collect()
+            }
+            DeleteTarget::Exposed(at) => {
+                let n = normalize_volume_name(at);
+                all.iter()
+                    .filter(|s| {
+                        s.exposed_name
+                            .as_deref()
+                            .is_some_and(|e| normalize_volume_name(e) == n)
+                    })
+                    .map(|s| s.snapshot_id)
+                    .collect()
+            }
             DeleteTarget::Oldest(v) => {
+                let is = same_volume(v);
                 let sets = lock(&c.sets);
                 sets.values()
                     .filter_map(|s| {
                         s.record
                             .snapshots
                             .iter()
-                            .find(|x| &x.original_volume == v)
+                            .find(|x| is(&x.original_volume))
                             .map(|x| ((s.record.created, s.order), x.snapshot_id))
                     })
                     .min_by_key(|(k, _)| *k)

@@ -176,6 +176,7 @@ impl BackupComponents {
             surfaced: BTreeMap::new(),
             volumes: BTreeMap::new(),
             emptied: BTreeSet::new(),
+            exposed: BTreeMap::new(),
             imported: true,
             owner: None,
             order: c.next_order.fetch_add(1, Ordering::Relaxed),

@@ -10,8 +10,10 @@
 mod break_set;
 mod create;
 mod delete;
+mod expose;
 mod import;
 mod recover;
+mod writers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,10 +28,11 @@ use vss::{Hresult, LunInfo, SnapshotContext, VolumeSnapshotAttributes as Attr, V
 use crate::bcd::{Bcd, BcdError, SetRecord};
 use crate::host::{Host, HostError};
 use crate::trace::{ProviderFailure, ProviderHandle, Trace};
-use crate::writer::{Writer, WriterError};
+use crate::writer::{BackupType, Writer, WriterError};
 
 use create::PendingSet;
 pub use delete::DeleteTarget;
+pub use writers::{WriterInfo, WriterState};
 
 /// Timing rules of the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +113,8 @@ struct KnownSet {
     volumes: BTreeMap<VssId, String>,
     /// LUN indexes already given to OnLunEmpty.
     emptied: BTreeSet<usize>,
+    /// Where snapshots are exposed (drive letter or mount point), by snapshot id.
+    exposed: BTreeMap<VssId, String>,
     imported: bool,
     /// The requester that owns an auto-release set.
     owner: Option<u64>,
@@ -126,6 +131,8 @@ pub struct SnapshotProp {
     pub original_volume: String,
     /// The snapshot volume's name on this host, if surfaced.
     pub snapshot_device: Option<String>,
+    /// The drive letter or mount point it is exposed at, if exposed.
+    pub exposed_name: Option<String>,
     pub originating_machine: String,
     pub provider_id: VssId,
     pub attributes: u32,
@@ -137,6 +144,7 @@ pub struct SnapshotProp {
 pub struct ProviderProp {
     pub id: VssId,
     pub name: String,
+    pub version: String,
 }
 
 /// The coordinator of one host.
@@ -146,6 +154,7 @@ pub struct Coordinator {
     trace: Trace,
     providers: Mutex<Vec<ProviderHandle>>,
     writers: Mutex<Vec<Arc<dyn Writer>>>,
+    writer_states: Mutex<BTreeMap<String, writers::Status>>,
     in_flight: Mutex<Option<VssId>>,
     sets: Mutex<BTreeMap<VssId, KnownSet>>,
     next_shadow: AtomicU32,
@@ -173,6 +182,7 @@ impl Coordinator {
             trace: Trace::new(),
             providers: Mutex::default(),
             writers: Mutex::default(),
+            writer_states: Mutex::default(),
             in_flight: Mutex::default(),
             sets: Mutex::default(),
             next_shadow: AtomicU32::new(1),
@@ -226,6 +236,7 @@ impl Coordinator {
             .map(|p| ProviderProp {
                 id: p.id,
                 name: p.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .collect()
     }
@@ -249,6 +260,12 @@ impl Coordinator {
             loaded: None,
             recovery: Vec::new(),
             released: false,
+            created_transportable: BTreeMap::new(),
+            backup_type: BackupType::Full,
+            excluded_writers: Vec::new(),
+            verified_writers: Vec::new(),
+            took_part: Vec::new(),
+            restoring: false,
         }
     }
 
@@ -264,12 +281,19 @@ impl Coordinator {
                 attrs |= Attr::IMPORTED.bits();
             }
             for snap in &s.record.snapshots {
+                let exposed_name = s.exposed.get(&snap.snapshot_id).cloned();
+                let attrs = if exposed_name.is_some() {
+                    attrs | Attr::EXPOSED_LOCALLY.bits()
+                } else {
+                    attrs
+                };
                 out.push(SnapshotProp {
                     snapshot_id: snap.snapshot_id,
                     snapshot_set_id: s.record.snapshot_set_id,
                     snapshots_count: s.record.snapshots.len(),
                     original_volume: snap.original_volume.clone(),
                     snapshot_device: s.volumes.get(&snap.snapshot_id).cloned(),
+                    exposed_name,
                     originating_machine: s.record.originating_host.clone(),
                     provider_id: snap.provider_id,
                     attributes: attrs,
@@ -297,6 +321,17 @@ pub struct BackupComponents {
     loaded: Option<Bcd>,
     recovery: Vec<(VssId, Option<String>)>,
     released: bool,
+    /// Transportable sets this requester created: on the creating host they live only in
+    /// their BCD (kept here for `SaveAsXML`), not in the host's VSS.
+    created_transportable: BTreeMap<VssId, SetRecord>,
+    backup_type: BackupType,
+    /// Writers left out of this requester's sets (`writer exclude`).
+    excluded_writers: Vec<String>,
+    /// Writers that must take part, or creation fails (`writer verify`).
+    verified_writers: Vec<String>,
+    /// Writers that took part in a set since the last `BackupComplete`.
+    took_part: Vec<Arc<dyn Writer>>,
+    restoring: bool,
 }
 
 impl std::fmt::Debug for BackupComponents {
@@ -318,7 +353,11 @@ impl BackupComponents {
                 "the context cannot change while a set is being built",
             ));
         }
-        if !context.is_valid_for_creation() {
+        // Accepted, as on Windows; only the system provider makes such copies, so adding a
+        // volume fails (`add_to_snapshot_set`).
+        let client_accessible = context == SnapshotContext::CLIENT_ACCESSIBLE
+            || context == SnapshotContext::CLIENT_ACCESSIBLE_WRITERS;
+        if !client_accessible && !context.is_valid_for_creation() {
             return Err(VssError::refused(
                 Hresult::VSS_E_UNSUPPORTED_CONTEXT,
                 format!("{context} cannot be used to create hardware snapshots"),
@@ -332,8 +371,12 @@ impl BackupComponents {
         self.context
     }
 
-    /// The BCD of the last created set (`SaveAsXML`).
+    /// The BCD of a set this host knows or this requester created transportable
+    /// (`SaveAsXML`).
     pub fn bcd(&self, set_id: VssId) -> Result<Bcd, VssError> {
+        if let Some(r) = self.created_transportable.get(&set_id) {
+            return Ok(Bcd::new(r.clone()));
+        }
         self.coord.bcd(set_id).ok_or_else(|| {
             VssError::refused(
                 Hresult::VSS_E_OBJECT_NOT_FOUND,
