@@ -27,13 +27,36 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(30);
 /// Exit code of `install` when every step but the VSS registration succeeded.
 pub const EXIT_VSS_REGISTRATION_FAILED: u8 = 3;
 
+/// Exit code of a usage error (missing or contradictory arguments, unreadable token file).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Exit code of `install` / `uninstall` when a step failed: the first failed step's own
+/// code, so an installer's log names the step (configuration 10, COM class 11, service 12,
+/// event source 13, VSS registration 14).
+pub fn step_exit_code(step: &str) -> u8 {
+    match step {
+        "configuration" => 10,
+        "COM class" => 11,
+        "service" => 12,
+        "event source" => 13,
+        "VSS registration" => 14,
+        _ => 1,
+    }
+}
+
 const USAGE: &str = "\
 usage: shadowlun-provider.exe <command>
 
-  install --array URL --token TOKEN --fingerprint SHA256
+  install [--array URL --fingerprint SHA256 (--token TOKEN | --token-file PATH)]
+          [--vss-optional] [--atomic]
                  register the provider (COM class, service, event source, VSS);
-                 running it again upgrades in place
-  uninstall      remove every registration (works from any partial state)
+                 running it again upgrades in place; without the three settings the
+                 existing configuration is kept; --vss-optional succeeds where VSS
+                 refuses the registration (exit 3 otherwise); --atomic undoes every
+                 step and restores the previous configuration when one fails
+  uninstall [--keep-config]
+                 remove every registration (works from any partial state), and the
+                 configuration unless --keep-config
   status [--json]
                  show the configuration, every registration, and whether the array
                  answers with its pinned certificate and accepts the token
@@ -223,23 +246,46 @@ pub fn main() -> ExitCode {
         }
         "install" => {
             log_to_stderr();
-            let (Some(array_url), Some(token)) = (flag(&args, "--array"), flag(&args, "--token"))
-            else {
-                eprint!("install needs --array and --token\n\n{USAGE}");
-                return ExitCode::from(2);
+            let token = match (flag(&args, "--token"), flag(&args, "--token-file")) {
+                (Some(t), _) => Some(t),
+                (None, Some(path)) => match std::fs::read_to_string(&path) {
+                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+                    Ok(_) => {
+                        eprintln!("the token file {path} is empty");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Err(e) => {
+                        eprintln!("cannot read the token file {path}: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                },
+                (None, None) => None,
             };
-            let Some(fingerprint) = flag(&args, "--fingerprint") else {
-                eprintln!(
-                    "install needs --fingerprint: the SHA-256 fingerprint the array printed on \
-                     its first start (`shadowlun array fingerprint` shows it again). The \
-                     provider trusts that certificate and nothing else."
-                );
-                return ExitCode::from(2);
+            let config = match (flag(&args, "--array"), token, flag(&args, "--fingerprint")) {
+                (None, None, None) => None,
+                (Some(array_url), Some(token), Some(fingerprint)) => {
+                    if let Err(e) = provider::https::parse_fingerprint(&fingerprint) {
+                        eprintln!("{e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                    Some((array_url, token, fingerprint))
+                }
+                (_, _, None) => {
+                    eprintln!(
+                        "install needs --fingerprint: the SHA-256 fingerprint the array printed \
+                         on its first start (`shadowlun array fingerprint` shows it again). The \
+                         provider trusts that certificate and nothing else."
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                _ => {
+                    eprint!(
+                        "install needs --array, --fingerprint and --token (or --token-file) \
+                         together, or none of them to keep the configuration\n\n{USAGE}"
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
             };
-            if let Err(e) = provider::https::parse_fingerprint(&fingerprint) {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
             let exe = match own_exe() {
                 Ok(e) => e,
                 Err(e) => {
@@ -247,15 +293,29 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let r = install::install(&InstallArgs {
-                array_url,
-                token,
-                fingerprint,
-                exe,
-            });
+            let atomic = args.iter().any(|a| a == "--atomic");
+            let vss_optional = args.iter().any(|a| a == "--vss-optional");
+            let previous = std::fs::read(crate::config::path()).ok();
+            let r = install::install(&InstallArgs { config, exe });
             print_report(&r);
-            match r.failed().as_slice() {
+            let failed = r.failed();
+            if atomic && !(failed.is_empty() || (vss_optional && failed == ["VSS registration"])) {
+                eprintln!("install failed: undoing every step (--atomic)");
+                print_report(&install::uninstall(true));
+                let restored = match &previous {
+                    Some(text) => crate::config::restore(text),
+                    None => crate::config::Config::remove().map(|_| ()),
+                };
+                if let Err(e) = restored {
+                    eprintln!("restoring the previous configuration failed: {e}");
+                }
+            }
+            match failed.as_slice() {
                 [] => ExitCode::SUCCESS,
+                ["VSS registration"] if vss_optional => {
+                    eprintln!("installed; VSS did not accept the registration (--vss-optional)");
+                    ExitCode::SUCCESS
+                }
                 ["VSS registration"] => {
                     eprintln!(
                         "installed, but VSS did not accept the provider registration: this \
@@ -263,17 +323,16 @@ pub fn main() -> ExitCode {
                     );
                     ExitCode::from(EXIT_VSS_REGISTRATION_FAILED)
                 }
-                _ => ExitCode::FAILURE,
+                [first, ..] => ExitCode::from(step_exit_code(first)),
             }
         }
         "uninstall" => {
             log_to_stderr();
-            let r = install::uninstall();
+            let r = install::uninstall(args.iter().any(|a| a == "--keep-config"));
             print_report(&r);
-            if r.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            match r.failed().as_slice() {
+                [] => ExitCode::SUCCESS,
+                [first, ..] => ExitCode::from(step_exit_code(first)),
             }
         }
         "status" => {

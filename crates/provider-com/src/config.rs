@@ -128,6 +128,20 @@ impl Config {
     }
 }
 
+/// Puts back a configuration file's previous bytes (an install that failed), with the
+/// file's restricted ACL.
+pub fn restore(text: &[u8]) -> Result<(), ConfigError> {
+    let p = path();
+    let err = |source| ConfigError::Write {
+        path: p.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir()).map_err(err)?;
+    std::fs::write(&p, text).map_err(err)?;
+    sddl::restrict_file(&p, sddl::CONFIG_FILE_SDDL)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

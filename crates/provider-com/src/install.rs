@@ -205,9 +205,8 @@ pub(crate) fn com_init() {
 /// What `install` needs.
 #[derive(Debug, Clone)]
 pub struct InstallArgs {
-    pub array_url: String,
-    pub token: String,
-    pub fingerprint: String,
+    /// (array URL, token, fingerprint); `None` keeps the existing configuration.
+    pub config: Option<(String, String, String)>,
     /// The Windows path of the server executable to register.
     pub exe: String,
 }
@@ -217,9 +216,24 @@ pub struct InstallArgs {
 pub fn install(a: &InstallArgs) -> Report {
     com_init();
     let mut r = Report::default();
-    match Config::new(&a.array_url, &a.token, &a.fingerprint).and_then(|c| c.save()) {
-        Ok(p) => r.push("configuration", Outcome::Done(p.display().to_string())),
-        Err(e) => r.push("configuration", Outcome::Failed(e.to_string())),
+    match &a.config {
+        Some((url, token, fp)) => match Config::new(url, token, fp).and_then(|c| c.save()) {
+            Ok(p) => r.push("configuration", Outcome::Done(p.display().to_string())),
+            Err(e) => r.push("configuration", Outcome::Failed(e.to_string())),
+        },
+        None => match Config::load().and_then(|c| c.token().map(|_| c)) {
+            Ok(c) => r.push(
+                "configuration",
+                Outcome::Done(format!("kept (array {})", c.array_url)),
+            ),
+            Err(e) => r.push(
+                "configuration",
+                Outcome::Failed(format!(
+                    "no usable configuration to keep ({e}): give --array, --fingerprint and \
+                     --token-file"
+                )),
+            ),
+        },
     }
     match register_com(&a.exe) {
         Ok(t) => r.push("COM class", Outcome::Done(t)),
@@ -240,8 +254,9 @@ pub fn install(a: &InstallArgs) -> Report {
     r
 }
 
-/// Reverses every install step; absent pieces are not errors.
-pub fn uninstall() -> Report {
+/// Reverses every install step; absent pieces are not errors. `keep_config` leaves the
+/// configuration file (an upgrade, or an administrator who will reinstall).
+pub fn uninstall(keep_config: bool) -> Report {
     com_init();
     let mut r = Report::default();
     match vss_admin() {
@@ -272,6 +287,10 @@ pub fn uninstall() -> Report {
         Ok(v) if v.iter().any(|x| *x) => r.push("COM class", Outcome::Done(clsid_key())),
         Ok(_) => r.push("COM class", Outcome::Absent),
         Err(e) => r.push("COM class", Outcome::Failed(e.to_string())),
+    }
+    if keep_config {
+        r.push("configuration", Outcome::Skipped("kept".into()));
+        return r;
     }
     match Config::remove() {
         Ok(true) => r.push(
