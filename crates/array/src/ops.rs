@@ -207,7 +207,15 @@ pub async fn observe(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> R
             .into_response();
         }
     };
-    let details = details(&route, parts.uri.path(), parts.uri.query(), &bytes);
+    let mut details = details(&route, parts.uri.path(), parts.uri.query(), &bytes);
+    // A retry answered as the first time is a second record with the same key.
+    if let Some(k) = parts
+        .headers
+        .get(crate::http::IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+    {
+        details.insert("idempotency_key".into(), k.into());
+    }
     let req = Request::from_parts(parts, Body::from(bytes));
     let res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();

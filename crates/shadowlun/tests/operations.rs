@@ -275,6 +275,11 @@ fn logs_status_sessions_and_an_audit_trail_that_survives_kill_9() {
     assert_eq!(r["status"], 201);
     assert!(r["from"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(audit[3]["details"]["host"], "sql01");
+    // Creating requests carry the CLI's idempotency key: a retry would show with the same one.
+    assert!(
+        audit[0]["details"]["idempotency_key"].is_string(),
+        "{audit}"
+    );
     // A time in the future lists nothing.
     assert!(
         cli(&d, &["audit", "--since", "2100-01-01T00:00:00Z"])
