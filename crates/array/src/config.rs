@@ -22,6 +22,14 @@ pub struct Config {
     pub iscsi_portals: Vec<SocketAddr>,
     /// Address of the HTTPS control API.
     pub api_listen: SocketAddr,
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP, no authentication).
+    /// Default: none, no endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Pool use, in percent of its capacity, past which the array's health is warning.
+    pub pool_warning_percent: u8,
+    /// Pool use, in percent of its capacity, past which the array's health is critical.
+    pub pool_critical_percent: u8,
     /// iSCSI target name every LUN is served under. Default: the pool's, fixed when the
     /// pool is made (`iqn.2026-01.org.shadowlun:array-<array id>`; pools made before arrays
     /// had ids keep `iqn.2026-01.org.shadowlun:array`).
@@ -60,6 +68,9 @@ impl Default for Config {
             backend: BackendConfig::default(),
             iscsi_portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            metrics_listen: None,
+            pool_warning_percent: 80,
+            pool_critical_percent: 90,
             target_name: None,
             iscsi_relative_port: 1,
             iscsi_portal_group_tag: 1,
@@ -172,6 +183,16 @@ impl Config {
             return Err(bad(
                 "iscsi_relative_port must be 1 to 65535 (0 is reserved by SCSI)".into(),
             ));
+        }
+        if self.pool_warning_percent == 0
+            || self.pool_warning_percent > self.pool_critical_percent
+            || self.pool_critical_percent > 100
+        {
+            return Err(bad(format!(
+                "pool_warning_percent ({}) and pool_critical_percent ({}) must be 1 to 100, \
+                 the warning at most the critical",
+                self.pool_warning_percent, self.pool_critical_percent
+            )));
         }
         if self.reaper_interval_secs == 0 {
             return Err(bad("reaper_interval_secs must be at least 1".into()));
@@ -327,5 +348,13 @@ mod tests {
             reason("iscsi_relative_port = 0").contains("iscsi_relative_port must be 1 to 65535")
         );
         assert!(reason("iscsi_portal_group_tag = 70000").contains("iscsi_portal_group_tag"));
+        assert!(
+            reason("pool_warning_percent = 95").contains(
+                "pool_warning_percent (95) and pool_critical_percent (90) must be 1 to 100"
+            )
+        );
+        assert!(reason("pool_critical_percent = 101").contains("must be 1 to 100"));
+        let c = Config::parse("metrics_listen = '127.0.0.1:9470'", "t").unwrap();
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9470");
     }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ArrayError;
 use crate::export::ScsiExporter;
+use crate::metrics::{self, Exposition, IoStats};
 use crate::pool::{PoolIdentity, PoolLock};
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 
@@ -25,6 +27,8 @@ use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 pub struct RunningArray {
     /// Where the HTTPS control API listens (the real port when configured with port 0).
     pub api_addr: SocketAddr,
+    /// Where the Prometheus endpoint listens, when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// iSCSI portals being served (empty when none is configured).
     pub iscsi_addrs: Vec<SocketAddr>,
     /// SHA-256 fingerprint of the API certificate, `AB:CD:...`, for the provider to pin.
@@ -88,7 +92,7 @@ pub fn private_files() {
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
     if config.iscsi_portals.is_empty() {
-        return start_prepared(config, pool, Arc::new(NoExport), None).await;
+        return start_prepared(config, pool, Arc::new(NoExport), None, None).await;
     }
     let target_name = pool.target_name(&config);
     let target = Arc::new(scsi::Target::new(&target_name));
@@ -120,7 +124,8 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
         })?;
     let server = Arc::new(server);
     let exporter = Arc::new(ScsiExporter::new(target, Some(server.clone())));
-    start_prepared(config, pool, exporter, Some(server)).await
+    let io = exporter.io_stats().clone();
+    start_prepared(config, pool, exporter, Some(server), Some(io)).await
 }
 
 /// The pool directory, held: its lock and the array's identity.
@@ -161,7 +166,7 @@ pub async fn start_with(
     iscsi: Option<Arc<iscsi::TargetServer>>,
 ) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
-    start_prepared(config, pool, exporter, iscsi).await
+    start_prepared(config, pool, exporter, iscsi, None).await
 }
 
 async fn start_prepared(
@@ -169,6 +174,7 @@ async fn start_prepared(
     files: PoolFiles,
     exporter: Arc<dyn Exporter>,
     iscsi: Option<Arc<iscsi::TargetServer>>,
+    io: Option<Arc<IoStats>>,
 ) -> Result<RunningArray, ArrayError> {
     let pool = config.pool_dir.clone();
     let admin_token_path = config.admin_token_path();
@@ -200,6 +206,14 @@ async fn start_prepared(
         .local_addr()
         .map_err(|e| ArrayError::io("local address", e))?;
     let (stop, stop_rx) = watch::channel(false);
+    let (metrics_addr, metrics) = match config.metrics_listen {
+        Some(addr) => {
+            let exposition = Exposition::new(array.clone(), io, iscsi.clone());
+            let (bound, task) = serve_metrics(addr, exposition, stop_rx.clone()).await?;
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
     let audit = crate::audit::AuditLog::open(&pool, crate::audit::DEFAULT_LIMIT).map_err(|e| {
         ArrayError::io(
             "opening the audit trail",
@@ -213,8 +227,8 @@ async fn start_prepared(
         pool_dir: pool.clone(),
         audit: Arc::new(audit),
         audit_failures: Default::default(),
-        warn_percent: crate::ops::WARN_PERCENT,
-        critical_percent: crate::ops::CRITICAL_PERCENT,
+        warn_percent: config.pool_warning_percent,
+        critical_percent: config.pool_critical_percent,
     });
     let router = crate::ops::router(crate::http::router(array.clone()), ops);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -226,6 +240,9 @@ async fn start_prepared(
     let task = tokio::spawn(async move {
         accept_loop(listener, acceptor, router, stop_rx).await;
         let _ = reaper.await;
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
     });
     tracing::info!(%api_addr, %fingerprint, admin_token = %admin_token_path.display(), "array started");
     let iscsi_addrs = iscsi
@@ -235,6 +252,7 @@ async fn start_prepared(
     Ok(RunningArray {
         _pool_lock: files.lock,
         api_addr,
+        metrics_addr,
         iscsi_addrs,
         iscsi,
         fingerprint,
@@ -304,6 +322,50 @@ async fn accept_loop(
     }
 }
 
+/// Serves `GET /metrics` over plain HTTP on `addr` until `stop` changes.
+async fn serve_metrics(
+    addr: SocketAddr,
+    exposition: Exposition,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ArrayError> {
+    use axum::http::header::CONTENT_TYPE;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ArrayError::io(format!("binding the metrics endpoint {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ArrayError::io("local address", e))?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let exposition = exposition.clone();
+            async move {
+                // Reading the pool's accounting may touch the disk: off the reactor.
+                match tokio::task::spawn_blocking(move || exposition.render()).await {
+                    Ok(text) => ([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "rendering the metrics failed");
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let done = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(done)
+            .await
+        {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%bound, "metrics endpoint listening");
+    Ok((bound, task))
+}
+
 async fn reaper(array: Array, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,6 +398,9 @@ pub async fn serve(
 ) -> Result<(), ArrayError> {
     let running = start(config).await?;
     println!("shadowlun array: API https://{}", running.api_addr);
+    if let Some(m) = running.metrics_addr {
+        println!("shadowlun array: metrics http://{m}/metrics");
+    }
     for a in &running.iscsi_addrs {
         println!("shadowlun array: iSCSI portal {a}");
     }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use scsi::{LogicalUnit, LuIdentity};
 use storage::Backend;
 
+use crate::metrics::{IoStats, MeteredDevice};
 use crate::state::{ExportedLun, Exporter};
 
 /// Maps LUNs into a SCSI target; one [`LogicalUnit`] per LUN is shared by every initiator it is
@@ -16,6 +17,7 @@ pub struct ScsiExporter {
     target: Arc<scsi::Target>,
     server: Option<Arc<iscsi::TargetServer>>,
     units: Mutex<HashMap<String, Weak<LogicalUnit>>>,
+    io: Arc<IoStats>,
 }
 
 impl std::fmt::Debug for ScsiExporter {
@@ -33,7 +35,13 @@ impl ScsiExporter {
             target,
             server,
             units: Mutex::new(HashMap::new()),
+            io: Arc::new(IoStats::default()),
         }
+    }
+
+    /// Every served LUN's I/O counters.
+    pub fn io_stats(&self) -> &Arc<IoStats> {
+        &self.io
     }
 
     pub fn target(&self) -> &Arc<scsi::Target> {
@@ -66,6 +74,7 @@ impl ScsiExporter {
                 return None;
             }
         };
+        let device = Arc::new(MeteredDevice::new(device, self.io.lun(&lun.id)));
         let u = Arc::new(LogicalUnit::new(device, identity));
         units.insert(lun.id.clone(), Arc::downgrade(&u));
         Some(u)

@@ -28,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod http;
 pub mod journal;
+pub mod metrics;
 pub mod ops;
 pub mod pool;
 pub mod state;

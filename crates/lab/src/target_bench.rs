@@ -53,6 +53,9 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Compare with tgt (needs `tgtd` and `tgtadm` on PATH).
     pub with_tgt: bool,
+    /// Count every read and write of shadowlun's LUNs the way the array daemon does for its
+    /// Prometheus endpoint (`array::metrics::MeteredDevice`).
+    pub metered: bool,
 }
 
 impl Default for BenchOptions {
@@ -62,6 +65,7 @@ impl Default for BenchOptions {
             size_mib: 256,
             duration: Duration::from_secs(3),
             with_tgt: true,
+            metered: false,
         }
     }
 }
@@ -643,15 +647,29 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             designators: vec![vss::inquiry::Designator::naa_locally_assigned(0xbe0d)],
             ..identity.clone()
         };
+        let io = array::metrics::IoStats::default();
+        let meter = |dev: scsi::Device, lun: &str| -> scsi::Device {
+            if opts.metered {
+                Arc::new(array::metrics::MeteredDevice::new(dev, io.lun(lun)))
+            } else {
+                dev
+            }
+        };
         target.map(
             BENCH_INITIATOR,
             0,
-            Arc::new(scsi::LogicalUnit::new(Arc::new(dev), identity)),
+            Arc::new(scsi::LogicalUnit::new(
+                meter(Arc::new(dev), "lun-1"),
+                identity,
+            )),
         );
         target.map(
             BENCH_INITIATOR,
             1,
-            Arc::new(scsi::LogicalUnit::new(Arc::new(direct), direct_identity)),
+            Arc::new(scsi::LogicalUnit::new(
+                meter(Arc::new(direct), "lun-2"),
+                direct_identity,
+            )),
         );
         let server = TargetServer::spawn(TargetConfig {
             portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],

@@ -158,6 +158,10 @@ enum BenchCmd {
         /// Backing file to create and measure (default: in the temporary directory).
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// Count every read and write of shadowlun's LUNs as the daemon does for its
+        /// Prometheus endpoint (to measure what the metrics cost).
+        #[arg(long)]
+        metrics: bool,
     },
     /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
     /// creation cycle with surfacing over iSCSI.
@@ -232,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     size_mib,
                     no_tgt,
                     file,
+                    metrics,
                 } => {
                     let defaults = lab::target_bench::BenchOptions::default();
                     lab::target_bench::run(&lab::target_bench::BenchOptions {
@@ -239,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         size_mib: size_mib.max(16),
                         with_tgt: !no_tgt,
                         backing: file.unwrap_or(defaults.backing),
+                        metered: metrics,
                     })?
                 }
                 BenchCmd::Vss => lab::vss_bench::vss_end_to_end()?,

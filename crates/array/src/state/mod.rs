@@ -37,6 +37,7 @@ pub use rows::{HostRow, JobRow, LunRow, LunState, MemberRow, Record, SetRow, is_
 
 use crate::error::ArrayError;
 use crate::journal::Journal;
+use crate::metrics::{ArrayMetrics, PoolFigures};
 use resync::JobHandle;
 use rows::{Db, Inner};
 
@@ -125,6 +126,7 @@ struct Shared {
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
     jobs: Mutex<HashMap<JobId, JobHandle>>,
     idem_gate: Mutex<()>,
+    metrics: Arc<ArrayMetrics>,
 }
 
 /// The array: cheap to clone, every clone is the same array.
@@ -192,8 +194,13 @@ impl Array {
             policy.relative_port,
             policy.portal_group_tag,
         );
+        let metrics = Arc::new(ArrayMetrics::default());
         let array = Array(Arc::new(Shared {
-            inner: Mutex::new(Inner { journal, db }),
+            inner: Mutex::new(Inner {
+                journal,
+                db,
+                metrics: metrics.clone(),
+            }),
             backend,
             exporter,
             policy,
@@ -202,6 +209,7 @@ impl Array {
             clock,
             jobs: Mutex::new(HashMap::new()),
             idem_gate: Mutex::new(()),
+            metrics,
         }));
         {
             let inner = array.lock();
@@ -283,6 +291,39 @@ impl Array {
     /// A journal write failed: the array refuses changes until it is restarted.
     pub fn journal_failed(&self) -> bool {
         self.lock().journal.poisoned()
+    }
+
+    /// The array's own counters.
+    pub fn metrics(&self) -> &ArrayMetrics {
+        &self.0.metrics
+    }
+
+    /// Every LUN, snapshot LUNs included: (id, name, size in bytes), in id order.
+    pub fn lun_sizes(&self) -> Vec<(LunId, String, u64)> {
+        let inner = self.lock();
+        inner
+            .db
+            .luns
+            .values()
+            .map(|l| (l.id.clone(), l.name.clone(), l.size_bytes))
+            .collect()
+    }
+
+    /// The pool's capacity and use, and what the LUNs promise (the sum of their sizes).
+    pub fn pool_figures(&self) -> PoolFigures {
+        let provisioned_bytes = self.lock().db.luns.values().map(|l| l.size_bytes).sum();
+        let usage = match self.0.backend.usage() {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the pool's usage failed");
+                None
+            }
+        };
+        PoolFigures {
+            capacity_bytes: usage.map(|u| u.capacity_bytes).filter(|c| *c != u64::MAX),
+            used_bytes: usage.map(|u| u.allocated_bytes).unwrap_or(0),
+            provisioned_bytes,
+        }
     }
 
     /// Flushes the journal (shutdown).

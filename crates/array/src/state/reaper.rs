@@ -5,6 +5,7 @@ use api::{LunId, ReapReport, SetState};
 use super::Array;
 use super::rows::{Record, SetRow};
 use crate::error::ArrayError;
+use crate::metrics::SetOutcome;
 
 impl Array {
     /// The reaper: removes sets prepared but not committed for longer than the timeout, and
@@ -50,6 +51,12 @@ impl Array {
             }
             report.sets.push(s.set_id);
             report.luns.extend(luns);
+        }
+        if !dry_run {
+            for _ in &report.sets {
+                self.0.metrics.set(SetOutcome::Reaped);
+            }
+            self.0.metrics.reaped(report.sets.len(), report.luns.len());
         }
         Ok(report)
     }

@@ -3,6 +3,7 @@
 //! survives any crash.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use vss::identity::{ArrayId, LunIdentity};
 
 use api::{JobId, JobStatus, LunId, Mapping, ResyncPair, SetState, SnapshotOrigin};
@@ -13,6 +14,7 @@ use vss::{SnapshotContext, VssId};
 use super::{Array, Scope};
 use crate::error::ArrayError;
 use crate::journal::Journal;
+use crate::metrics::ArrayMetrics;
 
 /// Lifecycle of a LUN row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,12 +253,20 @@ impl Db {
 pub(super) struct Inner {
     pub(super) journal: Journal,
     pub(super) db: Db,
+    pub(super) metrics: Arc<ArrayMetrics>,
 }
 
 impl Array {
     /// Journals `records` durably, then applies them.
     pub(super) fn write(inner: &mut Inner, records: Vec<Record>) -> Result<(), ArrayError> {
-        if let Err(e) = inner.journal.append(&records) {
+        let t0 = std::time::Instant::now();
+        let appended = inner.journal.append(&records);
+        inner.metrics.journal_fsync.observe(t0.elapsed());
+        if let Err(e) = appended {
+            inner
+                .metrics
+                .journal_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(error = %e, "journal append failed");
             return Err(e.into());
         }

@@ -12,6 +12,7 @@ use super::auth::not_visible;
 use super::rows::{Db, Inner, LunRow, LunState, MemberRow, Record, SetRow, lun_id};
 use super::{Array, MAX_LUN_NUMBER, Scope};
 use crate::error::ArrayError;
+use crate::metrics::SetOutcome;
 
 fn set_not_found(set: VssId) -> ArrayError {
     ArrayError::NotFound(format!(
@@ -159,8 +160,12 @@ impl Array {
                 next_job: db.next_job,
             },
         );
+        let new_set = !db.sets.contains_key(&set_id);
         records.push(Record::Set(set));
         Self::write(&mut inner, records)?;
+        if new_set {
+            self.0.metrics.set(SetOutcome::Prepared);
+        }
         tracing::info!(%set_id, host, "set prepared");
         Ok(())
     }
@@ -203,12 +208,15 @@ impl Array {
         } else {
             self.0.backend.snapshot_group(&pairs)
         };
-        taken.map_err(|e| match e {
-            BackendError::NoVolume(v) => ArrayError::Conflict(format!(
-                "Source LUN {v} no longer exists; abort the set and start again."
-            )),
-            other => other.into(),
-        })?;
+        if let Err(e) = taken {
+            self.0.metrics.set(SetOutcome::Failed);
+            return Err(match e {
+                BackendError::NoVolume(v) => ArrayError::Conflict(format!(
+                    "Source LUN {v} no longer exists; abort the set and start again."
+                )),
+                other => other.into(),
+            });
+        }
         let now = self.now();
         let mut records = Vec::new();
         for m in &set.members {
@@ -230,8 +238,11 @@ impl Array {
             for (_, clone) in &pairs {
                 let _ = self.0.backend.delete_volume(clone);
             }
+            self.0.metrics.set(SetOutcome::Failed);
             return Err(e);
         }
+        self.0.metrics.commit_duration.observe(t0.elapsed());
+        self.0.metrics.set(SetOutcome::Committed);
         tracing::info!(%set_id, host, luns = pairs.len(), elapsed_us = t0.elapsed().as_micros() as u64, "set committed");
         drop(inner);
         // Engines that clone lazily get the writable clones made now, off the commit path.
@@ -258,7 +269,9 @@ impl Array {
                 let mut set = set;
                 set.state = SetState::Completed;
                 set.updated_at = self.now();
-                Self::write(&mut inner, vec![Record::Set(set)])
+                Self::write(&mut inner, vec![Record::Set(set)])?;
+                self.0.metrics.set(SetOutcome::Completed);
+                Ok(())
             }
             s => Err(ArrayError::Conflict(format!(
                 "Snapshot set {set_id} is {s:?}; only a committed set completes."
@@ -353,6 +366,7 @@ impl Array {
             s.state = SetState::Aborted;
             s.updated_at = self.now();
             Self::write(inner, vec![Record::Set(s)])?;
+            self.0.metrics.set(SetOutcome::Aborted);
         }
         for m in &set.members {
             if let Err(e) = self.remove_snapshot_lun(inner, &m.lun) {

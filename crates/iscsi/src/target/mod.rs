@@ -9,7 +9,7 @@ mod login;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -163,6 +163,8 @@ pub(crate) struct Shared {
     pub local_addrs: Vec<SocketAddr>,
     /// Connections whose thread is alive, from accept until the thread has been joined.
     live: AtomicUsize,
+    /// Logins refused, by reason.
+    pub refused: RefusalCounters,
     /// The server's runtime: its blocking pool executes commands that are not quick and
     /// task management, so that a connection's own thread owns nothing that outlives it.
     pub pool: tokio::runtime::Handle,
@@ -183,6 +185,62 @@ impl Shared {
             .expect("targets lock")
             .get(name)
             .cloned()
+    }
+}
+
+/// Counts of refused logins, kept with atomics.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalCounters {
+    authentication: AtomicU64,
+    authorization: AtomicU64,
+    not_found: AtomicU64,
+    other: AtomicU64,
+}
+
+impl RefusalCounters {
+    /// Counts a login refused with status class and detail (RFC 7143 §11.13.5).
+    pub fn count(&self, class: u8, detail: u8) {
+        let c = match (class, detail) {
+            (2, 1) => &self.authentication,
+            (2, 2) => &self.authorization,
+            (2, 3) => &self.not_found,
+            _ => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> RefusedLogins {
+        RefusedLogins {
+            authentication: self.authentication.load(Ordering::Relaxed),
+            authorization: self.authorization.load(Ordering::Relaxed),
+            not_found: self.not_found.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Logins a target server refused, by the reason the initiator was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusedLogins {
+    /// Authentication failed (CHAP missing or wrong): status 0x0201.
+    pub authentication: u64,
+    /// The initiator may not reach the target (masking): 0x0202.
+    pub authorization: u64,
+    /// No such target: 0x0203.
+    pub not_found: u64,
+    /// Anything else: a malformed login, an unsupported version or session type, shutdown.
+    pub other: u64,
+}
+
+impl RefusedLogins {
+    /// Each reason with its count: `authentication`, `authorization`, `not_found`, `other`.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("authentication", self.authentication),
+            ("authorization", self.authorization),
+            ("not_found", self.not_found),
+            ("other", self.other),
+        ]
     }
 }
 
@@ -243,6 +301,7 @@ impl TargetServer {
             shutdown: shutdown_rx,
             local_addrs: local,
             live: AtomicUsize::new(0),
+            refused: RefusalCounters::default(),
             pool: tokio::runtime::Handle::current(),
         });
         let acc_shared = shared.clone();
@@ -406,6 +465,11 @@ impl TargetServer {
             .collect();
         v.sort_by(|a, b| (&a.initiator, a.isid).cmp(&(&b.initiator, b.isid)));
         v
+    }
+
+    /// Logins this server refused since it started, by reason.
+    pub fn refused_logins(&self) -> RefusedLogins {
+        self.shared.refused.snapshot()
     }
 
     /// Number of connections whose thread is still alive (login phase, full feature phase,

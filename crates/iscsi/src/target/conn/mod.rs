@@ -110,6 +110,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
                 detail,
                 initiator,
             })) => {
+                shared.refused.count(class, detail);
                 tracing::warn!(
                     %peer,
                     initiator = initiator.as_deref().unwrap_or("(not given)"),
