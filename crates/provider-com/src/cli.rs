@@ -273,8 +273,8 @@ pub fn main() -> ExitCode {
                 (_, _, None) => {
                     eprintln!(
                         "install needs --fingerprint: the SHA-256 fingerprint the array printed \
-                         on its first start (`shadowlun array fingerprint` shows it again). The \
-                         provider trusts that certificate and nothing else."
+                         on its first start. The provider trusts that certificate and nothing \
+                         else."
                     );
                     return ExitCode::from(EXIT_USAGE);
                 }
