@@ -194,7 +194,17 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
         self.lookup(luns)?
             .into_iter()
             .zip(luns)
-            .map(|(f, l)| f.ok_or_else(|| ProviderError::NotOurLun(l.describe())))
+            .map(|(f, l)| {
+                f.ok_or_else(|| {
+                    // A LUN with our identity the array does not know was ours once: a
+                    // snapshot deleted on the array, not another vendor's LUN.
+                    if is_shadowlun_vendor(l.vendor_id.as_deref()) {
+                        ProviderError::DeletedSnapshot(l.describe())
+                    } else {
+                        ProviderError::NotOurLun(l.describe())
+                    }
+                })
+            })
             .collect()
     }
 

@@ -11,6 +11,11 @@ pub enum ProviderError {
     Array(#[from] ControlError),
     #[error("the LUN {0} is not a shadowlun LUN")]
     NotOurLun(String),
+    /// A LUN with shadowlun's identity that the array no longer has: a snapshot LUN deleted
+    /// on the array (by an administrator or its retention) while a backup document still
+    /// names it.
+    #[error("the LUN {0} is a shadowlun LUN that was deleted on the array (a deleted snapshot)")]
+    DeletedSnapshot(String),
     #[error("the LUN {0} is an original LUN, not a snapshot LUN")]
     NotASnapshot(String),
     #[error("context {0} is not supported (shadowlun makes differential, not plex, snapshots)")]
@@ -46,17 +51,19 @@ impl ProviderError {
             (ProviderError::TooManyVolumes { .. }, M::BeginPrepareSnapshot) => {
                 H::VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED
             }
-            (ProviderError::NotOurLun(_), M::BeginPrepareSnapshot) => {
-                H::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
-            }
+            (
+                ProviderError::NotOurLun(_) | ProviderError::DeletedSnapshot(_),
+                M::BeginPrepareSnapshot,
+            ) => H::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER,
             (ProviderError::UnsupportedContext(_), M::BeginPrepareSnapshot) => {
                 H::VSS_E_UNSUPPORTED_CONTEXT
             }
-            (ProviderError::UnknownSet(_) | ProviderError::Array(ControlError::NotFound(_)), m)
-                if m.allows(H::VSS_E_OBJECT_NOT_FOUND) =>
-            {
-                H::VSS_E_OBJECT_NOT_FOUND
-            }
+            (
+                ProviderError::UnknownSet(_)
+                | ProviderError::DeletedSnapshot(_)
+                | ProviderError::Array(ControlError::NotFound(_)),
+                m,
+            ) if m.allows(H::VSS_E_OBJECT_NOT_FOUND) => H::VSS_E_OBJECT_NOT_FOUND,
             (ProviderError::InvalidArgument(_), m) if m.allows(H::E_INVALIDARG) => H::E_INVALIDARG,
             _ => H::VSS_E_PROVIDER_VETO,
         };
@@ -86,6 +93,11 @@ impl ProviderError {
             ProviderError::NotOurLun(_) | ProviderError::NotASnapshot(_) => {
                 "Only LUNs served by a shadowlun array can be snapshotted by this provider; \
                  use another provider for this volume."
+            }
+            ProviderError::DeletedSnapshot(_) => {
+                "The snapshot LUN named by the backup document was deleted on the array \
+                 (shadowlun snapshot list shows what is left); this shadow copy cannot be \
+                 imported or used any more: take a new backup."
             }
             ProviderError::UnsupportedContext(_) => {
                 "Request a differential (or default) hardware snapshot; plex snapshots are \
@@ -148,6 +160,7 @@ impl ProviderError {
             ProviderError::Array(ControlError::Unauthorized(_)) => F::TokenRefused,
             ProviderError::Array(ControlError::NotFound(_))
             | ProviderError::NotOurLun(_)
+            | ProviderError::DeletedSnapshot(_)
             | ProviderError::NotASnapshot(_) => F::LunNotFound,
             ProviderError::Array(
                 ControlError::Conflict(_)
@@ -229,6 +242,7 @@ mod tests {
                 detail: "d".into(),
             }),
             ProviderError::NotOurLun("x".into()),
+            ProviderError::DeletedSnapshot("x".into()),
             ProviderError::NotASnapshot("x".into()),
             ProviderError::UnsupportedContext(SnapshotContext(0x40000)),
             ProviderError::TooManyVolumes { max: 64 },
@@ -335,6 +349,16 @@ mod tests {
             ProviderError::NotOurLun("l".into()).hresult(Method::BeginPrepareSnapshot),
             Hresult::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
         );
+        let deleted = ProviderError::DeletedSnapshot("l".into());
+        for m in [
+            Method::LocateLuns,
+            Method::ResyncLuns,
+            Method::OnLunStateChange,
+        ] {
+            assert!(m.allows(deleted.hresult(m)), "{m}");
+        }
+        assert!(deleted.to_string().contains("deleted on the array"));
+        assert!(!deleted.remedy().contains("another provider"));
         let ev = ProviderEvent::new(Method::EndPrepareSnapshots, &ns);
         assert!(
             ev.message

@@ -743,3 +743,41 @@ fn concurrent_support_queries_during_a_set_are_safe() {
     });
     assert_eq!(r.san.snapshot_luns().len(), 1);
 }
+
+#[test]
+fn a_snapshot_deleted_on_the_array_is_reported_as_such_not_as_a_foreign_lun() {
+    let r = rig();
+    let l = r.san.create_lun(MIB, &[HOST_A]);
+    run_until(&r, id(31), &[&l], 7);
+    let snap = r.san.snapshot_luns().pop().unwrap();
+    let snap_info = host_view(&r.san, &snap);
+    // Deleted on the array (as `shadowlun snapshot delete` or OnLunEmpty does) while a
+    // backup components document still names it.
+    assert_eq!(r.p.on_lun_empty("disk", &snap_info), Ok(()));
+    assert!(!r.san.lun_exists(&snap));
+    r.events.0.lock().unwrap().clear();
+    let pb = ShadowlunProvider::with_config(
+        r.san.client(HOST_B),
+        ProviderConfig::default(),
+        r.events.clone(),
+    );
+    let code = pb
+        .locate_luns(std::slice::from_ref(&snap_info))
+        .unwrap_err();
+    assert!(Method::LocateLuns.allows(code), "{code}");
+    assert!(r.san.visible_luns(HOST_B).is_empty());
+    // A foreign LUN still reads as one.
+    let mut foreign = snap_info.clone();
+    foreign.vendor_id = Some("OTHERVND".into());
+    assert!(r.p.locate_luns(&[foreign]).is_err());
+    let ev = r.events.0.lock().unwrap();
+    assert!(
+        ev.iter().any(|e| e.message.contains("deleted on the array")
+            && !e.message.contains("another provider")),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|e| e.message.contains("not a shadowlun LUN")),
+        "{ev:?}"
+    );
+}
