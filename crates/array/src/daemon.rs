@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ArrayError;
 use crate::export::ScsiExporter;
-use crate::metrics::{self, Exposition, IoStats};
+use crate::metrics::{self, Exposition, IoStats, PoolLevel};
 use crate::pool::{PoolIdentity, PoolLock};
 use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
 
@@ -208,7 +208,8 @@ async fn start_prepared(
     let (stop, stop_rx) = watch::channel(false);
     let (metrics_addr, metrics) = match config.metrics_listen {
         Some(addr) => {
-            let exposition = Exposition::new(array.clone(), io, iscsi.clone());
+            let exposition = Exposition::new(array.clone(), io, iscsi.clone())
+                .with_thresholds(config.pool_warning_percent, config.pool_critical_percent);
             let (bound, task) = serve_metrics(addr, exposition, stop_rx.clone()).await?;
             (Some(bound), Some(task))
         }
@@ -235,6 +236,7 @@ async fn start_prepared(
     let reaper = tokio::spawn(reaper(
         array.clone(),
         Duration::from_secs(config.reaper_interval_secs),
+        (config.pool_warning_percent, config.pool_critical_percent),
         stop_rx.clone(),
     ));
     let task = tokio::spawn(async move {
@@ -366,13 +368,53 @@ async fn serve_metrics(
     Ok((bound, task))
 }
 
-async fn reaper(array: Array, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Logs when the pool's use crosses a threshold, up or down; returns the new level.
+fn watch_pool(array: &Array, (warn, crit): (u8, u8), last: PoolLevel) -> PoolLevel {
+    let f = array.pool_figures();
+    let level = f.level(warn, crit);
+    if level != last {
+        let (used, cap) = (f.used_bytes, f.capacity_bytes.unwrap_or(0));
+        match level {
+            PoolLevel::Critical => tracing::error!(
+                used,
+                capacity = cap,
+                threshold_percent = crit,
+                "the pool is critically full: delete snapshot LUNs or grow the pool"
+            ),
+            PoolLevel::Warning => tracing::warn!(
+                used,
+                capacity = cap,
+                threshold_percent = warn,
+                "the pool is filling up"
+            ),
+            PoolLevel::Ok => tracing::info!(
+                used,
+                capacity = cap,
+                "the pool is below its warning threshold again"
+            ),
+        }
+    }
+    level
+}
+
+async fn reaper(
+    array: Array,
+    every: Duration,
+    thresholds: (u8, u8),
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut level = PoolLevel::Ok;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        let a = array.clone();
+        if let Ok(l) = tokio::task::spawn_blocking(move || watch_pool(&a, thresholds, level)).await
+        {
+            level = l;
         }
         let a = array.clone();
         match tokio::task::spawn_blocking(move || a.reap(false)).await {

@@ -362,6 +362,8 @@ pub struct Exposition {
     array: Array,
     io: Option<Arc<IoStats>>,
     iscsi: Option<Arc<iscsi::TargetServer>>,
+    /// Pool use (percent) of the warning and the critical threshold.
+    thresholds: (u8, u8),
 }
 
 impl Exposition {
@@ -370,7 +372,18 @@ impl Exposition {
         io: Option<Arc<IoStats>>,
         iscsi: Option<Arc<iscsi::TargetServer>>,
     ) -> Self {
-        Exposition { array, io, iscsi }
+        Exposition {
+            array,
+            io,
+            iscsi,
+            thresholds: (80, 90),
+        }
+    }
+
+    /// The pool thresholds to publish, in percent (the configuration's).
+    pub fn with_thresholds(mut self, warning_percent: u8, critical_percent: u8) -> Self {
+        self.thresholds = (warning_percent, critical_percent);
+        self
     }
 
     /// The text a scrape gets (`text/plain; version=0.0.4`).
@@ -583,6 +596,18 @@ impl Collector for Exposition {
         }
         gauge(
             &mut enc,
+            "pool_warning_ratio",
+            "Fraction of the pool's capacity past which its health is warning.",
+            f64::from(self.thresholds.0) / 100.0,
+        )?;
+        gauge(
+            &mut enc,
+            "pool_critical_ratio",
+            "Fraction of the pool's capacity past which its health is critical.",
+            f64::from(self.thresholds.1) / 100.0,
+        )?;
+        gauge(
+            &mut enc,
             "pool_used_bytes",
             "Bytes of the pool holding data.",
             pool.used_bytes as f64,
@@ -594,6 +619,31 @@ impl Collector for Exposition {
             pool.provisioned_bytes as f64,
         )?;
         Ok(())
+    }
+}
+
+/// How full a pool is against its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PoolLevel {
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl PoolFigures {
+    /// The pool's level against thresholds in percent (an unbounded pool is always fine).
+    pub fn level(&self, warning_percent: u8, critical_percent: u8) -> PoolLevel {
+        let Some(cap) = self.capacity_bytes.filter(|c| *c > 0) else {
+            return PoolLevel::Ok;
+        };
+        let used = self.used_bytes as u128 * 100;
+        if used >= cap as u128 * u128::from(critical_percent) {
+            PoolLevel::Critical
+        } else if used >= cap as u128 * u128::from(warning_percent) {
+            PoolLevel::Warning
+        } else {
+            PoolLevel::Ok
+        }
     }
 }
 
@@ -640,6 +690,24 @@ mod tests {
         assert!(out.contains("t_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("t_seconds_count 3\n"), "{out}");
         assert!(out.contains("t_seconds_sum 5.00007\n"), "{out}");
+    }
+
+    #[test]
+    fn pool_levels_follow_the_thresholds() {
+        let at = |used| PoolFigures {
+            capacity_bytes: Some(1000),
+            used_bytes: used,
+            provisioned_bytes: 0,
+        };
+        assert_eq!(at(799).level(80, 90), PoolLevel::Ok);
+        assert_eq!(at(800).level(80, 90), PoolLevel::Warning);
+        assert_eq!(at(900).level(80, 90), PoolLevel::Critical);
+        assert_eq!(at(900).level(95, 99), PoolLevel::Ok);
+        let unbounded = PoolFigures {
+            capacity_bytes: None,
+            ..at(u64::MAX)
+        };
+        assert_eq!(unbounded.level(80, 90), PoolLevel::Ok);
     }
 
     #[test]

@@ -17,6 +17,9 @@ use iscsi::initiator::{InitiatorConfig, Session};
 const BIN: &str = env!("CARGO_BIN_EXE_shadowlun");
 const HOST: &str = "iqn.1991-05.com.microsoft:sql01";
 const TARGET: &str = "iqn.2026-01.org.shadowlun:metrics-test";
+/// The memory pool: 300 KiB, so that four 64 KiB writes fill it past the 80 % warning and
+/// short of the 90 % critical threshold.
+const POOL_BYTES: u64 = 300 << 10;
 
 /// Kills and reaps a child process when dropped.
 struct Reaped(Child);
@@ -51,7 +54,8 @@ fn start_daemon(dir: &Path) -> Daemon {
         &config,
         format!(
             "pool_dir = {pool:?}\napi_listen = \"127.0.0.1:0\"\niscsi_portals = [\"127.0.0.1:0\"]\n\
-             metrics_listen = \"127.0.0.1:0\"\ntarget_name = {TARGET:?}\n",
+             metrics_listen = \"127.0.0.1:0\"\ntarget_name = {TARGET:?}\nreaper_interval_secs = 1\n\
+             [backend]\nkind = \"memory\"\ncapacity_bytes = {POOL_BYTES}\n",
             pool = dir.join("pool").display().to_string()
         ),
     )
@@ -60,7 +64,7 @@ fn start_daemon(dir: &Path) -> Daemon {
         .args(["array", "serve", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .expect("starting shadowlun array serve");
     let out = BufReader::new(child.stdout.take().unwrap());
@@ -229,10 +233,35 @@ fn a_real_prometheus_scrapes_the_daemon_and_sees_a_luns_operations() {
         "{text}"
     );
     assert!(sample(&text, "shadowlun_pool_used_bytes").is_some_and(|u| u >= 65536.0));
+    assert_eq!(
+        sample(&text, "shadowlun_pool_capacity_bytes"),
+        Some(POOL_BYTES as f64)
+    );
+    assert_eq!(
+        sample(&text, "shadowlun_pool_used_bytes"),
+        Some(4.0 * 65536.0)
+    );
+    assert_eq!(sample(&text, "shadowlun_pool_warning_ratio"), Some(0.8));
+    assert_eq!(sample(&text, "shadowlun_pool_critical_ratio"), Some(0.9));
     assert!(
         sample(&text, "shadowlun_journal_fsync_duration_seconds_count").is_some_and(|n| n >= 3.0),
         "{text}"
     );
+
+    // The pool is past its warning threshold: the daemon says so at its next reaper tick.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+        if log.contains("the pool is filling up") {
+            assert!(!log.contains("critically full"), "{log}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning about the pool: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // promtool's linter: nothing to fix.
     let mut check = Command::new(&promtool)
