@@ -11,6 +11,7 @@ use lab::wine_lab::{WineLabFactory, WineSetup};
 use vss_emulator::conformance::{self, Ctx, Lab, LabFactory};
 use vss_emulator::coordinator::Config;
 use vss_emulator::script::{Environment, parse, run_commands};
+use vss_emulator::writer::{DatabaseWriter, WriterFault};
 
 /// Which array the emulated hosts and the provider talk to.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -66,6 +67,13 @@ impl WineArgs {
     }
 }
 
+/// `--writer-fault`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FaultArg {
+    Veto,
+    Timeout,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum VssCmd {
     /// Run diskshadow-style scripts, in order, on two emulated hosts sharing one array.
@@ -83,6 +91,10 @@ pub enum VssCmd {
         /// Directory for metadata files the scripts name (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Make host a's database writer (SqlServerWriter: database on E:, log on F:) veto
+        /// its freeze or time out.
+        #[arg(long, value_enum)]
+        writer_fault: Option<FaultArg>,
         #[command(flatten)]
         wine: WineArgs,
     },
@@ -136,8 +148,9 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
             scripts,
             lab,
             dir,
+            writer_fault,
             wine,
-        } => run_scripts(&scripts, lab, dir, wine),
+        } => run_scripts(&scripts, lab, dir, writer_fault, wine),
     }
 }
 
@@ -145,6 +158,7 @@ fn run_scripts(
     scripts: &[String],
     lab: LabKind,
     dir: Option<PathBuf>,
+    writer_fault: Option<FaultArg>,
     wine: WineArgs,
 ) -> anyhow::Result<()> {
     let mut parsed = Vec::new();
@@ -192,6 +206,14 @@ fn run_scripts(
     let b = ctx
         .bare_rig(HOST_B, Config::default(), vec![])
         .map_err(anyhow::Error::msg)?;
+    // Host a runs a database-like writer, so `nowriters`, `writer exclude|verify` and
+    // `end backup` make a difference.
+    let fault = writer_fault.map(|f| match f {
+        FaultArg::Veto => WriterFault::Veto,
+        FaultArg::Timeout => WriterFault::Timeout,
+    });
+    a.coord
+        .add_writer(DatabaseWriter::new("SqlServerWriter", "E:", "F:", fault));
     println!("metadata directory: {}", base.display());
     for (host, file, text) in parsed {
         let coord = if host == 'a' {

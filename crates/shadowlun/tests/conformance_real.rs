@@ -120,3 +120,58 @@ fn a_failing_script_stops_after_printing_what_ran_and_a_syntax_error_runs_nothin
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn host_a_has_a_database_writer_that_vetoes_when_asked_and_nowriters_leaves_it_out() {
+    let dir = std::env::temp_dir().join(format!("shadowlun-writers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let with = dir.join("with.dsh");
+    std::fs::write(
+        &with,
+        "set context persistent\nwriter verify SqlServerWriter\nbegin backup\nadd volume E:\ncreate\nend backup\nlist writers metadata\n",
+    )
+    .unwrap();
+    let without = dir.join("without.dsh");
+    std::fs::write(
+        &without,
+        "set context persistent nowriters\nbegin backup\nadd volume E:\ncreate\nend backup\n",
+    )
+    .unwrap();
+    let run = |fault: Option<&str>, script: &std::path::Path| {
+        let mut c = Command::new(BIN);
+        c.args(["vss", "run", "--lab", "memory", "--dir"]).arg(&dir);
+        if let Some(f) = fault {
+            c.args(["--writer-fault", f]);
+        }
+        let o = c.arg(script).output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run(None, &with);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("BackupComplete sent to 1 writers."), "{out}");
+    assert!(out.contains("\t* WRITER \"SqlServerWriter\""), "{out}");
+    assert!(
+        out.contains("\t\t\t- Volumes affected by this component: F:"),
+        "{out}"
+    );
+    let (code, out, err) = run(Some("veto"), &with);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("line 5:") && err.contains("VSS_E_WRITERERROR_NONRETRYABLE"),
+        "{err}"
+    );
+    let (code, _, err) = run(Some("timeout"), &with);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("VSS_E_WRITERERROR_TIMEOUT"), "{err}");
+    // nowriters: the vetoing writer is not asked; no BackupComplete either.
+    let (code, out, err) = run(Some("veto"), &without);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("Shadow copy set ID {"), "{out}");
+    assert!(!out.contains("BackupComplete"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -529,3 +529,113 @@ impl Writer for LedgerWriter {
         }
     }
 }
+
+/// What a [`DatabaseWriter`] is asked to do wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterFault {
+    /// Fails its freeze (a writer veto: `VSS_E_WRITERERROR_NONRETRYABLE`).
+    Veto,
+    /// Does not finish its freeze in the window (`VSS_E_WRITERERROR_TIMEOUT`).
+    Timeout,
+}
+
+/// A database-like writer: a database component on one volume and its log on another, as
+/// SQL Server or Exchange declare them. It records the events it gets (`events`), truncates
+/// its log at `BackupComplete` of a full backup (not of a copy backup), and can be asked to
+/// veto or time out its freeze.
+pub struct DatabaseWriter {
+    name: String,
+    database: String,
+    log: String,
+    fault: Option<WriterFault>,
+    backup_type: Mutex<Option<BackupType>>,
+    events: Mutex<Vec<String>>,
+}
+
+impl DatabaseWriter {
+    pub fn new(name: &str, database: &str, log: &str, fault: Option<WriterFault>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            database: database.to_string(),
+            log: log.to_string(),
+            fault,
+            backup_type: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The events received, in order (`PrepareForBackup(Full)`, `Freeze`, `Thaw`, …).
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().expect("writer events lock").clone()
+    }
+
+    fn note(&self, e: String) {
+        self.events.lock().expect("writer events lock").push(e);
+    }
+}
+
+impl Writer for DatabaseWriter {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        vec![self.database.clone(), self.log.clone()]
+    }
+
+    fn components(&self) -> Vec<Component> {
+        vec![
+            Component {
+                name: "database".into(),
+                files: vec![format!("{}\\Data\\sales.mdf", self.database)],
+                volumes: vec![self.database.clone()],
+            },
+            Component {
+                name: "log".into(),
+                files: vec![format!("{}\\Log\\sales_log.ldf", self.log)],
+                volumes: vec![self.log.clone()],
+            },
+        ]
+    }
+
+    fn prepare_backup(&self, backup_type: BackupType) -> Result<(), WriterError> {
+        *self.backup_type.lock().expect("writer backup type lock") = Some(backup_type);
+        self.note(format!("PrepareForBackup({backup_type:?})"));
+        Ok(())
+    }
+
+    fn freeze(&self, _window: Duration) -> Result<(), WriterError> {
+        self.note("Freeze".into());
+        match self.fault {
+            None => Ok(()),
+            Some(WriterFault::Veto) => Err(WriterError::Failed {
+                writer: self.name.clone(),
+                message: "the database refused to freeze (asked to veto)".into(),
+            }),
+            Some(WriterFault::Timeout) => Err(WriterError::Timeout(self.name.clone())),
+        }
+    }
+
+    fn thaw(&self) -> Result<(), WriterError> {
+        self.note("Thaw".into());
+        Ok(())
+    }
+
+    fn post_snapshot(&self) -> Result<(), WriterError> {
+        self.note("PostSnapshot".into());
+        Ok(())
+    }
+
+    fn backup_complete(&self) -> Result<(), WriterError> {
+        let t = *self.backup_type.lock().expect("writer backup type lock");
+        self.note(match t {
+            Some(BackupType::Full) => "BackupComplete: log truncated".into(),
+            _ => "BackupComplete: log kept (copy backup)".into(),
+        });
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.note("Abort".into());
+    }
+}
