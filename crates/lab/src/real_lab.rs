@@ -30,6 +30,8 @@ pub struct RealLab {
     /// initiator → (host name, host token)
     hosts: Mutex<BTreeMap<String, (String, String)>>,
     luns: Mutex<usize>,
+    /// Where the LUNs live; one outside `dir` (a Ceph pool) is emptied on drop.
+    backend: array::BackendConfig,
 }
 
 impl std::fmt::Debug for RealLab {
@@ -44,6 +46,15 @@ impl std::fmt::Debug for RealLab {
 impl RealLab {
     /// Starts an array with its pool in `dir` (created; removed on drop unless `keep_dir`).
     pub fn start(dir: PathBuf, keep_dir: bool) -> anyhow::Result<Self> {
+        Self::start_on(dir, keep_dir, array::BackendConfig::default())
+    }
+
+    /// [`RealLab::start`] with the LUNs in `backend`.
+    pub fn start_on(
+        dir: PathBuf,
+        keep_dir: bool,
+        backend: array::BackendConfig,
+    ) -> anyhow::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -52,6 +63,7 @@ impl RealLab {
             pool_dir: dir.clone(),
             api_listen: "127.0.0.1:0".parse()?,
             iscsi_portals: vec!["127.0.0.1:0".parse()?],
+            backend: backend.clone(),
             ..Default::default()
         };
         let running = rt.block_on(array::start(config))?;
@@ -79,7 +91,31 @@ impl RealLab {
             admin,
             hosts: Mutex::new(BTreeMap::new()),
             luns: Mutex::new(0),
+            backend,
         })
+    }
+
+    /// Deletes every volume of this array from a backend outside the lab's directory, the
+    /// newest first (snapshot LUNs before their sources).
+    fn empty_remote_backend(&self) -> anyhow::Result<()> {
+        if !matches!(self.backend, array::BackendConfig::Rbd(_)) {
+            return Ok(());
+        }
+        let identity: array::pool::PoolIdentity =
+            serde_json::from_slice(&std::fs::read(self.dir.join("array.json"))?)?;
+        let backend = self.backend.open(&self.dir, identity.array_id.bits())?;
+        let mut names: Vec<String> = backend.volumes()?.into_iter().map(|v| v.name).collect();
+        let number = |n: &String| -> u64 {
+            n.rsplit('-')
+                .next()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0)
+        };
+        names.sort_by_key(|n| std::cmp::Reverse(number(n)));
+        for n in names {
+            backend.delete_volume(&n)?;
+        }
+        Ok(())
     }
 
     /// The host with this initiator, created on first use; returns (name, token).
@@ -172,6 +208,9 @@ impl Drop for RealLab {
         if let Err(e) = self.shutdown() {
             tracing::warn!("stopping the lab array: {e}");
         }
+        if let Err(e) = self.empty_remote_backend() {
+            tracing::warn!("deleting the lab array's volumes: {e:#}");
+        }
         if !self.keep_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -232,9 +271,19 @@ impl Lab for SharedLab {
 #[derive(Debug, Default)]
 pub struct RealLabFactory {
     counter: std::sync::atomic::AtomicUsize,
+    /// Where each array keeps its LUNs (default: the embedded engine in its directory).
+    backend: array::BackendConfig,
 }
 
 impl RealLabFactory {
+    /// Arrays that keep their LUNs in `backend`.
+    pub fn on(backend: array::BackendConfig) -> Self {
+        Self {
+            backend,
+            ..Self::default()
+        }
+    }
+
     /// A new array in a temporary directory of its own (removed when the lab is dropped).
     pub fn fresh(&self) -> Result<RealLab, String> {
         let n = self
@@ -242,13 +291,16 @@ impl RealLabFactory {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("shadowlun-lab-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        RealLab::start(dir, false).map_err(|e| format!("{e:#}"))
+        RealLab::start_on(dir, false, self.backend.clone()).map_err(|e| format!("{e:#}"))
     }
 }
 
 impl LabFactory for RealLabFactory {
     fn name(&self) -> String {
-        "shadowlun provider over HTTPS + array daemon (embedded engine) + hosts over iSCSI".into()
+        format!(
+            "shadowlun provider over HTTPS + array daemon ({} backend) + hosts over iSCSI",
+            self.backend.kind()
+        )
     }
 
     fn build(&self) -> Result<Box<dyn Lab>, String> {

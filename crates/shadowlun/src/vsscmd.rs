@@ -106,6 +106,10 @@ pub enum VssCmd {
     Conformance {
         #[arg(long, value_enum, default_value = "memory")]
         lab: LabKind,
+        /// With `--lab array`: the storage backend each array keeps its LUNs in, with its
+        /// default settings (`rbd`: pool `rbd` of the cluster `$CEPH_CONF` names).
+        #[arg(long, default_value = "engine")]
+        backend: String,
         /// Only scenarios whose name contains this text.
         #[arg(long, default_value = "")]
         filter: String,
@@ -124,13 +128,21 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
     match cmd {
         VssCmd::Conformance {
             lab,
+            backend,
             filter,
             json,
             wine,
         } => {
             let factory: Box<dyn LabFactory> = match lab {
                 LabKind::Memory => Box::new(ShadowlunLabFactory),
-                LabKind::Array => Box::new(RealLabFactory::default()),
+                LabKind::Array => Box::new(RealLabFactory::on(
+                    array::BackendConfig::with_defaults(&backend).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--backend {backend:?} is not a storage backend; use one of {}",
+                            array::BackendConfig::KINDS.join(", ")
+                        )
+                    })?,
+                )),
                 LabKind::Wine => Box::new(wine.factory()?),
             };
             let report = conformance::run(factory.as_ref(), &filter);
