@@ -37,6 +37,7 @@ mod create;
 mod lifecycle;
 mod misbehaving;
 mod names;
+mod requester;
 mod transport;
 
 /// A SAN with a provider: what a scenario runs against.
@@ -369,6 +370,21 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
             "transport.not_stored_on_creating_host",
             "§10.10",
             transport::not_stored_on_creator,
+        ),
+        (
+            "requester.expose_unexpose_delete_exposed",
+            "§10.11",
+            requester::expose,
+        ),
+        (
+            "requester.revert_and_client_accessible_refused",
+            "§10.3",
+            requester::revert_and_client_accessible,
+        ),
+        (
+            "writers.exclude_verify_full_and_copy",
+            "§2.2",
+            requester::writer_rules,
         ),
         ("misbehaving.veto", "§10.7", misbehaving::mis_veto),
         (
