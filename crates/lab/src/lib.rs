@@ -26,6 +26,8 @@
 //! - [`tgt`]: a `tgtd` process, the target benchmark's baseline and the initiator's referee.
 //! - [`crashtest`]: the engine's crash workload (`blockstore-crashtest` kills it at random
 //!   points and checks what recovery kept).
+//! - [`soak`]: the array daemon as a child process under a random schedule of everything it
+//!   does, killed with SIGKILL at random moments, every invariant checked (`shadowlun soak`).
 #![forbid(unsafe_code)]
 
 pub mod relay;
@@ -50,6 +52,8 @@ pub mod report;
 pub mod san;
 #[cfg(unix)]
 pub mod shadowlun_lab;
+#[cfg(unix)]
+pub mod soak;
 #[cfg(unix)]
 pub mod target_bench;
 #[cfg(unix)]

@@ -95,6 +95,40 @@ impl RealLab {
         })
     }
 
+    /// A lab over an array daemon that runs elsewhere (another process): the hosts, LUNs and
+    /// providers of this lab go through its control API at `api_url` and its portal. Nothing
+    /// is stopped or removed on drop: the daemon and `dir` are the caller's.
+    pub fn attach(
+        dir: PathBuf,
+        api_url: &str,
+        fingerprint: &str,
+        admin_token: &str,
+        portal: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let admin = Client::new(ClientConfig::new(api_url, admin_token, fingerprint))?;
+        let target = admin.health()?.target;
+        Ok(Self {
+            rt,
+            running: Mutex::new(None),
+            dir,
+            keep_dir: true,
+            api_url: api_url.to_string(),
+            fingerprint: fingerprint.to_string(),
+            portal,
+            target,
+            admin,
+            hosts: Mutex::new(BTreeMap::new()),
+            luns: Mutex::new(0),
+            backend: array::BackendConfig::default(),
+        })
+    }
+
+    /// The administrator's client (pinned certificate, admin token).
+    pub fn admin(&self) -> &Client {
+        &self.admin
+    }
+
     /// Deletes every volume of this array from a backend outside the lab's directory, the
     /// newest first (snapshot LUNs before their sources).
     fn empty_remote_backend(&self) -> anyhow::Result<()> {

@@ -307,6 +307,8 @@ impl Host {
             .map(|(i, s)| (format!("data{}", i + 1), *s))
             .collect();
         let layout = gpt_flags::create(&self.storage, &disk.address, uuid::Uuid::new_v4(), &parts)?;
+        // Windows flushes a partition table it writes: it must survive a crash of the array.
+        self.storage.flush(&disk.address)?;
         self.refresh_signature(device, layout.disk_guid);
         Ok(layout)
     }
@@ -334,6 +336,7 @@ impl Host {
     ) -> Result<Layout, HostError> {
         let disk = self.disk(device)?;
         let layout = gpt_flags::update(&self.storage, &disk.address, set, clear, new_guid)?;
+        self.storage.flush(&disk.address)?;
         self.refresh_signature(device, layout.disk_guid);
         Ok(layout)
     }
@@ -519,6 +522,19 @@ impl Host {
             let bytes = n as usize * bs;
             self.storage.write(&addr, lba, &data[at..at + bytes])?;
             at += bytes;
+        }
+        Ok(())
+    }
+
+    /// Flushes the write cache of every disk a volume spans (SYNCHRONIZE CACHE), as
+    /// `FlushFileBuffers` does: what was written to the volume is durable once this returns.
+    pub fn flush_volume(&self, name: &str) -> Result<(), HostError> {
+        let v = self.volume(name)?;
+        let mut devices: Vec<&String> = v.extents.iter().map(|e| &e.device).collect();
+        devices.dedup();
+        for d in devices {
+            let addr = self.disk(d)?.address;
+            self.storage.flush(&addr)?;
         }
         Ok(())
     }

@@ -196,4 +196,10 @@ impl HostStorage for IscsiStorage {
         self.with_session(|s| s.write16(disk.lun, lba, data, bs, false))
             .map_err(|e| self.map_err(disk, e))
     }
+
+    fn flush(&self, disk: &DiskAddress) -> Result<(), StorageError> {
+        self.check_target(disk)?;
+        self.with_session(|s| s.synchronize_cache(disk.lun))
+            .map_err(|e| self.map_err(disk, e))
+    }
 }

@@ -99,4 +99,11 @@ pub trait HostStorage: Send + Sync {
 
     /// WRITE: `data` (a whole number of blocks) at `lba`.
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError>;
+
+    /// SYNCHRONIZE CACHE: what was written to the disk is durable once this returns (a
+    /// device with a volatile write cache, WCE set, may lose unflushed writes in a crash).
+    /// Storage without such a cache has nothing to do.
+    fn flush(&self, _disk: &DiskAddress) -> Result<(), StorageError> {
+        Ok(())
+    }
 }

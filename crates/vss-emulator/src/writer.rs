@@ -289,6 +289,12 @@ pub struct LedgerWriter {
     volumes: Vec<String>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Records the smallest volume holds.
+    capacity: u64,
+    interval: Duration,
+    /// Each transaction is flushed (SYNCHRONIZE CACHE on every volume) before it is
+    /// acknowledged, as a database flushes its log before a commit returns.
+    durable: bool,
 }
 
 impl std::fmt::Debug for LedgerWriter {
@@ -303,13 +309,38 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 impl LedgerWriter {
     /// Starts writing: one transaction every `interval` until the smallest volume is full or
-    /// [`LedgerWriter::stop`] is called.
+    /// [`LedgerWriter::stop`] is called. A transaction is acknowledged once its writes are
+    /// done: what a snapshot sees, not necessarily what survives a crash of the array (its
+    /// write cache); see [`LedgerWriter::start_durable`].
     pub fn start(
         name: &str,
         id: u64,
         host: Arc<Host>,
         volumes: Vec<String>,
         interval: Duration,
+    ) -> Result<Arc<Self>, HostError> {
+        Self::start_with(name, id, host, volumes, interval, false)
+    }
+
+    /// [`LedgerWriter::start`], each transaction flushed on every volume before it is
+    /// acknowledged: an acknowledged transaction survives a crash of the array.
+    pub fn start_durable(
+        name: &str,
+        id: u64,
+        host: Arc<Host>,
+        volumes: Vec<String>,
+        interval: Duration,
+    ) -> Result<Arc<Self>, HostError> {
+        Self::start_with(name, id, host, volumes, interval, true)
+    }
+
+    fn start_with(
+        name: &str,
+        id: u64,
+        host: Arc<Host>,
+        volumes: Vec<String>,
+        interval: Duration,
+        durable: bool,
     ) -> Result<Arc<Self>, HostError> {
         let mut capacity = u64::MAX;
         for v in &volumes {
@@ -334,14 +365,44 @@ impl LedgerWriter {
                 Condvar::new(),
             )),
             thread: Mutex::new(None),
+            capacity,
+            interval,
+            durable,
         });
-        let me = Arc::clone(&w);
+        w.spawn()?;
+        Ok(w)
+    }
+
+    fn spawn(self: &Arc<Self>) -> Result<(), HostError> {
+        let me = Arc::clone(self);
+        let (capacity, interval) = (self.capacity, self.interval);
         let t = std::thread::Builder::new()
-            .name(format!("writer-{name}"))
+            .name(format!("writer-{}", self.name))
             .spawn(move || me.run(capacity, interval))
             .map_err(|e| HostError::NoSuchVolume(format!("cannot start writer thread: {e}")))?;
-        *w.thread.lock().expect("writer thread lock") = Some(t);
-        Ok(w)
+        *self.thread.lock().expect("writer thread lock") = Some(t);
+        Ok(())
+    }
+
+    /// Starts the application again after its thread ended (an I/O error, or
+    /// [`LedgerWriter::stop`]), as a database recovers: `acknowledged` is the last transaction
+    /// it knows to be durable, and the next one, `acknowledged + 1`, is written again on every
+    /// volume, replacing a record the failure may have left on some of them. After a restore
+    /// from a snapshot, `acknowledged` is the snapshot's last transaction.
+    pub fn restart(self: &Arc<Self>, acknowledged: u64) -> Result<(), HostError> {
+        self.stop();
+        {
+            let mut s = lock(&self.shared.0);
+            s.mode = Mode::Running;
+            s.acknowledged = acknowledged;
+            s.frozen_at = None;
+            s.freeze_deadline = None;
+            s.timed_out = false;
+            s.first_after_thaw = None;
+            s.error = None;
+            s.full = false;
+        }
+        self.spawn()
     }
 
     pub fn id(&self) -> u64 {
@@ -393,10 +454,16 @@ impl LedgerWriter {
             };
             for (i, v) in self.volumes.iter().enumerate() {
                 let rec = encode_record(self.id, i as u32, seq);
-                if let Err(e) = self
+                let written = self
                     .host
-                    .write_volume(v, (seq - 1) * RECORD_SIZE as u64, &rec)
-                {
+                    .write_volume(v, (seq - 1) * RECORD_SIZE as u64, &rec);
+                if let Err(e) = written.and_then(|()| {
+                    if self.durable {
+                        self.host.flush_volume(v)
+                    } else {
+                        Ok(())
+                    }
+                }) {
                     let mut s = lock(m);
                     s.error = Some(e.to_string());
                     s.mode = Mode::Stopping;

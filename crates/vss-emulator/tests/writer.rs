@@ -79,3 +79,34 @@ fn writer_thaws_itself_after_the_freeze_window() {
     assert_eq!(w.thaw(), Err(WriterError::Timeout("l".into())));
     w.stop();
 }
+
+#[test]
+fn a_restarted_writer_replaces_a_torn_transaction_and_carries_on() {
+    let (_san, h) = setup();
+    let vols = vec!["E:".to_string(), "F:".to_string()];
+    let w = LedgerWriter::start("l", 4, Arc::clone(&h), vols.clone(), Duration::ZERO).unwrap();
+    assert!(w.wait_for(30, Duration::from_secs(5)));
+    w.stop();
+    let acked = w.acknowledged();
+    // A transaction torn by a crash: on E: only.
+    h.write_volume("E:", acked * 512, &encode_record(4, 0, acked + 1))
+        .unwrap();
+    assert!(
+        !verify_ledgers(&h, &vols, 4, acked, None)
+            .unwrap()
+            .consistent
+    );
+    w.restart(acked).unwrap();
+    assert!(w.wait_for(acked + 10, Duration::from_secs(5)));
+    w.freeze(Duration::from_secs(5)).unwrap();
+    let at = w.frozen_at().unwrap();
+    let c = verify_ledgers(&h, &vols, 4, at, None).unwrap();
+    assert!(c.consistent, "{:?}", c.problems);
+    // Restarted from an earlier transaction (a restore), it writes over what followed.
+    w.restart(5).unwrap();
+    assert!(w.wait_for(6, Duration::from_secs(5)));
+    w.stop();
+    let l = read_ledger(&h, "E:", 4, 0).unwrap();
+    assert!(l.defects.is_empty(), "{:?}", l.defects);
+    assert!(l.last >= 6);
+}
