@@ -169,8 +169,9 @@ impl std::fmt::Display for Report {
         }
         writeln!(
             f,
-            "  interrupted by a kill        {} ({} sets left behind removed)",
-            self.tally.interrupted, self.tally.sets_cleaned
+            "  interrupted by a kill        {} ({} sets left behind removed, {} torn partition \
+             tables of A's LUNs rebuilt)",
+            self.tally.interrupted, self.tally.sets_cleaned, self.tally.gpt_repairs
         )?;
         writeln!(
             f,

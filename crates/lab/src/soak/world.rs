@@ -174,6 +174,8 @@ pub struct Tally {
     pub sets_cleaned: u64,
     /// Stamps on C's LUNs read back after a kill.
     pub stamps_verified: u64,
+    /// Partition tables of A's LUNs a kill left torn, written again after the restart.
+    pub gpt_repairs: u64,
 }
 
 pub struct World {
@@ -182,6 +184,8 @@ pub struct World {
     b: Side,
     writer: Arc<LedgerWriter>,
     a_luns: Vec<String>,
+    /// A's two disks (its originals), as the host numbers them.
+    a_devices: Vec<String>,
     c_host: String,
     c_luns: BTreeMap<String, CLun>,
     c_next: u64,
@@ -218,6 +222,7 @@ impl World {
         if disks.len() != 2 {
             return Err(format!("host A sees {} disks, 2 expected", disks.len()));
         }
+        let a_devices = disks.iter().map(|d| d.device.clone()).collect();
         for (d, v) in disks.iter().zip(VOLUMES) {
             a.host
                 .partition_disk(&d.device, &[LEDGER_BYTES])
@@ -242,6 +247,7 @@ impl World {
             b,
             writer,
             a_luns,
+            a_devices,
             c_host,
             c_luns: BTreeMap::new(),
             c_next: 1,
@@ -773,6 +779,18 @@ impl World {
     pub fn recover(&mut self, interrupted: bool) -> OpResult {
         if interrupted {
             self.tally.interrupted += 1;
+        }
+        // VSS rewrites the partition tables of the source LUNs around every shadow copy
+        // (flags set, then cleared), and a resync those of its destinations; the table is
+        // several writes, so a kill among them may leave it torn, as a power cut would on
+        // Windows (which then rebuilds it). The host rebuilds it the same way: same
+        // partition, same place, the data untouched.
+        for d in self.a_devices.clone() {
+            if self.a.host.layout(&d).is_err() {
+                tracing::info!(device = %d, "rebuilding a torn partition table");
+                self.a.host.partition_disk(&d, &[LEDGER_BYTES])?;
+                self.tally.gpt_repairs += 1;
+            }
         }
         // The application: its ledgers, unless a restore was under way (then they are
         // whatever the resync had copied, and the restore is done again).
