@@ -141,6 +141,10 @@ pub mod routes {
     pub const ADMIN_SETS: &str = "/v1/admin/sets";
     /// `POST`: an administrator aborts a set that is not complete (a set left prepared).
     pub const ADMIN_SET_ABORT: &str = "/v1/admin/sets/{set}/abort";
+    /// DELETE `?force=true` (optional): deletes a complete set's snapshot LUNs and forgets
+    /// the set (a transportable set nobody will import, for one). Refused while a LUN of it
+    /// is mapped to a host, unless forced; refused while a snapshot was taken of one.
+    pub const ADMIN_SET: &str = "/v1/admin/sets/{set}";
     /// GET → `Vec<LunRecord>` (snapshot LUNs only).
     pub const ADMIN_SNAPSHOTS: &str = "/v1/admin/snapshots";
     /// DELETE → 204: removes a snapshot LUN (admin override of OnLunEmpty).
@@ -351,6 +355,10 @@ pub struct LunRecord {
     pub mapped_to: Vec<Mapping>,
     /// Bytes allocated in the pool for this LUN (thin).
     pub allocated_bytes: u64,
+    /// For a plex snapshot LUN (one taken with the VSS PLEX attribute): how far it is from
+    /// being a full, independent copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plex: Option<PlexStatus>,
 }
 
 /// One host a LUN is mapped to (`LunRecord::mapped_to`).
@@ -450,6 +458,10 @@ pub struct SetRecord {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     pub updated_at: u64,
+    /// When a host first exposed one of its LUNs after the set was complete (an import),
+    /// seconds since the Unix epoch; `None` for a set nobody imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,6 +488,10 @@ pub struct ReapReport {
     /// Snapshot LUNs removed with them.
     pub luns: Vec<LunId>,
     pub dry_run: bool,
+    /// Of `sets`, the transportable sets nobody imported within `transportable_retention_secs`
+    /// (the others were prepared and never committed, or aborted).
+    #[serde(default)]
+    pub expired: Vec<VssId>,
 }
 
 #[cfg(test)]

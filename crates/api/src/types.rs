@@ -28,6 +28,22 @@ pub struct ArrayLun {
     pub size_bytes: u64,
     /// For a snapshot LUN: the LUN it is a snapshot of and the VSS ids it was created under.
     pub snapshot_of: Option<SnapshotOrigin>,
+    /// The array can make a plex copy (full, independent) of this LUN: its storage engine
+    /// can copy a snapshot's shared blocks into blocks of its own.
+    #[serde(default)]
+    pub plex: bool,
+}
+
+/// Where a plex snapshot LUN stands: its point-in-time image is taken at commit like any
+/// snapshot's; then the array copies every block it still shares with its source into
+/// blocks of its own, in the background. Until `independent`, the source cannot be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlexStatus {
+    /// Every block is the snapshot LUN's own: overwriting or deleting the source no longer
+    /// touches it. Durable (journaled) once true.
+    pub independent: bool,
+    /// 0..=100: how much of what it shared has been copied (100 once independent).
+    pub progress: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

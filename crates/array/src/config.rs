@@ -49,6 +49,10 @@ pub struct Config {
     pub reaper_timeout_secs: u64,
     /// Seconds between reaper runs.
     pub reaper_interval_secs: u64,
+    /// Seconds after which a transportable set nobody imported is deleted by the reaper
+    /// (its snapshot LUNs with it), logged and audited. 0 (the default): such sets are kept
+    /// until an administrator deletes them (`shadowlun set delete`).
+    pub transportable_retention_secs: u64,
     /// Most LUNs one snapshot set may hold.
     pub max_luns_per_set: usize,
     /// Largest LUN size accepted, in bytes.
@@ -77,6 +81,7 @@ impl Default for Config {
             iscsi_require_chap: false,
             reaper_timeout_secs: 1800,
             reaper_interval_secs: 60,
+            transportable_retention_secs: 0,
             max_luns_per_set: 256,
             max_lun_bytes: 64 << 40,
             tls_cert: None,
@@ -229,6 +234,12 @@ impl Config {
 
     pub fn reaper_timeout(&self) -> Duration {
         Duration::from_secs(self.reaper_timeout_secs)
+    }
+
+    /// `transportable_retention_secs`, `None` when 0 (kept until deleted).
+    pub fn transportable_retention(&self) -> Option<Duration> {
+        (self.transportable_retention_secs > 0)
+            .then(|| Duration::from_secs(self.transportable_retention_secs))
     }
 }
 

@@ -192,6 +192,7 @@ async fn start_prepared(
         max_luns_per_set: config.max_luns_per_set,
         max_lun_bytes: config.max_lun_bytes,
         reaper_timeout: config.reaper_timeout(),
+        transportable_retention: config.transportable_retention(),
     };
     let journal = config.journal_path();
     let array = tokio::task::spawn_blocking(move || {
@@ -215,18 +216,20 @@ async fn start_prepared(
         }
         None => (None, None),
     };
-    let audit = crate::audit::AuditLog::open(&pool, crate::audit::DEFAULT_LIMIT).map_err(|e| {
-        ArrayError::io(
-            "opening the audit trail",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
+    let audit = Arc::new(
+        crate::audit::AuditLog::open(&pool, crate::audit::DEFAULT_LIMIT).map_err(|e| {
+            ArrayError::io(
+                "opening the audit trail",
+                std::io::Error::other(e.to_string()),
+            )
+        })?,
+    );
     let ops = Arc::new(crate::ops::Ops {
         array: array.clone(),
         iscsi: iscsi.clone(),
         backend_kind: config.backend.kind().to_string(),
         pool_dir: pool.clone(),
-        audit: Arc::new(audit),
+        audit: audit.clone(),
         audit_failures: Default::default(),
         warn_percent: config.pool_warning_percent,
         critical_percent: config.pool_critical_percent,
@@ -237,6 +240,7 @@ async fn start_prepared(
         array.clone(),
         Duration::from_secs(config.reaper_interval_secs),
         (config.pool_warning_percent, config.pool_critical_percent),
+        audit,
         stop_rx.clone(),
     ));
     let task = tokio::spawn(async move {
@@ -401,6 +405,7 @@ async fn reaper(
     array: Array,
     every: Duration,
     thresholds: (u8, u8),
+    audit: Arc<crate::audit::AuditLog>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut level = PoolLevel::Ok;
@@ -416,8 +421,15 @@ async fn reaper(
         {
             level = l;
         }
-        let a = array.clone();
-        match tokio::task::spawn_blocking(move || a.reap(false)).await {
+        let (a, trail) = (array.clone(), audit.clone());
+        let reaped = tokio::task::spawn_blocking(move || {
+            let r = a.reap(false);
+            for set in r.iter().flat_map(|r| &r.expired) {
+                audit_expiry(&trail, *set);
+            }
+            r
+        });
+        match reaped.await {
             Ok(Ok(r)) if !r.sets.is_empty() => {
                 tracing::info!(
                     sets = r.sets.len(),
@@ -429,6 +441,38 @@ async fn reaper(
             Ok(Err(e)) => tracing::warn!(error = %e, "reaper run failed"),
             Err(e) => tracing::warn!(error = %e, "reaper task failed"),
         }
+    }
+}
+
+/// The audit record of a transportable set the reaper deleted under its retention: who is
+/// `array`, from `reaper`, action `set expire`.
+fn audit_expiry(audit: &crate::audit::AuditLog, set: vss::VssId) {
+    let rec = api::AuditRecord {
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        who: "array".into(),
+        from: "reaper".into(),
+        action: "set expire".into(),
+        details: [
+            (
+                "set".to_string(),
+                serde_json::Value::String(set.to_string()),
+            ),
+            (
+                "reason".to_string(),
+                serde_json::Value::String(
+                    "transportable, not imported within transportable_retention_secs".into(),
+                ),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        status: 200,
+    };
+    if let Err(e) = audit.append(&rec) {
+        tracing::error!(error = %e, %set, "recording the expiry in the audit trail failed");
     }
 }
 

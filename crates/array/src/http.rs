@@ -247,6 +247,7 @@ pub fn router(array: Array) -> Router {
         .route(r::ADMIN_UNMAP, delete(admin_unmap))
         .route(r::ADMIN_SETS, get(admin_sets))
         .route(r::ADMIN_SET_ABORT, post(admin_set_abort))
+        .route(r::ADMIN_SET, delete(admin_delete_set))
         .route(r::ADMIN_SNAPSHOTS, get(admin_snapshots))
         .route(r::ADMIN_SNAPSHOT, delete(admin_delete_snapshot))
         .route(r::ADMIN_REAP, post(admin_reap))
@@ -575,6 +576,19 @@ async fn admin_set_abort(
     Ok(no_content())
 }
 
+async fn admin_delete_set(
+    State(a): State<Array>,
+    h: HeaderMap,
+    Path(set): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_SET)?;
+    let set = set_id(&set)?;
+    let force = force(&q)?;
+    blocking(move || a.admin_delete_set(set, force)).await?;
+    Ok(no_content())
+}
+
 async fn admin_map(
     State(a): State<Array>,
     h: HeaderMap,
@@ -668,6 +682,7 @@ mod tests {
             r::ADMIN_UNMAP,
             r::ADMIN_SETS,
             r::ADMIN_SET_ABORT,
+            r::ADMIN_SET,
             r::ADMIN_SNAPSHOTS,
             r::ADMIN_SNAPSHOT,
             r::ADMIN_REAP,
@@ -689,6 +704,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 39, "one operation per (route, method)");
+        assert_eq!(ops, 40, "one operation per (route, method)");
     }
 }

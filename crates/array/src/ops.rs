@@ -93,6 +93,7 @@ fn action(method: &Method, route: &str) -> Option<String> {
         ("POST", r::ADMIN_MAP) => "host map",
         ("DELETE", r::ADMIN_UNMAP) => "host unmap",
         ("POST", r::ADMIN_SET_ABORT) => "set abort",
+        ("DELETE", r::ADMIN_SET) => "set delete",
         ("POST", r::ADMIN_REAP) => "set reap",
         ("DELETE", r::ADMIN_SNAPSHOT) => "snapshot delete",
         ("POST", r::ADMIN_RESYNC) => "snapshot resync",

@@ -13,6 +13,7 @@
 //! block device).
 #![forbid(unsafe_code)]
 
+mod detach;
 mod error;
 mod format;
 mod pool;

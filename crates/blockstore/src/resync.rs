@@ -40,14 +40,15 @@ pub struct ResyncReport {
 }
 
 #[derive(Default)]
-struct Shared {
-    total: AtomicU64,
-    done: AtomicU64,
-    cancel: AtomicBool,
+pub(crate) struct Shared {
+    pub(crate) total: AtomicU64,
+    pub(crate) done: AtomicU64,
+    pub(crate) cancel: AtomicBool,
     finished: AtomicBool,
 }
 
-/// A running resync; see [`Pool::resync`].
+/// A running background job of the pool that moves chunks: a resync ([`Pool::resync`]) or a
+/// detach ([`Pool::detach`]).
 pub struct ResyncJob {
     shared: Arc<Shared>,
     handle: JoinHandle<Result<ResyncReport>>,
@@ -110,24 +111,43 @@ impl Pool {
             }
             (src, dst)
         };
-        let shared = Arc::new(Shared::default());
-        let inner = self.inner.clone();
-        let sh = shared.clone();
         let names = (from.to_string(), to_volume.to_string());
-        let handle = std::thread::Builder::new()
-            .name("blockstore-resync".into())
-            .spawn(move || {
-                let r = run(&inner, &sh, src, dst, &names);
-                sh.finished.store(true, Ordering::Release);
-                match &r {
-                    Ok(rep) => tracing::info!(from = %names.0, to = %names.1, changed = rep.changed_chunks, "resync finished"),
-                    Err(e) => tracing::warn!(from = %names.0, to = %names.1, error = %e, "resync ended"),
+        spawn_job(self, "blockstore-resync", move |inner, sh| {
+            let r = run(inner, sh, src, dst, &names);
+            match &r {
+                Ok(rep) => {
+                    tracing::info!(from = %names.0, to = %names.1, changed = rep.changed_chunks, "resync finished")
                 }
-                r
-            })
-            .map_err(|e| Error::Io { context: "start resync thread".into(), source: e })?;
-        Ok(ResyncJob { shared, handle })
+                Err(e) => {
+                    tracing::warn!(from = %names.0, to = %names.1, error = %e, "resync ended")
+                }
+            }
+            r
+        })
     }
+}
+
+/// Runs `work` on a thread of its own as a [`ResyncJob`].
+pub(crate) fn spawn_job(
+    pool: &Pool,
+    thread: &str,
+    work: impl FnOnce(&Inner, &Shared) -> Result<ResyncReport> + Send + 'static,
+) -> Result<ResyncJob> {
+    let shared = Arc::new(Shared::default());
+    let inner = pool.inner.clone();
+    let sh = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let r = work(&inner, &sh);
+            sh.finished.store(true, Ordering::Release);
+            r
+        })
+        .map_err(|e| Error::Io {
+            context: format!("start the {thread} thread"),
+            source: e,
+        })?;
+    Ok(ResyncJob { shared, handle })
 }
 
 fn roots(st: &State, src: u64, dst: u64, names: &(String, String)) -> Result<(u32, u32)> {

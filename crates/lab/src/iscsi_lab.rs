@@ -258,6 +258,14 @@ impl Lab for IscsiLab {
     fn provider_id(&self) -> VssId {
         REFERENCE_PROVIDER_ID
     }
+
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        let n = self
+            .san
+            .find_by_naa(naa)
+            .ok_or_else(|| format!("no LUN with NAA {}", hex::encode(naa)))?;
+        self.san.delete_lun(n)
+    }
 }
 
 /// A fresh target on a new ephemeral port per scenario.

@@ -62,3 +62,19 @@ pub mod tgt;
 pub mod vss_bench;
 #[cfg(unix)]
 pub mod wine_lab;
+
+/// Runs `delete` until it succeeds, retrying while the array refuses because a plex copy of
+/// the LUN is still being made independent, for at most
+/// [`vss_emulator::conformance::DELETE_WAIT`].
+#[cfg(unix)]
+pub(crate) fn retry_while_held(delete: impl Fn() -> Result<(), String>) -> Result<(), String> {
+    let until = std::time::Instant::now() + vss_emulator::conformance::DELETE_WAIT;
+    loop {
+        match delete() {
+            Err(e) if e.contains("plex") && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}

@@ -27,6 +27,8 @@ struct Injected {
     calls: Vec<String>,
     faults: HashMap<String, VecDeque<ControlError>>,
     delays: HashMap<String, Duration>,
+    /// Lookups answer that no plex copy can be made (as an array on storage without one).
+    no_plex: bool,
 }
 
 struct Shared {
@@ -279,6 +281,12 @@ impl MemoryArray {
             .push_back(err);
     }
 
+    /// From now on lookups answer `plex: false`, as an array whose storage cannot make plex
+    /// copies does (the array's own refusal of a plex prepare is the array's to test).
+    pub fn without_plex(&self) {
+        lock(&self.0.injected).no_plex = true;
+    }
+
     /// Every call of `verb` takes at least `d` more.
     pub fn delay(&self, verb: &str, d: Duration) {
         lock(&self.0.injected).delays.insert(verb.to_string(), d);
@@ -324,7 +332,11 @@ impl MemoryArrayClient {
 impl ArrayControl for MemoryArrayClient {
     fn lookup(&self, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ControlError> {
         self.array.enter("lookup")?;
-        self.adapter.lookup(keys)
+        let mut found = self.adapter.lookup(keys)?;
+        if lock(&self.array.0.injected).no_plex {
+            found.iter_mut().flatten().for_each(|l| l.plex = false);
+        }
+        Ok(found)
     }
 
     fn prepare(

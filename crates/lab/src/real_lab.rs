@@ -278,6 +278,25 @@ impl Lab for RealLab {
     fn provider_id(&self) -> VssId {
         crate::shadowlun_lab::SHADOWLUN_PROVIDER_ID
     }
+
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        let naa = hex::encode(naa);
+        let lun = self
+            .luns()?
+            .into_iter()
+            .find(|l| l.naa == naa)
+            .ok_or_else(|| format!("no LUN with NAA {naa}"))?;
+        for m in &lun.mapped_to {
+            self.admin
+                .delete(&routes::fill(
+                    routes::ADMIN_UNMAP,
+                    &[("host", &m.host), ("lun", &lun.id)],
+                ))
+                .map_err(|e| e.to_string())?;
+        }
+        let path = routes::fill(routes::ADMIN_LUN, &[("lun", &lun.id)]);
+        crate::retry_while_held(|| self.admin.delete(&path).map_err(|e| e.to_string()))
+    }
 }
 
 /// A [`RealLab`] shared between the emulator and a caller that keeps reporting on it.
@@ -298,6 +317,9 @@ impl Lab for SharedLab {
     }
     fn provider_id(&self) -> VssId {
         self.0.provider_id()
+    }
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        self.0.delete_lun(naa)
     }
 }
 

@@ -433,6 +433,14 @@ impl vss_emulator::conformance::Lab for MemoryLab {
     fn provider_id(&self) -> VssId {
         REFERENCE_PROVIDER_ID
     }
+
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        let n = self
+            .san
+            .find_by_naa(naa)
+            .ok_or_else(|| format!("no LUN with NAA {}", hex::encode(naa)))?;
+        self.san.delete_lun(n).map_err(|e| e.to_string())
+    }
 }
 
 /// Builds a fresh [`MemoryLab`] per scenario.

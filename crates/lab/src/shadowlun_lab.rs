@@ -166,6 +166,22 @@ impl Lab for ShadowlunLab {
     fn provider_id(&self) -> VssId {
         SHADOWLUN_PROVIDER_ID
     }
+
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        let array = self.array.array();
+        let naa = hex::encode(naa);
+        let lun = array
+            .list_luns(false)
+            .into_iter()
+            .find(|l| l.naa == naa)
+            .ok_or_else(|| format!("no LUN with NAA {naa}"))?;
+        for m in &lun.mapped_to {
+            array
+                .unmap_lun(&m.host, &lun.id)
+                .map_err(|e| e.to_string())?;
+        }
+        crate::retry_while_held(|| array.delete_lun(&lun.id).map_err(|e| e.to_string()))
+    }
 }
 
 /// The catalogue's default: a fresh [`ShadowlunLab`] per scenario.

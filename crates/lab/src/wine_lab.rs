@@ -395,6 +395,10 @@ impl Lab for WineLab {
     fn provider_id(&self) -> VssId {
         self.real.provider_id()
     }
+
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        self.real.delete_lun(naa)
+    }
 }
 
 #[cfg(test)]

@@ -259,10 +259,21 @@ impl<A: ArrayControl> ShadowlunProvider<A> {
     }
 
     fn check_context(context: SnapshotContext) -> Step<()> {
-        if !context.is_valid_for_creation() || context.contains(VolumeSnapshotAttributes::PLEX) {
+        if !context.is_valid_for_creation() {
             return Err(ProviderError::UnsupportedContext(context));
         }
         Ok(())
+    }
+
+    /// A plex copy is asked: every LUN must be on storage that makes one.
+    fn check_plex(context: SnapshotContext, found: &[&ArrayLun]) -> Step<()> {
+        if !context.contains(VolumeSnapshotAttributes::PLEX) {
+            return Ok(());
+        }
+        match found.iter().find(|l| !l.plex) {
+            Some(l) => Err(ProviderError::PlexUnsupported(l.id.clone())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -284,7 +295,10 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
             return Ok(false);
         }
         match self.lookup(luns) {
-            Ok(found) => Ok(found.iter().all(Option::is_some)),
+            Ok(found) => {
+                let found: Option<Vec<&ArrayLun>> = found.iter().map(Option::as_ref).collect();
+                Ok(found.is_some_and(|f| Self::check_plex(context, &f).is_ok()))
+            }
             Err(e) => {
                 tracing::warn!("AreLunsSupported answers FALSE: {e}");
                 Ok(false)
@@ -334,6 +348,7 @@ impl<A: ArrayControl + 'static> HardwareProvider for ShadowlunProvider<A> {
                 }
             }
             let owned = p.lookup_owned(luns)?;
+            Self::check_plex(context, &owned.iter().collect::<Vec<_>>())?;
             let set = st.current.get_or_insert_with(|| SetInProgress {
                 id: set_id,
                 context,

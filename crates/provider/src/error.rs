@@ -18,8 +18,11 @@ pub enum ProviderError {
     DeletedSnapshot(String),
     #[error("the LUN {0} is an original LUN, not a snapshot LUN")]
     NotASnapshot(String),
-    #[error("context {0} is not supported (shadowlun makes differential, not plex, snapshots)")]
+    #[error("context {0} is not supported")]
     UnsupportedContext(SnapshotContext),
+    /// A plex copy was asked of LUNs on an array whose storage cannot make one.
+    #[error("the array cannot make a plex (full, independent) copy of {0}")]
+    PlexUnsupported(String),
     #[error("a snapshot set may hold at most {max} volumes")]
     TooManyVolumes { max: usize },
     #[error("snapshot set {0} is not the set in progress")]
@@ -55,9 +58,10 @@ impl ProviderError {
                 ProviderError::NotOurLun(_) | ProviderError::DeletedSnapshot(_),
                 M::BeginPrepareSnapshot,
             ) => H::VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER,
-            (ProviderError::UnsupportedContext(_), M::BeginPrepareSnapshot) => {
-                H::VSS_E_UNSUPPORTED_CONTEXT
-            }
+            (
+                ProviderError::UnsupportedContext(_) | ProviderError::PlexUnsupported(_),
+                M::BeginPrepareSnapshot,
+            ) => H::VSS_E_UNSUPPORTED_CONTEXT,
             (
                 ProviderError::UnknownSet(_)
                 | ProviderError::DeletedSnapshot(_)
@@ -100,8 +104,12 @@ impl ProviderError {
                  imported or used any more: take a new backup."
             }
             ProviderError::UnsupportedContext(_) => {
-                "Request a differential (or default) hardware snapshot; plex snapshots are \
-                 not supported."
+                "Request a context VSS allows for a hardware snapshot (not client-accessible, \
+                 not both differential and plex)."
+            }
+            ProviderError::PlexUnsupported(_) => {
+                "This array's storage cannot make plex copies (shadowlun status names its \
+                 backend); request a differential (or default) hardware snapshot."
             }
             ProviderError::Array(ControlError::NotFound(_) | ControlError::Conflict(_))
             | ProviderError::UnknownSet(_)
@@ -171,7 +179,9 @@ impl ProviderError {
             | ProviderError::UnknownSet(_)
             | ProviderError::OutOfOrder { .. } => F::SetVetoed,
             ProviderError::Array(ControlError::NoSpace(_)) => F::InsufficientStorage,
-            ProviderError::UnsupportedContext(_) | ProviderError::InvalidArgument(_) => F::Other,
+            ProviderError::UnsupportedContext(_)
+            | ProviderError::PlexUnsupported(_)
+            | ProviderError::InvalidArgument(_) => F::Other,
         }
     }
 }
@@ -244,7 +254,8 @@ mod tests {
             ProviderError::NotOurLun("x".into()),
             ProviderError::DeletedSnapshot("x".into()),
             ProviderError::NotASnapshot("x".into()),
-            ProviderError::UnsupportedContext(SnapshotContext(0x40000)),
+            ProviderError::UnsupportedContext(SnapshotContext(0x60000)),
+            ProviderError::PlexUnsupported("x".into()),
             ProviderError::TooManyVolumes { max: 64 },
             ProviderError::UnknownSet(VssId::nil()),
             ProviderError::OutOfOrder {

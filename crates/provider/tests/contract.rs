@@ -176,7 +176,12 @@ fn are_luns_supported_is_false_for_foreign_luns_plex_and_an_unreachable_array() 
         r.p.are_luns_supported(ctx(), &devs(2), &mut mixed),
         Ok(false)
     );
+    // Plex: TRUE while the array says it makes plex copies of the LUN, FALSE once it does not.
     let plex = ctx().with(VolumeSnapshotAttributes::PLEX);
+    assert_eq!(r.p.are_luns_supported(plex, &devs(1), &mut ours), Ok(true));
+    let both = plex.with(VolumeSnapshotAttributes::DIFFERENTIAL);
+    assert_eq!(r.p.are_luns_supported(both, &devs(1), &mut ours), Ok(false));
+    r.san.without_plex();
     assert_eq!(r.p.are_luns_supported(plex, &devs(1), &mut ours), Ok(false));
     let diff = ctx().with(VolumeSnapshotAttributes::DIFFERENTIAL);
     assert_eq!(r.p.are_luns_supported(diff, &devs(1), &mut ours), Ok(true));
@@ -450,12 +455,28 @@ fn begin_prepare_refuses_foreign_luns_plex_and_too_many_volumes() {
         r.p.begin_prepare_snapshot(
             id(17),
             id(170),
-            ctx().with(VolumeSnapshotAttributes::PLEX),
+            ctx().with(VolumeSnapshotAttributes::PLEX | VolumeSnapshotAttributes::DIFFERENTIAL),
             &devs(1),
             &mut i
         ),
         Err(Hresult::VSS_E_UNSUPPORTED_CONTEXT)
     );
+    // An array that cannot make plex copies: refused before anything is prepared.
+    let r2 = rig();
+    let l2 = r2.san.create_lun(MIB, &[HOST_A]);
+    let mut i2 = vec![host_view(&r2.san, &l2)];
+    r2.san.without_plex();
+    assert_eq!(
+        r2.p.begin_prepare_snapshot(
+            id(21),
+            id(210),
+            ctx().with(VolumeSnapshotAttributes::PLEX),
+            &devs(1),
+            &mut i2
+        ),
+        Err(Hresult::VSS_E_UNSUPPORTED_CONTEXT)
+    );
+    assert!(!r2.san.calls().contains(&"prepare".to_string()));
     let small = ShadowlunProvider::with_config(
         r.san.client(HOST_A),
         ProviderConfig {

@@ -370,7 +370,21 @@ pub enum SessionCmd {
 #[derive(Subcommand, Debug)]
 pub enum SetCmd {
     /// List snapshot sets of every host.
-    List,
+    List {
+        /// Only transportable sets, with whether a host imported them and their age: the
+        /// ones nobody imported are the array's to delete (`set delete`, or the retention
+        /// `transportable_retention_secs`).
+        #[arg(long)]
+        transportable: bool,
+    },
+    /// Delete a complete set: every snapshot LUN of it, then the set. Refused while a LUN of
+    /// it is mapped to a host (imported and in use there) unless --force.
+    Delete {
+        set: String,
+        /// Delete LUNs mapped to a host as well (that host loses the shadow copies).
+        #[arg(long)]
+        force: bool,
+    },
     /// Abort a set that is not complete (one left prepared by a backup that went away):
     /// its snapshot LUNs are deleted now instead of by the reaper.
     Abort { set: String },
@@ -399,12 +413,23 @@ fn lun_rows(luns: &[LunRecord]) -> Vec<Vec<String>> {
                     .map(|m| format!("{}:{}", m.host, m.lun_number))
                     .collect::<Vec<_>>()
                     .join(","),
+                copy_kind(l),
             ]
         })
         .collect()
 }
 
-const LUN_HEADER: [&str; 7] = [
+/// How a snapshot LUN holds its data: `differential`, `plex` (independent) or `plex 40%`.
+fn copy_kind(l: &LunRecord) -> String {
+    match (&l.snapshot_of, &l.plex) {
+        (None, _) => "-".into(),
+        (Some(_), None) => "differential".into(),
+        (Some(_), Some(p)) if p.independent => "plex".into(),
+        (Some(_), Some(p)) => format!("plex {}%", p.progress),
+    }
+}
+
+const LUN_HEADER: [&str; 8] = [
     "ID",
     "NAME",
     "SIZE",
@@ -412,6 +437,7 @@ const LUN_HEADER: [&str; 7] = [
     "SERIAL",
     "SNAPSHOT OF",
     "MAPPED",
+    "COPY",
 ];
 
 fn print_luns(c: &Connection, luns: &[LunRecord]) -> anyhow::Result<()> {
@@ -687,13 +713,56 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
     }
 }
 
+/// Transportable sets: whether imported, and how old.
+fn print_transportable(sets: &[SetRecord]) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<Vec<String>> = sets
+        .iter()
+        .map(|s| {
+            let live = s.snapshots.iter().filter(|m| !m.deleted).count();
+            vec![
+                s.set_id.to_string(),
+                s.host.clone(),
+                format!("{:?}", s.state).to_lowercase(),
+                if s.imported_at.is_some() { "yes" } else { "no" }.into(),
+                human_age(now.saturating_sub(s.created_at)),
+                format!("{live} of {}", s.snapshots.len()),
+            ]
+        })
+        .collect();
+    output::table(&["SET", "HOST", "STATE", "IMPORTED", "AGE", "LUNS"], &rows);
+    Ok(())
+}
+
+/// `45s`, `12min`, `5h`, `3days`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}min", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}days", s / 86400),
+    }
+}
+
 pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
     let api = c.client()?;
     match cmd {
-        SetCmd::List => {
-            let sets: Vec<SetRecord> = api.get(routes::ADMIN_SETS).map_err(explain)?;
+        SetCmd::List { transportable } => {
+            let mut sets: Vec<SetRecord> = api.get(routes::ADMIN_SETS).map_err(explain)?;
+            if transportable {
+                sets.retain(|s| {
+                    s.context
+                        .contains(vss::VolumeSnapshotAttributes::TRANSPORTABLE)
+                });
+            }
             if c.json {
                 return output::json(&sets);
+            }
+            if transportable {
+                return print_transportable(&sets);
             }
             let rows: Vec<Vec<String>> = sets
                 .iter()
@@ -715,6 +784,15 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
                 })
                 .collect();
             output::table(&["SET", "HOST", "STATE", "CONTEXT", "SNAPSHOTS"], &rows);
+            Ok(())
+        }
+        SetCmd::Delete { set, force } => {
+            let mut p = path(routes::ADMIN_SET, &[("set", &set)]);
+            if force {
+                p.push_str("?force=true");
+            }
+            api.delete(&p).map_err(explain)?;
+            println!("deleted set {set} and its snapshot LUNs");
             Ok(())
         }
         SetCmd::Abort { set } => {

@@ -52,6 +52,7 @@ suite!(
     deleting_a_snapshot_leaves_its_source,
     materialize_is_idempotent,
     resync_copies_and_can_be_cancelled,
+    detach_makes_a_plex_copy_or_says_why_not,
     copy_volume_copies_grows_and_keeps_zeros,
     usage_counts_written_data,
 );
@@ -350,6 +351,41 @@ pub fn resync_copies_and_can_be_cancelled<B: Backend, G>(make: &impl Fn() -> (B,
         .resync("s", "d", &|_| {}, &AtomicBool::new(true))
         .unwrap_err();
     assert!(matches!(err, BackendError::Cancelled), "{err:?}");
+}
+
+/// [`Backend::detach`] (for an engine whose [`Backend::plex_support`] says yes): the clone
+/// keeps the source's point-in-time bytes and its own writes, progress ends at 100, and the
+/// clone outlives its source overwritten and then deleted. An engine that says no refuses
+/// with [`BackendError::Unsupported`] and a reason.
+pub fn detach_makes_a_plex_copy_or_says_why_not<B: Backend, G>(make: &impl Fn() -> (B, G)) {
+    let (b, _g) = make();
+    b.create_volume("a", 2 * MIB).unwrap();
+    write(&b, "a", 0, &pattern(21, MIB as usize));
+    b.snapshot_group(&[pair("a", "p")]).unwrap();
+    let never = AtomicBool::new(false);
+    if let Err(reason) = b.plex_support() {
+        assert!(!reason.is_empty());
+        let err = b.detach("p", &|_| {}, &never).unwrap_err();
+        assert!(matches!(err, BackendError::Unsupported(_)), "{err:?}");
+        return;
+    }
+    write(&b, "p", 4096, &pattern(22, 4096));
+    let seen = Mutex::new(Vec::new());
+    b.detach("p", &|p| seen.lock().expect("seen lock").push(p), &never)
+        .unwrap();
+    assert_eq!(seen.lock().expect("seen lock").last(), Some(&100));
+    // Idempotent.
+    b.detach("p", &|_| {}, &never).unwrap();
+    let mut want = pattern(21, MIB as usize);
+    want[4096..8192].copy_from_slice(&pattern(22, 4096));
+    write(&b, "a", 0, &pattern(23, 2 * MIB as usize));
+    b.delete_volume("a").unwrap();
+    assert!(
+        read(&b, "p", 0, MIB as usize) == want,
+        "the plex copy changed"
+    );
+    assert_eq!(read(&b, "p", MIB, 512), vec![0u8; 512]);
+    assert!(is_no_volume(b.detach("gone", &|_| {}, &never), "gone"));
 }
 
 /// [`copy_volume`] (the resync of engines without their own) over this backend's devices:

@@ -216,6 +216,31 @@ impl Backend for EngineBackend {
         Ok(std::sync::Arc::new(EngineDevice { vol }))
     }
 
+    fn plex_support(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The clone's shared chunks are copied into chunks of its own (`Pool::detach`), then its
+    /// read-only base goes: nothing is left that ties it to its source.
+    fn detach(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        self.materialize(name)?;
+        let job = self.pool.detach(name)?;
+        follow(&job, progress, cancel);
+        job.wait()?;
+        let _g = self.materializing.lock().expect("materializing lock");
+        match self.delete_one(&base_of(name)) {
+            Ok(()) | Err(BackendError::NoVolume(_)) => {}
+            Err(e) => return Err(e),
+        }
+        progress(100);
+        Ok(())
+    }
+
     fn resync(
         &self,
         from: &str,
@@ -226,22 +251,27 @@ impl Backend for EngineBackend {
         self.materialize(from)?;
         self.materialize(to)?;
         let job = self.pool.resync(from, to)?;
-        progress(0);
-        loop {
-            let p = job.progress();
-            if p.finished {
-                break;
-            }
-            if cancel.load(Ordering::Relaxed) {
-                job.cancel();
-            }
-            if let Some(pct) = (p.done_chunks * 100).checked_div(p.total_chunks) {
-                progress(pct.min(99) as u8);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        follow(&job, progress, cancel);
         job.wait()?;
         progress(100);
         Ok(())
+    }
+}
+
+/// Reports an engine job's progress until it finishes, cancelling it when asked.
+fn follow(job: &blockstore::ResyncJob, progress: &(dyn Fn(u8) + Sync), cancel: &AtomicBool) {
+    progress(0);
+    loop {
+        let p = job.progress();
+        if p.finished {
+            break;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            job.cancel();
+        }
+        if let Some(pct) = (p.done_chunks * 100).checked_div(p.total_chunks) {
+            progress(pct.min(99) as u8);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -29,6 +29,9 @@ pub enum BackendError {
     Shrink(String),
     #[error("cancelled")]
     Cancelled,
+    /// The engine cannot do what was asked (the reason is an administrator's sentence).
+    #[error("not supported by this storage engine: {0}")]
+    Unsupported(String),
     #[error("storage I/O failed: {0}")]
     Io(#[source] Cause),
 }

@@ -87,6 +87,27 @@ pub trait Backend: Send + Sync {
         let _ = name;
         Ok(())
     }
+    /// Whether [`Backend::detach`] can make snapshot clones independent of their sources
+    /// (VSS plex copies); `Err` says why not, in an administrator's words.
+    fn plex_support(&self) -> Result<(), String> {
+        Err("this storage engine cannot make a snapshot independent of its source".into())
+    }
+    /// Makes the snapshot clone `name` a full, independent copy: every block it shares with
+    /// its source (or anything else) is copied into storage of its own, so overwriting or
+    /// deleting the source never reaches it. Its contents never change meanwhile and it stays
+    /// in use. Reports progress in percent; stops with [`BackendError::Cancelled`] when
+    /// `cancel` becomes true (a later call carries on). Blocking; idempotent.
+    fn detach(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        let _ = (name, progress, cancel);
+        Err(BackendError::Unsupported(
+            self.plex_support().err().unwrap_or_default(),
+        ))
+    }
     /// Every volume of this array in the pool (see the trait's note on ownership), each once,
     /// snapshot clones under the name they were given, whether or not materialised.
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError>;

@@ -2,7 +2,7 @@
 //! clones. For unit tests and demos; nothing survives the process.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use scsi::{BlockDevice, DeviceError};
@@ -288,6 +288,43 @@ impl Backend for MemoryBackend {
                 }),
             );
         }
+        Ok(())
+    }
+
+    fn plex_support(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Every chunk the volume shares gets a private copy (charged to the pool).
+    fn detach(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        let v = self.get(name)?;
+        let shared: Vec<u64> = v
+            .read_image()
+            .chunks
+            .iter()
+            .filter(|(_, c)| Arc::strong_count(c) > 1)
+            .map(|(i, _)| *i)
+            .collect();
+        progress(0);
+        for (n, idx) in shared.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(BackendError::Cancelled);
+            }
+            let mut img = v.write_image();
+            if let Some(c) = img.chunks.get_mut(idx) {
+                if Arc::strong_count(c) > 1 {
+                    self.pool.charge()?;
+                    *c = Arc::new(c.as_ref().clone());
+                }
+            }
+            progress(((n + 1) * 100 / shared.len()).min(99) as u8);
+        }
+        progress(100);
         Ok(())
     }
 

@@ -93,6 +93,24 @@ fn examples_run_end_to_end(lab: Box<dyn Lab>) {
         "snapshot LUN reclaimed"
     );
     assert!(before > originals);
+
+    let mut env_p = Environment::new(a.coord.clone(), dir.path());
+    let r = run_script(&example("plex.dsh"), &mut env_p).unwrap();
+    assert_eq!(r.created.len(), 1);
+    let attrs = r
+        .output
+        .iter()
+        .find(|l| l.contains("- Attributes:"))
+        .unwrap_or_else(|| panic!("{:?}", r.output));
+    assert!(attrs.contains("Plex"), "{attrs}");
+    assert!(
+        r.output
+            .iter()
+            .any(|l| l == "Number of shadow copies listed: 0"),
+        "{:?}",
+        r.output
+    );
+    assert_eq!(ctx.lab().lun_count().unwrap(), before, "plex LUN reclaimed");
 }
 
 #[test]

@@ -121,6 +121,7 @@ impl Array {
                 .volume(&row.id)
                 .map(|v| v.allocated_bytes)
                 .unwrap_or(0),
+            plex: self.plex_status(row),
         }
     }
 
@@ -204,6 +205,7 @@ impl Array {
             state: LunState::Online,
             created_at: self.now(),
             array_id: self.0.policy.array_id,
+            plex: None,
         };
         let next_job = inner.db.next_job;
         if let Err(e) = Self::write(
@@ -324,6 +326,20 @@ impl Array {
         let row = Self::get_row(&inner.db, lun)?.clone();
         let lun = row.id.as_str();
         let deps = inner.db.dependants(lun);
+        let copying: Vec<String> = deps
+            .iter()
+            .filter_map(|d| {
+                let st = self.plex_status(&inner.db.luns[d])?;
+                Some(format!("{d} ({}%)", st.progress))
+            })
+            .collect();
+        if !copying.is_empty() && copying.len() == deps.len() {
+            return Err(ArrayError::Conflict(format!(
+                "LUN {lun} is being copied into plex snapshot LUN(s) {}; delete it once they \
+                 are independent (shadowlun snapshot list shows the progress).",
+                copying.join(", ")
+            )));
+        }
         if !deps.is_empty() {
             return Err(ArrayError::Conflict(format!(
                 "LUN {lun} has {} snapshot LUN(s): {}; delete them first (shadowlun snapshot \
@@ -649,6 +665,7 @@ impl Array {
                     .collect(),
                 created_at: s.created_at,
                 updated_at: s.updated_at,
+                imported_at: s.imported_at,
             })
             .collect();
         v.sort_by_key(|s| (s.created_at, s.set_id));

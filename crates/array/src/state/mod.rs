@@ -13,6 +13,7 @@ mod admin;
 mod auth;
 mod host_changes;
 mod idempotency;
+mod plex;
 mod reaper;
 mod resync;
 mod rows;
@@ -33,7 +34,9 @@ pub use auth::{Scope, new_token, token_hash};
 pub use idempotency::{
     IdemRow, KEEP_SECS as IDEMPOTENCY_KEEP_SECS, Keyed, MAX_KEYS as IDEMPOTENCY_MAX_KEYS,
 };
-pub use rows::{HostRow, JobRow, LunRow, LunState, MemberRow, Record, SetRow, is_lun_id, lun_id};
+pub use rows::{
+    HostRow, JobRow, LunRow, LunState, MemberRow, PlexRow, Record, SetRow, is_lun_id, lun_id,
+};
 
 use crate::error::ArrayError;
 use crate::journal::Journal;
@@ -97,6 +100,8 @@ pub struct Policy {
     pub max_luns_per_set: usize,
     pub max_lun_bytes: u64,
     pub reaper_timeout: Duration,
+    /// Age after which the reaper deletes a transportable set nobody imported (`None`: kept).
+    pub transportable_retention: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -105,6 +110,7 @@ impl Default for Policy {
         Self {
             array_id: None,
             reaper_timeout: c.reaper_timeout(),
+            transportable_retention: c.transportable_retention(),
             target_name: c
                 .target_name
                 .unwrap_or_else(|| crate::pool::LEGACY_TARGET_NAME.into()),
@@ -125,6 +131,8 @@ struct Shared {
     admin_token_sha256: String,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
     jobs: Mutex<HashMap<JobId, JobHandle>>,
+    /// Progress (percent) of plex copies being made independent.
+    plex: Mutex<HashMap<LunId, u8>>,
     idem_gate: Mutex<()>,
     metrics: Arc<ArrayMetrics>,
 }
@@ -208,6 +216,7 @@ impl Array {
             admin_token_sha256,
             clock,
             jobs: Mutex::new(HashMap::new()),
+            plex: Mutex::new(HashMap::new()),
             idem_gate: Mutex::new(()),
             metrics,
         }));
@@ -222,6 +231,8 @@ impl Array {
                 }
             }
         }
+        // Plex copies a stop interrupted carry on.
+        array.start_plex(array.unfinished_plex());
         Ok(array)
     }
 

@@ -47,6 +47,16 @@ pub struct LunRow {
     /// had ids. With `number` it fixes the LUN's SCSI identity for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub array_id: Option<ArrayId>,
+    /// A plex snapshot LUN (its set's context has the PLEX attribute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plex: Option<PlexRow>,
+}
+
+/// A plex snapshot LUN's durable state: whether the array finished making it independent of
+/// its source (until then a restart carries the work on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlexRow {
+    pub independent: bool,
 }
 
 impl LunRow {
@@ -100,6 +110,9 @@ pub struct SetRow {
     pub members: Vec<MemberRow>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// When a host first exposed one of its LUNs after the set was complete (an import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,11 +252,13 @@ impl Db {
             .is_some_and(|h| h.luns.values().any(|l| l == lun))
     }
 
-    /// The snapshot LUNs taken of `lun`, by id.
+    /// The snapshot LUNs taken of `lun` that still depend on it, by id: all but plex copies
+    /// made independent.
     pub(super) fn dependants(&self, lun: &str) -> Vec<LunId> {
         self.luns
             .values()
             .filter(|l| l.snapshot_of.as_ref().is_some_and(|o| o.source == lun))
+            .filter(|l| !l.plex.is_some_and(|p| p.independent))
             .map(|l| l.id.clone())
             .collect()
     }

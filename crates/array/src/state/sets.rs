@@ -6,10 +6,10 @@ use api::{
 };
 use storage::BackendError;
 use vss::identity::LunIdentity;
-use vss::{SnapshotContext, VssId};
+use vss::{SnapshotContext, VolumeSnapshotAttributes, VssId};
 
 use super::auth::not_visible;
-use super::rows::{Db, Inner, LunRow, LunState, MemberRow, Record, SetRow, lun_id};
+use super::rows::{Db, Inner, LunRow, LunState, MemberRow, PlexRow, Record, SetRow, lun_id};
 use super::{Array, MAX_LUN_NUMBER, Scope};
 use crate::error::ArrayError;
 use crate::metrics::SetOutcome;
@@ -25,6 +25,7 @@ impl Array {
     /// the LUNs the host sees (prepared snapshot LUNs excluded); `None` for any other, so
     /// another host's LUN looks absent.
     pub fn lookup(&self, host: &str, keys: &[LunKey]) -> Result<Vec<Option<ArrayLun>>, ArrayError> {
+        let plex_ok = self.0.backend.plex_support().is_ok();
         let inner = self.lock();
         let db = &inner.db;
         let idents: Vec<(&LunRow, LunIdentity)> = db
@@ -46,6 +47,7 @@ impl Array {
                         id: l.id.clone(),
                         size_bytes: l.size_bytes,
                         snapshot_of: l.snapshot_of.clone(),
+                        plex: plex_ok,
                     })
                 })
             })
@@ -76,6 +78,14 @@ impl Array {
         context: SnapshotContext,
         snapshots: &[PlannedSnapshot],
     ) -> Result<(), ArrayError> {
+        let plex = context.contains(VolumeSnapshotAttributes::PLEX);
+        if plex {
+            if let Err(why) = self.0.backend.plex_support() {
+                return Err(ArrayError::Conflict(format!(
+                    "A plex copy was asked, but {why}; ask for a differential copy."
+                )));
+            }
+        }
         let mut inner = self.lock();
         let now = self.now();
         let db = &inner.db;
@@ -109,6 +119,7 @@ impl Array {
                 members: Vec::new(),
                 created_at: now,
                 updated_at: now,
+                imported_at: None,
             },
         };
         let mut next = db.next_number;
@@ -141,6 +152,7 @@ impl Array {
                 state: LunState::Prepared,
                 created_at: now,
                 array_id: self.0.policy.array_id,
+                plex: plex.then_some(PlexRow { independent: false }),
             }));
             set.members.push(MemberRow {
                 snapshot_id: s.snapshot_id,
@@ -202,6 +214,7 @@ impl Array {
             .iter()
             .map(|m| (m.source.clone(), m.lun.clone()))
             .collect();
+        let plex = set.context.contains(VolumeSnapshotAttributes::PLEX);
         let t0 = std::time::Instant::now();
         let taken = if pairs.is_empty() {
             Ok(()) // an empty set commits with nothing to snapshot
@@ -245,12 +258,17 @@ impl Array {
         self.0.metrics.set(SetOutcome::Committed);
         tracing::info!(%set_id, host, luns = pairs.len(), elapsed_us = t0.elapsed().as_micros() as u64, "set committed");
         drop(inner);
-        // Engines that clone lazily get the writable clones made now, off the commit path.
+        // Engines that clone lazily get the writable clones made now, off the commit path;
+        // plex copies are then made independent.
         let backend = self.0.backend.clone();
+        let clones: Vec<String> = pairs.into_iter().map(|(_, c)| c).collect();
+        if plex {
+            self.start_plex(clones.clone());
+        }
         let _ = std::thread::Builder::new()
             .name("materialize".into())
             .spawn(move || {
-                for (_, clone) in pairs {
+                for clone in clones {
                     if let Err(e) = backend.materialize(&clone) {
                         tracing::warn!(lun = %clone, error = %e, "creating the writable clone failed; retried on first use");
                     }
@@ -445,7 +463,21 @@ impl Array {
             h.luns.insert(n, l.clone());
             added.push((n, l.clone()));
             let mut row = inner.db.luns[l].clone();
-            if row.snapshot_of.is_some() {
+            if let Some(o) = &row.snapshot_of {
+                // Exposed after completion: an import (exposure during creation is the
+                // creating host's auto-recovery).
+                if let Some(set) = inner.db.sets.get(&o.set_id) {
+                    let first = set.state == SetState::Completed && set.imported_at.is_none();
+                    if first
+                        && !records
+                            .iter()
+                            .any(|r| matches!(r, Record::Set(s) if s.set_id == o.set_id))
+                    {
+                        let mut set = set.clone();
+                        set.imported_at = Some(self.now());
+                        records.push(Record::Set(set));
+                    }
+                }
                 row.state = LunState::Exposed;
                 records.push(Record::Lun(row));
             }

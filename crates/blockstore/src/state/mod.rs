@@ -627,6 +627,70 @@ impl State {
         (alloc, unique)
     }
 
+    /// Up to `limit` chunks of the tree at or after `from` that its volume does not hold
+    /// alone: under a node another root also reaches, in a chunk another entry also names,
+    /// or reading blocks from an `under` chunk that is shared. Subtrees before `from` are
+    /// skipped.
+    pub(crate) fn shared_entries(
+        &self,
+        root: u32,
+        from: u32,
+        limit: usize,
+        out: &mut Vec<(u32, Entry)>,
+    ) {
+        self.shared_inner(root, 0, 0, true, from, limit, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn shared_inner(
+        &self,
+        node: u32,
+        level: u32,
+        base: u64,
+        excl: bool,
+        from: u32,
+        limit: usize,
+        out: &mut Vec<(u32, Entry)>,
+    ) {
+        if node == 0 || out.len() >= limit {
+            return;
+        }
+        let n = self.node(node);
+        let excl = excl && n.refs == 1;
+        let shift = FANOUT_BITS * (DEPTH - 1 - level);
+        match &n.body {
+            Body::Internal(c) => {
+                for (i, &child) in c.iter().enumerate() {
+                    let b = base | ((i as u64) << shift);
+                    if child == 0 || b + (1u64 << shift) <= from as u64 {
+                        continue;
+                    }
+                    if out.len() >= limit {
+                        return;
+                    }
+                    self.shared_inner(child, level + 1, b, excl, from, limit, out);
+                }
+            }
+            Body::Leaf(e) => {
+                for (i, en) in e.iter().enumerate() {
+                    let b = base | i as u64;
+                    if en.is_empty() || b < from as u64 {
+                        continue;
+                    }
+                    let own = excl
+                        && self.chunk_refs(en.phys) == 1
+                        && (en.under == 0 || self.chunk_refs(en.under) == 1);
+                    if !own {
+                        if out.len() >= limit {
+                            return;
+                        }
+                        out.push((b as u32, *en));
+                    }
+                }
+            }
+        }
+    }
+
     /// Up to `limit` chunks at or after `from` where `dst` differs from `src`, with `src`'s
     /// entry. Subtrees shared by both are skipped, so the cost follows the differences.
     pub(crate) fn diff(

@@ -304,6 +304,7 @@ mod tests {
             }),
             mapped_to: vec![],
             allocated_bytes: 0,
+            plex: None,
         }
     }
 
@@ -321,6 +322,7 @@ mod tests {
             }],
             created_at: 0,
             updated_at: 0,
+            imported_at: None,
         }
     }
 

@@ -26,6 +26,11 @@ impl Drop for Daemon {
 
 /// Starts `shadowlun array serve` on `pool` and waits until it says where it listens.
 pub fn start(pool: &Path) -> Daemon {
+    start_with(pool, &[])
+}
+
+/// [`start`] with more arguments for `array serve` (`--config FILE`).
+pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
     let mut child = Command::new(BIN)
         .args([
             "array",
@@ -37,6 +42,7 @@ pub fn start(pool: &Path) -> Daemon {
             "--pool",
         ])
         .arg(pool)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

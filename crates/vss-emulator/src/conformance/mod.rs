@@ -37,7 +37,9 @@ mod create;
 mod lifecycle;
 mod misbehaving;
 mod names;
+mod plex;
 mod requester;
+mod rules;
 mod transport;
 
 /// A SAN with a provider: what a scenario runs against.
@@ -51,7 +53,14 @@ pub trait Lab {
     /// The provider as loaded on the host with this initiator.
     fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String>;
     fn provider_id(&self) -> VssId;
+    /// Deletes the original LUN whose NAA designator is `naa`, as the SAN's administrator
+    /// would: unmapped from every host, then deleted. Waits (up to [`DELETE_WAIT`]) while
+    /// the SAN still holds it for a plex copy being made independent.
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String>;
 }
+
+/// How long [`Lab::delete_lun`] waits for a SAN to let a LUN go.
+pub const DELETE_WAIT: Duration = Duration::from_secs(60);
 
 /// Builds a fresh lab for each scenario.
 pub trait LabFactory {
@@ -297,6 +306,16 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
             create::create_differential_plex,
         ),
         (
+            "plex.independent_of_the_original",
+            "§10.3 §6.6",
+            plex::independent_of_original,
+        ),
+        (
+            "plex.transportable_imported_without_originals",
+            "§10.3 §10.10",
+            plex::transportable_imported_without_originals,
+        ),
+        (
             "create.point_in_time_is_consistent",
             "§10.3 §10.4",
             create::point_in_time,
@@ -385,6 +404,37 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
             "writers.exclude_verify_full_and_copy",
             "§2.2",
             requester::writer_rules,
+        ),
+        (
+            "create.one_snapshot_lun_for_volumes_sharing_a_lun",
+            "§10.3",
+            rules::one_lun_under_two_volumes,
+        ),
+        (
+            "delete.persistent_outlives_its_requester",
+            "§10.11",
+            rules::persistent_outlives_requester,
+        ),
+        ("delete.oldest_of_a_volume", "§10.11", rules::delete_oldest),
+        (
+            "import.local_set_refused",
+            "§10.10",
+            rules::local_bcd_refused,
+        ),
+        (
+            "resync.other_destination",
+            "§10.14",
+            rules::resync_other_destination,
+        ),
+        (
+            "autorecover.transportable_recovered_then_masked",
+            "§10.13",
+            rules::transportable_autorecover,
+        ),
+        (
+            "identity.never_reused",
+            "§10.8",
+            rules::identities_never_reused,
         ),
         ("misbehaving.veto", "§10.7", misbehaving::mis_veto),
         (
