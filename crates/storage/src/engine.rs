@@ -66,6 +66,8 @@ impl BlockDevice for EngineDevice {
 #[derive(Debug)]
 pub struct EngineBackend {
     pool: Pool,
+    /// The pool's directory: its file system bounds what the pool can still grow to.
+    dir: std::path::PathBuf,
     /// Serialises clone creation so two first uses do not race.
     materializing: std::sync::Mutex<()>,
 }
@@ -83,6 +85,7 @@ impl EngineBackend {
         };
         Ok(Self {
             pool,
+            dir: dir.to_path_buf(),
             materializing: std::sync::Mutex::new(()),
         })
     }
@@ -204,8 +207,12 @@ impl Backend for EngineBackend {
 
     fn usage(&self) -> Result<PoolUsage, BackendError> {
         let s = self.pool.stats()?;
+        // A pool without a size limit is bounded by its file system: it can hold what it
+        // holds now plus what the file system still gives it. Its limit, when it has one,
+        // bounds that further.
+        let room = crate::fs_room(&self.dir)?;
         Ok(PoolUsage {
-            capacity_bytes: s.size_limit_bytes,
+            capacity_bytes: s.size_limit_bytes.min(s.used_bytes.saturating_add(room)),
             allocated_bytes: s.used_bytes,
         })
     }

@@ -299,10 +299,11 @@ impl Backend for FileBackend {
     }
 
     fn usage(&self) -> Result<PoolUsage, BackendError> {
-        let st = rustix::fs::statvfs(&self.dir)?;
-        let allocated = self.volumes()?.iter().map(|v| v.allocated_bytes).sum();
+        let allocated: u64 = self.volumes()?.iter().map(|v| v.allocated_bytes).sum();
+        // What the volumes hold now plus what the file system still gives them: other
+        // files on the same file system are not the pool's, but they do bound it.
         Ok(PoolUsage {
-            capacity_bytes: st.f_blocks.saturating_mul(st.f_frsize),
+            capacity_bytes: allocated.saturating_add(crate::fs_room(&self.dir)?),
             allocated_bytes: allocated,
         })
     }

@@ -47,9 +47,16 @@ pub struct VolumeInfo {
 /// Pool accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUsage {
-    /// Bytes the pool may hold (`u64::MAX` when unbounded).
+    /// Bytes the pool may hold: what it holds plus what it can still grow by (its own limit,
+    /// or its file system's or cluster's free space); `u64::MAX` when unbounded.
     pub capacity_bytes: u64,
     pub allocated_bytes: u64,
+}
+
+/// Bytes the file system holding `dir` still gives an unprivileged writer.
+pub(crate) fn fs_room(dir: &std::path::Path) -> Result<u64, BackendError> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Bytes per logical block: the unit every volume is addressed in (its LBA size), whatever

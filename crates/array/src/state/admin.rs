@@ -65,7 +65,7 @@ pub fn iscsi_name_problem(s: &str) -> Option<String> {
     if !good_date {
         return Some(
             "needs the year and month the naming authority got its domain, \
-             as iqn.yyyy-mm."
+             as in iqn.1991-05.com.microsoft:host"
                 .into(),
         );
     }
