@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::{CHECKPOINT_FILE, LOG_FILE};
 use crate::error::{Error, Result, io_err};
 use crate::format::{self, CHECKPOINT_MAGIC, HEADER_LEN, Header, LOG_MAGIC};
-use crate::state::State;
+use crate::state::{CHUNK_SIZE, State};
 
 pub(crate) struct Committer {
     pub(super) log: File,
@@ -29,6 +29,24 @@ pub(crate) struct Inner {
     /// Set after every data write; a commit syncs the data file only when it is set.
     pub(super) data_dirty: AtomicBool,
     pub(super) _lock: File,
+}
+
+/// Punches holes for runs of chunks `(first, count)` in the data file. Not an error when it
+/// fails (the space stays allocated and the chunks are reused); logged once per call.
+pub(crate) fn punch(data: &File, runs: &[(u32, u32)]) {
+    use rustix::fs::{FallocateFlags, fallocate};
+    for &(first, n) in runs {
+        let r = fallocate(
+            data,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            first as u64 * CHUNK_SIZE,
+            n as u64 * CHUNK_SIZE,
+        );
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "freed chunks keep their blocks: no hole punched");
+            return;
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -160,7 +178,17 @@ impl Inner {
             }
         }
         st.apply_releases(rel);
+        self.give_back(st);
         Ok(())
+    }
+
+    /// Gives the blocks of chunks freed by the last commit back to the file system (holes
+    /// punched in the data file), so the pool's files shrink as its volumes do. Under the
+    /// state lock: none of them is allocated again before. A file system that cannot punch
+    /// holes keeps the blocks (the chunks are reused either way).
+    pub(crate) fn give_back(&self, st: &mut State) {
+        let runs = st.take_freed();
+        punch(&self.data, &runs);
     }
 
     /// Runs a pool operation: checks and applies it under the state lock and commits it before
@@ -194,7 +222,9 @@ impl Inner {
             }
         }
         if !rel.is_empty() {
-            self.write()?.apply_releases(rel);
+            let mut st = self.write()?;
+            st.apply_releases(rel);
+            self.give_back(&mut st);
         }
         self.maybe_checkpoint(&mut c)
     }

@@ -262,6 +262,18 @@ impl Pool {
         };
         state.rebuild_free_list();
         state.chunk_bound = MAX_CHUNK;
+        // Chunks freed by commits whose holes a crash kept from being punched, and the tail
+        // past the highest used chunk, go back to the file system.
+        let (mut free, end) = state.free_runs();
+        let file_chunks = data
+            .metadata()
+            .map_err(io_err("stat the data file"))?
+            .len()
+            .div_ceil(CHUNK_SIZE);
+        if file_chunks > end as u64 {
+            free.push((end, (file_chunks - end as u64).min(u32::MAX as u64) as u32));
+        }
+        super::commit::punch(&data, &free);
         tracing::info!(
             dir = %dir.display(),
             volumes = state.vols.len(),

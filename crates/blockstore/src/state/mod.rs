@@ -131,6 +131,9 @@ pub(crate) struct State {
     /// References to each chunk from leaf entries (`phys` and `under`).
     chunk_refs: Vec<u32>,
     free_chunks: Vec<u32>,
+    /// Chunks whose last reference went since [`State::take_freed`]: their blocks are given
+    /// back to the file system.
+    freed: Vec<u32>,
     /// Chunks in use, including those whose release is not yet durable.
     pub used_chunks: u64,
     /// Pool size limit in chunks.
@@ -159,6 +162,7 @@ impl State {
             next_vol_id: 1,
             chunk_refs: vec![0],
             free_chunks: Vec::new(),
+            freed: Vec::new(),
             used_chunks: 0,
             limit_chunks,
             chunk_bound: MAX_CHUNK,
@@ -252,6 +256,7 @@ impl State {
                 if *rc == 0 {
                     self.used_chunks -= 1;
                     self.free_chunks.push(c);
+                    self.freed.push(c);
                 }
             }
             Release::Node(id) => {
@@ -294,6 +299,24 @@ impl State {
         for r in rel {
             self.release_now(r);
         }
+    }
+
+    /// The chunks freed since the last call that are still free, as runs `(first, count)`:
+    /// what may be given back to the file system now. Called under the state lock, so none
+    /// of them can be allocated again before that is done.
+    pub(crate) fn take_freed(&mut self) -> Vec<(u32, u32)> {
+        let mut c = std::mem::take(&mut self.freed);
+        c.retain(|&c| self.chunk_refs(c) == 0);
+        runs(c)
+    }
+
+    /// Every free chunk below the highest used one, as runs `(first, count)`, and the first
+    /// chunk past the highest used one (for a pool just opened).
+    pub(crate) fn free_runs(&self) -> (Vec<(u32, u32)>, u32) {
+        let free = (1..self.chunk_refs.len() as u32)
+            .filter(|&c| self.chunk_refs[c as usize] == 0)
+            .collect();
+        (runs(free), self.chunk_refs.len().max(1) as u32)
     }
 
     // ---------------------------------------------------------------- allocator
@@ -803,6 +826,20 @@ pub(crate) fn check_size(size: u64) -> Res<()> {
         )));
     }
     Ok(())
+}
+
+/// Sorted, de-duplicated chunk numbers as runs of consecutive chunks `(first, count)`.
+fn runs(mut chunks: Vec<u32>) -> Vec<(u32, u32)> {
+    chunks.sort_unstable();
+    chunks.dedup();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for c in chunks {
+        match out.last_mut() {
+            Some((first, n)) if *first + *n == c => *n += 1,
+            _ => out.push((c, 1)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

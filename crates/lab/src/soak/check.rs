@@ -188,8 +188,15 @@ pub fn bounded(what: &str, warm: &Resources, now: &Resources, b: &Bounds) -> Res
 }
 
 /// The pool's used space after everything was deleted, as the daemon reported it, as the
-/// engine recounts it from its metadata on disk, against its value before the soak.
-pub fn space_returned(start: u64, daemon_end: u64, engine_recount: u64) -> Result<(), Violation> {
+/// engine recounts it from its metadata on disk, and as the file system allocates the
+/// engine's data file, against their values before the soak.
+pub fn space_returned(
+    start: u64,
+    daemon_end: u64,
+    engine_recount: u64,
+    file_start: u64,
+    file_end: u64,
+) -> Result<(), Violation> {
     if daemon_end != start {
         return Err(v(format!(
             "space not returned: the pool used {start} bytes before the soak and {daemon_end} \
@@ -200,6 +207,26 @@ pub fn space_returned(start: u64, daemon_end: u64, engine_recount: u64) -> Resul
         return Err(v(format!(
             "the engine's accounting disagrees with its metadata: the daemon reported \
              {daemon_end} bytes used, a recount of the pool on disk finds {engine_recount}"
+        )));
+    }
+    if file_end != file_start {
+        return Err(v(format!(
+            "space not returned to the file system: the engine's data file held {file_start} \
+             bytes of data before the soak and {file_end} after everything was deleted"
+        )));
+    }
+    Ok(())
+}
+
+/// The file system holds no more of the engine's data file than the engine counts as used
+/// (plus its first chunk, which holds the file's magic): freed chunks were given back.
+pub fn file_system_agrees(engine_used: u64, file_allocated: u64) -> Result<(), Violation> {
+    let chunk = blockstore::CHUNK_SIZE;
+    if file_allocated > engine_used + chunk {
+        return Err(v(format!(
+            "the file system and the engine disagree: the engine's data file holds \
+             {file_allocated} bytes of data, the engine counts {engine_used} used (+{chunk} \
+             for its first chunk)"
         )));
     }
     Ok(())
@@ -419,18 +446,21 @@ mod tests {
                 .0
                 .starts_with("memory grows")
         );
-        assert!(space_returned(0, 0, 0).is_ok());
+        assert!(space_returned(0, 0, 0, 4096, 4096).is_ok());
+        let e = space_returned(0, 65536, 65536, 4096, 4096).unwrap_err();
+        assert!(e.0.starts_with("space not returned"), "{e}");
+        let e = space_returned(0, 0, 65536, 4096, 4096).unwrap_err();
+        assert!(e.0.contains("recount"), "{e}");
+        let e = space_returned(0, 0, 0, 4096, 69632).unwrap_err();
         assert!(
-            space_returned(0, 65536, 65536)
-                .unwrap_err()
-                .0
-                .starts_with("space not returned")
+            e.0.starts_with("space not returned to the file system"),
+            "{e}"
         );
+        assert!(file_system_agrees(1 << 20, (1 << 20) + 4096).is_ok());
+        let e = file_system_agrees(1 << 20, (2 << 20) + 4096).unwrap_err();
         assert!(
-            space_returned(0, 0, 65536)
-                .unwrap_err()
-                .0
-                .contains("recount")
+            e.0.starts_with("the file system and the engine disagree"),
+            "{e}"
         );
     }
 }

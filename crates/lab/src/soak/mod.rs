@@ -13,7 +13,9 @@
 //! - the daemon's file descriptors, threads and resident memory stay within bounds of their
 //!   value after warm-up, in each life between kills and over a last phase with no kill;
 //! - once everything is deleted, the pool's used space is what it was before the soak, as
-//!   the daemon reports it and as the engine recounts it from its metadata on disk.
+//!   the daemon reports it, as the engine recounts it from its metadata on disk, and as the
+//!   file system allocates the engine's data file; at every SIGTERM restart the file system
+//!   holds no more of that file than the engine counts as used.
 //!
 //! The first stop (a violation, or a daemon that does not start) ends the soak with a
 //! precise message; the pool is kept for inspection.
@@ -101,7 +103,7 @@ pub struct Space {
     pub used_end: u64,
     /// What the engine counts on disk with the daemon stopped.
     pub engine_recount: u64,
-    /// Bytes the file system allocates to the engine's data file.
+    /// Bytes of data the file system holds for the engine's data file (its data extents).
     pub data_file_allocated_start: u64,
     pub data_file_allocated_end: u64,
     /// Engine volumes on disk after the soak (names).
@@ -224,9 +226,8 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "engine data file allocated by the file system: start {}, end {}",
-            mib(s.data_file_allocated_start),
-            mib(s.data_file_allocated_end)
+            "engine data file, data held by the file system: start {} bytes, end {} bytes",
+            s.data_file_allocated_start, s.data_file_allocated_end
         )?;
         match &self.violation {
             None => writeln!(f, "soak passed"),
@@ -259,10 +260,28 @@ fn op_stop(what: &str, e: OpError) -> Stop {
     }
 }
 
-/// Bytes the file system allocates to a file (0 if it does not exist).
+/// Bytes of data the file system holds for a file: the sum of its data extents, found with
+/// `SEEK_DATA` and `SEEK_HOLE` (the file system's own metadata, such as an extent tree, is
+/// not the file's data and is not counted), in whole blocks of the file system. 0 if the
+/// file does not exist.
 fn allocated(path: &Path) -> u64 {
+    use rustix::fs::{SeekFrom, seek};
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+    let Ok(f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let block = f.metadata().map_or(4096, |m| m.blksize().max(1));
+    let mut total = 0;
+    let mut at = 0;
+    // Past the last data extent, SEEK_DATA fails with ENXIO: the end.
+    while let Ok(start) = seek(&f, SeekFrom::Data(at)) {
+        let Ok(end) = seek(&f, SeekFrom::Hole(start)) else {
+            break;
+        };
+        total += end.div_ceil(block) * block - start / block * block;
+        at = end;
+    }
+    total
 }
 
 /// The engine volumes and used bytes of a stopped daemon's pool, read by the engine itself.
@@ -338,8 +357,10 @@ impl Soak {
         if let Some(d) = self.daemon.take() {
             d.stop()?;
         }
-        let (volumes, _) = offline_engine(&self.spec.pool())?;
+        let file = allocated(&self.spec.pool().join("engine").join("data"));
+        let (volumes, used) = offline_engine(&self.spec.pool())?;
         check::no_orphan_volumes(&volumes, &luns)?;
+        check::file_system_agrees(used, file)?;
         self.report.kills.graceful_restarts += 1;
         self.start_daemon()?;
         self.world
@@ -570,12 +591,19 @@ fn finish(soak: &mut Soak, lab: &RealLab) -> Result<(), Stop> {
         d.stop()?;
     }
     let pool = soak.spec.pool();
+    // What the daemon left, before the engine is opened again.
+    soak.report.space.data_file_allocated_end = allocated(&pool.join("engine").join("data"));
     let (volumes, recount) = offline_engine(&pool)?;
     soak.report.space.engine_recount = recount;
     soak.report.space.volumes_left = volumes.clone();
-    soak.report.space.data_file_allocated_end = allocated(&pool.join("engine").join("data"));
     check::no_orphan_volumes(&volumes, &[])?;
     let s = &soak.report.space;
-    check::space_returned(s.used_start, s.used_end, s.engine_recount)?;
+    check::space_returned(
+        s.used_start,
+        s.used_end,
+        s.engine_recount,
+        s.data_file_allocated_start,
+        s.data_file_allocated_end,
+    )?;
     Ok(())
 }
