@@ -430,7 +430,9 @@ impl Soak {
             let dice: f64 = self.rng.random();
             let mut killer = None;
             if !watching {
-                if dice < 0.05 {
+                // The first operation always follows a SIGKILL: however short the run, the
+                // daemon is killed and recovered at least once.
+                if self.report.operations == 0 || dice < 0.05 {
                     daemon::kill9(self.pid()?)?;
                     self.report.kills.between_operations += 1;
                     self.after_kill(false)?;
