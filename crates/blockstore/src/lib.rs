@@ -23,6 +23,7 @@ mod state;
 pub use error::{Error, Result};
 pub use pool::{
     DeletePolicy, MAX_GROUP, Pool, PoolOptions, PoolStats, Volume, VolumeInfo, VolumeKind,
+    copies_log_bytes,
 };
 pub use resync::{ResyncJob, ResyncProgress, ResyncReport};
 pub use state::{CHUNK_SIZE, MASK_BLOCK_SIZE, MAX_VOLUME_SIZE};

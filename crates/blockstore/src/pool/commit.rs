@@ -18,6 +18,9 @@ pub(crate) struct Committer {
     pub(super) len: u64,
     pub(crate) seq: u64,
     pub(super) checkpoint_bytes: u64,
+    /// After a checkpoint could not be written for want of space: the log length at which
+    /// the next attempt is made (0: none pending).
+    pub(super) checkpoint_retry_at: u64,
 }
 
 pub(crate) struct Inner {
@@ -57,8 +60,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dir/name` through a temporary file and a rename, durably.
 pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<File> {
+    let (f, tmp) = write_tmp(dir, name, bytes)?;
+    publish(dir, &tmp, name)?;
+    Ok(f)
+}
+
+/// Writes `bytes` to `dir/name.tmp` and syncs it; nothing else in the pool changes, so a
+/// failure here (the file system full) leaves the pool as it was.
+fn write_tmp(dir: &Path, name: &str, bytes: &[u8]) -> Result<(File, PathBuf)> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -70,9 +80,22 @@ pub(super) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<File>
         .map_err(io_err(format!("write {}", tmp.display())))?;
     f.sync_all()
         .map_err(io_err(format!("sync {}", tmp.display())))?;
-    fs::rename(&tmp, &path).map_err(io_err(format!("rename to {}", path.display())))?;
-    sync_dir(dir)?;
-    Ok(f)
+    Ok((f, tmp))
+}
+
+/// Renames `tmp` to `dir/name` and syncs the directory.
+fn publish(dir: &Path, tmp: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    fs::rename(tmp, &path).map_err(io_err(format!("rename to {}", path.display())))?;
+    sync_dir(dir)
+}
+
+/// The file system holding the pool is full (or the owner's quota is).
+fn is_no_space(e: &Error) -> bool {
+    use rustix::io::Errno;
+    matches!(e, Error::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(c)
+            if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error()))
 }
 
 pub(super) fn checkpoint_bytes(generation: u64, payload: &[u8]) -> Result<Vec<u8>> {
@@ -230,43 +253,69 @@ impl Inner {
     }
 
     fn maybe_checkpoint(&self, c: &mut Committer) -> Result<()> {
-        if c.len < c.checkpoint_bytes {
+        if c.len < c.checkpoint_bytes || c.len < c.checkpoint_retry_at {
             return Ok(());
         }
         match self.checkpoint(c) {
-            Ok(()) => Ok(()),
+            Ok(true) => {
+                c.checkpoint_retry_at = 0;
+                Ok(())
+            }
+            Ok(false) => {
+                // The log and the old checkpoint are intact: carry on with the log, and try
+                // again once it has grown by a sixteenth of the threshold.
+                c.checkpoint_retry_at = c.len + (c.checkpoint_bytes / 16).max(1);
+                Ok(())
+            }
             Err(e) => self.fail(e),
         }
     }
 
-    /// Folds the log into a new checkpoint and starts an empty log.
-    fn checkpoint(&self, c: &mut Committer) -> Result<()> {
+    /// Folds the log into a new checkpoint and starts an empty log. `Ok(false)`: the file
+    /// system had no room for the new files; nothing changed and the pool carries on with
+    /// its log (a commit never fails because a checkpoint did not fit).
+    fn checkpoint(&self, c: &mut Committer) -> Result<bool> {
         let payload = {
             let mut st = self.write()?;
             self.commit_locked(c, &mut st)?;
             st.encode_checkpoint()
         };
         let generation = c.generation + 1;
-        write_atomic(
+        let header = Header {
+            magic: LOG_MAGIC,
+            generation,
+            body_len: 0,
+        }
+        .encode();
+        // Both new files are written before either replaces its predecessor, so running out
+        // of space (the only failure expected here) changes nothing.
+        let written = write_tmp(
             &self.dir,
             CHECKPOINT_FILE,
             &checkpoint_bytes(generation, &payload)?,
-        )?;
-        let log = write_atomic(
-            &self.dir,
-            LOG_FILE,
-            &Header {
-                magic: LOG_MAGIC,
-                generation,
-                body_len: 0,
+        )
+        .and_then(|(_, ckpt)| {
+            write_tmp(&self.dir, LOG_FILE, &header).map(|(log, tmp)| (ckpt, log, tmp))
+        });
+        let (ckpt_tmp, log, log_tmp) = match written {
+            Ok(w) => w,
+            Err(e) if is_no_space(&e) => {
+                for name in [CHECKPOINT_FILE, LOG_FILE] {
+                    let _ = fs::remove_file(self.dir.join(format!("{name}.tmp")));
+                }
+                tracing::warn!(error = %e, log_bytes = c.len,
+                    "no space for a checkpoint; the pool carries on with its log");
+                return Ok(false);
             }
-            .encode(),
-        )?;
+            Err(e) => return Err(e),
+        };
+        publish(&self.dir, &ckpt_tmp, CHECKPOINT_FILE)?;
+        publish(&self.dir, &log_tmp, LOG_FILE)?;
         tracing::debug!(generation, bytes = payload.len(), "wrote checkpoint");
         c.log = log;
         c.generation = generation;
         c.len = HEADER_LEN as u64;
         c.seq = 0;
-        Ok(())
+        Ok(true)
     }
 }

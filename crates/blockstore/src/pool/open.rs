@@ -119,6 +119,7 @@ impl Pool {
                     len,
                     seq,
                     checkpoint_bytes: 64 << 20,
+                    checkpoint_retry_at: 0,
                 }),
                 failed: AtomicBool::new(false),
                 data_dirty: AtomicBool::new(false),
