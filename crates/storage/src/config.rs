@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// Directory of the engine pool, absolute or relative to `pool_dir`. Default
     /// `<pool_dir>/engine`.
     pub path: Option<PathBuf>,
+    /// Most bytes of data the pool holds (whole 64 KiB chunks). Default: what the pool has
+    /// (a new pool: the format's limit, 256 TiB, in practice its file system's size).
+    pub capacity_bytes: Option<u64>,
 }
 
 /// Settings of `kind = "files"`.
@@ -124,7 +127,10 @@ impl BackendConfig {
             pool_dir.join(path.as_deref().unwrap_or(Path::new(default)))
         };
         Ok(match self {
-            BackendConfig::Engine(c) => Arc::new(EngineBackend::open(&dir(&c.path, "engine"))?),
+            BackendConfig::Engine(c) => Arc::new(EngineBackend::open(
+                &dir(&c.path, "engine"),
+                c.capacity_bytes,
+            )?),
             BackendConfig::Files(c) => Arc::new(FileBackend::open(&dir(&c.path, "volumes"))?),
             BackendConfig::Memory(c) => Arc::new(MemoryBackend::new(c.capacity_bytes)),
             BackendConfig::Rbd(c) => {

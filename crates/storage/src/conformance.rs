@@ -55,6 +55,7 @@ suite!(
     detach_makes_a_plex_copy_or_says_why_not,
     copy_volume_copies_grows_and_keeps_zeros,
     usage_counts_written_data,
+    snapshot_cost_covers_what_a_snapshot_takes,
 );
 
 /// `len` bytes that differ from block to block and from seed to seed.
@@ -451,4 +452,31 @@ pub fn usage_counts_written_data<B: Backend, G>(make: &impl Fn() -> (B, G)) {
     assert!(pool1.capacity_bytes >= pool1.allocated_bytes, "{pool1:?}");
     let listed = b.volumes().unwrap();
     assert_eq!(listed, vec![vol1]);
+}
+
+/// What [`Backend::snapshot_cost`] announces covers the pool space the group snapshot and its
+/// writable clones take (the array reserves that much before the commit).
+pub fn snapshot_cost_covers_what_a_snapshot_takes<B: Backend, G>(make: &impl Fn() -> (B, G)) {
+    let (b, _g) = make();
+    b.create_volume("a", 4 * MIB).unwrap();
+    b.create_volume("b", 2 * MIB).unwrap();
+    write(&b, "a", 0, &pattern(16, 3 * MIB as usize));
+    write(&b, "b", MIB, &pattern(17, MIB as usize));
+    b.device("a").unwrap().flush().unwrap();
+    b.device("b").unwrap().flush().unwrap();
+    let pairs = vec![
+        ("a".to_string(), "a-snap".to_string()),
+        ("b".to_string(), "b-snap".to_string()),
+    ];
+    let cost = b.snapshot_cost(&pairs).unwrap();
+    let before = b.usage().unwrap().allocated_bytes;
+    b.snapshot_group(&pairs).unwrap();
+    b.materialize("a-snap").unwrap();
+    b.materialize("b-snap").unwrap();
+    let after = b.usage().unwrap().allocated_bytes;
+    assert!(
+        after.saturating_sub(before) <= cost,
+        "the snapshot took {} bytes, {cost} announced",
+        after - before
+    );
 }

@@ -73,16 +73,30 @@ pub struct EngineBackend {
 }
 
 impl EngineBackend {
-    /// Opens the engine pool in `dir`, creating it on first start.
-    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+    /// Opens the engine pool in `dir`, creating it on first start. `capacity_bytes`: the most
+    /// data the pool may hold (rounded down to whole chunks), applied at every start so a
+    /// changed setting takes effect; `None` keeps what the pool has (no limit on a new one
+    /// but the format's).
+    pub fn open(dir: &Path, capacity_bytes: Option<u64>) -> Result<Self, BackendError> {
         let pool = match Pool::open(dir) {
             Ok(p) => p,
             Err(blockstore::Error::NotAPool { .. }) => {
                 tracing::info!(dir = %dir.display(), "creating the engine pool");
-                Pool::create(dir, PoolOptions::default())?
+                Pool::create(
+                    dir,
+                    PoolOptions {
+                        size_limit: capacity_bytes,
+                    },
+                )?
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(limit) = capacity_bytes {
+            if pool.stats()?.size_limit_bytes != limit / blockstore::CHUNK_SIZE * blockstore::CHUNK_SIZE
+            {
+                pool.set_size_limit(limit)?;
+            }
+        }
         Ok(Self {
             pool,
             dir: dir.to_path_buf(),
@@ -171,6 +185,17 @@ impl Backend for EngineBackend {
         }
         self.pool.snapshot_group(&members)?;
         Ok(())
+    }
+
+    /// Metadata only: the group snapshot and the writable clones made after it each append
+    /// one log frame naming every copy; neither takes a data chunk.
+    fn snapshot_cost(&self, pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        for (src, _) in pairs {
+            self.info(src)?;
+        }
+        let bases: Vec<String> = pairs.iter().map(|(_, c)| base_of(c)).collect();
+        Ok(blockstore::copies_log_bytes(bases.iter().map(String::as_str))
+            + blockstore::copies_log_bytes(pairs.iter().map(|(_, c)| c.as_str())))
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {

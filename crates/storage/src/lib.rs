@@ -88,6 +88,15 @@ pub trait Backend: Send + Sync {
     /// may create the writable clone itself later ([`Backend::materialize`]), as long as every
     /// other method treats the clone as existing.
     fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError>;
+    /// The most pool space, in bytes, a [`Backend::snapshot_group`] of these `(source, clone)`
+    /// pairs takes, its writable clones included: what the array reserves for a snapshot set
+    /// from its preparation to its commit, so the commit never runs out of space. The
+    /// default is the engine-agnostic worst case, a full copy of every source.
+    fn snapshot_cost(&self, pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        pairs.iter().try_fold(0u64, |sum, (src, _)| {
+            Ok(sum.saturating_add(self.volume(src)?.size_bytes))
+        })
+    }
     /// Makes sure the writable clone of a snapshot taken by [`Backend::snapshot_group`] exists
     /// (for engines that create it lazily). Idempotent.
     fn materialize(&self, name: &str) -> Result<(), BackendError> {

@@ -257,6 +257,15 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    /// Nothing: a clone shares its source's chunks until either is written.
+    fn snapshot_cost(&self, pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        let vols = self.vols();
+        match pairs.iter().find(|(src, _)| !vols.contains_key(src)) {
+            Some((src, _)) => Err(BackendError::NoVolume(src.clone())),
+            None => Ok(0),
+        }
+    }
+
     fn snapshot_group(&self, pairs: &[(String, String)]) -> Result<(), BackendError> {
         let mut vols = self.vols();
         for (src, clone) in pairs {

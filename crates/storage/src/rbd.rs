@@ -211,6 +211,9 @@ impl RbdBackend {
     }
 }
 
+/// The pool space one snapshot LUN's RBD snapshot and clone are reckoned to take at most.
+pub const RBD_COPY_METADATA_BYTES: u64 = 64 * 1024;
+
 impl Backend for RbdBackend {
     fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
         self.pool
@@ -283,6 +286,15 @@ impl Backend for RbdBackend {
             return Err(BackendError::Shrink(name.into()));
         }
         image.resize(size_bytes).map_err(|e| err(name, e))
+    }
+
+    /// Metadata only: an RBD snapshot and a clone v2 child copy no data; they add a few small
+    /// RADOS objects and omap entries per member (the clone's header and id objects, its
+    /// directory and children entries). [`RBD_COPY_METADATA_BYTES`] per member bounds them
+    /// (an estimate, not measured against a cluster's accounting); the array compares it
+    /// with the free space [`Backend::usage`] reports from the cluster.
+    fn snapshot_cost(&self, pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        Ok(pairs.len() as u64 * RBD_COPY_METADATA_BYTES)
     }
 
     /// Every source's snapshot is taken at once (in parallel, skipping quiesce: the caller

@@ -7,7 +7,7 @@ use storage::{EngineBackend, FileBackend, MemoryBackend};
 fn engine_backend_conforms() {
     run_all(|| {
         let dir = tempfile::tempdir().unwrap();
-        (EngineBackend::open(dir.path()).unwrap(), dir)
+        (EngineBackend::open(dir.path(), None).unwrap(), dir)
     });
 }
 

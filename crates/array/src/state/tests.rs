@@ -300,7 +300,7 @@ fn state_rules_refuse_out_of_order_verbs() {
 fn an_empty_set_commits_without_engine_work() {
     // The engine refuses empty consistency groups; the array must not ask for one.
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(EngineBackend::open(&dir.path().join("engine")).unwrap());
+    let engine = Arc::new(EngineBackend::open(&dir.path().join("engine"), None).unwrap());
     let f = fixture_with(engine, dir);
     let set = uuid::Uuid::new_v4();
     f.array.prepare("a", set, SnapshotContext(0), &[]).unwrap();
