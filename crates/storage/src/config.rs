@@ -180,6 +180,34 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_capacity_bounds_the_pool_and_follows_the_setting_at_each_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |capacity_bytes| {
+            BackendConfig::Engine(EngineConfig {
+                path: None,
+                capacity_bytes,
+            })
+            .open(dir.path(), 1)
+            .unwrap()
+        };
+        let b = open(Some(1 << 20));
+        assert_eq!(b.usage().unwrap().capacity_bytes, 1 << 20);
+        b.create_volume("v", 4 << 20).unwrap();
+        let d = b.device("v").unwrap();
+        d.write_at(0, &vec![1u8; 1 << 20], false).unwrap();
+        assert_eq!(
+            d.write_at(2 << 20, &[1u8; 512], false),
+            Err(scsi::DeviceError::NoSpace)
+        );
+        drop((d, b));
+        assert_eq!(
+            open(Some(3 << 20)).usage().unwrap().capacity_bytes,
+            3 << 20,
+            "raised at the next start"
+        );
+    }
+
+    #[test]
     fn a_path_setting_moves_the_engine_relative_to_the_pool_dir_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let absolute = dir.path().join("absolute");

@@ -92,7 +92,8 @@ impl EngineBackend {
             Err(e) => return Err(e.into()),
         };
         if let Some(limit) = capacity_bytes {
-            if pool.stats()?.size_limit_bytes != limit / blockstore::CHUNK_SIZE * blockstore::CHUNK_SIZE
+            if pool.stats()?.size_limit_bytes
+                != limit / blockstore::CHUNK_SIZE * blockstore::CHUNK_SIZE
             {
                 pool.set_size_limit(limit)?;
             }
@@ -194,8 +195,10 @@ impl Backend for EngineBackend {
             self.info(src)?;
         }
         let bases: Vec<String> = pairs.iter().map(|(_, c)| base_of(c)).collect();
-        Ok(blockstore::copies_log_bytes(bases.iter().map(String::as_str))
-            + blockstore::copies_log_bytes(pairs.iter().map(|(_, c)| c.as_str())))
+        Ok(
+            blockstore::copies_log_bytes(bases.iter().map(String::as_str))
+                + blockstore::copies_log_bytes(pairs.iter().map(|(_, c)| c.as_str())),
+        )
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {

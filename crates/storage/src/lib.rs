@@ -36,6 +36,10 @@ pub use rbd::{RbdBackend, RbdVolume};
 /// consistency-group limit, which every engine takes.
 pub const MAX_GROUP: usize = blockstore::MAX_GROUP;
 
+/// The embedded engine's unit of allocation (64 KiB): its volumes' sizes and its capacity
+/// come in whole chunks.
+pub const ENGINE_CHUNK_SIZE: u64 = blockstore::CHUNK_SIZE;
+
 /// A volume as the engine reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
