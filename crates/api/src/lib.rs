@@ -462,6 +462,10 @@ pub struct SetRecord {
     /// seconds since the Unix epoch; `None` for a set nobody imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_at: Option<u64>,
+    /// Pool space the set holds for its commit: reserved at end-prepare, released when it
+    /// commits, aborts or is reaped (0 then).
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

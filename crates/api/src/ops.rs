@@ -36,6 +36,11 @@ pub struct PoolStatus {
     pub used_bytes: u64,
     /// Bytes still free for the pool.
     pub free_bytes: u64,
+    /// Bytes of the free space held by prepared snapshot sets for their commits (from
+    /// end-prepare to commit, abort or reaping); a new set may reserve only what is free
+    /// beyond them and beyond the critical threshold's margin.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     /// Sum of the sizes of every LUN and snapshot LUN (what hosts were promised).
     pub provisioned_bytes: u64,
     /// `provisioned_bytes / capacity_bytes`: above 1 the pool is overcommitted.

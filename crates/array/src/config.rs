@@ -202,6 +202,17 @@ impl Config {
         if self.reaper_interval_secs == 0 {
             return Err(bad("reaper_interval_secs must be at least 1".into()));
         }
+        if let storage::BackendConfig::Engine(storage::EngineConfig {
+            capacity_bytes: Some(c),
+            ..
+        }) = &self.backend
+        {
+            if *c < storage::ENGINE_CHUNK_SIZE {
+                return Err(bad(format!(
+                    "[backend] capacity_bytes ({c}) must be at least 65536 (one 64 KiB chunk)"
+                )));
+            }
+        }
         if self.max_luns_per_set == 0 || self.max_luns_per_set > storage::MAX_GROUP {
             return Err(bad(format!(
                 "max_luns_per_set must be 1 to {} (the engine's consistency group limit)",
@@ -365,6 +376,19 @@ mod tests {
             )
         );
         assert!(reason("pool_critical_percent = 101").contains("must be 1 to 100"));
+        assert!(
+            reason("[backend]\nkind = 'engine'\ncapacity_bytes = 1000")
+                .contains("capacity_bytes (1000) must be at least 65536")
+        );
+        let c =
+            Config::parse("[backend]\nkind = 'engine'\ncapacity_bytes = 16777216", "t").unwrap();
+        assert_eq!(
+            c.backend,
+            storage::BackendConfig::Engine(storage::EngineConfig {
+                path: None,
+                capacity_bytes: Some(16 << 20),
+            })
+        );
         let c = Config::parse("metrics_listen = '127.0.0.1:9470'", "t").unwrap();
         assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9470");
     }

@@ -193,6 +193,11 @@ async fn start_prepared(
         max_lun_bytes: config.max_lun_bytes,
         reaper_timeout: config.reaper_timeout(),
         transportable_retention: config.transportable_retention(),
+        space: crate::state::SpacePolicy {
+            dir: Some(pool.clone()),
+            capped_by_file_system: config.backend.kind() != "memory",
+            critical_percent: config.pool_critical_percent,
+        },
     };
     let journal = config.journal_path();
     let array = tokio::task::spawn_blocking(move || {

@@ -37,6 +37,11 @@ fn encode<R: Serialize>(rec: &R) -> Vec<u8> {
     line
 }
 
+/// Bytes `records` take in the journal once appended.
+pub fn encoded_len<R: Serialize>(records: &[R]) -> u64 {
+    records.iter().map(|r| encode(r).len() as u64).sum()
+}
+
 impl Journal {
     /// Replays the journal at `path` (created if missing), returning every record in order,
     /// then rewrites it as `compact(records)` and opens it for appending.

@@ -614,6 +614,12 @@ impl Collector for Exposition {
         )?;
         gauge(
             &mut enc,
+            "pool_reserved_bytes",
+            "Bytes of the pool held by prepared snapshot sets for their commits.",
+            pool.reserved_bytes as f64,
+        )?;
+        gauge(
+            &mut enc,
             "pool_provisioned_bytes",
             "Sum of the sizes of every LUN, snapshot LUNs included.",
             pool.provisioned_bytes as f64,
@@ -654,6 +660,8 @@ pub struct PoolFigures {
     pub capacity_bytes: Option<u64>,
     pub used_bytes: u64,
     pub provisioned_bytes: u64,
+    /// Held by prepared snapshot sets for their commits.
+    pub reserved_bytes: u64,
 }
 
 #[cfg(test)]
@@ -698,6 +706,7 @@ mod tests {
             capacity_bytes: Some(1000),
             used_bytes: used,
             provisioned_bytes: 0,
+            reserved_bytes: 0,
         };
         assert_eq!(at(799).level(80, 90), PoolLevel::Ok);
         assert_eq!(at(800).level(80, 90), PoolLevel::Warning);

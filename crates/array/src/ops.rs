@@ -258,13 +258,13 @@ pub async fn observe(State(ops): State<Arc<Ops>>, req: Request, next: Next) -> R
 async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response> {
     admin(&ops.array, &h, r::ADMIN_STATUS)?;
     let mut reasons: Vec<(HealthState, String)> = Vec::new();
-    let backend = ops.array.backend();
-    let usage = tokio::time::timeout(
+    let array = ops.array.clone();
+    let space = tokio::time::timeout(
         BACKEND_TIMEOUT,
-        tokio::task::spawn_blocking(move || backend.usage()),
+        tokio::task::spawn_blocking(move || array.pool_space()),
     )
     .await;
-    let usage = match usage {
+    let space = match space {
         Ok(Ok(Ok(u))) => Some(u),
         Ok(Ok(Err(e))) => {
             reasons.push((
@@ -292,17 +292,10 @@ async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response
         }
     };
     let o = ops.clone();
-    let (luns, sets, hosts_fs, journal_failed) = blocking(move || {
-        let fs = rustix::fs::statvfs(&o.pool_dir).ok().map(|s| {
-            (
-                s.f_blocks.saturating_mul(s.f_frsize),
-                s.f_bavail.saturating_mul(s.f_frsize),
-            )
-        });
+    let (luns, sets, journal_failed) = blocking(move || {
         Ok((
             o.array.list_luns(false),
             o.array.admin_sets(),
-            fs,
             o.array.journal_failed(),
         ))
     })
@@ -325,18 +318,16 @@ async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response
             ),
         ));
     }
-    let (fs_total, fs_avail) = hosts_fs.unwrap_or((0, u64::MAX));
-    let used = usage.map_or(0, |u| u.allocated_bytes);
-    let capacity = match usage {
-        Some(u) if u.capacity_bytes != u64::MAX && u.capacity_bytes > 0 => u.capacity_bytes,
-        _ => fs_total,
-    };
-    let mut free = capacity.saturating_sub(used);
-    if ops.backend_kind != "memory" {
-        free = free.min(fs_avail);
-    }
+    let (capacity, used, free, reserved) = space.map_or((0, 0, 0, 0), |s| {
+        (
+            s.capacity_bytes,
+            s.used_bytes,
+            s.free_bytes,
+            s.reserved_bytes,
+        )
+    });
     let provisioned: u64 = luns.iter().map(|l| l.size_bytes).sum();
-    if usage.is_some() && capacity > 0 {
+    if space.is_some() && capacity > 0 {
         let full = 100.0 - (free as f64 * 100.0 / capacity as f64);
         let (state, limit, what) = if full >= f64::from(ops.critical_percent) {
             (HealthState::Critical, ops.critical_percent, "critical")
@@ -344,10 +335,15 @@ async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response
             (HealthState::Warning, ops.warn_percent, "warning")
         };
         if full >= f64::from(limit) {
+            let sets = if state == HealthState::Critical {
+                " New snapshot sets are refused until it is below."
+            } else {
+                ""
+            };
             reasons.push((
                 state,
                 format!(
-                    "The pool is {full:.0}% full ({what} at {limit}%): {} free of {}.",
+                    "The pool is {full:.0}% full ({what} at {limit}%): {} free of {}.{sets}",
                     human_size(free),
                     human_size(capacity)
                 ),
@@ -373,6 +369,7 @@ async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response
             capacity_bytes: capacity,
             used_bytes: used,
             free_bytes: free,
+            reserved_bytes: reserved,
             provisioned_bytes: provisioned,
             provisioned_ratio: if capacity > 0 {
                 provisioned as f64 / capacity as f64

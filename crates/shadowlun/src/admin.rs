@@ -772,6 +772,11 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
                         s.host.clone(),
                         format!("{:?}", s.state).to_lowercase(),
                         s.context.to_string(),
+                        if s.reserved_bytes > 0 {
+                            size(s.reserved_bytes)
+                        } else {
+                            "-".into()
+                        },
                         s.snapshots
                             .iter()
                             .map(|m| {
@@ -783,7 +788,10 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            output::table(&["SET", "HOST", "STATE", "CONTEXT", "SNAPSHOTS"], &rows);
+            output::table(
+                &["SET", "HOST", "STATE", "CONTEXT", "RESERVED", "SNAPSHOTS"],
+                &rows,
+            );
             Ok(())
         }
         SetCmd::Delete { set, force } => {

@@ -30,6 +30,7 @@ pub fn status(c: &Connection) -> anyhow::Result<()> {
         ("capacity", size(p.capacity_bytes)),
         ("used", size(p.used_bytes)),
         ("free", size(p.free_bytes)),
+        ("reserved", size(p.reserved_bytes)),
         (
             "provisioned",
             format!(

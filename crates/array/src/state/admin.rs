@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use api::{
     CreateHost, CreateLun, CreatedHost, HostLun, HostRecord, LunRecord, MapLun, SetMember,
-    SetRecord, UpdateLun,
+    SetRecord, SetState, UpdateLun,
 };
 use storage::{BackendError, LOGICAL_BLOCK_SIZE};
 
@@ -666,6 +666,10 @@ impl Array {
                 created_at: s.created_at,
                 updated_at: s.updated_at,
                 imported_at: s.imported_at,
+                reserved_bytes: match s.state {
+                    SetState::Prepared => s.reserved_bytes.unwrap_or(0),
+                    _ => 0,
+                },
             })
             .collect();
         v.sort_by_key(|s| (s.created_at, s.set_id));

@@ -18,6 +18,7 @@ mod reaper;
 mod resync;
 mod rows;
 mod sets;
+mod space;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -37,6 +38,7 @@ pub use idempotency::{
 pub use rows::{
     HostRow, JobRow, LunRow, LunState, MemberRow, PlexRow, Record, SetRow, is_lun_id, lun_id,
 };
+pub use space::{PoolSpace, SpacePolicy};
 
 use crate::error::ArrayError;
 use crate::journal::Journal;
@@ -102,6 +104,8 @@ pub struct Policy {
     pub reaper_timeout: Duration,
     /// Age after which the reaper deletes a transportable set nobody imported (`None`: kept).
     pub transportable_retention: Option<Duration>,
+    /// How the pool's space is counted and what new snapshot sets may reserve of it.
+    pub space: SpacePolicy,
 }
 
 impl Default for Policy {
@@ -118,6 +122,11 @@ impl Default for Policy {
             portal_group_tag: c.iscsi_portal_group_tag,
             max_luns_per_set: c.max_luns_per_set,
             max_lun_bytes: c.max_lun_bytes,
+            space: SpacePolicy {
+                dir: None,
+                capped_by_file_system: false,
+                critical_percent: c.pool_critical_percent,
+            },
         }
     }
 }
@@ -322,7 +331,13 @@ impl Array {
 
     /// The pool's capacity and use, and what the LUNs promise (the sum of their sizes).
     pub fn pool_figures(&self) -> PoolFigures {
-        let provisioned_bytes = self.lock().db.luns.values().map(|l| l.size_bytes).sum();
+        let (provisioned_bytes, (reserved_bytes, _)) = {
+            let inner = self.lock();
+            (
+                inner.db.luns.values().map(|l| l.size_bytes).sum(),
+                inner.db.reserved(None),
+            )
+        };
         let usage = match self.0.backend.usage() {
             Ok(u) => Some(u),
             Err(e) => {
@@ -334,6 +349,7 @@ impl Array {
             capacity_bytes: usage.map(|u| u.capacity_bytes).filter(|c| *c != u64::MAX),
             used_bytes: usage.map(|u| u.allocated_bytes).unwrap_or(0),
             provisioned_bytes,
+            reserved_bytes,
         }
     }
 

@@ -113,6 +113,11 @@ pub struct SetRow {
     /// When a host first exposed one of its LUNs after the set was complete (an import).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_at: Option<u64>,
+    /// Pool space held for the set's commit since end-prepare (`space.rs`); counts against
+    /// the pool only while the set is prepared. None: nothing reserved yet (or members were
+    /// added since, so it is computed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

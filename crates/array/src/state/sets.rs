@@ -120,6 +120,7 @@ impl Array {
                 created_at: now,
                 updated_at: now,
                 imported_at: None,
+                reserved_bytes: None,
             },
         };
         let mut next = db.next_number;
@@ -165,6 +166,8 @@ impl Array {
             return Ok(()); // a retry
         }
         set.updated_at = now;
+        // New members: what the commit needs is reckoned again at end-prepare (or commit).
+        set.reserved_bytes = None;
         records.insert(
             0,
             Record::Counters {
@@ -182,16 +185,69 @@ impl Array {
         Ok(())
     }
 
-    /// Succeeds while the set is prepared, 409 in any other state. Changes nothing.
+    /// While the set is prepared: reserves the pool space its commit needs (journaled with
+    /// the set), or refuses it with `no-space` when the pool cannot give that much (free
+    /// space less other sets' reservations and the critical threshold's margin, `space.rs`);
+    /// a refused set is aborted at once, so nothing of it stays in flight. A set already
+    /// reserved succeeds again. 409 in any other state.
     pub fn end_prepare(&self, host: &str, set_id: VssId) -> Result<(), ArrayError> {
-        let inner = self.lock();
-        let set = Self::own_set(&inner.db, host, set_id)?;
+        let mut inner = self.lock();
+        let set = Self::own_set(&inner.db, host, set_id)?.clone();
         match set.state {
-            SetState::Prepared => Ok(()),
+            SetState::Prepared if set.reserved_bytes.is_some() => Ok(()),
+            SetState::Prepared => match self.reservation(&inner.db, &set) {
+                Ok(bytes) => {
+                    let mut set = set;
+                    set.reserved_bytes = Some(bytes);
+                    set.updated_at = self.now();
+                    Self::write(&mut inner, vec![Record::Set(set)])?;
+                    tracing::info!(%set_id, host, reserved_bytes = bytes, "set space reserved");
+                    Ok(())
+                }
+                Err(refused @ ArrayError::NoSpace(_)) => {
+                    self.refuse_set(&mut inner, set, &refused)?;
+                    Err(refused)
+                }
+                Err(e) => Err(e),
+            },
             s => Err(ArrayError::Conflict(format!(
                 "Snapshot set {set_id} is {s:?}, not prepared; start a new set."
             ))),
         }
+    }
+
+    /// Aborts a set the pool cannot hold, in one journaled change: the set aborted, its
+    /// prepared snapshot LUNs (numbers and identities only, no volume yet) gone.
+    fn refuse_set(
+        &self,
+        inner: &mut Inner,
+        set: SetRow,
+        why: &ArrayError,
+    ) -> Result<(), ArrayError> {
+        let (set_id, host) = (set.set_id, set.host.clone());
+        let mut records: Vec<Record> = set
+            .members
+            .iter()
+            .filter(|m| {
+                inner
+                    .db
+                    .luns
+                    .get(&m.lun)
+                    .is_some_and(|l| l.state == LunState::Prepared)
+            })
+            .map(|m| Record::LunGone { id: m.lun.clone() })
+            .collect();
+        let mut set = set;
+        for m in &mut set.members {
+            m.released = true;
+        }
+        set.state = SetState::Aborted;
+        set.updated_at = self.now();
+        records.push(Record::Set(set));
+        Self::write(inner, records)?;
+        self.0.metrics.set(SetOutcome::Refused);
+        tracing::warn!(%set_id, host, reason = %why, "set refused: the pool cannot hold it");
+        Ok(())
     }
 
     /// Prepared: one consistency-group snapshot of every member, journaled before the answer
@@ -208,6 +264,11 @@ impl Array {
                 )));
             }
             SetState::Prepared => {}
+        }
+        // A set committed without end-prepare reserves now (refused: it stays prepared).
+        let mut set = set;
+        if set.reserved_bytes.is_none() {
+            set.reserved_bytes = Some(self.reservation(&inner.db, &set)?);
         }
         let pairs: Vec<(String, String)> = set
             .members
@@ -243,7 +304,6 @@ impl Array {
             }
             records.push(Record::Lun(row));
         }
-        let mut set = set;
         set.state = SetState::Committed;
         set.updated_at = now;
         records.push(Record::Set(set));

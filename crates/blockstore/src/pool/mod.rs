@@ -565,7 +565,10 @@ mod tests {
         assert_eq!(c.generation, generation, "no checkpoint was written");
         assert!(c.checkpoint_retry_at > c.len);
         drop(c);
-        assert!(!dir.join("checkpoint.tmp").exists(), "the attempt was cleaned up");
+        assert!(
+            !dir.join("checkpoint.tmp").exists(),
+            "the attempt was cleaned up"
+        );
         assert!(!dir.join("log.tmp").exists());
         let v = p.open_volume("v").unwrap();
         v.write_at(0, &[9; 4096], true).unwrap();

@@ -350,6 +350,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             imported_at: None,
+            reserved_bytes: 0,
         }
     }
 

@@ -15,6 +15,8 @@ pub struct Daemon {
     /// The iSCSI portal the daemon listens on.
     pub portal: String,
     pub pool: PathBuf,
+    /// The Prometheus endpoint's address, when the configuration opens one.
+    pub metrics: Option<String>,
 }
 
 impl Drop for Daemon {
@@ -49,6 +51,7 @@ pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
         .expect("starting shadowlun array serve");
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut api, mut fingerprint, mut token_file, mut portal) = (None, None, None, None);
+    let mut metrics = None;
     for line in out.lines() {
         let line = line.unwrap();
         if let Some(v) = line.strip_prefix("shadowlun array: API ") {
@@ -59,6 +62,8 @@ pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
             fingerprint = Some(v.trim().to_string());
         } else if let Some(v) = line.strip_prefix("shadowlun array: admin token in ") {
             token_file = Some(PathBuf::from(v.trim()));
+        } else if let Some(v) = line.strip_prefix("shadowlun array: metrics http://") {
+            metrics = v.trim().strip_suffix("/metrics").map(str::to_string);
         } else if let Some(v) = line.strip_prefix("shadowlun array: iSCSI portal ") {
             portal = Some(v.trim().to_string());
         }
@@ -73,10 +78,32 @@ pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
         token_file: token_file.expect("the daemon printed the admin token path"),
         portal: portal.unwrap_or_default(),
         pool: pool.to_path_buf(),
+        metrics,
     }
 }
 
 impl Daemon {
+    /// `GET /metrics` from the daemon's Prometheus endpoint: the exposition text.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.metrics.as_ref().expect("metrics_listen is configured");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The value of the sample named exactly `name` (labels included) in `text`.
+    pub fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// The CLI against this daemon, as a command to add to.
     pub fn command(&self, args: &[&str], json: bool) -> Command {
         let mut c = Command::new(BIN);
