@@ -132,6 +132,12 @@ fn host_a_has_a_database_writer_that_vetoes_when_asked_and_nowriters_leaves_it_o
         "set context persistent\nwriter verify SqlServerWriter\nbegin backup\nadd volume E:\ncreate\nend backup\nlist writers metadata\n",
     )
     .unwrap();
+    let copy = dir.join("copy.dsh");
+    std::fs::write(
+        &copy,
+        "set context persistent\nset type copy\nbegin backup\nadd volume F:\ncreate\nend backup\nlist writers status\nset\n",
+    )
+    .unwrap();
     let without = dir.join("without.dsh");
     std::fs::write(
         &without,
@@ -153,12 +159,31 @@ fn host_a_has_a_database_writer_that_vetoes_when_asked_and_nowriters_leaves_it_o
     };
     let (code, out, err) = run(None, &with);
     assert_eq!(code, Some(0), "{out}\n{err}");
-    assert!(out.contains("BackupComplete sent to 1 writers."), "{out}");
+    assert!(
+        out.contains("BackupComplete sent to 1 writers (full backup)."),
+        "{out}"
+    );
+    assert!(
+        out.contains("\t\t- Last backup complete: log truncated"),
+        "{out}"
+    );
     assert!(out.contains("\t* WRITER \"SqlServerWriter\""), "{out}");
     assert!(
         out.contains("\t\t\t- Volumes affected by this component: F:"),
         "{out}"
     );
+    // A copy backup: the database writer keeps its log.
+    let (code, out, err) = run(None, &copy);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("BackupComplete sent to 1 writers (copy backup)."),
+        "{out}"
+    );
+    assert!(
+        out.contains("\t\t- Last backup complete: log kept (copy backup)"),
+        "{out}"
+    );
+    assert!(out.contains("-> type: copy"), "{out}");
     let (code, out, err) = run(Some("veto"), &with);
     assert_eq!(code, Some(1), "{out}\n{err}");
     assert!(

@@ -91,6 +91,11 @@ pub trait Writer: Send + Sync {
     fn backup_complete(&self) -> Result<(), WriterError> {
         Ok(())
     }
+    /// What the writer did at the last `BackupComplete` it got (a database writer: whether
+    /// it truncated its log), for `list writers status`; `None` if nothing to say.
+    fn last_backup(&self) -> Option<String> {
+        None
+    }
     /// OnFreeze: stop writing and flush; the writer must thaw itself after `window`.
     fn freeze(&self, window: Duration) -> Result<(), WriterError>;
     /// OnThaw.
@@ -700,6 +705,13 @@ impl Writer for DatabaseWriter {
             _ => "BackupComplete: log kept (copy backup)".into(),
         });
         Ok(())
+    }
+
+    fn last_backup(&self) -> Option<String> {
+        self.events()
+            .into_iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("BackupComplete: ").map(str::to_string))
     }
 
     fn abort(&self) {

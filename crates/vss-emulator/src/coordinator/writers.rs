@@ -49,6 +49,8 @@ pub struct WriterInfo {
     pub state: WriterState,
     pub last_error: Option<String>,
     pub components: Vec<Component>,
+    /// What the writer did at its last `BackupComplete` ([`Writer::last_backup`]).
+    pub last_backup: Option<String>,
 }
 
 impl Coordinator {
@@ -65,6 +67,7 @@ impl Coordinator {
                     state: st.state,
                     last_error: st.last_error,
                     components: w.components(),
+                    last_backup: w.last_backup(),
                 }
             })
             .collect()

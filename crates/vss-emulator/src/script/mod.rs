@@ -77,6 +77,8 @@ pub struct Environment {
     options: Attr,
     metadata: Option<PathBuf>,
     verbose: bool,
+    /// `set type`: what writers are told at PrepareForBackup.
+    backup_type: crate::writer::BackupType,
     in_backup: bool,
     in_restore: bool,
     /// Volumes added to the set being built: (name as given, snapshot id).
@@ -134,6 +136,7 @@ impl Environment {
             options: Attr::empty(),
             metadata: None,
             verbose: false,
+            backup_type: crate::writer::BackupType::Full,
             in_backup: false,
             in_restore: false,
             added: Vec::new(),

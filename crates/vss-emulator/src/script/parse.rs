@@ -3,6 +3,7 @@
 use vss::{RecoveryOptions, VolumeSnapshotAttributes as Attr};
 
 use super::{ScriptError, ScriptErrorKind};
+use crate::writer::BackupType;
 
 /// `set context`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,9 @@ pub enum Command {
     SetOption(Attr),
     SetMetadata(String),
     SetVerbose(bool),
+    /// `set type {full|copy}` (shadowlun's addition: diskshadow's backups are full): the
+    /// backup type writers are told; a full backup lets them truncate their logs.
+    SetType(BackupType),
     /// `set` alone: the current settings.
     SetShow,
     BeginBackup,
@@ -207,9 +211,14 @@ fn parse_set(line: usize, words: &[&str], lower: &[String]) -> Result<Command, S
             Some("off") => end(3, Command::SetVerbose(false)),
             _ => Err(syntax(line, "`on` or `off`", raw(2))),
         },
+        Some("type") => match w(2) {
+            Some("full") => end(3, Command::SetType(BackupType::Full)),
+            Some("copy") => end(3, Command::SetType(BackupType::Copy)),
+            _ => Err(syntax(line, "`full` or `copy`", raw(2))),
+        },
         _ => Err(syntax(
             line,
-            "`context`, `option`, `metadata`, `verbose` or end of line",
+            "`context`, `option`, `type`, `metadata`, `verbose` or end of line",
             raw(1),
         )),
     }
@@ -542,6 +551,15 @@ list providers
         );
         let e = parse("set option differential plex").unwrap_err();
         assert!(e.to_string().contains("exclude each other"));
+        assert_eq!(
+            parse("SET TYPE Copy").unwrap()[0].1,
+            Command::SetType(BackupType::Copy)
+        );
+        let e = parse("set type incremental").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: expected `full` or `copy`, found `incremental`"
+        );
         let e = parse("create now").unwrap_err();
         assert_eq!(e.to_string(), "line 1: expected end of line, found `now`");
         let e = parse("frobnicate").unwrap_err();

@@ -38,6 +38,10 @@ pub(super) fn command(
         Command::SetOption(a) => env.options = a,
         Command::SetMetadata(f) => env.metadata = Some(env.path(&env.expand(line, &f)?)),
         Command::SetVerbose(v) => env.verbose = v,
+        Command::SetType(t) => {
+            env.backup_type = t;
+            env.requester().set_backup_type(t);
+        }
         Command::SetShow => show::settings(env, out),
         Command::BeginBackup => {
             if env.in_backup || env.in_restore {
@@ -52,7 +56,10 @@ pub(super) fn command(
             env.in_backup = false;
             let n = env.requester().backup_complete().map_err(vss(line))?;
             if n > 0 {
-                out.line(format!("BackupComplete sent to {n} writers."));
+                out.line(format!(
+                    "BackupComplete sent to {n} writers ({} backup).",
+                    show::backup_type_word(env.backup_type)
+                ));
             }
         }
         Command::BeginRestore => {

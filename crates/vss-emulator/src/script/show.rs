@@ -3,6 +3,8 @@
 
 use vss::{VolumeSnapshotAttributes as Attr, VssId};
 
+use crate::writer::BackupType;
+
 use super::parse::WriterDetail;
 use super::{Environment, Out, ScriptError, ScriptErrorKind};
 
@@ -46,6 +48,15 @@ pub(super) fn settings(env: &Environment, out: &mut Out<'_>) {
         "-> verbose: {}",
         if env.verbose { "on" } else { "off" }
     ));
+    out.line(format!("-> type: {}", backup_type_word(env.backup_type)));
+}
+
+/// `full` or `copy`, as `set type` takes it.
+pub(super) fn backup_type_word(t: BackupType) -> &'static str {
+    match t {
+        BackupType::Full => "full",
+        BackupType::Copy => "copy",
+    }
 }
 
 /// `add` alone: the volumes of the set being built, then the aliases.
@@ -212,6 +223,9 @@ pub(super) fn writers(env: &Environment, detail: WriterDetail, out: &mut Out<'_>
                 "\t\t- Last error: {}",
                 w.last_error.as_deref().unwrap_or("No error")
             ));
+            if let Some(b) = &w.last_backup {
+                out.line(format!("\t\t- Last backup complete: {b}"));
+            }
         }
         if matches!(detail, WriterDetail::Metadata | WriterDetail::Detailed) {
             for c in &w.components {
