@@ -25,14 +25,19 @@ fn main() {
         None => array::Config::default(),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result = rt.block_on(array::serve(config, async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }));
+    let result = rt.block_on(async {
+        // Handlers first: a signal while the array starts stops it once started.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        array::serve(config, async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+    });
     if let Err(e) = result {
         eprintln!("serve: {e}");
         std::process::exit(1);

@@ -482,7 +482,10 @@ fn audit_expiry(audit: &crate::audit::AuditLog, set: vss::VssId) {
 }
 
 /// Runs the daemon until `shutdown` resolves. Prints the API address, the certificate
-/// fingerprint and the admin token's path (never the token) on standard output.
+/// fingerprint and the admin token's path (never the token) on standard output, then tells
+/// the service manager it is ready (when `NOTIFY_SOCKET` is set: [`crate::systemd`]). A
+/// caller that stops on a signal installs its handler before calling this, so a signal that
+/// comes right after the readiness notification is not lost.
 pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
@@ -503,6 +506,13 @@ pub async fn serve(
         "shadowlun array: admin token in {}",
         running.admin_token_path.display()
     );
+    crate::systemd::ready(&running);
+    let watchdog = crate::systemd::watchdog(running.array.clone(), running.stop.subscribe());
     shutdown.await;
-    running.shutdown().await
+    crate::systemd::stopping();
+    let result = running.shutdown().await;
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    result
 }

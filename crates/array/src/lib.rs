@@ -9,6 +9,7 @@
 //! [`ops`] (status, sessions, the audit route, and the layer every request passes: its
 //! caller's address in the log, each change in the [`audit`] trail), [`tls`] (certificate
 //! generation and fingerprint pinning), [`daemon`] (start, serve, reaper, shutdown),
+//! [`systemd`] (readiness, stopping and watchdog notifications for `Type=notify` units),
 //! [`client`] (a small pinned blocking HTTPS client for tools and tests).
 //!
 //! Entry points: [`serve`] runs until a shutdown future resolves; [`start`] returns a
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod ops;
 pub mod pool;
 pub mod state;
+pub mod systemd;
 pub mod tls;
 
 pub use config::Config;

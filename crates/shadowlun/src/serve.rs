@@ -40,17 +40,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("installing the SIGTERM handler");
+        // The handlers are in place before the array starts: a SIGTERM that arrives while it
+        // starts, or right after it told systemd it is ready, stops it cleanly once started.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             eprintln!("shadowlun array: stopping");
         };
-        array::serve(config, shutdown).await
-    })?;
-    Ok(())
+        array::serve(config, shutdown).await?;
+        anyhow::Ok(())
+    })
 }
