@@ -356,7 +356,8 @@ pub fn resync_copies_and_can_be_cancelled<B: Backend, G>(make: &impl Fn() -> (B,
 
 /// [`Backend::detach`] (for an engine whose [`Backend::plex_support`] says yes): the clone
 /// keeps the source's point-in-time bytes and its own writes, progress ends at 100, and the
-/// clone outlives its source overwritten and then deleted. An engine that says no refuses
+/// clone outlives its source overwritten and then deleted, and the copy takes no more than
+/// [`Backend::detach_cost`] announced. An engine that says no refuses
 /// with [`BackendError::Unsupported`] and a reason.
 pub fn detach_makes_a_plex_copy_or_says_why_not<B: Backend, G>(make: &impl Fn() -> (B, G)) {
     let (b, _g) = make();
@@ -371,10 +372,14 @@ pub fn detach_makes_a_plex_copy_or_says_why_not<B: Backend, G>(make: &impl Fn() 
         return;
     }
     write(&b, "p", 4096, &pattern(22, 4096));
+    let cost = b.detach_cost(&[pair("a", "p")]).unwrap();
+    let before = b.usage().unwrap().allocated_bytes;
     let seen = Mutex::new(Vec::new());
     b.detach("p", &|p| seen.lock().expect("seen lock").push(p), &never)
         .unwrap();
     assert_eq!(seen.lock().expect("seen lock").last(), Some(&100));
+    let took = b.usage().unwrap().allocated_bytes.saturating_sub(before);
+    assert!(took <= cost, "the copy took {took} bytes, {cost} announced");
     // Idempotent.
     b.detach("p", &|_| {}, &never).unwrap();
     let mut want = pattern(21, MIB as usize);

@@ -212,6 +212,11 @@ impl Backend for FileBackend {
         Ok(())
     }
 
+    /// Nothing: a snapshot here is a copy already ([`Backend::snapshot_cost`] counts it).
+    fn detach_cost(&self, _pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        Ok(0)
+    }
+
     /// A snapshot here is a copy of its own from the start: nothing to do but check it exists.
     fn detach(
         &self,

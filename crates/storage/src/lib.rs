@@ -112,6 +112,14 @@ pub trait Backend: Send + Sync {
     fn plex_support(&self) -> Result<(), String> {
         Err("this storage engine cannot make a snapshot independent of its source".into())
     }
+    /// The most pool space [`Backend::detach`] of these `(source, clone)` pairs' clones takes
+    /// after their group snapshot: a copy of every block a clone shares with its source.
+    /// The default counts the sources' allocated bytes.
+    fn detach_cost(&self, pairs: &[(String, String)]) -> Result<u64, BackendError> {
+        pairs.iter().try_fold(0u64, |sum, (src, _)| {
+            Ok(sum.saturating_add(self.volume(src)?.allocated_bytes))
+        })
+    }
     /// Makes the snapshot clone `name` a full, independent copy: every block it shares with
     /// its source (or anything else) is copied into storage of its own, so overwriting or
     /// deleting the source never reaches it. Its contents never change meanwhile and it stays

@@ -3,7 +3,8 @@
 //!
 //! A set's reservation is what its commit can take from the pool at most: what the backend
 //! says the group snapshot and its writable clones cost ([`storage::Backend::snapshot_cost`])
-//! plus the journal records the commit appends. End-prepare reserves it, or refuses the set
+//! plus the journal records the commit appends; for a plex set, also the copies that make
+//! its snapshot LUNs independent after the commit ([`storage::Backend::detach_cost`]). End-prepare reserves it, or refuses the set
 //! (`no-space`, which the provider returns to VSS as `VSS_E_INSUFFICIENT_STORAGE`) when the
 //! pool cannot give it: free space, less what other prepared sets hold, less the part of the
 //! pool the critical threshold keeps free. The reservation is a field of the set's journal
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 
 use api::{SetState, human_size};
 use storage::Backend;
-use vss::VssId;
+use vss::{VolumeSnapshotAttributes, VssId};
 
 use super::Array;
 use super::rows::{Db, LunState, Record, SetRow};
@@ -170,7 +171,12 @@ impl Array {
         if pairs.is_empty() {
             return Ok(0);
         }
-        let backend = self.0.backend.snapshot_cost(&pairs)?;
+        let mut backend = self.0.backend.snapshot_cost(&pairs)?;
+        if set.context.contains(VolumeSnapshotAttributes::PLEX) {
+            // The copies that make plex snapshot LUNs independent run after the commit; a
+            // set whose copies cannot fit is refused now rather than fail half-way.
+            backend = backend.saturating_add(self.0.backend.detach_cost(&pairs)?);
+        }
         let mut records: Vec<Record> = set
             .members
             .iter()

@@ -1171,6 +1171,51 @@ fn a_commit_without_end_prepare_reserves_first_and_refuses_before_any_snapshot()
 }
 
 #[test]
+fn a_plex_set_is_admitted_only_if_its_copies_fit() {
+    // 4 MiB, 90 % critical; a-data holds 1 MiB, other data 2 MiB: 0.6 MiB left for sets.
+    let f = fixture_with(
+        Arc::new(MemoryBackend::new(Some(4 * MIB))),
+        tempfile::tempdir().unwrap(),
+    );
+    f.backend
+        .device(&f.a_lun)
+        .unwrap()
+        .write_at(0, &vec![1u8; MIB as usize], false)
+        .unwrap();
+    f.backend
+        .device(&f.b_lun)
+        .unwrap()
+        .write_at(0, &vec![2u8; MIB as usize], false)
+        .unwrap();
+    let other = f
+        .array
+        .create_lun(&CreateLun {
+            name: "other".into(),
+            size_bytes: MIB,
+        })
+        .unwrap()
+        .id;
+    f.backend
+        .device(&other)
+        .unwrap()
+        .write_at(0, &vec![3u8; MIB as usize], false)
+        .unwrap();
+    let plex = SnapshotContext::BACKUP.with(vss::VolumeSnapshotAttributes::PLEX);
+    let set = uuid::Uuid::new_v4();
+    f.array.prepare("a", set, plex, &plan(&f.a_lun)).unwrap();
+    let Err(ArrayError::NoSpace(msg)) = f.array.end_prepare("a", set) else {
+        panic!("a plex set whose copy cannot fit was admitted")
+    };
+    assert!(msg.contains("its commit needs 1.0 MiB"), "{msg}");
+    // The same LUN in a differential set costs nothing on this engine and fits.
+    let diff = uuid::Uuid::new_v4();
+    f.array
+        .prepare("a", diff, SnapshotContext::BACKUP, &plan(&f.a_lun))
+        .unwrap();
+    f.array.end_prepare("a", diff).unwrap();
+}
+
+#[test]
 fn past_the_critical_threshold_new_sets_are_refused_even_when_they_cost_nothing() {
     // The memory engine prices a snapshot at nothing; 4 MiB, 90 % critical.
     let f = fixture_with(
