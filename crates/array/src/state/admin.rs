@@ -64,8 +64,8 @@ pub fn iscsi_name_problem(s: &str) -> Option<String> {
     });
     if !good_date {
         return Some(
-            "needs the year and month the naming authority got its domain, \
-             as in iqn.1991-05.com.microsoft:host"
+            "needs the year and month the naming authority got its domain \
+             (yyyy-mm), as in iqn.1991-05.com.microsoft:host"
                 .into(),
         );
     }
