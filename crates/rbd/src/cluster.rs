@@ -321,6 +321,19 @@ impl Pool {
         Ok(())
     }
 
+    /// Renames an image in this pool and namespace (one update of the pool's image
+    /// directory: other clients see the old name or the new one, never both or neither;
+    /// `EEXIST` when `to` is taken).
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (cstr(from)?, cstr(to)?);
+        // SAFETY: the ioctx is live; both names are NUL-terminated.
+        let r = unsafe { (self.api.rbd_rename)(self.io, f.as_ptr(), t.as_ptr()) };
+        check(r.into(), || {
+            format!("renaming image {} to {to}", self.spec(from))
+        })?;
+        Ok(())
+    }
+
     /// The names of every image in this pool and namespace, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut cap = 64usize;

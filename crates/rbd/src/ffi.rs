@@ -146,6 +146,7 @@ api! {
     rbd_create4: fn(IoCtx, *const c_char, u64, Options) -> c_int;
     rbd_clone3: fn(IoCtx, *const c_char, *const c_char, IoCtx, *const c_char, Options) -> c_int;
     rbd_remove: fn(IoCtx, *const c_char) -> c_int;
+    rbd_rename: fn(IoCtx, *const c_char, *const c_char) -> c_int;
     rbd_list2: fn(IoCtx, *mut ImageSpec, *mut usize) -> c_int;
     rbd_image_spec_list_cleanup: fn(*mut ImageSpec, usize);
 

@@ -204,8 +204,15 @@ fn clone_v2_of_a_snapshot_is_point_in_time(lab: &Lab, pool: &Arc<Pool>) {
     assert_eq!(snaps.len(), 1);
     assert_eq!((snaps[0].name.as_str(), snaps[0].size), ("s1", 8 * MIB));
     assert!(!src.snap_is_protected("s1").unwrap());
-    // Clone v2: no protect step.
-    pool.clone_image("src", "s1", "c1").unwrap();
+    // Clone v2: no protect step. Made under another name, then renamed: the clone keeps
+    // its parent, and the snapshot's children are listed under the new name.
+    pool.clone_image("src", "s1", "c1-staged").unwrap();
+    pool.rename("c1-staged", "c1").unwrap();
+    assert!(pool.rename("c1-staged", "c9").unwrap_err().is_not_found());
+    pool.create("taken", MIB, None).unwrap();
+    let err = pool.rename("taken", "c1").unwrap_err();
+    assert!(err.is_exists(), "a rename onto an image's name: {err}");
+    pool.remove("taken").unwrap();
     let c1 = pool.open("c1").unwrap();
     same(
         &read(&c1, 0, 8192),

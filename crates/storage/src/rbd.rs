@@ -9,6 +9,11 @@
 //! - a group snapshot takes only the snapshots (the commit, while the host holds writes);
 //!   the clone image is made by [`Backend::materialize`] afterwards, or on first use. Until
 //!   then the snapshot alone is the volume: every method finds it by its name;
+//! - a clone is made as image `slc-<A>-C` (outside the array's names) and then renamed to
+//!   `sl-<A>-C` in one update of the pool's directory, so no one, this process or another
+//!   gateway, ever opens a half-made clone (librbd lists a clone before its parent is
+//!   attached: read then, it is all zeros). A first use that finds the clone being made
+//!   here waits for it; one a killed process left staged is removed and made again;
 //! - deleting `C` removes its image, then the snapshot once no other clone uses it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +31,9 @@ pub struct RbdBackend {
     prefix: String,
     /// Read-write handles of the images this process serves, shared by their devices.
     open: Mutex<std::collections::BTreeMap<String, Arc<Image>>>,
+    /// Held while a clone is made and while a volume is deleted: a first use waits for a
+    /// clone in the making instead of finding none, and a delete never races one.
+    cloning: Mutex<()>,
 }
 
 /// An image as a block device.
@@ -106,14 +114,23 @@ fn err(name: &str, e: rbd::Error) -> BackendError {
 
 impl RbdBackend {
     /// The volumes of array `array_id` in `pool` (its namespace is created if missing).
+    /// Clones a killed process left staged (made, not yet renamed) are removed: the one
+    /// process serving an array opens its backend once, at start.
     pub fn new(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
         pool.create_namespace()
             .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
-        Ok(RbdBackend {
+        let b = RbdBackend {
             pool,
             prefix: format!("sl-{array_id:08x}-"),
             open: Mutex::new(Default::default()),
-        })
+            cloning: Mutex::new(()),
+        };
+        let staged = b.staged_name("");
+        let images = b.pool.list().map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        for name in images.iter().filter_map(|i| i.strip_prefix(&staged)) {
+            b.remove_staged(name)?;
+        }
+        Ok(b)
     }
 
     /// The image that holds volume `name`.
@@ -121,9 +138,65 @@ impl RbdBackend {
         format!("{}{name}", self.prefix)
     }
 
+    /// Where the clone of snapshot volume `name` is made before it is renamed to
+    /// [`RbdBackend::image_name`]: not a name of this array's volumes, so never listed.
+    pub fn staged_name(&self, name: &str) -> String {
+        format!("slc-{}{name}", &self.prefix["sl-".len()..])
+    }
+
     /// The snapshot, on its source's image, that snapshot volume `clone` is a clone of.
     pub fn snap_name(clone: &str) -> String {
         format!("sl-{clone}")
+    }
+
+    fn cloning(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.cloning.lock().expect("cloning lock")
+    }
+
+    /// Removes the staged clone of `name` a killed process may have left (none: no error).
+    fn remove_staged(&self, name: &str) -> Result<(), BackendError> {
+        let staged = self.staged_name(name);
+        match self.pool.remove(&staged) {
+            Ok(()) => {
+                tracing::warn!(volume = name, image = %staged, "removed a clone left half made");
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(err(name, e)),
+        }
+    }
+
+    /// [`Backend::materialize`], with [`RbdBackend::cloning`] held.
+    fn materialize_locked(&self, name: &str) -> Result<(), BackendError> {
+        let Some((source, _)) = self.pending(name)? else {
+            return Ok(());
+        };
+        self.remove_staged(name)?;
+        let staged = self.staged_name(name);
+        let t0 = std::time::Instant::now();
+        self.pool
+            .clone_image(&source, &Self::snap_name(name), &staged)
+            .map_err(|e| err(name, e))?;
+        match self.pool.rename(&staged, &self.image_name(name)) {
+            Ok(()) => {
+                tracing::debug!(
+                    volume = name,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "clone made"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Made meanwhile by another gateway of this array, or a failure: either way
+                // the staged one goes.
+                let _ = self.pool.remove(&staged);
+                if e.is_exists() {
+                    Ok(())
+                } else {
+                    Err(err(name, e))
+                }
+            }
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Arc<Image>>> {
@@ -139,9 +212,14 @@ impl RbdBackend {
         let i = match self.pool.open(&self.image_name(name)) {
             Ok(i) => i,
             Err(e) if e.is_not_found() => {
+                // A snapshot volume whose clone is not made yet, or is being made: made (or
+                // waited for) now, bounded by the cluster calls' timeout.
                 drop(t);
                 self.materialize(name)?;
                 t = self.table();
+                if let Some(i) = t.get(name) {
+                    return Ok(i.clone());
+                }
                 self.pool
                     .open(&self.image_name(name))
                     .map_err(|e| err(name, e))?
@@ -222,6 +300,7 @@ impl Backend for RbdBackend {
     }
 
     fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
+        let _g = self.cloning();
         let image = self.image_name(name);
         self.table().remove(name);
         let (parent, snaps) = {
@@ -232,6 +311,7 @@ impl Backend for RbdBackend {
                     let Some((source, _)) = self.pending(name)? else {
                         return Err(BackendError::NoVolume(name.into()));
                     };
+                    self.remove_staged(name)?;
                     return self
                         .pool
                         .open(&source)
@@ -249,7 +329,7 @@ impl Backend for RbdBackend {
         // they keep their data when the source goes.
         for s in &snaps {
             if let Some(clone) = s.name.strip_prefix("sl-") {
-                self.materialize(clone)?;
+                self.materialize_locked(clone)?;
             }
         }
         if !snaps.is_empty() {
@@ -355,18 +435,11 @@ impl Backend for RbdBackend {
         Ok(())
     }
 
-    /// Makes the clone of a snapshot volume (idempotent; nothing to do for other volumes).
+    /// Makes the clone of a snapshot volume (idempotent; nothing to do for other volumes),
+    /// staged then renamed; a call while another makes it waits for that one.
     fn materialize(&self, name: &str) -> Result<(), BackendError> {
-        let Some((source, _)) = self.pending(name)? else {
-            return Ok(());
-        };
-        match self
-            .pool
-            .clone_image(&source, &Self::snap_name(name), &self.image_name(name))
-        {
-            Err(e) if !e.is_exists() => Err(err(name, e)),
-            _ => Ok(()),
-        }
+        let _g = self.cloning();
+        self.materialize_locked(name)
     }
 
     fn volumes(&self) -> Result<Vec<VolumeInfo>, BackendError> {

@@ -30,6 +30,112 @@ fn rbd_backend_against_a_lab_cluster() {
     a_snapshot_is_a_clone_of_a_per_image_snapshot_and_goes_with_it(&lab, &cluster, &ns);
     resync_onto_the_source_copies_only_what_changed(&lab, &cluster, &ns);
     a_group_commit_takes_only_the_snapshots(&lab, &cluster, &format!("grp{pid}"));
+    a_first_use_during_the_clone_waits_for_it(&lab, &cluster, &format!("race{pid}"));
+    a_clone_left_half_made_is_made_again(&lab, &cluster, &format!("half{pid}"));
+}
+
+/// The array makes the clones in a thread of their own after the commit answers, and a host
+/// may use the snapshot LUN at once: the first use (the device the target serves, the
+/// volume's size) must see the snapshot's data, never a clone half made (librbd lists a
+/// clone before its parent is attached, and reads zeros from it then) and never no volume.
+fn a_first_use_during_the_clone_waits_for_it(lab: &Lab, cluster: &Arc<rbd::Cluster>, ns: &str) {
+    let b = Arc::new(backend(cluster, ns, 0xf6));
+    b.create_volume("src", 4 * MIB).unwrap();
+    let src = b.device("src").unwrap();
+    const ROUNDS: usize = 12;
+    for round in 0..ROUNDS {
+        let byte = round as u8 + 1;
+        src.write_at(0, &[byte; 4096], false).unwrap();
+        let snap = format!("s{round}");
+        b.snapshot_group(&[("src".into(), snap.clone())]).unwrap();
+        src.write_at(0, &[0xee; 4096], false).unwrap(); // after the instant
+        let bg = {
+            let (b, snap) = (b.clone(), snap.clone());
+            std::thread::spawn(move || b.materialize(&snap))
+        };
+        // Staggered so some rounds land mid-clone.
+        std::thread::sleep(std::time::Duration::from_millis((round as u64 % 4) * 15));
+        let dev = b
+            .device(&snap)
+            .expect("the snapshot volume opens mid-clone");
+        assert_eq!(dev.num_blocks() * 512, 4 * MIB);
+        let mut buf = [0u8; 4096];
+        dev.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, [byte; 4096], "round {round}: the snapshot's data");
+        bg.join().unwrap().unwrap();
+        assert_eq!(b.volume(&snap).unwrap().size_bytes, 4 * MIB);
+    }
+    let images = lab.rbd(&["ls", &format!("rbd/{ns}")]);
+    assert_eq!(images.lines().count(), ROUNDS + 1, "{images}");
+    assert!(!images.contains("slc-"), "no staged clone left: {images}");
+    drop(src);
+    for round in 0..ROUNDS {
+        b.delete_volume(&format!("s{round}")).unwrap();
+    }
+    b.delete_volume("src").unwrap();
+    assert_eq!(lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(), "");
+}
+
+/// A process killed between making a clone and renaming it leaves the staged image: the next
+/// materialisation removes it and makes the clone again; a delete removes it too.
+fn a_clone_left_half_made_is_made_again(lab: &Lab, cluster: &Arc<rbd::Cluster>, ns: &str) {
+    let b = backend(cluster, ns, 0xa7);
+    b.create_volume("src", 4 * MIB).unwrap();
+    b.device("src")
+        .unwrap()
+        .write_at(0, &[9u8; 512], false)
+        .unwrap();
+    b.snapshot_group(&[("src".into(), "s1".into())]).unwrap();
+    b.snapshot_group(&[("src".into(), "s2".into())]).unwrap();
+    let spec = |i: &str| format!("rbd/{ns}/{i}");
+    for s in ["s1", "s2"] {
+        lab.rbd(&[
+            "clone",
+            "--rbd-default-clone-format",
+            "2",
+            &format!("{}@sl-{s}", spec("sl-000000a7-src")),
+            &spec(&b.staged_name(s)),
+        ]);
+    }
+    assert_eq!(
+        b.volumes()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2", "src"],
+        "a staged clone is not a volume"
+    );
+    let mut buf = [0u8; 512];
+    b.device("s1").unwrap().read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, [9u8; 512]);
+    let info = lab.rbd(&["info", &spec("sl-000000a7-s1")]);
+    assert!(info.contains("parent: "), "{info}");
+    let images = lab.rbd(&["ls", &format!("rbd/{ns}")]);
+    assert_eq!(
+        images.lines().filter(|i| i.starts_with("slc-")).count(),
+        1,
+        "s1's staged clone was removed and made again: {images}"
+    );
+    // A restarted process removes what is left staged.
+    drop(b);
+    let b = backend(cluster, ns, 0xa7);
+    let images = lab.rbd(&["ls", &format!("rbd/{ns}")]);
+    assert!(!images.contains("slc-"), "{images}");
+    b.snapshot_group(&[("src".into(), "s3".into())]).unwrap();
+    lab.rbd(&[
+        "clone",
+        "--rbd-default-clone-format",
+        "2",
+        &format!("{}@sl-s3", spec("sl-000000a7-src")),
+        &spec(&b.staged_name("s3")),
+    ]);
+    b.delete_volume("s3").unwrap(); // never materialised: its staged clone goes with it
+    assert!(!lab.rbd(&["ls", &format!("rbd/{ns}")]).contains("slc-"));
+    b.delete_volume("s2").unwrap();
+    b.delete_volume("s1").unwrap();
+    b.delete_volume("src").unwrap();
+    assert_eq!(lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(), "");
 }
 
 fn a_group_commit_takes_only_the_snapshots(lab: &Lab, cluster: &Arc<rbd::Cluster>, ns: &str) {
