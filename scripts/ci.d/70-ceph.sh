@@ -8,6 +8,13 @@
 #     named from the array id; libiscsi's iscsi-test-cu, iSCSI and SCSI families, on it
 #     through the daemon's target; after the LUN is deleted `rbd ls` shows nothing of it and
 #     an image someone else made in the pool is still there;
+#  4. the array on rbd in process (crates/array/tests/rbd.rs): the caching page and librbd's
+#     flush counted for FUA and SYNCHRONIZE CACHE, a source image deleted behind the array's
+#     back, a missing pool and an unreachable cluster at start;
+#  5. the daemon killed with SIGKILL on rbd (crates/array/tests/crash.rs): between every set
+#     step, and during a burst of commits at three sampled points, then restarted;
+#  6. the whole VSS conformance catalogue with every scenario's array on rbd (each must
+#     pass), then `rbd ls` must show only the stranger's image;
 # then stops the cluster (only the daemons it started).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +31,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build -q -p array --example serve
+cargo build -q -p shadowlun
 cargo test -q -p rbd --no-run
 cargo test -q -p storage --test rbd --no-run
+cargo test -q -p array --test rbd --test crash --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
@@ -97,5 +106,18 @@ call DELETE "/v1/admin/luns/$lun_id" >/dev/null
 images=$(rbd ls rbd)
 [ "$images" = stranger ] || { echo "$images"; echo "after the delete, rbd ls shows more than the stranger's image"; exit 1; }
 kill -TERM "$pid"; wait "$pid" || true; pid=""
+
+echo "== the array on rbd: write cache, flushes, a deleted source, a missing pool or cluster"
+cargo test -q -p array --test rbd
+echo "== kill -9 of the daemon on rbd"
+cargo test -q -p array --test crash -- on_rbd
+
+echo "== the VSS conformance catalogue on rbd"
+t0=$(date +%s)
+timeout --foreground 1800 "${CARGO_TARGET_DIR:-target}/debug/shadowlun" vss conformance \
+  --lab array --backend rbd
+echo "catalogue on rbd: $(($(date +%s) - t0)) s"
+images=$(rbd ls rbd)
+[ "$images" = stranger ] || { echo "$images"; echo "after the catalogue, rbd ls shows more than the stranger's image"; exit 1; }
 rbd rm --no-progress rbd/stranger
 echo "ceph: ok"

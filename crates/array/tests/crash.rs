@@ -2,13 +2,18 @@
 //! restarted on the same pool: the provider can retry, commit or abort and nothing is lost.
 //!
 //! The child is this test binary re-executed with `ARRAY_CRASH_CHILD=<pool dir>` running the
-//! ignored `daemon_child` test.
+//! ignored `daemon_child` test; with `ARRAY_CRASH_BACKEND=<[backend] as JSON>` it keeps its
+//! LUNs there (RBD images in a lab cluster) and serves iSCSI on loopback. The same scenarios
+//! run on the embedded engine and on rbd (skipped, saying why, where Ceph is not installed),
+//! where the `rbd` CLI is the witness that no image is left behind and a stranger's image in
+//! the same namespace survives.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::routes as r;
@@ -20,6 +25,9 @@ use common::{expect_status, set_path};
 struct Ready {
     addr: SocketAddr,
     fingerprint: String,
+    /// The iSCSI portal and target, when the child serves one.
+    portal: Option<SocketAddr>,
+    target: String,
 }
 
 #[test]
@@ -29,11 +37,18 @@ fn daemon_child() {
         return;
     };
     let dir = PathBuf::from(dir);
+    let mut config = common::config(&dir);
+    if let Ok(b) = std::env::var("ARRAY_CRASH_BACKEND") {
+        config.backend = serde_json::from_str(&b).unwrap();
+        config.iscsi_portals = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let running = rt.block_on(array::start(common::config(&dir))).unwrap();
+    let running = rt.block_on(array::start(config)).unwrap();
     let ready = Ready {
         addr: running.api_addr,
         fingerprint: running.fingerprint.clone(),
+        portal: running.iscsi_addrs.first().copied(),
+        target: running.array.target_name().to_string(),
     };
     let tmp = dir.join("ready.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&ready).unwrap()).unwrap();
@@ -57,17 +72,17 @@ struct Daemon {
     ready: Ready,
 }
 
-fn spawn(dir: &Path) -> (Daemon, Duration) {
+fn spawn(dir: &Path, store: &Store) -> (Daemon, Duration) {
     let _ = std::fs::remove_file(dir.join("ready.json"));
     let t0 = Instant::now();
-    let child = ChildGuard(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["daemon_child", "--exact", "--ignored", "--nocapture"])
-            .env("ARRAY_CRASH_CHILD", dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["daemon_child", "--exact", "--ignored", "--nocapture"])
+        .env("ARRAY_CRASH_CHILD", dir)
+        .stdout(std::process::Stdio::null());
+    if let Some(b) = &store.config {
+        cmd.env("ARRAY_CRASH_BACKEND", serde_json::to_string(b).unwrap());
+    }
+    let child = ChildGuard(cmd.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(b) = std::fs::read(dir.join("ready.json")) {
@@ -150,46 +165,164 @@ fn plan(src: &str) -> PrepareRequest {
     }
 }
 
-/// Opens the engine pool while no daemon runs (it holds the pool lock while alive).
-fn engine(dir: &Path) -> blockstore::Pool {
-    blockstore::Pool::open(dir.join("engine")).unwrap()
+/// Where the daemons of one test keep their LUNs: the embedded engine in the pool
+/// directory, or RBD images in a namespace of their own in a lab cluster.
+struct Store {
+    /// `None`: the default backend, the engine.
+    config: Option<array::BackendConfig>,
+    lab: Option<rbd::lab::Lab>,
+    namespace: String,
 }
 
-fn write_lun(dir: &Path, lun: &str, byte: u8) {
-    let pool = engine(dir);
-    let v = pool.open_volume(lun).unwrap();
-    v.write_at(8192, &[byte; 4096], true).unwrap();
-    pool.flush().unwrap();
+/// The image someone else made in a daemon's namespace before it first started.
+const STRANGER: &str = "lun-1";
+
+impl Store {
+    fn engine() -> Store {
+        Store {
+            config: None,
+            lab: None,
+            namespace: String::new(),
+        }
+    }
+
+    /// RBD images in namespace `<name><pid>` of the lab cluster, with a stranger's image in
+    /// it; `None` (saying why) where Ceph is not installed.
+    fn rbd(name: &str) -> Option<Store> {
+        let lab = rbd::lab::Lab::get()?;
+        let namespace = format!("{name}{}", std::process::id());
+        let config = array::BackendConfig::Rbd(storage::RbdConfig {
+            pool: "rbd".into(),
+            namespace: namespace.clone(),
+            ceph_conf: Some(lab.conf().to_path_buf()),
+            timeout_secs: 20,
+            ..Default::default()
+        });
+        lab.rbd(&["namespace", "create", &format!("rbd/{namespace}")]);
+        lab.rbd(&[
+            "create",
+            "--size",
+            "4M",
+            &format!("rbd/{namespace}/{STRANGER}"),
+        ]);
+        Some(Store {
+            config: Some(config),
+            lab: Some(lab),
+            namespace,
+        })
+    }
+
+    /// The backend of the pool in `dir`, opened while no daemon runs (the engine's pool
+    /// lock is held by a live one).
+    fn open(&self, dir: &Path) -> Arc<dyn storage::Backend> {
+        let id: array::pool::PoolIdentity =
+            serde_json::from_slice(&std::fs::read(dir.join("array.json")).unwrap()).unwrap();
+        self.config
+            .clone()
+            .unwrap_or_default()
+            .open(dir, id.array_id.bits())
+            .unwrap()
+    }
+
+    fn write_lun(&self, dir: &Path, lun: &str, byte: u8) {
+        let dev = self.open(dir).device(lun).unwrap();
+        dev.write_at(8192, &[byte; 4096], true).unwrap();
+        dev.flush().unwrap();
+    }
+
+    /// The byte at 8 KiB of a LUN (a snapshot LUN not yet cloned is read through its clone,
+    /// made now, as the daemon's first use would).
+    fn read_lun(&self, dir: &Path, lun: &str) -> u8 {
+        let mut b = [0u8; 1];
+        self.open(dir)
+            .device(lun)
+            .unwrap()
+            .read_at(8192, &mut b)
+            .unwrap();
+        b[0]
+    }
+
+    /// The LUN volumes of the pool, each once; on rbd, also what the `rbd` CLI sees: one
+    /// image per volume whose clone is made and none other of this array (no staged clone),
+    /// and the stranger's image.
+    fn luns(&self, dir: &Path) -> usize {
+        let backend = self.open(dir);
+        let volumes = backend.volumes().unwrap();
+        if let Some(lab) = &self.lab {
+            let images = lab.rbd(&["ls", &format!("rbd/{}", self.namespace)]);
+            let mut images: Vec<&str> = images.lines().collect();
+            assert!(
+                images.contains(&STRANGER),
+                "the stranger's image survives: {images:?}"
+            );
+            images.retain(|i| *i != STRANGER);
+            for i in &images {
+                let lun = i.splitn(3, '-').nth(2).unwrap_or("");
+                assert!(
+                    i.starts_with("sl-") && volumes.iter().any(|v| v.name == lun),
+                    "image {i} is no volume of the array: {images:?}"
+                );
+            }
+        }
+        volumes.len()
+    }
 }
 
-fn read_lun(dir: &Path, lun: &str) -> u8 {
-    let mut b = [0u8; 1];
-    let pool = engine(dir);
-    // A snapshot LUN whose clone was not created before the kill is still its base.
-    let vol = pool
-        .open_volume(lun)
-        .or_else(|_| pool.open_volume(&format!("{lun}.base")))
-        .unwrap();
-    vol.read_at(8192, &mut b).unwrap();
-    b[0]
-}
-
-/// LUN volumes in the engine: a snapshot LUN is its clone and/or its `.base`.
-fn engine_luns(dir: &Path) -> usize {
-    engine(dir)
-        .list()
-        .unwrap()
-        .iter()
-        .map(|v| v.name.trim_end_matches(".base").to_string())
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
+impl Drop for Store {
+    /// Deletes the namespace's images (the stranger's too), newest first.
+    fn drop(&mut self) {
+        let Some(lab) = &self.lab else { return };
+        let spec = format!("rbd/{}", self.namespace);
+        let _ = Command::new("rbd")
+            .env("CEPH_CONF", lab.conf())
+            .args(["trash", "purge", &spec])
+            .output();
+        for _ in 0..3 {
+            let out = Command::new("rbd")
+                .env("CEPH_CONF", lab.conf())
+                .args(["ls", &spec])
+                .output();
+            let Ok(out) = out else { return };
+            let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            if names.is_empty() {
+                return;
+            }
+            names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+            for n in names {
+                let image = format!("{spec}/{n}");
+                let _ = Command::new("rbd")
+                    .env("CEPH_CONF", lab.conf())
+                    .args(["snap", "purge", "--no-progress", &image])
+                    .output();
+                let _ = Command::new("rbd")
+                    .env("CEPH_CONF", lab.conf())
+                    .args(["rm", "--no-progress", &image])
+                    .output();
+            }
+        }
+    }
 }
 
 #[test]
 fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
+    between_every_step(&Store::engine());
+}
+
+#[test]
+fn kill9_between_every_step_on_rbd() {
+    let Some(store) = Store::rbd("between") else {
+        return;
+    };
+    between_every_step(&store);
+}
+
+fn between_every_step(store: &Store) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let (d, first) = spawn(p);
+    let (d, first) = spawn(p, store);
     let admin = std::fs::read_to_string(p.join("admin.token"))
         .unwrap()
         .trim()
@@ -197,10 +330,10 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     let fp = d.ready.fingerprint.clone();
     let (lun, tok) = setup(&d, &admin);
     d.kill9();
-    write_lun(p, &lun, 0x11);
+    store.write_lun(p, &lun, 0x11);
 
     // Restart: same certificate, same tokens, same LUN.
-    let (d, restart) = spawn(p);
+    let (d, restart) = spawn(p, store);
     eprintln!("first start {first:?}, restart on an existing pool {restart:?}");
     assert_eq!(d.ready.fingerprint, fp, "the pinned certificate survives");
     let mut h = d.client(&tok);
@@ -213,7 +346,7 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     );
     d.kill9();
 
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let mut h = d.client(&tok);
     let s = sets(&mut h);
     assert_eq!(
@@ -224,9 +357,9 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     assert_eq!(post(&mut h, &set_path(r::END_PREPARE, set)), 204);
     assert_eq!(post(&mut h, &set_path(r::COMMIT, set)), 204);
     d.kill9();
-    write_lun(p, &lun, 0x22); // written after the snapshot instant
+    store.write_lun(p, &lun, 0x22); // written after the snapshot instant
 
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let mut h = d.client(&tok);
     assert_eq!(
         sets(&mut h)[0].state,
@@ -263,19 +396,19 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     assert_eq!(post(&mut h, &set_path(r::COMMIT, s2)), 204);
     d.kill9();
     assert_eq!(
-        read_lun(p, &snap),
+        store.read_lun(p, &snap),
         0x11,
         "the snapshot holds the commit instant's data"
     );
-    assert_eq!(read_lun(p, &lun), 0x22);
+    assert_eq!(store.read_lun(p, &lun), 0x22);
 
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let mut h = d.client(&tok);
     assert_eq!(post(&mut h, &set_path(r::ABORT, s2)), 204);
     assert_eq!(post(&mut h, &set_path(r::COMPLETE, set)), 204);
     d.kill9();
 
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let mut h = d.client(&tok);
     let mut by_id: Vec<(uuid::Uuid, SetState)> = sets(&mut h)
         .into_iter()
@@ -293,7 +426,7 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
     );
     d.kill9();
     assert_eq!(
-        engine_luns(p),
+        store.luns(p),
         2,
         "the original and the one kept snapshot; the aborted set left nothing"
     );
@@ -301,9 +434,25 @@ fn kill9_between_every_step_loses_nothing_and_allows_retry_commit_and_abort() {
 
 #[test]
 fn kill9_during_a_commit_burst_leaves_every_set_recoverable() {
+    commit_burst(&Store::engine(), 7);
+}
+
+/// On rbd the kill lands at a few points of the stream (sampled): during a commit's
+/// snapshot, its journal append, or the clone made after it.
+#[test]
+fn kill9_during_a_commit_burst_on_rbd() {
+    for (i, delay_ms) in [0u64, 40, 150].into_iter().enumerate() {
+        let Some(store) = Store::rbd(&format!("burst{i}-")) else {
+            return;
+        };
+        commit_burst(&store, delay_ms);
+    }
+}
+
+fn commit_burst(store: &Store, delay_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let admin = std::fs::read_to_string(p.join("admin.token"))
         .unwrap()
         .trim()
@@ -342,7 +491,7 @@ fn kill9_during_a_commit_burst_leaves_every_set_recoverable() {
     while progress.load(std::sync::atomic::Ordering::Relaxed) < 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(7));
+    std::thread::sleep(Duration::from_millis(delay_ms));
     d.kill9();
     let acked = worker.join().unwrap();
     assert!(
@@ -350,7 +499,7 @@ fn kill9_during_a_commit_burst_leaves_every_set_recoverable() {
         "some commits were acknowledged before the kill"
     );
 
-    let (d, _) = spawn(p);
+    let (d, _) = spawn(p, store);
     let mut h = d.client(&tok);
     let all = sets(&mut h);
     for s in &acked {
@@ -370,7 +519,7 @@ fn kill9_during_a_commit_burst_leaves_every_set_recoverable() {
     assert_eq!(snaps.len(), all.len(), "one snapshot LUN per set");
     d.kill9();
     assert_eq!(
-        engine_luns(p),
+        store.luns(p),
         snaps.len() + 1,
         "no orphan volume after recovery"
     );

@@ -158,6 +158,9 @@ api! {
     rbd_get_features: fn(Image, *mut u64) -> c_int;
     rbd_resize: fn(Image, u64) -> c_int;
     rbd_flatten: fn(Image) -> c_int;
+    rbd_lock_get_owners: fn(Image, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
+    rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize);
+    rbd_lock_break: fn(Image, c_int, *const c_char) -> c_int;
     rbd_get_parent: fn(Image, *mut LinkedImageSpec, *mut SnapSpec) -> c_int;
     rbd_linked_image_spec_cleanup: fn(*mut LinkedImageSpec);
     rbd_snap_spec_cleanup: fn(*mut SnapSpec);

@@ -173,6 +173,44 @@ impl Image {
         Ok(())
     }
 
+    /// Breaks the exclusive lock another client holds on this image (librbd blocklists that
+    /// client, so a process that died holding it cannot write again); returns how many
+    /// owners it had. A client that was killed keeps its lock until its watch on the image
+    /// expires (30 s by default), and every write or snapshot of another waits until then.
+    pub fn break_locks(&self) -> Result<usize> {
+        const MAX: usize = 8;
+        let mut mode: c_int = 0;
+        let mut owners: [*mut c_char; MAX] = [ptr::null_mut(); MAX];
+        let mut n = MAX;
+        // SAFETY: the handle is open; `owners` has room for `n` pointers, which librbd fills
+        // with strings it allocates (freed below by the matching cleanup).
+        let r = unsafe {
+            (self.api.rbd_lock_get_owners)(self.handle, &mut mode, owners.as_mut_ptr(), &mut n)
+        };
+        if r == -crate::ENOENT {
+            return Ok(0); // not locked
+        }
+        check(r.into(), self.op("reading the lock owners"))?;
+        let names: Vec<std::ffi::CString> = owners[..n]
+            .iter()
+            // SAFETY: librbd filled the first `n` entries with NUL-terminated strings.
+            .map(|p| unsafe { CStr::from_ptr(*p) }.to_owned())
+            .collect();
+        // SAFETY: the `n` strings librbd allocated, freed once and not read after.
+        unsafe { (self.api.rbd_lock_get_owners_cleanup)(owners.as_mut_ptr(), n) };
+        for owner in &names {
+            // SAFETY: the handle is open; the owner is NUL-terminated.
+            let r = unsafe { (self.api.rbd_lock_break)(self.handle, mode, owner.as_ptr()) };
+            match check(r.into(), self.op("breaking the lock")) {
+                Err(e) if e.is_not_found() => {} // released meanwhile
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(names.len())
+    }
+
     /// Reads `buf.len()` bytes at `offset`; returns how many were read (fewer only at the end
     /// of the image).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {

@@ -63,6 +63,10 @@ fn librbd_against_a_lab_cluster() {
             diff_reports_what_changed_since_a_snapshot,
         ),
         ("errors_say_what_and_where", errors_say_what_and_where),
+        (
+            "a_lock_left_by_another_client_is_broken",
+            a_lock_left_by_another_client_is_broken,
+        ),
     ];
     for (name, case) in cases {
         eprintln!("rbd lab: {name}");
@@ -389,4 +393,30 @@ fn unreachable_cluster_fails_within_the_timeout(lab: &Lab) {
     assert!(err.is_timeout(), "{err}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("  unreachable cluster: {err} after {took:?}");
+}
+
+/// A client holding an image's exclusive lock (as a killed process would, until its watch
+/// expires) has it broken by another: that one writes at once, the old one no more.
+fn a_lock_left_by_another_client_is_broken(lab: &Lab, pool: &Arc<Pool>) {
+    pool.create("locked", MIB, None).unwrap();
+    let other = Cluster::connect(&lab.config()).unwrap();
+    let theirs = other
+        .pool("rbd", pool.namespace())
+        .unwrap()
+        .open("locked")
+        .unwrap();
+    theirs.write(0, &[1u8; 512]).unwrap(); // takes the lock
+    let mine = pool.open("locked").unwrap();
+    assert_eq!(mine.break_locks().unwrap(), 1);
+    assert_eq!(mine.break_locks().unwrap(), 0, "no owner left");
+    let t0 = Instant::now();
+    mine.write(0, &[2u8; 512]).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(
+        theirs.write(512, &[3u8; 512]).is_err(),
+        "the old owner is blocklisted"
+    );
+    assert_eq!(read(&mine, 0, 1024), [[2u8; 512], [0u8; 512]].concat());
+    drop((theirs, other, mine));
+    pool.remove("locked").unwrap();
 }

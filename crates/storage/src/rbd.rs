@@ -114,8 +114,11 @@ fn err(name: &str, e: rbd::Error) -> BackendError {
 
 impl RbdBackend {
     /// The volumes of array `array_id` in `pool` (its namespace is created if missing).
-    /// Clones a killed process left staged (made, not yet renamed) are removed: the one
-    /// process serving an array opens its backend once, at start.
+    /// The one process serving an array opens its backend once, at start, so what a killed
+    /// predecessor left is cleared here: clones it left staged (made, not yet renamed) are
+    /// removed, and the exclusive locks it held on the array's images are broken (else the
+    /// first write or snapshot of each waits until the dead client's watch expires, 30 s by
+    /// default: longer than VSS holds writes for a commit).
     pub fn new(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
         pool.create_namespace()
             .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
@@ -125,10 +128,42 @@ impl RbdBackend {
             open: Mutex::new(Default::default()),
             cloning: Mutex::new(()),
         };
-        let staged = b.staged_name("");
         let images = b.pool.list().map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+        for image in images.iter().filter(|i| i.starts_with(&b.prefix)) {
+            let broken = match b.pool.open(image) {
+                Ok(h) => h.break_locks(),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => Err(e),
+            };
+            match broken {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(%image, owners = n,
+                    "broke the exclusive lock a previous process left on the image"),
+                Err(e) => tracing::warn!(%image, error = %e,
+                    "could not break the exclusive lock on the image; its first write waits for it"),
+            }
+        }
+        // A staged clone is watched by the process that was making it until that client is
+        // blocklisted (above, when it held a lock, as it does after a commit) and the OSDs
+        // drop its watch, or the watch expires: a few tries, then it is left for the next
+        // first use or delete of its volume, or the next start.
+        let staged = b.staged_name("");
         for name in images.iter().filter_map(|i| i.strip_prefix(&staged)) {
-            b.remove_staged(name)?;
+            let mut tries = 0;
+            loop {
+                match b.remove_staged(name) {
+                    Ok(()) => break,
+                    Err(BackendError::Io(Cause::Rbd(e))) if e.is_busy() && tries < 20 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(250));
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = name, error = %e,
+                            "a staged clone is still in use; removed later");
+                        break;
+                    }
+                }
+            }
         }
         Ok(b)
     }
