@@ -298,6 +298,19 @@ impl RbdBackend {
         })
     }
 
+    /// A read-write handle on `image`: the one this process serves the volume through when
+    /// it has one, so a snapshot removed or a clone flattened does not take the image's
+    /// exclusive lock away from the handle serving the host's writes (handing a lock
+    /// between two handles of one process stalls the writes behind it).
+    fn head(&self, image: &str) -> Result<Arc<Image>, rbd::Error> {
+        if let Some(name) = image.strip_prefix(&self.prefix) {
+            if let Some(i) = self.table().get(name) {
+                return Ok(i.clone());
+            }
+        }
+        self.pool.open(image).map(Arc::new)
+    }
+
     /// Removes snapshot `snap` of `image` if no clone uses it any more.
     fn drop_snap_if_unused(&self, image: &str, snap: &str) -> Result<(), rbd::Error> {
         let at = match self.pool.open_read_only(image, Some(snap)) {
@@ -309,7 +322,7 @@ impl RbdBackend {
             return Ok(());
         }
         drop(at);
-        let head = self.pool.open(image)?;
+        let head = self.head(image)?;
         match head.snap_remove(snap) {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
@@ -348,8 +361,7 @@ impl Backend for RbdBackend {
                     };
                     self.remove_staged(name)?;
                     return self
-                        .pool
-                        .open(&source)
+                        .head(&source)
                         .and_then(|h| h.snap_remove(&Self::snap_name(name)))
                         .map_err(|e| err(name, e));
                 }
@@ -375,8 +387,7 @@ impl Backend for RbdBackend {
                     .open_read_only(&image, Some(&s.name))
                     .map_err(|e| err(name, e))?;
                 for (_, child) in at.children().map_err(|e| err(name, e))? {
-                    self.pool
-                        .open(&child)
+                    self.head(&child)
                         .and_then(|c| c.flatten())
                         .map_err(|e| err(&child, e))?;
                 }

@@ -502,6 +502,12 @@ impl LedgerWriter {
         lock(&self.shared.0).first_after_thaw
     }
 
+    /// Whether the writer stopped because its ledger is full (it wrote every record the
+    /// smallest of its volumes holds).
+    pub fn full(&self) -> bool {
+        lock(&self.shared.0).full
+    }
+
     /// Waits until at least `n` transactions are acknowledged (or `timeout` passes).
     pub fn wait_for(&self, n: u64, timeout: Duration) -> bool {
         let (m, cv) = &*self.shared;
