@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, with AddressSanitizer) of what
-# reads bytes from the network and of the SCSI device model:
-#   pdu            PDU decoding under a segment limit, AHS and CDB, text keys and their
-#                  negotiation (fuzz/fuzz_targets/pdu.rs)
-#   scsi_commands  command sequences from three I_T nexuses against two LUNs
-#                  (fuzz/fuzz_targets/scsi_commands.rs)
-#   session        bytes on a live loopback connection to a TargetServer, from the first
-#                  byte or after a login; the server must keep serving
-#                  (fuzz/fuzz_targets/session.rs, seeds from fuzz/seeds/session.py)
-# Each target runs for FUZZ_SECONDS (60 by default). A panic, a memory error, a leak or one
-# allocation above 64 MiB (a length taken from the input unchecked) fails the stage; the input
-# that did it is kept in fuzz/artifacts/<target>/ and replays with
-# `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>` (from fuzz/).
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, with AddressSanitizer) of every
+# parser that takes outside input, and of the SCSI device model:
+#   pdu              PDU decoding under a segment limit, AHS and CDB, text keys and their
+#                    negotiation (fuzz/fuzz_targets/pdu.rs)
+#   scsi_commands    command sequences from three I_T nexuses against two LUNs
+#   session          bytes on a live loopback connection to a TargetServer, from the first
+#                    byte or after a login; the server must keep serving (seeds from
+#                    fuzz/seeds/session.py)
+#   control_api      any request through the daemon's router and authentication: never a
+#                    panic or a 5xx, every refusal a problem document with its status
+#   array_config     the array's TOML configuration: an error names the file; round-trips
+#   array_journal    the array's journal at start: an error or an array that reopens equal
+#   engine_metadata  the engine's checkpoint, log and commit records: consistent accounting
+#   bcd              the backup components document the emulator imports: round-trips
+#   diskshadow       diskshadow scripts (seeds: examples/vss/*.dsh)
+#   relay            the provider relay's line protocol on a real provider: one answer a line
+# The first three run FUZZ_SECONDS each (60 by default), the other seven FUZZ_NEW_SECONDS
+# (30 by default), so fuzzing takes about 6.5 minutes after the build (and the build, with
+# the array, the emulator and the lab under AddressSanitizer, a few minutes more on 2 cores).
+# Targets whose seeds come from the code they fuzz (real pools, the OpenAPI document's
+# routes, documents as the emulator writes them) write them on start when
+# SHADOWLUN_FUZZ_SEEDS names a directory, so the seeds follow today's formats.
+# A panic, a memory error, a leak or one allocation above 64 MiB (a length taken from the
+# input unchecked) fails the stage; the input that did it is kept in fuzz/artifacts/<target>/
+# and replays with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>` (from fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${FUZZ_SECONDS:-60}
+new_secs=${FUZZ_NEW_SECONDS:-30}
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 # cargo-fuzz builds with -Z flags (sanitizer, coverage instrumentation); this lets the
@@ -30,14 +43,20 @@ cargo fuzz build
 fail=0
 for t in $(cargo fuzz list); do
   log=$(mktemp)
-  dirs=("corpus/$t")
-  mkdir -p "corpus/$t"
+  case $t in
+    pdu | scsi_commands | session) s=$secs ;;
+    *) s=$new_secs ;;
+  esac
+  dirs=("corpus/$t" "corpus/$t.seeds")
+  mkdir -p "corpus/$t" "corpus/$t.seeds"
   [ -d "seeds/$t" ] && dirs+=("seeds/$t")
-  if cargo fuzz run "$t" "${dirs[@]}" -- -max_total_time="$secs" -malloc_limit_mb=64 \
-      -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+  [ "$t" = diskshadow ] && dirs+=("../examples/vss")
+  if SHADOWLUN_FUZZ_SEEDS="$PWD/corpus/$t.seeds" cargo fuzz run "$t" "${dirs[@]}" -- \
+      -max_total_time="$s" -malloc_limit_mb=64 -rss_limit_mb=2048 -print_final_stats=1 \
+      >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
-    echo "fuzz $t: ${runs:-?} inputs in ${secs}s, no failure (${cov:-cov: ?} edges)"
+    echo "fuzz $t: ${runs:-?} inputs in ${s}s, no failure (${cov:-cov: ?} edges)"
   else
     grep -E -A6 -m1 'panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)' "$log" || tail -20 "$log"
     grep -E '^SUMMARY|Test unit written' "$log" || true

@@ -4,7 +4,8 @@
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -55,6 +56,52 @@ fn bad_json(e: JsonRejection) -> ApiError {
         "The request body is not the expected JSON ({}); fix the body and retry.",
         e.body_text()
     )))
+}
+
+/// A route's parameters, refused as a problem document (a parameter that is not UTF-8 once
+/// percent-decoded) rather than axum's plain-text answer.
+#[derive(Debug)]
+pub(crate) struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiError(ArrayError::BadRequest(format!(
+                "The path {:?} is not valid ({}); see /v1/openapi.json.",
+                parts.uri.path(),
+                e.body_text()
+            )))),
+        }
+    }
+}
+
+/// A query string, refused as a problem document rather than axum's plain-text answer.
+#[derive(Debug)]
+pub(crate) struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiError(ArrayError::BadRequest(format!(
+                "The query string is not valid ({}); see /v1/openapi.json.",
+                e.body_text()
+            )))),
+        }
+    }
 }
 
 fn body<T>(b: Result<axum::Json<T>, JsonRejection>) -> ApiResult<T> {
@@ -262,7 +309,7 @@ async fn not_found() -> ApiError {
     ))
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError(ArrayError::BadRequest(
         "This route does not take that method; see /v1/openapi.json.".into(),
     ))

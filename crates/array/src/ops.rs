@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Query, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,7 @@ use api::*;
 
 use crate::audit::AuditLog;
 use crate::error::ArrayError;
-use crate::http::{ApiError, ApiResult, admin, blocking, json};
+use crate::http::{ApiError, ApiResult, Query, admin, blocking, json};
 use crate::state::{Array, Scope};
 
 /// The caller's address, put on each request by the accept loop.
@@ -68,6 +68,7 @@ pub fn router(api: Router, ops: Arc<Ops>) -> Router {
         .route(r::ADMIN_STATUS, get(status))
         .route(r::ADMIN_SESSIONS, get(sessions))
         .route(r::ADMIN_AUDIT, get(audit))
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .with_state(ops.clone());
     api.merge(own)
         .layer(axum::middleware::from_fn_with_state(ops, observe))

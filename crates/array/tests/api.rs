@@ -216,6 +216,51 @@ fn bad_input_gets_precise_problems_never_a_500() {
     assert_eq!(p.code, ProblemCode::LimitReached);
 }
 
+/// Requests the router refuses before a handler runs get problem documents, not axum's bare
+/// answers (both found by the `control_api` fuzz target): a method an operations route does
+/// not take (an empty 405), and a path parameter that is not UTF-8 once percent-decoded (a
+/// `text/plain` 400).
+#[test]
+fn requests_refused_by_the_router_get_problems() {
+    let t = TestArray::start();
+    let mut admin = t.admin();
+    let (_, tok) = lun_for_host(&mut admin, "l", "a", IQN_A);
+    let mut a = t.client(Some(&tok));
+    for (m, path) in [
+        ("PUT", r::ADMIN_STATUS),
+        ("POST", r::ADMIN_SESSIONS),
+        ("DELETE", r::ADMIN_AUDIT),
+        ("PUT", r::ADMIN_LUNS),
+    ] {
+        let p = problem(&admin.request(m, path, None).unwrap());
+        assert_eq!(p.code, ProblemCode::BadRequest, "{m} {path}");
+    }
+    for (m, path) in [
+        ("GET", "/v1/admin/luns/%FF"),
+        ("DELETE", "/v1/admin/hosts/a%C3"),
+        ("DELETE", "/v1/admin/hosts/a/map/%80"),
+        ("POST", "/v1/sets/%FE%FF/commit"),
+        ("GET", "/v1/resync/%FF"),
+    ] {
+        let c = if path.starts_with("/v1/admin") {
+            &mut admin
+        } else {
+            &mut a
+        };
+        let resp = c.request(m, path, None).unwrap();
+        let p = problem(&resp);
+        assert_eq!(p.code, ProblemCode::BadRequest, "{m} {path}");
+        assert!(p.detail.contains("not valid"), "{m} {path}: {}", p.detail);
+    }
+    // The host and its mapping are still there.
+    let h: HostRecord = admin
+        .get(&r::fill(r::ADMIN_HOST, &[("host", "a")]))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(h.luns.len(), 1);
+}
+
 #[test]
 fn full_lifecycle_with_retries_over_https() {
     let t = TestArray::start();

@@ -16,6 +16,8 @@
 mod detach;
 mod error;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod pool;
 mod resync;
 mod state;

@@ -19,13 +19,14 @@ use crate::state::{CHUNK_SIZE, MAX_CHUNK, MAX_VOLUME_SIZE, State, check_name};
 
 pub(crate) use commit::Inner;
 pub use io::Volume;
+pub(crate) use open::replay_log;
 
 /// Most members of one consistency-group snapshot.
 pub const MAX_GROUP: usize = 256;
 
-const DATA_FILE: &str = "data";
-const CHECKPOINT_FILE: &str = "checkpoint";
-const LOG_FILE: &str = "log";
+pub(crate) const DATA_FILE: &str = "data";
+pub(crate) const CHECKPOINT_FILE: &str = "checkpoint";
+pub(crate) const LOG_FILE: &str = "log";
 const LOCK_FILE: &str = "lock";
 
 /// What a volume is.

@@ -289,7 +289,7 @@ impl Pool {
 
 /// Replays the frames of a log; returns where the valid part ends, the last sequence number
 /// and the number of frames.
-fn replay_log(state: &mut State, b: &[u8], path: &Path) -> Result<(usize, u64, u64)> {
+pub(crate) fn replay_log(state: &mut State, b: &[u8], path: &Path) -> Result<(usize, u64, u64)> {
     let mut pos = HEADER_LEN;
     let mut seq = 0u64;
     let mut frames = 0u64;

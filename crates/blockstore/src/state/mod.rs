@@ -801,8 +801,7 @@ impl State {
         r
     }
 
-    /// Number of live tree nodes (for tests and statistics).
-    #[cfg(test)]
+    /// Number of live tree nodes (for tests, statistics and the fuzz target).
     pub(crate) fn node_count(&self) -> usize {
         self.nodes.len() - 1 - self.free_nodes.len()
     }
