@@ -568,7 +568,11 @@ impl State {
     }
 
     fn check_new(&self, id: u64, name: &str) -> Res<()> {
-        if id == 0 || self.vols.contains_key(&id) {
+        // The last id is refused too: the next id follows every id in use.
+        if id == 0 || id == u64::MAX {
+            return Err(bad(format!("volume id {id} out of range")));
+        }
+        if self.vols.contains_key(&id) {
             return Err(bad(format!("volume id {id} reused")));
         }
         if self.names.contains_key(name) {
@@ -894,6 +898,34 @@ mod tests {
         let (_, rel) = st.take_pending();
         st.apply_releases(rel);
         st
+    }
+
+    /// A record naming the last volume id is refused, not an overflow of the next id (found
+    /// by the `engine_metadata` fuzz target, from a log record).
+    #[test]
+    fn the_last_volume_id_is_refused() {
+        let mut st = sample();
+        let err = st
+            .replay(vec![Record::CreateVolume {
+                id: u64::MAX,
+                size: CHUNK_SIZE,
+                created: 3,
+                name: "last".into(),
+            }])
+            .unwrap_err();
+        assert!(err.reason.contains("out of range"), "{}", err.reason);
+        let err = st
+            .replay(vec![Record::Snapshot {
+                src: 1,
+                id: u64::MAX,
+                kind: VolumeKind::Snapshot,
+                created: 3,
+                name: "last".into(),
+            }])
+            .unwrap_err();
+        assert!(err.reason.contains("out of range"), "{}", err.reason);
+        assert_eq!(st.vols.len(), 2);
+        assert_eq!(st.next_vol_id, 3);
     }
 
     fn mapping(st: &State, id: u64) -> Vec<(u32, Entry)> {
