@@ -39,8 +39,8 @@ const MIB: u64 = 1 << 20;
 const REBUILD: u64 = 1000;
 const IQN_A: &str = "iqn.1991-05.com.microsoft:fuzz-a";
 const IQN_B: &str = "iqn.1991-05.com.microsoft:fuzz-b";
-const COMMITTED: VssId = VssId::from_u128(0x5e7_c0);
-const PREPARED: VssId = VssId::from_u128(0x5e7_9e);
+const COMMITTED: VssId = VssId::from_u128(0x0005_e7c0);
+const PREPARED: VssId = VssId::from_u128(0x0005_e79e);
 
 struct World {
     router: Router,
@@ -276,7 +276,7 @@ fn write_seeds() {
         for method in ops.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();
             let set = if route == r::PREPARE {
-                VssId::from_u128(0x5e7_ee).to_string()
+                VssId::from_u128(0x0005_e7ee).to_string()
             } else if route == r::ADMIN_SET_ABORT {
                 PREPARED.to_string()
             } else {

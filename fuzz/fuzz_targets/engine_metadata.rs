@@ -17,6 +17,9 @@ use shadowlun_fuzz::{Parts, join, seed_dir, temp_dir, write_seed};
 
 const MIB: u64 = 1 << 20;
 
+/// One step of the seed workload.
+type Step = Box<dyn Fn(&Pool)>;
+
 /// Seeds from pools after each step of a workload that makes every record kind: volumes,
 /// writes, snapshots, clones, resizes, deletes, a size limit; once with the default
 /// checkpoint threshold (everything in the log) and once checkpointing at every commit.
@@ -25,7 +28,7 @@ fn write_seeds() {
     for (run, threshold) in [("log", None), ("ckpt", Some(1u64))] {
         let tmp = temp_dir("engine-seeds-");
         let pool_dir = tmp.path().join("pool");
-        let steps: Vec<Box<dyn Fn(&Pool)>> = vec![
+        let steps: Vec<Step> = vec![
             Box::new(|p| {
                 p.create_volume("v", 4 * MIB).unwrap();
             }),
