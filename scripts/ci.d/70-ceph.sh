@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Ceph (about 11 minutes on two cores with a warm build): installs Ceph, starts a throwaway single-node cluster (scripts/ceph-lab)
-# and runs on it:
+# Ceph (about 11 minutes on two cores with a warm build): installs Ceph, starts a throwaway
+# single-node cluster (scripts/ceph-lab) and runs on it:
 #  1. the rbd crate's tests (librbd through the project's own layer, the rbd CLI as witness);
 #  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
 #     resync cases;
