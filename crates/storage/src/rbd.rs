@@ -406,6 +406,50 @@ impl Backend for RbdBackend {
         Ok(())
     }
 
+    /// A plex copy on Ceph is a flattened clone: librbd copies every object the clone still
+    /// reads from its parent snapshot into the clone's own objects, and cuts the link.
+    fn plex_support(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// `rbd_flatten` on the handle serving the volume (hosts keep reading and writing it
+    /// meanwhile; librbd serialises the copy-up with their I/O), then the per-image snapshot
+    /// the clone came from goes once nothing else uses it. librbd's flatten cannot be
+    /// interrupted: `cancel` is honoured before it starts, and a flatten that was running
+    /// when the daemon died is run again (librbd copies only the objects the clone lacks).
+    fn detach(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(u8) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<(), BackendError> {
+        let image = self.image(name)?;
+        let Some(parent) = image.parent().map_err(|e| err(name, e))? else {
+            progress(100);
+            return Ok(());
+        };
+        if cancel.load(Ordering::Relaxed) {
+            return Err(BackendError::Cancelled);
+        }
+        progress(0);
+        let t0 = std::time::Instant::now();
+        image.flatten().map_err(|e| err(name, e))?;
+        tracing::debug!(
+            volume = name,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "clone flattened"
+        );
+        if parent.pool == self.pool.name() && parent.namespace == self.pool.namespace() {
+            let _g = self.cloning();
+            if let Err(e) = self.drop_snap_if_unused(&parent.image, &parent.snap) {
+                tracing::warn!(volume = name, parent = %parent.image, snap = %parent.snap,
+                    error = %e, "the snapshot the flattened clone came from could not be removed");
+            }
+        }
+        progress(100);
+        Ok(())
+    }
+
     fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
         let image = self.image(name)?;
         if size_bytes < image.size().map_err(|e| err(name, e))? {
