@@ -71,7 +71,9 @@ fn login(t: &TestArray) -> Session {
     .unwrap()
 }
 
-/// librbd's `flush` counter of the image whose name ends with `image`, from `perf dump`.
+/// librbd's `flush` counters of every open handle of `image`, from `perf dump`, summed.
+/// Each handle registers `librbd-<id>-<pool>-<image>`; one opened while another handle of the
+/// image was open gets `-0x<address>` appended. Only the handle serving the LUN flushes.
 fn flushes(asok: &Path, image: &str) -> u64 {
     let out = std::process::Command::new("ceph")
         .arg("--admin-daemon")
@@ -86,13 +88,25 @@ fn flushes(asok: &Path, image: &str) -> u64 {
     );
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let obj = dump.as_object().unwrap();
-    let (_, counters) = obj
+    let plain = format!("-{image}");
+    let suffixed = format!("-{image}-0x");
+    let handles: Vec<_> = obj
         .iter()
-        .find(|(k, _)| k.starts_with("librbd-") && k.ends_with(&format!("-{image}")))
-        .unwrap_or_else(|| panic!("no librbd counters for {image}: {:?}", obj.keys()));
-    counters["flush"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no flush counter: {counters}"))
+        .filter(|(k, _)| k.starts_with("librbd-") && (k.ends_with(&plain) || k.contains(&suffixed)))
+        .collect();
+    assert!(
+        !handles.is_empty(),
+        "no librbd counters for {image}: {:?}",
+        obj.keys()
+    );
+    handles
+        .iter()
+        .map(|(_, c)| {
+            c["flush"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no flush counter: {c}"))
+        })
+        .sum()
 }
 
 /// The current caching mode page (MODE SENSE (6), no block descriptors).
