@@ -13,7 +13,11 @@
 #     back, a missing pool and an unreachable cluster at start;
 #  5. the daemon killed with SIGKILL on rbd (crates/array/tests/crash.rs): between every set
 #     step, and during a burst of commits at three sampled points, then restarted;
-#  6. the whole VSS conformance catalogue with every scenario's array on rbd (each must
+#  6. the demo as a user runs it, `shadowlun demo --backend rbd`, a process on this cluster
+#     (crates/shadowlun/tests/demo_rbd.rs): every check passes, `rbd ls` then shows none of
+#     its images and an image made before it; and a demo that started its own cluster,
+#     interrupted with SIGINT, leaves no daemon of it;
+#  7. the whole VSS conformance catalogue with every scenario's array on rbd (each must
 #     pass), then `rbd ls` must show only the stranger's image;
 # then stops the cluster (only the daemons it started).
 set -euo pipefail
@@ -35,6 +39,7 @@ cargo build -q -p shadowlun
 cargo test -q -p rbd --no-run
 cargo test -q -p storage --test rbd --no-run
 cargo test -q -p array --test rbd --test crash --no-run
+cargo test -q -p shadowlun --test demo_rbd --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
@@ -111,6 +116,11 @@ echo "== the array on rbd: write cache, flushes, a deleted source, a missing poo
 cargo test -q -p array --test rbd
 echo "== kill -9 of the daemon on rbd"
 cargo test -q -p array --test crash -- on_rbd
+
+echo "== the demo on rbd"
+t0=$(date +%s)
+cargo test -q -p shadowlun --test demo_rbd -- --nocapture
+echo "demo on rbd: $(($(date +%s) - t0)) s"
 
 echo "== the VSS conformance catalogue on rbd"
 t0=$(date +%s)

@@ -129,6 +129,13 @@ impl RealLab {
         &self.admin
     }
 
+    /// The array's id as its RBD image names carry it (eight hex digits: `sl-<id>-lun-1`).
+    pub fn array_id(&self) -> anyhow::Result<String> {
+        let identity: array::pool::PoolIdentity =
+            serde_json::from_slice(&std::fs::read(self.dir.join("array.json"))?)?;
+        Ok(format!("{:08x}", identity.array_id.bits()))
+    }
+
     /// Deletes every volume of this array from a backend outside the lab's directory, the
     /// newest first (snapshot LUNs before their sources).
     fn empty_remote_backend(&self) -> anyhow::Result<()> {

@@ -6,7 +6,14 @@
 //! control API; the second host imports it from the backup components document; the data
 //! itself proves the snapshot is one point in time; the originals are resynced from the
 //! snapshot inside the array; the set is deleted; everything is removed.
+//!
+//! With `--backend rbd` the array keeps its LUNs as RBD images in a Ceph pool
+//! (`demo_ceph.rs`: the cluster `CEPH_CONF` names, or a throwaway one started for the demo)
+//! and the same flow runs on them; at the end the `rbd` CLI must find none of the array's
+//! images left in the pool, every image that was there before still there, and an image made
+//! outside the array during the demo untouched.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +26,21 @@ use vss_emulator::coordinator::{Config, DeleteTarget};
 use vss_emulator::trace::TraceEntry;
 use vss_emulator::writer::verify_ledgers;
 
+use crate::demo_ceph::Cluster;
 use crate::output::{size, table};
+
+/// Where the demo's array keeps its LUNs.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The embedded engine, in the demo's temporary directory.
+    Engine,
+    /// RBD images in `pool` of the cluster `ceph_conf` names, or, without one, of a
+    /// throwaway cluster started for the demo.
+    Rbd {
+        ceph_conf: Option<PathBuf>,
+        pool: String,
+    },
+}
 
 const HOST_A: &str = "iqn.1991-05.com.microsoft:sql01";
 const HOST_B: &str = "iqn.1991-05.com.microsoft:backup01";
@@ -109,15 +130,122 @@ fn timeline(entries: &[TraceEntry]) -> Option<Duration> {
     commit
 }
 
-pub fn run(keep: bool) -> anyhow::Result<()> {
+/// The cluster, what its pool held before the array started, and the witness image's name.
+struct OnCeph {
+    cluster: Cluster,
+    before: std::collections::BTreeSet<String>,
+    witness: String,
+}
+
+/// Opens (or starts) the cluster and makes the witness image, before the array starts.
+fn ceph(ceph_conf: Option<PathBuf>, pool: &str, array_dir: &Path) -> anyhow::Result<OnCeph> {
+    let pid = std::process::id();
+    let t = Instant::now();
+    if ceph_conf.is_none() {
+        println!("starting a throwaway Ceph cluster (scripts/ceph-lab: one monitor, one OSD)...");
+    }
+    let lab_dir = std::env::temp_dir().join(format!("shadowlun-demo-ceph-{pid}"));
+    let mut cluster = Cluster::open(ceph_conf, pool, &lab_dir, array_dir)?;
+    if cluster.is_throwaway() {
+        println!(
+            "Ceph        throwaway cluster in {}, ready in {:.1} s (stopped at the end)",
+            lab_dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("Ceph        the cluster {}", cluster.conf.display());
+    }
+    let before = cluster.images()?;
+    let witness = format!("shadowlun-demo-witness-{pid}");
+    cluster.make_witness(&witness)?;
+    println!(
+        "rbd ls {pool}: {} image(s) before the array starts; {witness} made with the rbd CLI, \
+         outside the array",
+        before.len()
+    );
+    Ok(OnCeph {
+        cluster,
+        before,
+        witness,
+    })
+}
+
+/// After the array stopped: none of its images is left in the pool, everything else is.
+fn check_pool(on: &OnCeph, array_id: &str) -> anyhow::Result<()> {
+    let pool = &on.cluster.pool;
+    let after = on.cluster.images()?;
+    let mine: Vec<&String> = after
+        .iter()
+        .filter(|i| {
+            i.starts_with(&format!("sl-{array_id}-")) || i.starts_with(&format!("slc-{array_id}-"))
+        })
+        .collect();
+    ensure!(
+        mine.is_empty(),
+        "rbd ls {pool}: the array's images are still there: {mine:?}"
+    );
+    let lost: Vec<&String> = on.before.difference(&after).collect();
+    ensure!(
+        lost.is_empty(),
+        "rbd ls {pool}: images that were there before the demo are gone: {lost:?}"
+    );
+    ensure!(
+        after.contains(&on.witness),
+        "rbd ls {pool}: {} (not the array's) is gone",
+        on.witness
+    );
+    let extra: Vec<&String> = after
+        .iter()
+        .filter(|i| !on.before.contains(*i) && **i != on.witness)
+        .collect();
+    ensure!(
+        extra.is_empty(),
+        "rbd ls {pool}: images the demo left behind: {extra:?}"
+    );
+    println!(
+        "rbd ls {pool}: no image of array {array_id} left; {} and the {} image(s) there before \
+         are untouched",
+        on.witness,
+        on.before.len()
+    );
+    Ok(())
+}
+
+pub fn run(keep: bool, storage: Storage) -> anyhow::Result<()> {
     let started = Instant::now();
     println!("shadowlun demo: a transportable VSS hardware snapshot, end to end, on this machine.");
     let dir = std::env::temp_dir().join(format!("shadowlun-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
     step(1, "Array");
-    let lab = Arc::new(RealLab::start(dir.clone(), keep).context("starting the array")?);
+    // Declared before the lab: dropped after it, so the array has stopped and deleted its
+    // images before the cluster stops, also when a step fails.
+    let (on_ceph, backend) = match storage {
+        Storage::Engine => (None, array::BackendConfig::default()),
+        Storage::Rbd { ceph_conf, pool } => {
+            let on = ceph(ceph_conf, &pool, &dir)?;
+            let backend = array::BackendConfig::Rbd(array::RbdConfig {
+                pool,
+                ceph_conf: Some(on.cluster.conf.clone()),
+                ..Default::default()
+            });
+            (Some(on), backend)
+        }
+    };
+    let lab =
+        Arc::new(RealLab::start_on(dir.clone(), keep, backend).context("starting the array")?);
     println!("pool        {}", dir.display());
+    let array_id = match &on_ceph {
+        Some(on) => {
+            let id = lab.array_id()?;
+            println!(
+                "LUNs        RBD images sl-{id}-* in pool {} (array {id})",
+                on.cluster.pool
+            );
+            id
+        }
+        None => String::new(),
+    };
     println!(
         "control API {} (certificate SHA-256 {})",
         lab.api_url, lab.fingerprint
@@ -272,6 +400,14 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     } else {
         ensure!(!dir.exists(), "{} was not removed", dir.display());
         println!("array stopped; {} removed", dir.display());
+    }
+    if let Some(on) = on_ceph {
+        check_pool(&on, &array_id)?;
+        let throwaway = on.cluster.is_throwaway();
+        drop(on);
+        if throwaway {
+            println!("Ceph cluster stopped and removed");
+        }
     }
     println!(
         "\ndemo finished in {:.1} s: all checks passed",

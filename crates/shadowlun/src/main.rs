@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod demo_ceph;
 mod logging;
 mod ops;
 mod output;
@@ -125,6 +126,20 @@ enum Command {
         /// Keep the array's pool directory (its path is printed).
         #[arg(long)]
         keep: bool,
+        /// Where the array keeps its LUNs: `engine`, the embedded engine in the temporary
+        /// directory; `rbd`, RBD images in a Ceph pool: of the cluster `--ceph-conf` (or
+        /// CEPH_CONF) names, or else of a throwaway single-node cluster the demo starts and
+        /// stops (needs Ceph installed: `scripts/setup --ceph`).
+        #[arg(long, value_enum, default_value_t = DemoBackend::Engine)]
+        backend: DemoBackend,
+        /// With `--backend rbd`: the cluster's configuration file (default: none, a
+        /// throwaway cluster).
+        #[arg(long, env = "CEPH_CONF", value_name = "FILE")]
+        ceph_conf: Option<std::path::PathBuf>,
+        /// With `--backend rbd`: the pool (it must exist on a cluster named by
+        /// `--ceph-conf`; a throwaway cluster makes it).
+        #[arg(long, default_value = "rbd", value_name = "POOL")]
+        ceph_pool: String,
     },
     /// Run the array daemon for a while under a random schedule of everything it does
     /// (shadow copy sets of every kind, import, break, resync, delete; LUNs created, mapped,
@@ -153,6 +168,13 @@ enum Command {
         /// A name (VSS_E_PROVIDER_VETO) or a value (0x80042306).
         code: Option<String>,
     },
+}
+
+/// `demo --backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DemoBackend {
+    Engine,
+    Rbd,
 }
 
 #[derive(Subcommand)]
@@ -279,7 +301,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-        Command::Demo { keep } => demo::run(keep),
+        Command::Demo {
+            keep,
+            backend,
+            ceph_conf,
+            ceph_pool,
+        } => demo::run(
+            keep,
+            match backend {
+                DemoBackend::Engine => demo::Storage::Engine,
+                DemoBackend::Rbd => demo::Storage::Rbd {
+                    ceph_conf,
+                    pool: ceph_pool,
+                },
+            },
+        ),
         Command::Soak {
             minutes,
             seed,
