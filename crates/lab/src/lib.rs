@@ -23,7 +23,9 @@
 //! - [`vss_bench`]: the provider against the array in the process and over HTTPS.
 //! - [`engine_bench`]: the embedded engine against the raw file and against itself.
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
-//! - [`tgt`]: a `tgtd` process, the target benchmark's baseline and the initiator's referee.
+//! - [`rbd_bench`]: the target on the rbd backend against tgt's rbd backing store and
+//!   `rbd bench`, and the backend's group commit latency.
+//! - [`tgt`]: a `tgtd` process, the target benchmarks' baseline and the initiator's referee.
 //! - [`crashtest`]: the engine's crash workload (`blockstore-crashtest` kills it at random
 //!   points and checks what recovery kept).
 //! - [`soak`]: the array daemon as a child process under a random schedule of everything it
@@ -42,6 +44,8 @@ pub mod engine_bench;
 pub mod iscsi_lab;
 #[cfg(unix)]
 pub mod memory_array;
+#[cfg(unix)]
+pub mod rbd_bench;
 #[cfg(unix)]
 pub mod real_lab;
 #[cfg(unix)]

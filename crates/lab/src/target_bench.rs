@@ -21,7 +21,7 @@ use crate::tgt::{Tgt, TgtError};
 use iscsi::initiator::{DataDir, InitiatorConfig, InitiatorError, Session, rw16};
 use iscsi::{AuthPolicy, TargetConfig, TargetError, TargetServer};
 
-const BENCH_INITIATOR: &str = "iqn.2026-01.org.shadowlun:bench-initiator";
+pub(crate) const BENCH_INITIATOR: &str = "iqn.2026-01.org.shadowlun:bench-initiator";
 const OUR_TARGET: &str = "iqn.2026-01.org.shadowlun:bench";
 const TGT_TARGET: &str = "iqn.2026-01.org.shadowlun:bench-tgt";
 const BLOCK: u32 = 512;
@@ -72,16 +72,16 @@ impl Default for BenchOptions {
 
 /// Workload shape.
 #[derive(Debug, Clone, Copy)]
-struct Load {
-    block_bytes: u32,
-    depth: usize,
-    random: bool,
-    write: bool,
+pub(crate) struct Load {
+    pub(crate) block_bytes: u32,
+    pub(crate) depth: usize,
+    pub(crate) random: bool,
+    pub(crate) write: bool,
 }
 
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -91,7 +91,7 @@ impl Rng {
 
 /// Runs one workload for `dur`, or until `max_ops` operations were issued; returns (bytes
 /// per second, operations per second).
-fn drive(
+pub(crate) fn drive(
     s: &mut Session,
     lun: u64,
     size: u64,
@@ -163,7 +163,7 @@ fn backing_err(path: &Path) -> impl Fn(std::io::Error) -> BenchError + Copy + '_
 }
 
 /// Bound of any timed run, whatever the machine's speed.
-const MAX_OPS: u64 = 50_000_000;
+pub(crate) const MAX_OPS: u64 = 50_000_000;
 
 /// Drops the backing file's pages from the page cache (it must be clean: synced).
 fn drop_cache(path: &Path) -> Result<(), BenchError> {
@@ -325,7 +325,7 @@ fn raw_random_write(path: &Path, size: u64, dur: Duration) -> Result<f64, BenchE
     Ok(ops as f64 / start.elapsed().as_secs_f64())
 }
 
-const LOADS: [(&str, Load, &str, f64); 4] = [
+pub(crate) const LOADS: [(&str, Load, &str, f64); 4] = [
     (
         "seq read 64 KiB QD8 (own initiator)",
         Load {
@@ -385,7 +385,7 @@ struct Side {
 /// of the machine falls on both rather than on one.
 const REPS: usize = 3;
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -559,7 +559,7 @@ const PERF_LOADS: [(&str, u32, u32, bool); 2] = [
     ("random read 4 KiB QD32 (iscsi-perf)", 8, 32, true),
 ];
 
-fn perf_available() -> bool {
+pub(crate) fn perf_available() -> bool {
     Command::new("iscsi-perf")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -568,7 +568,7 @@ fn perf_available() -> bool {
 }
 
 /// Runs iscsi-perf for `dur` and returns its average (MB/s for 64 KiB reads, IOPS otherwise).
-fn iscsi_perf(
+pub(crate) fn iscsi_perf(
     url: &str,
     blocks: u32,
     depth: u32,

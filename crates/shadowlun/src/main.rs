@@ -207,6 +207,32 @@ enum BenchCmd {
         #[arg(long)]
         metrics: bool,
     },
+    /// The iSCSI target on the rbd backend against tgt's rbd backing store and `rbd bench`
+    /// on one Ceph cluster, and the backend's CommitSnapshots latency for 1, 8 and 64 LUNs,
+    /// idle and under writes. Needs a cluster: `eval "$(scripts/ceph-lab start DIR)"`.
+    Rbd {
+        /// Seconds per turn of each workload and contender.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Turns of each workload (the rows are their medians; at least 3).
+        #[arg(long, default_value_t = 5)]
+        turns: usize,
+        /// Size of each image of the I/O workloads in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Commits measured per set size, idle and again under writes.
+        #[arg(long, default_value_t = 15)]
+        commits: usize,
+        /// The cluster's configuration file (default: $CEPH_CONF, then /etc/ceph/ceph.conf).
+        #[arg(long)]
+        ceph_conf: Option<std::path::PathBuf>,
+        /// The pool to make the images in (they are removed at the end).
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+        /// Leave tgt out.
+        #[arg(long)]
+        no_tgt: bool,
+    },
     /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
     /// creation cycle with surfacing over iSCSI.
     Vss,
@@ -291,6 +317,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         metered: metrics,
                     })?
                 }
+                BenchCmd::Rbd {
+                    seconds,
+                    turns,
+                    size_mib,
+                    commits,
+                    ceph_conf,
+                    pool,
+                    no_tgt,
+                } => lab::rbd_bench::run(&lab::rbd_bench::RbdBenchOptions {
+                    ceph_conf,
+                    pool,
+                    size_mib: size_mib.max(16),
+                    duration: std::time::Duration::from_secs_f64(seconds.max(0.1)),
+                    reps: turns.max(3),
+                    commits: commits.max(1),
+                    with_tgt: !no_tgt,
+                })?,
                 BenchCmd::Vss => lab::vss_bench::vss_end_to_end()?,
                 BenchCmd::Provider => lab::vss_bench::provider_core(),
             };
