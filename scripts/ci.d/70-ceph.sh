@@ -10,7 +10,8 @@
 #     an image someone else made in the pool is still there;
 #  4. the array on rbd in process (crates/array/tests/rbd.rs): the caching page and librbd's
 #     flush counted for FUA and SYNCHRONIZE CACHE, a source image deleted behind the array's
-#     back, a missing pool and an unreachable cluster at start;
+#     back, a mapped LUN whose image is deleted (NOT READY 02/04/03, another LUN serving),
+#     a missing pool and an unreachable cluster at start;
 #  5. the daemon killed with SIGKILL on rbd (crates/array/tests/crash.rs): between every set
 #     step, and during a burst of commits at three sampled points, then restarted;
 #  6. the demo as a user runs it, `shadowlun demo --backend rbd`, a process on this cluster
@@ -112,7 +113,7 @@ images=$(rbd ls rbd)
 [ "$images" = stranger ] || { echo "$images"; echo "after the delete, rbd ls shows more than the stranger's image"; exit 1; }
 kill -TERM "$pid"; wait "$pid" || true; pid=""
 
-echo "== the array on rbd: write cache, flushes, a deleted source, a missing pool or cluster"
+echo "== the array on rbd: write cache, flushes, a deleted source or mapped LUN image, a missing pool or cluster"
 cargo test -q -p array --test rbd
 echo "== kill -9 of the daemon on rbd"
 cargo test -q -p array --test crash -- on_rbd

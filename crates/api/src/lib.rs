@@ -359,6 +359,11 @@ pub struct LunRecord {
     /// being a full, independent copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plex: Option<PlexStatus>,
+    /// The LUN's volume is gone from the pool (deleted outside the array): hosts still see
+    /// the LUN, and every command that reaches its medium gets NOT READY / MANUAL
+    /// INTERVENTION REQUIRED (02/04/03) until an administrator deletes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume_missing: bool,
 }
 
 /// One host a LUN is mapped to (`LunRecord::mapped_to`).

@@ -62,7 +62,7 @@ pub enum HealthState {
     /// Needs attention soon (space past the warning threshold).
     Warning,
     /// Needs attention now (journal or audit writes failing, the pool nearly full, the
-    /// storage backend not answering).
+    /// storage backend not answering, a LUN's volume gone from the pool).
     Critical,
 }
 

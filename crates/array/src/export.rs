@@ -5,11 +5,56 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use scsi::{LogicalUnit, LuIdentity};
-use storage::Backend;
+use scsi::{BlockDevice, DeviceError, LogicalUnit, LuIdentity};
+use storage::{Backend, BackendError, LOGICAL_BLOCK_SIZE};
 
 use crate::metrics::{IoStats, MeteredDevice};
 use crate::state::{ExportedLun, Exporter};
+
+/// The device of a LUN whose volume is gone: its identity and recorded size are still
+/// served (INQUIRY, READ CAPACITY, REPORT LUNS), and everything that reaches the medium
+/// (TEST UNIT READY, reads, writes, flushes, unmaps) gets [`DeviceError::Gone`], NOT READY /
+/// MANUAL INTERVENTION REQUIRED (`scsi::Sense::storage_gone` says why that sense).
+struct GoneVolume {
+    volume: String,
+    blocks: u64,
+}
+
+impl GoneVolume {
+    fn gone(&self) -> DeviceError {
+        DeviceError::Gone(format!("volume {} is missing from the pool", self.volume))
+    }
+}
+
+impl BlockDevice for GoneVolume {
+    fn block_size(&self) -> u32 {
+        LOGICAL_BLOCK_SIZE
+    }
+    fn num_blocks(&self) -> u64 {
+        self.blocks
+    }
+    fn read_at(&self, _: u64, _: &mut [u8]) -> Result<(), DeviceError> {
+        Err(self.gone())
+    }
+    fn write_at(&self, _: u64, _: &[u8], _: bool) -> Result<(), DeviceError> {
+        Err(self.gone())
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        Err(self.gone())
+    }
+    fn ready(&self) -> Result<(), DeviceError> {
+        Err(self.gone())
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), DeviceError> {
+        Err(self.gone())
+    }
+    fn thin_provisioned(&self) -> bool {
+        true
+    }
+    fn mapping_status(&self, _: u64) -> Result<(bool, u64), DeviceError> {
+        Err(self.gone())
+    }
+}
 
 /// Maps LUNs into a SCSI target; one [`LogicalUnit`] per LUN is shared by every initiator it is
 /// mapped to (so reservations and unit attentions are per LUN, not per mapping).
@@ -66,8 +111,17 @@ impl ScsiExporter {
             tracing::error!(lun = %lun.id, error = %e, "LUN identity cannot be served; not mapped");
             return None;
         }
-        let device = match storage.device(&lun.volume) {
+        let device: scsi::Device = match storage.device(&lun.volume) {
             Ok(d) => d,
+            Err(BackendError::NoVolume(_)) => {
+                tracing::error!(lun = %lun.id, volume = %lun.volume,
+                    "the LUN's volume is gone from the pool (deleted outside the array); \
+                     its I/O is answered NOT READY until the LUN is deleted");
+                Arc::new(GoneVolume {
+                    volume: lun.volume.clone(),
+                    blocks: lun.size_bytes / u64::from(LOGICAL_BLOCK_SIZE),
+                })
+            }
             Err(e) => {
                 tracing::error!(lun = %lun.id, volume = %lun.volume, error = %e,
                     "cannot open the LUN's volume; not mapped");

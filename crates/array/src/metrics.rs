@@ -208,6 +208,9 @@ impl BlockDevice for MeteredDevice {
     fn flush(&self) -> Result<(), DeviceError> {
         self.inner.flush()
     }
+    fn ready(&self) -> Result<(), DeviceError> {
+        self.inner.ready()
+    }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         self.inner.discard(offset, len)
     }

@@ -301,6 +301,17 @@ async fn status(State(ops): State<Arc<Ops>>, h: HeaderMap) -> ApiResult<Response
         ))
     })
     .await?;
+    for l in luns.iter().filter(|l| l.volume_missing) {
+        reasons.push((
+            HealthState::Critical,
+            format!(
+                "LUN {} ({}) lost its volume: it is gone from the pool, deleted outside the \
+                 array. Its hosts get NOT READY for its I/O until it is deleted (shadowlun lun \
+                 delete {}).",
+                l.id, l.name, l.id
+            ),
+        ));
+    }
     if journal_failed {
         reasons.push((
             HealthState::Critical,

@@ -6,6 +6,11 @@
 //!   WCE set to 0 by MODE SELECT, every write is flushed;
 //! - a source image deleted behind the array's back (while it was stopped) fails the commit
 //!   with the reason and leaves no snapshot on the set's other source;
+//! - a mapped LUN whose image is deleted with the `rbd` CLI behind the array's back (while
+//!   it was stopped, or while the LUN was not mapped yet) stays in REPORT LUNS and answers
+//!   TEST UNIT READY, READ and WRITE with NOT READY / MANUAL INTERVENTION REQUIRED
+//!   (02/04/03), is `volume_missing` in the LUN list and a reason of the status, while
+//!   another LUN of the same host still reads its bytes; once deleted it leaves REPORT LUNS;
 //! - a missing pool and an unreachable cluster stop the start with the reason, within the
 //!   configured timeout.
 
@@ -146,6 +151,7 @@ fn the_array_on_rbd() {
     let t = start(tempfile::tempdir().unwrap(), &backend);
     let token = write_cache_and_flushes(&t, &lab, &asok, &ns);
     let t = a_source_deleted_behind_the_arrays_back(t, &token, &backend, &lab, &ns);
+    let t = a_mapped_lun_whose_image_is_deleted(t, &backend, &lab, &ns);
     drop(t);
     a_missing_pool_or_cluster_stops_the_start(&lab, &conf);
     let left = lab.rbd(&["ls", &format!("rbd/{ns}")]);
@@ -296,6 +302,209 @@ fn a_source_deleted_behind_the_arrays_back(
         &h.request("POST", &set_path(r::ABORT, set), None).unwrap(),
         204,
     );
+    t
+}
+
+const GONE_IQN: &str = "iqn.1991-05.com.microsoft:rbd-gone";
+
+fn create_lun(admin: &mut array::client::Client, name: &str) -> String {
+    let r = admin
+        .post(
+            r::ADMIN_LUNS,
+            &CreateLun {
+                name: name.into(),
+                size_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    r.json::<LunRecord>().unwrap().id
+}
+
+/// Maps `lun` to host `g`; returns the LUN number its initiator sees.
+fn map_to_g(admin: &mut array::client::Client, lun: &str) -> u64 {
+    let r = admin
+        .post(
+            &r::fill(r::ADMIN_MAP, &[("host", "g")]),
+            &MapLun {
+                lun: lun.into(),
+                lun_number: None,
+                shared: false,
+            },
+        )
+        .unwrap();
+    expect_status(&r, 200);
+    let host: HostRecord = r.json().unwrap();
+    host.luns.iter().find(|m| m.lun == lun).unwrap().lun_number
+}
+
+fn login_as(t: &TestArray, iqn: &str) -> Session {
+    let mut cfg = InitiatorConfig::new(iqn);
+    cfg.timeout = Duration::from_secs(30);
+    Session::login(
+        t.running().iscsi_addrs[0],
+        t.running().array.target_name(),
+        &cfg,
+    )
+    .unwrap()
+}
+
+/// The sense a command got, or a panic if it succeeded or failed otherwise.
+fn sense_of<T: std::fmt::Debug>(r: Result<T, iscsi::initiator::InitiatorError>) -> (u8, u8, u8) {
+    match r {
+        Err(iscsi::initiator::InitiatorError::Check(s)) => (s.key, s.asc, s.ascq),
+        other => panic!("expected CHECK CONDITION, got {other:?}"),
+    }
+}
+
+const NOT_READY_MANUAL_INTERVENTION: (u8, u8, u8) = (0x02, 0x04, 0x03);
+
+fn luns_of(t: &TestArray) -> Vec<LunRecord> {
+    let r = t.admin().get(r::ADMIN_LUNS).unwrap();
+    expect_status(&r, 200);
+    r.json().unwrap()
+}
+
+/// Two LUNs of host `g` with data; the array stops, the image of one is deleted with the
+/// `rbd` CLI, the array starts again: the LUN is still reported, its medium answers NOT READY
+/// / MANUAL INTERVENTION REQUIRED, the other LUN reads its bytes. A third LUN whose image is
+/// deleted while the array runs, before it is mapped, is mapped the same way. Deleting the
+/// LUNs takes them out of REPORT LUNS.
+fn a_mapped_lun_whose_image_is_deleted(
+    t: TestArray,
+    backend: &array::BackendConfig,
+    lab: &Lab,
+    ns: &str,
+) -> TestArray {
+    let mut admin = t.admin();
+    let r = admin
+        .post(
+            r::ADMIN_HOSTS,
+            &CreateHost {
+                name: "g".into(),
+                initiators: vec![GONE_IQN.into()],
+                chap_secret: None,
+                import_from: vec![],
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    let kept = create_lun(&mut admin, "kept");
+    let doomed = create_lun(&mut admin, "doomed");
+    let n_kept = map_to_g(&mut admin, &kept);
+    let n_doomed = map_to_g(&mut admin, &doomed);
+    let mut s = login_as(&t, GONE_IQN);
+    s.write16(n_kept, 0, &[0x5a; 4096], 512, true).unwrap();
+    s.write16(n_doomed, 0, &[0xa5; 4096], 512, true).unwrap();
+    drop(s);
+    let array_id = t.running().array.array_id().unwrap().bits();
+    let image = |lun: &str| format!("rbd/{ns}/sl-{array_id:08x}-{lun}");
+    let dir = t.stop();
+    lab.rbd(&["rm", "--no-progress", &image(&doomed)]);
+    let t = start(dir, backend);
+    let mut admin = t.admin();
+
+    let mut s = login_as(&t, GONE_IQN);
+    let _ = s.take_unit_attentions();
+    let reported = s.report_luns().unwrap();
+    assert!(
+        reported.contains(&n_kept) && reported.contains(&n_doomed),
+        "both LUNs reported: {reported:?}"
+    );
+    assert_eq!(
+        sense_of(s.read16(n_doomed, 0, 8, 512)),
+        NOT_READY_MANUAL_INTERVENTION,
+        "READ of the LUN whose image is gone"
+    );
+    assert_eq!(
+        sense_of(s.write16(n_doomed, 0, &[0x11; 4096], 512, false)),
+        NOT_READY_MANUAL_INTERVENTION,
+        "WRITE of the LUN whose image is gone"
+    );
+    assert_eq!(
+        sense_of(s.test_unit_ready(n_doomed)),
+        NOT_READY_MANUAL_INTERVENTION,
+        "TEST UNIT READY of the LUN whose image is gone"
+    );
+    let serial = t.identity(&doomed).serial;
+    let vpd80 = s.inquiry(n_doomed, Some(0x80)).unwrap();
+    assert_eq!(
+        &vpd80[4..],
+        serial.as_bytes(),
+        "its identity is still served"
+    );
+    assert_eq!(
+        s.read16(n_kept, 0, 8, 512).unwrap(),
+        vec![0x5a; 4096],
+        "the other LUN reads its bytes"
+    );
+    s.test_unit_ready(n_kept).unwrap();
+
+    let luns = luns_of(&t);
+    let missing: Vec<&str> = luns
+        .iter()
+        .filter(|l| l.volume_missing)
+        .map(|l| l.id.as_str())
+        .collect();
+    // (The source deleted in the step before is missing too.)
+    assert!(
+        missing.contains(&doomed.as_str()) && !missing.contains(&kept.as_str()),
+        "the LUN list says which: {missing:?}"
+    );
+    let r = t.admin().get(r::ADMIN_STATUS).unwrap();
+    expect_status(&r, 200);
+    let status: serde_json::Value = r.json().unwrap();
+    assert_eq!(status["health"]["state"], "critical", "{status}");
+    assert!(
+        status["health"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r
+                .as_str()
+                .unwrap()
+                .contains(&format!("LUN {doomed} (doomed) lost its volume"))),
+        "{status}"
+    );
+
+    // While the array runs: an image deleted before its LUN is mapped.
+    let late = create_lun(&mut admin, "late");
+    lab.rbd(&["rm", "--no-progress", &image(&late)]);
+    let n_late = map_to_g(&mut admin, &late);
+    let _ = s.take_unit_attentions();
+    let reported = s.report_luns().unwrap();
+    assert!(reported.contains(&n_late), "{reported:?}");
+    let _ = s.take_unit_attentions();
+    assert_eq!(
+        sense_of(s.read16(n_late, 0, 8, 512)),
+        NOT_READY_MANUAL_INTERVENTION
+    );
+
+    // The administrator deletes them: out of REPORT LUNS; the other LUN serves on.
+    for lun in [&doomed, &late] {
+        let r = admin
+            .request(
+                "DELETE",
+                &r::fill(r::ADMIN_UNMAP, &[("host", "g"), ("lun", lun)]),
+                None,
+            )
+            .unwrap();
+        assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+        let r = admin
+            .request("DELETE", &r::fill(r::ADMIN_LUN, &[("lun", lun)]), None)
+            .unwrap();
+        assert!(r.status < 300, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let _ = s.take_unit_attentions();
+    let reported = s.report_luns().unwrap();
+    assert_eq!(reported, vec![n_kept], "only the kept LUN is left");
+    let _ = s.take_unit_attentions();
+    assert_eq!(s.read16(n_kept, 0, 8, 512).unwrap(), vec![0x5a; 4096]);
+    let luns = luns_of(&t);
+    assert!(!luns.iter().any(|l| l.id == doomed || l.id == late));
+    assert!(luns.iter().any(|l| l.id == kept && !l.volume_missing));
+    drop(s);
+    eprintln!("  image deleted behind the array's back: NOT READY 02/04/03, other LUN served");
     t
 }
 

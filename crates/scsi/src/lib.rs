@@ -66,6 +66,11 @@ pub enum DeviceError {
     /// Any other failure: HARDWARE ERROR / INTERNAL TARGET FAILURE (44/00).
     #[error("I/O error: {0}")]
     Io(String),
+    /// The storage behind the logical unit is gone (its volume was deleted outside the
+    /// array) and does not come back by itself: NOT READY / LOGICAL UNIT NOT READY, MANUAL
+    /// INTERVENTION REQUIRED (02/04/03), for every command that reaches the medium.
+    #[error("the logical unit's storage is gone: {0}")]
+    Gone(String),
 }
 
 /// Storage behind a logical unit. Offsets and lengths are in bytes and are always multiples
@@ -91,6 +96,11 @@ pub trait BlockDevice: Send + Sync {
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError>;
     /// Makes every completed write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> Result<(), DeviceError>;
+    /// Whether the medium can be reached at all, for TEST UNIT READY: a device whose
+    /// storage is gone answers [`DeviceError::Gone`]. Default: ready.
+    fn ready(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// Deallocates a range (UNMAP, WRITE SAME with UNMAP); reads of it return zeros afterwards.
     fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         let _ = (offset, len);

@@ -367,7 +367,13 @@ impl LogicalUnit {
             data_out,
         };
         let (res, alloc): (Res, Option<u32>) = match *cdb {
-            Cdb::TestUnitReady => (Ok(Vec::new()), None),
+            Cdb::TestUnitReady => (
+                self.device
+                    .ready()
+                    .map(|()| Vec::new())
+                    .map_err(|e| Sense::from_device(&e, self.device.block_size()).into()),
+                None,
+            ),
             Cdb::Inquiry { evpd, page, alloc } => {
                 (exec::inquiry::inquiry(&ctx, evpd, page), Some(alloc))
             }

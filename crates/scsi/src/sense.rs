@@ -24,6 +24,7 @@ pub struct Asc(pub u8, pub u8);
 
 impl Asc {
     pub const NO_ADDITIONAL_SENSE: Self = Self(0x00, 0x00);
+    pub const LUN_NOT_READY_MANUAL_INTERVENTION_REQUIRED: Self = Self(0x04, 0x03);
     pub const WRITE_ERROR: Self = Self(0x0C, 0x00);
     pub const UNRECOVERED_READ_ERROR: Self = Self(0x11, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Self = Self(0x1D, 0x00);
@@ -135,6 +136,34 @@ impl Sense {
         Self::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE)
     }
 
+    /// NOT READY / LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED (02/04/03): the
+    /// storage behind the LU is gone (its RBD image or volume was deleted outside the array).
+    ///
+    /// Why this sense and not another:
+    /// - NOT READY is SPC-4's key for "the logical unit is not accessible", the whole unit
+    ///   rather than some blocks; ASCQ 03 says the condition does not clear by itself: an
+    ///   administrator has to restore or delete the LUN.
+    /// - MEDIUM ERROR (03/11/00, 03/0C/00), what tcmu-runner answers when a librbd call
+    ///   fails, names bad blocks: Windows' class driver logs a bad block (event 7) for each,
+    ///   and a file system may mark its clusters bad for good.
+    /// - ILLEGAL REQUEST / LOGICAL UNIT NOT SUPPORTED (05/25/00) is for a LUN the target
+    ///   does not have, yet the LUN stays in REPORT LUNS until it is deleted.
+    /// - BUSY, what tcmu-runner answers while it cannot open an image, is retried by hosts
+    ///   for as long as it lasts: here, forever.
+    /// - Among the other LOGICAL UNIT NOT READY qualifiers, "cause not reportable" (04/00)
+    ///   says nothing of why, "becoming ready" (04/01) is retried, and "initializing command
+    ///   required" (04/02) makes Windows' class driver send START STOP UNIT.
+    ///
+    /// Windows' class driver (classpnp, ClassInterpretSenseInfo) fails a request with 04/03
+    /// at once, without retries and without START STOP UNIT, as STATUS_NO_MEDIA_IN_DEVICE;
+    /// Linux's SCSI midlayer fails it at once too.
+    pub const fn storage_gone() -> Self {
+        Self::new(
+            key::NOT_READY,
+            Asc::LUN_NOT_READY_MANUAL_INTERVENTION_REQUIRED,
+        )
+    }
+
     /// ILLEGAL REQUEST / INVALID FIELD IN CDB with no field pointer: the command as a whole
     /// asks for more than the target allows (a transfer longer than its maximum).
     pub const fn invalid_cdb_field() -> Self {
@@ -192,6 +221,7 @@ impl Sense {
                 field: None,
             },
             DeviceError::Io(_) => Self::new(key::HARDWARE_ERROR, Asc::INTERNAL_TARGET_FAILURE),
+            DeviceError::Gone(_) => Self::storage_gone(),
         }
     }
 
@@ -267,6 +297,11 @@ mod tests {
         let pairs = [
             (DeviceError::NoSpace, key::DATA_PROTECT, Asc(0x27, 0x07)),
             (DeviceError::ReadOnly, key::DATA_PROTECT, Asc(0x27, 0x00)),
+            (
+                DeviceError::Gone("image deleted".into()),
+                key::NOT_READY,
+                Asc(0x04, 0x03),
+            ),
             (
                 DeviceError::OutOfRange,
                 key::ILLEGAL_REQUEST,

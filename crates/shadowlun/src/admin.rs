@@ -414,6 +414,11 @@ fn lun_rows(luns: &[LunRecord]) -> Vec<Vec<String>> {
                     .collect::<Vec<_>>()
                     .join(","),
                 copy_kind(l),
+                if l.volume_missing {
+                    "volume missing".into()
+                } else {
+                    "ok".into()
+                },
             ]
         })
         .collect()
@@ -429,7 +434,7 @@ fn copy_kind(l: &LunRecord) -> String {
     }
 }
 
-const LUN_HEADER: [&str; 8] = [
+const LUN_HEADER: [&str; 9] = [
     "ID",
     "NAME",
     "SIZE",
@@ -438,6 +443,7 @@ const LUN_HEADER: [&str; 8] = [
     "SNAPSHOT OF",
     "MAPPED",
     "COPY",
+    "STATE",
 ];
 
 fn print_luns(c: &Connection, luns: &[LunRecord]) -> anyhow::Result<()> {

@@ -45,6 +45,9 @@ pub struct RbdVolume {
 fn dev_err(e: rbd::Error) -> DeviceError {
     if e.is_no_space() {
         DeviceError::NoSpace
+    } else if e.is_not_found() {
+        // The image went away under an open handle: its LUN answers NOT READY (02/04/03).
+        DeviceError::Gone(e.to_string())
     } else {
         DeviceError::Io(e.to_string())
     }

@@ -107,6 +107,7 @@ pub(super) fn check_initiators(initiators: &[String]) -> Result<(), ArrayError> 
 impl Array {
     fn lun_record(&self, db: &Db, row: &LunRow) -> LunRecord {
         let ident = row.identity();
+        let volume = self.0.backend.volume(&row.id);
         LunRecord {
             id: row.id.clone(),
             name: row.name.clone(),
@@ -115,13 +116,9 @@ impl Array {
             naa: hex::encode(&ident.designators[0].value),
             snapshot_of: row.snapshot_of.clone(),
             mapped_to: db.mappings_of(&row.id),
-            allocated_bytes: self
-                .0
-                .backend
-                .volume(&row.id)
-                .map(|v| v.allocated_bytes)
-                .unwrap_or(0),
+            allocated_bytes: volume.as_ref().map_or(0, |v| v.allocated_bytes),
             plex: self.plex_status(row),
+            volume_missing: matches!(volume, Err(BackendError::NoVolume(_))),
         }
     }
 

@@ -49,8 +49,10 @@ use rows::{Db, Inner};
 /// What maps LUNs into the SCSI target: called with every mapping change, per initiator.
 pub trait Exporter: Send + Sync {
     /// Maps `lun` at `lun_number` for `initiator`. The exporter opens the LUN's volume itself,
-    /// through `storage`, when it does not serve the LUN yet; a volume that cannot be opened
-    /// is logged and left unmapped.
+    /// through `storage`, when it does not serve the LUN yet. A volume that is gone (deleted
+    /// outside the array) is still mapped: its LUN stays in REPORT LUNS and answers commands
+    /// that reach the medium with NOT READY until an administrator deletes it. A volume that
+    /// cannot be opened for another reason is logged and left unmapped.
     fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun, storage: &dyn Backend);
     fn unmap(&self, initiator: &str, lun_number: u64);
     /// A LUN's size changed: initiators that know it should hear CAPACITY DATA HAS CHANGED.
@@ -77,6 +79,8 @@ pub struct ExportedLun {
     pub target_ports: Vec<Designator>,
     /// The storage volume holding the LUN's blocks.
     pub volume: String,
+    /// The LUN's size as the array recorded it: what a LUN whose volume is gone reports.
+    pub size_bytes: u64,
 }
 
 /// An exporter that serves nothing (API-only arrays and tests).
@@ -260,6 +264,7 @@ impl Array {
             identity: row.identity(),
             target_ports: self.0.ports.clone(),
             volume: row.id.to_string(),
+            size_bytes: row.size_bytes,
         };
         for i in initiators {
             self.0.exporter.map(i, number, &e, self.0.backend.as_ref());

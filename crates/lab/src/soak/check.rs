@@ -332,6 +332,7 @@ mod tests {
             mapped_to: vec![],
             allocated_bytes: 0,
             plex: None,
+            volume_missing: false,
         }
     }
 
