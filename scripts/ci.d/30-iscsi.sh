@@ -175,4 +175,5 @@ done
 
 echo "== initiator against tgt"
 cargo test -q -p lab --test tgt_interop -- --ignored
+cargo test -q -p lab --test array_bench -- --ignored
 echo "iscsi referees passed"

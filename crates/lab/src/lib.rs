@@ -25,6 +25,8 @@
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
 //! - [`rbd_bench`]: the target on the rbd backend against tgt's rbd backing store and
 //!   `rbd bench`, and the backend's group commit latency.
+//! - [`array_bench`]: an engine LUN of the array daemon through its target, against a file
+//!   LUN on the same target and against tgt, with and without snapshots.
 //! - [`tgt`]: a `tgtd` process, the target benchmarks' baseline and the initiator's referee.
 //! - [`crashtest`]: the engine's crash workload (`blockstore-crashtest` kills it at random
 //!   points and checks what recovery kept).
@@ -36,6 +38,8 @@ pub mod relay;
 
 #[cfg(unix)]
 pub mod adapter;
+#[cfg(unix)]
+pub mod array_bench;
 #[cfg(unix)]
 pub mod crashtest;
 #[cfg(unix)]

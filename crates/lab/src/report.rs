@@ -49,6 +49,12 @@ pub struct Row {
     pub goal: Option<Goal>,
     /// Whether the ratio meets the goal; None without a goal or a baseline.
     pub met: Option<bool>,
+    /// Lowest and highest of the runs `value` is the median of, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<(f64, f64)>,
+    /// Lowest and highest of the runs `baseline` is the median of, when it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_range: Option<(f64, f64)>,
 }
 
 impl Row {
@@ -75,7 +81,20 @@ impl Row {
             ratio,
             goal,
             met,
+            range: None,
+            baseline_range: None,
         }
+    }
+
+    /// The same row with the lowest and highest run of its value and of its baseline.
+    pub fn with_ranges(
+        mut self,
+        range: Option<(f64, f64)>,
+        baseline_range: Option<(f64, f64)>,
+    ) -> Row {
+        self.range = range;
+        self.baseline_range = baseline_range;
+        self
     }
 }
 
@@ -108,23 +127,52 @@ impl fmt::Display for Report {
             .max()
             .unwrap_or(0)
             .max("measure".len());
+        let num = |v: f64| {
+            if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        let dash = || "-".to_string();
+        let span = |r: Option<(f64, f64)>| {
+            r.map(|(lo, hi)| format!("{}-{}", num(lo), num(hi)))
+                .unwrap_or_else(dash)
+        };
+        // Ranges get columns of their own only when some row has one.
+        let ranged = self
+            .rows
+            .iter()
+            .any(|r| r.range.is_some() || r.baseline_range.is_some());
+        let rw = self
+            .rows
+            .iter()
+            .flat_map(|r| [span(r.range).len(), span(r.baseline_range).len()])
+            .max()
+            .unwrap_or(0)
+            .max("baseline min-max".len());
+        let ranges = |a: &str, b: &str| {
+            if ranged {
+                format!(" {a:>rw$} {b:>rw$}")
+            } else {
+                String::new()
+            }
+        };
         writeln!(
             f,
-            "{:<w$} {:>12} {:>12} {:>9} {:>9} {:>4}  unit (baseline)",
-            "measure", "value", "baseline", "ratio", "goal", "met"
+            "{:<w$} {:>12} {:>12} {:>9} {:>9} {:>4}{}  unit (baseline)",
+            "measure",
+            "value",
+            "baseline",
+            "ratio",
+            "goal",
+            "met",
+            ranges("min-max", "baseline min-max")
         )?;
         for r in &self.rows {
-            let num = |v: f64| {
-                if v.abs() >= 100.0 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.2}")
-                }
-            };
-            let dash = || "-".to_string();
             writeln!(
                 f,
-                "{:<w$} {:>12} {:>12} {:>9} {:>9} {:>4}  {} ({})",
+                "{:<w$} {:>12} {:>12} {:>9} {:>9} {:>4}{}  {} ({})",
                 r.measure,
                 num(r.value),
                 r.baseline.map(num).unwrap_or_else(dash),
@@ -135,6 +183,7 @@ impl fmt::Display for Report {
                     Some(false) => "NO",
                     None => "-",
                 },
+                ranges(&span(r.range), &span(r.baseline_range)),
                 r.unit,
                 r.baseline_name
             )?;
@@ -238,5 +287,39 @@ mod tests {
         assert!(lines[2].contains(" NO "), "{text}");
         assert!(lines[3].contains(" yes "), "{text}");
         assert_eq!(lines[4], "note");
+        assert!(
+            !lines[1].contains("min-max"),
+            "no range column without ranges: {text}"
+        );
+    }
+
+    #[test]
+    fn ranges_get_columns_and_rows_without_one_show_a_dash() {
+        let report = Report {
+            title: "t".into(),
+            machine: "m".into(),
+            rows: vec![
+                Row::new("ranged", "IOPS", 150.0, "b", Some(100.0), None)
+                    .with_ranges(Some((120.0, 180.0)), Some((90.0, 110.0))),
+                Row::new("plain", "IOPS", 5.0, "b", Some(10.0), None),
+            ],
+            notes: vec![],
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("min-max") && lines[1].contains("baseline min-max"));
+        assert!(
+            lines[2].contains(" 120-180 ") && lines[2].contains(" 90.00-110 "),
+            "{text}"
+        );
+        assert!(lines[3].contains(" - "), "{text}");
+        let json = serde_json::to_value(&report.rows[0]).unwrap();
+        assert_eq!(json["range"], serde_json::json!([120.0, 180.0]));
+        assert!(
+            serde_json::to_value(&report.rows[1])
+                .unwrap()
+                .get("range")
+                .is_none()
+        );
     }
 }

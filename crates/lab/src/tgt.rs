@@ -157,6 +157,11 @@ impl Tgt {
         ])
     }
 
+    /// The tgtd process's id (for its CPU time in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn adm(&mut self, args: &[&str]) -> Result<(), TgtError> {
         let out = Command::new("tgtadm")
             .args(["-C", &self.control.to_string(), "--lld", "iscsi"])

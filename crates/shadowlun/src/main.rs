@@ -233,6 +233,33 @@ enum BenchCmd {
         #[arg(long)]
         no_tgt: bool,
     },
+    /// A LUN of the array daemon on its default backend, the embedded engine, through its own
+    /// iSCSI target: sequential and random reads and writes with no snapshot, right after a
+    /// snapshot and with 64 snapshots, against a file LUN on the same target and against tgt,
+    /// with the target's CPU time per GiB and per million I/Os.
+    Array {
+        /// Seconds per run (each contender runs every workload `--runs` times, alternating).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Runs per contender, workload and phase; the table shows the median and min-max.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Size of the LUN (and of the file the other contenders serve) in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Snapshots of the LUN in the last phase.
+        #[arg(long, default_value_t = 64)]
+        snapshots: usize,
+        /// Leave tgt out (its rows are then missing).
+        #[arg(long)]
+        no_tgt: bool,
+        /// Directory for the daemon's pool and the file (default: the temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Only the workloads whose name contains this ("random read"), e.g. to profile one.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// The provider against a real array: commit latency over HTTPS (64 vs 1 LUN) and a full
     /// creation cycle with surfacing over iSCSI.
     Vss,
@@ -334,6 +361,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     commits: commits.max(1),
                     with_tgt: !no_tgt,
                 })?,
+                BenchCmd::Array {
+                    seconds,
+                    runs,
+                    size_mib,
+                    snapshots,
+                    no_tgt,
+                    dir,
+                    only,
+                } => {
+                    let defaults = lab::array_bench::BenchOptions::default();
+                    lab::array_bench::run(&lab::array_bench::BenchOptions {
+                        dir: dir.unwrap_or(defaults.dir),
+                        size_mib: size_mib.max(16),
+                        duration: std::time::Duration::from_secs_f64(seconds.max(0.05)),
+                        runs: runs.max(1),
+                        snapshots,
+                        with_tgt: !no_tgt,
+                        only,
+                    })?
+                }
                 BenchCmd::Vss => lab::vss_bench::vss_end_to_end()?,
                 BenchCmd::Provider => lab::vss_bench::provider_core(),
             };
