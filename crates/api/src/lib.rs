@@ -328,6 +328,14 @@ pub struct CreateLun {
     pub size_bytes: u64,
 }
 
+/// `POST /v1/admin/sets`: the array takes a snapshot set of these LUNs now, holding their
+/// writes in the target across the commit (a crash-consistent copy at one instant, no VSS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeSet {
+    /// LUN ids or names, each once.
+    pub luns: Vec<String>,
+}
+
 /// `PATCH /v1/admin/luns/{lun}`: grow a LUN, rename it, or both; a field left out is left
 /// as it is. Neither changes what hosts see of the LUN's identity or its mappings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

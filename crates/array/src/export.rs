@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use api::LunId;
 
 use scsi::{BlockDevice, DeviceError, LogicalUnit, LuIdentity};
 use storage::{Backend, BackendError, LOGICAL_BLOCK_SIZE};
 
 use crate::metrics::{IoStats, MeteredDevice};
-use crate::state::{ExportedLun, Exporter};
+use crate::state::{ExportedLun, Exporter, Fence};
 
 /// The device of a LUN whose volume is gone: its identity and recorded size are still
 /// served (INQUIRY, READ CAPACITY, REPORT LUNS), and everything that reaches the medium
@@ -151,6 +154,25 @@ impl Exporter for ScsiExporter {
         if let Some(u) = units.get(lun).and_then(Weak::upgrade) {
             u.capacity_changed();
         }
+    }
+
+    fn fence_writes(&self, luns: &[LunId], drain: Duration) -> Result<Fence, scsi::FenceError> {
+        let served: Vec<Arc<LogicalUnit>> = {
+            let units = self.units.lock().expect("units lock");
+            let mut ids: Vec<&LunId> = luns.iter().collect();
+            ids.sort();
+            ids.dedup();
+            ids.iter()
+                .filter_map(|id| units.get(id.as_str()).and_then(Weak::upgrade))
+                .collect()
+        };
+        // One after another, in the order of the ids: each drain waits only for its own
+        // LU's writes, and a failed one drops the fences already up.
+        let mut fences = Vec::with_capacity(served.len());
+        for u in &served {
+            fences.push(u.fence_writes(drain)?);
+        }
+        Ok(Fence(fences))
     }
 
     fn forget_initiator(&self, initiator: &str) {

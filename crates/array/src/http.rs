@@ -292,7 +292,7 @@ pub fn router(array: Array) -> Router {
         .route(r::ADMIN_HOST_TOKEN, post(admin_rotate_token))
         .route(r::ADMIN_MAP, post(admin_map))
         .route(r::ADMIN_UNMAP, delete(admin_unmap))
-        .route(r::ADMIN_SETS, get(admin_sets))
+        .route(r::ADMIN_SETS, get(admin_sets).post(admin_take_set))
         .route(r::ADMIN_SET_ABORT, post(admin_set_abort))
         .route(r::ADMIN_SET, delete(admin_delete_set))
         .route(r::ADMIN_SNAPSHOTS, get(admin_snapshots))
@@ -668,6 +668,21 @@ async fn admin_sets(State(a): State<Array>, h: HeaderMap) -> ApiResult<Response>
     Ok(json(StatusCode::OK, &v))
 }
 
+async fn admin_take_set(
+    State(a): State<Array>,
+    h: HeaderMap,
+    b: Result<axum::Json<TakeSet>, JsonRejection>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_SETS)?;
+    let req = body(b)?;
+    let what = format!("POST {}", r::ADMIN_SETS);
+    let luns = req.luns.clone();
+    keyed(a, &h, what, &req, StatusCode::CREATED, move |a| {
+        a.admin_take_set(&luns)
+    })
+    .await
+}
+
 async fn admin_snapshots(State(a): State<Array>, h: HeaderMap) -> ApiResult<Response> {
     admin(&a, &h, r::ADMIN_SNAPSHOTS)?;
     let v = blocking(move || Ok(a.list_luns(true))).await?;
@@ -751,6 +766,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 40, "one operation per (route, method)");
+        assert_eq!(ops, 41, "one operation per (route, method)");
     }
 }

@@ -39,5 +39,5 @@ pub mod tls;
 pub use config::Config;
 pub use daemon::{RunningArray, private_files, serve, start, start_with};
 pub use error::{ArrayError, ConfigError, JournalError};
-pub use state::{Array, ExportedLun, Exporter, NoExport, Policy, Scope};
+pub use state::{Array, ExportedLun, Exporter, Fence, NoExport, Policy, Scope};
 pub use storage::{BackendConfig, BackendError, RbdConfig};

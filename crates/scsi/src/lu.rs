@@ -9,6 +9,7 @@ use vss::inquiry::Designator;
 
 use crate::cdb::{Access, Cdb};
 use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
+use crate::fence::WriteGate;
 use crate::sense::{Asc, FIXED_SENSE_LEN, Sense};
 use crate::{Device, Nexus, Outcome};
 
@@ -132,6 +133,8 @@ pub struct LogicalUnit {
     compare_and_write_seen: AtomicBool,
     write_protect: AtomicBool,
     wce: AtomicBool,
+    /// Every write passes it; a snapshot the array takes by itself fences it (`fence.rs`).
+    write_gate: WriteGate,
 }
 
 impl std::fmt::Debug for dyn crate::BlockDevice {
@@ -153,6 +156,7 @@ impl LogicalUnit {
             compare_and_write_seen: AtomicBool::new(false),
             write_protect: AtomicBool::new(false),
             wce: AtomicBool::new(true),
+            write_gate: WriteGate::default(),
         }
     }
 
@@ -198,6 +202,10 @@ impl LogicalUnit {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LuState> {
         self.state.lock().expect("LU state lock")
+    }
+
+    pub(crate) fn write_gate(&self) -> &WriteGate {
+        &self.write_gate
     }
 
     pub(crate) fn io_shared(&self) -> RwLockReadGuard<'_, ()> {

@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use api::{
     CreateHost, CreateLun, CreatedHost, HostRecord, LunRecord, MapLun, ReapReport, ReapRequest,
-    SetRecord, UpdateHost, UpdateLun, routes,
+    SetRecord, TakeSet, UpdateHost, UpdateLun, routes,
 };
 use clap::{Args, Subcommand};
 use provider::https::{Client, ClientConfig, ClientError};
@@ -369,6 +369,19 @@ pub enum SessionCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum SetCmd {
+    /// Take a snapshot set of LUNs now, without VSS: the target holds the LUNs' writes while
+    /// the array snapshots them, so every snapshot LUN holds exactly the writes acknowledged
+    /// before that instant (a crash-consistent copy across the LUNs, as after a power cut;
+    /// applications are not asked to flush: use VSS for application-consistent copies).
+    /// Hosts see I/O pause for the commit, normally well under a second. The set belongs to
+    /// the administrator (host `admin` in `set list`); map its snapshot LUNs to a host with
+    /// `host map`, copy one back with `snapshot resync`, remove it with `set delete`.
+    /// Example: `shadowlun set create sql-data sql-log`.
+    Create {
+        /// LUNs (ids or names), each once.
+        #[arg(required = true)]
+        luns: Vec<String>,
+    },
     /// List snapshot sets of every host.
     List {
         /// Only transportable sets, with whether a host imported them and their age: the
@@ -719,6 +732,47 @@ pub fn snapshot(c: &Connection, cmd: SnapshotCmd) -> anyhow::Result<()> {
     }
 }
 
+/// How `set list` names a set's owner: the host, or `admin` for a set the array took by
+/// itself (`set create`; the API spells that owner `*admin*`).
+fn set_owner(host: &str) -> String {
+    if host == "*admin*" {
+        "admin".into()
+    } else {
+        host.into()
+    }
+}
+
+fn print_sets(sets: &[SetRecord]) {
+    let rows: Vec<Vec<String>> = sets
+        .iter()
+        .map(|s| {
+            vec![
+                s.set_id.to_string(),
+                set_owner(&s.host),
+                format!("{:?}", s.state).to_lowercase(),
+                s.context.to_string(),
+                if s.reserved_bytes > 0 {
+                    size(s.reserved_bytes)
+                } else {
+                    "-".into()
+                },
+                s.snapshots
+                    .iter()
+                    .map(|m| {
+                        let gone = if m.deleted { " (deleted)" } else { "" };
+                        format!("{}→{}{gone}", m.source, m.lun)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    output::table(
+        &["SET", "HOST", "STATE", "CONTEXT", "RESERVED", "SNAPSHOTS"],
+        &rows,
+    );
+}
+
 /// Transportable sets: whether imported, and how old.
 fn print_transportable(sets: &[SetRecord]) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
@@ -731,7 +785,7 @@ fn print_transportable(sets: &[SetRecord]) -> anyhow::Result<()> {
             let live = s.snapshots.iter().filter(|m| !m.deleted).count();
             vec![
                 s.set_id.to_string(),
-                s.host.clone(),
+                set_owner(&s.host),
                 format!("{:?}", s.state).to_lowercase(),
                 if s.imported_at.is_some() { "yes" } else { "no" }.into(),
                 human_age(now.saturating_sub(s.created_at)),
@@ -770,34 +824,21 @@ pub fn set(c: &Connection, cmd: SetCmd) -> anyhow::Result<()> {
             if transportable {
                 return print_transportable(&sets);
             }
-            let rows: Vec<Vec<String>> = sets
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.set_id.to_string(),
-                        s.host.clone(),
-                        format!("{:?}", s.state).to_lowercase(),
-                        s.context.to_string(),
-                        if s.reserved_bytes > 0 {
-                            size(s.reserved_bytes)
-                        } else {
-                            "-".into()
-                        },
-                        s.snapshots
-                            .iter()
-                            .map(|m| {
-                                let gone = if m.deleted { " (deleted)" } else { "" };
-                                format!("{}→{}{gone}", m.source, m.lun)
-                            })
-                            .collect::<Vec<_>>()
-                            .join(","),
-                    ]
-                })
-                .collect();
-            output::table(
-                &["SET", "HOST", "STATE", "CONTEXT", "RESERVED", "SNAPSHOTS"],
-                &rows,
-            );
+            print_sets(&sets);
+            Ok(())
+        }
+        SetCmd::Create { luns } => {
+            let s: SetRecord = api
+                .post_keyed(
+                    routes::ADMIN_SETS,
+                    Some(&TakeSet { luns }),
+                    &idempotency_key(),
+                )
+                .map_err(explain)?;
+            if c.json {
+                return output::json(&s);
+            }
+            print_sets(std::slice::from_ref(&s));
             Ok(())
         }
         SetCmd::Delete { set, force } => {

@@ -203,3 +203,40 @@ fn a_plex_copy_becomes_independent_and_its_original_can_then_be_deleted() {
         .collect();
     assert_eq!(ids, [lun.as_str()], "only the plex copy is left");
 }
+
+#[test]
+fn an_administrator_takes_a_set_with_the_cli() {
+    let pool = common::Pool::new("admin-set");
+    let d = common::start(&pool.0);
+    d.json(&["lun", "create", "data", "8MiB"]);
+    d.json(&["lun", "create", "log", "8MiB"]);
+    // Refusals in the admin's words, with the CLI's exit codes: not found 3, usage 2.
+    let (code, err) = d.fails(&["set", "create", "data", "nosuch"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("nosuch"), "{err}");
+    let (code, err) = d.fails(&["set", "create", "data", "lun-1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("twice"), "{err}");
+    let (code, _) = d.fails(&["set", "create"]);
+    assert_eq!(code, 2);
+    assert!(sets(&d).is_empty(), "a refusal left a set");
+
+    let set = d.json(&["set", "create", "data", "log"]);
+    assert_eq!(set["host"], "*admin*");
+    assert_eq!(set["state"], "completed");
+    let members = set["snapshots"].as_array().unwrap();
+    let sources: Vec<&str> = members
+        .iter()
+        .map(|m| m["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["lun-1", "lun-2"]);
+    let table = d.text(&["set", "list"]);
+    assert!(table.contains(" admin "), "{table}");
+    // Its snapshot LUNs are the array's like any other: listed, then deleted with the set.
+    let snaps = d.json(&["snapshot", "list"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "{snaps}");
+    d.text(&["set", "delete", set["set_id"].as_str().unwrap()]);
+    assert!(sets(&d).is_empty());
+    let snaps = d.json(&["snapshot", "list"]);
+    assert!(snaps.as_array().unwrap().is_empty(), "{snaps}");
+}

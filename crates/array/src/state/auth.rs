@@ -19,7 +19,7 @@ pub enum Scope {
 
 /// How the journal spells [`Scope::Admin`] where it records who started a job. It can never
 /// be a host's name (host names are `[A-Za-z0-9._-]`).
-const ADMIN_IN_JOURNAL: &str = "*admin*";
+pub(super) const ADMIN_IN_JOURNAL: &str = "*admin*";
 
 impl Scope {
     /// The scope of the host `name`.

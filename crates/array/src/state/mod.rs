@@ -10,6 +10,7 @@
 //! This module opens the array and keeps the SCSI target's mappings in step with the rows.
 
 mod admin;
+mod admin_sets;
 mod auth;
 mod host_changes;
 mod idempotency;
@@ -31,6 +32,7 @@ use vss::identity::{ArrayId, LunIdentity};
 use vss::inquiry::Designator;
 
 pub use admin::valid_iqn;
+pub use admin_sets::FENCE_DRAIN;
 pub use auth::{Scope, new_token, token_hash};
 pub use idempotency::{
     IdemRow, KEEP_SECS as IDEMPOTENCY_KEEP_SECS, Keyed, MAX_KEYS as IDEMPOTENCY_MAX_KEYS,
@@ -69,7 +71,20 @@ pub trait Exporter: Send + Sync {
     fn forget_initiator(&self, initiator: &str) {
         let _ = initiator;
     }
+    /// Holds new writes to these LUNs until the returned fence is dropped, once the writes
+    /// in flight are done (at most `drain`); reads go on. For a snapshot set the array takes
+    /// by itself, where no VSS holds the applications' writes (`scsi::WriteFence`). An
+    /// exporter that serves nothing has nothing to hold.
+    fn fence_writes(&self, luns: &[LunId], drain: Duration) -> Result<Fence, scsi::FenceError> {
+        let _ = (luns, drain);
+        Ok(Fence::default())
+    }
 }
+
+/// Writes held on some LUNs until this is dropped ([`Exporter::fence_writes`]).
+#[derive(Debug, Default)]
+#[must_use = "the fence ends when this is dropped"]
+pub struct Fence(pub Vec<scsi::WriteFence>);
 
 /// A LUN as the SCSI target serves it: what it is, not the open volume.
 pub struct ExportedLun {

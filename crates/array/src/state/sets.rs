@@ -8,7 +8,7 @@ use storage::BackendError;
 use vss::identity::LunIdentity;
 use vss::{SnapshotContext, VolumeSnapshotAttributes, VssId};
 
-use super::auth::not_visible;
+use super::auth::{ADMIN_IN_JOURNAL, not_visible};
 use super::rows::{Db, Inner, LunRow, LunState, MemberRow, PlexRow, Record, SetRow, lun_id};
 use super::{Array, MAX_LUN_NUMBER, Scope};
 use crate::error::ArrayError;
@@ -94,7 +94,7 @@ impl Array {
                 .luns
                 .get(&s.source)
                 .is_some_and(|l| l.state != LunState::Prepared)
-                && db.visible_to(host, &s.source);
+                && (host == ADMIN_IN_JOURNAL || db.visible_to(host, &s.source));
             if !ok {
                 return Err(not_visible(host, &s.source));
             }
@@ -254,6 +254,19 @@ impl Array {
     /// (the writable clones are made after it). Committed or completed: success and no second
     /// snapshot. Aborted: 409; a source deleted since prepare: 409.
     pub fn commit(&self, host: &str, set_id: VssId) -> Result<(), ArrayError> {
+        self.commit_as(host, set_id, None)
+    }
+
+    /// [`Array::commit`]; with `fence`, the target first holds new writes to the set's
+    /// sources and waits (at most that long) for the writes in flight, and lets them go on
+    /// once the snapshots are taken: a set the array takes by itself, with no VSS holding
+    /// writes upstream (`admin_sets.rs`).
+    pub(super) fn commit_as(
+        &self,
+        host: &str,
+        set_id: VssId,
+        fence: Option<std::time::Duration>,
+    ) -> Result<(), ArrayError> {
         let mut inner = self.lock();
         let set = Self::own_set(&inner.db, host, set_id)?.clone();
         match set.state {
@@ -277,11 +290,28 @@ impl Array {
             .collect();
         let plex = set.context.contains(VolumeSnapshotAttributes::PLEX);
         let t0 = std::time::Instant::now();
+        // Under the array's lock: no LUN is mapped (and so served) while the fence goes up.
+        let held = match fence {
+            Some(drain) => {
+                let sources: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
+                Some(self.0.exporter.fence_writes(&sources, drain).map_err(|e| {
+                    self.0.metrics.set(SetOutcome::Failed);
+                    ArrayError::Conflict(format!(
+                        "Writes to the set's LUNs could not be held: {e}; try again."
+                    ))
+                })?)
+            }
+            None => None,
+        };
         let taken = if pairs.is_empty() {
             Ok(()) // an empty set commits with nothing to snapshot
         } else {
             self.0.backend.snapshot_group(&pairs)
         };
+        let fenced_us = held.map(|f| {
+            drop(f);
+            t0.elapsed().as_micros() as u64
+        });
         if let Err(e) = taken {
             self.0.metrics.set(SetOutcome::Failed);
             return Err(match e {
@@ -316,7 +346,7 @@ impl Array {
         }
         self.0.metrics.commit_duration.observe(t0.elapsed());
         self.0.metrics.set(SetOutcome::Committed);
-        tracing::info!(%set_id, host, luns = pairs.len(), elapsed_us = t0.elapsed().as_micros() as u64, "set committed");
+        tracing::info!(%set_id, host, luns = pairs.len(), elapsed_us = t0.elapsed().as_micros() as u64, ?fenced_us, "set committed");
         drop(inner);
         // Engines that clone lazily get the writable clones made now, off the commit path;
         // plex copies are then made independent.

@@ -88,6 +88,7 @@ pub(crate) fn write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool, len_at: u16
     let (off, len) = range(ctx, lba, blocks, len_at)?;
     let d = received(ctx, len);
     writable(ctx)?;
+    let _w = ctx.lu.write_gate().pass();
     if !d.is_empty() {
         let fua = fua || !ctx.lu.write_cache_enabled();
         let _g = ctx.lu.io_shared();
@@ -104,6 +105,7 @@ pub(crate) fn write_and_verify(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16
     let (off, len) = range(ctx, lba, blocks, len_at)?;
     let d = received(ctx, len);
     writable(ctx)?;
+    let _w = ctx.lu.write_gate().pass();
     if d.is_empty() {
         return Ok(Vec::new());
     }
@@ -162,6 +164,7 @@ pub(crate) fn compare_and_write(ctx: &Ctx<'_>, lba: u64, blocks: u32, fua: bool)
         return Ok(Vec::new());
     }
     writable(ctx)?;
+    let _w = ctx.lu.write_gate().pass();
     let (verify, new) = d.split_at(len);
     let dev = ctx.lu.device();
     let _g = ctx.lu.io_exclusive();
@@ -207,6 +210,7 @@ pub(crate) fn write_same(
         exact(ctx, bs as usize, len_at)?
     };
     writable(ctx)?;
+    let _w = ctx.lu.write_gate().pass();
     let off = lba * u64::from(bs);
     let total = u64::from(blocks) * u64::from(bs);
     let _g = ctx.lu.io_shared();
@@ -276,6 +280,7 @@ pub(crate) fn unmap(ctx: &Ctx<'_>, len: u32) -> Res {
         ranges.push((lba, n));
     }
     writable(ctx)?;
+    let _w = ctx.lu.write_gate().pass();
     let _g = ctx.lu.io_shared();
     for (lba, n) in ranges {
         if n > 0 {
