@@ -57,6 +57,11 @@ impl BlockDevice for EngineDevice {
     fn thin_provisioned(&self) -> bool {
         true
     }
+    /// Reads whose blocks are in the page cache run on the transport's thread; the others,
+    /// and every write, on its pool (a write may wait for the pool's metadata lock).
+    fn cached(&self, offset: u64, len: usize) -> bool {
+        self.vol.cached(offset, len)
+    }
     fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
         self.vol.mapping_status(offset).map_err(dev_err)
     }

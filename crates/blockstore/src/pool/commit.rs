@@ -171,6 +171,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the data file's byte at `at` is in the page cache: a one-byte
+    /// `preadv2(RWF_NOWAIT)`, which fails instead of waiting for storage. False where the
+    /// file system cannot tell without waiting.
+    pub(crate) fn resident(&self, at: u64) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            rustix::io::preadv2(
+                &self.data,
+                &mut [std::io::IoSliceMut::new(&mut byte)],
+                at,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ),
+            Ok(1)
+        )
+    }
+
     /// Writes to the data file and marks it dirty.
     pub(crate) fn write_data(&self, buf: &[u8], at: u64) -> std::io::Result<()> {
         let r = self.data.write_all_at(buf, at);

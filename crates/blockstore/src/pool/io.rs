@@ -172,6 +172,42 @@ impl Volume {
         Ok(())
     }
 
+    /// Whether the `len` bytes at `offset` can be read now without waiting for storage: the
+    /// blocks they map to are in the page cache, or read as zeros. A hint for a transport
+    /// that runs quick reads on its own thread; the answer may be stale by the time the read
+    /// runs (which is then still correct, only slower). Probes the first and the last byte
+    /// with a one-byte `preadv2(RWF_NOWAIT)`. False when the metadata is busy (a pool
+    /// operation holds it) or the file system cannot answer without waiting.
+    pub fn cached(&self, offset: u64, len: usize) -> bool {
+        let Ok(st) = self.inner.state.try_read() else {
+            return false;
+        };
+        let Ok(v) = self.meta(&st) else {
+            return true; // fails at once
+        };
+        let root = v.root;
+        let end = match offset.checked_add(len as u64) {
+            Some(e) if len > 0 && e <= v.size => e,
+            _ => return true, // out of range or empty: fails or ends at once
+        };
+        let place = |pos: u64| {
+            let (e, _) = st.lookup(root, (pos / CHUNK_SIZE) as u32);
+            match e.source((pos % CHUNK_SIZE) / MASK_BLOCK_SIZE) {
+                Source::Zero => None,
+                Source::Chunk(c) => Some(c as u64 * CHUNK_SIZE + pos % CHUNK_SIZE),
+            }
+        };
+        let (first, last) = (place(offset), place(end - 1));
+        drop(st);
+        let same_page = |a: u64, b: u64| a / 4096 == b / 4096;
+        match (first, last) {
+            (Some(a), Some(b)) if same_page(a, b) => self.inner.resident(a),
+            (a, b) => {
+                a.is_none_or(|a| self.inner.resident(a)) && b.is_none_or(|b| self.inner.resident(b))
+            }
+        }
+    }
+
     /// Writes `data` at `offset`. With `fua`, the data is durable when this returns.
     pub fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         if data.is_empty() {
