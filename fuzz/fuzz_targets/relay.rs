@@ -12,11 +12,12 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lab::memory_array::MemoryArray;
 use lab::relay::{Call, serve};
 use libfuzzer_sys::fuzz_target;
-use provider::{HardwareProvider, ShadowlunProvider};
+use provider::{HardwareProvider, ProviderConfig, ShadowlunProvider};
 use shadowlun_fuzz::{seed_dir, write_seed};
 use vss::{BusType, HardwareOptions, LunInfo, SnapshotContext, VssId};
 
@@ -57,6 +58,16 @@ impl Write for Sink {
     }
 }
 
+/// The provider's defaults, but a resync job polled every millisecond rather than every 50:
+/// the memory array finishes a resync at once, and a 50 ms sleep per `ResyncLuns` call would
+/// hold the fuzzer to a few hundred inputs a second.
+fn config() -> ProviderConfig {
+    ProviderConfig {
+        resync_poll: Duration::from_millis(1),
+        ..ProviderConfig::default()
+    }
+}
+
 thread_local! {
     static RIG: RefCell<Option<Rig>> = const { RefCell::new(None) };
 }
@@ -69,8 +80,11 @@ fn run(input: &[u8]) {
         }
         let rig = slot.as_mut().unwrap();
         rig.served += 1;
-        let provider: Arc<dyn HardwareProvider> =
-            Arc::new(ShadowlunProvider::new(rig.array.client(IQN)));
+        let provider: Arc<dyn HardwareProvider> = Arc::new(ShadowlunProvider::with_config(
+            rig.array.client(IQN),
+            config(),
+            Arc::new(provider::TracingEvents),
+        ));
         let out = Sink::default();
         serve(provider, input, out.clone(), || {}).expect("the relay ends cleanly");
         let asked = input
