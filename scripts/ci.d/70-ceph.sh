@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ceph (about 11 minutes on two cores with a warm build): installs Ceph, starts a throwaway
+# Ceph (about 13 minutes on two cores with a warm build): installs Ceph, starts a throwaway
 # single-node cluster (scripts/ceph-lab) and runs on it:
 #  1. the rbd crate's tests (librbd through the project's own layer, the rbd CLI as witness);
 #  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
@@ -14,6 +14,10 @@
 #     a missing pool and an unreachable cluster at start;
 #  5. the daemon killed with SIGKILL on rbd (crates/array/tests/crash.rs): between every set
 #     step, and during a burst of commits at three sampled points, then restarted;
+#  5b. sets the array takes by itself (crates/array/tests/admin_sets.rs): the target fences
+#     writes so a set across two images is one instant; and a full pool on a lab cluster of
+#     the test's own (crates/array/tests/rbd_full.rs): 07/27/07 for a durable write, no-space
+#     for a new LUN and for a start that must write, writes on again once there is room;
 #  6. the demo as a user runs it, `shadowlun demo --backend rbd`, a process on this cluster
 #     (crates/shadowlun/tests/demo_rbd.rs): every check passes, `rbd ls` then shows none of
 #     its images and an image made before it; and a demo that started its own cluster,
@@ -39,7 +43,7 @@ cargo build -q -p array --example serve
 cargo build -q -p shadowlun
 cargo test -q -p rbd --no-run
 cargo test -q -p storage --test rbd --no-run
-cargo test -q -p array --test rbd --test crash --no-run
+cargo test -q -p array --test rbd --test crash --test admin_sets --test rbd_full --no-run
 cargo test -q -p shadowlun --test demo_rbd --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
@@ -117,6 +121,10 @@ echo "== the array on rbd: write cache, flushes, a deleted source or mapped LUN 
 cargo test -q -p array --test rbd
 echo "== kill -9 of the daemon on rbd"
 cargo test -q -p array --test crash -- on_rbd
+echo "== sets the array takes by itself on rbd: writes fenced in the target, one instant across images"
+cargo test -q -p array --test admin_sets -- on_rbd
+echo "== a full pool on a lab of the test's own: no space, with the reason"
+cargo test -q -p array --test rbd_full
 
 echo "== the demo on rbd"
 t0=$(date +%s)

@@ -133,6 +133,79 @@ impl Cluster {
         })
     }
 
+    /// Runs a monitor command (JSON, as the `ceph` CLI sends it, e.g.
+    /// `{"prefix":"osd dump","format":"json"}`) and returns what it printed. Monitors answer
+    /// even when the OSDs hold every write (a full cluster).
+    pub fn mon_command(&self, cmd: &str) -> Result<Vec<u8>> {
+        let c = cstr(cmd)?;
+        let mut cmds = [c.as_ptr()];
+        let (mut out, mut out_len) = (ptr::null_mut(), 0usize);
+        let (mut status, mut status_len) = (ptr::null_mut(), 0usize);
+        // SAFETY: the handle is live; `cmds` holds one NUL-terminated string that outlives
+        // the call; no input buffer; the four out-pointers are valid. librados allocates the
+        // output buffers, freed below with rados_buffer_free.
+        let r = unsafe {
+            (self.api.rados_mon_command)(
+                self.handle,
+                cmds.as_mut_ptr(),
+                1,
+                ptr::null(),
+                0,
+                &mut out,
+                &mut out_len,
+                &mut status,
+                &mut status_len,
+            )
+        };
+        let take = |p: *mut c_char, len: usize| -> Vec<u8> {
+            if p.is_null() {
+                return Vec::new();
+            }
+            // SAFETY: librados set `p` to a buffer of `len` bytes it allocated.
+            let v = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) }.to_vec();
+            // SAFETY: `p` came from librados and is freed once, here.
+            unsafe { (self.api.rados_buffer_free)(p) };
+            v
+        };
+        let out = take(out, out_len);
+        let status = take(status, status_len);
+        check(r.into(), || {
+            format!(
+                "monitor command {cmd}: {}",
+                String::from_utf8_lossy(&status).trim()
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// Why the cluster holds writes to `pool`, if it does: the pool over its quota, or an
+    /// OSD it uses past the cluster's full ratio (librados then holds such writes until they
+    /// time out instead of failing them). From the OSD map's pool flags.
+    pub fn pool_full(&self, pool: &str) -> Result<Option<String>> {
+        let out = self.mon_command(r#"{"prefix":"osd dump","format":"json"}"#)?;
+        let map: serde_json::Value = serde_json::from_slice(&out).map_err(|e| Error::Call {
+            op: format!("reading the OSD map: {e}"),
+            errno: crate::EIO,
+        })?;
+        let flags = map["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["pool_name"] == pool)
+            .and_then(|p| p["flags_names"].as_str())
+            .unwrap_or("");
+        let flags: Vec<&str> = flags.split(',').collect();
+        Ok(if flags.contains(&"full_quota") {
+            Some(format!("Ceph pool {pool} is over its quota"))
+        } else if flags.contains(&"full") {
+            Some(format!(
+                "Ceph pool {pool} is full: an OSD it uses reached the cluster's full ratio"
+            ))
+        } else {
+            None
+        })
+    }
+
     /// A handle on `pool`, in RADOS namespace `namespace` ("" for the pool's default one).
     /// RBD namespaces other than the default must exist ([`Pool::create_namespace`]) before
     /// images are made in them.

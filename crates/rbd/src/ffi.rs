@@ -134,6 +134,8 @@ api! {
     rados_connect: fn(Rados) -> c_int;
     rados_shutdown: fn(Rados);
     rados_cluster_stat: fn(Rados, *mut ClusterStat) -> c_int;
+    rados_mon_command: fn(Rados, *mut *const c_char, usize, *const c_char, usize, *mut *mut c_char, *mut usize, *mut *mut c_char, *mut usize) -> c_int;
+    rados_buffer_free: fn(*mut c_char);
     rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
     rados_ioctx_destroy: fn(IoCtx);
     rados_ioctx_set_namespace: fn(IoCtx, *const c_char);

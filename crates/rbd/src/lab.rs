@@ -35,6 +35,13 @@ impl Lab {
                 owned: None,
             });
         }
+        Self::own()
+    }
+
+    /// A new lab of this process's own, whatever `CEPH_CONF` names: for a test that changes
+    /// the whole cluster (fills it, say), which a shared cluster's other users must not see.
+    /// `None` as for [`Lab::get`].
+    pub fn own() -> Option<Lab> {
         let missing: Vec<&str> = ["ceph-mon", "ceph-osd", "ceph", "rbd"]
             .into_iter()
             .filter(|t| !installed(t))

@@ -81,6 +81,17 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         self.errno() == Some(ETIMEDOUT)
     }
+    /// The same failure, reported as no space: `why` says what is full. For a call that
+    /// timed out because the cluster holds writes to a full pool (`Cluster::pool_full`).
+    pub fn into_full(self, why: &str) -> Error {
+        Error::Call {
+            op: match self {
+                Error::Call { op, .. } => format!("{op}: {why}"),
+                other => format!("{other}: {why}"),
+            },
+            errno: ENOSPC,
+        }
+    }
     /// A [`Image::diff`] callback asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.errno() == Some(ECANCELED)

@@ -53,6 +53,27 @@ fn dev_err(e: rbd::Error) -> DeviceError {
     }
 }
 
+/// `e`, or no space when it is a timeout of a call that wrote to a pool the cluster holds
+/// writes to: librados holds writes to a full pool (an OSD past the full ratio, or the pool
+/// over its quota) until they time out rather than failing them, so a timeout alone would be
+/// reported as an I/O error, and a start, a commit or a write as the wrong fault.
+fn full_or(pool: &Pool, e: rbd::Error) -> rbd::Error {
+    if !e.is_timeout() {
+        return e;
+    }
+    match pool.cluster().pool_full(pool.name()) {
+        Ok(Some(why)) => {
+            tracing::warn!(pool = pool.name(), %why, error = %e, "a call timed out on a full pool");
+            e.into_full(&why)
+        }
+        Ok(None) => e,
+        Err(check) => {
+            tracing::debug!(error = %check, "could not read the pool's flags after a timeout");
+            e
+        }
+    }
+}
+
 impl RbdVolume {
     fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         let size = self.image.size().map_err(dev_err)?;
@@ -84,18 +105,23 @@ impl BlockDevice for RbdVolume {
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         self.check(offset, data.len() as u64)?;
-        self.image.write(offset, data).map_err(dev_err)?;
+        let full = |e| dev_err(full_or(self.image.pool(), e));
+        self.image.write(offset, data).map_err(full)?;
         if fua {
-            self.image.flush().map_err(dev_err)?;
+            self.image.flush().map_err(full)?;
         }
         Ok(())
     }
     fn flush(&self) -> Result<(), DeviceError> {
-        self.image.flush().map_err(dev_err)
+        self.image
+            .flush()
+            .map_err(|e| dev_err(full_or(self.image.pool(), e)))
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         self.check(offset, len)?;
-        self.image.discard(offset, len).map_err(dev_err)
+        self.image
+            .discard(offset, len)
+            .map_err(|e| dev_err(full_or(self.image.pool(), e)))
     }
     fn thin_provisioned(&self) -> bool {
         true
@@ -124,7 +150,10 @@ impl RbdBackend {
     /// default: longer than VSS holds writes for a commit).
     pub fn new(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
         pool.create_namespace()
-            .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
+            .map_err(|e| match full_or(&pool, e) {
+                e if e.is_no_space() => BackendError::NoSpace(Cause::Rbd(e)),
+                e => BackendError::Io(Cause::Rbd(e)),
+            })?;
         let b = RbdBackend {
             pool,
             prefix: format!("sl-{array_id:08x}-"),
@@ -396,7 +425,7 @@ impl Backend for RbdBackend {
     fn create_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
         self.pool
             .create(&self.image_name(name), size_bytes, None)
-            .map_err(|e| err(name, e))
+            .map_err(|e| err(name, full_or(&self.pool, e)))
     }
 
     fn delete_volume(&self, name: &str) -> Result<(), BackendError> {
@@ -562,7 +591,7 @@ impl Backend for RbdBackend {
                 Err(e) if e.is_exists() => {
                     failed = failed.or(Some(BackendError::Exists(clone.clone())))
                 }
-                Err(e) => failed = failed.or(Some(err(src, e))),
+                Err(e) => failed = failed.or(Some(err(src, full_or(&self.pool, e)))),
             }
         }
         if let Some(e) = failed {
