@@ -100,12 +100,19 @@ fn an_interrupted_demo_stops_the_cluster_it_started() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Every line is read until the demo ends: a pipe closed early would end the demo with
+    // EPIPE on its next line instead of letting the interrupt end it.
     let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let mut cluster_dir: Option<PathBuf> = None;
     let mut array_dir: Option<PathBuf> = None;
     let mut seen = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(300)) {
         seen.push(line.clone());
         if let Some(rest) = line.strip_prefix("Ceph        throwaway cluster in ") {
             let dir = rest.split(", ready").next().unwrap();
@@ -140,6 +147,7 @@ fn an_interrupted_demo_stops_the_cluster_it_started() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    reader.join().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
