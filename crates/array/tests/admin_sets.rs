@@ -66,20 +66,6 @@ fn seq_of(b: &[u8]) -> u64 {
     v
 }
 
-fn create_lun(admin: &mut Client, name: &str) -> String {
-    let r = admin
-        .post(
-            r::ADMIN_LUNS,
-            &CreateLun {
-                name: name.into(),
-                size_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
-    r.json::<LunRecord>().unwrap().id
-}
-
 fn map(admin: &mut Client, host: &str, lun: &str) -> u64 {
     let r = admin
         .post(

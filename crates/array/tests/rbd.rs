@@ -307,20 +307,6 @@ fn a_source_deleted_behind_the_arrays_back(
 
 const GONE_IQN: &str = "iqn.1991-05.com.microsoft:rbd-gone";
 
-fn create_lun(admin: &mut array::client::Client, name: &str) -> String {
-    let r = admin
-        .post(
-            r::ADMIN_LUNS,
-            &CreateLun {
-                name: name.into(),
-                size_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
-    r.json::<LunRecord>().unwrap().id
-}
-
 /// Maps `lun` to host `g`; returns the LUN number its initiator sees.
 fn map_to_g(admin: &mut array::client::Client, lun: &str) -> u64 {
     let r = admin

@@ -111,6 +111,21 @@ pub fn expect_status(r: &Response, status: u16) {
     );
 }
 
+/// Creates a 1 MiB LUN named `name`; returns its id.
+pub fn create_lun(admin: &mut Client, name: &str) -> String {
+    let r = admin
+        .post(
+            api::routes::ADMIN_LUNS,
+            &api::CreateLun {
+                name: name.into(),
+                size_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+    expect_status(&r, 201);
+    r.json::<api::LunRecord>().unwrap().id
+}
+
 /// Creates a LUN, a host with one initiator, maps it; returns (lun id, host token).
 pub fn lun_for_host(admin: &mut Client, lun: &str, host: &str, iqn: &str) -> (String, String) {
     let r = admin
