@@ -346,6 +346,9 @@ fn write_seeds() {
                     shared: true,
                 })),
                 ("POST", r::ADMIN_REAP) => Some(json(&ReapRequest { dry_run: true })),
+                ("POST", r::ADMIN_SETS) => Some(json(&TakeSet {
+                    luns: vec!["la".into()],
+                })),
                 _ => None,
             };
             if method == "DELETE" && route == r::ADMIN_HOST {
@@ -378,7 +381,7 @@ fn write_seeds() {
     }
     // A new operation lands here with no body: give it one above if it takes one, then
     // count it.
-    assert_eq!(n, 40, "one seed per operation of the OpenAPI document");
+    assert_eq!(n, 41, "one seed per operation of the OpenAPI document");
     for (name, seed) in [
         ("no-token", format!("GET {}\n\n\n\n", r::ADMIN_LUNS)),
         ("host-on-admin", format!("GET {}\nb\n\n\n", r::ADMIN_HOSTS)),
