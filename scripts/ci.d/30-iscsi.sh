@@ -49,7 +49,7 @@ only0=iqn.2026-01.org.shadowlun:only-lun0
 nobody=iqn.2026-01.org.shadowlun:nobody
 qemu=iqn.2026-01.org.shadowlun:qemu
 
-"$bin" --portal "127.0.0.1:$port" --target "$tgt_name" --serial-prefix CI \
+"$bin" --portal "127.0.0.1:$port" --target "$tgt_name" --serial-prefix CI --port-group 1 \
   --initiator "$i1" --initiator "$i2" \
   --lun "0:file:$work/lun0.img:64" --lun 1:mem:16 --lun "2:direct:$direct_dir/lun2.img:16" \
   --map "0=$i1,$i2,$only0,$qemu" --map "1=$i1,$i2,$qemu" --map "2=$i1,$i2,$qemu" \

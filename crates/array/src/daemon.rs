@@ -96,6 +96,18 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     }
     let target_name = pool.target_name(&config);
     let target = Arc::new(scsi::Target::new(&target_name));
+    // One gateway: its one target port is the one port of its target port group.
+    target
+        .set_port_groups(vec![scsi::PortGroup {
+            id: crate::export::TARGET_PORT_GROUP,
+            ports: vec![config.iscsi_relative_port],
+        }])
+        .map_err(|e| {
+            ArrayError::io(
+                "configuring the target port group",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
     let server = iscsi::TargetServer::bind(iscsi::TargetConfig {
         portals: config.iscsi_portals.clone(),
         relative_port: config.iscsi_relative_port,
@@ -189,6 +201,7 @@ async fn start_prepared(
         target_name: files.target_name(&config),
         relative_port: config.iscsi_relative_port,
         portal_group_tag: config.iscsi_portal_group_tag,
+        target_port_group: Some(crate::export::TARGET_PORT_GROUP),
         max_luns_per_set: config.max_luns_per_set,
         max_lun_bytes: config.max_lun_bytes,
         reaper_timeout: config.reaper_timeout(),

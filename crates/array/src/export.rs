@@ -14,6 +14,11 @@ use storage::{Backend, BackendError, LOGICAL_BLOCK_SIZE};
 use crate::metrics::{IoStats, MeteredDevice};
 use crate::state::{ExportedLun, Exporter, Fence};
 
+/// The target port group of this array's one gateway (asymmetric access, SPC-4 5.16): its
+/// iSCSI target port is the group's one port, and every LUN is Active/Optimized in it, so
+/// hosts see TPGS 01b and REPORT TARGET PORT GROUPS reports the one path as optimized.
+pub const TARGET_PORT_GROUP: u16 = 1;
+
 /// The device of a LUN whose volume is gone: its identity and recorded size are still
 /// served (INQUIRY, READ CAPACITY, REPORT LUNS), and everything that reaches the medium
 /// (TEST UNIT READY, reads, writes, flushes, unmaps) gets [`DeviceError::Gone`], NOT READY /

@@ -79,6 +79,20 @@ fn the_configured_target_port_is_served_and_predicted() {
     let page = visibility_and_promised_identity(&t);
     let target = t.running().array.target_name();
     assert_eq!(target_port(&page), (3, format!("{target},t,0x0007")));
+    // The port is the one port of target port group 1, every LUN Active/Optimized in it.
+    let mut s = login(&t, IQN_A).unwrap();
+    assert_eq!(s.inquiry(0, None).unwrap()[5] & 0x30, 0x10, "TPGS 01b");
+    let mut rtpg = [0u8; 12];
+    rtpg[0] = 0xA3;
+    rtpg[1] = 0x0A;
+    rtpg[9] = 64;
+    let r = s
+        .command(0, &rtpg, iscsi::initiator::DataDir::Read(64))
+        .unwrap();
+    assert_eq!(
+        r.data,
+        vec![0, 0, 0, 12, 0x00, 0x8F, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]
+    );
 }
 
 /// The relative target port identifier and the target port's SCSI name in a VPD 0x83 page.

@@ -11,7 +11,9 @@
 //! `--lun N:mem:MiB` serves memory. Every LUN is mapped to every `--initiator`, unless
 //! `--map N=IQN[,IQN...]` names the initiators of LUN N.
 //! `--chap INITIATOR:USER:SECRET[:TARGETUSER:TARGETSECRET]` sets CHAP secrets; `--auth chap`
-//! requires CHAP. Stops on SIGINT or SIGTERM (asking initiators to log out first).
+//! requires CHAP. `--port-group N` puts the target's port (relative port 1) in target port
+//! group N, every LUN Active/Optimized in it (asymmetric access, as the array serves).
+//! Stops on SIGINT or SIGTERM (asking initiators to log out first).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +28,7 @@ fn usage(msg: &str) -> ! {
         "usage: serve [--portal ADDR]... [--target IQN] [--initiator IQN]... \
          --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
          [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
-         [--digests on|off]"
+         [--digests on|off] [--port-group N]"
     );
     std::process::exit(2)
 }
@@ -92,6 +94,7 @@ fn main() {
     let mut block_size = 512u32;
     let mut serial_prefix = "SL".to_string();
     let mut digests = true;
+    let mut port_group: Option<u16> = None;
     let mut maps: Vec<(u64, Vec<String>)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -121,6 +124,9 @@ fn main() {
             }
             "--serial-prefix" => serial_prefix = val(),
             "--digests" => digests = val() == "on",
+            "--port-group" => {
+                port_group = Some(val().parse().unwrap_or_else(|_| usage("bad --port-group")))
+            }
             "--map" => {
                 let v = val();
                 let (n, list) = v
@@ -139,6 +145,15 @@ fn main() {
         usage("at least one --lun is needed");
     }
     let scsi_target = Arc::new(scsi::Target::new(&target));
+    let cfg = TargetConfig::default();
+    if let Some(id) = port_group {
+        scsi_target
+            .set_port_groups(vec![scsi::PortGroup {
+                id,
+                ports: vec![cfg.relative_port],
+            }])
+            .unwrap_or_else(|e| usage(&format!("--port-group: {e}")));
+    }
     for spec in &lun_specs {
         let lun = parse_lun(spec, block_size);
         let id = u64::from_be_bytes(*b"shdwlun\0") ^ lun.number ^ (target.len() as u64) << 40;
@@ -162,10 +177,7 @@ fn main() {
             scsi_target.map(i, lun.number, unit.clone());
         }
     }
-    let mut cfg = TargetConfig {
-        portals,
-        ..TargetConfig::default()
-    };
+    let mut cfg = TargetConfig { portals, ..cfg };
     cfg.limits.allow_digests = digests;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

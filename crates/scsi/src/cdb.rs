@@ -36,6 +36,9 @@ pub mod opcode {
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
     pub const MAINTENANCE_IN: u8 = 0xA3;
+    /// Not implemented (SET TARGET PORT GROUPS is its one service action here): named for
+    /// the tests that check it is refused.
+    pub const MAINTENANCE_OUT: u8 = 0xA4;
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
@@ -45,6 +48,7 @@ pub mod opcode {
     pub const SA_READ_CAPACITY_16: u8 = 0x10;
     pub const SA_GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN service actions.
+    pub const SA_REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
     pub const SA_REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
     pub const SA_REPORT_SUPPORTED_TMF: u8 = 0x0D;
 }
@@ -162,6 +166,11 @@ pub enum Cdb {
         repd: bool,
         alloc: u32,
     },
+    /// REPORT TARGET PORT GROUPS; `extended`: PARAMETER DATA FORMAT 001b.
+    ReportTargetPortGroups {
+        extended: bool,
+        alloc: u32,
+    },
     PrIn {
         sa: u8,
         alloc: u32,
@@ -208,6 +217,7 @@ impl Cdb {
             | Cdb::GetLbaStatus { alloc, .. }
             | Cdb::ReportOpcodes { alloc, .. }
             | Cdb::ReportTmf { alloc, .. }
+            | Cdb::ReportTargetPortGroups { alloc, .. }
             | Cdb::PrIn { alloc, .. } => u64::from(alloc),
             Cdb::ModeSelect { len, .. } | Cdb::Unmap { len } | Cdb::PrOut { len, .. } => {
                 u64::from(len)
@@ -225,6 +235,7 @@ impl Cdb {
             | Cdb::ReportLuns { .. }
             | Cdb::ReportOpcodes { .. }
             | Cdb::ReportTmf { .. }
+            | Cdb::ReportTargetPortGroups { .. }
             | Cdb::PrIn { .. }
             | Cdb::TestUnitReady
             | Cdb::ReadCapacity10
@@ -248,9 +259,9 @@ impl Cdb {
 }
 
 /// How many (opcode, service action) pairs REPORT SUPPORTED OPERATION CODES lists for a
-/// thin-provisioned logical unit.
-pub fn opcode_table_len() -> usize {
-    crate::exec::opcodes::COMMANDS.len()
+/// logical unit, thin-provisioned or not, seen through a port in a target port group or not.
+pub fn opcode_table_len(thin: bool, port_group: bool) -> usize {
+    crate::exec::opcodes::offered_len(crate::exec::opcodes::Offer { thin, port_group })
 }
 
 /// The CDB length for an operation code's group (SAM-5 table 43).
@@ -511,6 +522,17 @@ pub fn parse(cdb: &[u8]) -> Result<Cdb, Sense> {
                     options,
                     opcode: c[3],
                     sa: be(&c[4..6]) as u16,
+                    alloc: be(&c[6..10]) as u32,
+                }
+            }
+            SA_REPORT_TARGET_PORT_GROUPS => {
+                let extended = match c[1] >> 5 {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Sense::invalid_cdb(1, Some(7))),
+                };
+                Cdb::ReportTargetPortGroups {
+                    extended,
                     alloc: be(&c[6..10]) as u32,
                 }
             }

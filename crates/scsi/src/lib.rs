@@ -8,7 +8,9 @@
 //! Layout: [`cdb`] parses CDBs into typed commands (no state), `exec` runs them (one module
 //! per command family: inquiry, block, mode, pr, opcodes), [`sense`] is the only place sense
 //! data is built, [`LogicalUnit`] holds per-LU state (unit attentions per I_T nexus,
-//! reservations, write cache), and [`Target`] does masking and routing. [`FileDevice`] and
+//! reservations, write cache, asymmetric access state per target port group), and [`Target`]
+//! does masking, routing and target port groups ([`PortGroup`], [`AccessState`]: asymmetric
+//! logical unit access, implicit only). [`FileDevice`] and
 //! [`MemDevice`] are ready-made [`BlockDevice`]s. `docs/scsi.md` has the command table.
 //!
 //! Not here: PDUs, sockets, sessions (see `iscsi`), or how blocks are stored (see `blockstore`).
@@ -16,6 +18,7 @@
 
 use std::sync::Arc;
 
+mod alua;
 pub mod cdb;
 mod device;
 mod exec;
@@ -25,6 +28,7 @@ mod readahead;
 pub mod sense;
 mod target;
 
+pub use alua::{AccessState, PortGroup, PortGroupError, SUPPORTED_STATES};
 pub use device::{FileDevice, MemDevice};
 pub use exec::inquiry::{SUPPORTED_VPD, target_designators};
 pub use exec::limits;

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vss::inquiry::Designator;
 
+use crate::alua::{AccessState, LuAccess};
 use crate::cdb::{Access, Cdb};
 use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
 use crate::fence::WriteGate;
@@ -135,6 +136,8 @@ pub struct LogicalUnit {
     wce: AtomicBool,
     /// Every write passes it; a snapshot the array takes by itself fences it (`fence.rs`).
     write_gate: WriteGate,
+    /// Asymmetric access state per target port group (`alua.rs`).
+    access: LuAccess,
 }
 
 impl std::fmt::Debug for dyn crate::BlockDevice {
@@ -157,6 +160,7 @@ impl LogicalUnit {
             write_protect: AtomicBool::new(false),
             wce: AtomicBool::new(true),
             write_gate: WriteGate::default(),
+            access: LuAccess::default(),
         }
     }
 
@@ -174,6 +178,28 @@ impl LogicalUnit {
         tracing::info!(serial = %self.identity.serial, blocks = self.device.num_blocks(), "capacity changed");
         self.lock()
             .establish(Asc::CAPACITY_DATA_HAS_CHANGED, |_| true);
+    }
+
+    /// Sets this logical unit's asymmetric access state through the ports of target port
+    /// group `group` (implicit transition). If the state changes, every I_T nexus that
+    /// knows the logical unit, whatever its port, gets ASYMMETRIC ACCESS STATE CHANGED
+    /// (2A/06) once, and REPORT TARGET PORT GROUPS reports the group's status as altered
+    /// by implicit behaviour. Until set, a state is Active/Optimized.
+    pub fn set_access_state(&self, group: u16, state: AccessState) {
+        if self.access.set(group, state) {
+            tracing::info!(serial = %self.identity.serial, group, ?state, "asymmetric access state changed");
+            self.lock()
+                .establish(Asc::ASYMMETRIC_ACCESS_STATE_CHANGED, |_| true);
+        }
+    }
+
+    /// This logical unit's asymmetric access state through the ports of group `group`.
+    pub fn access_state(&self, group: u16) -> AccessState {
+        self.access.state(group)
+    }
+
+    pub(crate) fn access(&self) -> &LuAccess {
+        &self.access
     }
 
     /// Write-protects (or unprotects) the logical unit: writes fail with DATA PROTECT /
@@ -309,6 +335,7 @@ impl LogicalUnit {
                     | Cdb::Release6
                     | Cdb::ReportOpcodes { .. }
                     | Cdb::ReportTmf { .. }
+                    | Cdb::ReportTargetPortGroups { .. }
             )
         {
             return true;
@@ -328,6 +355,7 @@ impl LogicalUnit {
         &self,
         nexus: &Nexus,
         target_name: &str,
+        port_group: Option<u16>,
         cdb: &Cdb,
     ) -> Option<Result<crate::FileSpan, Outcome>> {
         let Cdb::Read {
@@ -349,6 +377,7 @@ impl LogicalUnit {
             lu: self,
             nexus,
             target_name,
+            port_group,
             data_out: &[],
         };
         match exec::block::read_span(&ctx, lba, blocks, len_at) {
@@ -361,6 +390,7 @@ impl LogicalUnit {
         &self,
         nexus: &Nexus,
         target_name: &str,
+        port_group: Option<u16>,
         cdb: &Cdb,
         data_out: &[u8],
     ) -> Outcome {
@@ -372,6 +402,7 @@ impl LogicalUnit {
             lu: self,
             nexus,
             target_name,
+            port_group,
             data_out,
         };
         let (res, alloc): (Res, Option<u32>) = match *cdb {
@@ -388,6 +419,11 @@ impl LogicalUnit {
             Cdb::RequestSense { alloc } => (Ok(self.request_sense(nexus)), Some(alloc)),
             // Answered by the target; kept here for completeness of the match.
             Cdb::ReportLuns { .. } => (Err(Sense::invalid_opcode().into()), None),
+            // Answered by the target through a port in a target port group; through any
+            // other port, refused as an unknown service action, as before groups existed.
+            Cdb::ReportTargetPortGroups { .. } => {
+                (Err(Sense::invalid_cdb(1, Some(4)).into()), None)
+            }
             Cdb::ModeSense {
                 ten,
                 dbd,
@@ -456,7 +492,16 @@ impl LogicalUnit {
                 sa,
                 alloc,
             } => (
-                exec::opcodes::report_opcodes(self.thin(), rctd, options, opcode, sa),
+                exec::opcodes::report_opcodes(
+                    exec::opcodes::Offer {
+                        thin: self.thin(),
+                        port_group: port_group.is_some(),
+                    },
+                    rctd,
+                    options,
+                    opcode,
+                    sa,
+                ),
                 Some(alloc),
             ),
             Cdb::ReportTmf { repd, alloc } => (Ok(exec::opcodes::report_tmf(repd)), Some(alloc)),

@@ -25,6 +25,9 @@ pub struct Asc(pub u8, pub u8);
 impl Asc {
     pub const NO_ADDITIONAL_SENSE: Self = Self(0x00, 0x00);
     pub const LUN_NOT_READY_MANUAL_INTERVENTION_REQUIRED: Self = Self(0x04, 0x03);
+    pub const LUN_NOT_ACCESSIBLE_ASYMMETRIC_ACCESS_TRANSITION: Self = Self(0x04, 0x0A);
+    pub const LUN_NOT_ACCESSIBLE_TARGET_PORT_IN_STANDBY: Self = Self(0x04, 0x0B);
+    pub const LUN_NOT_ACCESSIBLE_TARGET_PORT_UNAVAILABLE: Self = Self(0x04, 0x0C);
     pub const WRITE_ERROR: Self = Self(0x0C, 0x00);
     pub const UNRECOVERED_READ_ERROR: Self = Self(0x11, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Self = Self(0x1D, 0x00);
@@ -44,8 +47,10 @@ impl Asc {
     pub const RESERVATIONS_PREEMPTED: Self = Self(0x2A, 0x03);
     pub const RESERVATIONS_RELEASED: Self = Self(0x2A, 0x04);
     pub const REGISTRATIONS_PREEMPTED: Self = Self(0x2A, 0x05);
+    pub const ASYMMETRIC_ACCESS_STATE_CHANGED: Self = Self(0x2A, 0x06);
     pub const CAPACITY_DATA_HAS_CHANGED: Self = Self(0x2A, 0x09);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Self = Self(0x39, 0x00);
+    pub const INQUIRY_DATA_HAS_CHANGED: Self = Self(0x3F, 0x03);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Self = Self(0x3F, 0x0E);
     pub const INTERNAL_TARGET_FAILURE: Self = Self(0x44, 0x00);
     pub const DATA_PHASE_ERROR: Self = Self(0x4B, 0x00);

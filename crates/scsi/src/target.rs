@@ -4,8 +4,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::alua::{AccessState, PortGroup, PortGroupError, PortGroups};
 use crate::cdb::{self, Cdb};
-use crate::exec::inquiry;
+use crate::exec::{alua as rtpg, inquiry};
 use crate::lu::LogicalUnit;
 use crate::sense::{Asc, Sense};
 use crate::{Command, Nexus, Outcome, TaskManagement, TaskManagementResponse};
@@ -48,6 +49,9 @@ pub struct Target {
     /// Nexuses owed REPORTED LUNS DATA HAS CHANGED on LUN 0 while no logical unit is mapped
     /// there (a host with no LUN 0 still polls it; otherwise it would never hear of a change).
     lun0_changed: Mutex<HashSet<Nexus>>,
+    /// Target port groups (asymmetric access, `alua.rs`): read on every command, written
+    /// when the groups are configured.
+    port_groups: RwLock<PortGroups>,
 }
 
 impl Target {
@@ -59,6 +63,55 @@ impl Target {
             maps: RwLock::new(HashMap::new()),
             nexuses: RwLock::new(HashSet::new()),
             lun0_changed: Mutex::new(HashSet::new()),
+            port_groups: RwLock::new(PortGroups::default()),
+        }
+    }
+
+    /// Configures the target port groups (none: asymmetric access off, as for a new
+    /// target). Through a port in a group, standard INQUIRY reports TPGS 01b (implicit
+    /// asymmetric access), VPD 0x83 carries the group, REPORT TARGET PORT GROUPS answers
+    /// and each logical unit's state in the group decides which commands run. A port in no
+    /// group sees none of this. If the groups change, every I_T nexus of every logical unit
+    /// gets INQUIRY DATA HAS CHANGED (3F/03).
+    pub fn set_port_groups(&self, groups: Vec<PortGroup>) -> Result<(), PortGroupError> {
+        let new = PortGroups::new(groups)?;
+        let changed = {
+            let mut g = self.port_groups.write().expect("port groups lock");
+            let changed = *g != new;
+            *g = new;
+            changed
+        };
+        if changed {
+            tracing::info!(groups = ?self.port_groups(), "target port groups configured");
+            for lu in self.all_units() {
+                lu.lock().establish(Asc::INQUIRY_DATA_HAS_CHANGED, |_| true);
+            }
+        }
+        Ok(())
+    }
+
+    /// The target port groups, ascending by id.
+    pub fn port_groups(&self) -> Vec<PortGroup> {
+        self.port_groups
+            .read()
+            .expect("port groups lock")
+            .groups()
+            .to_vec()
+    }
+
+    /// The target port group of relative target port `port`, if it is in one.
+    pub fn port_group_of(&self, port: u16) -> Option<u16> {
+        self.port_groups
+            .read()
+            .expect("port groups lock")
+            .group_of(port)
+    }
+
+    /// Sets the asymmetric access state of every logical unit mapped here in `group`
+    /// ([`LogicalUnit::set_access_state`] for each).
+    pub fn set_access_state(&self, group: u16, state: AccessState) {
+        for lu in self.all_units() {
+            lu.set_access_state(group, state);
         }
     }
 
@@ -141,15 +194,41 @@ impl Target {
             data.truncate(alloc as usize);
             return o(Outcome::good(data));
         }
+        let port_group = match &lu {
+            Some(_) => self.port_group_of(cmd.nexus.target_port),
+            None => None,
+        };
+        if let (Some(lu), Some(group)) = (&lu, port_group) {
+            let state = lu.access_state(group);
+            if !state.allows(&parsed)
+                && let Some(s) = state.refusal()
+            {
+                tracing::debug!(
+                    ?parsed,
+                    group,
+                    ?state,
+                    "refused by the asymmetric access state"
+                );
+                return o(Outcome::check(&s));
+            }
+            if let Cdb::ReportTargetPortGroups { extended, alloc } = parsed {
+                let groups = self.port_groups.read().expect("port groups lock");
+                let mut data = rtpg::report_target_port_groups(&groups, lu.access(), extended);
+                data.truncate(alloc as usize);
+                return o(Outcome::good(data));
+            }
+        }
         o(match lu {
             Some(lu) => {
-                if zero_copy && let Some(r) = lu.read_span(cmd.nexus, &self.name, &parsed) {
+                if zero_copy
+                    && let Some(r) = lu.read_span(cmd.nexus, &self.name, port_group, &parsed)
+                {
                     return match r {
                         Ok(span) => (Outcome::good(Vec::new()), Some(span)),
                         Err(outcome) => o(outcome),
                     };
                 }
-                lu.run(cmd.nexus, &self.name, &parsed, cmd.data_out)
+                lu.run(cmd.nexus, &self.name, port_group, &parsed, cmd.data_out)
             }
             None => match parsed {
                 Cdb::Inquiry {

@@ -132,9 +132,18 @@ impl LunIdentity {
     }
 
     /// The identity pages as a host reads them. `target_ports` are extra designators
-    /// (association target port / target device) the target appends to VPD 0x83.
+    /// (association target port / target device) the target appends to VPD 0x83. A target
+    /// that serves a target port group designator reports implicit asymmetric access in
+    /// standard INQUIRY (TPGS 01b), as the `scsi` crate's target does through a port in a
+    /// group.
     pub fn scsi_identity(&self, target_ports: &[Designator]) -> ScsiIdentity {
-        let inq = self.inquiry();
+        let mut inq = self.inquiry();
+        if target_ports
+            .iter()
+            .any(|d| d.designator_type == crate::IdentifierType::TARGET_PORT_GROUP)
+        {
+            inq.tpgs = 0b01;
+        }
         let mut ds = self.designators.clone();
         ds.extend_from_slice(target_ports);
         ScsiIdentity {
@@ -160,6 +169,23 @@ pub fn padded_vendor() -> String {
 mod tests {
     use super::*;
     use crate::{BusType, IdentifierType, LunInfo};
+
+    #[test]
+    fn a_target_port_group_designator_goes_with_tpgs_01() {
+        let id = LunIdentity::for_number(3);
+        let port = inquiry::Designator::iscsi_target_port("iqn.2026-01.org.x:t", 1, 1).to_vec();
+        assert_eq!(id.scsi_identity(&port).inquiry[5] & 0x30, 0);
+        let mut grouped = port.clone();
+        grouped.push(inquiry::Designator::iscsi_target_port_group(1));
+        let s = id.scsi_identity(&grouped);
+        assert_eq!(s.inquiry[5] & 0x30, 0x10);
+        // The group designator's bytes: iSCSI, PIV, binary, target port, type 5, 4 bytes.
+        let at = s.device_identification.len() - 8;
+        assert_eq!(
+            s.device_identification[at..],
+            [0x51, 0x95, 0, 4, 0, 0, 0, 1]
+        );
+    }
 
     #[test]
     fn identities_are_unique_and_stable() {

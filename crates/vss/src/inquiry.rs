@@ -294,6 +294,22 @@ impl Designator {
         ]
     }
 
+    /// Target port group designator (SPC-4 7.8.6.8): the asymmetric access group of the port
+    /// the page was read through, 4 bytes (2 reserved, then the group), association
+    /// TARGET_PORT and PIV for iSCSI, as the relative target port designator.
+    pub fn iscsi_target_port_group(group: u16) -> Self {
+        let mut value = vec![0, 0];
+        value.extend_from_slice(&group.to_be_bytes());
+        Self {
+            protocol_identifier: PROTOCOL_ISCSI,
+            code_set: CodeSet::BINARY,
+            piv: true,
+            association: Association::TARGET_PORT,
+            designator_type: IdentifierType::TARGET_PORT_GROUP,
+            value,
+        }
+    }
+
     /// iSCSI target device designator: the target's SCSI name string, association TARGET_DEVICE.
     pub fn iscsi_target_device(target_name: &str) -> Self {
         Self {

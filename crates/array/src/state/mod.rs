@@ -118,6 +118,9 @@ pub struct Policy {
     /// group tag): what the identity pages the array predicts carry.
     pub relative_port: u16,
     pub portal_group_tag: u16,
+    /// The target port group of that port, if the target serves groups: VPD 0x83 then
+    /// carries it too.
+    pub target_port_group: Option<u16>,
     pub max_luns_per_set: usize,
     pub max_lun_bytes: u64,
     pub reaper_timeout: Duration,
@@ -139,6 +142,7 @@ impl Default for Policy {
                 .unwrap_or_else(|| crate::pool::LEGACY_TARGET_NAME.into()),
             relative_port: c.iscsi_relative_port,
             portal_group_tag: c.iscsi_portal_group_tag,
+            target_port_group: Some(crate::export::TARGET_PORT_GROUP),
             max_luns_per_set: c.max_luns_per_set,
             max_lun_bytes: c.max_lun_bytes,
             space: SpacePolicy {
@@ -229,6 +233,7 @@ impl Array {
             &policy.target_name,
             policy.relative_port,
             policy.portal_group_tag,
+            policy.target_port_group,
         );
         let metrics = Arc::new(ArrayMetrics::default());
         let array = Array(Arc::new(Shared {

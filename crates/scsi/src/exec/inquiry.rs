@@ -8,16 +8,21 @@ use vss::inquiry::{
 use super::{Ctx, Res, limits};
 
 /// The designators VPD 0x83 carries after a logical unit's own (association 0): the
-/// target port (its relative target port identifier, and its SCSI name with the iSCSI
-/// portal group tag) and the target device name. Whoever predicts the page a host will read
-/// (the array's `describe`) calls this too, so the two cannot drift.
+/// target port (its relative target port identifier, its target port group if the port is
+/// in one, and its SCSI name with the iSCSI portal group tag) and the target device name.
+/// Whoever predicts the page a host will read (the array's `describe`) calls this too, so
+/// the two cannot drift.
 pub fn target_designators(
     target_name: &str,
     relative_port: u16,
     portal_group_tag: u16,
+    port_group: Option<u16>,
 ) -> Vec<Designator> {
-    let mut ds =
-        Designator::iscsi_target_port(target_name, relative_port, portal_group_tag).to_vec();
+    let [relative, name] =
+        Designator::iscsi_target_port(target_name, relative_port, portal_group_tag);
+    let mut ds = vec![relative];
+    ds.extend(port_group.map(Designator::iscsi_target_port_group));
+    ds.push(name);
     ds.push(Designator::iscsi_target_device(target_name));
     ds
 }
@@ -26,9 +31,15 @@ use crate::sense::{Asc, Sense, key};
 /// VPD pages served, ascending.
 pub const SUPPORTED_VPD: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
 
+/// Standard INQUIRY data; TPGS 01b (implicit asymmetric access only) through a port in a
+/// target port group.
 pub(crate) fn standard(ctx: &Ctx<'_>) -> StandardInquiry {
     let id = ctx.lu.identity();
-    StandardInquiry::block_device(&id.vendor, &id.product, &id.revision)
+    let mut inq = StandardInquiry::block_device(&id.vendor, &id.product, &id.revision);
+    if ctx.port_group.is_some() {
+        inq.tpgs = 0b01;
+    }
+    inq
 }
 
 /// Standard INQUIRY data for a LUN that has no logical unit: peripheral qualifier 3,
@@ -58,6 +69,7 @@ pub(crate) fn inquiry(ctx: &Ctx<'_>, evpd: bool, page: u8) -> Res {
                 ctx.target_name,
                 ctx.nexus.target_port,
                 ctx.nexus.portal_group_tag,
+                ctx.port_group,
             ));
             encode_device_identification(p, &ds).map_err(|e| {
                 tracing::error!(error = %e, "logical unit identity cannot be encoded");

@@ -1,6 +1,7 @@
 //! Command execution, one module per command family. Each function gets a parsed CDB's
 //! fields and a [`Ctx`] and returns the data-in bytes or a [`Fail`].
 
+pub(crate) mod alua;
 pub(crate) mod block;
 pub(crate) mod inquiry;
 pub(crate) mod mode;
@@ -16,6 +17,8 @@ pub(crate) struct Ctx<'a> {
     pub lu: &'a LogicalUnit,
     pub nexus: &'a Nexus,
     pub target_name: &'a str,
+    /// The target port group of the port the command came through, if it is in one.
+    pub port_group: Option<u16>,
     pub data_out: &'a [u8],
 }
 

@@ -11,8 +11,35 @@ pub struct OpInfo {
     pub opcode: u8,
     pub sa: Option<u8>,
     pub usage: &'static [u8],
-    /// Only offered by thin-provisioned logical units.
-    pub thin_only: bool,
+    /// Which logical units offer it.
+    pub offered: Offered,
+}
+
+/// Which logical units offer a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    Always,
+    /// Thin-provisioned logical units.
+    Thin,
+    /// Through a port in a target port group (asymmetric access, `alua.rs`).
+    PortGroup,
+}
+
+/// What decides which commands a logical unit offers through a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub thin: bool,
+    pub port_group: bool,
+}
+
+impl OpInfo {
+    fn offered(&self, o: Offer) -> bool {
+        match self.offered {
+            Offered::Always => true,
+            Offered::Thin => o.thin,
+            Offered::PortGroup => o.port_group,
+        }
+    }
 }
 
 const fn op(opcode: u8, usage: &'static [u8]) -> OpInfo {
@@ -20,7 +47,7 @@ const fn op(opcode: u8, usage: &'static [u8]) -> OpInfo {
         opcode,
         sa: None,
         usage,
-        thin_only: false,
+        offered: Offered::Always,
     }
 }
 
@@ -29,7 +56,7 @@ const fn op_sa(opcode: u8, sa: u8, usage: &'static [u8]) -> OpInfo {
         opcode,
         sa: Some(sa),
         usage,
-        thin_only: false,
+        offered: Offered::Always,
     }
 }
 
@@ -70,7 +97,7 @@ pub static COMMANDS: &[OpInfo] = &[
         opcode: UNMAP,
         sa: None,
         usage: &[UNMAP, 0x01, 0, 0, 0, 0, 0, FF, FF, C],
-        thin_only: true,
+        offered: Offered::Thin,
     },
     op(
         MODE_SELECT_10,
@@ -285,6 +312,12 @@ pub static COMMANDS: &[OpInfo] = &[
         REPORT_LUNS,
         &[REPORT_LUNS, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, C],
     ),
+    OpInfo {
+        opcode: MAINTENANCE_IN,
+        sa: Some(SA_REPORT_TARGET_PORT_GROUPS),
+        usage: &[MAINTENANCE_IN, 0xFF, 0, 0, 0, 0, FF, FF, FF, FF, 0, C],
+        offered: Offered::PortGroup,
+    },
     op_sa(
         MAINTENANCE_IN,
         SA_REPORT_SUPPORTED_OPCODES,
@@ -339,8 +372,13 @@ fn timeouts() -> [u8; 12] {
     t
 }
 
-pub(crate) fn report_opcodes(thin: bool, rctd: bool, options: u8, opcode: u8, sa: u16) -> Res {
-    let offered = |c: &&OpInfo| thin || !c.thin_only;
+/// How many commands REPORT SUPPORTED OPERATION CODES lists under `offer`.
+pub(crate) fn offered_len(offer: Offer) -> usize {
+    COMMANDS.iter().filter(|c| c.offered(offer)).count()
+}
+
+pub(crate) fn report_opcodes(offer: Offer, rctd: bool, options: u8, opcode: u8, sa: u16) -> Res {
+    let offered = |c: &&OpInfo| c.offered(offer);
     if options == 0 {
         let mut body = Vec::new();
         for c in COMMANDS.iter().filter(offered) {
@@ -378,8 +416,9 @@ pub(crate) fn report_opcodes(thin: bool, rctd: bool, options: u8, opcode: u8, sa
             out[2..4].copy_from_slice(&(c.usage.len() as u16).to_be_bytes());
             out.extend_from_slice(c.usage);
             if let Some(s) = c.sa {
-                // The service action sits in byte 1 of every command here.
-                out[5] = s;
+                // The service action sits in byte 1 of every command here, below the
+                // bits of byte 1 the device server looks at.
+                out[5] = (c.usage[1] & 0xE0) | s;
             }
             if rctd {
                 out.extend_from_slice(&timeouts());
