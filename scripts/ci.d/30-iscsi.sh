@@ -3,7 +3,8 @@
 #  1. libiscsi's conformance suite (iscsi-test-cu), iSCSI and SCSI families, against the
 #     target serving a file LUN through scsi::Target, and the block command suites against
 #     a file LUN with direct I/O (O_DIRECT);
-#  2. iscsi-ls / iscsi-inq see exactly the identity and LUN masking configured;
+#  2. iscsi-ls / iscsi-inq see exactly the identity and LUN masking configured, and the
+#     target port group the array serves too (TPGS 1, a target port group designator);
 #  3. QEMU's iSCSI driver (qemu-img, qemu-io, installed by scripts/setup): capacity, bytes,
 #     allocation map (GET LBA STATUS), discard (UNMAP), write-zeroes (WRITE SAME), header
 #     digests, each checked on the LUN and in the backing file; the direct I/O LUN read and
@@ -66,6 +67,11 @@ grep -q '^Vendor:SHADOWLN$' <<<"$inq" || { echo "$inq"; echo "wrong vendor"; exi
 grep -q '^Product:shadowlun LUN' <<<"$inq" || { echo "$inq"; echo "wrong product"; exit 1; }
 grep -qx 'Unit Serial Number:\[CI0000\]' <<<"$(lc iscsi-inq -i "$i1" -e 1 -c 128 "$url/0")" || { echo "wrong serial of LUN 0"; exit 1; }
 grep -qx 'Unit Serial Number:\[CI0001\]' <<<"$(lc iscsi-inq -i "$i1" -e 1 -c 128 "$url/1")" || { echo "wrong serial of LUN 1"; exit 1; }
+# The port is in target port group 1 (--port-group 1): implicit asymmetric access.
+grep -qx 'TPGS:1' <<<"$inq" || { echo "$inq"; echo "TPGS is not 1"; exit 1; }
+vpd83=$(lc iscsi-inq -i "$i1" -e 1 -c 131 "$url/0")
+awk '/Association:\(1\) TARGET_PORT$/ { tp = 1; next } tp && /Designator Type:\(5\) TARGET_PORT_GROUP/ { found = 1 } { tp = 0 } END { exit !found }' <<<"$vpd83" ||
+  { echo "$vpd83"; echo "no target port group designator in VPD 0x83"; exit 1; }
 ls_all=$(lc iscsi-ls -s -i "$i1" "iscsi://127.0.0.1:$port")
 [ "$(grep -c '^Lun:' <<<"$ls_all")" -eq 3 ] || { echo "$ls_all"; echo "$i1 must see LUNs 0, 1 and 2"; exit 1; }
 ls_one=$(lc iscsi-ls -s -i "$only0" "iscsi://127.0.0.1:$port")
