@@ -1,6 +1,9 @@
 //! Measures how many commands per second `Target::execute` handles in process (no transport):
 //! 4 KiB READ(10) and WRITE(10) on a MemDevice, then 4 KiB writes on a FileDevice in a
-//! temporary directory. Bounded: a fixed number of commands per case.
+//! temporary directory; last, the cost of asymmetric access on the I/O path: 4 KiB READ(10)
+//! through a port in a target port group (the LU Active/Optimized, its state looked up on
+//! every command) against the same without groups, alternated, median and min–max of seven
+//! rounds each and their ratio. Bounded: a fixed number of commands per case.
 //!
 //! `cargo run --release -p scsi --example execute_rate`
 
@@ -22,7 +25,7 @@ fn cdb(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
     c
 }
 
-fn run(t: &Target, threads: u32, op: u8, label: &str) {
+fn run(t: &Target, threads: u32, op: u8, label: &str) -> f64 {
     let start = Instant::now();
     std::thread::scope(|s| {
         for i in 0..threads {
@@ -53,11 +56,21 @@ fn run(t: &Target, threads: u32, op: u8, label: &str) {
         }
     });
     let secs = start.elapsed().as_secs_f64();
+    if label.is_empty() {
+        return f64::from(COMMANDS) / secs;
+    }
     println!(
         "{label:<34} threads={threads} {:>9.0} commands/s  {:>7.1} MiB/s",
         f64::from(COMMANDS) / secs,
         f64::from(COMMANDS) * 4096.0 / secs / (1 << 20) as f64
     );
+    f64::from(COMMANDS) / secs
+}
+
+/// Median, min and max.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn target(dev: Arc<dyn BlockDevice>) -> Target {
@@ -92,4 +105,28 @@ fn main() {
         run(&ft, threads, 0x28, "FileDevice READ(10) 4 KiB");
     }
     std::fs::remove_dir_all(&dir).ok();
+
+    let plain = target(Arc::new(MemDevice::new(512, 1 << 21)));
+    let grouped = target(Arc::new(MemDevice::new(512, 1 << 21)));
+    grouped
+        .set_port_groups(vec![scsi::PortGroup {
+            id: 1,
+            ports: vec![1],
+        }])
+        .expect("groups");
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        a.push(run(&plain, 1, 0x28, ""));
+        b.push(run(&grouped, 1, 0x28, ""));
+    }
+    let (pa, pb) = (stats(a), stats(b));
+    println!(
+        "READ(10) 4 KiB, no port groups      {:>9.0} commands/s (min {:.0}, max {:.0})",
+        pa.0, pa.1, pa.2
+    );
+    println!(
+        "READ(10) 4 KiB, port in group, A/O  {:>9.0} commands/s (min {:.0}, max {:.0})",
+        pb.0, pb.1, pb.2
+    );
+    println!("ratio (group / none), medians: {:.3}", pb.0 / pa.0);
 }
