@@ -360,3 +360,42 @@ fn changing_the_groups_tells_every_nexus_the_inquiry_data_changed() {
     );
     assert_eq!(t.port_group_of(9), Some(4));
 }
+
+#[test]
+fn a_read_answered_by_reference_is_refused_in_standby_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = scsi::FileDevice::create(&dir.path().join("lun.img"), 512, 64).unwrap();
+    let t = Target::new(TARGET);
+    t.set_port_groups(vec![PortGroup {
+        id: 1,
+        ports: vec![1],
+    }])
+    .unwrap();
+    let lu = std::sync::Arc::new(scsi::LogicalUnit::new(
+        std::sync::Arc::new(dev),
+        identity(1),
+    ));
+    t.map(HOST1, 0, lu.clone());
+    let n = nexus(HOST1, 0x101, 1);
+    clear_ua(&t, &n, 0);
+    let read = |t: &Target| {
+        t.execute_zero_copy(&scsi::Command {
+            nexus: &n,
+            lun: scsi::encode_lun(0),
+            cdb: &read10(0, 8),
+            data_out: &[],
+            expected_length: 4096,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    let (o, span) = read(&t);
+    assert_eq!((o.status, span.is_some()), (status::GOOD, true));
+    lu.set_access_state(1, AccessState::Standby);
+    drain_ua(&t, &n, 0);
+    let (o, span) = read(&t);
+    assert_eq!(
+        (sense_of(&o), span.is_none()),
+        ((key::NOT_READY, 0x04, 0x0B), true)
+    );
+}
