@@ -19,6 +19,17 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ceph-lab")
 }
 
+/// Whether `SHADOWLUN_SKIP_CEPH` asks the tests to leave Ceph out (said on stderr); with
+/// `SHADOWLUN_REQUIRE_CEPH` also set, the requirement wins.
+fn skipped() -> bool {
+    let skip = std::env::var_os("SHADOWLUN_SKIP_CEPH").is_some_and(|v| !v.is_empty())
+        && std::env::var_os("SHADOWLUN_REQUIRE_CEPH").is_none();
+    if skip {
+        eprintln!("skipped: SHADOWLUN_SKIP_CEPH is set");
+    }
+    skip
+}
+
 fn installed(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -26,9 +37,13 @@ fn installed(tool: &str) -> bool {
 
 impl Lab {
     /// The cluster `CEPH_CONF` names, or a new lab; `None` (with the reason on stderr) when
-    /// Ceph is not installed and `SHADOWLUN_REQUIRE_CEPH` is not set. Panics when a lab
-    /// cannot start on a machine that has Ceph.
+    /// Ceph is not installed and `SHADOWLUN_REQUIRE_CEPH` is not set, or when
+    /// `SHADOWLUN_SKIP_CEPH` is set (the unit-test stage sets it: the Ceph stage runs these
+    /// tests on its own cluster). Panics when a lab cannot start on a machine that has Ceph.
     pub fn get() -> Option<Lab> {
+        if skipped() {
+            return None;
+        }
         if let Some(conf) = std::env::var_os("CEPH_CONF") {
             return Some(Lab {
                 conf: conf.into(),
@@ -42,6 +57,9 @@ impl Lab {
     /// the whole cluster (fills it, say), which a shared cluster's other users must not see.
     /// `None` as for [`Lab::get`].
     pub fn own() -> Option<Lab> {
+        if skipped() {
+            return None;
+        }
         let missing: Vec<&str> = ["ceph-mon", "ceph-osd", "ceph", "rbd"]
             .into_iter()
             .filter(|t| !installed(t))
