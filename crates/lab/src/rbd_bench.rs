@@ -77,6 +77,8 @@ pub struct RbdBenchOptions {
     pub commits: usize,
     /// Compare with tgt's rbd backing store (needs `tgtd`, `tgtadm` and `tgt-rbd`).
     pub with_tgt: bool,
+    /// librados/librbd settings for shadowlun's contender, after its own defaults.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Default for RbdBenchOptions {
@@ -89,6 +91,7 @@ impl Default for RbdBenchOptions {
             reps: 5,
             commits: 15,
             with_tgt: true,
+            settings: Vec::new(),
         }
     }
 }
@@ -378,6 +381,7 @@ pub fn run(opts: &RbdBenchOptions) -> Result<Report, RbdBenchError> {
     let cluster = Cluster::connect(&ClusterConfig {
         conf_path: Some(conf.clone()),
         timeout: Duration::from_secs(20),
+        settings: opts.settings.clone(),
         ..ClusterConfig::default()
     })
     .map_err(|e| {
@@ -428,6 +432,13 @@ pub fn run(opts: &RbdBenchOptions) -> Result<Report, RbdBenchError> {
         opts.reps.max(1),
         opts.duration.as_secs_f64(),
         started.elapsed().as_secs_f64()
+    ));
+    let mut librbd =
+        vec!["rbd_cache_writethrough_until_flush=false (shadowlun's default)".to_string()];
+    librbd.extend(opts.settings.iter().map(|(k, v)| format!("{k}={v}")));
+    notes.push(format!(
+        "shadowlun's librbd: {}; tgt's and rbd bench's: the cluster's configuration",
+        librbd.join(", ")
     ));
     Ok(Report {
         title: "RBD benchmark".into(),

@@ -106,6 +106,11 @@ impl Cluster {
         // A discard always leaves zeros, even of less than an object (SCSI UNMAP and WRITE
         // SAME promise it; librbd otherwise skips partial discards).
         settings.push(("rbd_skip_partial_discard".into(), "false".into()));
+        // The cache is write-back from the first write, not only after the first flush:
+        // a SCSI target reports a volatile write cache (WCE=1) and makes writes durable on
+        // FUA and SYNCHRONIZE CACHE, which is exactly what an initiator relies on; without
+        // this, an initiator that never flushes gets write-through speed for ever.
+        settings.push(("rbd_cache_writethrough_until_flush".into(), "false".into()));
         settings.extend(config.settings.iter().cloned());
         for (k, v) in &settings {
             let (ck, cv) = (cstr(k)?, cstr(v)?);

@@ -232,6 +232,11 @@ enum BenchCmd {
         /// Leave tgt out.
         #[arg(long)]
         no_tgt: bool,
+        /// A librados/librbd setting for shadowlun's own contender, applied after its
+        /// defaults, as `[backend.settings]` would (repeatable; for example
+        /// `--rbd-setting rbd_cache_writethrough_until_flush=true` for librbd's own default)
+        #[arg(long = "rbd-setting", value_name = "KEY=VALUE", value_parser = key_value)]
+        rbd_settings: Vec<(String, String)>,
     },
     /// A LUN of the array daemon on its default backend, the embedded engine, through its own
     /// iSCSI target: sequential and random reads and writes with no snapshot, right after a
@@ -352,9 +357,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ceph_conf,
                     pool,
                     no_tgt,
+                    rbd_settings,
                 } => lab::rbd_bench::run(&lab::rbd_bench::RbdBenchOptions {
                     ceph_conf,
                     pool,
+                    settings: rbd_settings,
                     size_mib: size_mib.max(16),
                     duration: std::time::Duration::from_secs_f64(seconds.max(0.1)),
                     reps: turns.max(3),
@@ -474,5 +481,15 @@ fn hresult(code: Option<String>) -> anyhow::Result<()> {
         None => anyhow::bail!(
             "'{code}' is neither a known status name (like VSS_E_PROVIDER_VETO) nor a hex value (like 0x80042306)"
         ),
+    }
+}
+
+/// `KEY=VALUE`, both non-empty.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
     }
 }

@@ -45,6 +45,11 @@ pub struct RbdConfig {
     pub client_id: Option<String>,
     /// The bound on every cluster call, in seconds. Default 30.
     pub timeout_secs: u64,
+    /// More librados/librbd settings, as `ceph.conf` would set them (`rbd_cache_size =
+    /// "67108864"`), applied after the configuration file and shadowlun's own defaults,
+    /// which they may override (docs/ceph.md lists those). A setting librados does not
+    /// know, or a value it refuses, stops the start with the setting's name.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RbdConfig {
@@ -55,6 +60,7 @@ impl Default for RbdConfig {
             ceph_conf: None,
             client_id: None,
             timeout_secs: 30,
+            settings: Default::default(),
         }
     }
 }
@@ -138,7 +144,11 @@ impl BackendConfig {
                     conf_path: c.ceph_conf.as_ref().map(|p| pool_dir.join(p)),
                     client_id: c.client_id.clone(),
                     timeout: std::time::Duration::from_secs(c.timeout_secs.max(1)),
-                    settings: Vec::new(),
+                    settings: c
+                        .settings
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
                 })
                 .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
                 let pool = cluster

@@ -19,8 +19,15 @@ use crate::target_bench::Rng;
 const SET_SIZES: [usize; 3] = [1, 8, 64];
 /// Size of every LUN of the sets (a snapshot copies no data: its cost does not grow with it).
 const LUN_BYTES: u64 = 64 << 20;
-/// Threads of the writer under load, each with one 4 KiB write in flight.
+/// Threads of the writer under load, each with one 4 KiB write in flight, and the LUNs
+/// they write: other LUNs of the cluster than the set's. A set's own LUNs take no writes
+/// while it commits: VSS holds them (FlushAndHoldWrites) and an admin set fences them.
 const WRITERS: usize = 8;
+/// The load's offered rate, 4 KiB writes per second, all threads together. Fixed, so the
+/// rows measure the commit under the same load whatever the cache does: unpaced writers
+/// run ten times faster on a write-back cache than on a write-through one, and the commit
+/// then has ten times as much to flush.
+const LOAD_WRITES_PER_SEC: u64 = 400;
 /// How long the writer runs before the commit starts.
 const WRITER_LEAD: Duration = Duration::from_millis(200);
 /// The writer's bound, whatever happens to the commit.
@@ -119,13 +126,13 @@ impl SetArray {
         });
     }
 
-    /// Commits the set once (idle, or with the writer running): the commit's duration and,
-    /// under load, the writer's rate in writes per second while it ran. The snapshots stay
-    /// (as a set's do while its backup runs); `taken` gets them.
+    /// Commits the set once (idle, or with the writer running on `load`'s LUNs): the
+    /// commit's duration and, under load, the writer's rate in writes per second while it
+    /// ran. The snapshots stay (as a set's do while its backup runs); `taken` gets them.
     fn sample(
         &self,
         tag: &str,
-        loaded: bool,
+        load: Option<&SetArray>,
         taken: &mut Vec<(String, String)>,
     ) -> Result<(Duration, Option<f64>), RbdBenchError> {
         let pairs: Vec<(String, String)> = self
@@ -134,14 +141,14 @@ impl SetArray {
             .map(|l| (l.clone(), format!("{l}-{tag}")))
             .collect();
         self.touch()?;
-        if loaded {
+        if let Some(load) = load {
             let stop = AtomicBool::new(false);
             std::thread::scope(|s| {
                 let started = Instant::now();
                 let writers: Vec<_> = (0..WRITERS)
                     .map(|w| {
                         let stop = &stop;
-                        s.spawn(move || self.write_until(w as u64, stop))
+                        s.spawn(move || load.write_until(w as u64, stop))
                     })
                     .collect();
                 std::thread::sleep(WRITER_LEAD);
@@ -173,15 +180,22 @@ impl SetArray {
         }
     }
 
-    /// 4 KiB writes at random places of random LUNs of the set until `stop` (bounded by
-    /// [`WRITER_LIMIT`]): how many.
+    /// 4 KiB writes at random places of random LUNs of this array until `stop` (bounded by
+    /// [`WRITER_LIMIT`]), this thread's share of [`LOAD_WRITES_PER_SEC`]: how many.
     fn write_until(&self, seed: u64, stop: &AtomicBool) -> Result<u64, RbdBenchError> {
+        let every = Duration::from_secs(1) * WRITERS as u32 / LOAD_WRITES_PER_SEC as u32;
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let payload = [0x5au8; 4096];
         let slots = LUN_BYTES / 4096;
         let start = Instant::now();
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) && start.elapsed() < WRITER_LIMIT {
+            // Paced: a write that falls behind is sent at once, never skipped.
+            let due = start + every * n as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                continue;
+            }
             let dev = &self.devices[(rng.next() % self.devices.len() as u64) as usize];
             dev.write_at(rng.next() % slots * 4096, &payload, false)
                 .map_err(dev_err)?;
@@ -211,7 +225,9 @@ pub(super) fn measure(
 ) -> Result<Measured, RbdBenchError> {
     let mut arrays = Vec::new();
     let mut made = Ok(());
-    for (k, n) in SET_SIZES.iter().enumerate() {
+    // The last array is the load's.
+    let sizes = SET_SIZES.iter().chain(std::iter::once(&WRITERS));
+    for (k, n) in sizes.enumerate() {
         match SetArray::new(pool, first_id.wrapping_add(k as u32), *n) {
             Ok(a) => arrays.push(a),
             Err(e) => {
@@ -223,7 +239,7 @@ pub(super) fn measure(
     // samples[mode][k]: milliseconds; rates[k]: the writer's writes per second.
     let mut samples = vec![vec![Vec::new(); SET_SIZES.len()]; 2];
     let mut rates = vec![Vec::new(); SET_SIZES.len()];
-    let mut taken = vec![Vec::new(); SET_SIZES.len()];
+    let mut taken = vec![Vec::new(); SET_SIZES.len() + 1];
     let run = made.and_then(|()| {
         for round in 0..commits {
             for (mode, loaded) in [false, true].into_iter().enumerate() {
@@ -233,7 +249,8 @@ pub(super) fn measure(
                 }
                 for k in order {
                     let tag = format!("c{round}{}", if loaded { "w" } else { "i" });
-                    let (took, rate) = arrays[k].sample(&tag, loaded, &mut taken[k])?;
+                    let load = loaded.then(|| &arrays[SET_SIZES.len()]);
+                    let (took, rate) = arrays[k].sample(&tag, load, &mut taken[k])?;
                     samples[mode][k].push(took.as_secs_f64() * 1e3);
                     rates[k].extend(rate);
                 }
@@ -310,8 +327,9 @@ pub(super) fn measure(
          handle then holds the image's lock, as a written LUN's does); the snapshots stay until \
          the end, as a set's do while its backup runs (the last commit finds {} per LUN); \
          under writes: {WRITERS} threads of 4 KiB writes at \
-         random places of the set's LUNs, from {} ms before the commit to its end, median \
-         writes/s per set size: {}",
+         random places of {WRITERS} other LUNs (the set's own are held while it commits), \
+         {LOAD_WRITES_PER_SEC}/s offered in all, from {} ms before the commit to its end, \
+         median writes/s done per set size: {}",
         LUN_BYTES >> 20,
         2 * commits - 1,
         WRITER_LEAD.as_millis(),
