@@ -113,10 +113,12 @@ impl Cluster {
         settings.push(("rbd_cache_writethrough_until_flush".into(), "false".into()));
         settings.extend(config.settings.iter().cloned());
         for (k, v) in &settings {
-            let (ck, cv) = (cstr(k)?, cstr(v)?);
+            let ck = cstr(k)?;
+            let cv = cstr(v).map_err(|_| Error::Nul(format!("the value of {k}")))?;
             // SAFETY: the handle is live; both strings are NUL-terminated.
             let r = unsafe { (api.rados_conf_set)(handle, ck.as_ptr(), cv.as_ptr()) };
-            check(r.into(), || format!("setting {k} = {v}"))?;
+            // The value is left out: it may be a secret (`key`).
+            check(r.into(), || format!("setting {k}"))?;
         }
         // SAFETY: the handle is live and configured.
         let r = unsafe { (api.rados_connect)(handle) };
