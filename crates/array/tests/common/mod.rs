@@ -128,17 +128,7 @@ pub fn create_lun(admin: &mut Client, name: &str) -> String {
 
 /// Creates a LUN, a host with one initiator, maps it; returns (lun id, host token).
 pub fn lun_for_host(admin: &mut Client, lun: &str, host: &str, iqn: &str) -> (String, String) {
-    let r = admin
-        .post(
-            api::routes::ADMIN_LUNS,
-            &api::CreateLun {
-                name: lun.into(),
-                size_bytes: 1 << 20,
-            },
-        )
-        .unwrap();
-    expect_status(&r, 201);
-    let rec: api::LunRecord = r.json().unwrap();
+    let id = create_lun(admin, lun);
     let r = admin
         .post(
             api::routes::ADMIN_HOSTS,
@@ -156,14 +146,14 @@ pub fn lun_for_host(admin: &mut Client, lun: &str, host: &str, iqn: &str) -> (St
         .post(
             &api::routes::fill(api::routes::ADMIN_MAP, &[("host", host)]),
             &api::MapLun {
-                lun: rec.id.clone(),
+                lun: id.clone(),
                 lun_number: None,
                 shared: false,
             },
         )
         .unwrap();
     expect_status(&r, 200);
-    (rec.id, created.token)
+    (id, created.token)
 }
 
 pub fn set_path(route: &str, set: uuid::Uuid) -> String {
