@@ -66,6 +66,10 @@ unsafe impl Send for Cluster {}
 unsafe impl Sync for Cluster {}
 
 impl Cluster {
+    pub(crate) fn raw(&self) -> ffi::Rados {
+        self.handle
+    }
+
     /// Connects, with every call bounded by `config.timeout`.
     pub fn connect(config: &ClusterConfig) -> Result<Arc<Cluster>> {
         let api = ffi::api()?;

@@ -5,6 +5,9 @@
 //!   `rados_osd_op_timeout` and `rados_mon_op_timeout` ([`ClusterConfig::timeout`]).
 //! - [`Pool`]: a pool and RADOS namespace (`rados_ioctx_t`): image create, clone (clone v2),
 //!   remove, list.
+//! - RADOS objects ([`WriteOp`], [`Pool::operate`], omap reads, advisory locks, [`Watch`] and
+//!   notify) and fencing ([`Cluster::addrs`], [`Cluster::blocklist`]): what shared state
+//!   between several processes is built from.
 //! - [`Image`]: an open image: synchronous and asynchronous ([`Aio`]) read, write, discard,
 //!   flush; resize, stat, snapshots, children and parent, `diff_iterate2`, flatten.
 //!
@@ -17,14 +20,17 @@
 mod aio;
 mod cluster;
 mod ffi;
+mod ffi_rados;
 mod image;
 pub mod lab;
+mod rados;
 
 use std::ffi::CString;
 
 pub use aio::Aio;
 pub use cluster::{Cluster, ClusterConfig, ClusterUsage, Pool};
 pub use image::{DiffExtent, Image, Parent, Snap};
+pub use rados::{Locker, Lockers, OmapEntry, Watch, WatchEvent, WriteOp};
 
 /// The image features every image made here has: format 2 with layering (clones),
 /// exclusive-lock, object-map and fast-diff (cheap used-space and diff walks).
@@ -52,6 +58,8 @@ pub(crate) const ENOSPC: i32 = 28;
 pub(crate) const EDQUOT: i32 = 122;
 pub(crate) const ECANCELED: i32 = 125;
 pub(crate) const ETIMEDOUT: i32 = 110;
+/// What librados calls `EBLOCKLISTED`.
+pub(crate) const ESHUTDOWN: i32 = 108;
 
 impl Error {
     /// The errno of a failed call.
@@ -91,6 +99,20 @@ impl Error {
             },
             errno: ENOSPC,
         }
+    }
+    /// A guard of a compound operation did not hold ([`WriteOp::omap_cmp_eq`]): nothing was
+    /// changed.
+    pub fn is_guard_failed(&self) -> bool {
+        self.errno() == Some(ECANCELED)
+    }
+    /// This client is fenced: the cluster blocklisted its address ([`Cluster::blocklist`]);
+    /// only a new connection can work again.
+    pub fn is_blocklisted(&self) -> bool {
+        self.errno() == Some(ESHUTDOWN)
+    }
+    /// A lock this client meant to renew is no longer its own (expired, or broken).
+    pub fn is_lock_lost(&self) -> bool {
+        self.errno() == Some(ENOENT)
     }
     /// A [`Image::diff`] callback asked to stop.
     pub fn is_cancelled(&self) -> bool {
