@@ -39,8 +39,12 @@ export RUSTC_BOOTSTRAP=1
 # the session target itself.
 export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
+# Sixteen codegen units instead of cargo-fuzz's one, so LLVM works on the large crates (the
+# array, the emulator and the lab under AddressSanitizer) on every core at once; inputs run
+# slightly slower. `cargo fuzz run` takes the same flags, or it would build everything again.
+build=(--codegen-units 16)
 cd fuzz
-cargo fuzz build
+cargo fuzz build "${build[@]}"
 fail=0
 for t in $(cargo fuzz list); do
   log=$(mktemp)
@@ -52,7 +56,7 @@ for t in $(cargo fuzz list); do
   mkdir -p "corpus/$t" "corpus/$t.seeds"
   [ -d "seeds/$t" ] && dirs+=("seeds/$t")
   [ "$t" = diskshadow ] && dirs+=("../examples/vss")
-  if SHADOWLUN_FUZZ_SEEDS="$PWD/corpus/$t.seeds" cargo fuzz run "$t" "${dirs[@]}" -- \
+  if SHADOWLUN_FUZZ_SEEDS="$PWD/corpus/$t.seeds" cargo fuzz run "${build[@]}" "$t" "${dirs[@]}" -- \
       -max_total_time="$s" -malloc_limit_mb=64 -rss_limit_mb=2048 -print_final_stats=1 \
       >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
