@@ -2,6 +2,9 @@
 # Ceph (about 13 minutes on two cores with a warm build): installs Ceph, starts a throwaway
 # single-node cluster (scripts/ceph-lab) and runs on it:
 #  1. the rbd crate's tests (librbd through the project's own layer, the rbd CLI as witness);
+#  1b. the gateways crate's: the shared state in RADOS between separate connections and
+#     processes: a stale commit refused, notify and poll, a paused or killed leader replaced
+#     after its lease and fenced, a dead member's lease expiring (about 10 s);
 #  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
 #     resync cases;
 #  3. the array daemon with `[backend] kind = "rbd"`: a LUN made over the API is an image
@@ -42,6 +45,7 @@ fi
 cargo build -q -p array --example serve
 cargo build -q -p shadowlun
 cargo test -q -p rbd --no-run
+cargo test -q -p gateways --no-run
 cargo test -q -p storage --test rbd --no-run
 cargo test -q -p array --test rbd --test crash --test admin_sets --test rbd_full --no-run
 cargo test -q -p shadowlun --test demo_rbd --no-run
@@ -62,6 +66,9 @@ export CEPH_CONF SHADOWLUN_REQUIRE_CEPH=1
 
 echo "== the rbd crate"
 cargo test -q -p rbd
+# Several gateways' shared state: guarded commits, watch/notify, leader lock, fencing, leases.
+echo "== the gateways crate: shared state, leader and members in RADOS"
+cargo test -q -p gateways
 echo "== the storage conformance suite on the rbd backend"
 cargo test -q -p storage --test rbd
 
