@@ -9,8 +9,6 @@ pub enum Lost {
     Taken,
     /// The cluster blocklisted this gateway's connection (a successor fenced it).
     Fenced,
-    /// The gateway gave it up.
-    Resigned,
 }
 
 impl std::fmt::Display for Lost {
@@ -19,7 +17,6 @@ impl std::fmt::Display for Lost {
             Lost::Expired => "the lease expired before a renewal succeeded",
             Lost::Taken => "the lock is no longer this gateway's",
             Lost::Fenced => "this gateway's connection is blocklisted",
-            Lost::Resigned => "given up",
         })
     }
 }

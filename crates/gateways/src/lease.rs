@@ -5,10 +5,11 @@
 //! request, later), less a tenth for clock rates, so it stops counting on the lock before the
 //! OSD lets anyone else take it. A renewal must find the lock still this holder's
 //! (`MUST_RENEW`); one that finds it gone, a blocklisted connection, or no successful renewal
-//! before the lease ends is reported once, at once, and ends the lease.
+//! before the lease ends is reported once, at once, and ends the lease. Renewals run on one
+//! thread and the lease's end is kept by another, so a renewal stuck in a call to an
+//! unresponsive cluster (up to the connection's op timeout) does not delay the report.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,22 +65,38 @@ impl LeaseSpec {
 
 type OnLost = Box<dyn FnOnce(Lost) + Send>;
 
+struct State {
+    /// Until when the lock is this holder's, by its own clock.
+    valid_until: Instant,
+    /// Why the lease ended, once it has.
+    lost: Option<Lost>,
+    /// The holder let go (release or drop): the threads stop.
+    stopping: bool,
+}
+
 struct Shared {
-    valid_until: Mutex<Instant>,
-    lost: Mutex<Option<Lost>>,
+    state: Mutex<State>,
+    /// Signalled when `valid_until` moves, the lease ends or the holder lets go.
+    changed: Condvar,
     on_lost: Mutex<Option<OnLost>>,
 }
 
 impl Shared {
-    /// Ends the lease for `why` (once; later reasons are ignored) and tells the holder.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("lease lock")
+    }
+
+    /// Ends the lease for `why` (once; later reasons are ignored) and tells the holder,
+    /// unless the holder already let go.
     fn report(&self, why: Lost) {
         {
-            let mut lost = self.lost.lock().expect("lease lock");
-            if lost.is_some() {
+            let mut st = self.state();
+            if st.lost.is_some() || st.stopping {
                 return;
             }
-            *lost = Some(why);
+            st.lost = Some(why);
         }
+        self.changed.notify_all();
         let f = self.on_lost.lock().expect("lease lock").take();
         if let Some(f) = f {
             f(why);
@@ -91,8 +108,7 @@ impl Shared {
 pub(crate) struct Lease {
     spec: Arc<LeaseSpec>,
     shared: Arc<Shared>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    timer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -102,8 +118,8 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Takes the lock, or `None` while another holder has it. `on_lost` runs once, on the
-    /// renewal thread (or the caller's, from [`Lease::check`]), when the lease ends by
+    /// Takes the lock, or `None` while another holder has it. `on_lost` runs once, on one of
+    /// the lease's threads (or the caller's, from [`Lease::check`]), when the lease ends by
     /// itself.
     pub fn take(
         spec: LeaseSpec,
@@ -117,109 +133,137 @@ impl Lease {
         }
         let spec = Arc::new(spec);
         let shared = Arc::new(Shared {
-            valid_until: Mutex::new(spec.until(asked)),
-            lost: Mutex::new(None),
+            state: Mutex::new(State {
+                valid_until: spec.until(asked),
+                lost: None,
+                stopping: false,
+            }),
+            changed: Condvar::new(),
             on_lost: Mutex::new(Some(Box::new(on_lost))),
         });
-        let (stop, stopped) = mpsc::channel();
-        let thread = std::thread::Builder::new()
+        // The renewer may block in a call to the cluster for as long as its op timeout; it
+        // is not joined (a renewal that lands after the holder let go finds no lock to
+        // renew: MUST_RENEW). The timer never blocks on the cluster: it ends the lease when
+        // its time is up, whatever the renewer is waiting for.
+        std::thread::Builder::new()
             .name(format!("lease-{}", spec.lock))
             .spawn({
                 let (spec, shared) = (spec.clone(), shared.clone());
-                move || renew(&spec, &shared, &stopped)
+                move || renew(&spec, &shared)
             })
-            .expect("spawning the lease thread");
+            .expect("spawning the lease renewal thread");
+        let timer = std::thread::Builder::new()
+            .name(format!("lease-{}-timer", spec.lock))
+            .spawn({
+                let (spec, shared) = (spec.clone(), shared.clone());
+                move || expire(&spec, &shared)
+            })
+            .expect("spawning the lease timer thread");
         Ok(Some(Lease {
             spec,
             shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            timer: Some(timer),
         }))
     }
 
     /// Whether the lease still holds; a lease past its end is reported lost here and now.
     pub fn check(&self) -> Result<(), Lost> {
-        if let Some(why) = *self.shared.lost.lock().expect("lease lock") {
-            return Err(why);
-        }
-        if Instant::now() >= *self.shared.valid_until.lock().expect("lease lock") {
+        let until = {
+            let st = self.shared.state();
+            if let Some(why) = st.lost {
+                return Err(why);
+            }
+            st.valid_until
+        };
+        if Instant::now() >= until {
             self.shared.report(Lost::Expired);
-            return Err(self
-                .shared
-                .lost
-                .lock()
-                .expect("lease lock")
-                .unwrap_or(Lost::Expired));
+            return Err(self.shared.state().lost.unwrap_or(Lost::Expired));
         }
         Ok(())
     }
 
-    fn stop_renewing(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
+    /// Stops both threads (the renewer at its next wake-up); whether the lease still held.
+    fn let_go(&mut self) -> Option<Lost> {
+        let lost = {
+            let mut st = self.shared.state();
+            st.stopping = true;
+            st.lost
+        };
+        self.shared.changed.notify_all();
+        self.shared.on_lost.lock().expect("lease lock").take();
+        if let Some(t) = self.timer.take() {
             let _ = t.join();
+        }
+        lost
+    }
+
+    /// Unlocks unless the connection is fenced (the OSD refuses it) or the lock is known to
+    /// be another's. An expired lease is unlocked too: a renewal may still have landed.
+    fn unlock(&self, lost: Option<Lost>) -> rbd::Result<()> {
+        if matches!(lost, Some(Lost::Fenced | Lost::Taken)) {
+            return Ok(());
+        }
+        match self
+            .spec
+            .pool
+            .unlock(&self.spec.object, &self.spec.lock, &self.spec.cookie)
+        {
+            Err(e) if e.is_lock_lost() => Ok(()),
+            r => r,
         }
     }
 
     /// Stops renewing and releases the lock.
     pub fn release(mut self) -> Result<()> {
-        self.stop_renewing();
-        let held = self.shared.lost.lock().expect("lease lock").is_none();
-        *self.shared.lost.lock().expect("lease lock") = Some(Lost::Resigned);
-        self.shared.on_lost.lock().expect("lease lock").take();
-        if held {
-            match self
-                .spec
-                .pool
-                .unlock(&self.spec.object, &self.spec.lock, &self.spec.cookie)
-            {
-                Ok(()) => {}
-                Err(e) if e.is_lock_lost() => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let lost = self.let_go();
+        self.unlock(lost)?;
         Ok(())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.stop_renewing();
-        let held = self.shared.lost.lock().expect("lease lock").is_none();
-        if held {
-            if let Err(e) =
-                self.spec
-                    .pool
-                    .unlock(&self.spec.object, &self.spec.lock, &self.spec.cookie)
-            {
-                tracing::debug!(lock = %self.spec.lock, error = %e, "releasing a lease failed");
-            }
+        if self.timer.is_none() {
+            return; // released
+        }
+        let lost = self.let_go();
+        if let Err(e) = self.unlock(lost) {
+            tracing::debug!(lock = %self.spec.lock, error = %e, "releasing a lease failed");
         }
     }
 }
 
-/// The renewal thread: renews every `renew_every` until stopped or the lease is lost.
-fn renew(spec: &LeaseSpec, shared: &Shared, stopped: &mpsc::Receiver<()>) {
+/// The renewal thread: renews every `renew_every` (sooner after a failed attempt) until the
+/// holder lets go or the lease ends.
+fn renew(spec: &LeaseSpec, shared: &Shared) {
     let mut wait = spec.renew_every;
     loop {
-        let until = *shared.valid_until.lock().expect("lease lock");
-        let left = until.saturating_duration_since(Instant::now());
-        match stopped.recv_timeout(wait.min(left)) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if shared.lost.lock().expect("lease lock").is_some() {
-            return;
-        }
-        if Instant::now() >= until {
-            tracing::warn!(lock = %spec.lock, object = %spec.object, "lease expired before a renewal succeeded");
-            shared.report(Lost::Expired);
-            return;
+        {
+            let deadline = Instant::now() + wait;
+            let mut st = shared.state();
+            loop {
+                if st.stopping || st.lost.is_some() {
+                    return;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = shared
+                    .changed
+                    .wait_timeout(st, deadline - now)
+                    .expect("lease lock")
+                    .0;
+            }
         }
         let asked = Instant::now();
         match spec.lock(true) {
             Ok(()) => {
-                *shared.valid_until.lock().expect("lease lock") = spec.until(asked);
+                let mut st = shared.state();
+                if st.lost.is_none() {
+                    // Never shortens: a slow answer to an earlier request cannot.
+                    st.valid_until = st.valid_until.max(spec.until(asked));
+                }
                 wait = spec.renew_every;
             }
             Err(e) if e.is_blocklisted() => {
@@ -238,4 +282,24 @@ fn renew(spec: &LeaseSpec, shared: &Shared, stopped: &mpsc::Receiver<()>) {
             }
         }
     }
+}
+
+/// The timer thread: ends the lease the moment it runs out without a renewal, even while a
+/// renewal is stuck in a call to the cluster.
+fn expire(spec: &LeaseSpec, shared: &Shared) {
+    let mut st = shared.state();
+    loop {
+        if st.stopping || st.lost.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= st.valid_until {
+            break;
+        }
+        let left = st.valid_until - now;
+        st = shared.changed.wait_timeout(st, left).expect("lease lock").0;
+    }
+    drop(st);
+    tracing::warn!(lock = %spec.lock, object = %spec.object, "lease expired before a renewal succeeded");
+    shared.report(Lost::Expired);
 }

@@ -82,12 +82,7 @@ impl Gateway {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {}", self.child.id());
+        signal(&self.child.id().to_string(), sig);
     }
 }
 
@@ -159,6 +154,10 @@ fn shared_state_against_a_lab_cluster() {
             a_killed_leader_is_replaced_after_the_expiry,
         ),
         ("a_dead_members_lease_expires", a_dead_members_lease_expires),
+        (
+            "a_leader_cut_off_from_the_cluster_steps_down_at_its_lease_end",
+            a_leader_cut_off_from_the_cluster_steps_down_at_its_lease_end,
+        ),
     ];
     for (name, case) in cases {
         eprintln!("case {name}");
@@ -509,6 +508,106 @@ fn a_dead_members_lease_expires(lab: &Lab) {
     );
     me.leave().unwrap();
     assert!(members.live().unwrap().is_empty());
+}
+
+/// A daemon of a lab this test started, stopped (`SIGSTOP`) until dropped.
+struct Paused {
+    pid: String,
+}
+
+impl Paused {
+    /// Pauses the OSD of `lab` (one whose directory this process owns).
+    fn osd(lab: &Lab) -> Paused {
+        let dir = lab.conf().parent().unwrap();
+        let pid = std::fs::read_to_string(dir.join("run/osd.pid")).unwrap();
+        let pid = pid.trim().to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()),
+            "pid {pid} is not this lab's OSD"
+        );
+        signal(&pid, "-STOP");
+        Paused { pid }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(&self.pid, "-CONT");
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A leader whose renewal cannot reach the cluster (its OSD paused: the renewal blocks for
+/// the connection's op timeout, 10 s) is told it is out of office when its lease ends, not
+/// when the call gives up; once the cluster answers again, its successor fences it.
+fn a_leader_cut_off_from_the_cluster_steps_down_at_its_lease_end(_shared: &Lab) {
+    // Pausing the OSD stops the whole cluster: a lab of this case's own.
+    let lab = Lab::own().expect("Ceph is installed");
+    let array = "cutoff";
+    let a = StateStore::open(connect(lab.conf()), array).unwrap();
+    let (tx, lost) = mpsc::channel();
+    let first = Leadership::new(a.clone(), config("gw-1"))
+        .try_acquire(move |why| {
+            let _ = tx.send((why, Instant::now()));
+        })
+        .unwrap()
+        .expect("no one else runs for leader");
+    let v = first
+        .commit(0, &[Change::Put("by".into(), json!("gw-1"))])
+        .unwrap();
+
+    let paused = Paused::osd(&lab);
+    let t0 = Instant::now();
+    let (why, at) = lost
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the cut-off leader is told it lost office");
+    let after = at.duration_since(t0);
+    eprintln!(
+        "a cut-off leader knew it was out of office {after:?} after its OSD stopped (lease {TTL:?}, op timeout 10 s)"
+    );
+    assert_eq!(why, Lost::Expired);
+    assert!(
+        after <= TTL,
+        "told {after:?} after the cluster stopped answering, past its lease {TTL:?}"
+    );
+    assert!(matches!(
+        first.check(),
+        Err(Error::NotLeader(Lost::Expired))
+    ));
+    assert!(matches!(
+        first.commit(v, &[Change::Put("by".into(), json!("stale"))]),
+        Err(Error::NotLeader(Lost::Expired))
+    ));
+    drop(paused);
+
+    // The cluster answers again: the successor takes office and fences the first, whose
+    // direct commit at its old epoch the OSD then refuses.
+    let b = StateStore::open(connect(lab.conf()), array).unwrap();
+    let second = Leadership::new(b.clone(), config("gw-2"))
+        .acquire(Duration::from_secs(30), |_| {})
+        .unwrap()
+        .expect("office after the first leader's lease");
+    assert_eq!(second.epoch(), first.epoch() + 1);
+    match a.commit(
+        v,
+        first.epoch(),
+        &[Change::Put("by".into(), json!("stale"))],
+    ) {
+        Err(Error::Fenced(_)) => {}
+        other => panic!("the fenced leader's commit: {other:?}"),
+    }
+    assert_eq!(b.read().unwrap().rows["by"], json!("gw-1"));
+    drop(first);
+    second.resign().unwrap();
 }
 
 /// A gateway process for the cases above (started by them with the role in
