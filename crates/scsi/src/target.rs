@@ -347,7 +347,10 @@ impl Target {
                 };
                 if f == TaskManagement::LogicalUnitReset {
                     tracing::info!(initiator = %nexus.initiator_port, lun, "logical unit reset");
-                    lu.reset(Some(nexus), Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, false);
+                    // Every I_T nexus of the logical unit hears of it, the one that asked
+                    // included (SAM-5 5.14): a host that reset a LU through one path learns
+                    // of it on each of its paths, that one too.
+                    lu.reset(None, Asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, false);
                 }
                 TaskManagementResponse::Complete
             }

@@ -170,7 +170,7 @@ fn resize_reports_capacity_data_has_changed() {
 }
 
 #[test]
-fn logical_unit_reset_reports_to_the_other_nexuses() {
+fn logical_unit_reset_reports_to_every_nexus_the_one_that_asked_included() {
     let (t, n, _, _) = single();
     let other = nexus(HOST1, 9, 1);
     clear_ua(&t, &other, 0);
@@ -178,11 +178,13 @@ fn logical_unit_reset_reports_to_the_other_nexuses() {
         t.task_management(&n, scsi::encode_lun(0), TaskManagement::LogicalUnitReset),
         TaskManagementResponse::Complete
     );
-    assert_eq!(exec(&t, &n, 0, &TUR, &[]).status, status::GOOD);
-    assert_eq!(
-        sense_of(&exec(&t, &other, 0, &TUR, &[])),
-        (key::UNIT_ATTENTION, 0x29, 0x03)
-    );
+    for x in [&n, &other] {
+        assert_eq!(
+            sense_of(&exec(&t, x, 0, &TUR, &[])),
+            (key::UNIT_ATTENTION, 0x29, 0x03)
+        );
+        assert_eq!(exec(&t, x, 0, &TUR, &[]).status, status::GOOD);
+    }
     assert_eq!(
         t.task_management(&n, scsi::encode_lun(4), TaskManagement::LogicalUnitReset),
         TaskManagementResponse::LunDoesNotExist
