@@ -13,22 +13,44 @@
 //! `--chap INITIATOR:USER:SECRET[:TARGETUSER:TARGETSECRET]` sets CHAP secrets; `--auth chap`
 //! requires CHAP. `--port-group N` puts the target's port (relative port 1) in target port
 //! group N, every LUN Active/Optimized in it (asymmetric access, as the array serves).
+//!
+//! Several target ports: `--portal ADDR=G` serves ADDR as a portal of target port G, whose
+//! relative target port identifier, iSCSI target portal group tag and target port group
+//! (asymmetric access) are all G; portals with the same G are one port. Either every
+//! `--portal` names a group or none does (then they are all portals of the one port, relative
+//! port 1, tag 1, and `--port-group` applies). `--remote-group G=PORT[,PORT...]` adds target
+//! port group G whose ports another process serves (reported by REPORT TARGET PORT GROUPS).
+//! `--access G=STATE` sets every LUN's state in group G: `active-optimized`,
+//! `active-non-optimized`, `standby`, `unavailable` or `transitioning`.
+//!
+//! ```text
+//! serve --portal 127.0.0.1:3260=1 --portal 127.0.0.1:3261=2 --access 2=standby --lun 0:mem:64
+//! ```
 //! Stops on SIGINT or SIGTERM (asking initiators to log out first).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use iscsi::{AuthPolicy, TargetConfig, TargetServer};
-use scsi::{FileDevice, LogicalUnit, LuIdentity, MemDevice};
+use iscsi::{AuthPolicy, TargetConfig, TargetPort, TargetServer};
+use scsi::{AccessState, FileDevice, LogicalUnit, LuIdentity, MemDevice, PortGroup};
 
 fn usage(msg: &str) -> ! {
     eprintln!("serve: {msg}");
     eprintln!(
-        "usage: serve [--portal ADDR]... [--target IQN] [--initiator IQN]... \
+        "usage: serve [--portal ADDR[=GROUP]]... [--target IQN] [--initiator IQN]... \
          --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
          [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
-         [--digests on|off] [--port-group N]"
+         [--digests on|off] [--port-group N] [--remote-group GROUP=PORT[,PORT]]... \
+         [--access GROUP=STATE]...\n\
+         \n\
+         --portal ADDR=GROUP    ADDR is a portal of target port GROUP: relative target port\n\
+         \x20                      identifier, portal group tag and target port group GROUP\n\
+         \x20                      (every --portal names a group, or none does)\n\
+         --port-group N         the one port of ungrouped portals (relative port 1) is in group N\n\
+         --remote-group G=P,..  group G holds relative ports P served by another process\n\
+         --access GROUP=STATE   every LUN's access state in GROUP: active-optimized,\n\
+         \x20                      active-non-optimized, standby, unavailable, transitioning"
     );
     std::process::exit(2)
 }
@@ -78,6 +100,47 @@ fn parse_lun(spec: &str, block_size: u32) -> Lun {
     Lun { number, device }
 }
 
+fn parse_state(s: &str) -> AccessState {
+    match s {
+        "active-optimized" => AccessState::ActiveOptimized,
+        "active-non-optimized" => AccessState::ActiveNonOptimized,
+        "standby" => AccessState::Standby,
+        "unavailable" => AccessState::Unavailable,
+        "transitioning" => AccessState::Transitioning,
+        _ => usage(&format!("unknown access state {s}")),
+    }
+}
+
+fn parse_group(s: &str, what: &str) -> u16 {
+    s.parse()
+        .unwrap_or_else(|_| usage(&format!("bad group in {what}")))
+}
+
+/// The target ports of grouped portals, one per group in the order first named; `None` if
+/// no portal names a group.
+fn grouped_ports(portals: &[(SocketAddr, Option<u16>)]) -> Option<Vec<TargetPort>> {
+    let named = portals.iter().filter(|(_, g)| g.is_some()).count();
+    if named == 0 {
+        return None;
+    }
+    if named != portals.len() {
+        usage("either every --portal names a group or none does");
+    }
+    let mut ports: Vec<TargetPort> = Vec::new();
+    for &(addr, g) in portals {
+        let g = g.expect("grouped");
+        match ports.iter_mut().find(|p| p.relative_port == g) {
+            Some(p) => p.portals.push(addr),
+            None => ports.push(TargetPort {
+                relative_port: g,
+                portal_group_tag: g,
+                portals: vec![addr],
+            }),
+        }
+    }
+    Some(ports)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -85,7 +148,9 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut portals: Vec<SocketAddr> = Vec::new();
+    let mut portals: Vec<(SocketAddr, Option<u16>)> = Vec::new();
+    let mut remote_groups: Vec<PortGroup> = Vec::new();
+    let mut access: Vec<(u16, AccessState)> = Vec::new();
     let mut target = "iqn.2026-01.org.shadowlun:serve".to_string();
     let mut initiators: Vec<String> = Vec::new();
     let mut lun_specs: Vec<String> = Vec::new();
@@ -103,11 +168,39 @@ fn main() {
                 .unwrap_or_else(|| usage(&format!("{a} needs a value")))
         };
         match a.as_str() {
-            "--portal" => portals.push(
-                val()
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad portal address")),
-            ),
+            "--portal" => {
+                let v = val();
+                let (addr, group) = match v.split_once('=') {
+                    Some((a, g)) => (a, Some(parse_group(g, "--portal"))),
+                    None => (v.as_str(), None),
+                };
+                let addr = addr.parse().unwrap_or_else(|_| usage("bad portal address"));
+                portals.push((addr, group));
+            }
+            "--remote-group" => {
+                let v = val();
+                let (g, list) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| usage("--remote-group is GROUP=PORT[,PORT]"));
+                let ports = list
+                    .split(',')
+                    .map(|p| {
+                        p.parse()
+                            .unwrap_or_else(|_| usage("bad port in --remote-group"))
+                    })
+                    .collect();
+                remote_groups.push(PortGroup {
+                    id: parse_group(g, "--remote-group"),
+                    ports,
+                });
+            }
+            "--access" => {
+                let v = val();
+                let (g, st) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| usage("--access is GROUP=STATE"));
+                access.push((parse_group(g, "--access"), parse_state(st)));
+            }
             "--target" => target = val(),
             "--initiator" => initiators.push(val()),
             "--lun" => lun_specs.push(val()),
@@ -139,20 +232,39 @@ fn main() {
         }
     }
     if portals.is_empty() {
-        portals.push(SocketAddr::from(([127, 0, 0, 1], 3260)));
+        portals.push((SocketAddr::from(([127, 0, 0, 1], 3260)), None));
     }
     if lun_specs.is_empty() {
         usage("at least one --lun is needed");
     }
     let scsi_target = Arc::new(scsi::Target::new(&target));
-    let cfg = TargetConfig::default();
-    if let Some(id) = port_group {
-        scsi_target
-            .set_port_groups(vec![scsi::PortGroup {
+    let mut cfg = TargetConfig::default();
+    // The groups of the ports served here, then those served elsewhere.
+    let mut groups: Vec<PortGroup> = Vec::new();
+    match grouped_ports(&portals) {
+        Some(ports) => {
+            if port_group.is_some() {
+                usage("--port-group is for ungrouped portals; name the group in --portal");
+            }
+            groups.extend(ports.iter().map(|p| PortGroup {
+                id: p.relative_port,
+                ports: vec![p.relative_port],
+            }));
+            cfg.target_ports = ports;
+        }
+        None => {
+            cfg.portals = portals.iter().map(|(a, _)| *a).collect();
+            groups.extend(port_group.map(|id| PortGroup {
                 id,
                 ports: vec![cfg.relative_port],
-            }])
-            .unwrap_or_else(|e| usage(&format!("--port-group: {e}")));
+            }));
+        }
+    }
+    groups.extend(remote_groups);
+    if !groups.is_empty() {
+        scsi_target
+            .set_port_groups(groups)
+            .unwrap_or_else(|e| usage(&format!("target port groups: {e}")));
     }
     for spec in &lun_specs {
         let lun = parse_lun(spec, block_size);
@@ -177,7 +289,14 @@ fn main() {
             scsi_target.map(i, lun.number, unit.clone());
         }
     }
-    let mut cfg = TargetConfig { portals, ..cfg };
+    for (g, state) in access {
+        if !scsi_target.port_groups().iter().any(|p| p.id == g) {
+            usage(&format!(
+                "--access names group {g}, which is not configured"
+            ));
+        }
+        scsi_target.set_access_state(g, state);
+    }
     cfg.limits.allow_digests = digests;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,8 +317,13 @@ fn main() {
                 _ => usage("bad --chap"),
             }
         }
-        for a in server.local_addrs() {
-            println!("listening on {a}");
+        for p in server.ports() {
+            for a in &p.portals {
+                println!(
+                    "listening on {a} (relative target port {}, target portal group tag {})",
+                    p.relative_port, p.portal_group_tag
+                );
+            }
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("signal");

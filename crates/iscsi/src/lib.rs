@@ -24,4 +24,7 @@ pub mod target;
 pub mod text;
 
 pub use handler::ScsiHandler;
-pub use target::{AuthPolicy, RefusedLogins, SessionInfo, TargetConfig, TargetError, TargetServer};
+pub use target::{
+    AuthPolicy, PortError, RefusedLogins, SessionInfo, TargetConfig, TargetError, TargetPort,
+    TargetServer,
+};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{AuthPolicy, SessionKey, Shared, TargetEntry};
+use super::{AuthPolicy, ServedPort, SessionKey, Shared, TargetEntry};
 use crate::chap;
 use crate::params::{SessionParams, negotiate};
 use crate::pdu::{self, Bhs, Digests, Pdu, PduError, op};
@@ -145,6 +145,7 @@ async fn send<W: AsyncWrite + Unpin>(
 /// Runs the login phase. On refusal the error response has been sent.
 pub(crate) async fn run<R, W>(
     shared: &Arc<Shared>,
+    port: ServedPort,
     rd: &mut R,
     wr: &mut W,
 ) -> Result<LoginResult, LoginError>
@@ -380,7 +381,7 @@ where
         }
         if s.first_response {
             if let Some(t) = &s.target {
-                reply.push("TargetPortalGroupTag", cfg.portal_group_tag.to_string());
+                reply.push("TargetPortalGroupTag", port.portal_group_tag.to_string());
                 if let Some(a) = &t.alias {
                     reply.push("TargetAlias", a.clone());
                 }
@@ -425,6 +426,7 @@ where
                 initiator: initiator.clone(),
                 isid: s.isid,
                 target: t.name.clone(),
+                portal_group_tag: port.portal_group_tag,
             };
             let old = shared.sessions.lock().expect("sessions lock").remove(&key);
             if let Some(old) = old {

@@ -1,11 +1,16 @@
 //! The iSCSI target: portals, targets, sessions.
 //!
 //! Layout: this file holds the server (portals, target registry, CHAP secrets, session
-//! table); `login.rs` runs the login phase of one connection; `conn.rs` runs the full
-//! feature phase. A session has exactly one connection (MaxConnections=1, ERL 0).
+//! table); `ports.rs` the SCSI target ports it serves, each an iSCSI target portal group
+//! with its portals; `login.rs` runs the login phase of one connection; `conn/` runs the
+//! full feature phase. A session has exactly one connection (MaxConnections=1, ERL 0).
 
 mod conn;
 mod login;
+mod ports;
+
+pub(crate) use ports::ServedPort;
+pub use ports::{PortError, TargetPort};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -31,6 +36,8 @@ pub enum TargetError {
     },
     #[error("no portal configured")]
     NoPortal,
+    #[error("target ports: {0}")]
+    Ports(#[from] PortError),
     #[error("invalid iSCSI name {0:?} (expected iqn., eui. or naa. form)")]
     BadName(String),
     #[error("cannot start the runtime: {0}")]
@@ -40,8 +47,15 @@ pub enum TargetError {
 /// Server configuration.
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
-    /// Listening addresses; port 0 picks a free port (see [`TargetServer::local_addrs`]).
+    /// Listening addresses of the one target port of a server that leaves
+    /// [`TargetConfig::target_ports`] empty; port 0 picks a free port (see
+    /// [`TargetServer::local_addrs`]).
     pub portals: Vec<SocketAddr>,
+    /// The SCSI target ports this server serves, each its own iSCSI target portal group
+    /// with its portals (RFC 7143 TargetPortalGroupTag) and its own relative target port
+    /// identifier. Empty: one port, [`TargetConfig::relative_port`] and
+    /// [`TargetConfig::portal_group_tag`], on every address of [`TargetConfig::portals`].
+    pub target_ports: Vec<TargetPort>,
     pub limits: TargetLimits,
     /// Commands an initiator may have outstanding (CmdSN window).
     pub queue_depth: u32,
@@ -49,11 +63,12 @@ pub struct TargetConfig {
     pub nop_interval: Option<Duration>,
     /// How long a ping may stay unanswered before the connection is dropped.
     pub nop_timeout: Duration,
-    /// Relative target port identifier of this server's target port (SCSI). Unique among
-    /// the target ports of one array: each gateway of an array has its own.
+    /// Relative target port identifier of the one target port (SCSI) of a server that
+    /// leaves [`TargetConfig::target_ports`] empty. Unique among the target ports of one
+    /// array: each gateway of an array has its own.
     pub relative_port: u16,
-    /// iSCSI target portal group tag of every portal of this server (TargetPortalGroupTag
-    /// at login; with the target name it names the target port).
+    /// iSCSI target portal group tag of that port's portals (TargetPortalGroupTag at login;
+    /// with the target name it names the target port).
     pub portal_group_tag: u16,
     /// Largest Expected Data Transfer Length accepted for one command.
     pub max_transfer: u32,
@@ -70,6 +85,7 @@ impl Default for TargetConfig {
     fn default() -> Self {
         TargetConfig {
             portals: vec![SocketAddr::from(([127, 0, 0, 1], 3260))],
+            target_ports: Vec::new(),
             limits: TargetLimits::default(),
             queue_depth: 128,
             nop_interval: Some(Duration::from_secs(10)),
@@ -115,11 +131,15 @@ impl TargetEntry {
     }
 }
 
+/// What names a session (RFC 7143 4.4.3: the initiator, its ISID and the target portal
+/// group's tag, for one target name): a login with the same key reinstates the session,
+/// one through another portal group is a session of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SessionKey {
     pub initiator: String,
     pub isid: u64,
     pub target: String,
+    pub portal_group_tag: u16,
 }
 
 /// A running session, as seen by the server.
@@ -132,6 +152,8 @@ pub(crate) struct SessionSlot {
     pub peer: SocketAddr,
     /// The portal the connection came in on.
     pub portal: Option<SocketAddr>,
+    /// The target port the portal belongs to.
+    pub port: ServedPort,
     pub since: std::time::SystemTime,
     pub chap: bool,
 }
@@ -147,6 +169,10 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
     /// The portal (local address) the session's connection came in on.
     pub portal: Option<SocketAddr>,
+    /// Relative target port identifier of the target port that portal belongs to.
+    pub relative_port: u16,
+    /// Target portal group tag of that port.
+    pub portal_group_tag: u16,
     /// When the login completed.
     pub since: std::time::SystemTime,
     /// The initiator proved a CHAP secret at login.
@@ -160,7 +186,10 @@ pub(crate) struct Shared {
     pub sessions: Mutex<HashMap<SessionKey, SessionSlot>>,
     next_tsih: AtomicU16,
     pub shutdown: watch::Receiver<bool>,
+    /// Every portal listened on, in the order of the ports and their portals.
     pub local_addrs: Vec<SocketAddr>,
+    /// The target ports served, with the portals actually listened on.
+    pub ports: Vec<TargetPort>,
     /// Connections whose thread is alive, from accept until the thread has been joined.
     live: AtomicUsize,
     /// Logins refused, by reason.
@@ -273,23 +302,25 @@ impl std::fmt::Debug for TargetServer {
 impl TargetServer {
     /// Binds every portal and starts accepting connections on the current tokio runtime.
     pub async fn bind(config: TargetConfig) -> Result<TargetServer, TargetError> {
-        if config.portals.is_empty() {
-            return Err(TargetError::NoPortal);
-        }
+        let mut ports = config.served_ports()?;
         let mut listeners = Vec::new();
         let mut local = Vec::new();
-        for addr in &config.portals {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| TargetError::Bind {
+        for port in ports.iter_mut() {
+            let served = ServedPort::of(port);
+            for addr in port.portals.iter_mut() {
+                let l = TcpListener::bind(*addr)
+                    .await
+                    .map_err(|source| TargetError::Bind {
+                        addr: *addr,
+                        source,
+                    })?;
+                *addr = l.local_addr().map_err(|source| TargetError::Bind {
                     addr: *addr,
                     source,
                 })?;
-            local.push(l.local_addr().map_err(|source| TargetError::Bind {
-                addr: *addr,
-                source,
-            })?);
-            listeners.push(l);
+                local.push(*addr);
+                listeners.push((l, served));
+            }
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -300,13 +331,21 @@ impl TargetServer {
             next_tsih: AtomicU16::new(1),
             shutdown: shutdown_rx,
             local_addrs: local,
+            ports,
             live: AtomicUsize::new(0),
             refused: RefusalCounters::default(),
             pool: tokio::runtime::Handle::current(),
         });
         let acc_shared = shared.clone();
         let accept = tokio::spawn(async move { accept_loop(acc_shared, listeners).await });
-        tracing::info!(portals = ?shared.local_addrs, "iSCSI target listening");
+        for p in &shared.ports {
+            tracing::info!(
+                portals = ?p.portals,
+                relative_port = p.relative_port,
+                portal_group_tag = p.portal_group_tag,
+                "iSCSI target port listening"
+            );
+        }
         Ok(TargetServer {
             shared,
             shutdown_tx,
@@ -333,9 +372,14 @@ impl TargetServer {
         Ok(server)
     }
 
-    /// The addresses actually listened on.
+    /// The addresses actually listened on, every port's portals in order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.shared.local_addrs
+    }
+
+    /// The target ports served, each with the addresses its portals actually listen on.
+    pub fn ports(&self) -> &[TargetPort] {
+        &self.shared.ports
     }
 
     /// Adds (or replaces) a target name served by `handler`.
@@ -459,11 +503,19 @@ impl TargetServer {
                 tsih: s.tsih,
                 peer: s.peer,
                 portal: s.portal,
+                relative_port: s.port.relative_port,
+                portal_group_tag: s.port.portal_group_tag,
                 since: s.since,
                 chap: s.chap,
             })
             .collect();
-        v.sort_by(|a, b| (&a.initiator, a.isid).cmp(&(&b.initiator, b.isid)));
+        v.sort_by(|a, b| {
+            (&a.initiator, a.isid, a.portal_group_tag).cmp(&(
+                &b.initiator,
+                b.isid,
+                b.portal_group_tag,
+            ))
+        });
         v
     }
 
@@ -510,18 +562,18 @@ impl Drop for TargetServer {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
+async fn accept_loop(shared: Arc<Shared>, listeners: Vec<(TcpListener, ServedPort)>) {
     let mut conns = JoinSet::new();
     let mut accepts = JoinSet::new();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
-    for l in listeners {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr, ServedPort)>(64);
+    for (l, port) in listeners {
         let tx = tx.clone();
         let mut stop = shared.shutdown.clone();
         accepts.spawn(async move {
             loop {
                 tokio::select! {
                     r = l.accept() => match r {
-                        Ok(c) => { if tx.send(c).await.is_err() { break; } }
+                        Ok((c, peer)) => { if tx.send((c, peer, port)).await.is_err() { break; } }
                         Err(e) => {
                             tracing::warn!(error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -537,7 +589,7 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
     loop {
         tokio::select! {
             c = rx.recv() => match c {
-                Some((stream, peer)) => {
+                Some((stream, peer, port)) => {
                     if shared.live.load(Ordering::Acquire) >= shared.config.max_connections {
                         tracing::warn!(
                             %peer,
@@ -548,7 +600,7 @@ async fn accept_loop(shared: Arc<Shared>, listeners: Vec<TcpListener>) {
                     }
                     let _ = stream.set_nodelay(true);
                     let live = Live::enter(shared.clone());
-                    match connection_thread(shared.clone(), stream, peer) {
+                    match connection_thread(shared.clone(), stream, peer, port) {
                         Ok((thread, done)) => {
                             conns.spawn(async move {
                                 let _ = done.await;
@@ -583,6 +635,7 @@ fn connection_thread(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
+    port: ServedPort,
 ) -> std::io::Result<(
     std::thread::JoinHandle<()>,
     tokio::sync::oneshot::Receiver<()>,
@@ -597,7 +650,7 @@ fn connection_thread(
         .spawn(move || {
             rt.block_on(async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => conn::run(shared, stream, peer).await,
+                    Ok(stream) => conn::run(shared, stream, peer, port).await,
                     Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
                 }
             });

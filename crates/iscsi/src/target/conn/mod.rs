@@ -35,7 +35,7 @@ use self::text_request::TextRemainder;
 use self::write::WriteTask;
 use self::writer::{DIRECT_DATA, Out, ScsiDone, Sn, writer_task};
 use super::login::{self, LoginResult};
-use super::{SessionKey, SessionSlot, Shared, TargetEntry};
+use super::{ServedPort, SessionKey, SessionSlot, Shared, TargetEntry};
 use crate::handler::ScsiHandler;
 use crate::params::{SessionParams, negotiate};
 use crate::pdu::{self, BHS_LEN, Bhs, Digests, Pdu, PduError, RESERVED_TAG, op, reject, sn_lt};
@@ -97,49 +97,60 @@ struct Session {
 }
 
 /// Entry point for an accepted TCP connection.
-pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: ServedPort,
+) {
     let local = stream.local_addr().ok();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(pdu::READ_BUFFER, rd);
     let mut wr = BufWriter::with_capacity(256 * 1024, wr);
-    let login =
-        match tokio::time::timeout(LOGIN_TIMEOUT, login::run(&shared, &mut rd, &mut wr)).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(login::LoginError::Refused {
-                class,
-                detail,
-                initiator,
-            })) => {
-                shared.refused.count(class, detail);
-                tracing::warn!(
-                    %peer,
-                    initiator = initiator.as_deref().unwrap_or("(not given)"),
-                    reason = login::status::describe((class, detail)),
-                    "iSCSI login refused"
-                );
-                let _ = wr.shutdown().await;
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "login failed");
-                let _ = wr.shutdown().await;
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, "login timed out");
-                return;
-            }
-        };
+    let login = match tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login::run(&shared, port, &mut rd, &mut wr),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(login::LoginError::Refused {
+            class,
+            detail,
+            initiator,
+        })) => {
+            shared.refused.count(class, detail);
+            tracing::warn!(
+                %peer,
+                initiator = initiator.as_deref().unwrap_or("(not given)"),
+                reason = login::status::describe((class, detail)),
+                "iSCSI login refused"
+            );
+            let _ = wr.shutdown().await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "login failed");
+            let _ = wr.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "login timed out");
+            return;
+        }
+    };
     tracing::info!(
         %peer,
         initiator = %login.initiator,
         target = login.target.as_ref().map(|t| t.name.as_str()).unwrap_or("(discovery)"),
         tsih = login.tsih,
+        relative_port = port.relative_port,
+        portal_group_tag = port.portal_group_tag,
         discovery = login.discovery,
         chap = login.chap,
         "iSCSI login"
     );
-    full_feature(shared, login, rd, wr, local, peer).await;
+    full_feature(shared, login, rd, wr, local, peer, port).await;
 }
 
 async fn full_feature(
@@ -149,6 +160,7 @@ async fn full_feature(
     wr: BufWriter<OwnedWriteHalf>,
     local: Option<SocketAddr>,
     peer: SocketAddr,
+    port: ServedPort,
 ) {
     let cfg = &shared.config;
     let depth = cfg.queue_depth.max(1);
@@ -176,8 +188,8 @@ async fn full_feature(
     let nexus = Arc::new(Nexus {
         initiator_port: format!("{},i,0x{:012x}", login.initiator, login.isid),
         initiator: login.initiator.clone(),
-        target_port: cfg.relative_port,
-        portal_group_tag: cfg.portal_group_tag,
+        target_port: port.relative_port,
+        portal_group_tag: port.portal_group_tag,
     });
     let kill = Arc::new(Notify::new());
     let (ended_tx, ended_rx) = watch::channel(false);
@@ -185,6 +197,7 @@ async fn full_feature(
         initiator: login.initiator.clone(),
         isid: login.isid,
         target: t.name.clone(),
+        portal_group_tag: port.portal_group_tag,
     });
     if let Some(k) = &key {
         shared.sessions.lock().expect("sessions lock").insert(
@@ -195,6 +208,7 @@ async fn full_feature(
                 ended: ended_rx,
                 peer,
                 portal: local,
+                port,
                 since: std::time::SystemTime::now(),
                 chap: login.chap,
             },

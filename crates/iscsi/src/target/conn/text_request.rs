@@ -25,25 +25,23 @@ impl Session {
                 continue;
             }
             pairs.push(("TargetName".to_string(), name.clone()));
-            for a in &shared.local_addrs {
-                let addr = if a.ip().is_unspecified() {
-                    self.local.unwrap_or(*a)
-                } else {
-                    *a
-                };
-                let host = match addr {
-                    SocketAddr::V4(v) => v.ip().to_string(),
-                    SocketAddr::V6(v) => format!("[{}]", v.ip()),
-                };
-                pairs.push((
-                    "TargetAddress".to_string(),
-                    format!(
-                        "{}:{},{}",
-                        host,
-                        addr.port(),
-                        shared.config.portal_group_tag
-                    ),
-                ));
+            // Every portal of every port, each with its port's tag (RFC 7143 appendix C);
+            // a wildcard portal is given as the address this connection reached.
+            for port in &shared.ports {
+                for a in &port.portals {
+                    let ip = match self.local {
+                        Some(l) if a.ip().is_unspecified() => l.ip(),
+                        _ => a.ip(),
+                    };
+                    let host = match ip {
+                        std::net::IpAddr::V4(v) => v.to_string(),
+                        std::net::IpAddr::V6(v) => format!("[{v}]"),
+                    };
+                    pairs.push((
+                        "TargetAddress".to_string(),
+                        format!("{}:{},{}", host, a.port(), port.portal_group_tag),
+                    ));
+                }
             }
         }
         out.0 = pairs;
