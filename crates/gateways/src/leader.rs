@@ -137,6 +137,8 @@ impl Leadership {
             .omap_cmp_eq(EPOCH, epoch.to_string().as_bytes())?
             .omap_set([(EPOCH, next.as_bytes()), (LEADER, json.as_slice())])?;
         self.store.guarded_epoch(&op, epoch)?;
+        self.store
+            .notify(serde_json::json!({ "epoch": record.epoch, "leader": gateway }));
         lease.check().map_err(Error::NotLeader)?;
         tracing::info!(gateway = %gateway, epoch = record.epoch, "took office as leader");
         Ok(Some(Leader {
@@ -207,7 +209,10 @@ impl Leader {
             .omap_cmp_eq(EPOCH, self.record.epoch.to_string().as_bytes())?
             .omap_rm([LEADER])?;
         match self.store.guarded_epoch(&op, self.record.epoch) {
-            Ok(()) | Err(Error::Conflict { .. }) => {}
+            Ok(()) => self
+                .store
+                .notify(serde_json::json!({ "epoch": self.record.epoch, "leader": null })),
+            Err(Error::Conflict { .. }) => {}
             Err(e) => return Err(e),
         }
         tracing::info!(gateway = %self.record.gateway, epoch = self.record.epoch, "resigned as leader");

@@ -23,6 +23,7 @@ mod error;
 mod leader;
 mod lease;
 mod member;
+mod notify;
 mod store;
 mod watch;
 

@@ -14,6 +14,7 @@ use rbd::{Pool, WriteOp};
 use serde_json::Value;
 
 use crate::leader::LeaderRecord;
+use crate::notify::Notifier;
 use crate::{Error, Result};
 
 pub(crate) const VERSION: &str = "meta.version";
@@ -47,7 +48,7 @@ pub enum Change {
 pub struct StateStore {
     pool: Arc<Pool>,
     object: String,
-    notify_timeout: Duration,
+    notifier: Arc<Notifier>,
 }
 
 fn parse_u64(object: &str, what: &str, raw: &[u8]) -> Result<u64> {
@@ -65,10 +66,15 @@ impl StateStore {
     /// The state of array `array_id` in `pool`, its object made (version 0, epoch 0) if it
     /// does not exist yet.
     pub fn open(pool: Arc<Pool>, array_id: &str) -> Result<StateStore> {
+        let object = crate::state_object(array_id);
         let store = StateStore {
+            notifier: Arc::new(Notifier::new(
+                pool.clone(),
+                object.clone(),
+                Duration::from_secs(1),
+            )),
             pool,
-            object: crate::state_object(array_id),
-            notify_timeout: Duration::from_secs(1),
+            object,
         };
         let op = WriteOp::new()
             .create(true)
@@ -81,10 +87,16 @@ impl StateStore {
         Ok(store)
     }
 
-    /// How long a commit waits for the watchers to acknowledge its notify (1 s unless set):
-    /// a watcher that died holds every notify this long until the OSD drops its watch.
+    /// How long a notify waits for the watchers' acknowledgements (1 s unless set): a
+    /// watcher that died holds each notify this long until the OSD drops its watch. Notifies
+    /// are sent by a thread of this handle's (and its clones'), so a commit never waits for
+    /// them; while one is held, newer ones wait and are sent as one.
     pub fn with_notify_timeout(mut self, timeout: Duration) -> Self {
-        self.notify_timeout = timeout;
+        self.notifier = Arc::new(Notifier::new(
+            self.pool.clone(),
+            self.object.clone(),
+            timeout,
+        ));
         self
     }
 
@@ -178,8 +190,8 @@ impl StateStore {
     /// Applies `changes` (later ones win for the same key) as version `expected_version + 1`
     /// if the state is still at `expected_version` and leader epoch `epoch`; otherwise
     /// nothing changes and the answer is [`Error::Conflict`] with what the state is at. Then
-    /// notifies the watchers (a failed notify is logged: they also poll). Returns the new
-    /// version.
+    /// queues a notify to the watchers (sent by another thread; a failed one is logged: they
+    /// also poll). Returns the new version.
     pub fn commit(&self, expected_version: u64, epoch: u64, changes: &[Change]) -> Result<u64> {
         let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         for c in changes {
@@ -210,7 +222,7 @@ impl StateStore {
             )?;
         self.guarded(&op, expected_version, epoch)?;
         tracing::debug!(object = %self.object, version = next, epoch, changes = merged.len(), "state committed");
-        self.notify(next);
+        self.notify(serde_json::json!({ "version": next, "epoch": epoch }));
         Ok(next)
     }
 
@@ -274,14 +286,9 @@ impl StateStore {
         Ok((epoch, record))
     }
 
-    /// Tells the watchers the state moved to `version`.
-    pub(crate) fn notify(&self, version: u64) {
-        let payload = serde_json::json!({ "version": version }).to_string();
-        if let Err(e) = self
-            .pool
-            .notify(&self.object, payload.as_bytes(), self.notify_timeout)
-        {
-            tracing::debug!(object = %self.object, version, error = %e, "notify not acknowledged by every watcher");
-        }
+    /// Tells the watchers the state moved (`payload` says where to, for the logs of whoever
+    /// reads it: a watcher reads the head itself).
+    pub(crate) fn notify(&self, payload: Value) {
+        self.notifier.send(payload.to_string());
     }
 }

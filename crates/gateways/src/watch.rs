@@ -27,17 +27,18 @@ pub struct StateWatch {
 }
 
 impl StateStore {
-    /// Calls `on_change` with each newer version the state reaches after this call (at least
-    /// every `poll`, at once on a notify; versions that follow quickly may be seen as one).
-    /// `on_change` runs on the watch's own thread.
+    /// Calls `on_change(version, epoch)` each time the state reaches a newer version or a
+    /// new leader takes office (a newer epoch) after this call: at once on a notify, at the
+    /// latest after `poll`; changes that follow quickly may be seen as one. `on_change` runs
+    /// on the watch's own thread.
     pub fn watch(
         &self,
         poll: Duration,
-        mut on_change: impl FnMut(u64) + Send + 'static,
+        mut on_change: impl FnMut(u64, u64) + Send + 'static,
     ) -> Result<StateWatch> {
         let (tx, rx) = mpsc::channel();
         let store = self.clone();
-        let (mut last, _) = store.head()?;
+        let mut last = store.head()?;
         let mut watch = Some(store.register(&tx)?);
         let thread = std::thread::Builder::new()
             .name("state-watch".into())
@@ -80,9 +81,9 @@ impl StateStore {
                         }
                     }
                     match store.head() {
-                        Ok((version, _)) if version > last => {
-                            last = version;
-                            on_change(version);
+                        Ok((version, epoch)) if version > last.0 || epoch > last.1 => {
+                            last = (version, epoch);
+                            on_change(version, epoch);
                         }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(object = %store.object(), error = %e, "reading the state's version failed"),

@@ -288,8 +288,8 @@ fn a_notify_reaches_the_other_gateway(lab: &Lab) {
     let (tx, rx) = mpsc::channel();
     // A poll far longer than the bound: only the notify can be this quick.
     let _watch = b
-        .watch(Duration::from_secs(120), move |v| {
-            let _ = tx.send((v, Instant::now()));
+        .watch(Duration::from_secs(120), move |v, e| {
+            let _ = tx.send(((v, e), Instant::now()));
         })
         .unwrap();
     let mut latencies = Vec::new();
@@ -301,7 +301,7 @@ fn a_notify_reaches_the_other_gateway(lab: &Lab) {
         let (seen, at) = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("the watcher heard of the commit within 5 s");
-        assert_eq!(seen, v);
+        assert_eq!(seen, (v, 0));
         latencies.push(at.duration_since(t0));
     }
     latencies.sort();
@@ -309,6 +309,50 @@ fn a_notify_reaches_the_other_gateway(lab: &Lab) {
         "commit to the other gateway's callback: median {:?} (min {:?}, max {:?}) over 5",
         latencies[2], latencies[0], latencies[4]
     );
+
+    // A new leader is news too: same version, a newer epoch.
+    let leader = Leadership::new(a.clone(), config("gw-a"))
+        .try_acquire(|_| {})
+        .unwrap()
+        .expect("no one else runs for leader");
+    let (seen, _) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the watcher heard of the new leader within 5 s");
+    assert_eq!(seen, (5, leader.epoch()));
+
+    // A watcher that died holds each notify until the OSD drops its watch (10 s here) or the
+    // notify's timeout: its commit does not wait for that, and the live watcher hears at once.
+    let dead = Gateway::start(lab, "watch", "notify", "gw-dead");
+    dead.expect("addr", Duration::from_secs(30));
+    dead.expect("watching", Duration::from_secs(30));
+    drop(dead); // SIGKILL
+    let slow = a.clone().with_notify_timeout(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let v = slow
+        .commit(
+            5,
+            leader.epoch(),
+            &[Change::Put("n".into(), json!("after"))],
+        )
+        .unwrap();
+    let took = t0.elapsed();
+    let (seen, at) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the live watcher heard of the commit");
+    eprintln!(
+        "with a dead watcher: the commit took {took:?}, the live watcher heard after {:?} (notify timeout 5 s)",
+        at.duration_since(t0)
+    );
+    assert_eq!(seen, (v, leader.epoch()));
+    assert!(
+        took < Duration::from_millis(2500),
+        "the commit waited for the dead watcher: {took:?}"
+    );
+    assert!(
+        at.duration_since(t0) < Duration::from_millis(2500),
+        "the live watcher waited for the dead one"
+    );
+    leader.resign().unwrap();
 }
 
 fn a_missed_notify_is_caught_by_the_poll(lab: &Lab) {
@@ -317,7 +361,7 @@ fn a_missed_notify_is_caught_by_the_poll(lab: &Lab) {
     let b = StateStore::open(pb, "poll").unwrap();
     let (tx, rx) = mpsc::channel();
     let _watch = b
-        .watch(Duration::from_millis(300), move |v| {
+        .watch(Duration::from_millis(300), move |v, _| {
             let _ = tx.send(v);
         })
         .unwrap();
@@ -660,6 +704,14 @@ fn gateway_process() {
                 "gw: stale commit {}",
                 refused(store.commit(v, leader.epoch(), &[c]))
             );
+        }
+        "watch" => {
+            let _watch = StateStore::open(pool, &array)
+                .unwrap()
+                .watch(Duration::from_secs(120), |_, _| {})
+                .unwrap();
+            println!("gw: watching");
+            std::thread::sleep(Duration::from_secs(120));
         }
         "member" => {
             let _me = Membership::new(pool, &array)
