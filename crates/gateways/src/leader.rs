@@ -202,6 +202,16 @@ impl Leader {
         self.store.commit(expected_version, epoch, changes)
     }
 
+    /// [`StateStore::update`] at this leader's epoch, refused at once when out of office.
+    pub fn update(
+        &self,
+        attempts: usize,
+        f: impl FnMut(&crate::State) -> Result<Vec<Change>>,
+    ) -> Result<u64> {
+        let epoch = self.check()?;
+        self.store.update(epoch, attempts, f)
+    }
+
     /// Leaves office: the record removed (if the epoch is still this leader's), the lock
     /// released.
     pub fn resign(self) -> Result<()> {

@@ -226,6 +226,43 @@ impl StateStore {
         Ok(next)
     }
 
+    /// Reads the state and commits the changes `f` makes of it at `epoch`; when another
+    /// commit moved the version first, reads again and asks `f` again, up to `attempts`
+    /// times in all (then the last [`Error::Conflict`]). A moved epoch is never retried: a
+    /// new leader is in office, and the answer is its `Conflict` at once. No changes: no
+    /// commit. Returns the version the state is at after.
+    pub fn update(
+        &self,
+        epoch: u64,
+        attempts: usize,
+        mut f: impl FnMut(&State) -> Result<Vec<Change>>,
+    ) -> Result<u64> {
+        let mut last = None;
+        for _ in 0..attempts.max(1) {
+            let state = self.read()?;
+            if state.epoch != epoch {
+                return Err(Error::Conflict {
+                    expected_version: state.version,
+                    expected_epoch: epoch,
+                    version: state.version,
+                    epoch: state.epoch,
+                });
+            }
+            let changes = f(&state)?;
+            if changes.is_empty() {
+                return Ok(state.version);
+            }
+            match self.commit(state.version, epoch, &changes) {
+                Err(e @ Error::Conflict { epoch: now, .. }) if now == epoch => {
+                    tracing::debug!(object = %self.object, version = state.version, "state moved under an update; retrying");
+                    last = Some(e);
+                }
+                r => return r,
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
     /// Runs a write guarded by `version` and `epoch`, turning a failed guard into a
     /// [`Error::Conflict`] that says where the state is.
     pub(crate) fn guarded(&self, op: &WriteOp, version: u64, epoch: u64) -> Result<()> {
