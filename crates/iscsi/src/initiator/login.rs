@@ -58,6 +58,7 @@ impl Session {
             others: HashMap::new(),
             unit_attentions: Vec::new(),
             logout_requested: false,
+            portal_group_tag: None,
         };
         s.do_login()?;
         Ok(s)
@@ -142,6 +143,10 @@ impl Session {
             if chap.is_some() { "CHAP,None" } else { "None" },
         );
         let (resp, mut agreed) = self.login_step(chap.is_none(), 0, 1, &first)?;
+        self.portal_group_tag = resp
+            .get("TargetPortalGroupTag")
+            .and_then(text::parse_number)
+            .and_then(|t| u16::try_from(t).ok());
         if let Some(c) = chap.filter(|_| resp.get("AuthMethod") == Some("CHAP")) {
             let mut k = TextPairs::default();
             k.push("CHAP_A", "5");

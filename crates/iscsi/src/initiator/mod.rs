@@ -204,6 +204,8 @@ pub struct Session {
     others: HashMap<u32, Pdu>,
     unit_attentions: Vec<Sense>,
     logout_requested: bool,
+    /// TargetPortalGroupTag the target answered at login (a normal session only).
+    portal_group_tag: Option<u16>,
 }
 
 impl std::fmt::Debug for Session {
@@ -239,6 +241,12 @@ impl Session {
     /// Whether the target asked for a logout (Async Message event 1).
     pub fn logout_requested(&self) -> bool {
         self.logout_requested
+    }
+
+    /// The target portal group tag the target reported at login (RFC 7143
+    /// TargetPortalGroupTag): which of the target's ports this session came through.
+    pub fn portal_group_tag(&self) -> Option<u16> {
+        self.portal_group_tag
     }
 
     /// Unit attentions seen (and retried past) since the last call.
