@@ -4,8 +4,9 @@
 #  1. the rbd crate's tests (librbd through the project's own layer, the rbd CLI as witness);
 #  1b. the gateways crate's: the shared state in RADOS between separate connections and
 #     processes: a stale commit refused, notify and poll, a paused or killed leader replaced
-#     after its lease and fenced, a dead member's lease expiring, a leader cut off from the
-#     cluster stepping down at its lease's end (about 40 s: that case starts a lab of its own);
+#     after its lease and fenced, concurrent updates, a dead member's lease expiring, a paused
+#     member fenced through the leader's roster, a leader cut off from the cluster stepping
+#     down at its lease's end (about 40 s: that case starts a lab of its own);
 #  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
 #     resync cases;
 #  3. the array daemon with `[backend] kind = "rbd"`: a LUN made over the API is an image

@@ -29,7 +29,7 @@ mod watch;
 
 pub use error::{Error, Lost};
 pub use leader::{Leader, LeaderRecord, Leadership, LeadershipConfig};
-pub use member::{Member, MemberInfo, Membership};
+pub use member::{Member, MemberInfo, Membership, Roster, RosterChange};
 pub use store::{Change, State, StateStore};
 pub use watch::StateWatch;
 

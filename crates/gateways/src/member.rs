@@ -1,7 +1,11 @@
 //! Which gateways are live: each holds a lease, the shared lock `member` with an expiry on
 //! the members object, its gateway id as the cookie. The OSD drops a lease that is not
 //! renewed in time, so the holders it lists are the live gateways, by the OSD's clock alone.
+//! Once a lease is gone the OSD no longer says whose address it was: a [`Roster`] remembers
+//! the addresses of the gateways it saw, so that the leader can fence one that left before
+//! it hands its work to another.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +33,66 @@ pub struct MemberInfo {
 pub struct Membership {
     pool: Arc<Pool>,
     object: String,
+}
+
+/// What changed between two looks at the live gateways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RosterChange {
+    /// Gateways live now that were not at the last look (or live under another client:
+    /// restarted).
+    pub joined: Vec<MemberInfo>,
+    /// Gateways live at the last look whose lease is gone, as they were then.
+    pub left: Vec<MemberInfo>,
+}
+
+impl RosterChange {
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty()
+    }
+}
+
+/// The live gateways as last seen, for the leader to follow (see the module docs).
+#[derive(Debug)]
+pub struct Roster {
+    membership: Membership,
+    known: BTreeMap<String, MemberInfo>,
+}
+
+impl Roster {
+    /// The gateways as last seen, sorted by id.
+    pub fn live(&self) -> impl Iterator<Item = &MemberInfo> {
+        self.known.values()
+    }
+
+    /// Looks again: who joined and who left since the last look (the first look: everyone
+    /// live joined). A gateway that came back under a new client left and joined.
+    pub fn refresh(&mut self) -> Result<RosterChange> {
+        let now: BTreeMap<String, MemberInfo> = self
+            .membership
+            .live()?
+            .into_iter()
+            .map(|m| (m.gateway.clone(), m))
+            .collect();
+        let mut change = RosterChange::default();
+        for (id, was) in &self.known {
+            if now.get(id).is_none_or(|m| m.client != was.client) {
+                change.left.push(was.clone());
+            }
+        }
+        for (id, m) in &now {
+            if self.known.get(id).is_none_or(|was| was.client != m.client) {
+                change.joined.push(m.clone());
+            }
+        }
+        for m in &change.left {
+            tracing::info!(gateway = %m.gateway, client = %m.client, "a gateway's lease is gone");
+        }
+        for m in &change.joined {
+            tracing::info!(gateway = %m.gateway, client = %m.client, "a gateway joined");
+        }
+        self.known = now;
+        Ok(change)
+    }
 }
 
 /// This gateway's lease; it leaves when dropped.
@@ -71,6 +135,24 @@ impl Membership {
             lease,
             gateway: gateway.into(),
         })
+    }
+
+    /// A [`Roster`] that has not looked yet (its first `refresh` lists everyone live).
+    pub fn roster(&self) -> Roster {
+        Roster {
+            membership: self.clone(),
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// Blocklists a gateway's Ceph client for `duration` and waits until the OSD map says
+    /// so: from then on the OSDs refuse it (its lease renewals fail as [`Lost::Fenced`]),
+    /// so whatever it held can move to another gateway. It needs a new connection to come
+    /// back.
+    pub fn fence(&self, member: &MemberInfo, duration: Duration) -> Result<()> {
+        tracing::info!(gateway = %member.gateway, client = %member.client, "fencing a gateway");
+        self.pool.cluster().blocklist(&member.addr, duration)?;
+        Ok(())
     }
 
     /// The gateways whose lease holds now, sorted by id.

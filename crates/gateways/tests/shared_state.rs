@@ -159,6 +159,10 @@ fn shared_state_against_a_lab_cluster() {
         ),
         ("a_dead_members_lease_expires", a_dead_members_lease_expires),
         (
+            "a_paused_member_is_fenced_and_cannot_rejoin",
+            a_paused_member_is_fenced_and_cannot_rejoin,
+        ),
+        (
             "a_leader_cut_off_from_the_cluster_steps_down_at_its_lease_end",
             a_leader_cut_off_from_the_cluster_steps_down_at_its_lease_end,
         ),
@@ -169,7 +173,14 @@ fn shared_state_against_a_lab_cluster() {
     }
     let pool = connect(lab.conf());
     for array in [
-        "stale", "notify", "poll", "paused", "killed", "updates", "members",
+        "stale",
+        "notify",
+        "poll",
+        "paused",
+        "killed",
+        "updates",
+        "members",
+        "paused-member",
     ] {
         for oid in [
             gateways::state_object(array),
@@ -598,6 +609,10 @@ fn a_dead_members_lease_expires(lab: &Lab) {
         live.iter().map(|m| m.gateway.as_str()).collect::<Vec<_>>(),
         ["gw-a", "gw-b"]
     );
+    let mut roster = members.roster();
+    let first = roster.refresh().unwrap();
+    assert_eq!((first.joined, first.left), (live.clone(), vec![]));
+    assert!(roster.refresh().unwrap().is_empty(), "no one came or went");
     let b_core = &addr_cores(&other_addr)[0];
     assert!(
         live[1].addr.contains(b_core.as_str()),
@@ -629,7 +644,65 @@ fn a_dead_members_lease_expires(lab: &Lab) {
         "the live member kept its lease: {:?}",
         lost.try_recv()
     );
+    // The roster remembers the dead member's address, which the OSD no longer lists.
+    let change = roster.refresh().unwrap();
+    assert_eq!(
+        (change.joined, change.left),
+        (vec![], vec![live[1].clone()])
+    );
     me.leave().unwrap();
+    assert!(members.live().unwrap().is_empty());
+}
+
+/// A member that was only paused loses its lease like a dead one; the leader fences it by the
+/// address its roster remembers, and when it runs again it cannot join again.
+fn a_paused_member_is_fenced_and_cannot_rejoin(lab: &Lab) {
+    let array = "paused-member";
+    let members = Membership::new(connect(lab.conf()), array);
+    let mut roster = members.roster();
+    let other = Gateway::start(lab, "member", array, "gw-p");
+    let other_addr = other.expect("addr", Duration::from_secs(30));
+    other.expect("member", Duration::from_secs(30));
+    let joined = roster.refresh().unwrap().joined;
+    assert_eq!(
+        joined
+            .iter()
+            .map(|m| m.gateway.as_str())
+            .collect::<Vec<_>>(),
+        ["gw-p"]
+    );
+
+    other.signal("-STOP");
+    let t0 = Instant::now();
+    let left = loop {
+        let change = roster.refresh().unwrap();
+        if !change.left.is_empty() {
+            break change.left;
+        }
+        assert!(
+            t0.elapsed() < TTL * 5,
+            "gw-p's lease outlived {:?}",
+            TTL * 5
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(left, joined);
+    members.fence(&left[0], Duration::from_secs(600)).unwrap();
+    let listed = blocklist(lab);
+    let core = &addr_cores(&other_addr)[0];
+    assert!(
+        listed.contains(core.as_str()),
+        "{core} is not blocklisted: {listed}"
+    );
+
+    other.signal("-CONT");
+    let why = other.expect("lost", Duration::from_secs(30));
+    assert!(why == "Expired" || why == "Fenced", "{why}");
+    assert_eq!(other.expect("rejoin", Duration::from_secs(30)), "fenced");
+    assert!(
+        roster.refresh().unwrap().is_empty(),
+        "the fenced member is back"
+    );
     assert!(members.live().unwrap().is_empty());
 }
 
@@ -793,11 +866,23 @@ fn gateway_process() {
             std::thread::sleep(Duration::from_secs(120));
         }
         "member" => {
-            let _me = Membership::new(pool, &array)
-                .join(&gateway, TTL, |_| {})
+            let members = Membership::new(pool, &array);
+            let (tx, lost) = mpsc::channel::<Lost>();
+            let _me = members
+                .join(&gateway, TTL, move |why| {
+                    let _ = tx.send(why);
+                })
                 .unwrap();
             println!("gw: member");
-            std::thread::sleep(Duration::from_secs(120));
+            let why = lost
+                .recv_timeout(Duration::from_secs(120))
+                .expect("lease lost");
+            println!("gw: lost {why:?}");
+            match members.join(&gateway, TTL, |_| {}) {
+                Err(Error::Fenced(_)) => println!("gw: rejoin fenced"),
+                Err(e) => println!("gw: rejoin error {e}"),
+                Ok(_) => println!("gw: rejoin ok"),
+            }
         }
         other => panic!("unknown role {other}"),
     }
