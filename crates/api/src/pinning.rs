@@ -73,6 +73,11 @@ impl Mismatch {
     pub fn presented(&self) -> Option<String> {
         self.presented.lock().expect("mismatch lock").clone()
     }
+
+    /// Forgets the refused certificate: the server answered with the pinned one since.
+    pub fn clear(&self) {
+        *self.presented.lock().expect("mismatch lock") = None;
+    }
 }
 
 /// [`client_config`], and what its verifier refuses.

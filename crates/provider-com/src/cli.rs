@@ -47,19 +47,25 @@ pub fn step_exit_code(step: &str) -> u8 {
 const USAGE: &str = "\
 usage: shadowlun-provider.exe <command>
 
-  install [--array URL --fingerprint SHA256 (--token TOKEN | --token-file PATH)]
+  install [--array URL... --fingerprint SHA256 (--token TOKEN | --token-file PATH)]
           [--vss-optional] [--atomic]
                  register the provider (COM class, service, event source, VSS);
                  running it again upgrades in place; without the three settings the
                  existing configuration is kept; --vss-optional succeeds where VSS
                  refuses the registration (exit 3 otherwise); --atomic undoes every
-                 step and restores the previous configuration when one fails
+                 step and restores the previous configuration when one fails.
+                 An array served by several gateways: one URL per gateway, --array
+                 repeated or the URLs separated by commas
+                 (--array https://gw1:8443,https://gw2:8443); the provider calls the
+                 gateway that answered last and moves on to the next when one cannot
+                 be reached; every gateway presents the array's one certificate
   uninstall [--keep-config]
                  remove every registration (works from any partial state), and the
                  configuration unless --keep-config
   status [--json]
-                 show the configuration, every registration, and whether the array
-                 answers with its pinned certificate and accepts the token
+                 show the configuration, every registration, and whether each of the
+                 array's gateways answers with the pinned certificate and accepts the
+                 token
   service        run as the Windows service (started by the SCM)
   -Embedding     run as the COM local server (started by COM)
 ";
@@ -71,8 +77,8 @@ pub fn build_core(
     veto: Arc<VetoLog>,
 ) -> Result<Arc<dyn HardwareProvider>, String> {
     let token = config.token().map_err(|e| e.to_string())?;
-    let array = HttpsArray::new(ClientConfig::new(
-        &config.array_url,
+    let array = HttpsArray::new(ClientConfig::with_urls(
+        &config.array_urls,
         &token,
         &config.fingerprint,
     ))
@@ -84,14 +90,20 @@ pub fn build_core(
     )))
 }
 
-/// What the array said to `status`.
+/// What one gateway of the array said to `status`.
 pub struct Probe {
     /// `/v1/health` over the pinned TLS connection: the array's version and target name.
     pub health: api::Health,
     /// An authenticated host call with the configured token (`POST /v1/lookup` of no LUN);
     /// on failure the failure class and the text.
-    pub token: Result<(), (&'static str, String)>,
+    pub token: Result<(), ProbeFailure>,
 }
+
+/// A failure as `status` reports it: its class ([`failure_class`]) and its text.
+pub type ProbeFailure = (&'static str, String);
+
+/// What probing one gateway gave.
+pub type ProbeResult = Result<Probe, ProbeFailure>;
 
 /// The failure class of a client error, as `status` names it.
 pub fn failure_class(e: &ClientError) -> &'static str {
@@ -113,13 +125,34 @@ pub fn failure_class(e: &ClientError) -> &'static str {
     }
 }
 
-/// `status`'s probe: the array's health endpoint over the pinned TLS connection, then one
-/// authenticated call with the configured token.
-pub fn probe_array(config: &Config) -> Result<Probe, (&'static str, String)> {
+/// `status`'s probe of every gateway, at once: each URL with what it said, in the
+/// configuration's order.
+pub fn probe_array(config: &Config) -> Vec<(String, ProbeResult)> {
+    std::thread::scope(|s| {
+        let probes: Vec<_> = config
+            .array_urls
+            .iter()
+            .map(|url| (url.clone(), s.spawn(|| probe_gateway(config, url))))
+            .collect();
+        probes
+            .into_iter()
+            .map(|(url, p)| {
+                let r = p
+                    .join()
+                    .unwrap_or_else(|_| Err(("error", "the probe failed".into())));
+                (url, r)
+            })
+            .collect()
+    })
+}
+
+/// One gateway's probe: its health endpoint over the pinned TLS connection, then one
+/// authenticated call with the configured token; that gateway alone, no failover.
+pub fn probe_gateway(config: &Config, url: &str) -> ProbeResult {
     let token = config
         .token()
         .map_err(|e| ("not-configured", e.to_string()))?;
-    let mut cc = ClientConfig::new(&config.array_url, &token, &config.fingerprint);
+    let mut cc = ClientConfig::new(url, &token, &config.fingerprint);
     cc.timeout = Duration::from_secs(5);
     cc.attempts = 1;
     let client = Client::new(cc).map_err(|e| (failure_class(&e), e.to_string()))?;
@@ -198,6 +231,31 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Every value of a flag that may be repeated, in order (`--array A --array B`).
+fn flags(args: &[String], name: &str) -> Vec<String> {
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .collect()
+}
+
+/// The gateways' URLs of `install --array` (repeated, or comma-separated), each checked;
+/// `None` when the flag is absent.
+pub fn array_urls(args: &[String]) -> Result<Option<Vec<String>>, String> {
+    let values = flags(args, "--array");
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let urls = provider::https::split_urls(&values);
+    if urls.is_empty() {
+        return Err("--array needs a URL: https://host:port".into());
+    }
+    for u in &urls {
+        provider::https::check_url(u).map_err(|e| e.to_string())?;
+    }
+    Ok(Some(urls))
+}
+
 /// The Windows path of this executable, as COM and the SCM need it.
 fn own_exe() -> Result<String, String> {
     let p = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
@@ -261,14 +319,21 @@ pub fn main() -> ExitCode {
                 },
                 (None, None) => None,
             };
-            let config = match (flag(&args, "--array"), token, flag(&args, "--fingerprint")) {
+            let urls = match array_urls(&args) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let config = match (urls, token, flag(&args, "--fingerprint")) {
                 (None, None, None) => None,
-                (Some(array_url), Some(token), Some(fingerprint)) => {
+                (Some(urls), Some(token), Some(fingerprint)) => {
                     if let Err(e) = provider::https::parse_fingerprint(&fingerprint) {
                         eprintln!("{e}");
                         return ExitCode::from(EXIT_USAGE);
                     }
-                    Some((array_url, token, fingerprint))
+                    Some((urls, token, fingerprint))
                 }
                 (_, _, None) => {
                     eprintln!(
@@ -363,5 +428,38 @@ pub fn main() -> ExitCode {
             eprint!("unknown command '{other}'\n\n{USAGE}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn install_takes_array_repeated_or_comma_separated() {
+        assert_eq!(
+            array_urls(&args(&[
+                "install",
+                "--array",
+                "https://gw1:8443,https://gw2:8443/",
+                "--token",
+                "t",
+                "--array",
+                "https://gw3:8443"
+            ])),
+            Ok(Some(vec![
+                "https://gw1:8443".to_string(),
+                "https://gw2:8443".into(),
+                "https://gw3:8443".into()
+            ]))
+        );
+        assert_eq!(array_urls(&args(&["install", "--token", "t"])), Ok(None));
+        assert!(array_urls(&args(&["install", "--array", ","])).is_err());
+        let e = array_urls(&args(&["install", "--array", "https://a:1,http://b:2"])).unwrap_err();
+        assert!(e.contains("'http://b:2'"), "{e}");
     }
 }

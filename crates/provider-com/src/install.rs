@@ -205,8 +205,8 @@ pub(crate) fn com_init() {
 /// What `install` needs.
 #[derive(Debug, Clone)]
 pub struct InstallArgs {
-    /// (array URL, token, fingerprint); `None` keeps the existing configuration.
-    pub config: Option<(String, String, String)>,
+    /// (the gateways' URLs, token, fingerprint); `None` keeps the existing configuration.
+    pub config: Option<(Vec<String>, String, String)>,
     /// The Windows path of the server executable to register.
     pub exe: String,
 }
@@ -217,14 +217,14 @@ pub fn install(a: &InstallArgs) -> Report {
     com_init();
     let mut r = Report::default();
     match &a.config {
-        Some((url, token, fp)) => match Config::new(url, token, fp).and_then(|c| c.save()) {
+        Some((urls, token, fp)) => match Config::new(urls, token, fp).and_then(|c| c.save()) {
             Ok(p) => r.push("configuration", Outcome::Done(p.display().to_string())),
             Err(e) => r.push("configuration", Outcome::Failed(e.to_string())),
         },
         None => match Config::load().and_then(|c| c.token().map(|_| c)) {
             Ok(c) => r.push(
                 "configuration",
-                Outcome::Done(format!("kept (array {})", c.array_url)),
+                Outcome::Done(format!("kept (array {})", c.urls_text())),
             ),
             Err(e) => r.push(
                 "configuration",

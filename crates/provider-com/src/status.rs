@@ -31,7 +31,11 @@ pub struct Status {
 pub struct ConfigStatus {
     pub path: String,
     pub present: bool,
+    /// The gateways' URLs as one line, `https://gw1:8443, https://gw2:8443` (with one
+    /// gateway, its URL).
     pub array: Option<String>,
+    /// The gateways' URLs, in the order the provider tries them.
+    pub array_urls: Vec<String>,
     pub fingerprint: Option<String>,
     /// `"stored"` when the DPAPI-protected token decrypts on this machine; never the token.
     pub token: Option<String>,
@@ -92,25 +96,47 @@ pub struct VssStatus {
     pub error: Option<String>,
 }
 
-/// The array, asked over the pinned connection with the configured token.
+/// The array, asked over the pinned connection with the configured token: each gateway on
+/// its own (`gateways`), and the array as the provider sees it (the other fields: the first
+/// gateway that answered, the one the provider would call first).
 #[derive(Debug, Clone, Serialize)]
 pub struct ArrayStatus {
+    /// The first gateway that answered, or the first configured when none did.
     pub url: Option<String>,
-    /// The TLS handshake with the pinned certificate succeeded and `/v1/health` answered.
+    /// At least one gateway completed the TLS handshake with the pinned certificate and
+    /// answered `/v1/health`.
     pub reachable: bool,
     /// The array's identity as it reports it: software version and iSCSI target name.
     pub version: Option<String>,
     pub target: Option<String>,
     /// `accepted` when an authenticated host call succeeded with the configured token.
     pub token: Option<String>,
-    /// The failure class, when something failed: `unreachable`, `certificate-mismatch`,
-    /// `token-refused`, `not-configured`, `error`.
+    /// The failure class, when something failed (the first gateway's that failed):
+    /// `unreachable`, `certificate-mismatch`, `token-refused`, `not-configured`, `error`.
+    pub failure: Option<String>,
+    /// What failed; with several gateways, each failed one's URL and error.
+    pub error: Option<String>,
+    /// Every configured gateway, probed on its own, in the configuration's order.
+    pub gateways: Vec<GatewayStatus>,
+}
+
+/// One gateway of the array, probed alone (no failover).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayStatus {
+    pub url: String,
+    pub reachable: bool,
+    pub version: Option<String>,
+    pub target: Option<String>,
+    /// `accepted` or `refused`, when the gateway was reached.
+    pub token: Option<String>,
+    /// As [`ArrayStatus::failure`].
     pub failure: Option<String>,
     pub error: Option<String>,
 }
 
 impl Status {
-    /// Whether everything is in place and the array accepts this host.
+    /// Whether everything is in place and every gateway of the array answers and accepts
+    /// this host (one gateway down is a failed status, though the provider still works).
     pub fn ok(&self) -> bool {
         let r = &self.registrations;
         self.configuration.present
@@ -121,6 +147,12 @@ impl Status {
             && r.vss.registered == Some(true)
             && self.array.reachable
             && self.array.token.as_deref() == Some("accepted")
+            && !self.array.gateways.is_empty()
+            && self
+                .array
+                .gateways
+                .iter()
+                .all(|g| g.reachable && g.token.as_deref() == Some("accepted"))
     }
 
     /// The same facts as a table, one line per piece.
@@ -187,22 +219,53 @@ impl Status {
             },
         );
         let a = &self.array;
-        r.push(
-            "array",
-            match (&a.error, a.reachable) {
-                (Some(e), _) if a.failure.as_deref() == Some("not-configured") => {
-                    Outcome::Skipped(e.clone())
+        match a.gateways.as_slice() {
+            // One gateway: one line, as before arrays had several.
+            [] | [_] => r.push(
+                "array",
+                match (&a.error, a.reachable) {
+                    (Some(e), _) if a.failure.as_deref() == Some("not-configured") => {
+                        Outcome::Skipped(e.clone())
+                    }
+                    (Some(e), _) => Outcome::Failed(e.clone()),
+                    (None, true) => Outcome::Done(format!(
+                        "{} answers (version {}, target {}); token accepted",
+                        a.url.as_deref().unwrap_or("?"),
+                        a.version.as_deref().unwrap_or("?"),
+                        a.target.as_deref().unwrap_or("?")
+                    )),
+                    (None, false) => Outcome::Failed("not reachable".into()),
+                },
+            ),
+            several => {
+                let up = several.iter().filter(|g| g.reachable).count();
+                r.push(
+                    "array",
+                    if up == 0 {
+                        Outcome::Failed(format!("none of its {} gateways answers", several.len()))
+                    } else {
+                        Outcome::Done(format!(
+                            "{up} of {} gateways answer (version {}, target {})",
+                            several.len(),
+                            a.version.as_deref().unwrap_or("?"),
+                            a.target.as_deref().unwrap_or("?")
+                        ))
+                    },
+                );
+                for g in several {
+                    r.push(
+                        "gateway",
+                        match (&g.error, g.reachable) {
+                            (Some(e), _) => Outcome::Failed(format!("{}: {e}", g.url)),
+                            (None, true) => {
+                                Outcome::Done(format!("{} answers; token accepted", g.url))
+                            }
+                            (None, false) => Outcome::Failed(format!("{}: not reachable", g.url)),
+                        },
+                    );
                 }
-                (Some(e), _) => Outcome::Failed(e.clone()),
-                (None, true) => Outcome::Done(format!(
-                    "{} answers (version {}, target {}); token accepted",
-                    a.url.as_deref().unwrap_or("?"),
-                    a.version.as_deref().unwrap_or("?"),
-                    a.target.as_deref().unwrap_or("?")
-                )),
-                (None, false) => Outcome::Failed("not reachable".into()),
-            },
-        );
+            }
+        }
         r
     }
 }
@@ -223,6 +286,7 @@ fn configuration() -> (ConfigStatus, Option<Config>) {
                 path,
                 present: false,
                 array: None,
+                array_urls: Vec::new(),
                 fingerprint: None,
                 token: None,
                 error: None,
@@ -240,7 +304,8 @@ fn configuration() -> (ConfigStatus, Option<Config>) {
                 ConfigStatus {
                     path,
                     present: true,
-                    array: Some(c.array_url.clone()),
+                    array: Some(c.urls_text()),
+                    array_urls: c.array_urls.clone(),
                     fingerprint: Some(c.fingerprint.clone()),
                     token,
                     error,
@@ -253,6 +318,7 @@ fn configuration() -> (ConfigStatus, Option<Config>) {
                 path,
                 present: true,
                 array: None,
+                array_urls: Vec::new(),
                 fingerprint: None,
                 token: None,
                 error: Some(e.to_string()),
@@ -402,7 +468,31 @@ fn vss_status() -> VssStatus {
 
 fn array_status(config: Option<&Config>) -> ArrayStatus {
     let mut a = ArrayStatus {
-        url: config.map(|c| c.array_url.clone()),
+        url: config.and_then(|c| c.array_urls.first().cloned()),
+        reachable: false,
+        version: None,
+        target: None,
+        token: None,
+        failure: None,
+        error: None,
+        gateways: Vec::new(),
+    };
+    let Some(config) = config else {
+        a.failure = Some("not-configured".into());
+        a.error = Some("no configuration".into());
+        return a;
+    };
+    a.gateways = crate::cli::probe_array(config)
+        .into_iter()
+        .map(|(url, probe)| gateway_status(url, probe))
+        .collect();
+    summarize(&mut a);
+    a
+}
+
+fn gateway_status(url: String, probe: crate::cli::ProbeResult) -> GatewayStatus {
+    let mut g = GatewayStatus {
+        url,
         reachable: false,
         version: None,
         target: None,
@@ -410,31 +500,52 @@ fn array_status(config: Option<&Config>) -> ArrayStatus {
         failure: None,
         error: None,
     };
-    let Some(config) = config else {
-        a.failure = Some("not-configured".into());
-        a.error = Some("no configuration".into());
-        return a;
-    };
-    match crate::cli::probe_array(config) {
+    match probe {
         Ok(p) => {
-            a.reachable = true;
-            a.version = Some(p.health.version);
-            a.target = Some(p.health.target);
+            g.reachable = true;
+            g.version = Some(p.health.version);
+            g.target = Some(p.health.target);
             match p.token {
-                Ok(()) => a.token = Some("accepted".into()),
+                Ok(()) => g.token = Some("accepted".into()),
                 Err((class, e)) => {
-                    a.token = Some("refused".into());
-                    a.failure = Some(class.into());
-                    a.error = Some(e);
+                    g.token = Some("refused".into());
+                    g.failure = Some(class.into());
+                    g.error = Some(e);
                 }
             }
         }
         Err((class, e)) => {
-            a.failure = Some(class.into());
-            a.error = Some(e);
+            g.failure = Some(class.into());
+            g.error = Some(e);
         }
     }
-    a
+    g
+}
+
+/// The array as the provider sees it, from its gateways: the first that answered gives its
+/// identity and the token's answer; the first that failed gives the failure class, and the
+/// error names each that failed (with one gateway, its error as it is).
+pub fn summarize(a: &mut ArrayStatus) {
+    if let Some(g) = a.gateways.iter().find(|g| g.reachable) {
+        a.url = Some(g.url.clone());
+        a.reachable = true;
+        a.version = g.version.clone();
+        a.target = g.target.clone();
+        a.token = g.token.clone();
+    }
+    let failed: Vec<&GatewayStatus> = a.gateways.iter().filter(|g| g.error.is_some()).collect();
+    a.failure = failed.first().and_then(|g| g.failure.clone());
+    a.error = match failed.as_slice() {
+        [] => None,
+        [g] if a.gateways.len() == 1 => g.error.clone(),
+        several => Some(
+            several
+                .iter()
+                .map(|g| format!("{}: {}", g.url, g.error.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
 }
 
 /// Reads everything back. Initialises COM on the calling thread.
@@ -451,5 +562,149 @@ pub fn collect() -> Status {
         },
         array: array_status(config.as_ref()),
         configuration,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(url: &str, answer: Result<bool, &str>) -> GatewayStatus {
+        GatewayStatus {
+            url: url.into(),
+            reachable: answer.is_ok(),
+            version: answer.ok().map(|_| "1.0".into()),
+            target: answer.ok().map(|_| "iqn.t".into()),
+            token: answer
+                .ok()
+                .map(|t| if t { "accepted" } else { "refused" }.into()),
+            failure: match answer {
+                Ok(true) => None,
+                Ok(false) => Some("token-refused".into()),
+                Err(_) => Some("unreachable".into()),
+            },
+            error: match answer {
+                Ok(true) => None,
+                Ok(false) => Some("refused".into()),
+                Err(e) => Some(e.into()),
+            },
+        }
+    }
+
+    fn array(gateways: Vec<GatewayStatus>) -> ArrayStatus {
+        let mut a = ArrayStatus {
+            url: gateways.first().map(|g| g.url.clone()),
+            reachable: false,
+            version: None,
+            target: None,
+            token: None,
+            failure: None,
+            error: None,
+            gateways,
+        };
+        summarize(&mut a);
+        a
+    }
+
+    #[test]
+    fn one_gateway_reads_as_before() {
+        let a = array(vec![gateway("https://a:1", Err("connection refused"))]);
+        assert!(!a.reachable);
+        assert_eq!(a.url.as_deref(), Some("https://a:1"));
+        assert_eq!(a.failure.as_deref(), Some("unreachable"));
+        assert_eq!(a.error.as_deref(), Some("connection refused"));
+        let a = array(vec![gateway("https://a:1", Ok(true))]);
+        assert!(a.reachable);
+        assert_eq!(a.token.as_deref(), Some("accepted"));
+        assert_eq!((a.failure, a.error), (None, None));
+    }
+
+    #[test]
+    fn several_gateways_the_first_that_answers_speaks_for_the_array() {
+        let a = array(vec![
+            gateway("https://dead:1", Err("connection refused")),
+            gateway("https://b:2", Ok(true)),
+            gateway("https://c:3", Err("timed out")),
+        ]);
+        assert!(a.reachable);
+        assert_eq!(a.url.as_deref(), Some("https://b:2"));
+        assert_eq!(a.version.as_deref(), Some("1.0"));
+        assert_eq!(a.token.as_deref(), Some("accepted"));
+        assert_eq!(a.failure.as_deref(), Some("unreachable"));
+        assert_eq!(
+            a.error.as_deref(),
+            Some("https://dead:1: connection refused; https://c:3: timed out")
+        );
+        let text = {
+            let st = Status {
+                version: "v".into(),
+                configuration: ConfigStatus {
+                    path: "p".into(),
+                    present: true,
+                    array: Some("https://dead:1, https://b:2, https://c:3".into()),
+                    array_urls: vec![],
+                    fingerprint: None,
+                    token: None,
+                    error: None,
+                },
+                registrations: Registrations {
+                    com_class: ComStatus {
+                        registered: true,
+                        clsid: "c".into(),
+                        local_server32: None,
+                        appid: None,
+                        local_service: None,
+                        launch_permission: true,
+                        access_permission: true,
+                        error: None,
+                    },
+                    service: ServiceStatus {
+                        registered: true,
+                        name: "s".into(),
+                        state: None,
+                        image_path: None,
+                        error: None,
+                    },
+                    event_source: EventSourceStatus {
+                        registered: true,
+                        log: "l".into(),
+                        name: "n".into(),
+                        event_message_file: None,
+                        types_supported: None,
+                        error: None,
+                    },
+                    vss: VssStatus {
+                        registered: Some(true),
+                        provider_id: "p".into(),
+                        version: None,
+                        error: None,
+                    },
+                },
+                array: a,
+            };
+            // One gateway down fails the status, though the array answers.
+            assert!(!st.ok());
+            st.report().to_string()
+        };
+        assert!(text.contains("1 of 3 gateways answer"), "{text}");
+        for url in ["https://dead:1", "https://b:2", "https://c:3"] {
+            assert!(text.contains(url), "{url}: {text}");
+        }
+    }
+
+    #[test]
+    fn no_gateway_answers() {
+        let a = array(vec![
+            gateway("https://a:1", Err("connection refused")),
+            gateway("https://b:2", Err("certificate mismatch")),
+        ]);
+        assert!(!a.reachable);
+        assert_eq!(a.url.as_deref(), Some("https://a:1"));
+        assert_eq!(a.token, None);
+        assert!(
+            a.error
+                .unwrap()
+                .contains("https://b:2: certificate mismatch")
+        );
     }
 }

@@ -393,6 +393,115 @@ mod windows_main {
         let (_, s) = status_json();
         assert_eq!(s["array"]["reachable"], false, "{s}");
         assert_eq!(s["array"]["failure"], "certificate-mismatch", "{s}");
+
+        several_gateways_are_stored_and_each_probed(&url, &afp, &host.token);
+    }
+
+    /// `install --array` with several gateways (a dead one first), repeated and
+    /// comma-separated: the file keeps the list, `status` probes each; a file written with one
+    /// `array_url` is still read.
+    fn several_gateways_are_stored_and_each_probed(url: &str, fp: &str, token: &str) {
+        let dead = "https://127.0.0.1:9";
+        let (code, out) = exe(&[
+            "install",
+            "--array",
+            &format!("{dead}/, {url}"),
+            "--array",
+            url,
+            "--token",
+            token,
+            "--fingerprint",
+            fp,
+        ]);
+        assert_eq!(code, 3, "{out}");
+        let file = std::fs::read_to_string(provider_com::config::path()).unwrap();
+        assert!(
+            file.contains(&format!(r#"array_urls = ["{dead}", "{url}"]"#)),
+            "{file}"
+        );
+        let (code, s) = status_json();
+        assert_eq!(code, 1, "{s}");
+        let c = &s["configuration"];
+        assert_eq!(c["array_urls"], serde_json::json!([dead, url]), "{c}");
+        assert_eq!(c["array"], format!("{dead}, {url}"), "{c}");
+        let a = &s["array"];
+        // The array answers through the second gateway, as the provider would reach it.
+        assert_eq!(a["reachable"], true, "{a}");
+        assert_eq!(a["url"], url, "{a}");
+        assert_eq!(a["token"], "accepted", "{a}");
+        assert_eq!(a["failure"], "unreachable", "{a}");
+        assert!(
+            a["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{dead}: ")),
+            "{a}"
+        );
+        let g = a["gateways"].as_array().unwrap();
+        assert_eq!(g.len(), 2, "{a}");
+        assert_eq!(
+            (&g[0]["url"], &g[0]["reachable"], &g[0]["failure"]),
+            (
+                &serde_json::json!(dead),
+                &serde_json::json!(false),
+                &serde_json::json!("unreachable")
+            ),
+            "{a}"
+        );
+        assert_eq!(
+            (&g[1]["url"], &g[1]["reachable"], &g[1]["token"]),
+            (
+                &serde_json::json!(url),
+                &serde_json::json!(true),
+                &serde_json::json!("accepted")
+            ),
+            "{a}"
+        );
+        let (_, table) = exe(&["status"]);
+        assert!(table.contains("1 of 2 gateways answer"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("gateway") && l.contains(dead)),
+            "{table}"
+        );
+
+        // A URL that is not https is refused before anything is written.
+        let (code, out) = exe(&[
+            "install",
+            "--array",
+            &format!("{url},http://127.0.0.1:9"),
+            "--token",
+            token,
+            "--fingerprint",
+            fp,
+        ]);
+        assert_eq!(code, 2, "{out}");
+        assert_eq!(
+            std::fs::read_to_string(provider_com::config::path()).unwrap(),
+            file
+        );
+
+        // The file an older version wrote: one `array_url`. Read as a list of one, probed,
+        // and kept as it is by an install without settings.
+        let blob = file.lines().find(|l| l.starts_with("token_dpapi")).unwrap();
+        let old = format!("array_url = \"{url}\"\nfingerprint = \"{fp}\"\n{blob}\n");
+        provider_com::config::restore(old.as_bytes()).unwrap();
+        let (_, s) = status_json();
+        assert_eq!(
+            s["configuration"]["array_urls"],
+            serde_json::json!([url]),
+            "{s}"
+        );
+        assert_eq!(s["configuration"]["token"], "stored", "{s}");
+        let a = &s["array"];
+        assert_eq!(a["reachable"], true, "{a}");
+        assert_eq!(a["token"], "accepted", "{a}");
+        assert_eq!(a["error"], serde_json::Value::Null, "{a}");
+        assert_eq!(a["gateways"].as_array().unwrap().len(), 1, "{a}");
+        let (code, out) = exe(&["install"]);
+        assert_eq!(code, 3, "{out}");
+        assert!(out.contains(&format!("kept (array {url})")), "{out}");
     }
 
     /// The message table's texts as written in `res/messages.mc`, by event id.

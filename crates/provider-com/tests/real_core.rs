@@ -1,6 +1,7 @@
 //! The real provider core (`ShadowlunProvider` over HTTPS to a real array daemon) driven
 //! through the COM vtables as vssvc drives it: a snapshot is created, found again on import
-//! and deleted, and every CoTaskMem block is accounted for.
+//! and deleted, and every CoTaskMem block is accounted for. The provider is given a dead
+//! gateway before the array's: it passes over it.
 //!
 //! The array daemon runs on the Linux side (the Windows build of the array does not exist):
 //! `scripts/ci.d/40-windows.sh` starts one on loopback and names it in
@@ -112,7 +113,20 @@ fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
         )
         .unwrap();
     let source = LunInfo::from_identity(&pages(&admin, &orig.id), BusType::ISCSI).unwrap();
-    let array = HttpsArray::new(ClientConfig::new(&url, &host.token, &fingerprint)).unwrap();
+    // The provider is configured with two gateways, the first one dead (a port bound, then
+    // closed): every call passes over it to the array and stays there.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://{}", l.local_addr().unwrap())
+    };
+    let array = HttpsArray::new(ClientConfig::with_urls(
+        &[&dead, &url],
+        &host.token,
+        &fingerprint,
+    ))
+    .unwrap();
+    let gateways = array.client().clone();
+    assert_eq!(gateways.current_url(), dead);
 
     let events = Arc::new(Events::default());
     let log = VetoLog::new(events.clone());
@@ -178,6 +192,11 @@ fn real_core_creates_imports_and_deletes_a_snapshot_through_the_vtables() {
         "OnLunEmpty deletes the snapshot"
     );
     assert_eq!(c.on_unload(false).unwrap(), UnloadAnswer::Ready);
+    assert_eq!(
+        gateways.current_url(),
+        url,
+        "the calls went to the live gateway"
+    );
     assert!(
         events.0.lock().unwrap().is_empty(),
         "no veto on the happy path"

@@ -6,8 +6,40 @@
 //! so the connection warmed by `EndPrepareSnapshots` is the one `CommitSnapshots` uses.
 //! Every provider verb is idempotent on the array, so transport failures are retried; the
 //! commit gets a short deadline of its own, well inside VSS's 10 s flush-and-hold window.
+//!
+//! # Several gateways
+//!
+//! An array may be served by several gateway processes that share its identity (one array id,
+//! one certificate and key, one admin token), each serving the control API. A client is given
+//! every gateway's URL and one pinned fingerprint, the array's. Each call goes to the URL that
+//! answered last (sticky: a client stays on one gateway and its warm connection); when that
+//! gateway fails in transport, the call moves on to the next URL of the list (wrapping around)
+//! and is sent there, within the call's deadline:
+//!
+//! * no connection could be made (refused, connect timeout, name not resolved): the request
+//!   never left, so any request moves on;
+//! * the connection broke (reset, closed before the answer): provider verbs are idempotent on
+//!   the array and creating admin verbs carry an idempotency key, so the request is sent again
+//!   elsewhere, as it was always sent again to the one array;
+//! * no answer within the deadline: only a request with an idempotency key moves on (the array
+//!   answers a repeat as it answered the first); any other returns the timeout, the commit's
+//!   among them (its time limit is VSS's).
+//!
+//! Never a reason to move on: an answer (an HTTP problem is the array's answer, and another
+//! gateway of the same array would give the same), and a certificate that does not match the
+//! pin (something else answers at that address: the call fails with
+//! [`ClientError::CertificateMismatch`], the other gateways are not tried). When every URL
+//! failed, the error names each one and why it failed.
+//!
+//! The connect timeout is short, [`CONNECT_TIMEOUT`] (2 s): a gateway whose host is down drops
+//! the connection request, and the call waits that long before it tries the next gateway,
+//! once: after that the next gateway is the one calls go to. On a LAN a connection is made in
+//! milliseconds, and a dead first gateway followed by a live one fits the commit's 3 s
+//! deadline. Moving to another gateway is logged at debug level only: a commit runs while
+//! applications are frozen, when nothing may be written.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use api::{Problem, ProblemCode, routes};
@@ -17,34 +49,79 @@ use vss::{SnapshotContext, VssId};
 
 use crate::array::*;
 
+/// How long making a connection to one gateway may take before the next is tried (see the
+/// module documentation for why it is short).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where and how to reach the array.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `https://host:port`
-    pub url: String,
+    /// The control API of each of the array's gateways, `https://host:port`, in the order
+    /// they are tried.
+    pub urls: Vec<String>,
     /// Bearer token (a host token for the provider, the admin token for the CLI).
     pub token: String,
     /// SHA-256 fingerprint of the array's certificate: 64 hex digits, `:` separators allowed.
+    /// Every gateway presents it.
     pub fingerprint: String,
     /// Deadline of ordinary calls.
     pub timeout: Duration,
     /// Deadline of the commit call, retries included.
     pub commit_timeout: Duration,
-    /// Attempts for idempotent calls that fail in transport.
+    /// Rounds through the gateways for idempotent calls that fail in transport (with one
+    /// gateway: attempts).
     pub attempts: u32,
+    /// How long a connection may take to be made ([`CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
 }
 
 impl ClientConfig {
-    pub fn new(url: &str, token: &str, fingerprint: &str) -> Self {
+    /// `urls`: one URL, or several separated by commas.
+    pub fn new(urls: &str, token: &str, fingerprint: &str) -> Self {
+        Self::with_urls(&[urls], token, fingerprint)
+    }
+
+    /// Several URLs, each value one URL or several separated by commas ([`split_urls`]).
+    pub fn with_urls<S: AsRef<str>>(urls: &[S], token: &str, fingerprint: &str) -> Self {
         Self {
-            url: url.trim_end_matches('/').to_string(),
+            urls: split_urls(urls),
             token: token.to_string(),
             fingerprint: fingerprint.to_string(),
             timeout: Duration::from_secs(30),
             commit_timeout: Duration::from_secs(3),
             attempts: 3,
+            connect_timeout: CONNECT_TIMEOUT,
         }
     }
+}
+
+/// The gateway URLs in `values`: each value is one URL or several separated by commas (a
+/// flag given several times, a registry value, an environment variable). Spaces around a URL
+/// and a trailing `/` are dropped, as are empty pieces and repeats; the order is kept.
+pub fn split_urls<S: AsRef<str>>(values: &[S]) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for piece in values.iter().flat_map(|v| v.as_ref().split(',')) {
+        let url = piece.trim().trim_end_matches('/');
+        if !url.is_empty() && !urls.iter().any(|u| u == url) {
+            urls.push(url.to_string());
+        }
+    }
+    urls
+}
+
+/// Checks that `url` is `https://host[:port]` (a path prefix is allowed): no other scheme,
+/// no empty host, no spaces.
+pub fn check_url(url: &str) -> Result<(), ClientError> {
+    let bad = || ClientError::BadUrl(url.to_string());
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty()
+        || host.starts_with(':')
+        || url.chars().any(|c| c.is_whitespace() || c == ',')
+    {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// Why a client call failed.
@@ -63,6 +140,7 @@ pub enum ClientError {
          array presented {presented}"
     )]
     CertificateMismatch { pinned: String, presented: String },
+    /// No gateway could be reached; the text names each URL tried and why it failed.
     #[error("the array cannot be reached: {0}")]
     Transport(String),
     #[error("the array did not answer within {0:?}")]
@@ -109,20 +187,27 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], ClientError> {
 /// The fingerprint of a DER certificate as `AB:CD:...`.
 pub use api::pinning::fingerprint as fingerprint_of;
 
-/// A blocking HTTPS client of the control API.
+/// One gateway: its URL, its connection pool, and the certificates its handshakes refused.
+struct Gateway {
+    url: String,
+    agent: ureq::Agent,
+    mismatch: Arc<api::pinning::Mismatch>,
+}
+
+/// A blocking HTTPS client of the control API, over every gateway of one array.
 #[derive(Clone)]
 pub struct Client {
-    agent: ureq::Agent,
+    gateways: Arc<[Gateway]>,
+    /// The index of the gateway that answered last: where the next call goes first.
+    current: Arc<AtomicUsize>,
     config: Arc<ClientConfig>,
-    /// Certificates refused for not matching the pin.
-    mismatch: Arc<api::pinning::Mismatch>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
         f.debug_struct("Client")
-            .field("url", &self.config.url)
+            .field("urls", &self.config.urls)
             .finish_non_exhaustive()
     }
 }
@@ -134,25 +219,62 @@ enum Verb {
     Delete,
 }
 
+/// How one attempt on one gateway ended, when it did not end the call.
+enum Failed {
+    /// No connection could be made: the request never left.
+    Connect(String),
+    /// The connection broke before the answer: the request may have been executed.
+    Broken(String),
+    /// No answer within the time the attempt had.
+    Timeout(Duration),
+    /// An answer, or a reason not to try elsewhere: the call ends with it.
+    Final(ClientError),
+}
+
+/// A transport failure in words, without the URL (the caller names the gateway).
+fn reason(t: &ureq::Transport) -> String {
+    let mut s = t.kind().to_string();
+    if let Some(m) = t.message() {
+        s.push_str(": ");
+        s.push_str(m);
+    }
+    if let Some(src) = std::error::Error::source(t) {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+    }
+    s
+}
+
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
-        if !config.url.starts_with("https://") || config.url.len() <= "https://".len() {
-            return Err(ClientError::BadUrl(config.url.clone()));
+        if config.urls.is_empty() {
+            return Err(ClientError::BadUrl(String::new()));
         }
-        let (tls, mismatch) =
-            api::pinning::client_config_observed(&config.fingerprint).map_err(|e| match e {
-                api::pinning::PinError::BadFingerprint(s) => ClientError::BadFingerprint(s),
-                api::pinning::PinError::Tls(m) => ClientError::Transport(m),
-            })?;
-        let agent = ureq::AgentBuilder::new()
-            .tls_config(Arc::new(tls))
-            .timeout_connect(Duration::from_secs(5).min(config.timeout))
-            .max_idle_connections_per_host(4)
-            .build();
+        let mut gateways = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            check_url(url)?;
+            // One TLS configuration per gateway, so a refused certificate is known by where
+            // it was presented.
+            let (tls, mismatch) = api::pinning::client_config_observed(&config.fingerprint)
+                .map_err(|e| match e {
+                    api::pinning::PinError::BadFingerprint(s) => ClientError::BadFingerprint(s),
+                    api::pinning::PinError::Tls(m) => ClientError::Transport(m),
+                })?;
+            let agent = ureq::AgentBuilder::new()
+                .tls_config(Arc::new(tls))
+                .timeout_connect(config.connect_timeout.min(config.timeout))
+                .max_idle_connections_per_host(4)
+                .build();
+            gateways.push(Gateway {
+                url: url.clone(),
+                agent,
+                mismatch,
+            });
+        }
         Ok(Self {
-            agent,
+            gateways: gateways.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             config: Arc::new(config),
-            mismatch,
         })
     }
 
@@ -160,20 +282,28 @@ impl Client {
         &self.config
     }
 
+    /// The URL calls go to first: the gateway that answered last (the first URL until one
+    /// did).
+    pub fn current_url(&self) -> &str {
+        &self.gateways[self.current.load(Ordering::Relaxed) % self.gateways.len()].url
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn once<B: Serialize>(
         &self,
+        gw: &Gateway,
         verb: &Verb,
         path: &str,
         body: Option<&B>,
         timeout: Duration,
         key: Option<&str>,
-    ) -> Result<Option<String>, ClientError> {
-        let url = format!("{}{path}", self.config.url);
+    ) -> Result<Option<String>, Failed> {
+        let url = format!("{}{path}", gw.url);
         let req = match verb {
-            Verb::Get => self.agent.get(&url),
-            Verb::Post => self.agent.post(&url),
-            Verb::Patch => self.agent.request("PATCH", &url),
-            Verb::Delete => self.agent.delete(&url),
+            Verb::Get => gw.agent.get(&url),
+            Verb::Post => gw.agent.post(&url),
+            Verb::Patch => gw.agent.request("PATCH", &url),
+            Verb::Delete => gw.agent.delete(&url),
         }
         .set("Authorization", &format!("Bearer {}", self.config.token))
         .set("Accept", "application/json, application/problem+json")
@@ -184,17 +314,22 @@ impl Client {
         };
         let res = match body {
             Some(b) => req.send_json(
-                serde_json::to_value(b).map_err(|e| ClientError::Decode(e.to_string()))?,
+                serde_json::to_value(b)
+                    .map_err(|e| Failed::Final(ClientError::Decode(e.to_string())))?,
             ),
             None if matches!(verb, Verb::Post) => req.send_string(""),
             None => req.call(),
         };
+        if !matches!(res, Err(ureq::Error::Transport(_))) {
+            // The gateway answered with the pinned certificate.
+            gw.mismatch.clear();
+        }
         match res {
             Ok(r) if r.status() == 204 => Ok(None),
             Ok(r) => r
                 .into_string()
                 .map(Some)
-                .map_err(|e| ClientError::Decode(e.to_string())),
+                .map_err(|e| Failed::Final(ClientError::Decode(e.to_string()))),
             Err(ureq::Error::Status(status, r)) => {
                 let text = r.into_string().unwrap_or_default();
                 let p = serde_json::from_str::<Problem>(&text).unwrap_or_else(|_| {
@@ -215,20 +350,28 @@ impl Client {
                         ),
                     )
                 });
-                Err(ClientError::Problem(p))
+                Err(Failed::Final(ClientError::Problem(p)))
             }
             Err(ureq::Error::Transport(t)) => {
-                if let Some(presented) = self.mismatch.presented() {
-                    return Err(ClientError::CertificateMismatch {
-                        pinned: self.mismatch.pinned().to_string(),
+                let msg = reason(&t);
+                // A plain TCP connect failure saw no certificate; anything later may have
+                // been refused by the pin.
+                let tcp_only = t.kind() == ureq::ErrorKind::ConnectionFailed
+                    && t.message() == Some("Connect error");
+                if let Some(presented) = gw.mismatch.presented().filter(|_| !tcp_only) {
+                    return Err(Failed::Final(ClientError::CertificateMismatch {
+                        pinned: gw.mismatch.pinned().to_string(),
                         presented,
-                    });
+                    }));
                 }
-                let msg = t.to_string();
-                if msg.contains("timed out") || msg.contains("Timeout") {
-                    Err(ClientError::Timeout(timeout))
-                } else {
-                    Err(ClientError::Transport(msg))
+                match t.kind() {
+                    ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns => {
+                        Err(Failed::Connect(msg))
+                    }
+                    _ if msg.contains("timed out") || msg.contains("Timeout") => {
+                        Err(Failed::Timeout(timeout))
+                    }
+                    _ => Err(Failed::Broken(msg)),
                 }
             }
         }
@@ -246,8 +389,8 @@ impl Client {
     }
 
     /// [`Client::send`] with an idempotency key: the array answers a repeat as it answered
-    /// the first, so a request that timed out is retried too (with the same key), within
-    /// `deadline`.
+    /// the first, so a request that timed out is retried too (with the same key, on the next
+    /// gateway), within `deadline`.
     fn send_keyed<B: Serialize>(
         &self,
         verb: Verb,
@@ -257,32 +400,97 @@ impl Client {
         key: Option<&str>,
     ) -> Result<Option<String>, ClientError> {
         let start = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // A keyed request gets the whole deadline on each of its attempts (a repeat is
-            // answered, not executed again); any other shares one deadline.
-            let left = match key {
-                Some(_) => deadline,
-                None => deadline.saturating_sub(start.elapsed()),
-            };
-            if left.is_zero() {
-                return Err(ClientError::Timeout(deadline));
+        let n = self.gateways.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        // The last failure of each gateway tried, by index.
+        let mut failures: Vec<Option<Failed>> = (0..n).map(|_| None).collect();
+        'rounds: for round in 0..self.config.attempts.max(1) {
+            if round > 0 {
+                // Every gateway failed: a daemon restarting, a pooled connection the server
+                // closed. Wait a little before the next round.
+                let pause = Duration::from_millis(20 * u64::from(round));
+                if key.is_none() && start.elapsed() + pause >= deadline {
+                    break;
+                }
+                std::thread::sleep(pause);
             }
-            match self.once(&verb, path, body, left, key) {
-                Err(ClientError::Timeout(_)) if key.is_some() && attempt < self.config.attempts => {
-                    tracing::debug!("retrying {path} with its idempotency key after a timeout");
+            for step in 0..n {
+                let i = (first + step) % n;
+                let gw = &self.gateways[i];
+                // A keyed request gets the whole deadline on each of its attempts (a repeat is
+                // answered, not executed again); any other shares one deadline.
+                let left = match key {
+                    Some(_) => deadline,
+                    None => deadline.saturating_sub(start.elapsed()),
+                };
+                if left.is_zero() {
+                    break 'rounds;
                 }
-                Err(ClientError::Transport(m))
-                    if attempt < self.config.attempts && start.elapsed() < deadline =>
-                {
-                    // A pooled connection the server closed, or a daemon restarting: retry.
-                    tracing::debug!("retrying {path} after transport error: {m}");
-                    std::thread::sleep(Duration::from_millis(20 * attempt as u64));
+                let failed = match self.once(gw, &verb, path, body, left, key) {
+                    Ok(v) => {
+                        self.current.store(i, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Err(Failed::Final(e)) => {
+                        if matches!(e, ClientError::Problem(_) | ClientError::Decode(_)) {
+                            self.current.store(i, Ordering::Relaxed);
+                        }
+                        return Err(e);
+                    }
+                    Err(Failed::Timeout(d)) if key.is_none() => {
+                        return Err(ClientError::Timeout(d));
+                    }
+                    Err(f) => f,
+                };
+                match &failed {
+                    Failed::Connect(m) | Failed::Broken(m) => {
+                        tracing::debug!(gateway = %gw.url, "{path} failed in transport: {m}");
+                    }
+                    Failed::Timeout(d) => tracing::debug!(
+                        gateway = %gw.url,
+                        "{path} not answered within {d:?}; sending it again with its \
+                         idempotency key"
+                    ),
+                    Failed::Final(_) => {}
                 }
-                other => return other,
+                failures[i] = Some(failed);
             }
         }
+        Err(self.unreachable(failures, deadline))
+    }
+
+    /// The error of a call no gateway answered: with one gateway, its failure; with several,
+    /// every URL and why it failed.
+    fn unreachable(&self, failures: Vec<Option<Failed>>, deadline: Duration) -> ClientError {
+        if let [only] = &*self.gateways {
+            return match failures.into_iter().next().flatten() {
+                Some(Failed::Connect(m) | Failed::Broken(m)) => {
+                    ClientError::Transport(format!("{}: {m}", only.url))
+                }
+                Some(Failed::Timeout(d)) => ClientError::Timeout(d),
+                Some(Failed::Final(e)) => e,
+                None => ClientError::Timeout(deadline),
+            };
+        }
+        let each: Vec<String> = self
+            .gateways
+            .iter()
+            .zip(failures)
+            .map(|(gw, f)| {
+                let why = match f {
+                    Some(Failed::Connect(m) | Failed::Broken(m)) => m,
+                    Some(Failed::Timeout(d)) => format!("no answer within {d:?}"),
+                    Some(Failed::Final(e)) => e.to_string(),
+                    None => format!("not tried: the call's {deadline:?} were spent"),
+                };
+                format!("{} ({why})", gw.url)
+            })
+            .collect();
+        ClientError::Transport(format!(
+            "none of its {} gateways answered: {}",
+            each.len(),
+            each.join("; ")
+        ))
     }
 
     fn decode<T: DeserializeOwned>(text: Option<String>) -> Result<T, ClientError> {
@@ -476,5 +684,63 @@ impl ArrayControl for HttpsArray {
 
     fn list_sets(&self) -> Result<Vec<SetSummary>, ControlError> {
         Ok(self.client.get(routes::SETS)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_come_repeated_or_comma_separated() {
+        assert_eq!(
+            split_urls(&["https://a:1, https://b:2/", "https://c:3"]),
+            ["https://a:1", "https://b:2", "https://c:3"]
+        );
+        // Empty pieces and repeats are dropped, the order is kept.
+        assert_eq!(
+            split_urls(&["https://b:2,,https://a:1,", "https://b:2/"]),
+            ["https://b:2", "https://a:1"]
+        );
+        assert!(split_urls(&[" , "]).is_empty());
+        assert_eq!(
+            ClientConfig::new("https://a:1,https://b:2", "t", "f").urls,
+            ["https://a:1", "https://b:2"]
+        );
+    }
+
+    #[test]
+    fn every_url_is_checked() {
+        let fp = "00".repeat(32);
+        for good in [
+            "https://a:8443",
+            "https://[::1]:8443",
+            "https://host/prefix",
+        ] {
+            assert_eq!(check_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://a:1",
+            "https://",
+            "https://:8443",
+            "https://a b:1",
+            "a:1",
+        ] {
+            assert_eq!(
+                check_url(bad),
+                Err(ClientError::BadUrl(bad.into())),
+                "{bad}"
+            );
+        }
+        match Client::new(ClientConfig::new("https://a:1,http://b:2", "t", &fp)) {
+            Err(ClientError::BadUrl(u)) => assert_eq!(u, "http://b:2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Client::new(ClientConfig::new(" ,", "t", &fp)),
+            Err(ClientError::BadUrl(_))
+        ));
+        let c = Client::new(ClientConfig::new("https://a:1,https://b:2", "t", &fp)).unwrap();
+        assert_eq!(c.current_url(), "https://a:1");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use provider::ControlError;
 use provider::array::ArrayControl;
-use provider::https::{ClientConfig, ClientError, HttpsArray, fingerprint_of};
+use provider::https::{Client, ClientConfig, ClientError, HttpsArray, fingerprint_of};
 use vss::VssId;
 
 type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
@@ -19,12 +19,30 @@ struct Server {
     seen: Arc<Mutex<Vec<(String, String, String)>>>,
 }
 
+/// A certificate and its key: what the gateways of one array share.
+struct Identity {
+    der: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn identity() -> Identity {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    Identity {
+        der: cert.cert.der().to_vec(),
+        key: cert.signing_key.serialize_der(),
+    }
+}
+
 /// A one-purpose HTTPS server: answers each request with `handler(method+path, body)`.
 fn serve(handler: Handler) -> Server {
+    serve_as(&identity(), handler)
+}
+
+/// [`serve`] presenting `id`'s certificate.
+fn serve_as(id: &Identity, handler: Handler) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = cert.cert.der().to_vec();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let der = id.der.clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(id.key.clone().into());
     let cfg = Arc::new(
         rustls::ServerConfig::builder()
             .with_no_client_auth()
@@ -227,4 +245,188 @@ fn bad_configuration_is_a_clear_error() {
         a.commit(VssId::nil()),
         Err(ControlError::Unreachable(_))
     ));
+}
+
+/// A URL where nothing listens: a port bound, then closed.
+fn dead_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("https://{addr}")
+}
+
+fn requests(s: &Server) -> usize {
+    s.seen.lock().unwrap().len()
+}
+
+fn answers(_: &str, _: &str) -> (u16, String) {
+    (200, r#"{"luns":[]}"#.into())
+}
+
+#[test]
+fn a_dead_gateway_is_passed_over_and_the_one_that_answered_is_kept() {
+    let id = identity();
+    let a = serve_as(&id, Arc::new(answers));
+    let b = serve_as(&id, Arc::new(answers));
+    let dead = dead_url();
+    let arr = HttpsArray::new(ClientConfig::with_urls(
+        &[format!("{dead},{}", a.url), b.url.clone()],
+        "t",
+        &a.fingerprint,
+    ))
+    .unwrap();
+    assert_eq!(arr.client().current_url(), dead);
+    for _ in 0..4 {
+        assert_eq!(arr.lookup(&[]).unwrap(), vec![]);
+    }
+    assert_eq!(arr.client().current_url(), a.url);
+    assert_eq!((requests(&a), requests(&b)), (4, 0));
+}
+
+#[test]
+fn a_gateway_that_drops_the_connection_is_passed_over() {
+    let id = identity();
+    // Accepts, then closes without a TLS handshake.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing = format!("https://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().take(16) {
+            drop(s);
+        }
+    });
+    let b = serve_as(&id, Arc::new(answers));
+    let arr = HttpsArray::new(ClientConfig::with_urls(
+        &[&closing, &b.url],
+        "t",
+        &b.fingerprint,
+    ))
+    .unwrap();
+    assert_eq!(arr.lookup(&[]).unwrap(), vec![]);
+    assert_eq!(requests(&b), 1);
+    assert_eq!(arr.client().current_url(), b.url);
+}
+
+#[test]
+fn an_answer_ends_the_call_on_the_gateway_that_gave_it() {
+    let id = identity();
+    let a = serve_as(
+        &id,
+        Arc::new(|req, _| {
+            let (status, code) = if req.ends_with("/end-prepare") {
+                (409, "conflict")
+            } else {
+                (500, "internal")
+            };
+            let p = api::Problem::new(
+                serde_json::from_value(serde_json::json!(code)).unwrap(),
+                "no",
+            );
+            (status, serde_json::to_string(&p).unwrap())
+        }),
+    );
+    let b = serve_as(&id, Arc::new(|_, _| (204, String::new())));
+    let arr = HttpsArray::new(ClientConfig::with_urls(
+        &[&a.url, &b.url],
+        "t",
+        &a.fingerprint,
+    ))
+    .unwrap();
+    let set = VssId::from_u128(9);
+    assert_eq!(
+        arr.end_prepare(set),
+        Err(ControlError::Conflict("no".into()))
+    );
+    assert!(matches!(
+        arr.complete(set),
+        Err(ControlError::Rejected { .. })
+    ));
+    assert_eq!(
+        (requests(&a), requests(&b)),
+        (2, 0),
+        "a problem is an answer"
+    );
+}
+
+#[test]
+fn a_timeout_moves_on_only_with_an_idempotency_key() {
+    let id = identity();
+    let a = serve_as(
+        &id,
+        Arc::new(|_, _| {
+            std::thread::sleep(Duration::from_secs(3));
+            (204, String::new())
+        }),
+    );
+    let b = serve_as(&id, Arc::new(answers));
+    let mut cfg = ClientConfig::with_urls(&[&a.url, &b.url], "t", &a.fingerprint);
+    cfg.timeout = Duration::from_millis(500);
+    cfg.commit_timeout = Duration::from_millis(500);
+    let arr = HttpsArray::new(cfg).unwrap();
+    // A commit that timed out may have been executed: it is not sent elsewhere.
+    assert!(matches!(
+        arr.commit(VssId::nil()),
+        Err(ControlError::Timeout(_))
+    ));
+    assert_eq!((requests(&a), requests(&b)), (1, 0));
+    // A keyed request is answered as the first was: it moves on.
+    let client: &Client = arr.client();
+    let v: serde_json::Value = client
+        .post_keyed("/v1/admin/luns", Some(&serde_json::json!({})), "key-1")
+        .unwrap();
+    assert_eq!(v, serde_json::json!({"luns": []}));
+    assert_eq!((requests(&a), requests(&b)), (2, 1));
+    assert_eq!(client.current_url(), b.url);
+    // And the next call goes where the last answer came from.
+    arr.lookup(&[]).unwrap();
+    assert_eq!((requests(&a), requests(&b)), (2, 2));
+}
+
+#[test]
+fn a_gateway_with_another_certificate_is_reported_not_passed_over() {
+    let id = identity();
+    let impostor = serve(Arc::new(answers));
+    let real = serve_as(&id, Arc::new(answers));
+    let client = Client::new(ClientConfig::with_urls(
+        &[dead_url(), impostor.url.clone(), real.url.clone()],
+        "t",
+        &real.fingerprint,
+    ))
+    .unwrap();
+    match client.health() {
+        Err(ClientError::CertificateMismatch { pinned, presented }) => {
+            assert_eq!(pinned, real.fingerprint);
+            assert_eq!(presented, impostor.fingerprint);
+        }
+        other => panic!("expected the mismatch, got {other:?}"),
+    }
+    assert_eq!((requests(&impostor), requests(&real)), (0, 0));
+    // Through the provider's mapping too: to VSS the array is out of reach, and says why.
+    let arr = HttpsArray::new(client.config().clone()).unwrap();
+    match arr.lookup(&[]) {
+        Err(ControlError::Unreachable(m)) => {
+            assert!(m.contains("does not match the pinned fingerprint"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(requests(&real), 0);
+}
+
+#[test]
+fn when_no_gateway_answers_the_error_names_each() {
+    let (d1, d2) = (dead_url(), dead_url());
+    let client = Client::new(ClientConfig::with_urls(&[&d1, &d2], "t", &"00".repeat(32))).unwrap();
+    match client.health() {
+        Err(ClientError::Transport(m)) => {
+            assert!(m.starts_with("none of its 2 gateways answered: "), "{m}");
+            assert!(m.contains(&format!("{d1} (")), "{m}");
+            assert!(m.contains(&format!("{d2} (")), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // One gateway: its own failure, named.
+    let one = Client::new(ClientConfig::new(&d1, "t", &"00".repeat(32))).unwrap();
+    match one.health() {
+        Err(ClientError::Transport(m)) => assert!(m.starts_with(&format!("{d1}: ")), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -13,14 +13,19 @@ use crate::output::{self, parse_size, size};
 /// How to reach the array's control API as administrator.
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
-    /// Control API URL of the array.
+    /// Control API URL of the array. An array served by several gateways has one URL per
+    /// gateway: repeat --array, or separate the URLs with commas (also in SHADOWLUN_ARRAY).
+    /// A command goes to the gateway that answered last and moves on to the next URL when a
+    /// gateway cannot be reached.
     #[arg(
         long,
         env = "SHADOWLUN_ARRAY",
         default_value = "https://127.0.0.1:8443",
+        value_delimiter = ',',
+        value_name = "URL",
         global = true
     )]
-    pub array: String,
+    pub array: Vec<String>,
     /// File holding the admin token (created by the array in its pool directory).
     #[arg(long, env = "SHADOWLUN_TOKEN_FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
@@ -43,7 +48,7 @@ impl Connection {
         let fingerprint = self.fingerprint.as_deref().context(
             "no certificate fingerprint: pass --fingerprint (printed when the array starts) or set SHADOWLUN_FINGERPRINT",
         )?;
-        Ok(Client::new(ClientConfig::new(
+        Ok(Client::new(ClientConfig::with_urls(
             &self.array,
             token.trim(),
             fingerprint,
@@ -140,8 +145,8 @@ pub fn explain(e: ClientError) -> anyhow::Error {
         ClientError::Transport(m) => (
             ErrorKind::Unreachable,
             format!(
-                "the array cannot be reached ({m}); check --array and that `shadowlun array \
-                 serve` is running"
+                "the array cannot be reached ({m}); check --array (one URL per gateway) and \
+                 that `shadowlun array serve` is running"
             ),
         ),
         ClientError::Timeout(d) => (

@@ -16,7 +16,9 @@ use clap::{Parser, Subcommand};
 ///
 /// Administration commands (lun, host, snapshot, set) talk to a running array over its
 /// control API; pass --array, --token-file and --fingerprint, or set SHADOWLUN_ARRAY,
-/// SHADOWLUN_TOKEN_FILE and SHADOWLUN_FINGERPRINT.
+/// SHADOWLUN_TOKEN_FILE and SHADOWLUN_FINGERPRINT. An array served by several gateways takes
+/// one URL per gateway (repeat --array or separate the URLs with commas); a command moves on
+/// to the next gateway when one cannot be reached.
 #[derive(Parser)]
 #[command(
     version,

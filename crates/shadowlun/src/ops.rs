@@ -3,6 +3,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use api::{ArrayStatus, AuditRecord, SessionRecord, routes};
+use provider::https::{Client, ClientError};
+use serde::Serialize;
 
 use crate::admin::{AdminError, Connection, ErrorKind, SessionCmd, explain};
 use crate::output::{self, size};
@@ -11,11 +13,78 @@ fn time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// One gateway of the array as `status` found it, asked on its own.
+#[derive(Debug, Serialize)]
+struct GatewayProbe {
+    url: String,
+    /// It answered the status call with the pinned certificate and accepted the token.
+    answers: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `status --json`: the array's status, the gateway that gave it, and every gateway probed.
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    #[serde(flatten)]
+    status: &'a ArrayStatus,
+    gateway: &'a str,
+    gateways: Vec<GatewayProbe>,
+}
+
+/// Every URL of the connection asked for the array's status on its own (one attempt each,
+/// at once, no failover), but `answered`, whose status call just succeeded.
+fn probe_gateways(api: &Client, answered: &str) -> Vec<GatewayProbe> {
+    std::thread::scope(|s| {
+        let probes: Vec<_> = api
+            .config()
+            .urls
+            .iter()
+            .map(|url| {
+                let handle = (url != answered).then(|| {
+                    let mut cc = api.config().clone();
+                    cc.urls = vec![url.clone()];
+                    cc.attempts = 1;
+                    cc.timeout = Duration::from_secs(5);
+                    s.spawn(move || {
+                        Client::new(cc)
+                            .and_then(|one| one.get::<ArrayStatus>(routes::ADMIN_STATUS))
+                            .map(|_| ())
+                    })
+                });
+                (url.clone(), handle)
+            })
+            .collect();
+        probes
+            .into_iter()
+            .map(|(url, handle)| {
+                let outcome = match handle {
+                    None => Ok(()),
+                    Some(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err(ClientError::Transport("the probe failed".into()))),
+                };
+                GatewayProbe {
+                    url,
+                    answers: outcome.is_ok(),
+                    error: outcome.err().map(|e| e.to_string()),
+                }
+            })
+            .collect()
+    })
+}
+
 pub fn status(c: &Connection) -> anyhow::Result<()> {
     let api = c.client()?;
     let st: ArrayStatus = api.get(routes::ADMIN_STATUS).map_err(explain)?;
+    let gateway = api.current_url().to_string();
+    let gateways = probe_gateways(&api, &gateway);
     if c.json {
-        return output::json(&st);
+        return output::json(&StatusOut {
+            status: &st,
+            gateway: &gateway,
+            gateways,
+        });
     }
     let p = &st.pool;
     let rows = [
@@ -42,12 +111,26 @@ pub fn status(c: &Connection) -> anyhow::Result<()> {
         ("sessions", st.sessions.to_string()),
         ("sets in flight", st.sets_in_flight.to_string()),
         ("version", st.version.clone()),
+        // The gateway that answered (with several --array URLs, the first that could be
+        // reached).
+        ("gateway", gateway),
     ];
     for (k, v) in rows {
         println!("{k:<15} {v}");
     }
+    if gateways.len() > 1 {
+        let up = gateways.iter().filter(|g| g.answers).count();
+        println!("{:<15} {up} of {} answer", "gateways", gateways.len());
+    }
     for r in &st.health.reasons {
         println!("  ! {r}");
+    }
+    for g in gateways.iter().filter(|g| !g.answers) {
+        println!(
+            "  ! gateway {} does not answer: {}",
+            g.url,
+            g.error.as_deref().unwrap_or("?")
+        );
     }
     Ok(())
 }

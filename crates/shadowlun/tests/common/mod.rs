@@ -33,12 +33,17 @@ pub fn start(pool: &Path) -> Daemon {
 
 /// [`start`] with more arguments for `array serve` (`--config FILE`).
 pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
+    start_at(pool, "127.0.0.1:0", extra)
+}
+
+/// [`start_with`] with the control API on `api` (`127.0.0.1:PORT`).
+pub fn start_at(pool: &Path, api: &str, extra: &[&str]) -> Daemon {
     let mut child = Command::new(BIN)
         .args([
             "array",
             "serve",
             "--api",
-            "127.0.0.1:0",
+            api,
             "--portal",
             "127.0.0.1:0",
             "--pool",
