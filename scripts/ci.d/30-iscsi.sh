@@ -5,6 +5,9 @@
 #     a file LUN with direct I/O (O_DIRECT);
 #  2. iscsi-ls / iscsi-inq see exactly the identity and LUN masking configured, and the
 #     target port group the array serves too (TPGS 1, a target port group designator);
+#  2b. one target on three portals, each its own target port and port group, the third
+#     Standby: libiscsi's MultipathIO suite across the first two, iscsi-inq's view of each
+#     port, QEMU refused the medium through the Standby one (a few seconds);
 #  3. QEMU's iSCSI driver (qemu-img, qemu-io, installed by scripts/setup): capacity, bytes,
 #     allocation map (GET LBA STATUS), discard (UNMAP), write-zeroes (WRITE SAME), header
 #     digests, each checked on the LUN and in the backing file; the direct I/O LUN read and
@@ -36,8 +39,11 @@ work=$(mktemp -d)
 mkdir -p "${CARGO_TARGET_DIR:-target}"
 direct_dir=$(mktemp -d -p "${CARGO_TARGET_DIR:-target}")
 serve_pid=""
+mp_pid=""
 cleanup() {
-  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
+  for p in "$serve_pid" "$mp_pid"; do
+    if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
   rm -rf "$work" "$direct_dir"
 }
 trap cleanup EXIT
@@ -178,6 +184,68 @@ for suite in Read10 Read16 Write10 Write16 WriteVerify16 Verify16 WriteSame16 Un
   done <"$work/failed-direct-$suite"
 done
 [ $fail -eq 0 ] || { echo "iscsi-test-cu failures above"; exit 1; }
+
+echo "== several target ports: MultipathIO"
+# One process serves the target on three portals, each its own target port (relative port,
+# portal group tag and target port group 1, 2, 3); the LUN is Standby in group 3. Each
+# portal binds a free port, read back from what serve prints.
+mp_name=iqn.2026-01.org.shadowlun:ci-mpath
+"$bin" --target "$mp_name" --portal "127.0.0.1:0=1" --portal "127.0.0.1:0=2" \
+  --portal "127.0.0.1:0=3" --access 3=standby \
+  --initiator "$i1" --initiator "$i2" --initiator "$qemu" --lun 0:mem:16 \
+  >"$work/mp.out" 2>"$work/mp.err" &
+mp_pid=$!
+for _ in $(seq 100); do [ "$(grep -c listening "$work/mp.out" 2>/dev/null)" -eq 3 ] && break; sleep 0.1; done
+[ "$(grep -c listening "$work/mp.out")" -eq 3 ] || { cat "$work/mp.err"; echo "multiport target did not start"; exit 1; }
+for n in 1 2 3; do
+  a=$(awk -v n="$n" '$0 ~ "relative target port " n "," { print $3 }' "$work/mp.out")
+  [ -n "$a" ] || { cat "$work/mp.out"; echo "no portal of port $n"; exit 1; }
+  eval "mp$n=\$a"
+done
+mpurl() { echo "iscsi://$1/$mp_name/0"; }
+# Each active port names itself in VPD 0x83: its SCSI name carries its portal group tag,
+# and it has a relative target port and a target port group designator. (iscsi-inq prints
+# a binary designator as a C string, so the identifiers' values, 00 00 00 0N, show empty;
+# crates/iscsi/tests/multipath.rs asserts them byte for byte.)
+for n in 1 2; do
+  eval "p=\$mp$n"
+  v=$(lc iscsi-inq -i "$i1" -e 1 -c 131 "$(mpurl "$p")")
+  grep -qx "Designator:\[$mp_name,t,0x000$n\]" <<<"$v" || { echo "$v"; echo "port $n: no target port name with tag $n"; exit 1; }
+  for d in '(4) RELATIVE_TARGET_PORT' '(5) TARGET_PORT_GROUP'; do
+    grep -qF "Designator Type:$d" <<<"$v" || { echo "$v"; echo "port $n: no $d designator"; exit 1; }
+  done
+  grep -qx 'TPGS:1' <<<"$(lc iscsi-inq -i "$i1" "$(mpurl "$p")")" || { echo "port $n: TPGS is not 1"; exit 1; }
+done
+timeout --foreground 300 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test=SCSI.MultipathIO \
+  "$(mpurl "$mp1")" "$(mpurl "$mp2")" >"$work/cu-mpath.log" 2>&1 || true
+grep -q 'found matching LU device identifier for all (2) paths' "$work/cu-mpath.log" ||
+  { tail -30 "$work/cu-mpath.log"; echo "MultipathIO did not see one logical unit on both paths"; exit 1; }
+summary=$(grep -E '^ +tests ' "$work/cu-mpath.log" | tail -1 || true)
+[ -n "$summary" ] || { tail -20 "$work/cu-mpath.log"; echo "MultipathIO did not finish"; exit 1; }
+echo "SCSI.MultipathIO: $summary"
+read -r _ total ran _ <<<"$summary"
+[ "$ran" -eq "$total" ] && [ "$total" -ge 4 ] || { cat "$work/cu-mpath.log"; echo "MultipathIO ran $ran of $total tests"; exit 1; }
+awk '/^  Test: / { name=$2 } /FAILED$/ && name != "" { print "SCSI.MultipathIO." name; name="" }' "$work/cu-mpath.log" |
+  sort -u >"$work/failed-mpath"
+while read -r t; do
+  [ -n "$t" ] || continue
+  known=0
+  for k in "${KNOWN_NOT_APPLICABLE[@]}"; do [ "$t" = "$k" ] && known=1; done
+  if [ $known -eq 1 ]; then echo "not applicable (documented): $t"; else echo "FAILED: $t"; fail=1; fi
+done <"$work/failed-mpath"
+[ $fail -eq 0 ] || { cat "$work/cu-mpath.log"; echo "MultipathIO failures above"; exit 1; }
+# Through the Standby port the medium is refused: libiscsi's connection (iscsi-inq, QEMU)
+# ends with the NOT READY, 04/0B of its first TEST UNIT READY; through an active port
+# QEMU reads.
+mpq() { echo "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=$1,file.target=$mp_name,file.lun=0,file.initiator-name=$qemu"; }
+qio_out=$(lc qemu-io --image-opts "$(mpq "$mp2")" -c "read 0 4k" 2>&1) && ! grep -qiE 'fail|error' <<<"$qio_out" ||
+  fail_qemu "read through port 2: $qio_out"
+if out=$(lc qemu-io --image-opts "$(mpq "$mp3")" -c "read 0 4k" 2>&1); then fail_qemu "read through the Standby port 3: $out"; fi
+grep -q 'NOT READY.*0x040b' <<<"$out" || fail_qemu "the Standby port did not answer 04/0B: $out"
+if out=$(lc iscsi-inq -i "$i1" "$(mpurl "$mp3")" 2>&1); then echo "$out"; echo "iscsi-inq connected through the Standby port"; exit 1; fi
+grep -q 'NOT READY.*0x040b' <<<"$out" || { echo "$out"; echo "the Standby port did not answer 04/0B to iscsi-inq"; exit 1; }
+kill "$mp_pid"; wait "$mp_pid" 2>/dev/null || true; mp_pid=""
+echo "several target ports ok"
 
 echo "== initiator against tgt"
 cargo test -q -p lab --test tgt_interop -- --ignored

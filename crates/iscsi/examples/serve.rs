@@ -35,23 +35,25 @@ use std::sync::Arc;
 use iscsi::{AuthPolicy, TargetConfig, TargetPort, TargetServer};
 use scsi::{AccessState, FileDevice, LogicalUnit, LuIdentity, MemDevice, PortGroup};
 
+const USAGE: &str = "usage: serve [--portal ADDR[=GROUP]]... [--target IQN] [--initiator IQN]... \
+     --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
+     [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
+     [--digests on|off] [--port-group N] [--remote-group GROUP=PORT[,PORT]]... \
+     [--access GROUP=STATE]...\n\
+     \n\
+     --portal ADDR=GROUP    ADDR is a portal of target port GROUP: relative target port\n\
+     \x20                      identifier, portal group tag and target port group GROUP\n\
+     \x20                      (every --portal names a group, or none does)\n\
+     --port-group N         the one port of ungrouped portals (relative port 1) is in group N\n\
+     --remote-group G=P,..  group G holds relative ports P served by another process\n\
+     --access GROUP=STATE   every LUN's access state in GROUP: active-optimized,\n\
+     \x20                      active-non-optimized, standby, unavailable, transitioning\n\
+     \n\
+     e.g. serve --portal 127.0.0.1:3260=1 --portal 127.0.0.1:3261=2 --access 2=standby --lun 0:mem:64";
+
 fn usage(msg: &str) -> ! {
     eprintln!("serve: {msg}");
-    eprintln!(
-        "usage: serve [--portal ADDR[=GROUP]]... [--target IQN] [--initiator IQN]... \
-         --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
-         [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
-         [--digests on|off] [--port-group N] [--remote-group GROUP=PORT[,PORT]]... \
-         [--access GROUP=STATE]...\n\
-         \n\
-         --portal ADDR=GROUP    ADDR is a portal of target port GROUP: relative target port\n\
-         \x20                      identifier, portal group tag and target port group GROUP\n\
-         \x20                      (every --portal names a group, or none does)\n\
-         --port-group N         the one port of ungrouped portals (relative port 1) is in group N\n\
-         --remote-group G=P,..  group G holds relative ports P served by another process\n\
-         --access GROUP=STATE   every LUN's access state in GROUP: active-optimized,\n\
-         \x20                      active-non-optimized, standby, unavailable, transitioning"
-    );
+    eprintln!("{USAGE}");
     std::process::exit(2)
 }
 
@@ -168,6 +170,10 @@ fn main() {
                 .unwrap_or_else(|| usage(&format!("{a} needs a value")))
         };
         match a.as_str() {
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return;
+            }
             "--portal" => {
                 let v = val();
                 let (addr, group) = match v.split_once('=') {
