@@ -35,6 +35,7 @@ pub use exec::limits;
 pub use exec::pr::{kind as pr_type, out_sa as pr_out_action};
 pub use fence::{FenceError, WriteFence};
 pub use lu::{IdentityError, LogicalUnit, LuIdentity};
+pub use readahead::{ReadFn, Readahead};
 pub use sense::Sense;
 pub use target::{MAX_LUN, Target, decode_lun, encode_lun};
 

@@ -1,4 +1,6 @@
-//! Readahead for direct-I/O file LUNs.
+//! Readahead for storage that nothing reads ahead of: direct-I/O file LUNs, and RBD images
+//! (librbd reads ahead only through its object cache, and only for the first 50 MiB an
+//! image is read after it is opened).
 //!
 //! With `O_DIRECT` nothing reads ahead for us: an initiator streaming 64 KiB reads at QD8
 //! keeps only the commands it has in flight at the storage, and of those only the part of
@@ -39,7 +41,7 @@ pub(crate) const WORKERS: usize = 2;
 const MAX_SERVED: usize = 2 * CHUNK as usize;
 
 /// Reads `buf.len()` bytes at an offset into an aligned buffer.
-pub(crate) type ReadFn = dyn Fn(u64, &mut [u8]) -> io::Result<()> + Send + Sync;
+pub type ReadFn = dyn Fn(u64, &mut [u8]) -> io::Result<()> + Send + Sync;
 
 /// A chunk's memory, aligned for direct I/O.
 struct Buf {
@@ -119,8 +121,10 @@ impl Shared {
     }
 }
 
-/// Readahead state of one direct-I/O device, with its reading threads.
-pub(crate) struct Readahead {
+/// Readahead state of one device, with its reading threads. The device serves every read
+/// through [`Readahead::read`] first and calls [`Readahead::invalidate`] after every write,
+/// discard or resize, before it completes (see the module's notes on coherence).
+pub struct Readahead {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -136,8 +140,9 @@ impl std::fmt::Debug for Readahead {
 }
 
 impl Readahead {
-    /// `read` fills a buffer aligned to `align` from the storage.
-    pub(crate) fn new(align: usize, read: Box<ReadFn>) -> io::Result<Self> {
+    /// `read` fills a buffer aligned to `align` bytes (1: any) from the storage; the reading
+    /// threads ([`READAHEAD_REQUEST`](crate::READAHEAD_REQUEST)) start now and stop on drop.
+    pub fn new(align: usize, read: Box<ReadFn>) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -167,7 +172,7 @@ impl Readahead {
     /// chunks that are being read. Returns false (and has called `take` for nothing) if the
     /// range is not all read ahead; the caller then reads it from the storage. `end` is the
     /// device's size in bytes.
-    pub(crate) fn read(
+    pub fn read(
         &self,
         offset: u64,
         len: usize,
@@ -223,7 +228,7 @@ impl Readahead {
     }
 
     /// True if every byte of the range is in a chunk read ahead (no storage wait).
-    pub(crate) fn cached(&self, offset: u64, len: usize) -> bool {
+    pub fn cached(&self, offset: u64, len: usize) -> bool {
         if len == 0 || len > MAX_SERVED {
             return false;
         }
@@ -243,7 +248,7 @@ impl Readahead {
     /// Forgets what was read ahead of the `len` bytes at `offset`: call after writing them
     /// (or after discarding, or resizing, with the whole device), before the write
     /// completes.
-    pub(crate) fn invalidate(&self, offset: u64, len: u64) {
+    pub fn invalidate(&self, offset: u64, len: u64) {
         if len == 0 {
             return;
         }

@@ -222,7 +222,8 @@ enum BenchCmd {
         /// Size of each image of the I/O workloads in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
-        /// Commits measured per set size, idle and again under writes.
+        /// Commits measured per set size, idle and again under writes (0: the commit part
+        /// is left out).
         #[arg(long, default_value_t = 15)]
         commits: usize,
         /// The cluster's configuration file (default: $CEPH_CONF, then /etc/ceph/ceph.conf).
@@ -367,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     size_mib: size_mib.max(16),
                     duration: std::time::Duration::from_secs_f64(seconds.max(0.1)),
                     reps: turns.max(3),
-                    commits: commits.max(1),
+                    commits,
                     with_tgt: !no_tgt,
                 })?,
                 BenchCmd::Array {

@@ -15,12 +15,21 @@
 //!   attached: read then, it is all zeros). A first use that finds the clone being made
 //!   here waits for it; one a killed process left staged is removed and made again;
 //! - deleting `C` removes its image, then the snapshot once no other clone uses it.
+//!
+//! Reads of a sequential stream are served from 1 MiB chunks read ahead on threads of the
+//! image's own ([`scsi::Readahead`]): the OSD then answers one read per chunk instead of one
+//! per command. Every write this process makes to a served image, through its device or
+//! the backend (resync, resize), drops what was read ahead of it before it completes. A
+//! gateway that is not a LUN's owner serves it no media access (ALUA), and chunks live only
+//! while their stream passes, so writes by another gateway are not seen only by a stream
+//! that runs across a change of owner: the shared-state layer that moves ownership must
+//! call [`RbdBackend::forget_read_ahead`] when this gateway takes a LUN over.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rbd::{Image, Pool};
-use scsi::{BlockDevice, DeviceError};
+use scsi::{BlockDevice, DeviceError, Readahead};
 
 use crate::{Backend, BackendError, Cause, LOGICAL_BLOCK_SIZE, PoolUsage, VolumeInfo};
 
@@ -30,16 +39,53 @@ pub struct RbdBackend {
     pool: Arc<Pool>,
     prefix: String,
     /// Read-write handles of the images this process serves, shared by their devices.
-    open: Mutex<std::collections::BTreeMap<String, Arc<Image>>>,
+    open: Mutex<std::collections::BTreeMap<String, Served>>,
     /// Held while a clone is made and while a volume is deleted: a first use waits for a
     /// clone in the making instead of finding none, and a delete never races one.
     cloning: Mutex<()>,
 }
 
+/// An image this process serves: its read-write handle and what was read ahead of it.
+#[derive(Debug, Clone)]
+struct Served {
+    image: Arc<Image>,
+    readahead: Arc<Readahead>,
+}
+
+impl Served {
+    /// `image` with its readahead threads started.
+    fn open(image: Image) -> Result<Served, BackendError> {
+        let image = Arc::new(image);
+        let from = image.clone();
+        let readahead = Readahead::new(
+            1,
+            Box::new(move |at, buf| match from.read(at, buf) {
+                Ok(n) if n == buf.len() => Ok(()),
+                Ok(n) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("short read: {n} of {} bytes", buf.len()),
+                )),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }),
+        )
+        .map_err(|e| BackendError::Io(Cause::Os(e)))?;
+        Ok(Served {
+            image,
+            readahead: Arc::new(readahead),
+        })
+    }
+
+    /// Drops what was read ahead of the `len` bytes at `offset` (a write, discard or resize
+    /// there was attempted: it may have changed them even if it failed).
+    fn forget(&self, offset: u64, len: u64) {
+        self.readahead.invalidate(offset, len);
+    }
+}
+
 /// An image as a block device.
 #[derive(Debug)]
 pub struct RbdVolume {
-    image: Arc<Image>,
+    served: Served,
 }
 
 fn dev_err(e: rbd::Error) -> DeviceError {
@@ -75,10 +121,11 @@ fn full_or(pool: &Pool, e: rbd::Error) -> rbd::Error {
 }
 
 impl RbdVolume {
-    fn check(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
-        let size = self.image.size().map_err(dev_err)?;
+    /// The image's size, if the range fits in it.
+    fn check(&self, offset: u64, len: u64) -> Result<u64, DeviceError> {
+        let size = self.served.image.size().map_err(dev_err)?;
         match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
+            Some(end) if end <= size => Ok(size),
             _ => Err(DeviceError::OutOfRange),
         }
     }
@@ -89,15 +136,25 @@ impl BlockDevice for RbdVolume {
         LOGICAL_BLOCK_SIZE
     }
     fn num_blocks(&self) -> u64 {
-        self.image.size().unwrap_or(0) / LOGICAL_BLOCK_SIZE as u64
+        self.served.image.size().unwrap_or(0) / LOGICAL_BLOCK_SIZE as u64
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.check(offset, buf.len() as u64)?;
-        let n = self.image.read(offset, buf).map_err(dev_err)?;
+        let size = self.check(offset, buf.len() as u64)?;
+        let ahead = self
+            .served
+            .readahead
+            .read(offset, buf.len(), size, |piece, at| {
+                buf[at..at + piece.len()].copy_from_slice(piece)
+            });
+        if ahead {
+            return Ok(());
+        }
+        let image = &self.served.image;
+        let n = image.read(offset, buf).map_err(dev_err)?;
         if n != buf.len() {
             return Err(DeviceError::Io(format!(
                 "short read of {}: {n} of {} bytes",
-                self.image.spec(),
+                image.spec(),
                 buf.len()
             )));
         }
@@ -105,26 +162,33 @@ impl BlockDevice for RbdVolume {
     }
     fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
         self.check(offset, data.len() as u64)?;
-        let full = |e| dev_err(full_or(self.image.pool(), e));
-        self.image.write(offset, data).map_err(full)?;
+        let image = &self.served.image;
+        let full = |e| dev_err(full_or(image.pool(), e));
+        let written = image.write(offset, data);
+        self.served.forget(offset, data.len() as u64);
+        written.map_err(full)?;
         if fua {
-            self.image.flush().map_err(full)?;
+            image.flush().map_err(full)?;
         }
         Ok(())
     }
     fn flush(&self) -> Result<(), DeviceError> {
-        self.image
-            .flush()
-            .map_err(|e| dev_err(full_or(self.image.pool(), e)))
+        let image = &self.served.image;
+        image.flush().map_err(|e| dev_err(full_or(image.pool(), e)))
     }
     fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
         self.check(offset, len)?;
-        self.image
-            .discard(offset, len)
-            .map_err(|e| dev_err(full_or(self.image.pool(), e)))
+        let image = &self.served.image;
+        let r = image.discard(offset, len);
+        self.served.forget(offset, len);
+        r.map_err(|e| dev_err(full_or(image.pool(), e)))
     }
     fn thin_provisioned(&self) -> bool {
         true
+    }
+    /// A read within chunks already read ahead is a copy from memory.
+    fn cached(&self, offset: u64, len: usize) -> bool {
+        self.served.readahead.cached(offset, len)
     }
 }
 
@@ -266,12 +330,25 @@ impl RbdBackend {
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Arc<Image>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Served>> {
         self.open.lock().expect("open images lock")
+    }
+
+    /// Drops everything read ahead of volume `name` in this process: for a gateway that
+    /// takes the volume's LUN over from another, which may have written it meanwhile.
+    pub fn forget_read_ahead(&self, name: &str) {
+        if let Some(s) = self.table().get(name) {
+            s.forget(0, u64::MAX);
+        }
     }
 
     /// The shared read-write handle of volume `name`.
     fn image(&self, name: &str) -> Result<Arc<Image>, BackendError> {
+        Ok(self.served(name)?.image)
+    }
+
+    /// The shared read-write handle of volume `name`, with its readahead.
+    fn served(&self, name: &str) -> Result<Served, BackendError> {
         let mut t = self.table();
         if let Some(i) = t.get(name) {
             return Ok(i.clone());
@@ -293,7 +370,7 @@ impl RbdBackend {
             }
             Err(e) => return Err(err(name, e)),
         };
-        let i = Arc::new(i);
+        let i = Served::open(i)?;
         t.insert(name.into(), i.clone());
         Ok(i)
     }
@@ -337,7 +414,7 @@ impl RbdBackend {
     fn head(&self, image: &str) -> Result<Arc<Image>, rbd::Error> {
         if let Some(name) = image.strip_prefix(&self.prefix) {
             if let Some(i) = self.table().get(name) {
-                return Ok(i.clone());
+                return Ok(i.image.clone());
             }
         }
         self.pool.open(image).map(Arc::new)
@@ -386,7 +463,7 @@ impl RbdBackend {
                         for image in chunk {
                             let name = &image[self.prefix.len()..];
                             let snaps = match served.get(name) {
-                                Some(h) => h.snaps()?,
+                                Some(h) => h.image.snaps()?,
                                 None => match self.pool.open_read_only(image, None) {
                                     Ok(h) => h.snaps()?,
                                     Err(_) => continue, // deleted since the listing
@@ -532,11 +609,13 @@ impl Backend for RbdBackend {
     }
 
     fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<(), BackendError> {
-        let image = self.image(name)?;
-        if size_bytes < image.size().map_err(|e| err(name, e))? {
+        let served = self.served(name)?;
+        if size_bytes < served.image.size().map_err(|e| err(name, e))? {
             return Err(BackendError::Shrink(name.into()));
         }
-        image.resize(size_bytes).map_err(|e| err(name, e))
+        let r = served.image.resize(size_bytes);
+        served.forget(0, u64::MAX);
+        r.map_err(|e| err(name, e))
     }
 
     /// Metadata only: an RBD snapshot and a clone v2 child copy no data; they add a few small
@@ -686,7 +765,7 @@ impl Backend for RbdBackend {
 
     fn device(&self, name: &str) -> Result<scsi::Device, BackendError> {
         Ok(Arc::new(RbdVolume {
-            image: self.image(name)?,
+            served: self.served(name)?,
         }))
     }
 
@@ -701,7 +780,8 @@ impl Backend for RbdBackend {
         cancel: &AtomicBool,
     ) -> Result<(), BackendError> {
         let src = self.image(from)?;
-        let dst = self.image(to)?;
+        let served = self.served(to)?;
+        let dst = &served.image;
         let parent = src.parent().map_err(|e| err(from, e))?;
         let snap = match parent {
             Some(p)
@@ -715,7 +795,9 @@ impl Backend for RbdBackend {
         };
         let size = src.size().map_err(|e| err(from, e))?;
         if dst.size().map_err(|e| err(to, e))? < size {
-            dst.resize(size).map_err(|e| err(to, e))?;
+            let r = dst.resize(size);
+            served.forget(0, u64::MAX);
+            r.map_err(|e| err(to, e))?;
         }
         let mut extents = Vec::new();
         dst.diff(Some(&snap), 0, size, true, false, |e| {
@@ -754,11 +836,13 @@ impl Backend for RbdBackend {
                 let n = (off + len - pos).min(4 << 20) as usize;
                 buf.resize(n, 0);
                 src.read(pos, &mut buf).map_err(|e| err(from, e))?;
-                if buf.iter().all(|b| *b == 0) {
-                    dst.discard(pos, n as u64).map_err(|e| err(to, e))?;
+                let r = if buf.iter().all(|b| *b == 0) {
+                    dst.discard(pos, n as u64)
                 } else {
-                    dst.write(pos, &buf).map_err(|e| err(to, e))?;
-                }
+                    dst.write(pos, &buf)
+                };
+                served.forget(pos, n as u64);
+                r.map_err(|e| err(to, e))?;
                 pos += n as u64;
                 done += n as u64;
                 let pct = ((done as u128 * 100) / total as u128).min(99) as u8;

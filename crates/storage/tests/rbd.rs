@@ -29,6 +29,7 @@ fn rbd_backend_against_a_lab_cluster() {
     images_carry_the_array_id_and_strangers_are_left_alone(&lab, &cluster, &ns);
     a_snapshot_is_a_clone_of_a_per_image_snapshot_and_goes_with_it(&lab, &cluster, &ns);
     resync_onto_the_source_copies_only_what_changed(&lab, &cluster, &ns);
+    a_stream_is_read_ahead_and_every_write_is_seen(&lab, &cluster, &format!("ra{pid}"));
     a_group_commit_takes_only_the_snapshots(&lab, &cluster, &format!("grp{pid}"));
     a_first_use_during_the_clone_waits_for_it(&lab, &cluster, &format!("race{pid}"));
     a_clone_left_half_made_is_made_again(&lab, &cluster, &format!("half{pid}"));
@@ -291,6 +292,10 @@ fn resync_onto_the_source_copies_only_what_changed(
     snap.write_at(40 * MIB, &[2u8; 4096], false).unwrap(); // and the snapshot too
     src.flush().unwrap();
     snap.flush().unwrap();
+    // A host streams across the snapshot's change first: what was read ahead there must
+    // not outlive the resync.
+    stream(src.as_ref(), 39 * MIB, 41 * MIB);
+    assert!(wait_read_ahead(src.as_ref(), 40 * MIB, 4096));
     let seen = std::sync::Mutex::new(Vec::new());
     let t0 = std::time::Instant::now();
     b.resync(
@@ -318,5 +323,91 @@ fn resync_onto_the_source_copies_only_what_changed(
     drop((src, snap));
     b.delete_volume("snap").unwrap();
     b.delete_volume("src").unwrap();
+    assert_eq!(lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(), "");
+}
+
+/// Reads `[from, to)` in 64 KiB commands, as a host streaming a volume does.
+fn stream(dev: &dyn scsi::BlockDevice, from: u64, to: u64) -> Vec<u8> {
+    let mut out = vec![0u8; (to - from) as usize];
+    for (i, piece) in out.chunks_mut(64 << 10).enumerate() {
+        dev.read_at(from + i as u64 * (64 << 10), piece).unwrap();
+    }
+    out
+}
+
+/// Waits (bounded) until the range is held in memory, read ahead.
+fn wait_read_ahead(dev: &dyn scsi::BlockDevice, offset: u64, len: usize) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        if dev.cached(offset, len) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+/// A sequential stream is served from chunks read ahead (the device says the blocks in front
+/// of the stream are in memory, and they hold the image's bytes); a write in front of the
+/// stream, through another device of the same volume, and a discard are seen by the reads
+/// that follow; a resize keeps nothing stale.
+fn a_stream_is_read_ahead_and_every_write_is_seen(
+    lab: &Lab,
+    cluster: &Arc<rbd::Cluster>,
+    ns: &str,
+) {
+    let b = backend(cluster, ns, 0xe5);
+    b.create_volume("v", 16 * MIB).unwrap();
+    let dev = b.device("v").unwrap();
+    let data: Vec<u8> = (0..16 * MIB).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    dev.write_at(0, &data, false).unwrap();
+    dev.flush().unwrap();
+    let at = |o: u64, n: u64| &data[o as usize..(o + n) as usize];
+
+    assert!(
+        !dev.cached(3 * MIB, 4096),
+        "nothing is read ahead before a stream"
+    );
+    assert_eq!(stream(dev.as_ref(), 0, 2 * MIB), at(0, 2 * MIB));
+    for chunk in [2, 3] {
+        assert!(
+            wait_read_ahead(dev.as_ref(), chunk * MIB, 64 << 10),
+            "the blocks in front of a sequential stream are read ahead"
+        );
+    }
+    // Another device of the same volume (a second path's, say) writes on blocks read
+    // ahead in front of the stream, and discards others (each in a chunk of its own).
+    let other = b.device("v").unwrap();
+    other
+        .write_at(2 * MIB + 8192, &[0xc3; 4096], false)
+        .unwrap();
+    other.discard(3 * MIB + 65536, 65536).unwrap();
+    let got = stream(dev.as_ref(), 2 * MIB, 4 * MIB);
+    let mut want = at(2 * MIB, 2 * MIB).to_vec();
+    want[8192..12288].fill(0xc3);
+    want[MIB as usize + 65536..MIB as usize + 131072].fill(0);
+    assert!(
+        got[..MIB as usize] == want[..MIB as usize],
+        "a read after a write sees it"
+    );
+    assert!(
+        got[MIB as usize..] == want[MIB as usize..],
+        "a read after a discard sees it"
+    );
+    // The rest of the stream comes from the image's bytes, read ahead or not.
+    assert_eq!(stream(dev.as_ref(), 4 * MIB, 8 * MIB), at(4 * MIB, 4 * MIB));
+    assert!(wait_read_ahead(dev.as_ref(), 8 * MIB, 64 << 10));
+    // A write the backend makes behind the devices (a resize here) drops every chunk.
+    b.resize_volume("v", 32 * MIB).unwrap();
+    assert!(
+        !dev.cached(8 * MIB, 64 << 10),
+        "a resize drops what was read ahead"
+    );
+    assert_eq!(
+        lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(),
+        b.image_name("v")
+    );
+    drop((dev, other));
+    b.delete_volume("v").unwrap();
     assert_eq!(lab.rbd(&["ls", &format!("rbd/{ns}")]).trim(), "");
 }
