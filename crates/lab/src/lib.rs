@@ -21,6 +21,8 @@
 //! Benchmarks and the engine's crash workload:
 //! - [`report`]: the one report shape every benchmark prints.
 //! - [`vss_bench`]: the provider against the array in the process and over HTTPS.
+//! - [`failover_bench`]: what a gateway that cannot be reached costs the provider's calls
+//!   when it is listed before a live one; [`unreachable`] makes such gateways on loopback.
 //! - [`engine_bench`]: the embedded engine against the raw file and against itself.
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
 //! - [`rbd_bench`]: the target on the rbd backend against tgt's rbd backing store and
@@ -45,6 +47,8 @@ pub mod crashtest;
 #[cfg(unix)]
 pub mod engine_bench;
 #[cfg(unix)]
+pub mod failover_bench;
+#[cfg(unix)]
 pub mod iscsi_lab;
 #[cfg(unix)]
 pub mod memory_array;
@@ -66,6 +70,8 @@ pub mod soak;
 pub mod target_bench;
 #[cfg(unix)]
 pub mod tgt;
+#[cfg(unix)]
+pub mod unreachable;
 #[cfg(unix)]
 pub mod vss_bench;
 #[cfg(unix)]

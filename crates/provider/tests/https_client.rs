@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use provider::ControlError;
 use provider::array::ArrayControl;
-use provider::https::{Client, ClientConfig, ClientError, HttpsArray, fingerprint_of};
+use provider::https::{
+    CONNECT_TIMEOUT, Client, ClientConfig, ClientError, HttpsArray, fingerprint_of,
+};
 use vss::VssId;
 
 type Handler = Arc<dyn Fn(&str, &str) -> (u16, String) + Send + Sync>;
@@ -429,4 +431,29 @@ fn when_no_gateway_answers_the_error_names_each() {
         Err(ClientError::Transport(m)) => assert!(m.starts_with(&format!("{d1}: ")), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_gateway_whose_host_is_down_costs_the_commit_one_connect_timeout_not_its_deadline() {
+    let id = identity();
+    // A host that is down: connection requests dropped.
+    let hole = lab::unreachable::black_hole().unwrap();
+    let b = serve_as(&id, Arc::new(|_, _| (204, String::new())));
+    let cfg = ClientConfig::with_urls(&[&hole.url, &b.url], "t", &b.fingerprint);
+    // The defaults the provider runs with: a connect timeout well inside the commit's.
+    assert_eq!(cfg.connect_timeout, CONNECT_TIMEOUT);
+    assert!(cfg.connect_timeout < cfg.commit_timeout);
+    let arr = HttpsArray::new(cfg).unwrap();
+    // The first commit waits out one connect timeout, then B commits it.
+    arr.commit(VssId::from_u128(1)).unwrap();
+    assert_eq!(requests(&b), 1);
+    assert_eq!(arr.client().current_url(), b.url);
+    // The next goes to B, the gateway that answered.
+    arr.commit(VssId::from_u128(2)).unwrap();
+    assert_eq!(requests(&b), 2);
+    let seen = b.seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|(req, _, _)| req.ends_with("/commit")),
+        "{seen:?}"
+    );
 }

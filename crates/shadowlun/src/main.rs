@@ -274,6 +274,17 @@ enum BenchCmd {
     /// The provider core against the array on the memory engine, in the process
     /// (AreLunsSupported, CommitSnapshots).
     Provider,
+    /// What a gateway that cannot be reached costs the provider's calls when its URL is
+    /// listed before a live gateway's (a refused one, one whose host is down), against the
+    /// live gateway alone: warm calls and the first call of a new client.
+    Failover {
+        /// Calls of each warm client.
+        #[arg(long, default_value_t = 200)]
+        warm: usize,
+        /// New clients of each kind (each costs one connect timeout with a host down).
+        #[arg(long, default_value_t = 5)]
+        cold: usize,
+    },
 }
 
 fn main() {
@@ -393,6 +404,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 BenchCmd::Vss => lab::vss_bench::vss_end_to_end()?,
                 BenchCmd::Provider => lab::vss_bench::provider_core(),
+                BenchCmd::Failover { warm, cold } => {
+                    lab::failover_bench::run(&lab::failover_bench::BenchOptions { warm, cold })?
+                }
             };
             if json {
                 output::json(&r)
