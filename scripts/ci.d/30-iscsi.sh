@@ -187,12 +187,12 @@ done
 
 echo "== several target ports: MultipathIO"
 # One process serves the target on three portals, each its own target port (relative port,
-# portal group tag and target port group 1, 2, 3); the LUN is Standby in group 3. Each
-# portal binds a free port, read back from what serve prints.
+# portal group tag and target port group 1, 2, 3); LUN 0 is Standby in group 3, LUN 1 in
+# groups 2 and 3. Each portal binds a free port, read back from what serve prints.
 mp_name=iqn.2026-01.org.shadowlun:ci-mpath
 "$bin" --target "$mp_name" --portal "127.0.0.1:0=1" --portal "127.0.0.1:0=2" \
-  --portal "127.0.0.1:0=3" --access 3=standby \
-  --initiator "$i1" --initiator "$i2" --initiator "$qemu" --lun 0:mem:16 \
+  --portal "127.0.0.1:0=3" --access 3=standby --access 1:2=standby \
+  --initiator "$i1" --initiator "$i2" --initiator "$qemu" --lun 0:mem:16 --lun 1:mem:1 \
   >"$work/mp.out" 2>"$work/mp.err" &
 mp_pid=$!
 for _ in $(seq 100); do [ "$(grep -c listening "$work/mp.out" 2>/dev/null)" -eq 3 ] && break; sleep 0.1; done
@@ -202,7 +202,7 @@ for n in 1 2 3; do
   [ -n "$a" ] || { cat "$work/mp.out"; echo "no portal of port $n"; exit 1; }
   eval "mp$n=\$a"
 done
-mpurl() { echo "iscsi://$1/$mp_name/0"; }
+mpurl() { echo "iscsi://$1/$mp_name/${2:-0}"; }
 # Each active port names itself in VPD 0x83: its SCSI name carries its portal group tag,
 # and it has a relative target port and a target port group designator. (iscsi-inq prints
 # a binary designator as a C string, so the identifiers' values, 00 00 00 0N, show empty;
@@ -234,14 +234,17 @@ while read -r t; do
   if [ $known -eq 1 ]; then echo "not applicable (documented): $t"; else echo "FAILED: $t"; fail=1; fi
 done <"$work/failed-mpath"
 [ $fail -eq 0 ] || { cat "$work/cu-mpath.log"; echo "MultipathIO failures above"; exit 1; }
-# Through the Standby port the medium is refused: libiscsi's connection (iscsi-inq, QEMU)
+# Through a Standby port the medium is refused: libiscsi's connection (iscsi-inq, QEMU)
 # ends with the NOT READY, 04/0B of its first TEST UNIT READY; through an active port
-# QEMU reads.
-mpq() { echo "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=$1,file.target=$mp_name,file.lun=0,file.initiator-name=$qemu"; }
+# QEMU reads. The state is per LU: port 2 serves LUN 0 and refuses LUN 1.
+mpq() { echo "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=$1,file.target=$mp_name,file.lun=${2:-0},file.initiator-name=$qemu"; }
 qio_out=$(lc qemu-io --image-opts "$(mpq "$mp2")" -c "read 0 4k" 2>&1) && ! grep -qiE 'fail|error' <<<"$qio_out" ||
   fail_qemu "read through port 2: $qio_out"
-if out=$(lc qemu-io --image-opts "$(mpq "$mp3")" -c "read 0 4k" 2>&1); then fail_qemu "read through the Standby port 3: $out"; fi
-grep -q 'NOT READY.*0x040b' <<<"$out" || fail_qemu "the Standby port did not answer 04/0B: $out"
+for pl in "$mp3 0" "$mp2 1"; do
+  read -r addr lun <<<"$pl"
+  if out=$(lc qemu-io --image-opts "$(mpq "$addr" "$lun")" -c "read 0 4k" 2>&1); then fail_qemu "read of Standby LUN $lun through $addr: $out"; fi
+  grep -q 'NOT READY.*0x040b' <<<"$out" || fail_qemu "Standby LUN $lun through $addr did not answer 04/0B: $out"
+done
 if out=$(lc iscsi-inq -i "$i1" "$(mpurl "$mp3")" 2>&1); then echo "$out"; echo "iscsi-inq connected through the Standby port"; exit 1; fi
 grep -q 'NOT READY.*0x040b' <<<"$out" || { echo "$out"; echo "the Standby port did not answer 04/0B to iscsi-inq"; exit 1; }
 kill "$mp_pid"; wait "$mp_pid" 2>/dev/null || true; mp_pid=""

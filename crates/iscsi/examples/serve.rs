@@ -20,7 +20,7 @@
 //! `--portal` names a group or none does (then they are all portals of the one port, relative
 //! port 1, tag 1, and `--port-group` applies). `--remote-group G=PORT[,PORT...]` adds target
 //! port group G whose ports another process serves (reported by REPORT TARGET PORT GROUPS).
-//! `--access G=STATE` sets every LUN's state in group G: `active-optimized`,
+//! `--access [LUN:]G=STATE` sets LUN's (or every LUN's) state in group G: `active-optimized`,
 //! `active-non-optimized`, `standby`, `unavailable` or `transitioning`.
 //!
 //! ```text
@@ -39,15 +39,17 @@ const USAGE: &str = "usage: serve [--portal ADDR[=GROUP]]... [--target IQN] [--i
      --lun N:file:PATH[:MiB]|N:direct:PATH[:MiB]|N:mem:MiB ... [--block-size 512|4096] [--serial-prefix S] \
      [--map N=IQN[,IQN]]... [--chap INIT:USER:SECRET[:TUSER:TSECRET]]... [--auth none|chap] \
      [--digests on|off] [--port-group N] [--remote-group GROUP=PORT[,PORT]]... \
-     [--access GROUP=STATE]...\n\
+     [--access [LUN:]GROUP=STATE]...\n\
      \n\
      --portal ADDR=GROUP    ADDR is a portal of target port GROUP: relative target port\n\
      \x20                      identifier, portal group tag and target port group GROUP\n\
      \x20                      (every --portal names a group, or none does)\n\
      --port-group N         the one port of ungrouped portals (relative port 1) is in group N\n\
      --remote-group G=P,..  group G holds relative ports P served by another process\n\
-     --access GROUP=STATE   every LUN's access state in GROUP: active-optimized,\n\
-     \x20                      active-non-optimized, standby, unavailable, transitioning\n\
+     --access [LUN:]GROUP=STATE\n\
+     \x20                      the access state in GROUP of LUN (of every LUN without it):\n\
+     \x20                      active-optimized, active-non-optimized, standby, unavailable,\n\
+     \x20                      transitioning; later ones win\n\
      \n\
      e.g. serve --portal 127.0.0.1:3260=1 --portal 127.0.0.1:3261=2 --access 2=standby --lun 0:mem:64";
 
@@ -152,7 +154,7 @@ fn main() {
         .init();
     let mut portals: Vec<(SocketAddr, Option<u16>)> = Vec::new();
     let mut remote_groups: Vec<PortGroup> = Vec::new();
-    let mut access: Vec<(u16, AccessState)> = Vec::new();
+    let mut access: Vec<(Option<u64>, u16, AccessState)> = Vec::new();
     let mut target = "iqn.2026-01.org.shadowlun:serve".to_string();
     let mut initiators: Vec<String> = Vec::new();
     let mut lun_specs: Vec<String> = Vec::new();
@@ -204,8 +206,15 @@ fn main() {
                 let v = val();
                 let (g, st) = v
                     .split_once('=')
-                    .unwrap_or_else(|| usage("--access is GROUP=STATE"));
-                access.push((parse_group(g, "--access"), parse_state(st)));
+                    .unwrap_or_else(|| usage("--access is [LUN:]GROUP=STATE"));
+                let (lun, g) = match g.split_once(':') {
+                    Some((l, g)) => (
+                        Some(l.parse().unwrap_or_else(|_| usage("bad LUN in --access"))),
+                        g,
+                    ),
+                    None => (None, g),
+                };
+                access.push((lun, parse_group(g, "--access"), parse_state(st)));
             }
             "--target" => target = val(),
             "--initiator" => initiators.push(val()),
@@ -272,6 +281,7 @@ fn main() {
             .set_port_groups(groups)
             .unwrap_or_else(|e| usage(&format!("target port groups: {e}")));
     }
+    let mut units: Vec<(u64, Arc<LogicalUnit>)> = Vec::new();
     for spec in &lun_specs {
         let lun = parse_lun(spec, block_size);
         let id = u64::from_be_bytes(*b"shdwlun\0") ^ lun.number ^ (target.len() as u64) << 40;
@@ -294,14 +304,22 @@ fn main() {
         for i in &who {
             scsi_target.map(i, lun.number, unit.clone());
         }
+        units.push((lun.number, unit));
     }
-    for (g, state) in access {
+    for (lun, g, state) in access {
         if !scsi_target.port_groups().iter().any(|p| p.id == g) {
             usage(&format!(
                 "--access names group {g}, which is not configured"
             ));
         }
-        scsi_target.set_access_state(g, state);
+        let mut found = false;
+        for (_, unit) in units.iter().filter(|(n, _)| lun.is_none_or(|l| l == *n)) {
+            unit.set_access_state(g, state);
+            found = true;
+        }
+        if !found {
+            usage("--access names a LUN that is not configured");
+        }
     }
     cfg.limits.allow_digests = digests;
     let rt = tokio::runtime::Builder::new_multi_thread()

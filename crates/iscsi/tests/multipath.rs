@@ -29,12 +29,14 @@ const REMOTE_PORT: u16 = 9;
 struct Paths {
     server: TargetServer,
     target: Arc<scsi::Target>,
+    /// LUN 0 and LUN 1.
+    lus: [Arc<scsi::LogicalUnit>; 2],
     a: SocketAddr,
     b: SocketAddr,
 }
 
-/// A target on two ports in two groups (and a third group served elsewhere), one memory LUN
-/// 0 mapped to HOST and HOST_B, the LUN Standby in `b_state`'s group when given.
+/// A target on two ports in two groups (and a third group served elsewhere), memory LUNs 0
+/// and 1 mapped to HOST and HOST_B, both in `b_state` in group B when given.
 fn serve(b_state: Option<AccessState>) -> Paths {
     let t = Arc::new(scsi::Target::new(TARGET));
     t.set_port_groups(vec![
@@ -52,19 +54,22 @@ fn serve(b_state: Option<AccessState>) -> Paths {
         },
     ])
     .unwrap();
-    let identity = scsi::LuIdentity {
-        vendor: "SHADOWLN".into(),
-        product: "mpath".into(),
-        revision: "0001".into(),
-        serial: "MPATH001".into(),
-        designators: vec![Designator::naa_locally_assigned(0x3a7)],
-    };
-    let lu = Arc::new(scsi::LogicalUnit::new(
-        Arc::new(scsi::MemDevice::new(512, 256)),
-        identity,
-    ));
-    t.map(HOST, 0, lu.clone());
-    t.map(HOST_B, 0, lu);
+    let lus = [0u64, 1].map(|n| {
+        let identity = scsi::LuIdentity {
+            vendor: "SHADOWLN".into(),
+            product: "mpath".into(),
+            revision: "0001".into(),
+            serial: format!("MPATH00{n}"),
+            designators: vec![Designator::naa_locally_assigned(0x3a7 + n)],
+        };
+        let lu = Arc::new(scsi::LogicalUnit::new(
+            Arc::new(scsi::MemDevice::new(512, 256)),
+            identity,
+        ));
+        t.map(HOST, n, lu.clone());
+        t.map(HOST_B, n, lu.clone());
+        lu
+    });
     if let Some(s) = b_state {
         t.set_access_state(PORT_B.2, s);
     }
@@ -95,6 +100,7 @@ fn serve(b_state: Option<AccessState>) -> Paths {
     Paths {
         server,
         target: t,
+        lus,
         a,
         b,
     }
@@ -102,6 +108,13 @@ fn serve(b_state: Option<AccessState>) -> Paths {
 
 fn login(addr: SocketAddr, host: &str) -> Session {
     Session::login(addr, TARGET, &InitiatorConfig::new(host)).unwrap()
+}
+
+/// (status, sense key, ASC, ASCQ) of a command to `lun`.
+fn answer(s: &mut Session, lun: u64, cdb: &[u8], dir: DataDir) -> (u8, u8, u8, u8) {
+    let r = s.execute(lun, cdb, dir).unwrap();
+    let x = r.sense.map(|x| (x.key, x.asc, x.ascq)).unwrap_or_default();
+    (r.status, x.0, x.1, x.2)
 }
 
 fn rtpg() -> [u8; 12] {
@@ -303,6 +316,49 @@ fn send_targets_lists_every_portal_with_its_tag() {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name, TARGET);
         assert_eq!(found[0].addresses, want);
+    }
+    p.server.shutdown();
+}
+
+#[test]
+fn access_states_are_per_logical_unit_and_group() {
+    let p = serve(None);
+    let mut a = login(p.a, HOST);
+    let mut b = login(p.b, HOST);
+    for s in [&mut a, &mut b] {
+        for lun in [0, 1] {
+            let _ = s.execute(lun, &[0; 6], DataDir::None).unwrap();
+        }
+        s.take_unit_attentions();
+    }
+    p.lus[1].set_access_state(PORT_A.2, AccessState::Standby);
+    let read = rw16(0x88, 0, 1, false);
+    let good = (scsi::status::GOOD, 0, 0, 0);
+    let check = scsi::status::CHECK_CONDITION;
+    // LUN 1 changed: one 2A/06 on each path; LUN 0 did not.
+    for s in [&mut a, &mut b] {
+        assert_eq!(answer(s, 0, &read, DataDir::Read(512)), good);
+        assert_eq!(
+            answer(s, 1, &read, DataDir::Read(512)),
+            (check, 0x6, 0x2A, 0x06)
+        );
+    }
+    // Through port A, LUN 1 is Standby and LUN 0 active; through port B both are active.
+    assert_eq!(
+        answer(&mut a, 1, &read, DataDir::Read(512)),
+        (check, 0x2, 0x04, 0x0B)
+    );
+    assert_eq!(answer(&mut a, 0, &read, DataDir::Read(512)), good);
+    assert_eq!(answer(&mut b, 1, &read, DataDir::Read(512)), good);
+    // REPORT TARGET PORT GROUPS tells each LU's own states, the same through either port.
+    let mut lun1 = expected_rtpg((0x00, 0x00));
+    lun1[4] = 0x02;
+    lun1[9] = 0x02;
+    for s in [&mut a, &mut b] {
+        let r = s.execute(0, &rtpg(), DataDir::Read(256)).unwrap();
+        assert_eq!(r.data, expected_rtpg((0x00, 0x00)));
+        let r = s.execute(1, &rtpg(), DataDir::Read(256)).unwrap();
+        assert_eq!(r.data, lun1);
     }
     p.server.shutdown();
 }
