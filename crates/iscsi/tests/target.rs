@@ -927,7 +927,17 @@ fn two_portals_and_several_initiators_work_at_the_same_time() {
     assert_eq!(addrs.len(), 2);
     assert_ne!(addrs[0], addrs[1]);
     let seen = discover(addrs[1], &InitiatorConfig::new(HOST_A)).unwrap();
-    assert_eq!(seen[0].addresses.len(), 2, "SendTargets lists every portal");
+    // Without target ports listed, both portals are the one port: relative port 1, tag 1.
+    assert_eq!(
+        seen[0].addresses,
+        vec![format!("{},1", addrs[0]), format!("{},1", addrs[1])],
+        "SendTargets lists every portal"
+    );
+    assert_eq!(server.ports().len(), 1);
+    assert_eq!(
+        (server.ports()[0].relative_port, &server.ports()[0].portals),
+        (1, &addrs)
+    );
     let workers: Vec<_> = [
         (HOST_A, addrs[0], 0u64),
         (HOST_B, addrs[1], 1024),
