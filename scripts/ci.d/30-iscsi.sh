@@ -48,7 +48,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 tgt_name=iqn.2026-01.org.shadowlun:ci
 i1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 i2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
@@ -56,7 +55,9 @@ only0=iqn.2026-01.org.shadowlun:only-lun0
 nobody=iqn.2026-01.org.shadowlun:nobody
 qemu=iqn.2026-01.org.shadowlun:qemu
 
-"$bin" --portal "127.0.0.1:$port" --target "$tgt_name" --serial-prefix CI --port-group 1 \
+# The portal binds a free port, read back from what serve prints (a port picked beforehand
+# could be taken by then).
+"$bin" --portal "127.0.0.1:0" --target "$tgt_name" --serial-prefix CI --port-group 1 \
   --initiator "$i1" --initiator "$i2" \
   --lun "0:file:$work/lun0.img:64" --lun 1:mem:16 --lun "2:direct:$direct_dir/lun2.img:16" \
   --map "0=$i1,$i2,$only0,$qemu" --map "1=$i1,$i2,$qemu" --map "2=$i1,$i2,$qemu" \
@@ -64,6 +65,7 @@ qemu=iqn.2026-01.org.shadowlun:qemu
 serve_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$work/serve.out" || { cat "$work/serve.err"; echo "target did not start"; exit 1; }
+port=$(awk '/^listening on / { sub(/.*:/, "", $3); print $3; exit }' "$work/serve.out")
 url="iscsi://127.0.0.1:$port/$tgt_name"
 lc() { timeout --foreground 60 "$@"; }
 
