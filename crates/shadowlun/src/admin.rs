@@ -15,8 +15,8 @@ use crate::output::{self, parse_size, size};
 pub struct Connection {
     /// Control API URL of the array. An array served by several gateways has one URL per
     /// gateway: repeat --array, or separate the URLs with commas (also in SHADOWLUN_ARRAY).
-    /// A command goes to the gateway that answered last and moves on to the next URL when a
-    /// gateway cannot be reached.
+    /// A command tries them in order, moving on to the next URL when a gateway cannot be
+    /// reached, and stays with the first that answers.
     #[arg(
         long,
         env = "SHADOWLUN_ARRAY",
