@@ -6,7 +6,8 @@
 //! * [`host`]: disks from SCSI rescans, `LunInfo` via [`vss::LunInfo::from_scsi`], volumes on
 //!   GPT partitions, flush-and-hold; [`gpt_flags`]: VSS's partition flags on the LUN;
 //! * [`storage`]: the [`HostStorage`] trait a host reaches its SAN through;
-//!   [`iscsi_storage`]: the same over shadowlun's iSCSI initiator;
+//!   [`iscsi_storage`]: the same over shadowlun's iSCSI initiator; [`mpio`]: over several
+//!   paths to one target, with asymmetric access and failover as Windows' MPIO does it;
 //! * [`writer`]: VSS writer events and the ledger writer that proves consistency;
 //! * [`bcd`]: the backup components document; [`trace`]: the record of every provider call;
 //! * [`conformance`]: the `docs/vss-contract.md` §10 catalogue, generic over a [`conformance::Lab`]
@@ -24,6 +25,7 @@ pub mod faults;
 pub mod gpt_flags;
 pub mod host;
 pub mod iscsi_storage;
+pub mod mpio;
 pub mod script;
 pub mod storage;
 pub mod trace;

@@ -75,6 +75,22 @@ pub enum StorageError {
     Io { disk: DiskAddress, message: String },
     #[error("transport: {0}")]
     Transport(String),
+    /// Every path to a disk (or a target) was tried and none could serve the command.
+    #[error("no usable path to {what}: {}", paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    NoPath { what: String, paths: Vec<PathTried> },
+}
+
+/// One path a command could not use, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTried {
+    pub portal: std::net::SocketAddr,
+    pub why: String,
+}
+
+impl std::fmt::Display for PathTried {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.portal, self.why)
+    }
 }
 
 /// A host's view of its SAN through one initiator.

@@ -17,7 +17,7 @@
 //!   NOP-In, async messages, rejects);
 //! * `requests.rs`: requests outside the command queue (Text, NOP-Out ping, task management);
 //! * `commands.rs`: SCSI command helpers (REPORT LUNS, INQUIRY, READ CAPACITY (16),
-//!   READ (16), WRITE (16), ...);
+//!   READ (16), WRITE (16), REPORT TARGET PORT GROUPS, ...);
 //! * `sense.rs`: sense data decoding.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,7 +37,7 @@ mod receive;
 mod requests;
 mod sense;
 
-pub use commands::{Capacity, rw16};
+pub use commands::{Capacity, TargetPortGroupState, decode_target_port_groups, rw16};
 pub use discovery::{DiscoveredTarget, discover};
 pub use sense::{SENSE_UNIT_ATTENTION, Sense};
 
