@@ -2,7 +2,8 @@
 # The Windows installer: crates/provider-com/msi/shadowlun-provider.wxs built with Debian's
 # wixl, its tables checked with msiinfo (Wine forgives ordering mistakes Windows does not),
 # then, on a fresh Wine prefix: a failing install rolls back to nothing; an install registers
-# everything (status --json); an upgrade keeps the configuration; an uninstall leaves nothing.
+# everything (status --json), with two gateway URLs in ARRAY, each probed; an upgrade keeps the
+# configuration; an uninstall leaves nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -91,6 +92,8 @@ token="msi-secret-$RANDOM$RANDOM"
 printf '%s\n' "$token" >"$work/token"
 fp=$(printf 'ab%.0s' $(seq 32))
 array=https://127.0.0.1:9
+# Two gateways, comma-separated as the ARRAY property takes them (nothing listens on either).
+gateways=https://127.0.0.1:9,https://127.0.0.1:10
 winpath() { echo "Z:${1//\//\\}"; }
 installed='C:\Program Files\shadowlun\shadowlun-provider.exe'
 installed_unix="$WINEPREFIX/drive_c/Program Files/shadowlun/shadowlun-provider.exe"
@@ -126,12 +129,14 @@ no_secret "$work/fail.txt" "$WINEPREFIX/system.reg"
 echo "45-msi: a failed install rolled back"
 
 # Install: every registration, the exe under Program Files.
-msiexec "$work/install.log" /i "$(winpath "$work/v1.msi")" ARRAY=$array FINGERPRINT=$fp \
+msiexec "$work/install.log" /i "$(winpath "$work/v1.msi")" ARRAY=$gateways FINGERPRINT=$fp \
   TOKENFILE="$(winpath "$work/token")" VSSOPTIONAL=1 || fail "install failed (see $work/install.log)"
 [ -f "$installed_unix" ] || fail "the exe is not under Program Files"
 s=$(status "$installed")
 echo "$s" >"$work/status-install.json"
-[ "$(jq -r .configuration.array <<<"$s")" = "$array" ] || fail "configuration: $s"
+[ "$(jq -r '.configuration.array_urls | join(",")' <<<"$s")" = "$gateways" ] || fail "configuration: $s"
+[ "$(jq -r '[.array.gateways[] | select(.failure == "unreachable") | .url] | join(",")' <<<"$s")" = "$gateways" ] ||
+  fail "each gateway is not probed: $s"
 [ "$(jq -r .configuration.token <<<"$s")" = stored ] || fail "token: $s"
 [ "$(jq -r .registrations.com_class.registered <<<"$s")" = true ] || fail "COM class: $s"
 jq -r .registrations.com_class.local_server32 <<<"$s" | grep -qi 'program files\\shadowlun\\shadowlun-provider.exe' ||
@@ -148,7 +153,8 @@ echo "45-msi: installed; every registration in place"
 # Upgrade: the next version over it, no settings given: the configuration is kept.
 msiexec "$work/upgrade.log" /i "$(winpath "$work/v2.msi")" VSSOPTIONAL=1 || fail "upgrade failed (see $work/upgrade.log)"
 s=$(status "$installed")
-[ "$(jq -r .configuration.array <<<"$s")" = "$array" ] || fail "the upgrade lost the configuration: $s"
+[ "$(jq -r '.configuration.array_urls | join(",")' <<<"$s")" = "$gateways" ] ||
+  fail "the upgrade lost the configuration: $s"
 [ "$(jq -r .configuration.token <<<"$s")" = stored ] || fail "the upgrade lost the token: $s"
 [ "$(jq -r .registrations.com_class.registered <<<"$s")" = true ] || fail "COM class after upgrade: $s"
 [ "$(jq -r .registrations.service.registered <<<"$s")" = true ] || fail "service after upgrade: $s"

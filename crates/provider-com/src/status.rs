@@ -541,7 +541,11 @@ pub fn summarize(a: &mut ArrayStatus) {
         several => Some(
             several
                 .iter()
-                .map(|g| format!("{}: {}", g.url, g.error.as_deref().unwrap_or("?")))
+                .map(|g| match g.error.as_deref().unwrap_or("?") {
+                    // The client's own errors name the URL already.
+                    e if e.contains(&g.url) => e.to_string(),
+                    e => format!("{}: {e}", g.url),
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
@@ -701,10 +705,21 @@ mod tests {
         assert!(!a.reachable);
         assert_eq!(a.url.as_deref(), Some("https://a:1"));
         assert_eq!(a.token, None);
-        assert!(
-            a.error
-                .unwrap()
-                .contains("https://b:2: certificate mismatch")
+        assert_eq!(
+            a.error.as_deref(),
+            Some("https://a:1: connection refused; https://b:2: certificate mismatch")
+        );
+        // An error that names its URL already is not prefixed with it again.
+        let a = array(vec![
+            gateway(
+                "https://a:1",
+                Err("cannot be reached: https://a:1: refused"),
+            ),
+            gateway("https://b:2", Err("timed out")),
+        ]);
+        assert_eq!(
+            a.error.as_deref(),
+            Some("cannot be reached: https://a:1: refused; https://b:2: timed out")
         );
     }
 }
