@@ -467,12 +467,26 @@ impl MpioStorage {
         let old = self.luns().clone();
         let mut views = BTreeMap::new();
         for (lun, paths) in &found {
-            let mut view = old.get(lun).cloned().unwrap_or_default();
+            let before = old.get(lun).cloned().unwrap_or_default();
+            // The disk is what the first path that answers shows now: a LUN number given to
+            // another logical unit since the last rescan is that one on every path.
+            let mut view = LunView {
+                identity: None,
+                ..before.clone()
+            };
             view.paths.retain(|i, _| paths.contains(i));
+            for p in view.paths.values_mut() {
+                p.mismatch = None;
+            }
             for &i in paths {
                 if let Err(e) = self.identify(*lun, i, &mut view) {
                     tracing::info!(portal = %self.paths[i].portal, lun, error = %e, "MPIO: no identity through this path");
                 }
+            }
+            if before.identity.is_some() && view.identity != before.identity {
+                tracing::info!(lun, target = %self.target, "MPIO: the LUN is another disk since the last rescan");
+                view.current = None;
+                view.block_size = None;
             }
             views.insert(*lun, view);
         }
@@ -553,11 +567,14 @@ impl MpioStorage {
             } else {
                 match view.paths.get(&i) {
                     None => "does not show the LUN".into(),
-                    Some(p) => match (&p.mismatch, p.state) {
-                        (Some(m), _) => m.clone(),
-                        (None, Some(s)) => format!("{s:?} in group {:?}", p.group),
-                        (None, None) => format!("no usable state in group {:?}", p.group),
-                    },
+                    Some(p) => {
+                        let group = p.group.map_or("no group".into(), |g| format!("group {g}"));
+                        match (&p.mismatch, p.state) {
+                            (Some(m), _) => m.clone(),
+                            (None, Some(s)) => format!("{s:?} in {group}"),
+                            (None, None) => format!("no usable state in {group}"),
+                        }
+                    }
                 }
             };
             let why = format!("now {why}");

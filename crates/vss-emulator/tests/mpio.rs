@@ -3,7 +3,8 @@
 //! Active/Optimized in group 1 and Standby in group 2 unless a test changes it. Every medium
 //! command the target executes is recorded with its port and the sense it ended with.
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,9 +35,29 @@ type Entry = (u16, u8, u64, (u8, u8, u8));
 struct Recorder {
     inner: Arc<scsi::Target>,
     log: Mutex<Vec<Entry>>,
+    /// WRITEs through this relative port wait (at most 10 s) until it is cleared.
+    stall: Mutex<Option<u16>>,
 }
 
 impl Recorder {
+    fn new(inner: Arc<scsi::Target>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            log: Mutex::default(),
+            stall: Mutex::default(),
+        })
+    }
+
+    fn maybe_stall(&self, cmd: &Command<'_>) {
+        if cmd.cdb[0] != 0x8A {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while *self.stall.lock().unwrap() == Some(cmd.nexus.target_port) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn note(&self, cmd: &Command<'_>, o: &Outcome) {
         if !matches!(cmd.cdb[0], 0x88 | 0x8A | 0x91) {
             return;
@@ -62,11 +83,13 @@ impl Recorder {
 
 impl ScsiHandler for Recorder {
     fn execute(&self, cmd: &Command<'_>) -> Outcome {
+        self.maybe_stall(cmd);
         let o = self.inner.execute(cmd);
         self.note(cmd, &o);
         o
     }
     fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
+        self.maybe_stall(cmd);
         let (o, span) = self.inner.execute_zero_copy(cmd);
         self.note(cmd, &o);
         (o, span)
@@ -154,10 +177,7 @@ impl Rig {
         let target = target_with_groups();
         target.map(HOST, 0, unit(0x301));
         target.set_access_state(GW2.2, AccessState::Standby);
-        let rec = Arc::new(Recorder {
-            inner: target.clone(),
-            log: Mutex::default(),
-        });
+        let rec = Recorder::new(target.clone());
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let gw1 = gateway(GW1, any, rec.clone());
         let gw2 = gateway(GW2, any, rec.clone());
@@ -173,8 +193,12 @@ impl Rig {
     }
 
     fn mpio(&self, failover: Duration) -> Arc<MpioStorage> {
+        self.mpio_to(&[self.p1, self.p2], failover)
+    }
+
+    fn mpio_to(&self, portals: &[SocketAddr], failover: Duration) -> Arc<MpioStorage> {
         MpioStorage::with_config(
-            &[self.p1, self.p2],
+            portals,
             TARGET,
             InitiatorConfig {
                 timeout: Duration::from_secs(5),
@@ -392,6 +416,40 @@ fn a_transitioning_lu_is_waited_for_then_served() {
 }
 
 #[test]
+fn a_lun_number_given_to_another_disk_is_that_disk_on_every_path_after_a_rescan() {
+    let rig = Rig::new();
+    let m = rig.mpio(Duration::from_secs(5));
+    m.report_luns().unwrap();
+    m.write(&disk0(), 0, &pattern(8, 1)).unwrap();
+    rig.target.unmap(HOST, 0);
+    rig.target.map(HOST, 0, unit(0x302));
+    assert_eq!(m.report_luns().unwrap(), vec![disk0()]);
+    // Both paths show the new disk (`view` asserts no mismatch), and it reads as new.
+    assert_eq!(
+        view(&m),
+        vec![
+            (
+                rig.p1,
+                Some(GW1.0),
+                Some(GW1.2),
+                Some(AccessState::ActiveOptimized),
+                false,
+                false
+            ),
+            (
+                rig.p2,
+                Some(GW2.0),
+                Some(GW2.2),
+                Some(AccessState::ActiveOptimized),
+                false,
+                false
+            ),
+        ]
+    );
+    assert_eq!(m.read(&disk0(), 0, 1).unwrap(), vec![0; 512]);
+}
+
+#[test]
 fn a_lun_that_is_another_disk_through_one_path_is_not_used_there() {
     // Gateway 2 serves the same target name but another logical unit as LUN 0.
     let t1 = target_with_groups();
@@ -535,4 +593,109 @@ fn with_every_path_gone_a_command_fails_in_bounded_time_naming_each_path() {
         text.contains(&p1.to_string()) && text.contains(&p2.to_string()),
         "{text}"
     );
+}
+
+/// A TCP relay in front of a portal that can be cut: its listener closed and every
+/// connection through it shut, as when a gateway's network goes away mid-command.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn new(upstream: SocketAddr) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let accept = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let up = TcpStream::connect(upstream).unwrap();
+                for (mut from, mut to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                conns2.lock().unwrap().extend([down, up]);
+            }
+        });
+        Relay {
+            addr,
+            stop,
+            conns,
+            accept: Some(accept),
+        }
+    }
+
+    fn cut(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            t.join().unwrap();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[test]
+fn a_write_in_flight_when_its_connection_drops_is_sent_again_on_the_other_path() {
+    let rig = Rig::new();
+    let mut relay = Relay::new(rig.p1);
+    let m = rig.mpio_to(&[relay.addr, rig.p2], Duration::from_secs(10));
+    m.report_luns().unwrap();
+    let first = pattern(6, 4);
+    m.write(&disk0(), 200, &first).unwrap();
+    assert_eq!(rig.rec.take(), vec![(GW1.0, 0x8A, 200, GOOD)]);
+    *rig.rec.stall.lock().unwrap() = Some(GW1.0);
+    let second = pattern(7, 4);
+    let writer = {
+        let (m, data) = (m.clone(), second.clone());
+        std::thread::spawn(move || m.write(&disk0(), 300, &data))
+    };
+    // The WRITE is at gateway 1 when its connection goes; gateway 2 is still Standby, so
+    // MPIO waits for the array to move the LU there.
+    std::thread::sleep(Duration::from_millis(150));
+    relay.cut();
+    std::thread::sleep(Duration::from_millis(150));
+    rig.states(AccessState::Unavailable, AccessState::ActiveOptimized);
+    writer.join().unwrap().unwrap();
+    let failed = m.portals();
+    assert_eq!(failed[0].0, relay.addr);
+    assert!(failed[0].1.is_some(), "path 1 is failed: {failed:?}");
+    assert_eq!(failed[1], (rig.p2, None));
+    assert_eq!(rig.rec.take(), vec![(GW2.0, 0x8A, 300, GOOD)]);
+    assert_eq!(m.read(&disk0(), 300, 4).unwrap(), second);
+    assert_eq!(rig.rec.take(), vec![(GW2.0, 0x88, 300, GOOD)]);
+    // The WRITE stalled at gateway 1 runs now, after the LU left its group: the state
+    // change is what it gets, so nothing stale lands after the write through gateway 2.
+    *rig.rec.stall.lock().unwrap() = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = Vec::new();
+    while log.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        log.extend(rig.rec.take());
+    }
+    assert_eq!(log, vec![(GW1.0, 0x8A, 300, UA_STATE_CHANGED)]);
+    assert_eq!(m.read(&disk0(), 200, 4).unwrap(), first);
+    assert_eq!(m.read(&disk0(), 300, 4).unwrap(), second);
 }
