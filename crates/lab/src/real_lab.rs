@@ -14,7 +14,7 @@ use provider::{HardwareProvider, ShadowlunProvider};
 use vss::VssId;
 use vss_emulator::HostStorage;
 use vss_emulator::conformance::{Lab, LabFactory};
-use vss_emulator::iscsi_storage::IscsiStorage;
+use vss_emulator::mpio::iscsi_host_storage;
 
 /// A running array and what is needed to talk to it.
 pub struct RealLab {
@@ -25,6 +25,9 @@ pub struct RealLab {
     pub api_url: String,
     pub fingerprint: String,
     pub portal: SocketAddr,
+    /// Every iSCSI portal the array listens on, `portal` first; a host is given all of them
+    /// (MPIO when there are several).
+    pub portals: Vec<SocketAddr>,
     pub target: String,
     admin: Client,
     /// initiator → (host name, host token)
@@ -55,6 +58,17 @@ impl RealLab {
         keep_dir: bool,
         backend: array::BackendConfig,
     ) -> anyhow::Result<Self> {
+        Self::start_with_portals(dir, keep_dir, backend, 1)
+    }
+
+    /// [`RealLab::start_on`] with the array listening on `portals` iSCSI portals (at least
+    /// one); hosts reach their LUNs through every one of them with MPIO.
+    pub fn start_with_portals(
+        dir: PathBuf,
+        keep_dir: bool,
+        backend: array::BackendConfig,
+        portals: usize,
+    ) -> anyhow::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -62,7 +76,7 @@ impl RealLab {
         let config = array::Config {
             pool_dir: dir.clone(),
             api_listen: "127.0.0.1:0".parse()?,
-            iscsi_portals: vec!["127.0.0.1:0".parse()?],
+            iscsi_portals: vec!["127.0.0.1:0".parse()?; portals.max(1)],
             backend: backend.clone(),
             ..Default::default()
         };
@@ -79,6 +93,7 @@ impl RealLab {
             &running.fingerprint,
         ))?;
         let target = admin.health()?.target;
+        let portals = running.iscsi_addrs.clone();
         Ok(Self {
             fingerprint: running.fingerprint.clone(),
             rt,
@@ -87,6 +102,7 @@ impl RealLab {
             keep_dir,
             api_url,
             portal,
+            portals,
             target,
             admin,
             hosts: Mutex::new(BTreeMap::new()),
@@ -116,6 +132,7 @@ impl RealLab {
             api_url: api_url.to_string(),
             fingerprint: fingerprint.to_string(),
             portal,
+            portals: vec![portal],
             target,
             admin,
             hosts: Mutex::new(BTreeMap::new()),
@@ -275,7 +292,7 @@ impl Lab for RealLab {
 
     fn storage(&self, initiator: &str) -> Result<Arc<dyn HostStorage>, String> {
         self.host(initiator)?;
-        Ok(IscsiStorage::new(self.portal, &self.target, initiator))
+        Ok(iscsi_host_storage(&self.portals, &self.target, initiator))
     }
 
     fn provider(&self, initiator: &str) -> Result<Arc<dyn HardwareProvider>, String> {

@@ -95,6 +95,10 @@ pub enum VssCmd {
         /// its freeze or time out.
         #[arg(long, value_enum)]
         writer_fault: Option<FaultArg>,
+        /// With `--lab array`: the array listens on this many iSCSI portals and each host
+        /// reaches its LUNs through all of them with MPIO (one path per portal).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+        paths: u16,
         #[command(flatten)]
         wine: WineArgs,
     },
@@ -161,8 +165,9 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
             lab,
             dir,
             writer_fault,
+            paths,
             wine,
-        } => run_scripts(&scripts, lab, dir, writer_fault, wine),
+        } => run_scripts(&scripts, lab, dir, writer_fault, paths, wine),
     }
 }
 
@@ -171,8 +176,12 @@ fn run_scripts(
     lab: LabKind,
     dir: Option<PathBuf>,
     writer_fault: Option<FaultArg>,
+    paths: u16,
     wine: WineArgs,
 ) -> anyhow::Result<()> {
+    if paths > 1 && !matches!(lab, LabKind::Array) {
+        bail!("--paths needs --lab array: the other labs serve one portal");
+    }
     let mut parsed = Vec::new();
     for s in scripts {
         let (host, file) = match s.split_once('=') {
@@ -208,7 +217,12 @@ fn run_scripts(
         }
         LabKind::Array => {
             let pool = base.join("array-pool");
-            Box::new(SharedLab(Arc::new(RealLab::start(pool, false)?)))
+            Box::new(SharedLab(Arc::new(RealLab::start_with_portals(
+                pool,
+                false,
+                array::BackendConfig::default(),
+                paths.into(),
+            )?)))
         }
     };
     let ctx = Ctx::new(boxed);

@@ -40,32 +40,39 @@ fn every_conformance_scenario_passes_against_the_real_array() {
 
 #[test]
 fn example_scripts_run_on_two_hosts_against_the_real_array() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/vss/");
-    let dir = std::env::temp_dir().join(format!("shadowlun-scripts-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(BIN)
-        .args(["vss", "run", "--lab", "array", "--dir"])
-        .arg(&dir)
-        .arg(format!("{root}transportable-backup.dsh"))
-        .arg(format!("b={root}import-and-break.dsh"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Host a does not store its transportable set; host b lists it after the import.
-    let a_part = text.split("--- ").nth(1).unwrap_or_default();
-    assert!(
-        a_part.contains("Number of shadow copies listed: 0"),
-        "{text}"
-    );
-    assert!(text.contains("Number of shadow copies listed: 2"), "{text}");
-    assert!(dir.join("backup.json").exists(), "the BCD was not written");
-    let _ = std::fs::remove_dir_all(&dir);
+    // Once with one portal, once with hosts reaching two portals through MPIO.
+    for paths in ["1", "2"] {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/vss/");
+        let dir =
+            std::env::temp_dir().join(format!("shadowlun-scripts-{}-{paths}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(BIN)
+            .args(["--log-level", "info", "vss", "run", "--lab", "array"])
+            .args(["--paths", paths, "--dir"])
+            .arg(&dir)
+            .arg(format!("{root}transportable-backup.dsh"))
+            .arg(format!("b={root}import-and-break.dsh"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}\n{log}");
+        // Host a does not store its transportable set; host b lists it after the import.
+        let a_part = text.split("--- ").nth(1).unwrap_or_default();
+        assert!(
+            a_part.contains("Number of shadow copies listed: 0"),
+            "{text}"
+        );
+        assert!(text.contains("Number of shadow copies listed: 2"), "{text}");
+        assert!(dir.join("backup.json").exists(), "the BCD was not written");
+        assert_eq!(
+            log.contains("MPIO path chosen"),
+            paths == "2",
+            "MPIO only with two portals:\n{log}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]
