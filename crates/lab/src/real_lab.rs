@@ -353,6 +353,8 @@ pub struct RealLabFactory {
     counter: std::sync::atomic::AtomicUsize,
     /// Where each array keeps its LUNs (default: the embedded engine in its directory).
     backend: array::BackendConfig,
+    /// iSCSI portals of each array (0 or 1: one, and hosts without MPIO).
+    portals: usize,
 }
 
 impl RealLabFactory {
@@ -364,6 +366,11 @@ impl RealLabFactory {
         }
     }
 
+    /// Each array listens on `portals` iSCSI portals, and hosts reach them all with MPIO.
+    pub fn with_portals(self, portals: usize) -> Self {
+        Self { portals, ..self }
+    }
+
     /// A new array in a temporary directory of its own (removed when the lab is dropped).
     pub fn fresh(&self) -> Result<RealLab, String> {
         let n = self
@@ -371,15 +378,21 @@ impl RealLabFactory {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("shadowlun-lab-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        RealLab::start_on(dir, false, self.backend.clone()).map_err(|e| format!("{e:#}"))
+        RealLab::start_with_portals(dir, false, self.backend.clone(), self.portals)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
 impl LabFactory for RealLabFactory {
     fn name(&self) -> String {
         format!(
-            "shadowlun provider over HTTPS + array daemon ({} backend) + hosts over iSCSI",
-            self.backend.kind()
+            "shadowlun provider over HTTPS + array daemon ({} backend) + hosts over iSCSI{}",
+            self.backend.kind(),
+            if self.portals > 1 {
+                format!(" with MPIO over {} portals", self.portals)
+            } else {
+                String::new()
+            }
         )
     }
 

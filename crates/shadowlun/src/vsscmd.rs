@@ -120,6 +120,10 @@ pub enum VssCmd {
         /// Print the full report, with every call trace, as JSON.
         #[arg(long)]
         json: bool,
+        /// With `--lab array`: each array listens on this many iSCSI portals and each host
+        /// reaches its LUNs through all of them with MPIO.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+        paths: u16,
         #[command(flatten)]
         wine: WineArgs,
     },
@@ -135,18 +139,25 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
             backend,
             filter,
             json,
+            paths,
             wine,
         } => {
+            if paths > 1 && !matches!(lab, LabKind::Array) {
+                bail!("--paths needs --lab array: the other labs serve one portal");
+            }
             let factory: Box<dyn LabFactory> = match lab {
                 LabKind::Memory => Box::new(ShadowlunLabFactory),
-                LabKind::Array => Box::new(RealLabFactory::on(
-                    array::BackendConfig::with_defaults(&backend).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--backend {backend:?} is not a storage backend; use one of {}",
-                            array::BackendConfig::KINDS.join(", ")
-                        )
-                    })?,
-                )),
+                LabKind::Array => Box::new(
+                    RealLabFactory::on(array::BackendConfig::with_defaults(&backend).ok_or_else(
+                        || {
+                            anyhow::anyhow!(
+                                "--backend {backend:?} is not a storage backend; use one of {}",
+                                array::BackendConfig::KINDS.join(", ")
+                            )
+                        },
+                    )?)
+                    .with_portals(paths.into()),
+                ),
                 LabKind::Wine => Box::new(wine.factory()?),
             };
             let report = conformance::run(factory.as_ref(), &filter);

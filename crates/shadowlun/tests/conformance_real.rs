@@ -8,8 +8,27 @@ const BIN: &str = env!("CARGO_BIN_EXE_shadowlun");
 
 #[test]
 fn every_conformance_scenario_passes_against_the_real_array() {
+    conformance_passes("1");
+}
+
+#[test]
+fn every_conformance_scenario_passes_with_hosts_on_two_paths() {
+    conformance_passes("2");
+}
+
+/// The whole catalogue against the array daemon, each host reaching it through `paths`
+/// portals (MPIO for more than one).
+fn conformance_passes(paths: &str) {
     let out = Command::new(BIN)
-        .args(["vss", "conformance", "--lab", "array", "--json"])
+        .args([
+            "vss",
+            "conformance",
+            "--lab",
+            "array",
+            "--json",
+            "--paths",
+            paths,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
