@@ -23,6 +23,8 @@
 //! - [`vss_bench`]: the provider against the array in the process and over HTTPS.
 //! - [`failover_bench`]: what a gateway that cannot be reached costs the provider's calls
 //!   when it is listed before a live one; [`unreachable`] makes such gateways on loopback.
+//! - [`mpio_bench`]: the emulated host's MPIO against one iSCSI session, and a move of a LU
+//!   between target port groups.
 //! - [`engine_bench`]: the embedded engine against the raw file and against itself.
 //! - [`target_bench`]: the iSCSI target against tgt and the raw file.
 //! - [`rbd_bench`]: the target on the rbd backend against tgt's rbd backing store and
@@ -52,6 +54,8 @@ pub mod failover_bench;
 pub mod iscsi_lab;
 #[cfg(unix)]
 pub mod memory_array;
+#[cfg(unix)]
+pub mod mpio_bench;
 #[cfg(unix)]
 pub mod rbd_bench;
 #[cfg(unix)]

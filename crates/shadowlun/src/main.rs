@@ -285,6 +285,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         cold: usize,
     },
+    /// The emulated host's MPIO over two target ports against one iSCSI session (4 KiB READ
+    /// and WRITE latency), and the first WRITE after the LU moves to the other port group.
+    Mpio {
+        /// READs and WRITEs of each contender.
+        #[arg(long, default_value_t = 2000)]
+        ops: usize,
+        /// Moves of the LU between the two groups.
+        #[arg(long, default_value_t = 50)]
+        moves: usize,
+    },
 }
 
 fn main() {
@@ -406,6 +416,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCmd::Provider => lab::vss_bench::provider_core(),
                 BenchCmd::Failover { warm, cold } => {
                     lab::failover_bench::run(&lab::failover_bench::BenchOptions { warm, cold })?
+                }
+                BenchCmd::Mpio { ops, moves } => {
+                    lab::mpio_bench::run(&lab::mpio_bench::BenchOptions { ops, moves })?
                 }
             };
             if json {
