@@ -384,6 +384,45 @@ fn a_state_change_moves_io_to_the_other_group_after_its_unit_attention() {
 }
 
 #[test]
+fn a_non_optimized_path_serves_only_while_no_optimized_one_does() {
+    let rig = Rig::new();
+    let m = rig.mpio(Duration::from_secs(5));
+    m.report_luns().unwrap();
+    m.read(&disk0(), 0, 1).unwrap();
+    rig.rec.take();
+    rig.states(AccessState::Unavailable, AccessState::ActiveNonOptimized);
+    let data = pattern(9, 2);
+    m.write(&disk0(), 60, &data).unwrap();
+    assert_eq!(
+        rig.rec.take(),
+        vec![
+            (GW1.0, 0x8A, 60, UA_STATE_CHANGED),
+            (GW1.0, 0x8A, 60, (0x2, 0x04, 0x0C)),
+            (GW2.0, 0x8A, 60, (0x6, 0x29, 0x00)),
+            (GW2.0, 0x8A, 60, UA_STATE_CHANGED),
+            (GW2.0, 0x8A, 60, GOOD),
+        ],
+        "unavailable on gateway 1, then the non-optimized gateway 2"
+    );
+    // Group 1 optimized again: the unit attention on gateway 2 tells MPIO, which moves back.
+    rig.states(
+        AccessState::ActiveOptimized,
+        AccessState::ActiveNonOptimized,
+    );
+    assert_eq!(m.read(&disk0(), 60, 2).unwrap(), data);
+    assert_eq!(m.read(&disk0(), 60, 2).unwrap(), data);
+    assert_eq!(
+        rig.rec.take(),
+        vec![
+            (GW2.0, 0x88, 60, UA_STATE_CHANGED),
+            (GW2.0, 0x88, 60, GOOD),
+            (GW1.0, 0x88, 60, UA_STATE_CHANGED),
+            (GW1.0, 0x88, 60, GOOD),
+        ]
+    );
+}
+
+#[test]
 fn a_transitioning_lu_is_waited_for_then_served() {
     let rig = Rig::new();
     let m = rig.mpio(Duration::from_secs(5));
