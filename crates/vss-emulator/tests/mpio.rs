@@ -586,18 +586,24 @@ fn a_ledger_writer_keeps_writing_when_a_gateway_goes_away() {
     let v = view(&m);
     assert!(v[0].4 && !v[0].5, "path 1 failed: {v:?}");
     assert!(!v[1].4 && v[1].5, "path 2 current: {v:?}");
-    // Gateway 1 comes back on its address: a rescan logs in to it again, and it serves once
-    // its group is optimized again.
+    // Gateway 1 comes back on its address, and the array makes its group optimized again.
+    // No rescan: the unit attention on gateway 2 makes MPIO read the states again, which
+    // logs in to the failed path first, and the next command goes there.
     let gw1 = gateway(GW1, rig.p1, rig.rec.clone());
-    m.report_luns().unwrap();
-    let v = view(&m);
-    assert!(!v[0].4, "path 1 is back: {v:?}");
+    std::thread::sleep(Duration::from_millis(150));
     rig.states(AccessState::ActiveOptimized, AccessState::Standby);
-    assert_eq!(m.read(&disk0(), 34, 1).unwrap().len(), 512);
-    assert_eq!(
-        rig.rec.take().last().map(|e| (e.0, e.3)),
-        Some((GW1.0, GOOD))
-    );
+    let record = read_ledger(&host, "E:", 9, 0).unwrap();
+    assert_eq!(record.last, acknowledged);
+    let log = rig.rec.take();
+    let reads_on = |port: u16| log.iter().filter(|e| e.0 == port && e.1 == 0x88).count();
+    assert!(reads_on(GW1.0) > 0, "back on gateway 1: {log:?}");
+    assert_eq!(log.last().map(|e| (e.0, e.3)), Some((GW1.0, GOOD)));
+    let v = view(&m);
+    assert!(!v[0].4 && v[0].5, "path 1 is back and current: {v:?}");
+    assert_eq!(v[0].3, Some(AccessState::ActiveOptimized));
+    // A rescan keeps both paths.
+    m.report_luns().unwrap();
+    assert_eq!(view(&m).iter().filter(|r| !r.4).count(), 2);
     gw1.shutdown();
 }
 
