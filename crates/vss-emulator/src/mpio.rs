@@ -22,16 +22,17 @@
 //!   harmless because it writes the same data to the same blocks. Ordering between the two
 //!   paths is kept: the old session is closed, and a command in flight on it finished or
 //!   failed, before anything is sent through the new path.
-//! * **Recovery**: a failed path is logged in to again on a rescan, and while looking for a
-//!   path (after a state change, or when no path is usable) at most once per
-//!   [`MpioPolicy::reconnect_interval`]; it is used again once it logs in.
+//! * **Recovery**: a failed path is logged in to again on a rescan (which waits for it), and
+//!   in the background, by a thread of its own, when the states are read again or no path is
+//!   usable, at most once per [`MpioPolicy::reconnect_interval`]; it is used again once it
+//!   logs in. A portal that does not answer costs a command nothing.
 //! * **Bounds**: a command looks for a usable path for at most
 //!   [`MpioPolicy::failover_timeout`] (Windows' PDORemovePeriod plays this part), then fails
 //!   with [`StorageError::NoPath`] naming every path and why it was not used.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use iscsi::initiator::{InitiatorConfig, InitiatorError, Sense, Session};
@@ -106,6 +107,8 @@ struct Health {
     failed: Option<String>,
     /// When the last login was tried.
     last_login: Option<Instant>,
+    /// A login runs in the background.
+    reconnecting: bool,
 }
 
 /// A LUN as seen through one path.
@@ -149,6 +152,8 @@ enum Outcome {
 
 /// [`HostStorage`] over several paths to one target.
 pub struct MpioStorage {
+    /// This storage, for the threads that log in to failed paths in the background.
+    me: Weak<MpioStorage>,
     target: String,
     initiator: String,
     paths: Vec<Path>,
@@ -219,7 +224,8 @@ impl MpioStorage {
                 health: Mutex::default(),
             })
             .collect();
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             target: target.to_string(),
             initiator: config.initiator_name.clone(),
             paths,
@@ -276,6 +282,32 @@ impl MpioStorage {
         h.failed = Some(why);
     }
 
+    /// Logs in through path `i` and keeps the session (unless one was made meanwhile). The
+    /// session lock is not held during the login: a dead portal costs this caller its
+    /// connect timeout, never a command waiting for that path to be idle.
+    fn login(&self, i: usize) -> Result<(), InitiatorError> {
+        let path = &self.paths[i];
+        self.health(i).last_login = Some(Instant::now());
+        match Session::login(path.portal, &self.target, &path.config) {
+            Ok(s) => {
+                let mut guard = path.session.lock().expect("mpio session lock");
+                if guard.is_none() {
+                    *guard = Some(s);
+                }
+                drop(guard);
+                let was = self.health(i).failed.take();
+                if let Some(was) = was {
+                    tracing::info!(portal = %path.portal, target = %self.target, was = %was, "MPIO path back");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.mark_failed(i, format!("login: {e}"));
+                Err(e)
+            }
+        }
+    }
+
     /// Runs `f` through path `i` (logging in first if it has no session). Returns the unit
     /// attentions the session saw on the way; a transport failure drops the session.
     fn on_path<T>(
@@ -284,24 +316,14 @@ impl MpioStorage {
         f: &dyn Fn(&mut Session) -> Result<T, InitiatorError>,
     ) -> Result<(T, Vec<Sense>), InitiatorError> {
         let path = &self.paths[i];
-        let mut guard = path.session.lock().expect("mpio session lock");
-        if guard.is_none() {
-            self.health(i).last_login = Some(Instant::now());
-            let s = match Session::login(path.portal, &self.target, &path.config) {
-                Ok(s) => s,
-                Err(e) => {
-                    drop(guard);
-                    self.mark_failed(i, format!("login: {e}"));
-                    return Err(e);
-                }
-            };
-            let was = self.health(i).failed.take();
-            if let Some(was) = was {
-                tracing::info!(portal = %path.portal, target = %self.target, was = %was, "MPIO path back");
-            }
-            *guard = Some(s);
+        if path.session.lock().expect("mpio session lock").is_none() {
+            self.login(i)?;
         }
-        let s = guard.as_mut().expect("session just made");
+        let mut guard = path.session.lock().expect("mpio session lock");
+        let Some(s) = guard.as_mut() else {
+            // Dropped by a failure in another thread since the login.
+            return Err(InitiatorError::ConnectionLost);
+        };
         let r = f(s);
         let uas = s.take_unit_attentions();
         match r {
@@ -317,19 +339,43 @@ impl MpioStorage {
         }
     }
 
-    /// Logs in to every failed path whose last login is older than the reconnect interval
-    /// (every failed path when `all`).
+    /// Logs in to failed paths: every one, and waiting for each, on a rescan (`all`);
+    /// otherwise those whose last login is older than the reconnect interval, each in a
+    /// thread of its own, so that a portal that does not answer never holds a command.
     fn reconnect(&self, all: bool) {
         for i in 0..self.paths.len() {
             let due = {
-                let h = self.health(i);
-                h.failed.is_some()
+                let mut h = self.health(i);
+                let due = h.failed.is_some()
+                    && !h.reconnecting
                     && (all
                         || h.last_login
-                            .is_none_or(|t| t.elapsed() >= self.policy.reconnect_interval))
+                            .is_none_or(|t| t.elapsed() >= self.policy.reconnect_interval));
+                if due && !all {
+                    h.reconnecting = true;
+                }
+                due
             };
-            if due {
-                let _ = self.on_path(i, &|_| Ok(()));
+            if !due {
+                continue;
+            }
+            if all {
+                let _ = self.login(i);
+                continue;
+            }
+            let Some(me) = self.me.upgrade() else {
+                self.health(i).reconnecting = false;
+                continue;
+            };
+            let spawned = std::thread::Builder::new()
+                .name("mpio-reconnect".into())
+                .spawn(move || {
+                    let _ = me.login(i);
+                    me.health(i).reconnecting = false;
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "MPIO: cannot start a reconnect thread");
+                self.health(i).reconnecting = false;
             }
         }
     }
