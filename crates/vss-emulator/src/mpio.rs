@@ -109,6 +109,9 @@ struct Health {
     last_login: Option<Instant>,
     /// A login runs in the background.
     reconnecting: bool,
+    /// The last login was refused with an initiator error (class 2): the target does not
+    /// admit this initiator through this path now (no LUN mapped), the path itself works.
+    refused: bool,
 }
 
 /// A LUN as seen through one path.
@@ -302,6 +305,7 @@ impl MpioStorage {
                 Ok(())
             }
             Err(e) => {
+                self.health(i).refused = matches!(e, InitiatorError::LoginRefused { class: 2, .. });
                 self.mark_failed(i, format!("login: {e}"));
                 Err(e)
             }
@@ -492,6 +496,20 @@ impl MpioStorage {
         let mut answered = false;
         let mut tried = Vec::new();
         for i in 0..self.paths.len() {
+            // Still failed after the login just tried: not a second connect timeout.
+            let (failed, refused) = {
+                let h = self.health(i);
+                (h.failed.clone(), h.refused)
+            };
+            if let Some(why) = failed {
+                if refused {
+                    // A target admits an initiator only while it has LUNs mapped.
+                    answered = true;
+                } else {
+                    tried.push(self.tried(i, why));
+                }
+                continue;
+            }
             match self.on_path(i, &|s| s.report_luns()) {
                 Ok((luns, _)) => {
                     answered = true;
