@@ -212,14 +212,20 @@ impl BackupComponents {
             }
         }
         // Destination disks: identity must be unchanged; flags cleared; signature per options.
-        let r = c.host.rescan()?;
-        if !r.removed.is_empty() {
-            c.trace.step(format!(
-                "destination disks changed identity: {:?}",
-                r.removed
-            ));
-        }
-        if result.is_ok() {
+        // Whatever fails from here (the array gone, a disk unreadable), the volumes dismounted
+        // above are mounted again before the error is returned, as Windows brings a
+        // destination's volumes back when the disks come back; a failed recovery must not
+        // leave the host without them.
+        let finished = c.host.rescan().map_err(VssError::from).and_then(|r| {
+            if !r.removed.is_empty() {
+                c.trace.step(format!(
+                    "destination disks changed identity: {:?}",
+                    r.removed
+                ));
+            }
+            if result.is_err() {
+                return Ok(());
+            }
             for j in &jobs {
                 let guid = if options.contains(RecoveryOptions::REVERT_IDENTITY_ALL) {
                     j.original_guid
@@ -233,13 +239,14 @@ impl BackupComponents {
                 c.host
                     .update_gpt(&j.dest_device, 0, gpt_flags::VSS_FLAGS, Some(guid))?;
             }
-        }
+            Ok(())
+        });
         for v in &affected {
             let _ = c
                 .host
                 .mount_extents(&v.name, v.extents.clone(), false, v.block_size);
         }
         self.recovery.clear();
-        result
+        result.and(finished)
     }
 }
