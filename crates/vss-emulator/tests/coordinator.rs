@@ -196,3 +196,135 @@ fn transportable_set_is_not_surfaced_on_the_creating_host() {
     assert_eq!(snaps.len(), 2);
     assert!(snaps.iter().all(|l| l.visible_to.is_empty()));
 }
+
+/// Storage whose REPORT LUNS fails once `cut` is set, as a host's does when the array goes
+/// away; every other command still reaches the SAN.
+struct CutStorage {
+    inner: Arc<dyn vss_emulator::storage::HostStorage>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl vss_emulator::storage::HostStorage for CutStorage {
+    fn initiator_name(&self) -> String {
+        self.inner.initiator_name()
+    }
+    fn report_luns(
+        &self,
+    ) -> Result<Vec<vss_emulator::storage::DiskAddress>, vss_emulator::storage::StorageError> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(vss_emulator::storage::StorageError::Transport(
+                "connection refused".into(),
+            ));
+        }
+        self.inner.report_luns()
+    }
+    fn inquiry(
+        &self,
+        disk: &vss_emulator::storage::DiskAddress,
+    ) -> Result<Vec<u8>, vss_emulator::storage::StorageError> {
+        self.inner.inquiry(disk)
+    }
+    fn vpd(
+        &self,
+        disk: &vss_emulator::storage::DiskAddress,
+        page: u8,
+    ) -> Result<Vec<u8>, vss_emulator::storage::StorageError> {
+        self.inner.vpd(disk, page)
+    }
+    fn read_capacity(
+        &self,
+        disk: &vss_emulator::storage::DiskAddress,
+    ) -> Result<vss_emulator::storage::Capacity, vss_emulator::storage::StorageError> {
+        self.inner.read_capacity(disk)
+    }
+    fn read(
+        &self,
+        disk: &vss_emulator::storage::DiskAddress,
+        lba: u64,
+        blocks: u32,
+    ) -> Result<Vec<u8>, vss_emulator::storage::StorageError> {
+        self.inner.read(disk, lba, blocks)
+    }
+    fn write(
+        &self,
+        disk: &vss_emulator::storage::DiskAddress,
+        lba: u64,
+        data: &[u8],
+    ) -> Result<(), vss_emulator::storage::StorageError> {
+        self.inner.write(disk, lba, data)
+    }
+}
+
+/// The memory lab, with hosts whose storage can be cut.
+struct CutLab {
+    inner: MemoryLab,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl vss_emulator::conformance::Lab for CutLab {
+    fn create_lun(&self, bytes: u64, initiator: &str) -> Result<(), String> {
+        self.inner.create_lun(bytes, initiator)
+    }
+    fn lun_count(&self) -> Result<usize, String> {
+        self.inner.lun_count()
+    }
+    fn storage(
+        &self,
+        initiator: &str,
+    ) -> Result<Arc<dyn vss_emulator::storage::HostStorage>, String> {
+        Ok(Arc::new(CutStorage {
+            inner: self.inner.storage(initiator)?,
+            cut: self.cut.clone(),
+        }))
+    }
+    fn provider(&self, initiator: &str) -> Result<Arc<dyn provider::HardwareProvider>, String> {
+        self.inner.provider(initiator)
+    }
+    fn provider_id(&self) -> VssId {
+        self.inner.provider_id()
+    }
+    fn delete_lun(&self, naa: &[u8]) -> Result<(), String> {
+        self.inner.delete_lun(naa)
+    }
+}
+
+#[test]
+fn a_recovery_whose_rescan_fails_leaves_the_destination_volumes_mounted() {
+    use vss::RecoveryOptions;
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ctx = Ctx::new(Box::new(CutLab {
+        inner: MemoryLab {
+            san: MemorySan::new(),
+        },
+        cut: cut.clone(),
+    }));
+    let r = rig(&ctx, Config::default(), vec![]);
+    r.host.write_volume("E:", 0, &[0xAA; 512]).unwrap();
+    let (set, mut bc) = r.create(SnapshotContext::APP_ROLLBACK, &["E:"]).unwrap();
+    r.host.write_volume("E:", 0, &[0xBB; 512]).unwrap();
+    let snap = r
+        .coord
+        .query()
+        .iter()
+        .find(|p| p.snapshot_set_id == set)
+        .unwrap()
+        .snapshot_id;
+    bc.add_snapshot_to_recovery_set(snap, None).unwrap();
+    // The array goes away after the resync: the host's rescan of the destination fails.
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = bc
+        .recover_set(RecoveryOptions::NO_VOLUME_CHECK)
+        .expect_err("a recovery whose rescan fails reports it");
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    for v in ["E:", "F:"] {
+        assert!(
+            r.host.volume(v).is_ok(),
+            "{v} (on the destination LUN) is mounted again after the failed recovery"
+        );
+    }
+    // Back: the recovery runs again and E: holds the snapshot's data.
+    cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    bc.add_snapshot_to_recovery_set(snap, None).unwrap();
+    bc.recover_set(RecoveryOptions::NO_VOLUME_CHECK).unwrap();
+    assert_eq!(r.host.read_volume("E:", 0, 512).unwrap(), vec![0xAA; 512]);
+}
