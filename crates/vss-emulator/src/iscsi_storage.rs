@@ -7,12 +7,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
 
-use crate::storage::{Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, StorageError};
+use crate::storage::{Capacity, DiskAddress, HostStorage, StorageError, check_read, check_write};
 
 /// Sense key ILLEGAL REQUEST.
 const ILLEGAL_REQUEST: u8 = 0x5;
 /// ASC LOGICAL UNIT NOT SUPPORTED.
 const LUN_NOT_SUPPORTED: u8 = 0x25;
+
+/// What an initiator's failure means to a host: LOGICAL UNIT NOT SUPPORTED is no such disk,
+/// anything else a transport failure.
+pub(crate) fn storage_error(disk: &DiskAddress, e: InitiatorError) -> StorageError {
+    match e {
+        InitiatorError::Check(s) if s.key == ILLEGAL_REQUEST && s.asc == LUN_NOT_SUPPORTED => {
+            StorageError::NoSuchDisk(disk.clone())
+        }
+        other => StorageError::Transport(other.to_string()),
+    }
+}
 
 /// One session to one target, logged in on first use and again after a connection loss.
 pub struct IscsiStorage {
@@ -77,15 +88,6 @@ impl IscsiStorage {
         Err(InitiatorError::ConnectionLost)
     }
 
-    fn map_err(&self, disk: &DiskAddress, e: InitiatorError) -> StorageError {
-        match e {
-            InitiatorError::Check(s) if s.key == ILLEGAL_REQUEST && s.asc == LUN_NOT_SUPPORTED => {
-                StorageError::NoSuchDisk(disk.clone())
-            }
-            other => StorageError::Transport(other.to_string()),
-        }
-    }
-
     fn check_target(&self, disk: &DiskAddress) -> Result<(), StorageError> {
         if disk.target == self.target {
             Ok(())
@@ -130,7 +132,7 @@ impl HostStorage for IscsiStorage {
     fn inquiry(&self, disk: &DiskAddress) -> Result<Vec<u8>, StorageError> {
         self.check_target(disk)?;
         self.with_session(|s| s.inquiry(disk.lun, None))
-            .map_err(|e| self.map_err(disk, e))
+            .map_err(|e| storage_error(disk, e))
     }
 
     fn vpd(&self, disk: &DiskAddress, page: u8) -> Result<Vec<u8>, StorageError> {
@@ -143,7 +145,7 @@ impl HostStorage for IscsiStorage {
                         page,
                     }
                 }
-                e => self.map_err(disk, e),
+                e => storage_error(disk, e),
             })
     }
 
@@ -151,7 +153,7 @@ impl HostStorage for IscsiStorage {
         self.check_target(disk)?;
         let c = self
             .with_session(|s| s.read_capacity16(disk.lun))
-            .map_err(|e| self.map_err(disk, e))?;
+            .map_err(|e| storage_error(disk, e))?;
         let cap = Capacity {
             block_size: c.block_size,
             blocks: c.blocks,
@@ -167,39 +169,22 @@ impl HostStorage for IscsiStorage {
     fn read(&self, disk: &DiskAddress, lba: u64, blocks: u32) -> Result<Vec<u8>, StorageError> {
         self.check_target(disk)?;
         let bs = self.block_size(disk)?;
-        let len = (blocks as usize).saturating_mul(bs as usize);
-        if len > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len,
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
+        check_read(blocks, bs)?;
         self.with_session(|s| s.read16(disk.lun, lba, blocks, bs))
-            .map_err(|e| self.map_err(disk, e))
+            .map_err(|e| storage_error(disk, e))
     }
 
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError> {
         self.check_target(disk)?;
         let bs = self.block_size(disk)?;
-        if data.len() > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len: data.len(),
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
-        if data.len() % bs as usize != 0 {
-            return Err(StorageError::Unaligned {
-                len: data.len(),
-                block_size: bs,
-            });
-        }
+        check_write(data.len(), bs)?;
         self.with_session(|s| s.write16(disk.lun, lba, data, bs, false))
-            .map_err(|e| self.map_err(disk, e))
+            .map_err(|e| storage_error(disk, e))
     }
 
     fn flush(&self, disk: &DiskAddress) -> Result<(), StorageError> {
         self.check_target(disk)?;
         self.with_session(|s| s.synchronize_cache(disk.lun))
-            .map_err(|e| self.map_err(disk, e))
+            .map_err(|e| storage_error(disk, e))
     }
 }

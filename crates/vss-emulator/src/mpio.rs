@@ -40,8 +40,9 @@ use scsi::AccessState;
 use vss::IdentifierType;
 use vss::inquiry::{Association, decode_device_identification};
 
+use crate::iscsi_storage::storage_error;
 use crate::storage::{
-    Capacity, DiskAddress, HostStorage, MAX_TRANSFER_BYTES, PathTried, StorageError,
+    Capacity, DiskAddress, HostStorage, PathTried, StorageError, check_read, check_write,
 };
 
 /// Sense key NOT READY.
@@ -760,15 +761,6 @@ fn classify(e: &InitiatorError) -> Outcome {
     }
 }
 
-fn map_err(disk: &DiskAddress, e: InitiatorError) -> StorageError {
-    match e {
-        InitiatorError::Check(s) if s.key == ILLEGAL_REQUEST && s.asc == 0x25 => {
-            StorageError::NoSuchDisk(disk.clone())
-        }
-        other => StorageError::Transport(other.to_string()),
-    }
-}
-
 impl HostStorage for MpioStorage {
     fn initiator_name(&self) -> String {
         self.initiator.clone()
@@ -787,7 +779,7 @@ impl HostStorage for MpioStorage {
 
     fn inquiry(&self, disk: &DiskAddress) -> Result<Vec<u8>, StorageError> {
         self.run(disk, Access::Report, &|s| s.inquiry(disk.lun, None), &|e| {
-            map_err(disk, e)
+            storage_error(disk, e)
         })
     }
 
@@ -803,7 +795,7 @@ impl HostStorage for MpioStorage {
                         page,
                     }
                 }
-                e => map_err(disk, e),
+                e => storage_error(disk, e),
             },
         )
     }
@@ -813,7 +805,7 @@ impl HostStorage for MpioStorage {
             disk,
             Access::Medium,
             &|s| s.read_capacity16(disk.lun),
-            &|e| map_err(disk, e),
+            &|e| storage_error(disk, e),
         )?;
         let cap = Capacity {
             block_size: c.block_size,
@@ -828,40 +820,23 @@ impl HostStorage for MpioStorage {
 
     fn read(&self, disk: &DiskAddress, lba: u64, blocks: u32) -> Result<Vec<u8>, StorageError> {
         let bs = self.block_size(disk)?;
-        let len = (blocks as usize).saturating_mul(bs as usize);
-        if len > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len,
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
+        check_read(blocks, bs)?;
         self.run(
             disk,
             Access::Medium,
             &|s| s.read16(disk.lun, lba, blocks, bs),
-            &|e| map_err(disk, e),
+            &|e| storage_error(disk, e),
         )
     }
 
     fn write(&self, disk: &DiskAddress, lba: u64, data: &[u8]) -> Result<(), StorageError> {
         let bs = self.block_size(disk)?;
-        if data.len() > MAX_TRANSFER_BYTES {
-            return Err(StorageError::TooLarge {
-                len: data.len(),
-                max: MAX_TRANSFER_BYTES,
-            });
-        }
-        if data.len() % bs as usize != 0 {
-            return Err(StorageError::Unaligned {
-                len: data.len(),
-                block_size: bs,
-            });
-        }
+        check_write(data.len(), bs)?;
         self.run(
             disk,
             Access::Medium,
             &|s| s.write16(disk.lun, lba, data, bs, false),
-            &|e| map_err(disk, e),
+            &|e| storage_error(disk, e),
         )
     }
 
@@ -870,7 +845,7 @@ impl HostStorage for MpioStorage {
             disk,
             Access::Medium,
             &|s| s.synchronize_cache(disk.lun),
-            &|e| map_err(disk, e),
+            &|e| storage_error(disk, e),
         )
     }
 }

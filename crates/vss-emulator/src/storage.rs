@@ -93,6 +93,33 @@ impl std::fmt::Display for PathTried {
     }
 }
 
+/// Refuses a READ of `blocks` blocks of `block_size` bytes past [`MAX_TRANSFER_BYTES`].
+pub(crate) fn check_read(blocks: u32, block_size: u32) -> Result<(), StorageError> {
+    let len = (blocks as usize).saturating_mul(block_size as usize);
+    if len > MAX_TRANSFER_BYTES {
+        return Err(StorageError::TooLarge {
+            len,
+            max: MAX_TRANSFER_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a WRITE of `len` bytes past [`MAX_TRANSFER_BYTES`] or not a whole number of
+/// `block_size`-byte blocks.
+pub(crate) fn check_write(len: usize, block_size: u32) -> Result<(), StorageError> {
+    if len > MAX_TRANSFER_BYTES {
+        return Err(StorageError::TooLarge {
+            len,
+            max: MAX_TRANSFER_BYTES,
+        });
+    }
+    if len % block_size as usize != 0 {
+        return Err(StorageError::Unaligned { len, block_size });
+    }
+    Ok(())
+}
+
 /// A host's view of its SAN through one initiator.
 pub trait HostStorage: Send + Sync {
     /// The initiator name (iSCSI IQN) the array masks LUNs by.
