@@ -109,6 +109,7 @@ pub(crate) struct Lease {
     spec: Arc<LeaseSpec>,
     shared: Arc<Shared>,
     timer: Option<JoinHandle<()>>,
+    renewer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -141,11 +142,10 @@ impl Lease {
             changed: Condvar::new(),
             on_lost: Mutex::new(Some(Box::new(on_lost))),
         });
-        // The renewer may block in a call to the cluster for as long as its op timeout; it
-        // is not joined (a renewal that lands after the holder let go finds no lock to
-        // renew: MUST_RENEW). The timer never blocks on the cluster: it ends the lease when
-        // its time is up, whatever the renewer is waiting for.
-        std::thread::Builder::new()
+        // The renewer may block in a call to the cluster for as long as its op timeout. The
+        // timer never blocks on the cluster: it ends the lease when its time is up, whatever
+        // the renewer is waiting for.
+        let renewer = std::thread::Builder::new()
             .name(format!("lease-{}", spec.lock))
             .spawn({
                 let (spec, shared) = (spec.clone(), shared.clone());
@@ -163,6 +163,7 @@ impl Lease {
             spec,
             shared,
             timer: Some(timer),
+            renewer: Some(renewer),
         }))
     }
 
@@ -182,7 +183,10 @@ impl Lease {
         Ok(())
     }
 
-    /// Stops both threads (the renewer at its next wake-up); whether the lease still held.
+    /// Stops both threads and waits for them; whether the lease still held. A renewal in
+    /// flight is waited for (at most the connection's op timeout): a thread left inside
+    /// librados could outlive the holder's process and meet the library's teardown at exit,
+    /// and the unlock that follows must not race a renewal.
     fn let_go(&mut self) -> Option<Lost> {
         let lost = {
             let mut st = self.shared.state();
@@ -191,7 +195,10 @@ impl Lease {
         };
         self.shared.changed.notify_all();
         self.shared.on_lost.lock().expect("lease lock").take();
-        if let Some(t) = self.timer.take() {
+        for t in [self.timer.take(), self.renewer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
         lost

@@ -4,19 +4,22 @@
 //! replaced by it: a watcher reads the state's head whatever the payload says.
 
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rbd::Pool;
 
 /// The notifier of one state object; its thread starts with the first notify and ends when
-/// the notifier is dropped.
+/// the notifier is dropped, which waits for a notify in flight (at most its timeout): a
+/// thread left inside librados could meet the library's teardown at the process's exit.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     pool: Arc<Pool>,
     object: String,
     timeout: Duration,
     tx: OnceLock<Sender<String>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Notifier {
@@ -26,6 +29,7 @@ impl Notifier {
             object,
             timeout,
             tx: OnceLock::new(),
+            thread: Mutex::new(None),
         }
     }
 
@@ -39,7 +43,7 @@ impl Notifier {
     fn spawn(&self) -> Sender<String> {
         let (tx, rx) = mpsc::channel::<String>();
         let (pool, object, timeout) = (self.pool.clone(), self.object.clone(), self.timeout);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("state-notify".into())
             .spawn(move || {
                 while let Ok(mut payload) = rx.recv() {
@@ -53,6 +57,18 @@ impl Notifier {
                 }
             })
             .expect("spawning the notify thread");
+        *self.thread.lock().expect("notifier lock") = Some(thread);
         tx
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        // The thread ends once its sender is gone and the notify in flight returns.
+        drop(self.tx.take());
+        let thread = self.thread.get_mut().map(Option::take).unwrap_or_default();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 }
