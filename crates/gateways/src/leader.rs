@@ -186,6 +186,11 @@ impl Leader {
         &self.record
     }
 
+    /// The state this leader commits to.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
     /// The epoch while still in office, else why not.
     pub fn check(&self) -> Result<u64> {
         self.lease.check().map_err(Error::NotLeader)?;

@@ -10,6 +10,9 @@
 //!   in time is told at once.
 //! - [`Membership`]: each gateway's lease, a shared lock with an expiry on the members
 //!   object (`shadowlun.<array>.members`); the holders listed are the live gateways.
+//! - [`Steward`]: the leader's duty of giving every unit (LUN) one live owner, by the
+//!   leases alone ([`plan`]), fencing a gone owner before its units move; [`Owners`] reads
+//!   who owns what.
 //!
 //! Invariants: a commit changes nothing unless the version and the epoch it names are both
 //! the object's current ones; the epoch only grows, and only a holder of the leader lock
@@ -24,12 +27,14 @@ mod leader;
 mod lease;
 mod member;
 mod notify;
+mod ownership;
 mod store;
 mod watch;
 
 pub use error::{Error, Lost};
 pub use leader::{Leader, LeaderRecord, Leadership, LeadershipConfig};
 pub use member::{Member, MemberInfo, Membership, Roster, RosterChange};
+pub use ownership::{ClientRecord, Owners, Plan, Steward, StewardConfig, plan};
 pub use store::{Change, State, StateStore};
 pub use watch::StateWatch;
 

@@ -3,125 +3,20 @@
 //! again, as `gateway_process`) where a gateway must be paused, killed or fenced. Skipped,
 //! saying why, only where Ceph is not installed. One test, so one cluster serves every case.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gateways::{Change, Error, Leadership, LeadershipConfig, Lost, Membership, StateStore};
+mod common;
+
+use common::{Gateway, ROLE, addr_cores, blocklist, connect, signal};
+use rbd::WriteOp;
 use rbd::lab::Lab;
-use rbd::{Cluster, ClusterConfig, Pool, WriteOp};
 use serde_json::json;
 
 /// The leases of these tests: short, so a takeover takes seconds.
 const TTL: Duration = Duration::from_secs(2);
-const ROLE: &str = "SHADOWLUN_GATEWAY_ROLE";
-
-/// This run's RADOS namespace: the parent's, which it passes to the gateway processes.
-fn namespace() -> String {
-    std::env::var("SHADOWLUN_GATEWAY_NS").unwrap_or_else(|_| format!("gw{}", std::process::id()))
-}
-
-/// A connection of its own (a gateway's), in this run's RADOS namespace.
-fn connect(conf: &Path) -> Arc<Pool> {
-    let cluster = Cluster::connect(&ClusterConfig {
-        conf_path: Some(conf.to_path_buf()),
-        timeout: Duration::from_secs(10),
-        // Several clients in one process or on one host: no admin socket each.
-        settings: vec![("admin_socket".into(), String::new())],
-        ..ClusterConfig::default()
-    })
-    .unwrap();
-    cluster.pool("rbd", &namespace()).unwrap()
-}
-
-/// A gateway process: this test binary running `gateway_process`.
-struct Gateway {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Gateway {
-    fn start(lab: &Lab, role: &str, array: &str, gateway: &str) -> Gateway {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["gateway_process", "--exact", "--ignored", "--nocapture"])
-            .env(ROLE, role)
-            .env("CEPH_CONF", lab.conf())
-            .env("SHADOWLUN_GATEWAY_ARRAY", array)
-            .env("SHADOWLUN_GATEWAY_ID", gateway)
-            .env("SHADOWLUN_GATEWAY_NS", namespace())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(l) = line.strip_prefix("gw: ") {
-                    let _ = tx.send(l.to_string());
-                }
-            }
-        });
-        Gateway { child, lines }
-    }
-
-    /// The next line the gateway prints, which must start with `prefix`: the rest of it.
-    #[track_caller]
-    fn expect(&self, prefix: &str, within: Duration) -> String {
-        let line = self
-            .lines
-            .recv_timeout(within)
-            .unwrap_or_else(|e| panic!("no {prefix:?} from the gateway within {within:?}: {e}"));
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("expected {prefix:?} from the gateway, got {line:?}"))
-            .trim()
-            .to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        signal(&self.child.id().to_string(), sig);
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What `ceph osd blocklist ls` lists.
-fn blocklist(lab: &Lab) -> String {
-    let out = Command::new("ceph")
-        .env("CEPH_CONF", lab.conf())
-        .args(["osd", "blocklist", "ls"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ceph osd blocklist ls failed");
-    // The listing goes to stdout or stderr depending on the release.
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The `ip:port/nonce` of each of a client's addresses (`[v2:127.0.0.1:0/123,...]`).
-fn addr_cores(addrs: &str) -> Vec<String> {
-    addrs
-        .trim_matches(['[', ']'])
-        .split(',')
-        .map(|a| {
-            a.split_once(':')
-                .filter(|(t, _)| !t.contains('.'))
-                .map_or(a, |(_, r)| r)
-        })
-        .map(str::to_string)
-        .collect()
-}
 
 fn config(gateway: &str) -> LeadershipConfig {
     LeadershipConfig::new(gateway, TTL)
@@ -339,7 +234,7 @@ fn a_notify_reaches_the_other_gateway(lab: &Lab) {
 
     // A watcher that died holds each notify until the OSD drops its watch (10 s here) or the
     // notify's timeout: its commit does not wait for that, and the live watcher hears at once.
-    let dead = Gateway::start(lab, "watch", "notify", "gw-dead");
+    let dead = Gateway::start("gateway_process", lab, "watch", "notify", "gw-dead");
     dead.expect("addr", Duration::from_secs(30));
     dead.expect("watching", Duration::from_secs(30));
     drop(dead); // SIGKILL
@@ -397,7 +292,7 @@ fn a_missed_notify_is_caught_by_the_poll(lab: &Lab) {
 
 fn a_paused_leader_is_fenced_by_its_successor(lab: &Lab) {
     let array = "paused";
-    let first = Gateway::start(lab, "lead", array, "gw-1");
+    let first = Gateway::start("gateway_process", lab, "lead", array, "gw-1");
     let first_addr = first.expect("addr", Duration::from_secs(30));
     let first_epoch: u64 = first
         .expect("leader", Duration::from_secs(30))
@@ -477,7 +372,7 @@ fn a_paused_leader_is_fenced_by_its_successor(lab: &Lab) {
 
 fn a_killed_leader_is_replaced_after_the_expiry(lab: &Lab) {
     let array = "killed";
-    let mut first = Gateway::start(lab, "lead", array, "gw-1");
+    let mut first = Gateway::start("gateway_process", lab, "lead", array, "gw-1");
     let first_addr = first.expect("addr", Duration::from_secs(30));
     let first_epoch: u64 = first
         .expect("leader", Duration::from_secs(30))
@@ -601,7 +496,7 @@ fn a_dead_members_lease_expires(lab: &Lab) {
         other => panic!("joining twice on one connection: {other:?}"),
     }
     assert!(me.check().is_ok(), "a refused second join leaves the first");
-    let mut other = Gateway::start(lab, "member", array, "gw-b");
+    let mut other = Gateway::start("gateway_process", lab, "member", array, "gw-b");
     let other_addr = other.expect("addr", Duration::from_secs(30));
     other.expect("member", Duration::from_secs(30));
     let live = members.live().unwrap();
@@ -660,7 +555,7 @@ fn a_paused_member_is_fenced_and_cannot_rejoin(lab: &Lab) {
     let array = "paused-member";
     let members = Membership::new(connect(lab.conf()), array);
     let mut roster = members.roster();
-    let other = Gateway::start(lab, "member", array, "gw-p");
+    let other = Gateway::start("gateway_process", lab, "member", array, "gw-p");
     let other_addr = other.expect("addr", Duration::from_secs(30));
     other.expect("member", Duration::from_secs(30));
     let joined = roster.refresh().unwrap().joined;
@@ -731,15 +626,6 @@ impl Drop for Paused {
     fn drop(&mut self) {
         signal(&self.pid, "-CONT");
     }
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
 }
 
 /// A leader whose renewal cannot reach the cluster (its OSD paused: the renewal blocks for
