@@ -63,6 +63,35 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Extra DNS names / IP addresses for the generated certificate.
     pub tls_names: Vec<String>,
+    /// This daemon as one of several gateways of the array, with the array's state in the
+    /// Ceph cluster (`[backend] kind = "rbd"` only): the `[gateway]` table. Default: none,
+    /// the state in the pool directory's journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// The `[gateway]` table: how this daemon serves as one gateway of an array whose state
+/// lives in RADOS (docs/gateways.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// This gateway's name: unique among the array's gateways (letters, digits, `.`, `_`
+    /// and `-`; at most 64).
+    pub name: String,
+    /// Seconds a gateway's leases last without renewal: how long a dead leader keeps the
+    /// array before a standby takes over (renewed every third of it). Default 5.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    5
+}
+
+impl GatewayConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
 }
 
 impl Default for Config {
@@ -87,6 +116,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_names: Vec::new(),
+            gateway: None,
         }
     }
 }
@@ -213,6 +243,32 @@ impl Config {
                 )));
             }
         }
+        if let Some(g) = &self.gateway {
+            let named = !g.name.is_empty()
+                && g.name.len() <= 64
+                && g.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !named {
+                return Err(bad(format!(
+                    "[gateway] name {:?} must be 1 to 64 letters, digits, '.', '_' or '-'",
+                    g.name
+                )));
+            }
+            if !(2..=300).contains(&g.lease_secs) {
+                return Err(bad(format!(
+                    "[gateway] lease_secs ({}) must be 2 to 300",
+                    g.lease_secs
+                )));
+            }
+            if self.backend.kind() != "rbd" {
+                return Err(bad(format!(
+                    "[gateway] needs the array's state in a Ceph cluster: set [backend] kind = \"rbd\" \
+                     (the backend is {:?})",
+                    self.backend.kind()
+                )));
+            }
+        }
         if self.max_luns_per_set == 0 || self.max_luns_per_set > storage::MAX_GROUP {
             return Err(bad(format!(
                 "max_luns_per_set must be 1 to {} (the engine's consistency group limit)",
@@ -257,6 +313,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_needs_rbd_a_name_and_a_sane_lease() {
+        let rbd = "[backend]\nkind = 'rbd'\npool = 'rbd'\n";
+        let c = Config::parse(&format!("{rbd}[gateway]\nname = 'gw-a'\n"), "t").unwrap();
+        let g = c.gateway.unwrap();
+        assert_eq!((g.name.as_str(), g.lease_secs), ("gw-a", 5));
+        let err = |text: &str| Config::parse(text, "t").unwrap_err().to_string();
+        assert!(err("[gateway]\nname = 'gw-a'\n").contains("kind = \"rbd\""));
+        assert!(err(&format!("{rbd}[gateway]\nname = 'a b'\n")).contains("name \"a b\""));
+        assert!(err(&format!("{rbd}[gateway]\nname = 'a'\nlease_secs = 1\n")).contains("2 to 300"));
+        assert!(err(&format!("{rbd}[gateway]\nname = 'a'\nlease = 3\n")).contains("lease"));
+    }
 
     #[test]
     fn empty_file_gives_documented_defaults() {

@@ -19,8 +19,9 @@ use crate::config::Config;
 use crate::error::ArrayError;
 use crate::export::ScsiExporter;
 use crate::metrics::{self, Exposition, IoStats, PoolLevel};
+use crate::office::Office;
 use crate::pool::{PoolIdentity, PoolLock};
-use crate::state::{Array, Exporter, NoExport, Policy, new_token, token_hash};
+use crate::state::{Array, Exporter, NoExport, Policy, StateSource, new_token, token_hash};
 
 /// A started daemon.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub struct RunningArray {
     /// Held until the daemon has stopped: no second daemon opens the pool meanwhile.
     _pool_lock: PoolLock,
     iscsi: Option<Arc<iscsi::TargetServer>>,
+    /// With `[gateway]`: this gateway's office, held while it serves.
+    office: Option<Office>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,9 +57,60 @@ impl RunningArray {
             server.shutdown_async().await;
         }
         self.array.sync()?;
+        if let Some(office) = self.office {
+            let _ = tokio::task::spawn_blocking(move || office.resign()).await;
+        }
         tracing::info!("array stopped");
         Ok(())
     }
+
+    /// With `[gateway]`: resolves, with why, when this gateway's leases end by themselves
+    /// (it must stop serving); never otherwise.
+    pub async fn out_of_office(&self) -> String {
+        match &self.office {
+            Some(o) => o.lost().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// With `[gateway]`: this gateway's name and the leader epoch it serves at.
+    pub fn office(&self) -> Option<(&str, u64)> {
+        self.office.as_ref().map(|o| (o.name.as_str(), o.epoch))
+    }
+}
+
+/// The backend, and with `[gateway]` this gateway in office (after waiting as a standby).
+struct Opened {
+    backend: Arc<dyn storage::Backend>,
+    office: Option<Office>,
+}
+
+async fn open_storage(config: &Config, files: &PoolFiles) -> Result<Opened, ArrayError> {
+    let bits = files.identity.array_id.bits();
+    let (backend, rbd) = config.backend.open_attached(&config.pool_dir, bits)?;
+    tracing::info!(kind = config.backend.kind(), "storage backend open");
+    let office = match (&config.gateway, &rbd) {
+        (None, _) => None,
+        (Some(g), Some(r)) => Some(Office::take(g, r.pool().clone(), bits).await?),
+        (Some(_), None) => {
+            return Err(ArrayError::BadRequest(
+                "[gateway] needs [backend] kind = \"rbd\"".into(),
+            ));
+        }
+    };
+    // Only the gateway that serves clears what a predecessor left (breaking a lock
+    // blocklists its holder): a standby must never.
+    if let Some(r) = rbd {
+        tokio::task::spawn_blocking(move || r.recover())
+            .await
+            .map_err(|e| {
+                ArrayError::io(
+                    "recovering the images",
+                    std::io::Error::other(e.to_string()),
+                )
+            })??;
+    }
+    Ok(Opened { backend, office })
 }
 
 fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayError> {
@@ -91,8 +145,10 @@ pub fn private_files() {
 /// the list is empty) and the HTTPS API.
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
+    // A standby gateway waits here, before it listens anywhere.
+    let opened = open_storage(&config, &pool).await?;
     if config.iscsi_portals.is_empty() {
-        return start_prepared(config, pool, Arc::new(NoExport), None, None).await;
+        return start_prepared(config, pool, opened, Arc::new(NoExport), None, None).await;
     }
     let target_name = pool.target_name(&config);
     let target = Arc::new(scsi::Target::new(&target_name));
@@ -137,7 +193,7 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     let server = Arc::new(server);
     let exporter = Arc::new(ScsiExporter::new(target, Some(server.clone())));
     let io = exporter.io_stats().clone();
-    start_prepared(config, pool, exporter, Some(server), Some(io)).await
+    start_prepared(config, pool, opened, exporter, Some(server), Some(io)).await
 }
 
 /// The pool directory, held: its lock and the array's identity.
@@ -178,12 +234,14 @@ pub async fn start_with(
     iscsi: Option<Arc<iscsi::TargetServer>>,
 ) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
-    start_prepared(config, pool, exporter, iscsi, None).await
+    let opened = open_storage(&config, &pool).await?;
+    start_prepared(config, pool, opened, exporter, iscsi, None).await
 }
 
 async fn start_prepared(
     config: Config,
     files: PoolFiles,
+    opened: Opened,
     exporter: Arc<dyn Exporter>,
     iscsi: Option<Arc<iscsi::TargetServer>>,
     io: Option<Arc<IoStats>>,
@@ -194,8 +252,7 @@ async fn start_prepared(
     let (certs, key, fingerprint) =
         crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
     let tls = Arc::new(crate::tls::server_config(certs, key)?);
-    let backend = config.backend.open(&pool, files.identity.array_id.bits())?;
-    tracing::info!(kind = config.backend.kind(), "storage backend open");
+    let Opened { backend, office } = opened;
     let policy = Policy {
         array_id: Some(files.identity.array_id),
         target_name: files.target_name(&config),
@@ -213,8 +270,20 @@ async fn start_prepared(
         },
     };
     let journal = config.journal_path();
+    let shared = office.as_ref().map(|o| (o.store.clone(), o.epoch));
     let array = tokio::task::spawn_blocking(move || {
-        Array::open(&journal, backend, exporter, policy, token_hash(&admin))
+        let source = match shared {
+            Some((store, epoch)) => StateSource::Shared { store, epoch },
+            None => StateSource::File(&journal),
+        };
+        Array::open_from(
+            source,
+            backend,
+            exporter,
+            policy,
+            token_hash(&admin),
+            Box::new(crate::state::now_secs),
+        )
     })
     .await
     .map_err(|e| ArrayError::io("opening the array", std::io::Error::other(e.to_string())))??;
@@ -279,6 +348,7 @@ async fn start_prepared(
         metrics_addr,
         iscsi_addrs,
         iscsi,
+        office,
         fingerprint,
         admin_token_path,
         array,
@@ -519,13 +589,23 @@ pub async fn serve(
         "shadowlun array: admin token in {}",
         running.admin_token_path.display()
     );
+    if let Some((name, epoch)) = running.office() {
+        println!("shadowlun array: gateway {name} in office (epoch {epoch})");
+    }
     crate::systemd::ready(&running);
     let watchdog = crate::systemd::watchdog(running.array.clone(), running.stop.subscribe());
-    shutdown.await;
+    let lost = tokio::select! {
+        () = shutdown => None,
+        why = running.out_of_office() => Some(why),
+    };
     crate::systemd::stopping();
+    let gateway = running.office().map(|(n, _)| n.to_string());
     let result = running.shutdown().await;
     if let Some(w) = watchdog {
         let _ = w.await;
     }
-    result
+    match (lost, gateway) {
+        (Some(why), Some(gateway)) => Err(ArrayError::OutOfOffice { gateway, why }),
+        _ => result,
+    }
 }

@@ -20,6 +20,9 @@ pub enum JournalError {
     },
     #[error("the journal failed earlier; restart the array")]
     Poisoned,
+    /// The array's state in the Ceph cluster (several gateways) refused or failed a change.
+    #[error("the array's shared state: {0}")]
+    Shared(Box<gateways::Error>),
 }
 
 /// Why reading the configuration failed.
@@ -75,6 +78,18 @@ pub enum ArrayError {
         #[source]
         source: std::io::Error,
     },
+    /// Serving as one of several gateways failed: joining, taking office, or the state.
+    #[error("gateway {gateway}: {what}: {source}")]
+    Gateway {
+        gateway: String,
+        what: String,
+        #[source]
+        source: Box<gateways::Error>,
+    },
+    /// This gateway's leases ended while it served (its cluster unreachable past the lease,
+    /// or another gateway fenced it): it stopped serving so that another can take over.
+    #[error("gateway {gateway} stopped serving: {why}")]
+    OutOfOffice { gateway: String, why: String },
 }
 
 impl From<BackendError> for ArrayError {

@@ -30,14 +30,15 @@ pub mod export;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+mod office;
 pub mod ops;
 pub mod pool;
 pub mod state;
 pub mod systemd;
 pub mod tls;
 
-pub use config::Config;
+pub use config::{Config, GatewayConfig};
 pub use daemon::{RunningArray, private_files, serve, start, start_with};
 pub use error::{ArrayError, ConfigError, JournalError};
-pub use state::{Array, ExportedLun, Exporter, Fence, NoExport, Policy, Scope};
+pub use state::{Array, ExportedLun, Exporter, Fence, NoExport, Policy, Scope, StateSource};
 pub use storage::{BackendConfig, BackendError, RbdConfig};

@@ -8,22 +8,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use api::{CreateLun, LunRecord, routes};
-use common::{BIN, Daemon, Pool, start, start_at};
+use common::{BIN, Daemon, Pool, share_identity, start, start_at};
 use provider::https::{Client, ClientConfig, ClientError};
-
-/// The files that make a pool's array identity, copied into another pool before its first
-/// start (docs/array.md, "Several gateways").
-fn share_identity(from: &Path, to: &Path) {
-    for f in ["array.json", "admin.token", "tls/cert.pem", "tls/key.pem"] {
-        let dst = to.join(f);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(from.join(f), &dst).unwrap_or_else(|e| panic!("copying {f}: {e}"));
-    }
-}
 
 /// A URL where nothing listens: a port bound, then closed.
 fn dead_url() -> String {

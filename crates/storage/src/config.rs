@@ -100,6 +100,9 @@ impl Default for BackendConfig {
     }
 }
 
+/// An opened backend, and the same backend as an [`RbdBackend`] when it is one.
+pub type Attached = (Arc<dyn Backend>, Option<Arc<RbdBackend>>);
+
 impl BackendConfig {
     /// Every `kind`, in the order the documentation lists them.
     pub const KINDS: &[&str] = &["engine", "files", "memory", "rbd"];
@@ -129,10 +132,23 @@ impl BackendConfig {
     /// Opens the backend of array `array_id`, creating its storage on first start. Relative
     /// paths are under `pool_dir`.
     pub fn open(&self, pool_dir: &Path, array_id: u32) -> Result<Arc<dyn Backend>, BackendError> {
+        let (backend, rbd) = self.open_attached(pool_dir, array_id)?;
+        if let Some(r) = rbd {
+            r.recover()?;
+        }
+        Ok(backend)
+    }
+
+    /// [`BackendConfig::open`], except that an rbd backend is only attached
+    /// ([`RbdBackend::attach`]: nothing a predecessor left is cleared yet) and is returned
+    /// as such too, for its caller to [`RbdBackend::recover`] once it serves the array, and
+    /// for its RADOS pool: the same client, so that fencing the client fences the images'
+    /// I/O too.
+    pub fn open_attached(&self, pool_dir: &Path, array_id: u32) -> Result<Attached, BackendError> {
         let dir = |path: &Option<PathBuf>, default: &str| {
             pool_dir.join(path.as_deref().unwrap_or(Path::new(default)))
         };
-        Ok(match self {
+        let backend: Arc<dyn Backend> = match self {
             BackendConfig::Engine(c) => Arc::new(EngineBackend::open(
                 &dir(&c.path, "engine"),
                 c.capacity_bytes,
@@ -154,9 +170,11 @@ impl BackendConfig {
                 let pool = cluster
                     .pool(&c.pool, &c.namespace)
                     .map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
-                Arc::new(RbdBackend::new(pool, array_id)?)
+                let b = Arc::new(RbdBackend::attach(pool, array_id)?);
+                return Ok((b.clone(), Some(b)));
             }
-        })
+        };
+        Ok((backend, None))
     }
 }
 

@@ -207,12 +207,17 @@ fn err(name: &str, e: rbd::Error) -> BackendError {
 
 impl RbdBackend {
     /// The volumes of array `array_id` in `pool` (its namespace is created if missing).
-    /// The one process serving an array opens its backend once, at start, so what a killed
-    /// predecessor left is cleared here: clones it left staged (made, not yet renamed) are
-    /// removed, and the exclusive locks it held on the array's images are broken (else the
-    /// first write or snapshot of each waits until the dead client's watch expires, 30 s by
-    /// default: longer than VSS holds writes for a commit).
+    /// The backend of the process serving the array: [`RbdBackend::attach`], then
+    /// [`RbdBackend::recover`].
     pub fn new(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
+        let b = Self::attach(pool, array_id)?;
+        b.recover()?;
+        Ok(b)
+    }
+
+    /// The backend of array `array_id` in `pool` (its namespace made if missing), touching
+    /// no image: what a standby gateway holds until it serves.
+    pub fn attach(pool: Arc<Pool>, array_id: u32) -> Result<Self, BackendError> {
         pool.create_namespace()
             .map_err(|e| match full_or(&pool, e) {
                 e if e.is_no_space() => BackendError::NoSpace(Cause::Rbd(e)),
@@ -224,6 +229,22 @@ impl RbdBackend {
             open: Mutex::new(Default::default()),
             cloning: Mutex::new(()),
         };
+        Ok(b)
+    }
+
+    /// The RADOS pool (and namespace) the images are in, on this backend's client.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Clears what a killed predecessor left, once this process serves the array (the only
+    /// one that does: with several gateways, the one in office, after it fenced the previous
+    /// one): clones it left staged (made, not yet renamed) are removed, and the exclusive
+    /// locks it held on the array's images are broken (else the first write or snapshot of
+    /// each waits until the dead client's watch expires, 30 s by default: longer than VSS
+    /// holds writes for a commit). Breaking a lock blocklists its holder.
+    pub fn recover(&self) -> Result<(), BackendError> {
+        let b = self;
         let images = b.pool.list().map_err(|e| BackendError::Io(Cause::Rbd(e)))?;
         for image in images.iter().filter(|i| i.starts_with(&b.prefix)) {
             let broken = match b.pool.open(image) {
@@ -261,7 +282,7 @@ impl RbdBackend {
                 }
             }
         }
-        Ok(b)
+        Ok(())
     }
 
     /// The image that holds volume `name`.

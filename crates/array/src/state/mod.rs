@@ -14,6 +14,7 @@ mod admin_sets;
 mod auth;
 mod host_changes;
 mod idempotency;
+mod log;
 mod plex;
 mod reaper;
 mod resync;
@@ -45,6 +46,7 @@ pub use space::{PoolSpace, SpacePolicy};
 use crate::error::ArrayError;
 use crate::journal::Journal;
 use crate::metrics::{ArrayMetrics, PoolFigures};
+use log::{Log, SharedLog};
 use resync::JobHandle;
 use rows::{Db, Inner};
 
@@ -181,11 +183,23 @@ impl std::fmt::Debug for Array {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Where the array's rows are kept.
+pub enum StateSource<'a> {
+    /// The journal file in the pool directory: one gateway.
+    File(&'a Path),
+    /// The array's shared state in the Ceph cluster, written by the leader at `epoch`
+    /// (docs/gateways.md).
+    Shared {
+        store: gateways::StateStore,
+        epoch: u64,
+    },
 }
 
 impl Array {
@@ -218,14 +232,41 @@ impl Array {
         admin_token_sha256: String,
         clock: Box<dyn Fn() -> u64 + Send + Sync>,
     ) -> Result<Self, ArrayError> {
+        Self::open_from(
+            StateSource::File(journal_path),
+            backend,
+            exporter,
+            policy,
+            admin_token_sha256,
+            clock,
+        )
+    }
+
+    /// Opens the array as [`Array::open`] does, its rows read from and written to `source`.
+    pub fn open_from(
+        source: StateSource<'_>,
+        backend: Arc<dyn Backend>,
+        exporter: Arc<dyn Exporter>,
+        policy: Policy,
+        admin_token_sha256: String,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<Self, ArrayError> {
         let mut db = Db::default();
-        let (journal, _) = Journal::open::<Record, _>(journal_path, |recs| {
+        let compact = |recs: Vec<rows::Record>| {
             for r in recs {
                 db.apply(r);
             }
             resync::fail_interrupted(&mut db);
             db.records()
-        })?;
+        };
+        let journal = match source {
+            StateSource::File(path) => {
+                Log::File(Journal::open::<rows::Record, _>(path, compact)?.0)
+            }
+            StateSource::Shared { store, epoch } => {
+                Log::Shared(SharedLog::open(store, epoch, compact)?.0)
+            }
+        };
         rows::sweep_orphans(&db, backend.as_ref())?;
         // What the SCSI target appends to VPD 0x83: the target port designators (the port
         // the configuration gives the iSCSI target) and the target device name.

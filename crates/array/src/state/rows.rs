@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use storage::Backend;
 use vss::{SnapshotContext, VssId};
 
+use super::log::Log;
 use super::{Array, Scope};
 use crate::error::ArrayError;
-use crate::journal::Journal;
 use crate::metrics::ArrayMetrics;
 
 /// Lifecycle of a LUN row.
@@ -271,7 +271,7 @@ impl Db {
 
 /// The journal and the rows it holds, under the array's one lock.
 pub(super) struct Inner {
-    pub(super) journal: Journal,
+    pub(super) journal: Log,
     pub(super) db: Db,
     pub(super) metrics: Arc<ArrayMetrics>,
 }

@@ -181,3 +181,13 @@ impl Drop for Pool {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The files that make a pool's array identity, copied into another pool before its first
+/// start (docs/array.md, "Several gateways").
+pub fn share_identity(from: &Path, to: &Path) {
+    for f in ["array.json", "admin.token", "tls/cert.pem", "tls/key.pem"] {
+        let dst = to.join(f);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(from.join(f), &dst).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+    }
+}

@@ -1,0 +1,149 @@
+//! A gateway in office: with `[gateway]`, a daemon joins the array's gateways (its member
+//! lease), waits as a standby until it takes office as leader (fencing the previous
+//! leader's Ceph client), and only then opens the array from its shared state and serves.
+//! When either lease ends by itself, it stops serving at once (docs/gateways.md, "Failure
+//! model").
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateways::{Leader, Leadership, LeadershipConfig, Lost, Member, Membership, StateStore};
+use tokio::sync::watch;
+
+use crate::config::GatewayConfig;
+use crate::error::ArrayError;
+
+/// The name of array `array_id`'s state in the cluster (the same hex form its images carry).
+pub(crate) fn state_name(array_id: u32) -> String {
+    format!("{array_id:08x}")
+}
+
+/// This gateway in office: the leases it holds while it serves.
+pub(crate) struct Office {
+    pub name: String,
+    pub store: StateStore,
+    pub epoch: u64,
+    /// Why a lease ended, once one has.
+    pub lost: watch::Receiver<Option<String>>,
+    // Held while serving: dropping them releases the leases.
+    leader: Option<Leader>,
+    member: Option<Member>,
+}
+
+impl std::fmt::Debug for Office {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Office({} at epoch {})", self.name, self.epoch)
+    }
+}
+
+impl Office {
+    /// Joins array `array_id`'s gateways on `pool` (the backend's own client) and waits until
+    /// this gateway takes office; logs who leads meanwhile.
+    pub async fn take(
+        config: &GatewayConfig,
+        pool: Arc<rbd::Pool>,
+        array_id: u32,
+    ) -> Result<Office, ArrayError> {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Self::take_blocking(&config, pool, array_id))
+            .await
+            .map_err(|e| ArrayError::io("taking office", std::io::Error::other(e.to_string())))?
+    }
+
+    fn take_blocking(
+        config: &GatewayConfig,
+        pool: Arc<rbd::Pool>,
+        array_id: u32,
+    ) -> Result<Office, ArrayError> {
+        let name = config.name.clone();
+        let err = |what: &str| {
+            let name = name.clone();
+            let what = what.to_string();
+            move |e: gateways::Error| ArrayError::Gateway {
+                gateway: name,
+                what,
+                source: Box::new(e),
+            }
+        };
+        let array = state_name(array_id);
+        let (tx, lost) = watch::channel(None::<String>);
+        let tx = Arc::new(tx);
+        let report = |what: &'static str| {
+            let tx = tx.clone();
+            move |why: Lost| {
+                tracing::error!(lease = what, %why, "a lease of this gateway ended: it stops serving");
+                let _ = tx.send(Some(format!("its {what} lease ended: {why}")));
+            }
+        };
+        let member = Membership::new(pool.clone(), &array)
+            .join(&name, config.lease(), report("member"))
+            .map_err(err("joining the array's gateways"))?;
+        let store = StateStore::open(pool, &array).map_err(err("opening the array's state"))?;
+        let leadership =
+            Leadership::new(store.clone(), LeadershipConfig::new(&name, config.lease()));
+        let mut said = None::<Instant>;
+        let leader = loop {
+            if let Some(l) = leadership
+                .try_acquire(report("leader"))
+                .map_err(err("taking office"))?
+            {
+                break l;
+            }
+            if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                let leader = leadership.current().ok().and_then(|(_, r)| r);
+                tracing::info!(
+                    gateway = %name,
+                    leader = leader.as_ref().map_or("-", |r| r.gateway.as_str()),
+                    "standing by: another gateway serves the array"
+                );
+                said = Some(Instant::now());
+            }
+            std::thread::sleep(config.lease() / 3);
+            // A standby whose own lease ended cannot take office safely.
+            if let Some(why) = lost.borrow().clone() {
+                return Err(ArrayError::OutOfOffice { gateway: name, why });
+            }
+        };
+        tracing::info!(gateway = %name, epoch = leader.epoch(), "in office: serving the array");
+        Ok(Office {
+            name,
+            store,
+            epoch: leader.epoch(),
+            lost,
+            leader: Some(leader),
+            member: Some(member),
+        })
+    }
+
+    /// Resolves when a lease ends by itself, with why.
+    pub async fn lost(&self) -> String {
+        let mut rx = self.lost.clone();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the lease watch ended".into();
+            }
+        }
+    }
+
+    /// Leaves office and the gateways (a clean stop): the next standby need not wait for the
+    /// leases to run out.
+    pub fn resign(mut self) {
+        if self.lost.borrow().is_some() {
+            // Out of office already: whatever is left of the leases is dropped unrenewed.
+            return;
+        }
+        if let Some(l) = self.leader.take() {
+            if let Err(e) = l.resign() {
+                tracing::warn!(error = %e, "resigning office failed; the lease runs out instead");
+            }
+        }
+        if let Some(m) = self.member.take() {
+            if let Err(e) = m.leave() {
+                tracing::warn!(error = %e, "leaving the gateways failed; the lease runs out instead");
+            }
+        }
+    }
+}
