@@ -7,6 +7,9 @@
 #     after its lease and fenced, concurrent updates, a dead member's lease expiring, a paused
 #     member fenced through the leader's roster, a leader cut off from the cluster stepping
 #     down at its lease's end (about 40 s: that case starts a lab of its own);
+#  1c. the gateways crate's LUN owners: three gateway processes, the leader's steward spreading
+#     units, a killed owner fenced before its units move, a killed leader replaced, a gateway
+#     back taking its share, a drain (about 15 s);
 #  2. the storage conformance suite on the rbd backend, then its naming, stranger, delete and
 #     resync cases;
 #  3. the array daemon with `[backend] kind = "rbd"`: a LUN made over the API is an image
@@ -27,6 +30,9 @@
 #     (crates/shadowlun/tests/demo_rbd.rs): every check passes, `rbd ls` then shows none of
 #     its images and an image made before it; and a demo that started its own cluster,
 #     interrupted with SIGINT, leaves no daemon of it;
+#  6b. two gateways of one array (crates/shadowlun/tests/gateways_rbd.rs): the serving one
+#     killed with SIGKILL, the standby fences it and serves the same LUNs with the acknowledged
+#     write; a clean stop hands over at once; a stopped standby never serves (about 40 s);
 #  7. the whole VSS conformance catalogue with every scenario's array on rbd (each must
 #     pass), then `rbd ls` must show only the stranger's image;
 # then stops the cluster (only the daemons it started).
@@ -51,6 +57,7 @@ cargo test -q -p gateways --no-run
 cargo test -q -p storage --test rbd --no-run
 cargo test -q -p array --test rbd --test crash --test admin_sets --test rbd_full --no-run
 cargo test -q -p shadowlun --test demo_rbd --no-run
+cargo test -q -p shadowlun --test gateways_rbd --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
@@ -139,6 +146,9 @@ echo "== the demo on rbd"
 t0=$(date +%s)
 cargo test -q -p shadowlun --test demo_rbd -- --nocapture
 echo "demo on rbd: $(($(date +%s) - t0)) s"
+
+echo "== two gateways of one array on rbd: a takeover after SIGKILL, a clean handover"
+cargo test -q -p shadowlun --test gateways_rbd -- --nocapture
 
 echo "== the VSS conformance catalogue on rbd"
 t0=$(date +%s)

@@ -573,7 +573,13 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ArrayError> {
-    let running = start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A standby gateway waits inside `start` until it takes office; a stop meanwhile ends
+    // the wait.
+    let running = tokio::select! {
+        r = start(config) => r?,
+        () = &mut shutdown => return Ok(()),
+    };
     println!("shadowlun array: API https://{}", running.api_addr);
     if let Some(m) = running.metrics_addr {
         println!("shadowlun array: metrics http://{m}/metrics");
@@ -595,7 +601,7 @@ pub async fn serve(
     crate::systemd::ready(&running);
     let watchdog = crate::systemd::watchdog(running.array.clone(), running.stop.subscribe());
     let lost = tokio::select! {
-        () = shutdown => None,
+        () = &mut shutdown => None,
         why = running.out_of_office() => Some(why),
     };
     crate::systemd::stopping();

@@ -5,6 +5,7 @@
 //! model").
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gateways::{Leader, Leadership, LeadershipConfig, Lost, Member, Membership, StateStore};
@@ -38,14 +39,23 @@ impl std::fmt::Debug for Office {
 
 impl Office {
     /// Joins array `array_id`'s gateways on `pool` (the backend's own client) and waits until
-    /// this gateway takes office; logs who leads meanwhile.
+    /// this gateway takes office; logs who leads meanwhile. Dropping the future stops the
+    /// wait (and leaves the gateways) within a third of a lease.
     pub async fn take(
         config: &GatewayConfig,
         pool: Arc<rbd::Pool>,
         array_id: u32,
     ) -> Result<Office, ArrayError> {
+        struct CancelOnDrop(Arc<AtomicBool>);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Self::take_blocking(&config, pool, array_id))
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = cancel.0.clone();
+        tokio::task::spawn_blocking(move || Self::take_blocking(&config, pool, array_id, &flag))
             .await
             .map_err(|e| ArrayError::io("taking office", std::io::Error::other(e.to_string())))?
     }
@@ -54,6 +64,7 @@ impl Office {
         config: &GatewayConfig,
         pool: Arc<rbd::Pool>,
         array_id: u32,
+        cancel: &AtomicBool,
     ) -> Result<Office, ArrayError> {
         let name = config.name.clone();
         let err = |what: &str| {
@@ -99,6 +110,13 @@ impl Office {
                 said = Some(Instant::now());
             }
             std::thread::sleep(config.lease() / 3);
+            if cancel.load(Ordering::Relaxed) {
+                let _ = member.leave();
+                return Err(ArrayError::OutOfOffice {
+                    gateway: name,
+                    why: "stopped while standing by".into(),
+                });
+            }
             // A standby whose own lease ended cannot take office safely.
             if let Some(why) = lost.borrow().clone() {
                 return Err(ArrayError::OutOfOffice { gateway: name, why });

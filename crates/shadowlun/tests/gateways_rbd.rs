@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Pool, share_identity, start_with};
+use common::{Daemon, Pool, share_identity, spawn_at, try_ready};
 use iscsi::initiator::{InitiatorConfig, Session};
 use rbd::lab::Lab;
 
@@ -36,15 +36,33 @@ fn config(dir: &Path, lab: &Lab, namespace: &str, gateway: &str) -> std::path::P
     path
 }
 
-/// Starts a gateway on its own thread: it answers only once in office.
+/// Starts a gateway, waited for on a thread of its own: it answers only once in office.
 fn start_gateway(pool: &Path, config: &Path) -> mpsc::Receiver<Daemon> {
+    start_gateway_pid(pool, config).1
+}
+
+/// [`start_gateway`], with the process id.
+fn start_gateway_pid(pool: &Path, config: &Path) -> (u32, mpsc::Receiver<Daemon>) {
     let (tx, rx) = mpsc::channel();
-    let (pool, config) = (pool.to_path_buf(), config.to_path_buf());
+    let child = spawn_at(pool, "127.0.0.1:0", &["--config", config.to_str().unwrap()]);
+    let pid = child.id();
+    let pool = pool.to_path_buf();
     std::thread::spawn(move || {
-        let d = start_with(&pool, &["--config", config.to_str().unwrap()]);
-        let _ = tx.send(d);
+        if let Some(d) = try_ready(child, &pool) {
+            let _ = tx.send(d);
+        }
     });
-    rx
+    (pid, rx)
+}
+
+fn sigterm(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 fn session(d: &Daemon, target: &str) -> Session {
@@ -178,13 +196,7 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     );
     let stopped = Instant::now();
     let mut b = b;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &b.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(b.child.id());
     let code = b.child.wait().unwrap();
     assert!(code.success(), "a clean stop: {code:?}");
     let a = a_ready
@@ -201,4 +213,22 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     assert_eq!(names, ["data", "made-on-b"]);
     let mut s = session(&a, &target);
     assert!(s.read16(number, 808, 8, 512).unwrap() == block(0xB2));
+    drop(s);
+
+    // A standby stops at once when asked to, without ever serving.
+    let (pid, b_ready) = start_gateway_pid(&pb.0, &cb);
+    std::thread::sleep(Duration::from_secs(LEASE_SECS));
+    let asked = Instant::now();
+    sigterm(pid);
+    assert!(
+        b_ready.recv_timeout(Duration::from_secs(30)).is_err(),
+        "a stopped standby served"
+    );
+    // The thread waiting for it reaps it once it exits.
+    let gone = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(gone, "the standby did not stop");
+    eprintln!("a standby stopped {:.1?} after SIGTERM", asked.elapsed());
 }

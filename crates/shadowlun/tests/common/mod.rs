@@ -38,7 +38,12 @@ pub fn start_with(pool: &Path, extra: &[&str]) -> Daemon {
 
 /// [`start_with`] with the control API on `api` (`127.0.0.1:PORT`).
 pub fn start_at(pool: &Path, api: &str, extra: &[&str]) -> Daemon {
-    let mut child = Command::new(BIN)
+    ready(spawn_at(pool, api, extra), pool)
+}
+
+/// `shadowlun array serve` on `pool` started, not yet waited for: [`ready`] does.
+pub fn spawn_at(pool: &Path, api: &str, extra: &[&str]) -> Child {
+    Command::new(BIN)
         .args([
             "array",
             "serve",
@@ -53,7 +58,16 @@ pub fn start_at(pool: &Path, api: &str, extra: &[&str]) -> Daemon {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("starting shadowlun array serve");
+        .expect("starting shadowlun array serve")
+}
+
+/// Waits until a daemon [`spawn_at`] started says where it listens.
+pub fn ready(child: Child, pool: &Path) -> Daemon {
+    try_ready(child, pool).expect("the daemon printed its API address")
+}
+
+/// [`ready`], or `None` when the daemon exits before it says where it listens.
+pub fn try_ready(mut child: Child, pool: &Path) -> Option<Daemon> {
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut api, mut fingerprint, mut token_file, mut portal) = (None, None, None, None);
     let mut metrics = None;
@@ -76,15 +90,19 @@ pub fn start_at(pool: &Path, api: &str, extra: &[&str]) -> Daemon {
             break;
         }
     }
-    Daemon {
+    let Some(api) = api else {
+        let _ = child.wait();
+        return None;
+    };
+    Some(Daemon {
         child,
-        api: api.expect("the daemon printed its API address"),
+        api,
         fingerprint: fingerprint.expect("the daemon printed its fingerprint"),
         token_file: token_file.expect("the daemon printed the admin token path"),
         portal: portal.unwrap_or_default(),
         pool: pool.to_path_buf(),
         metrics,
-    }
+    })
 }
 
 impl Daemon {
