@@ -76,6 +76,18 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
+    move |source| Error::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// As [`io_err`], with the context built only if the call failed: for the calls every volume
+/// I/O makes, whose context (a volume name, an offset) would otherwise be formatted, and
+/// allocated, on every read and write.
+pub(crate) fn io_err_with(context: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io {
+        context: context(),
+        source,
+    }
 }

@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::{Inner, VolumeKind, apply};
-use crate::error::{Error, Result, io_err};
+use crate::error::{Error, Result, io_err, io_err_with};
 use crate::format::Record;
 use crate::state::{CHUNK_SIZE, Entry, FULL_MASK, MASK_BLOCK_SIZE, Source, State};
 
@@ -131,45 +131,66 @@ impl Volume {
     }
 
     /// Reads `buf.len()` bytes at `offset`; never-written ranges read as zeros.
+    ///
+    /// The state lock is held until the data is read: a chunk this read maps cannot be freed,
+    /// and so cannot be handed to another volume, before its bytes are copied. Contiguous
+    /// runs of the data file are read with one call; nothing is allocated on the way.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let st = self.inner.read()?;
         self.check_range(&st, offset, buf.len() as u64)?;
         let root = self.meta(&st)?.root;
-        // Segments of the request: (file offset or zeros, length), merged when contiguous.
-        let mut segs: Vec<(Option<u64>, usize)> = Vec::new();
+        // The run being gathered: its source (file offset, or None for zeros), where it
+        // starts in `buf`, its length.
+        let mut run: Option<(Option<u64>, usize, usize)> = None;
         for p in pieces(offset, buf.len()) {
-            let (e, _) = st.lookup(root, p.idx);
+            let e = st.entry(root, p.idx);
             let mut pos = p.within;
             let end = p.within + p.len as u64;
             while pos < end {
                 let b = pos / MASK_BLOCK_SIZE;
-                let n = ((b + 1) * MASK_BLOCK_SIZE).min(end) - pos;
+                let n = (((b + 1) * MASK_BLOCK_SIZE).min(end) - pos) as usize;
                 let src = match e.source(b) {
                     Source::Zero => None,
                     Source::Chunk(c) => Some(c as u64 * CHUNK_SIZE + pos),
                 };
-                match segs.last_mut() {
-                    Some((None, l)) if src.is_none() => *l += n as usize,
-                    Some((Some(o), l)) if src == Some(*o + *l as u64) => *l += n as usize,
-                    _ => segs.push((src, n as usize)),
+                match &mut run {
+                    Some((None, _, l)) if src.is_none() => *l += n,
+                    Some((Some(o), _, l)) if src == Some(*o + *l as u64) => *l += n,
+                    _ => {
+                        let at = p.at + (pos - p.within) as usize;
+                        if let Some(done) = run.replace((src, at, n)) {
+                            self.read_run(done, buf, offset)?;
+                        }
+                    }
                 }
-                pos += n;
+                pos += n as u64;
             }
         }
-        let mut at = 0usize;
-        for (src, len) in segs {
-            let out = &mut buf[at..at + len];
-            match src {
-                None => out.fill(0),
-                Some(o) => self
-                    .inner
-                    .data
-                    .read_exact_at(out, o)
-                    .map_err(io_err(format!("read {} at {}", self.name, offset)))?,
-            }
-            at += len;
+        match run {
+            Some(r) => self.read_run(r, buf, offset),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// One run of [`Volume::read_at`]: zeros, or the data file's bytes.
+    fn read_run(
+        &self,
+        (src, at, len): (Option<u64>, usize, usize),
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<()> {
+        let out = &mut buf[at..at + len];
+        match src {
+            None => {
+                out.fill(0);
+                Ok(())
+            }
+            Some(o) => self
+                .inner
+                .data
+                .read_exact_at(out, o)
+                .map_err(io_err_with(|| format!("read {} at {}", self.name, offset))),
+        }
     }
 
     /// Whether the `len` bytes at `offset` can be read now without waiting for storage: the
@@ -190,14 +211,17 @@ impl Volume {
             Some(e) if len > 0 && e <= v.size => e,
             _ => return true, // out of range or empty: fails or ends at once
         };
-        let place = |pos: u64| {
-            let (e, _) = st.lookup(root, (pos / CHUNK_SIZE) as u32);
-            match e.source((pos % CHUNK_SIZE) / MASK_BLOCK_SIZE) {
-                Source::Zero => None,
-                Source::Chunk(c) => Some(c as u64 * CHUNK_SIZE + pos % CHUNK_SIZE),
-            }
+        let place = |e: &Entry, pos: u64| match e.source((pos % CHUNK_SIZE) / MASK_BLOCK_SIZE) {
+            Source::Zero => None,
+            Source::Chunk(c) => Some(c as u64 * CHUNK_SIZE + pos % CHUNK_SIZE),
         };
-        let (first, last) = (place(offset), place(end - 1));
+        let (i0, i1) = (
+            (offset / CHUNK_SIZE) as u32,
+            ((end - 1) / CHUNK_SIZE) as u32,
+        );
+        let e0 = st.entry(root, i0);
+        let e1 = if i1 == i0 { e0 } else { st.entry(root, i1) };
+        let (first, last) = (place(&e0, offset), place(&e1, end - 1));
         drop(st);
         let same_page = |a: u64, b: u64| a / 4096 == b / 4096;
         match (first, last) {
@@ -254,7 +278,7 @@ impl Volume {
         for (fo, at, len) in targets {
             self.inner
                 .write_data(&data[at..at + len], fo)
-                .map_err(io_err(format!("write {} at {}", self.name, offset)))?;
+                .map_err(io_err_with(|| format!("write {} at {}", self.name, offset)))?;
         }
         Ok(true)
     }
@@ -312,14 +336,14 @@ impl Volume {
                 .inner
                 .data
                 .read_exact_at(out, c as u64 * CHUNK_SIZE + b * MASK_BLOCK_SIZE)
-                .map_err(io_err(format!("read chunk {c}"))),
+                .map_err(io_err_with(|| format!("read chunk {c}"))),
         }
     }
 
     fn pwrite(&self, buf: &[u8], at: u64) -> Result<()> {
-        self.inner
-            .write_data(buf, at)
-            .map_err(io_err(format!("write {} (chunk offset {at})", self.name)))
+        self.inner.write_data(buf, at).map_err(io_err_with(|| {
+            format!("write {} (chunk offset {at})", self.name)
+        }))
     }
 
     /// Writes one chunk's share of a request under the exclusive lock.
@@ -417,7 +441,7 @@ impl Volume {
                         &mut buf[cs..ce],
                         cur.phys as u64 * CHUNK_SIZE + c0 * MASK_BLOCK_SIZE,
                     )
-                    .map_err(io_err(format!("read chunk {}", cur.phys)))
+                    .map_err(io_err_with(|| format!("read chunk {}", cur.phys)))
                     .and_then(|_| {
                         // Partial edge blocks not in `phys` come from `under` (or zeros).
                         for (b, partial) in [(b0, head_partial), (b1, tail_partial)] {

@@ -370,6 +370,22 @@ impl State {
         ((idx >> (FANOUT_BITS * (DEPTH - 1 - level))) as usize) & (FANOUT - 1)
     }
 
+    /// The entry of chunk `idx` under `root`, for a read: [`State::lookup`] without the
+    /// reference counts it takes to tell whether a write may go in place.
+    pub(crate) fn entry(&self, root: u32, idx: u32) -> Entry {
+        let mut cur = root;
+        for level in 0..DEPTH {
+            if cur == 0 {
+                return Entry::EMPTY;
+            }
+            match &self.node(cur).body {
+                Body::Internal(c) => cur = c[Self::digit(idx, level)],
+                Body::Leaf(e) => return e[Self::digit(idx, level)],
+            }
+        }
+        Entry::EMPTY
+    }
+
     /// The entry of chunk `idx` under `root`, and whether every node on the path and the
     /// chunk itself have a single reference (an in-place write is then safe).
     pub(crate) fn lookup(&self, root: u32, idx: u32) -> (Entry, bool) {
