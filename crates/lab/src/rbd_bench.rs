@@ -99,9 +99,14 @@ impl Default for RbdBenchOptions {
 
 /// The configuration file of the cluster to measure, or why there is none.
 fn conf_path(opts: &RbdBenchOptions) -> Result<PathBuf, RbdBenchError> {
-    let conf = opts
-        .ceph_conf
-        .clone()
+    cluster_conf(opts.ceph_conf.as_deref())
+}
+
+/// The cluster's configuration file: `explicit`, else `CEPH_CONF`, else
+/// `/etc/ceph/ceph.conf`; or why there is none.
+pub(crate) fn cluster_conf(explicit: Option<&Path>) -> Result<PathBuf, RbdBenchError> {
+    let conf = explicit
+        .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("CEPH_CONF").map(PathBuf::from));
     let conf = match conf {
         Some(c) => c,
@@ -122,7 +127,11 @@ fn conf_path(opts: &RbdBenchOptions) -> Result<PathBuf, RbdBenchError> {
 }
 
 /// Runs the `rbd` command against the cluster of `conf`, bounded in time: its stdout.
-fn rbd_cli(conf: &Path, args: &[&str], limit: Duration) -> Result<String, RbdBenchError> {
+pub(crate) fn rbd_cli(
+    conf: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> Result<String, RbdBenchError> {
     let out = Command::new("timeout")
         .args(["--foreground", &limit.as_secs().max(1).to_string(), "rbd"])
         .args(args)

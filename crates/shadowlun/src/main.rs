@@ -285,6 +285,27 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         cold: usize,
     },
+    /// Two gateways of one array on a Ceph cluster (docs/gateways.md): the time from the end
+    /// of the serving gateway (SIGKILL: a failover; SIGTERM: a planned handover) to the first
+    /// write acknowledged through the next, every earlier write read back first. Needs a
+    /// cluster: `eval "$(scripts/ceph-lab start DIR)"`.
+    Gateways {
+        /// Rounds ended with SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Rounds ended with SIGTERM.
+        #[arg(long, default_value_t = 3)]
+        handovers: usize,
+        /// The gateways' lease in seconds (`[gateway] lease_secs`).
+        #[arg(long, default_value_t = 5)]
+        lease_secs: u64,
+        /// The cluster's configuration file (default: $CEPH_CONF, then /etc/ceph/ceph.conf).
+        #[arg(long)]
+        ceph_conf: Option<std::path::PathBuf>,
+        /// The pool (the benchmark works in a RADOS namespace of its own, removed at the end).
+        #[arg(long, default_value = "rbd")]
+        pool: String,
+    },
     /// The emulated host's MPIO over two target ports against one iSCSI session (4 KiB READ
     /// and WRITE latency), and the first WRITE after the LU moves to the other port group.
     Mpio {
@@ -417,6 +438,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCmd::Failover { warm, cold } => {
                     lab::failover_bench::run(&lab::failover_bench::BenchOptions { warm, cold })?
                 }
+                BenchCmd::Gateways {
+                    kills,
+                    handovers,
+                    lease_secs,
+                    ceph_conf,
+                    pool,
+                } => lab::gateways_bench::run(&lab::gateways_bench::BenchOptions {
+                    kills,
+                    handovers,
+                    lease_secs: lease_secs.clamp(2, 300),
+                    ceph_conf,
+                    pool,
+                })?,
                 BenchCmd::Mpio { ops, moves } => {
                     lab::mpio_bench::run(&lab::mpio_bench::BenchOptions { ops, moves })?
                 }

@@ -1,0 +1,407 @@
+//! `shadowlun bench gateways`: how long hosts wait when the gateway serving an array goes
+//! away. Two `shadowlun array serve` processes with `[gateway]` serve one array on a Ceph
+//! cluster (docs/gateways.md), one in office and one standing by. Each round ends the
+//! serving one, with SIGKILL (a failover: the standby waits out the lease, fences it and
+//! takes office) or with SIGTERM (a planned handover: it resigns), and measures the time
+//! from the signal to the first write acknowledged (WRITE then SYNCHRONIZE CACHE) through
+//! the new gateway's iSCSI portal. Before that write, every block acknowledged in earlier
+//! rounds is read back through the new gateway: a round that loses one fails the benchmark.
+//! The gateway that was ended is started again as the standby for the next round.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use iscsi::initiator::{InitiatorConfig, Session};
+
+use crate::rbd_bench::{cluster_conf, rbd_cli};
+use crate::report::{Goal, Report, Row, machine};
+
+const HOST: &str = "iqn.1991-05.com.microsoft:bench-gateways";
+/// The failover bound hosts can live with (Windows' disk timeout is 60 s; MPIO's path
+/// verification tens of seconds).
+const BOUND_SECS: f64 = 10.0;
+/// Longest wait for a gateway to start, stand by or take over.
+const WAIT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Rounds ended with SIGKILL.
+    pub kills: usize,
+    /// Rounds ended with SIGTERM.
+    pub handovers: usize,
+    /// The gateways' `lease_secs`.
+    pub lease_secs: u64,
+    /// The cluster's configuration file (default: `CEPH_CONF`, then /etc/ceph/ceph.conf).
+    pub ceph_conf: Option<PathBuf>,
+    /// The pool; the benchmark works in a namespace of its own there, removed at the end.
+    pub pool: String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            kills: 10,
+            handovers: 3,
+            lease_secs: 5,
+            ceph_conf: None,
+            pool: "rbd".into(),
+        }
+    }
+}
+
+/// What a gateway process printed: its standard output's lines, and whether its log said
+/// it stands by.
+enum Said {
+    Out(String),
+    StandingBy,
+}
+
+struct Gateway {
+    name: String,
+    pool_dir: PathBuf,
+    config: PathBuf,
+    child: Child,
+    said: Receiver<Said>,
+}
+
+/// Where a gateway in office listens.
+struct Serving {
+    api: String,
+    fingerprint: String,
+    portal: String,
+}
+
+impl Gateway {
+    fn start(name: &str, pool_dir: &Path, config: &Path) -> anyhow::Result<Gateway> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["array", "serve", "--api", "127.0.0.1:0"])
+            .args(["--portal", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--pool")
+            .arg(pool_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting shadowlun array serve")?;
+        let (tx, said) = mpsc::channel();
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let t = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = t.send(Said::Out(line));
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("standing by") {
+                    let _ = tx.send(Said::StandingBy);
+                }
+            }
+        });
+        Ok(Gateway {
+            name: name.into(),
+            pool_dir: pool_dir.into(),
+            config: config.into(),
+            child,
+            said,
+        })
+    }
+
+    /// Waits until it stands by.
+    fn standing_by(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.said.recv_timeout(left) {
+                Ok(Said::StandingBy) => return Ok(()),
+                Ok(Said::Out(l)) if l.starts_with("shadowlun array: API") => {
+                    bail!("gateway {} served while another was in office", self.name)
+                }
+                Ok(Said::Out(_)) => {}
+                Err(_) => bail!("gateway {} did not stand by within {WAIT:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits until it serves: where it listens.
+    fn serving(&self) -> anyhow::Result<Serving> {
+        let deadline = Instant::now() + WAIT;
+        let (mut api, mut fingerprint, mut portal) = (None, None, None);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.said.recv_timeout(left) {
+                Ok(Said::Out(l)) => {
+                    let v = |p: &str| l.strip_prefix(p).map(|v| v.trim().to_string());
+                    api = api.or(v("shadowlun array: API "));
+                    fingerprint =
+                        fingerprint.or(v("shadowlun array: certificate SHA-256 fingerprint "));
+                    portal = portal.or(v("shadowlun array: iSCSI portal "));
+                }
+                Ok(Said::StandingBy) => {}
+                Err(_) => bail!("gateway {} did not serve within {WAIT:?}", self.name),
+            }
+            if let (Some(a), Some(f), Some(p)) = (&api, &fingerprint, &portal) {
+                return Ok(Serving {
+                    api: a.clone(),
+                    fingerprint: f.clone(),
+                    portal: p.clone(),
+                });
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill {sig} {}", self.child.id());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, conf: &Path, o: &BenchOptions, ns: &str, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[backend]\nkind = \"rbd\"\npool = \"{}\"\nnamespace = \"{ns}\"\nceph_conf = \"{}\"\n\
+         timeout_secs = 10\n[gateway]\nname = \"{name}\"\nlease_secs = {}\n",
+        o.pool,
+        conf.display(),
+        o.lease_secs
+    );
+    std::fs::write(&path, text).expect("writing a gateway configuration");
+    path
+}
+
+/// The LUN the rounds write, made through the first gateway: (target, LUN number).
+fn make_lun(s: &Serving, token: &str) -> anyhow::Result<(String, u64)> {
+    let addr = s.api.trim_start_matches("https://").parse()?;
+    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
+    let lun: api::LunRecord = c
+        .post(
+            api::routes::ADMIN_LUNS,
+            &api::CreateLun {
+                name: "ledger".into(),
+                size_bytes: 16 << 20,
+            },
+        )?
+        .json()?;
+    c.post(
+        api::routes::ADMIN_HOSTS,
+        &api::CreateHost {
+            name: "bench".into(),
+            initiators: vec![HOST.into()],
+            chap_secret: None,
+            import_from: vec![],
+        },
+    )?;
+    let host: api::HostRecord = c
+        .post(
+            &api::routes::fill(api::routes::ADMIN_MAP, &[("host", "bench")]),
+            &api::MapLun {
+                lun: lun.id.clone(),
+                lun_number: None,
+                shared: false,
+            },
+        )?
+        .json()?;
+    let number = host
+        .luns
+        .iter()
+        .find(|m| m.lun == lun.id)
+        .map(|m| m.lun_number)
+        .context("the LUN is mapped")?;
+    let health: api::Health = c.get(api::routes::HEALTH)?.json()?;
+    Ok((health.target, number))
+}
+
+/// Reads back every block written so far, then writes the next and makes it durable.
+fn ledger(s: &Serving, target: &str, lun: u64, written: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut cfg = InitiatorConfig::new(HOST);
+    cfg.timeout = Duration::from_secs(30);
+    let mut sess = Session::login(s.portal.parse()?, target, &cfg)?;
+    for (i, b) in written.iter().enumerate() {
+        let got = sess.read16(lun, i as u64 * 8, 8, 512)?;
+        if got.iter().any(|x| x != b) {
+            bail!("block {i} acknowledged earlier reads back otherwise through the new gateway");
+        }
+    }
+    let next = (written.len() % 250) as u8 + 1;
+    sess.write16(lun, written.len() as u64 * 8, &[next; 4096], 512, false)?;
+    sess.synchronize_cache(lun)?;
+    written.push(next);
+    let _ = sess.logout();
+    Ok(())
+}
+
+/// (median, (min, max)).
+fn stats(v: &[f64]) -> (f64, (f64, f64)) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], (v[0], v[v.len() - 1]))
+}
+
+pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
+    let conf = cluster_conf(o.ceph_conf.as_deref())?;
+    let ns = format!("gwbench{}", std::process::id());
+    let dir = tempfile::tempdir()?;
+    let names = ["gw-a", "gw-b"];
+    let configs = names.map(|n| config(dir.path(), &conf, o, &ns, n));
+    let pools = names.map(|n| dir.path().join(n));
+    let started = Instant::now();
+    let result = (|| -> anyhow::Result<Report> {
+        let mut serving = Gateway::start(names[0], &pools[0], &configs[0])?;
+        let mut at = serving.serving()?;
+        for f in ["array.json", "admin.token", "tls/cert.pem", "tls/key.pem"] {
+            let dst = pools[1].join(f);
+            std::fs::create_dir_all(dst.parent().expect("a parent"))?;
+            std::fs::copy(pools[0].join(f), &dst).with_context(|| format!("copying {f}"))?;
+        }
+        let mut standby = Gateway::start(names[1], &pools[1], &configs[1])?;
+        standby.standing_by()?;
+        let token = std::fs::read_to_string(pools[0].join("admin.token"))?;
+        let (target, lun) = make_lun(&at, token.trim())?;
+        let mut written = Vec::new();
+        ledger(&at, &target, lun, &mut written)?;
+        let (mut kills, mut handovers) = (Vec::new(), Vec::new());
+        for round in 0..o.kills + o.handovers {
+            let kill = round < o.kills;
+            let t0 = Instant::now();
+            if kill {
+                serving.signal("-KILL")?;
+            } else {
+                serving.signal("-TERM")?;
+            }
+            let status = serving.child.wait()?;
+            if !kill && !status.success() {
+                bail!("gateway {} did not stop cleanly: {status}", serving.name);
+            }
+            at = standby.serving()?;
+            ledger(&at, &target, lun, &mut written)?;
+            let took = t0.elapsed().as_secs_f64();
+            if kill { &mut kills } else { &mut handovers }.push(took);
+            let again = Gateway::start(&serving.name, &serving.pool_dir, &serving.config)?;
+            again.standing_by()?;
+            (serving, standby) = (standby, again);
+        }
+        let _ = serving.signal("-TERM");
+        let _ = serving.child.wait();
+        drop(standby);
+        let mut rows = Vec::new();
+        let lease = o.lease_secs as f64;
+        if !kills.is_empty() {
+            let (p50, range) = stats(&kills);
+            rows.push(
+                Row::new(
+                    "failover (SIGKILL) to the first write acknowledged, p50",
+                    "s",
+                    p50,
+                    "the 10 s bound",
+                    Some(BOUND_SECS),
+                    Some(Goal::AtMost(1.0)),
+                )
+                .with_ranges(Some(range), None),
+            );
+            rows.push(Row::new(
+                "failover (SIGKILL) to the first write acknowledged, max",
+                "s",
+                range.1,
+                "the 10 s bound",
+                Some(BOUND_SECS),
+                Some(Goal::AtMost(1.0)),
+            ));
+            rows.push(Row::new(
+                "failover (SIGKILL), p50",
+                "s",
+                p50,
+                "the lease (lease_secs)",
+                Some(lease),
+                None,
+            ));
+        }
+        if !handovers.is_empty() {
+            let (p50, range) = stats(&handovers);
+            rows.push(
+                Row::new(
+                    "planned handover (SIGTERM) to the first write acknowledged, p50",
+                    "s",
+                    p50,
+                    "the lease (lease_secs)",
+                    Some(lease),
+                    Some(Goal::AtMost(1.0)),
+                )
+                .with_ranges(Some(range), None),
+            );
+        }
+        Ok(Report {
+            title: "Several gateways on Ceph: from the serving gateway's end to the first write \
+                    acknowledged through the next"
+                .into(),
+            machine: machine(),
+            rows,
+            notes: vec![
+                format!(
+                    "{} rounds ended with SIGKILL, {} with SIGTERM, lease_secs = {}; before each \
+                     timed write every block acknowledged earlier ({} in all) was read back \
+                     through the new gateway, intact",
+                    kills.len(),
+                    handovers.len(),
+                    o.lease_secs,
+                    written.len()
+                ),
+                format!(
+                    "two `shadowlun array serve` processes on loopback, cluster {}; took {:.0?}",
+                    conf.display(),
+                    started.elapsed()
+                ),
+            ],
+        })
+    })();
+    // The namespace's images and objects go, whatever happened.
+    cleanup(&conf, &o.pool, &ns);
+    result
+}
+
+fn cleanup(conf: &Path, pool: &str, ns: &str) {
+    let spec = format!("{pool}/{ns}");
+    let limit = Duration::from_secs(60);
+    if let Ok(images) = rbd_cli(conf, &["ls", &spec], limit) {
+        for i in images.lines() {
+            let image = format!("{spec}/{i}");
+            let _ = rbd_cli(conf, &["snap", "purge", "--no-progress", &image], limit);
+            let _ = rbd_cli(conf, &["rm", "--no-progress", &image], limit);
+        }
+    }
+    let rados = |args: &[&str]| {
+        Command::new("timeout")
+            .args(["--foreground", "60", "rados", "-p", pool, "-N", ns])
+            .args(args)
+            .env("CEPH_CONF", conf)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    if let Some(objects) = rados(&["ls"]) {
+        for obj in objects.lines() {
+            let _ = rados(&["rm", obj]);
+        }
+    }
+    let _ = rbd_cli(conf, &["namespace", "remove", &spec], limit);
+}
