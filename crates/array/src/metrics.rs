@@ -223,6 +223,19 @@ impl BlockDevice for MeteredDevice {
     fn cached(&self, offset: u64, len: usize) -> bool {
         self.inner.cached(offset, len)
     }
+    fn reads_now(&self) -> bool {
+        self.inner.reads_now()
+    }
+    /// Counted and timed only when it read: a read that would wait is counted where it
+    /// runs after.
+    fn read_now(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<bool, DeviceError> {
+        let t0 = Instant::now();
+        let r = self.inner.read_now(offset, len, buf);
+        if !matches!(r, Ok(false)) {
+            self.io.read(len, Some(t0.elapsed()));
+        }
+        r
+    }
     fn file_span(&self, offset: u64, len: usize) -> Option<scsi::FileSpan> {
         // The transport sends these bytes from the file after the command: counted, but the
         // time the read takes is the socket's, not the device's, and is not observed.

@@ -132,3 +132,64 @@ fn a_read_is_cached_when_its_first_and_last_blocks_are_in_the_page_cache_or_read
     drop(pool.delete("v", blockstore::DeletePolicy::Refuse));
     assert!(v.cached(0, 4096));
 }
+
+#[test]
+fn a_read_now_reads_what_the_page_cache_holds_and_declines_the_rest() {
+    let scratch = scratch();
+    let dir = scratch.dir.path().join("pool");
+    let pool = Pool::create(&dir, PoolOptions::default()).unwrap();
+    pool.create_volume("v", 64 * CHUNK_SIZE).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    // Chunks 0..4 written, the rest never; then a snapshot and a block written over it, so
+    // a read spans the clone's own block, its shared blocks and never-written space.
+    let data: Vec<u8> = (0..4 * CHUNK_SIZE as usize)
+        .map(|i| (i / 4096) as u8 ^ 0x3c)
+        .collect();
+    v.write_at(0, &data, false).unwrap();
+    pool.snapshot("v", "s").unwrap();
+    v.write_at(CHUNK_SIZE + 4096, &[0x77; 4096], false).unwrap();
+    v.flush().unwrap();
+    let mut want = vec![0u8; 8 * CHUNK_SIZE as usize];
+    want[..data.len()].copy_from_slice(&data);
+    want[CHUNK_SIZE as usize + 4096..CHUNK_SIZE as usize + 8192].fill(0x77);
+
+    // At hand: the same bytes as a waiting read.
+    let mut got = vec![0xeeu8; want.len()];
+    assert!(
+        v.read_now(0, &mut got).unwrap(),
+        "everything in the page cache"
+    );
+    assert!(
+        got == want,
+        "read_now returned other bytes than were written"
+    );
+    let mut one = vec![0u8; 4096];
+    assert!(v.read_now(CHUNK_SIZE + 4096, &mut one).unwrap());
+    assert_eq!(one, vec![0x77; 4096]);
+    // Never written: zeros, nothing to wait for.
+    let mut z = vec![0xeeu8; 2 * CHUNK_SIZE as usize];
+    assert!(v.read_now(10 * CHUNK_SIZE, &mut z).unwrap());
+    assert!(z.iter().all(|&b| b == 0));
+    // Out of range: refused as a waiting read would be.
+    assert!(matches!(
+        v.read_now(64 * CHUNK_SIZE, &mut one),
+        Err(blockstore::Error::OutOfRange { .. })
+    ));
+
+    drop_cache(&dir);
+    if scratch.droppable {
+        // Only the first look right after the drop: its miss starts the kernel's
+        // readahead, which may have brought the neighbours back by a second one.
+        assert!(
+            !v.read_now(2 * CHUNK_SIZE, &mut got[..CHUNK_SIZE as usize])
+                .unwrap(),
+            "a shared chunk dropped from the page cache: would wait"
+        );
+    }
+    // The waiting read still reads it all, and brings it back.
+    let mut back = vec![0u8; want.len()];
+    v.read_at(0, &mut back).unwrap();
+    assert!(back == want);
+    assert!(v.read_now(0, &mut got).unwrap());
+    assert!(got == want);
+}

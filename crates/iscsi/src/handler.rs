@@ -31,6 +31,14 @@ pub trait ScsiHandler: Send + Sync + 'static {
         let _ = cmd;
         false
     }
+    /// For a command `is_quick` refused: executes it on the connection's own thread if that
+    /// needs no wait for storage, or answers `None`, having changed nothing, and the target
+    /// hands it to the blocking pool as usual (see [`scsi::Target::execute_now`]: a READ
+    /// that tries its data without waiting instead of probing for it first). Default: `None`.
+    fn execute_now(&self, cmd: &Command<'_>) -> Option<Outcome> {
+        let _ = cmd;
+        None
+    }
     /// As `execute`, but data-in may instead be returned as a file span that the target
     /// sends from the file (see [`scsi::Target::execute_zero_copy`]). Default: `execute`.
     fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
@@ -61,6 +69,9 @@ impl<T: ScsiHandler + ?Sized> ScsiHandler for std::sync::Arc<T> {
     }
     fn is_quick(&self, cmd: &Command<'_>) -> bool {
         (**self).is_quick(cmd)
+    }
+    fn execute_now(&self, cmd: &Command<'_>) -> Option<Outcome> {
+        (**self).execute_now(cmd)
     }
     fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
         (**self).execute_zero_copy(cmd)

@@ -28,6 +28,9 @@ impl ScsiHandler for scsi::Target {
     fn is_quick(&self, cmd: &Command<'_>) -> bool {
         scsi::Target::is_quick(self, cmd)
     }
+    fn execute_now(&self, cmd: &Command<'_>) -> Option<Outcome> {
+        scsi::Target::execute_now(self, cmd)
+    }
     fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<FileSpan>) {
         scsi::Target::execute_zero_copy(self, cmd)
     }

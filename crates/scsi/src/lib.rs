@@ -134,6 +134,28 @@ pub trait BlockDevice: Send + Sync {
         let _ = (offset, len);
         self.quick_io()
     }
+    /// True if [`BlockDevice::read_now`] tries the read itself without waiting (one
+    /// `preadv2(RWF_NOWAIT)` where [`BlockDevice::cached`] would probe and the read follow).
+    /// [`Target::is_quick`] then leaves the device's READs to [`Target::execute_now`] instead
+    /// of asking `cached`. Default: false.
+    fn reads_now(&self) -> bool {
+        false
+    }
+    /// Appends the `len` bytes at `offset` to `buf` as [`BlockDevice::read_to_vec`] does, but
+    /// only if that needs no wait for storage (nor for a lock that waits for it), and says
+    /// whether it did: `Ok(false)` leaves `buf` unchanged, and the read must then run where
+    /// it may wait. The device checks the range itself ([`DeviceError::OutOfRange`]): this
+    /// runs on the transport's thread, which must not wait for a size held behind a lock
+    /// the device's I/O takes. Default: [`BlockDevice::cached`], then the read.
+    fn read_now(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<bool, DeviceError> {
+        if offset.saturating_add(len as u64) > self.num_blocks() * u64::from(self.block_size()) {
+            return Err(DeviceError::OutOfRange);
+        }
+        if !self.cached(offset, len) {
+            return Ok(false);
+        }
+        self.read_to_vec(offset, len, buf).map(|()| true)
+    }
     /// Where the `len` bytes at `offset` lie, unchanged, in a file: a transport may then
     /// send them from that file (sendfile(2)) after the command completes instead of
     /// reading them into memory first. Offer it only where that file region holds this

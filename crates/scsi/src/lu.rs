@@ -386,6 +386,44 @@ impl LogicalUnit {
         }
     }
 
+    /// A READ on the transport's own thread ([`crate::Target::execute_now`]): `None` if this
+    /// is not a READ, the device does not read now ([`crate::BlockDevice::reads_now`]) or
+    /// the read would wait; else its outcome.
+    pub(crate) fn read_now(
+        &self,
+        nexus: &Nexus,
+        target_name: &str,
+        port_group: Option<u16>,
+        cdb: &Cdb,
+    ) -> Option<Outcome> {
+        let Cdb::Read {
+            lba,
+            blocks,
+            len_at,
+        } = *cdb
+        else {
+            return None;
+        };
+        if !self.device.reads_now() {
+            return None;
+        }
+        if self.conflict(nexus, cdb) {
+            tracing::debug!(?cdb, initiator = %nexus.initiator_port, "reservation conflict");
+            return Some(Fail::Conflict.outcome());
+        }
+        let ctx = Ctx {
+            lu: self,
+            nexus,
+            target_name,
+            port_group,
+            data_out: &[],
+        };
+        match exec::block::read_now(&ctx, lba, blocks, len_at) {
+            Ok(data) => data.map(Outcome::good),
+            Err(f) => Some(f.outcome()),
+        }
+    }
+
     pub(crate) fn run(
         &self,
         nexus: &Nexus,

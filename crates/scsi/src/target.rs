@@ -39,6 +39,17 @@ pub fn encode_lun(lun: u64) -> u64 {
 }
 
 /// A SCSI target device: what the iSCSI layer calls for every command.
+/// How [`Target::execute_inner`] runs a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// To completion, data-in copied.
+    Copy,
+    /// To completion, a READ's data left in its file where the device offers a span.
+    ZeroCopy,
+    /// A READ only if the device has its data without waiting ([`Target::execute_now`]).
+    Now,
+}
+
 #[derive(Debug)]
 pub struct Target {
     name: String,
@@ -137,7 +148,27 @@ impl Target {
 
     /// Executes one command to completion. Blocking; call from worker threads.
     pub fn execute(&self, cmd: &Command<'_>) -> Outcome {
-        self.execute_inner(cmd, false).0
+        self.execute_inner(cmd, Mode::Copy)
+            .expect("a command that may wait always completes")
+            .0
+    }
+
+    /// Executes a READ (6/10/12/16) without FUA of a LUN whose device reads without
+    /// waiting ([`crate::BlockDevice::reads_now`]), on the caller's thread, if that needs no
+    /// wait for storage: `None` when it would (or for any other command), and the command
+    /// must then be executed with [`Target::execute`] where it may wait. A unit attention,
+    /// an access state or a reservation that refuses the READ completes it here, as
+    /// `execute` would; nothing else is changed before the device answers, so `None` leaves
+    /// the command as it was.
+    pub fn execute_now(&self, cmd: &Command<'_>) -> Option<Outcome> {
+        use cdb::opcode::*;
+        let fua = cmd.cdb.get(1).is_some_and(|b| b & 0x08 != 0);
+        match cmd.cdb.first() {
+            Some(&READ_6) => {}
+            Some(&(READ_10 | READ_12 | READ_16)) if !fua => {}
+            _ => return None,
+        }
+        self.execute_inner(cmd, Mode::Now).map(|(o, _)| o)
     }
 
     /// As [`Target::execute`], but a READ of a LUN whose device offers
@@ -145,15 +176,17 @@ impl Target {
     /// transport sends those bytes from the file itself. Every check (unit attention,
     /// reservation, range) is made here, as for any READ.
     pub fn execute_zero_copy(&self, cmd: &Command<'_>) -> (Outcome, Option<crate::FileSpan>) {
-        self.execute_inner(cmd, true)
+        self.execute_inner(cmd, Mode::ZeroCopy)
+            .expect("a command that may wait always completes")
     }
 
+    /// `None` only in [`Mode::Now`], for a command that would wait.
     fn execute_inner(
         &self,
         cmd: &Command<'_>,
-        zero_copy: bool,
-    ) -> (Outcome, Option<crate::FileSpan>) {
-        let o = |o: Outcome| (o, None);
+        mode: Mode,
+    ) -> Option<(Outcome, Option<crate::FileSpan>)> {
+        let o = |o: Outcome| Some((o, None));
         self.remember(cmd.nexus);
         let op = cmd.cdb.first().copied().unwrap_or(0xFF);
         let lun = decode_lun(cmd.lun);
@@ -220,11 +253,16 @@ impl Target {
         }
         o(match lu {
             Some(lu) => {
-                if zero_copy
+                if mode == Mode::Now {
+                    return lu
+                        .read_now(cmd.nexus, &self.name, port_group, &parsed)
+                        .map(|outcome| (outcome, None));
+                }
+                if mode == Mode::ZeroCopy
                     && let Some(r) = lu.read_span(cmd.nexus, &self.name, port_group, &parsed)
                 {
                     return match r {
-                        Ok(span) => (Outcome::good(Vec::new()), Some(span)),
+                        Ok(span) => Some((Outcome::good(Vec::new()), Some(span))),
                         Err(outcome) => o(outcome),
                     };
                 }
@@ -285,7 +323,9 @@ impl Target {
                         lba.saturating_add(u64::from(blocks)) > dev.num_blocks()
                             || dev.cached(off, len)
                     }
-                    (Some(off), Ok(len)) => dev.cached(off, len),
+                    // A device that reads without waiting is asked by the read itself
+                    // (`execute_now`), not probed first.
+                    (Some(off), Ok(len)) => !dev.reads_now() && dev.cached(off, len),
                     _ => quick_dev,
                 }
             }

@@ -465,3 +465,93 @@ fn reads_of_a_slow_device_are_quick_only_for_blocks_it_holds_and_its_size_is_not
     let o = exec(&t, &n, 0, &read10(0, 8), &[]);
     assert_eq!(good(&o).len(), 8 * 512);
 }
+
+#[test]
+fn reads_of_a_device_that_reads_now_run_at_once_only_if_its_blocks_are_held() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Not quick; reads now what blocks 0..8 hold; counts size queries and probes.
+    struct Now(scsi::MemDevice, AtomicU64, AtomicU64);
+    impl BlockDevice for Now {
+        fn block_size(&self) -> u32 {
+            self.0.block_size()
+        }
+        fn num_blocks(&self) -> u64 {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.num_blocks()
+        }
+        fn cached(&self, _: u64, _: usize) -> bool {
+            self.2.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+        fn reads_now(&self) -> bool {
+            true
+        }
+        fn read_now(
+            &self,
+            offset: u64,
+            len: usize,
+            buf: &mut Vec<u8>,
+        ) -> Result<bool, scsi::DeviceError> {
+            if offset + len as u64 > 64 * 512 {
+                return Err(scsi::DeviceError::OutOfRange);
+            }
+            if offset + len as u64 > 8 * 512 {
+                return Ok(false);
+            }
+            self.0.read_to_vec(offset, len, buf).map(|()| true)
+        }
+        mem_io!();
+    }
+    let dev = std::sync::Arc::new(Now(
+        scsi::MemDevice::new(512, 64),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ));
+    let t = scsi::Target::new(TARGET);
+    t.map(
+        HOST1,
+        0,
+        std::sync::Arc::new(scsi::LogicalUnit::new(dev.clone(), identity(1))),
+    );
+    let n = nexus(HOST1, 1, 1);
+    let now = |cdb: &[u8]| {
+        t.execute_now(&scsi::Command {
+            nexus: &n,
+            lun: 0,
+            cdb,
+            data_out: &[],
+            expected_length: 0,
+            task_tag: 1,
+            attribute: scsi::TaskAttribute::Simple,
+        })
+    };
+    // A pending unit attention answers the READ, as `execute` would.
+    let o = now(&read10(0, 1)).expect("the unit attention answers at once");
+    assert_eq!(sense_of(&o).0, key::UNIT_ATTENTION);
+    clear_ua(&t, &n, 0);
+    let data = pattern(16 * 512, 7);
+    good(&exec(&t, &n, 0, &write10(0, 16, false), &data));
+    let asked = dev.1.load(Ordering::SeqCst);
+
+    // Not probed by `is_quick`: the read itself tells.
+    assert!(!is_quick(&t, &n, 0, &read10(0, 8)));
+    assert_eq!(dev.2.load(Ordering::SeqCst), 0, "cached() asked");
+    let o = now(&read10(0, 8)).expect("held blocks are read at once");
+    assert_eq!(good(&o), &data[..8 * 512]);
+    let o = now(&cdb16(0x88, 0, 2, 4)).expect("READ 16 of held blocks");
+    assert_eq!(good(&o), &data[2 * 512..6 * 512]);
+    assert!(now(&read10(4, 8)).is_none(), "partly held: would wait");
+    assert!(now(&write10(0, 1, false)).is_none(), "a WRITE");
+    assert!(now(&cdb16(0x88, 0x08, 0, 1)).is_none(), "a READ with FUA");
+    assert!(now(&[0; 6]).is_none(), "TEST UNIT READY");
+    let o = now(&read10(100, 1)).expect("out of range answers at once");
+    assert_eq!(sense_of(&o), (key::ILLEGAL_REQUEST, 0x21, 0x00));
+    assert_eq!(
+        dev.1.load(Ordering::SeqCst),
+        asked,
+        "size asked on the transport's thread"
+    );
+    // What would wait executes normally after.
+    let o = exec(&t, &n, 0, &read10(4, 8), &[]);
+    assert_eq!(good(&o), &data[4 * 512..12 * 512]);
+}

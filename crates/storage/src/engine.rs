@@ -57,10 +57,25 @@ impl BlockDevice for EngineDevice {
     fn thin_provisioned(&self) -> bool {
         true
     }
-    /// Reads whose blocks are in the page cache run on the transport's thread; the others,
-    /// and every write, on its pool (a write may wait for the pool's metadata lock).
+    /// Whether the blocks are in the page cache. The transport runs a READ on its own thread
+    /// if `read_now` finds them there, else on its pool, with every write (a write may wait
+    /// for the pool's metadata lock).
     fn cached(&self, offset: u64, len: usize) -> bool {
         self.vol.cached(offset, len)
+    }
+    /// A READ tries its data with `preadv2(RWF_NOWAIT)` on the transport's thread
+    /// (`Volume::read_now`) instead of a probe there and the read after.
+    fn reads_now(&self) -> bool {
+        true
+    }
+    fn read_now(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<bool, DeviceError> {
+        let start = buf.len();
+        buf.resize(start + len, 0);
+        let r = self.vol.read_now(offset, &mut buf[start..]);
+        if !matches!(r, Ok(true)) {
+            buf.truncate(start);
+        }
+        r.map_err(dev_err)
     }
     fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
         self.vol.mapping_status(offset).map_err(dev_err)

@@ -137,8 +137,28 @@ impl Volume {
     /// runs of the data file are read with one call; nothing is allocated on the way.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let st = self.inner.read()?;
-        self.check_range(&st, offset, buf.len() as u64)?;
-        let root = self.meta(&st)?.root;
+        self.gather(&st, offset, buf, false).map(|_| ())
+    }
+
+    /// As [`Volume::read_at`] if that needs no wait, and says whether it read: `Ok(false)`
+    /// (with `buf` holding nothing of use) when a pool operation holds the state lock (a
+    /// commit holds it across its syncs) or some bytes are not in the page cache, which
+    /// each run's `preadv2(RWF_NOWAIT)` finds out instead of waiting; also where the file
+    /// system cannot read without waiting, and for a failed read, which `read_at` then
+    /// reports. For a transport that runs reads whose data is at hand on its own thread: it
+    /// tries the read itself rather than asking [`Volume::cached`] and reading after.
+    pub fn read_now(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let Ok(st) = self.inner.state.try_read() else {
+            return Ok(false);
+        };
+        self.gather(&st, offset, buf, true)
+    }
+
+    /// Reads through the mapping under `st`; with `now`, each run of the data file without
+    /// waiting (false when one would wait).
+    fn gather(&self, st: &State, offset: u64, buf: &mut [u8], now: bool) -> Result<bool> {
+        self.check_range(st, offset, buf.len() as u64)?;
+        let root = self.meta(st)?.root;
         // The run being gathered: its source (file offset, or None for zeros), where it
         // starts in `buf`, its length.
         let mut run: Option<(Option<u64>, usize, usize)> = None;
@@ -158,8 +178,10 @@ impl Volume {
                     Some((Some(o), _, l)) if src == Some(*o + *l as u64) => *l += n,
                     _ => {
                         let at = p.at + (pos - p.within) as usize;
-                        if let Some(done) = run.replace((src, at, n)) {
-                            self.read_run(done, buf, offset)?;
+                        if let Some(done) = run.replace((src, at, n))
+                            && !self.read_run(done, buf, offset, now)?
+                        {
+                            return Ok(false);
                         }
                     }
                 }
@@ -167,28 +189,40 @@ impl Volume {
             }
         }
         match run {
-            Some(r) => self.read_run(r, buf, offset),
-            None => Ok(()),
+            Some(r) => self.read_run(r, buf, offset, now),
+            None => Ok(true),
         }
     }
 
-    /// One run of [`Volume::read_at`]: zeros, or the data file's bytes.
+    /// One run of [`Volume::gather`]: zeros, or the data file's bytes; false if `now` and
+    /// they are not all at hand.
     fn read_run(
         &self,
         (src, at, len): (Option<u64>, usize, usize),
         buf: &mut [u8],
         offset: u64,
-    ) -> Result<()> {
+        now: bool,
+    ) -> Result<bool> {
         let out = &mut buf[at..at + len];
         match src {
             None => {
                 out.fill(0);
-                Ok(())
+                Ok(true)
             }
+            Some(o) if now => Ok(matches!(
+                rustix::io::preadv2(
+                    &self.inner.data,
+                    &mut [std::io::IoSliceMut::new(out)],
+                    o,
+                    rustix::io::ReadWriteFlags::NOWAIT,
+                ),
+                Ok(n) if n == len
+            )),
             Some(o) => self
                 .inner
                 .data
                 .read_exact_at(out, o)
+                .map(|()| true)
                 .map_err(io_err_with(|| format!("read {} at {}", self.name, offset))),
         }
     }

@@ -69,6 +69,36 @@ pub(crate) fn read(ctx: &Ctx<'_>, lba: u64, blocks: u32, len_at: u16) -> Res {
     Ok(buf)
 }
 
+/// READ on the transport's own thread ([`crate::BlockDevice::read_now`]): the checks of
+/// [`read`], the range by the device; `Ok(None)` if the read would wait for storage.
+pub(crate) fn read_now(
+    ctx: &Ctx<'_>,
+    lba: u64,
+    blocks: u32,
+    len_at: u16,
+) -> Result<Option<Vec<u8>>, Fail> {
+    let dev = ctx.lu.device();
+    let bs = dev.block_size();
+    if blocks > limits::max_transfer_blocks(bs) {
+        return Err(Sense::invalid_cdb(len_at, None).into());
+    }
+    let Some(off) = lba.checked_mul(u64::from(bs)) else {
+        return Err(Sense::lba_out_of_range().into());
+    };
+    let len = blocks as usize * bs as usize;
+    let mut buf = Vec::with_capacity(len);
+    if len > 0 {
+        let _g = ctx.lu.io_shared();
+        if !dev
+            .read_now(off, len, &mut buf)
+            .map_err(|e| dev_err(ctx, &e))?
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(buf))
+}
+
 /// READ by reference: the checks of [`read`], then the device's file span (`None`: no
 /// span, or nothing to transfer).
 pub(crate) fn read_span(

@@ -116,11 +116,37 @@ impl Job {
         }
     }
 
+    /// The command's outcome if the handler can execute it on this thread without waiting
+    /// for storage ([`ScsiHandler::execute_now`]); `None` leaves it as it was, for
+    /// [`Job::run`] on the pool.
+    fn try_now(&self) -> Option<Outcome> {
+        let cmd = self.command();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handler.execute_now(&cmd)
+        })) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    itt = self.req.itt,
+                    "SCSI handler panicked; answering HARDWARE ERROR"
+                );
+                Some(Outcome::check(&Sense::internal_target_failure()))
+            }
+        }
+    }
+
     /// Executes the command (blocking) and leaves the task table; `None` if it was aborted
     /// meanwhile (no response is sent then).
     pub(super) fn run(self) -> Option<ScsiDone> {
-        let cmd = self.command();
-        let (outcome, span) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (outcome, span) = {
+            let cmd = self.command();
+            self.execute(&cmd)
+        };
+        self.finish(outcome, span)
+    }
+
+    fn execute(&self, cmd: &Command<'_>) -> (Outcome, Option<scsi::FileSpan>) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // Small reads are cheaper copied: their answers are batched in the write
             // buffer, where a file span costs two system calls of its own.
             if self.zero_copy
@@ -128,9 +154,9 @@ impl Job {
                 && !self.req.write
                 && self.req.edtl as usize >= DIRECT_DATA
             {
-                self.handler.execute_zero_copy(&cmd)
+                self.handler.execute_zero_copy(cmd)
             } else {
-                (self.handler.execute(&cmd), None)
+                (self.handler.execute(cmd), None)
             }
         })) {
             Ok(r) => r,
@@ -141,9 +167,13 @@ impl Job {
                 );
                 (Outcome::check(&Sense::internal_target_failure()), None)
             }
-        };
+        }
+    }
+
+    /// Leaves the task table with the command's outcome; `None` if it was aborted meanwhile.
+    fn finish(self, outcome: Outcome, span: Option<scsi::FileSpan>) -> Option<ScsiDone> {
         let cdb_length = if self.req.write {
-            self.handler.data_length(&cmd)
+            self.handler.data_length(&self.command())
         } else {
             None
         };
@@ -309,8 +339,20 @@ impl Session {
             running: self.running.clone(),
             zero_copy: self.zero_copy,
         };
-        if job.handler.is_quick(&job.command()) {
-            if let Some(done) = job.run() {
+        let quick = job.handler.is_quick(&job.command());
+        // A READ the handler may still complete at once, trying its data without waiting
+        // (an engine volume's page cache) instead of probing for it first.
+        let now = if !quick && job.req.read && !job.req.write {
+            job.try_now()
+        } else {
+            None
+        };
+        if quick || now.is_some() {
+            let done = match now {
+                Some(outcome) => job.finish(outcome, None),
+                None => job.run(),
+            };
+            if let Some(done) = done {
                 let large = done.data_in_len() >= DIRECT_DATA;
                 let _ = self.tx.send(Out::Scsi(Box::new(done))).await;
                 // Let the writer send a large answer now, so the initiator takes it in while
