@@ -378,15 +378,7 @@ fn step(
 
 fn leader_state(leader: &Leader) -> Result<State> {
     let state = leader.store().read()?;
-    let epoch = leader.check()?;
-    if state.epoch != epoch {
-        return Err(Error::Conflict {
-            expected_version: state.version,
-            expected_epoch: epoch,
-            version: state.version,
-            epoch: state.epoch,
-        });
-    }
+    state.at_epoch(leader.check()?)?;
     Ok(state)
 }
 

@@ -34,6 +34,22 @@ pub struct State {
     pub rows: BTreeMap<String, Value>,
 }
 
+impl State {
+    /// `Ok` if this state is at leader epoch `epoch`; else the [`Error::Conflict`] a commit
+    /// at that epoch would meet: a new leader is in office.
+    pub fn at_epoch(&self, epoch: u64) -> Result<()> {
+        if self.epoch == epoch {
+            return Ok(());
+        }
+        Err(Error::Conflict {
+            expected_version: self.version,
+            expected_epoch: epoch,
+            version: self.version,
+            epoch: self.epoch,
+        })
+    }
+}
+
 /// One change of a commit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -240,14 +256,7 @@ impl StateStore {
         let mut last = None;
         for _ in 0..attempts.max(1) {
             let state = self.read()?;
-            if state.epoch != epoch {
-                return Err(Error::Conflict {
-                    expected_version: state.version,
-                    expected_epoch: epoch,
-                    version: state.version,
-                    epoch: state.epoch,
-                });
-            }
+            state.at_epoch(epoch)?;
             let changes = f(&state)?;
             if changes.is_empty() {
                 return Ok(state.version);

@@ -119,14 +119,7 @@ impl SharedLog {
         compact: impl FnOnce(Vec<Record>) -> Vec<Record>,
     ) -> Result<(SharedLog, Vec<Record>), JournalError> {
         let state = store.read().map_err(shared)?;
-        if state.epoch != epoch {
-            return Err(shared(gateways::Error::Conflict {
-                expected_version: state.version,
-                expected_epoch: epoch,
-                version: state.version,
-                epoch: state.epoch,
-            }));
-        }
+        state.at_epoch(epoch).map_err(shared)?;
         let mut had: BTreeMap<String, Value> = BTreeMap::new();
         let mut records = Vec::new();
         for (key, value) in state.rows.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
