@@ -580,6 +580,11 @@ pub async fn serve(
         r = start(config) => r?,
         () = &mut shutdown => return Ok(()),
     };
+    // Before the lines a reader waits for (the admin token's is the last): a reader may
+    // stop reading once it has them.
+    if let Some((name, epoch)) = running.office() {
+        println!("shadowlun array: gateway {name} in office (epoch {epoch})");
+    }
     println!("shadowlun array: API https://{}", running.api_addr);
     if let Some(m) = running.metrics_addr {
         println!("shadowlun array: metrics http://{m}/metrics");
@@ -595,9 +600,6 @@ pub async fn serve(
         "shadowlun array: admin token in {}",
         running.admin_token_path.display()
     );
-    if let Some((name, epoch)) = running.office() {
-        println!("shadowlun array: gateway {name} in office (epoch {epoch})");
-    }
     crate::systemd::ready(&running);
     let watchdog = crate::systemd::watchdog(running.array.clone(), running.stop.subscribe());
     let lost = tokio::select! {
