@@ -20,6 +20,7 @@ use crate::error::ArrayError;
 use crate::export::ScsiExporter;
 use crate::metrics::{self, Exposition, IoStats, PoolLevel};
 use crate::office::Office;
+use crate::paths::{Paths, PortAdvert};
 use crate::pool::{PoolIdentity, PoolLock};
 use crate::state::{Array, Exporter, NoExport, Policy, StateSource, new_token, token_hash};
 
@@ -42,6 +43,8 @@ pub struct RunningArray {
     iscsi: Option<Arc<iscsi::TargetServer>>,
     /// With `[gateway]`: this gateway's office, held while it serves.
     office: Option<Office>,
+    /// With `[gateway]`: the other gateways' target port groups, kept in step.
+    paths: Option<Paths>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -57,6 +60,7 @@ impl RunningArray {
             server.shutdown_async().await;
         }
         self.array.sync()?;
+        drop(self.paths);
         if let Some(office) = self.office {
             let _ = tokio::task::spawn_blocking(move || office.resign()).await;
         }
@@ -79,19 +83,72 @@ impl RunningArray {
     }
 }
 
-/// The backend, and with `[gateway]` this gateway in office (after waiting as a standby).
+/// The backend, and with `[gateway]` this gateway in office (after waiting as a standby)
+/// and its paths.
 struct Opened {
     backend: Arc<dyn storage::Backend>,
     office: Option<Office>,
+    paths: Option<Paths>,
 }
 
-async fn open_storage(config: &Config, files: &PoolFiles) -> Result<Opened, ArrayError> {
+/// Opens the backend; with `[gateway]`, waits as a standby until this gateway takes
+/// office, serving Standby paths through `exporter` meanwhile (when it has portals).
+async fn open_storage(
+    config: &Config,
+    files: &PoolFiles,
+    exporter: Option<&Arc<ScsiExporter>>,
+) -> Result<Opened, ArrayError> {
     let bits = files.identity.array_id.bits();
     let (backend, rbd) = config.backend.open_attached(&config.pool_dir, bits)?;
     tracing::info!(kind = config.backend.kind(), "storage backend open");
-    let office = match (&config.gateway, &rbd) {
-        (None, _) => None,
-        (Some(g), Some(r)) => Some(Office::take(g, r.pool().clone(), bits).await?),
+    let (office, paths) = match (&config.gateway, &rbd) {
+        (None, _) => (None, None),
+        (Some(g), Some(r)) => {
+            let paths = match exporter {
+                Some(e) => {
+                    let exporter = e.clone();
+                    let name = g.name.clone();
+                    let (g, e, pool) = (g.clone(), e.clone(), r.pool().clone());
+                    let own = PortAdvert {
+                        relative_port: config.iscsi_relative_port,
+                        portal_group_tag: config.iscsi_portal_group_tag,
+                    };
+                    let ports = scsi::target_designators(
+                        &files.target_name(config),
+                        own.relative_port,
+                        own.portal_group_tag,
+                        Some(own.relative_port),
+                    );
+                    let p = tokio::task::spawn_blocking(move || {
+                        Paths::start(
+                            &g.name,
+                            own,
+                            e,
+                            pool,
+                            &crate::office::state_name(bits),
+                            g.lease(),
+                            ports,
+                        )
+                    })
+                    .await
+                    .map_err(|e| {
+                        ArrayError::io("starting the paths", std::io::Error::other(e.to_string()))
+                    })??;
+                    for a in exporter.portals() {
+                        tracing::info!(portal = %a, "serving Standby paths until this gateway takes office");
+                        // For whoever started the daemon: hosts may log in here already.
+                        println!("shadowlun array: gateway {name} standby iSCSI portal {a}");
+                    }
+                    Some(p)
+                }
+                None => None,
+            };
+            let office = Office::take(g, r.pool().clone(), bits).await?;
+            if let Some(p) = &paths {
+                p.take_office();
+            }
+            (Some(office), paths)
+        }
         (Some(_), None) => {
             return Err(ArrayError::BadRequest(
                 "[gateway] needs [backend] kind = \"rbd\"".into(),
@@ -110,7 +167,11 @@ async fn open_storage(config: &Config, files: &PoolFiles) -> Result<Opened, Arra
                 )
             })??;
     }
-    Ok(Opened { backend, office })
+    Ok(Opened {
+        backend,
+        office,
+        paths,
+    })
 }
 
 fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayError> {
@@ -145,17 +206,19 @@ pub fn private_files() {
 /// the list is empty) and the HTTPS API.
 pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
-    // A standby gateway waits here, before it listens anywhere.
-    let opened = open_storage(&config, &pool).await?;
     if config.iscsi_portals.is_empty() {
+        // A standby gateway without portals waits here, listening nowhere.
+        let opened = open_storage(&config, &pool, None).await?;
         return start_prepared(config, pool, opened, Arc::new(NoExport), None, None).await;
     }
     let target_name = pool.target_name(&config);
     let target = Arc::new(scsi::Target::new(&target_name));
-    // One gateway: its one target port is the one port of its target port group.
+    // One gateway: its one target port is the one port of its target port group. With
+    // `[gateway]`, the group is its relative port, and the other gateways' groups join it
+    // (`paths.rs`).
     target
         .set_port_groups(vec![scsi::PortGroup {
-            id: crate::export::TARGET_PORT_GROUP,
+            id: own_group(&config),
             ports: vec![config.iscsi_relative_port],
         }])
         .map_err(|e| {
@@ -192,8 +255,26 @@ pub async fn start(config: Config) -> Result<RunningArray, ArrayError> {
         })?;
     let server = Arc::new(server);
     let exporter = Arc::new(ScsiExporter::new(target, Some(server.clone())));
+    // A standby gateway waits here, serving Standby paths.
+    let opened = match open_storage(&config, &pool, Some(&exporter)).await {
+        Ok(o) => o,
+        Err(e) => {
+            server.shutdown_async().await;
+            return Err(e);
+        }
+    };
     let io = exporter.io_stats().clone();
     start_prepared(config, pool, opened, exporter, Some(server), Some(io)).await
+}
+
+/// This gateway's target port group: the array's one group, or with `[gateway]` its
+/// relative target port (each gateway has its own).
+fn own_group(config: &Config) -> u16 {
+    if config.gateway.is_some() {
+        config.iscsi_relative_port
+    } else {
+        crate::export::TARGET_PORT_GROUP
+    }
 }
 
 /// The pool directory, held: its lock and the array's identity.
@@ -234,7 +315,7 @@ pub async fn start_with(
     iscsi: Option<Arc<iscsi::TargetServer>>,
 ) -> Result<RunningArray, ArrayError> {
     let pool = PoolFiles::open(&config)?;
-    let opened = open_storage(&config, &pool).await?;
+    let opened = open_storage(&config, &pool, None).await?;
     start_prepared(config, pool, opened, exporter, iscsi, None).await
 }
 
@@ -252,13 +333,17 @@ async fn start_prepared(
     let (certs, key, fingerprint) =
         crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
     let tls = Arc::new(crate::tls::server_config(certs, key)?);
-    let Opened { backend, office } = opened;
+    let Opened {
+        backend,
+        office,
+        paths,
+    } = opened;
     let policy = Policy {
         array_id: Some(files.identity.array_id),
         target_name: files.target_name(&config),
         relative_port: config.iscsi_relative_port,
         portal_group_tag: config.iscsi_portal_group_tag,
-        target_port_group: Some(crate::export::TARGET_PORT_GROUP),
+        target_port_group: Some(own_group(&config)),
         max_luns_per_set: config.max_luns_per_set,
         max_lun_bytes: config.max_lun_bytes,
         reaper_timeout: config.reaper_timeout(),
@@ -287,6 +372,10 @@ async fn start_prepared(
     })
     .await
     .map_err(|e| ArrayError::io("opening the array", std::io::Error::other(e.to_string())))??;
+    // The volumes are attached: this gateway's paths serve.
+    if let Some(p) = &paths {
+        p.serve();
+    }
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .map_err(|e| ArrayError::io(format!("binding {}", config.api_listen), e))?;
@@ -349,6 +438,7 @@ async fn start_prepared(
         iscsi_addrs,
         iscsi,
         office,
+        paths,
         fingerprint,
         admin_token_path,
         array,

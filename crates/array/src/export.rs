@@ -3,12 +3,13 @@
 //! target's CHAP secrets and login allow-list in step with the hosts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use api::LunId;
 
-use scsi::{BlockDevice, DeviceError, LogicalUnit, LuIdentity};
+use scsi::{AccessState, BlockDevice, DeviceError, LogicalUnit, LuIdentity, PortGroup};
 use storage::{Backend, BackendError, LOGICAL_BLOCK_SIZE};
 
 use crate::metrics::{IoStats, MeteredDevice};
@@ -17,7 +18,134 @@ use crate::state::{ExportedLun, Exporter, Fence};
 /// The target port group of this array's one gateway (asymmetric access, SPC-4 5.16): its
 /// iSCSI target port is the group's one port, and every LUN is Active/Optimized in it, so
 /// hosts see TPGS 01b and REPORT TARGET PORT GROUPS reports the one path as optimized.
+/// With `[gateway]`, each gateway's group is its own relative target port identifier
+/// instead (`crate::paths`).
 pub const TARGET_PORT_GROUP: u16 = 1;
+
+/// The device of a LUN a standby gateway serves (`crate::paths`): its identity and
+/// recorded size, no volume. The LUN is Standby through this gateway's port, so nothing
+/// reaches the medium (`scsi::AccessState::allows`); should anything, it is answered NOT
+/// READY. When the gateway takes office, the volume's device is attached and the same
+/// logical unit (its sessions, unit attentions and nexuses) serves it from then on.
+pub(crate) struct Handover {
+    volume: String,
+    blocks: AtomicU64,
+    device: OnceLock<scsi::Device>,
+}
+
+impl Handover {
+    fn new(volume: &str, blocks: u64) -> Self {
+        Self {
+            volume: volume.to_string(),
+            blocks: AtomicU64::new(blocks),
+            device: OnceLock::new(),
+        }
+    }
+
+    fn attached(&self) -> Option<&scsi::Device> {
+        self.device.get()
+    }
+
+    fn unserved(&self) -> DeviceError {
+        DeviceError::Gone(format!(
+            "volume {} is served by another gateway",
+            self.volume
+        ))
+    }
+}
+
+impl BlockDevice for Handover {
+    fn block_size(&self) -> u32 {
+        self.attached()
+            .map_or(LOGICAL_BLOCK_SIZE, |d| d.block_size())
+    }
+    fn num_blocks(&self) -> u64 {
+        match self.attached() {
+            Some(d) => d.num_blocks(),
+            None => self.blocks.load(Ordering::Relaxed),
+        }
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.read_at(offset, buf),
+            None => Err(self.unserved()),
+        }
+    }
+    fn read_to_vec(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.read_to_vec(offset, len, buf),
+            None => Err(self.unserved()),
+        }
+    }
+    fn write_at(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.write_at(offset, data, fua),
+            None => Err(self.unserved()),
+        }
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.flush(),
+            None => Err(self.unserved()),
+        }
+    }
+    fn ready(&self) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.ready(),
+            None => Err(self.unserved()),
+        }
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        match self.attached() {
+            Some(d) => d.discard(offset, len),
+            None => Err(self.unserved()),
+        }
+    }
+    fn thin_provisioned(&self) -> bool {
+        self.attached().is_none_or(|d| d.thin_provisioned())
+    }
+    fn quick_io(&self) -> bool {
+        self.attached().is_some_and(|d| d.quick_io())
+    }
+    fn cached(&self, offset: u64, len: usize) -> bool {
+        self.attached().is_some_and(|d| d.cached(offset, len))
+    }
+    fn reads_now(&self) -> bool {
+        self.attached().is_some_and(|d| d.reads_now())
+    }
+    fn read_now(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<bool, DeviceError> {
+        match self.attached() {
+            Some(d) => d.read_now(offset, len, buf),
+            None => Ok(false),
+        }
+    }
+    fn file_span(&self, offset: u64, len: usize) -> Option<scsi::FileSpan> {
+        self.attached().and_then(|d| d.file_span(offset, len))
+    }
+    fn mapping_status(&self, offset: u64) -> Result<(bool, u64), DeviceError> {
+        match self.attached() {
+            Some(d) => d.mapping_status(offset),
+            None => Err(self.unserved()),
+        }
+    }
+}
+
+/// Which target port group serves the LUNs (Active/Optimized); every other group is
+/// Standby. `None`: no group serves (a standby gateway while no leader is in office).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Alua {
+    active: Option<u16>,
+}
+
+impl Alua {
+    fn state(&self, group: u16) -> AccessState {
+        if self.active == Some(group) {
+            AccessState::ActiveOptimized
+        } else {
+            AccessState::Standby
+        }
+    }
+}
 
 /// The device of a LUN whose volume is gone: its identity and recorded size are still
 /// served (INQUIRY, READ CAPACITY, REPORT LUNS), and everything that reaches the medium
@@ -64,13 +192,18 @@ impl BlockDevice for GoneVolume {
     }
 }
 
+/// A served LUN's logical unit, and the handover device of one a standby made.
+type Served = (Weak<LogicalUnit>, Option<Arc<Handover>>);
+
 /// Maps LUNs into a SCSI target; one [`LogicalUnit`] per LUN is shared by every initiator it is
 /// mapped to (so reservations and unit attentions are per LUN, not per mapping).
 pub struct ScsiExporter {
     target: Arc<scsi::Target>,
     server: Option<Arc<iscsi::TargetServer>>,
-    units: Mutex<HashMap<String, Weak<LogicalUnit>>>,
+    /// LUN id -> its logical unit, and the handover device of one a standby made.
+    units: Mutex<HashMap<String, Served>>,
     io: Arc<IoStats>,
+    alua: Mutex<Alua>,
 }
 
 impl std::fmt::Debug for ScsiExporter {
@@ -84,12 +217,76 @@ impl std::fmt::Debug for ScsiExporter {
 impl ScsiExporter {
     /// Maps into `target`; with `server`, CHAP secrets and logins are managed there too.
     pub fn new(target: Arc<scsi::Target>, server: Option<Arc<iscsi::TargetServer>>) -> Self {
+        let active = target.port_groups().first().map(|g| g.id);
         Self {
             target,
             server,
             units: Mutex::new(HashMap::new()),
             io: Arc::new(IoStats::default()),
+            alua: Mutex::new(Alua { active }),
         }
+    }
+
+    /// Makes `active` the group that serves every LUN (Active/Optimized), every other group
+    /// Standby (`None`: every group). Each logical unit whose state changes in a group
+    /// reports ASYMMETRIC ACCESS STATE CHANGED on all its nexuses.
+    pub fn set_active_group(&self, active: Option<u16>) {
+        let alua = {
+            let mut a = self.alua.lock().expect("alua lock");
+            if a.active == active {
+                return;
+            }
+            a.active = active;
+            *a
+        };
+        tracing::info!(?active, "the target port group serving the LUNs changed");
+        self.apply_all(alua);
+    }
+
+    /// The target port groups: this gateway's and the others'. A group that joins is
+    /// Standby for every LUN (unless it is the active one).
+    pub fn set_port_groups(&self, groups: Vec<PortGroup>) -> Result<(), scsi::PortGroupError> {
+        if groups == self.target.port_groups() {
+            return Ok(());
+        }
+        // Units first learn the new group's state, then the target reports the group.
+        let alua = *self.alua.lock().expect("alua lock");
+        for u in self.live_units() {
+            for g in &groups {
+                u.set_access_state(g.id, alua.state(g.id));
+            }
+        }
+        self.target.set_port_groups(groups)?;
+        self.apply_all(alua);
+        Ok(())
+    }
+
+    fn live_units(&self) -> Vec<Arc<LogicalUnit>> {
+        let units = self.units.lock().expect("units lock");
+        units.values().filter_map(|(w, _)| w.upgrade()).collect()
+    }
+
+    fn apply_all(&self, alua: Alua) {
+        let groups = self.target.port_groups();
+        for u in self.live_units() {
+            apply(&u, &groups, alua);
+        }
+    }
+
+    /// Serves `lun` to `initiator` at `lun_number` as a standby gateway does: its identity
+    /// and recorded size, no volume opened ([`Handover`]).
+    pub(crate) fn map_standby(&self, initiator: &str, lun_number: u64, lun: &ExportedLun) {
+        if let Some(u) = self.unit_with(lun, None) {
+            self.target.map(initiator, lun_number, u);
+        }
+    }
+
+    /// Whether a LUN is served from its volume (not a standby's [`Handover`] yet).
+    pub fn serves_volume(&self, lun: &str) -> bool {
+        let units = self.units.lock().expect("units lock");
+        units.get(lun).is_some_and(|(w, h)| {
+            w.strong_count() > 0 && h.as_ref().is_none_or(|h| h.attached().is_some())
+        })
     }
 
     /// Every served LUN's I/O counters.
@@ -101,11 +298,40 @@ impl ScsiExporter {
         &self.target
     }
 
-    fn unit(&self, lun: &ExportedLun, storage: &dyn Backend) -> Option<Arc<LogicalUnit>> {
+    /// The iSCSI portals LUNs are served on.
+    pub fn portals(&self) -> Vec<std::net::SocketAddr> {
+        self.server
+            .as_ref()
+            .map(|s| s.local_addrs().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The logical unit serving `lun`, made if none does: with `storage`, on the LUN's
+    /// volume (a standby's unit of it gets the volume attached); without, a standby's.
+    fn unit_with(
+        &self,
+        lun: &ExportedLun,
+        storage: Option<&dyn Backend>,
+    ) -> Option<Arc<LogicalUnit>> {
         let mut units = self.units.lock().expect("units lock");
-        units.retain(|_, w| w.strong_count() > 0);
-        if let Some(u) = units.get(&lun.id).and_then(Weak::upgrade) {
-            return Some(u);
+        units.retain(|_, (w, _)| w.strong_count() > 0);
+        if let Some((w, handover)) = units.get(lun.id.as_str()) {
+            if let Some(u) = w.upgrade() {
+                if let (Some(h), Some(storage)) = (handover, storage) {
+                    if h.attached().is_none() {
+                        let device = self.open(lun, storage)?;
+                        let _ = h.device.set(device);
+                        tracing::info!(lun = %lun.id, "the LUN's volume is served from here now");
+                    }
+                } else if let Some(h) = handover.as_ref().filter(|h| h.attached().is_none()) {
+                    // A standby follows the recorded size.
+                    let blocks = lun.size_bytes / u64::from(LOGICAL_BLOCK_SIZE);
+                    if h.blocks.swap(blocks, Ordering::Relaxed) != blocks {
+                        u.capacity_changed();
+                    }
+                }
+                return Some(u);
+            }
         }
         let ident = &lun.identity;
         let identity = LuIdentity {
@@ -119,6 +345,26 @@ impl ScsiExporter {
             tracing::error!(lun = %lun.id, error = %e, "LUN identity cannot be served; not mapped");
             return None;
         }
+        let (device, handover): (scsi::Device, _) = match storage {
+            Some(storage) => (self.open(lun, storage)?, None),
+            None => {
+                let h = Arc::new(Handover::new(
+                    &lun.volume,
+                    lun.size_bytes / u64::from(LOGICAL_BLOCK_SIZE),
+                ));
+                (h.clone() as scsi::Device, Some(h))
+            }
+        };
+        let device = Arc::new(MeteredDevice::new(device, self.io.lun(&lun.id)));
+        let u = Arc::new(LogicalUnit::new(device, identity));
+        let alua = *self.alua.lock().expect("alua lock");
+        apply(&u, &self.target.port_groups(), alua);
+        units.insert(lun.id.to_string(), (Arc::downgrade(&u), handover));
+        Some(u)
+    }
+
+    /// The device of `lun`'s volume.
+    fn open(&self, lun: &ExportedLun, storage: &dyn Backend) -> Option<scsi::Device> {
         let device: scsi::Device = match storage.device(&lun.volume) {
             Ok(d) => d,
             Err(BackendError::NoVolume(_)) => {
@@ -136,16 +382,20 @@ impl ScsiExporter {
                 return None;
             }
         };
-        let device = Arc::new(MeteredDevice::new(device, self.io.lun(&lun.id)));
-        let u = Arc::new(LogicalUnit::new(device, identity));
-        units.insert(lun.id.clone(), Arc::downgrade(&u));
-        Some(u)
+        Some(device)
+    }
+}
+
+/// Sets `u`'s state in every group as `alua` says.
+fn apply(u: &LogicalUnit, groups: &[PortGroup], alua: Alua) {
+    for g in groups {
+        u.set_access_state(g.id, alua.state(g.id));
     }
 }
 
 impl Exporter for ScsiExporter {
     fn map(&self, initiator: &str, lun_number: u64, lun: &ExportedLun, storage: &dyn Backend) {
-        if let Some(u) = self.unit(lun, storage) {
+        if let Some(u) = self.unit_with(lun, Some(storage)) {
             self.target.map(initiator, lun_number, u);
         }
     }
@@ -156,7 +406,7 @@ impl Exporter for ScsiExporter {
 
     fn resized(&self, lun: &str) {
         let units = self.units.lock().expect("units lock");
-        if let Some(u) = units.get(lun).and_then(Weak::upgrade) {
+        if let Some(u) = units.get(lun).and_then(|(w, _)| w.upgrade()) {
             u.capacity_changed();
         }
     }
@@ -168,7 +418,7 @@ impl Exporter for ScsiExporter {
             ids.sort();
             ids.dedup();
             ids.iter()
-                .filter_map(|id| units.get(id.as_str()).and_then(Weak::upgrade))
+                .filter_map(|id| units.get(id.as_str()).and_then(|(w, _)| w.upgrade()))
                 .collect()
         };
         // One after another, in the order of the ids: each drain waits only for its own

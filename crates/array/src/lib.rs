@@ -32,6 +32,7 @@ pub mod journal;
 pub mod metrics;
 mod office;
 pub mod ops;
+mod paths;
 pub mod pool;
 pub mod state;
 pub mod systemd;

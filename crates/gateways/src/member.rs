@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rbd::Pool;
+use rbd::{Pool, WriteOp};
 
 use crate::lease::{Lease, LeaseSpec, LockKind};
 use crate::{Error, Lost, Result};
@@ -17,6 +17,11 @@ use crate::{Error, Lost, Result};
 /// The lock's name on the members object.
 pub const MEMBER_LOCK: &str = "member";
 const TAG: &str = "gateway";
+/// Prefix of the members object's omap keys in which each gateway says how it is reached
+/// (`port.<gateway>`, [`Membership::advertise`]).
+const ADVERT: &str = "port.";
+/// Entries per omap read of the adverts.
+const ADVERT_PAGE: u64 = 256;
 
 /// A live gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +158,45 @@ impl Membership {
         tracing::info!(gateway = %member.gateway, client = %member.client, "fencing a gateway");
         self.pool.cluster().blocklist(&member.addr, duration)?;
         Ok(())
+    }
+
+    /// Records what `gateway` tells the others about itself (for the array: its iSCSI target
+    /// port, which the others report as a target port group), as the members object's omap
+    /// key `port.<gateway>`, replacing its last. Each gateway writes only its own key; an
+    /// advert outlives the gateway's lease, so readers pair it with [`Membership::live`].
+    pub fn advertise(&self, gateway: &str, value: &[u8]) -> Result<()> {
+        let key = format!("{ADVERT}{gateway}");
+        let op = WriteOp::new()
+            .create(false)
+            .omap_set([(key.as_str(), value)])?;
+        self.pool.operate(&self.object, &op)?;
+        Ok(())
+    }
+
+    /// Every gateway's last advert, by gateway id (those that left included).
+    pub fn adverts(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let (page, more) =
+                match self
+                    .pool
+                    .omap_page(&self.object, &after, ADVERT, ADVERT_PAGE, None)
+                {
+                    Ok(p) => p,
+                    Err(e) if e.is_not_found() => return Ok(out),
+                    Err(e) => return Err(e.into()),
+                };
+            for (key, value) in page {
+                if let Some(g) = key.strip_prefix(ADVERT) {
+                    out.insert(g.to_string(), value);
+                }
+                after = key;
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
     }
 
     /// The gateways whose lease holds now, sorted by id.

@@ -485,6 +485,19 @@ fn concurrent_updates_lose_nothing(lab: &Lab) {
 fn a_dead_members_lease_expires(lab: &Lab) {
     let array = "members";
     let members = Membership::new(connect(lab.conf()), array);
+    // Adverts: none before any; each gateway's own key, the last one written winning.
+    assert!(members.adverts().unwrap().is_empty());
+    members.advertise("gw-a", b"one").unwrap();
+    members.advertise("gw-b", b"two").unwrap();
+    members.advertise("gw-a", b"three").unwrap();
+    let adverts = members.adverts().unwrap();
+    assert_eq!(
+        adverts
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect::<Vec<_>>(),
+        [("gw-a", &b"three"[..]), ("gw-b", &b"two"[..])]
+    );
     let (tx, lost) = mpsc::channel();
     let me = members
         .join("gw-a", TTL, move |why| {
@@ -547,6 +560,8 @@ fn a_dead_members_lease_expires(lab: &Lab) {
     );
     me.leave().unwrap();
     assert!(members.live().unwrap().is_empty());
+    // An advert outlives its gateway's lease, and the leases are not among the adverts.
+    assert_eq!(members.adverts().unwrap(), adverts);
 }
 
 /// A member that was only paused loses its lease like a dead one; the leader fences it by the

@@ -176,10 +176,12 @@ impl Drop for Gateway {
     }
 }
 
-fn config(dir: &Path, conf: &Path, o: &BenchOptions, ns: &str, name: &str) -> PathBuf {
+/// Gateway `name`'s configuration; `port` is its relative target port and portal group tag
+/// (each gateway of an array has its own).
+fn config(dir: &Path, conf: &Path, o: &BenchOptions, ns: &str, name: &str, port: u16) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
-        "[backend]\nkind = \"rbd\"\npool = \"{}\"\nnamespace = \"{ns}\"\nceph_conf = \"{}\"\n\
+        "iscsi_relative_port = {port}\niscsi_portal_group_tag = {port}\n[backend]\nkind = \"rbd\"\npool = \"{}\"\nnamespace = \"{ns}\"\nceph_conf = \"{}\"\n\
          timeout_secs = 10\n[gateway]\nname = \"{name}\"\nlease_secs = {}\n",
         o.pool,
         conf.display(),
@@ -262,7 +264,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     let ns = format!("gwbench{}", std::process::id());
     let dir = tempfile::tempdir()?;
     let names = ["gw-a", "gw-b"];
-    let configs = names.map(|n| config(dir.path(), &conf, o, &ns, n));
+    let configs = [1, 2].map(|i| config(dir.path(), &conf, o, &ns, names[i - 1], i as u16));
     let pools = names.map(|n| dir.path().join(n));
     let started = Instant::now();
     let result = (|| -> anyhow::Result<Report> {

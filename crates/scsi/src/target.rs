@@ -421,7 +421,8 @@ impl Target {
     }
 
     /// Maps `unit` at `lun` for `initiator` (replacing what was there). The initiator's other
-    /// LUNs report REPORTED LUNS DATA HAS CHANGED; other initiators see nothing.
+    /// LUNs report REPORTED LUNS DATA HAS CHANGED; other initiators see nothing. Mapping the
+    /// unit already mapped there changes nothing.
     pub fn map(&self, initiator: &str, lun: u64, unit: Arc<LogicalUnit>) {
         if lun > MAX_LUN {
             tracing::warn!(
@@ -432,9 +433,12 @@ impl Target {
         }
         {
             let mut maps = self.maps.write().expect("LUN maps lock");
-            maps.entry(initiator.to_string())
-                .or_default()
-                .insert(lun, unit);
+            let m = maps.entry(initiator.to_string()).or_default();
+            if m.get(&lun).is_some_and(|u| Arc::ptr_eq(u, &unit)) {
+                // The same logical unit again: nothing changed.
+                return;
+            }
+            m.insert(lun, unit);
         }
         tracing::info!(initiator, lun, "LUN mapped");
         self.inventory_changed(initiator);

@@ -90,6 +90,24 @@ fn mapping_a_lun_tells_only_that_initiator_reported_luns_changed() {
 }
 
 #[test]
+fn mapping_the_same_unit_again_is_no_change() {
+    let t = scsi::Target::new(TARGET);
+    let (_, lu1) = mem_lu(1, 512, 64);
+    t.map(HOST1, 0, lu1.clone());
+    let h1 = nexus(HOST1, 1, 1);
+    clear_ua(&t, &h1, 0);
+    t.map(HOST1, 0, lu1);
+    assert_eq!(exec(&t, &h1, 0, &TUR, &[]).status, status::GOOD);
+    // Another unit at the same number is a change.
+    let (_, lu2) = mem_lu(2, 512, 64);
+    t.map(HOST1, 0, lu2);
+    assert_eq!(
+        sense_of(&exec(&t, &h1, 0, &TUR, &[])),
+        (key::UNIT_ATTENTION, 0x29, 0x00)
+    );
+}
+
+#[test]
 fn report_luns_lists_exactly_the_initiators_luns() {
     let t = scsi::Target::new(TARGET);
     let (_, a) = mem_lu(1, 512, 64);

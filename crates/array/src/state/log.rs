@@ -105,6 +105,26 @@ fn row(r: &Record) -> (String, Option<Value>) {
     (format!("{PREFIX}{key}"), value)
 }
 
+/// The journal records of the array's rows in `state` (read from object `object`), the
+/// counters first: replay applies them by maximum, the rows by key.
+pub(crate) fn records(state: &gateways::State, object: &str) -> Result<Vec<Record>, JournalError> {
+    let mut records = Vec::new();
+    for (key, value) in state.rows.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+        let r: Record =
+            serde_json::from_value(value.clone()).map_err(|e| JournalError::Corrupt {
+                path: object.to_string(),
+                line: 0,
+                reason: format!("row {key}: {e}"),
+            })?;
+        if matches!(r, Record::Counters { .. }) {
+            records.insert(0, r);
+        } else {
+            records.push(r);
+        }
+    }
+    Ok(records)
+}
+
 fn shared(e: gateways::Error) -> JournalError {
     JournalError::Shared(Box::new(e))
 }
@@ -120,24 +140,13 @@ impl SharedLog {
     ) -> Result<(SharedLog, Vec<Record>), JournalError> {
         let state = store.read().map_err(shared)?;
         state.at_epoch(epoch).map_err(shared)?;
-        let mut had: BTreeMap<String, Value> = BTreeMap::new();
-        let mut records = Vec::new();
-        for (key, value) in state.rows.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
-            let r: Record =
-                serde_json::from_value(value.clone()).map_err(|e| JournalError::Corrupt {
-                    path: store.object().to_string(),
-                    line: 0,
-                    reason: format!("row {key}: {e}"),
-                })?;
-            // The counters first: replay applies them by maximum, the rows by key.
-            if matches!(r, Record::Counters { .. }) {
-                records.insert(0, r);
-            } else {
-                records.push(r);
-            }
-            had.insert(key.clone(), value.clone());
-        }
-        let live = compact(records);
+        let had: BTreeMap<String, Value> = state
+            .rows
+            .iter()
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let live = compact(records(&state, store.object())?);
         let mut want: BTreeMap<String, Value> = BTreeMap::new();
         for r in &live {
             if let (key, Some(value)) = row(r) {

@@ -12,6 +12,7 @@
 mod admin;
 mod admin_sets;
 mod auth;
+mod follow;
 mod host_changes;
 mod idempotency;
 mod log;
@@ -35,6 +36,7 @@ use vss::inquiry::Designator;
 pub use admin::valid_iqn;
 pub use admin_sets::FENCE_DRAIN;
 pub use auth::{Scope, new_token, token_hash};
+pub use follow::{Followed, follow};
 pub use idempotency::{
     IdemRow, KEEP_SECS as IDEMPOTENCY_KEEP_SECS, Keyed, MAX_KEYS as IDEMPOTENCY_MAX_KEYS,
 };

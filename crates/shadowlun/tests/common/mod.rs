@@ -67,12 +67,22 @@ pub fn ready(child: Child, pool: &Path) -> Daemon {
 }
 
 /// [`ready`], or `None` when the daemon exits before it says where it listens.
-pub fn try_ready(mut child: Child, pool: &Path) -> Option<Daemon> {
+pub fn try_ready(child: Child, pool: &Path) -> Option<Daemon> {
+    try_ready_seeing(child, pool, |_| {})
+}
+
+/// [`try_ready`], showing `seen` every line the daemon prints before it is ready.
+pub fn try_ready_seeing(
+    mut child: Child,
+    pool: &Path,
+    mut seen: impl FnMut(&str),
+) -> Option<Daemon> {
     let out = BufReader::new(child.stdout.take().unwrap());
     let (mut api, mut fingerprint, mut token_file, mut portal) = (None, None, None, None);
     let mut metrics = None;
     for line in out.lines() {
         let line = line.unwrap();
+        seen(&line);
         if let Some(v) = line.strip_prefix("shadowlun array: API ") {
             api = Some(v.trim().to_string());
         } else if let Some(v) =

@@ -1,0 +1,326 @@
+//! A gateway's paths (docs/gateways.md, "Paths"): with `[gateway]`, every gateway of the
+//! array listens on its iSCSI portals, as one target port of its own, in a target port group
+//! of its own (the group id is its relative target port identifier). The gateway in office
+//! serves every LUN Active/Optimized through its port; the others serve the same LUNs, with
+//! the same identities, as Standby: hosts log in to every gateway, group the paths by LUN
+//! identity, and send I/O where REPORT TARGET PORT GROUPS says the LUN is optimized.
+//!
+//! Each gateway writes its target port into the members object (`port.<gateway>`,
+//! `gateways::Membership::advertise`); the target port groups each reports are those of the
+//! live gateways. A standby mirrors the leader's rows (mappings, host initiators, CHAP) into
+//! its target without opening a volume (`export::Handover`), and reports the leader's group
+//! as the active one. When it takes office, the same logical units get their volumes, its
+//! own group becomes the active one, and every nexus hears ASYMMETRIC ACCESS STATE CHANGED.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use api::LunId;
+use gateways::{Leadership, LeadershipConfig, Membership, StateStore};
+use serde::{Deserialize, Serialize};
+use vss::inquiry::Designator;
+
+use crate::error::ArrayError;
+use crate::export::ScsiExporter;
+use crate::state::{Exporter, follow};
+
+/// How often the gateways, the leader and (on a standby) the rows are looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// At most one warning this often about a look that failed.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// What a gateway writes about itself for the others: its SCSI target port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PortAdvert {
+    pub relative_port: u16,
+    pub portal_group_tag: u16,
+}
+
+impl PortAdvert {
+    /// The target port group of this port: its relative target port identifier.
+    pub fn group(&self) -> scsi::PortGroup {
+        scsi::PortGroup {
+            id: self.relative_port,
+            ports: vec![self.relative_port],
+        }
+    }
+}
+
+/// What a standby mirrored into its target last.
+#[derive(Default)]
+struct Mirrored {
+    version: Option<u64>,
+    maps: BTreeMap<(String, u64), (LunId, u64)>,
+    chap: BTreeMap<String, Option<String>>,
+}
+
+struct Follower {
+    gateway: String,
+    own: PortAdvert,
+    exporter: Arc<ScsiExporter>,
+    members: Membership,
+    store: StateStore,
+    leadership: Leadership,
+    ports: Vec<Designator>,
+    /// Set once this gateway takes office: it stops mirroring and serves.
+    serving: AtomicBool,
+    mirrored: Mutex<Mirrored>,
+    warned: Mutex<Option<Instant>>,
+}
+
+/// This gateway's paths, kept in step by a thread of their own until dropped.
+pub(crate) struct Paths {
+    follower: Arc<Follower>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Paths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Paths({})", self.follower.gateway)
+    }
+}
+
+impl Paths {
+    /// Writes this gateway's target port for the others (refusing one another live gateway
+    /// already uses), reports the live gateways' groups, and starts mirroring the leader's
+    /// rows as Standby paths.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        gateway: &str,
+        own: PortAdvert,
+        exporter: Arc<ScsiExporter>,
+        pool: Arc<rbd::Pool>,
+        array: &str,
+        lease: Duration,
+        ports: Vec<Designator>,
+    ) -> Result<Paths, ArrayError> {
+        let err = |what: &str| {
+            let (gateway, what) = (gateway.to_string(), what.to_string());
+            move |e: gateways::Error| ArrayError::Gateway {
+                gateway,
+                what,
+                source: Box::new(e),
+            }
+        };
+        let members = Membership::new(pool.clone(), array);
+        let live = members.live().map_err(err("listing the gateways"))?;
+        let adverts = members
+            .adverts()
+            .map_err(err("reading the gateways' ports"))?;
+        for m in live.iter().filter(|m| m.gateway != gateway) {
+            let Some(other) = adverts.get(&m.gateway).and_then(|v| parse(v)) else {
+                continue;
+            };
+            if other.relative_port == own.relative_port
+                || other.portal_group_tag == own.portal_group_tag
+            {
+                return Err(ArrayError::BadRequest(format!(
+                    "gateway {gateway}: gateway {} serves relative target port {} with portal \
+                     group tag {}; each gateway of an array needs its own \
+                     iscsi_relative_port and iscsi_portal_group_tag (docs/gateways.md)",
+                    m.gateway, other.relative_port, other.portal_group_tag
+                )));
+            }
+        }
+        let advert = serde_json::to_vec(&own).expect("a port advert serializes");
+        members
+            .advertise(gateway, &advert)
+            .map_err(err("writing this gateway's port"))?;
+        let store = StateStore::open(pool, array).map_err(err("opening the array's state"))?;
+        let follower = Arc::new(Follower {
+            gateway: gateway.to_string(),
+            own,
+            exporter,
+            members,
+            leadership: Leadership::new(store.clone(), LeadershipConfig::new(gateway, lease)),
+            store,
+            ports,
+            serving: AtomicBool::new(false),
+            mirrored: Mutex::new(Mirrored::default()),
+            warned: Mutex::new(None),
+        });
+        follower.look();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (f, stop) = (follower.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("gateway-paths".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Short sleeps: a drop is not held up by a whole period.
+                        let until = Instant::now() + LOOK_EVERY;
+                        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if !stop.load(Ordering::Relaxed) {
+                            f.look();
+                        }
+                    }
+                })
+                .map_err(|e| ArrayError::io("starting the paths thread", e))?
+        };
+        Ok(Paths {
+            follower,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// This gateway took office: it stops mirroring (after one last look at the rows, now
+    /// that no other gateway can change them); the array it opens next attaches the
+    /// volumes. Its own group still reports Standby until [`Paths::serve`].
+    pub fn take_office(&self) {
+        self.follower.serving.store(true, Ordering::SeqCst);
+        // Waits for a mirroring pass in progress, then brings the mirror up to date.
+        let mut m = self.follower.mirrored.lock().expect("mirror lock");
+        if let Err(e) = self.follower.mirror(&mut m) {
+            tracing::warn!(error = %e, "reading the array's rows before taking office failed");
+        }
+    }
+
+    /// The array is open on this gateway: its group serves every LUN.
+    pub fn serve(&self) {
+        self.follower
+            .exporter
+            .set_active_group(Some(self.follower.own.relative_port));
+    }
+}
+
+impl Drop for Paths {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn parse(v: &[u8]) -> Option<PortAdvert> {
+    serde_json::from_slice(v).ok()
+}
+
+impl Follower {
+    /// One look: the groups of the live gateways; on a standby, which one is the leader's,
+    /// and the rows.
+    fn look(&self) {
+        let r = self.groups().and_then(|adverts| {
+            if self.serving.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.active(&adverts)?;
+            let mut m = self.mirrored.lock().expect("mirror lock");
+            // Checked again under the lock: taking office waits for this pass.
+            if self.serving.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.mirror(&mut m)
+        });
+        if let Err(e) = r {
+            let mut w = self.warned.lock().expect("warned lock");
+            if w.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                tracing::warn!(gateway = %self.gateway, error = %e, "following the array's gateways failed; retrying");
+                *w = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Reports the groups of the live gateways (this one always); returns the live
+    /// gateways' ports.
+    fn groups(&self) -> Result<BTreeMap<String, PortAdvert>, ArrayError> {
+        let live = self
+            .members
+            .live()
+            .map_err(self.err("listing the gateways"))?;
+        let adverts = self
+            .members
+            .adverts()
+            .map_err(self.err("reading the gateways' ports"))?;
+        let mut ports: BTreeMap<String, PortAdvert> = live
+            .iter()
+            .filter_map(|m| Some((m.gateway.clone(), parse(adverts.get(&m.gateway)?)?)))
+            .collect();
+        ports.insert(self.gateway.clone(), self.own);
+        let mut groups: Vec<scsi::PortGroup> = Vec::new();
+        for (g, p) in &ports {
+            if groups.iter().any(|x| x.id == p.relative_port) {
+                if *g != self.gateway {
+                    tracing::error!(gateway = %g, port = p.relative_port,
+                        "two live gateways serve the same relative target port; not reported");
+                }
+                continue;
+            }
+            groups.push(p.group());
+        }
+        // In the target's order, so that an unchanged set compares equal.
+        groups.sort_by_key(|g| g.id);
+        self.exporter
+            .set_port_groups(groups)
+            .map_err(|e| ArrayError::BadRequest(format!("target port groups: {e}")))?;
+        Ok(ports)
+    }
+
+    /// Makes the leader's group the active one, or none while no live gateway leads.
+    fn active(&self, live: &BTreeMap<String, PortAdvert>) -> Result<(), ArrayError> {
+        let (_, leader) = self
+            .leadership
+            .current()
+            .map_err(self.err("reading who leads"))?;
+        let active = leader
+            .and_then(|l| live.get(&l.gateway).copied())
+            .filter(|p| *p != self.own)
+            .map(|p| p.relative_port);
+        self.exporter.set_active_group(active);
+        Ok(())
+    }
+
+    /// Mirrors the rows into the target if the state moved since the last pass.
+    fn mirror(&self, m: &mut Mirrored) -> Result<(), ArrayError> {
+        let (version, _) = self.store.head().map_err(self.err("reading the state"))?;
+        if m.version == Some(version) {
+            return Ok(());
+        }
+        let state = self.store.read().map_err(self.err("reading the state"))?;
+        let followed = follow(&state, self.store.object(), &self.ports)?;
+        let chap: BTreeMap<String, Option<String>> = followed.initiators.into_iter().collect();
+        for (i, secret) in &chap {
+            if m.chap.get(i) != Some(secret) {
+                self.exporter.set_chap(i, secret.as_deref());
+            }
+        }
+        for i in m.chap.keys().filter(|i| !chap.contains_key(*i)) {
+            self.exporter.forget_initiator(i);
+        }
+        let mut maps = BTreeMap::new();
+        for (i, n, lun) in &followed.mappings {
+            let key = (i.clone(), *n);
+            let now = (lun.id.clone(), lun.size_bytes);
+            if m.maps.get(&key) != Some(&now) {
+                self.exporter.map_standby(i, *n, lun);
+            }
+            maps.insert(key, now);
+        }
+        for (i, n) in m.maps.keys().filter(|k| !maps.contains_key(*k)) {
+            self.exporter.unmap(i, *n);
+        }
+        tracing::debug!(version, mappings = maps.len(), "mirrored the array's rows");
+        *m = Mirrored {
+            version: Some(state.version),
+            maps,
+            chap,
+        };
+        Ok(())
+    }
+
+    fn err(&self, what: &str) -> impl FnOnce(gateways::Error) -> ArrayError + use<> {
+        let (gateway, what) = (self.gateway.clone(), what.to_string());
+        move |e| ArrayError::Gateway {
+            gateway,
+            what,
+            source: Box::new(e),
+        }
+    }
+}
