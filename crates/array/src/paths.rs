@@ -14,12 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use api::LunId;
-use gateways::{Leadership, LeadershipConfig, Membership, StateStore};
+use gateways::{Leadership, LeadershipConfig, Membership, StateStore, StateWatch};
 use serde::{Deserialize, Serialize};
 use vss::inquiry::Designator;
 
@@ -27,8 +28,12 @@ use crate::error::ArrayError;
 use crate::export::ScsiExporter;
 use crate::state::{Exporter, follow};
 
-/// How often the gateways, the leader and (on a standby) the rows are looked at.
+/// How often the gateways, the leader and (on a standby) the rows are looked at; a standby
+/// also looks at once when a commit's notify or a new leader's epoch wakes it.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often the watch itself polls the state's version (its fallback for a lost notify;
+/// the looks above poll too).
+const WATCH_POLL: Duration = Duration::from_secs(5);
 /// At most one warning this often about a look that failed.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -75,6 +80,9 @@ struct Follower {
 pub(crate) struct Paths {
     follower: Arc<Follower>,
     stop: Arc<AtomicBool>,
+    wake: mpsc::Sender<()>,
+    /// While standing by: the watch of the state that wakes the thread on a change.
+    watch: Mutex<Option<StateWatch>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -145,20 +153,35 @@ impl Paths {
         });
         follower.look();
         let stop = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = mpsc::channel::<()>();
+        let watch = {
+            let wake = wake.clone();
+            match follower.store.watch(WATCH_POLL, move |_, _| {
+                let _ = wake.send(());
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the array's state failed; looking every {LOOK_EVERY:?}");
+                    None
+                }
+            }
+        };
         let thread = {
             let (f, stop) = (follower.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("gateway-paths".into())
                 .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // Short sleeps: a drop is not held up by a whole period.
-                        let until = Instant::now() + LOOK_EVERY;
-                        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(50));
+                    loop {
+                        match woken.recv_timeout(LOOK_EVERY) {
+                            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
-                        if !stop.load(Ordering::Relaxed) {
-                            f.look();
+                        // Wakes already queued are answered by this one look.
+                        while woken.try_recv().is_ok() {}
+                        if stop.load(Ordering::Relaxed) {
+                            return;
                         }
+                        f.look();
                     }
                 })
                 .map_err(|e| ArrayError::io("starting the paths thread", e))?
@@ -166,6 +189,8 @@ impl Paths {
         Ok(Paths {
             follower,
             stop,
+            wake,
+            watch: Mutex::new(watch),
             thread: Some(thread),
         })
     }
@@ -175,6 +200,8 @@ impl Paths {
     /// volumes. Its own group still reports Standby until [`Paths::serve`].
     pub fn take_office(&self) {
         self.follower.serving.store(true, Ordering::SeqCst);
+        // The leader's own commits need not wake its paths.
+        drop(self.watch.lock().expect("watch lock").take());
         // Waits for a mirroring pass in progress, then brings the mirror up to date.
         let mut m = self.follower.mirrored.lock().expect("mirror lock");
         if let Err(e) = self.follower.mirror(&mut m) {
@@ -192,7 +219,9 @@ impl Paths {
 
 impl Drop for Paths {
     fn drop(&mut self) {
+        drop(self.watch.lock().expect("watch lock").take());
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.send(());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

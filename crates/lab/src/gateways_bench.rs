@@ -7,6 +7,10 @@
 //! the new gateway's iSCSI portal. Before that write, every block acknowledged in earlier
 //! rounds is read back through the new gateway: a round that loses one fails the benchmark.
 //! The gateway that was ended is started again as the standby for the next round.
+//!
+//! First, how long a control change takes to reach the other gateway: a LUN mapped (then
+//! unmapped) through the serving gateway's API, timed from the API's answer until REPORT
+//! LUNS through the standby's (Standby) path shows it (then no longer does).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,6 +37,9 @@ pub struct BenchOptions {
     pub kills: usize,
     /// Rounds ended with SIGTERM.
     pub handovers: usize,
+    /// Mappings made and removed through the serving gateway, each timed until the
+    /// standby's paths show it.
+    pub changes: usize,
     /// The gateways' `lease_secs`.
     pub lease_secs: u64,
     /// The cluster's configuration file (default: `CEPH_CONF`, then /etc/ceph/ceph.conf).
@@ -46,6 +53,7 @@ impl Default for BenchOptions {
         Self {
             kills: 10,
             handovers: 3,
+            changes: 10,
             lease_secs: 5,
             ceph_conf: None,
             pool: "rbd".into(),
@@ -114,18 +122,26 @@ impl Gateway {
         })
     }
 
-    /// Waits until it stands by.
-    fn standing_by(&self) -> anyhow::Result<()> {
+    /// Waits until it stands by: the portal of its Standby paths.
+    fn standing_by(&self) -> anyhow::Result<String> {
         let deadline = Instant::now() + WAIT;
+        let (mut by, mut portal) = (false, None);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.said.recv_timeout(left) {
-                Ok(Said::StandingBy) => return Ok(()),
+                Ok(Said::StandingBy) => by = true,
                 Ok(Said::Out(l)) if l.starts_with("shadowlun array: API") => {
                     bail!("gateway {} served while another was in office", self.name)
                 }
-                Ok(Said::Out(_)) => {}
+                Ok(Said::Out(l)) => {
+                    if let Some((_, p)) = l.split_once(" standby iSCSI portal ") {
+                        portal = Some(p.trim().to_string());
+                    }
+                }
                 Err(_) => bail!("gateway {} did not stand by within {WAIT:?}", self.name),
+            }
+            if let (true, Some(p)) = (by, &portal) {
+                return Ok(p.clone());
             }
         }
     }
@@ -191,6 +207,22 @@ fn config(dir: &Path, conf: &Path, o: &BenchOptions, ns: &str, name: &str, port:
     path
 }
 
+/// A LUN made through the serving gateway, mapped to no host: its id.
+fn make_probe(s: &Serving, token: &str) -> anyhow::Result<api::LunId> {
+    let addr = s.api.trim_start_matches("https://").parse()?;
+    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
+    let lun: api::LunRecord = c
+        .post(
+            api::routes::ADMIN_LUNS,
+            &api::CreateLun {
+                name: "probe".into(),
+                size_bytes: 4 << 20,
+            },
+        )?
+        .json()?;
+    Ok(lun.id)
+}
+
 /// The LUN the rounds write, made through the first gateway: (target, LUN number).
 fn make_lun(s: &Serving, token: &str) -> anyhow::Result<(String, u64)> {
     let addr = s.api.trim_start_matches("https://").parse()?;
@@ -231,6 +263,69 @@ fn make_lun(s: &Serving, token: &str) -> anyhow::Result<(String, u64)> {
         .context("the LUN is mapped")?;
     let health: api::Health = c.get(api::routes::HEALTH)?.json()?;
     Ok((health.target, number))
+}
+
+/// Maps LUN `lun` (an id) through the serving gateway and unmaps it again, `rounds` times,
+/// each change timed from the API's answer until REPORT LUNS through the standby's portal
+/// shows it: (the mappings' times, the unmappings').
+fn changes(
+    s: &Serving,
+    token: &str,
+    standby: &str,
+    target: &str,
+    lun: &api::LunId,
+    rounds: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let addr = s.api.trim_start_matches("https://").parse()?;
+    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
+    let mut cfg = InitiatorConfig::new(HOST);
+    cfg.timeout = Duration::from_secs(30);
+    let mut sess = Session::login(standby.parse()?, target, &cfg)?;
+    let map = api::routes::fill(api::routes::ADMIN_MAP, &[("host", "bench")]);
+    let (mut mapped, mut unmapped) = (Vec::new(), Vec::new());
+    let mut shows = |number: u64, want: bool| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        while sess.report_luns()?.contains(&number) != want {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the standby's paths did not follow a change within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    for _ in 0..rounds {
+        let host: api::HostRecord = c
+            .post(
+                &map,
+                &api::MapLun {
+                    lun: lun.clone(),
+                    lun_number: None,
+                    shared: false,
+                },
+            )?
+            .json()?;
+        let number = host
+            .luns
+            .iter()
+            .find(|m| &m.lun == lun)
+            .map(|m| m.lun_number)
+            .context("the LUN is mapped")?;
+        mapped.push(shows(number, true)?);
+        let r = c.request(
+            "DELETE",
+            &api::routes::fill(
+                api::routes::ADMIN_UNMAP,
+                &[("host", "bench"), ("lun", lun.as_str())],
+            ),
+            None,
+        )?;
+        if r.status != 204 {
+            bail!("unmapping the probe LUN: HTTP {}", r.status);
+        }
+        unmapped.push(shows(number, false)?);
+    }
+    let _ = sess.logout();
+    Ok((mapped, unmapped))
 }
 
 /// Reads back every block written so far, then writes the next and makes it durable.
@@ -276,9 +371,18 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
             std::fs::copy(pools[0].join(f), &dst).with_context(|| format!("copying {f}"))?;
         }
         let mut standby = Gateway::start(names[1], &pools[1], &configs[1])?;
-        standby.standing_by()?;
+        let standby_portal = standby.standing_by()?;
         let token = std::fs::read_to_string(pools[0].join("admin.token"))?;
         let (target, lun) = make_lun(&at, token.trim())?;
+        let probe = make_probe(&at, token.trim())?;
+        let (mapped, unmapped) = changes(
+            &at,
+            token.trim(),
+            &standby_portal,
+            &target,
+            &probe,
+            o.changes,
+        )?;
         let mut written = Vec::new();
         ledger(&at, &target, lun, &mut written)?;
         let (mut kills, mut handovers) = (Vec::new(), Vec::new());
@@ -306,6 +410,26 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
         let _ = serving.child.wait();
         drop(standby);
         let mut rows = Vec::new();
+        for (what, times) in [("a mapping", &mapped), ("an unmapping", &unmapped)] {
+            if times.is_empty() {
+                continue;
+            }
+            let ms: Vec<f64> = times.iter().map(|t| t * 1000.0).collect();
+            let (p50, range) = stats(&ms);
+            rows.push(
+                Row::new(
+                    format!(
+                        "{what} made through the serving gateway, shown by the standby's paths, p50"
+                    ),
+                    "ms",
+                    p50,
+                    "the standby's poll period",
+                    Some(500.0),
+                    None,
+                )
+                .with_ranges(Some(range), None),
+            );
+        }
         let lease = o.lease_secs as f64;
         if !kills.is_empty() {
             let (p50, range) = stats(&kills);

@@ -296,6 +296,10 @@ enum BenchCmd {
         /// Rounds ended with SIGTERM.
         #[arg(long, default_value_t = 3)]
         handovers: usize,
+        /// Mappings made (and removed) through the serving gateway, each timed until the
+        /// standby's paths show it.
+        #[arg(long, default_value_t = 10)]
+        changes: usize,
         /// The gateways' lease in seconds (`[gateway] lease_secs`).
         #[arg(long, default_value_t = 5)]
         lease_secs: u64,
@@ -441,12 +445,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 BenchCmd::Gateways {
                     kills,
                     handovers,
+                    changes,
                     lease_secs,
                     ceph_conf,
                     pool,
                 } => lab::gateways_bench::run(&lab::gateways_bench::BenchOptions {
                     kills,
                     handovers,
+                    changes,
                     lease_secs: lease_secs.clamp(2, 300),
                     ceph_conf,
                     pool,
