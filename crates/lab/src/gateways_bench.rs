@@ -12,24 +12,20 @@
 //! unmapped) through the serving gateway's API, timed from the API's answer until REPORT
 //! LUNS through the standby's (Standby) path shows it (then no longer does).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use iscsi::initiator::{InitiatorConfig, Session};
 
-use crate::rbd_bench::{cluster_conf, rbd_cli};
+use crate::gateway_rig::{Gateway, Serving, cleanup, config, share_identity};
+use crate::rbd_bench::cluster_conf;
 use crate::report::{Goal, Report, Row, machine};
 
 const HOST: &str = "iqn.1991-05.com.microsoft:bench-gateways";
 /// The failover bound hosts can live with (Windows' disk timeout is 60 s; MPIO's path
 /// verification tens of seconds).
 const BOUND_SECS: f64 = 10.0;
-/// Longest wait for a gateway to start, stand by or take over.
-const WAIT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -59,152 +55,6 @@ impl Default for BenchOptions {
             pool: "rbd".into(),
         }
     }
-}
-
-/// What a gateway process printed: its standard output's lines, and whether its log said
-/// it stands by.
-enum Said {
-    Out(String),
-    StandingBy,
-}
-
-struct Gateway {
-    name: String,
-    pool_dir: PathBuf,
-    config: PathBuf,
-    child: Child,
-    said: Receiver<Said>,
-}
-
-/// Where a gateway in office listens.
-struct Serving {
-    api: String,
-    fingerprint: String,
-    portal: String,
-}
-
-impl Gateway {
-    fn start(name: &str, pool_dir: &Path, config: &Path) -> anyhow::Result<Gateway> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["array", "serve", "--api", "127.0.0.1:0"])
-            .args(["--portal", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .arg("--pool")
-            .arg(pool_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting shadowlun array serve")?;
-        let (tx, said) = mpsc::channel();
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
-        let t = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = t.send(Said::Out(line));
-            }
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains("standing by") {
-                    let _ = tx.send(Said::StandingBy);
-                }
-            }
-        });
-        Ok(Gateway {
-            name: name.into(),
-            pool_dir: pool_dir.into(),
-            config: config.into(),
-            child,
-            said,
-        })
-    }
-
-    /// Waits until it stands by: the portal of its Standby paths.
-    fn standing_by(&self) -> anyhow::Result<String> {
-        let deadline = Instant::now() + WAIT;
-        let (mut by, mut portal) = (false, None);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.said.recv_timeout(left) {
-                Ok(Said::StandingBy) => by = true,
-                Ok(Said::Out(l)) if l.starts_with("shadowlun array: API") => {
-                    bail!("gateway {} served while another was in office", self.name)
-                }
-                Ok(Said::Out(l)) => {
-                    if let Some((_, p)) = l.split_once(" standby iSCSI portal ") {
-                        portal = Some(p.trim().to_string());
-                    }
-                }
-                Err(_) => bail!("gateway {} did not stand by within {WAIT:?}", self.name),
-            }
-            if let (true, Some(p)) = (by, &portal) {
-                return Ok(p.clone());
-            }
-        }
-    }
-
-    /// Waits until it serves: where it listens.
-    fn serving(&self) -> anyhow::Result<Serving> {
-        let deadline = Instant::now() + WAIT;
-        let (mut api, mut fingerprint, mut portal) = (None, None, None);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.said.recv_timeout(left) {
-                Ok(Said::Out(l)) => {
-                    let v = |p: &str| l.strip_prefix(p).map(|v| v.trim().to_string());
-                    api = api.or(v("shadowlun array: API "));
-                    fingerprint =
-                        fingerprint.or(v("shadowlun array: certificate SHA-256 fingerprint "));
-                    portal = portal.or(v("shadowlun array: iSCSI portal "));
-                }
-                Ok(Said::StandingBy) => {}
-                Err(_) => bail!("gateway {} did not serve within {WAIT:?}", self.name),
-            }
-            if let (Some(a), Some(f), Some(p)) = (&api, &fingerprint, &portal) {
-                return Ok(Serving {
-                    api: a.clone(),
-                    fingerprint: f.clone(),
-                    portal: p.clone(),
-                });
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill {sig} {}", self.child.id());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Gateway `name`'s configuration; `port` is its relative target port and portal group tag
-/// (each gateway of an array has its own).
-fn config(dir: &Path, conf: &Path, o: &BenchOptions, ns: &str, name: &str, port: u16) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let text = format!(
-        "iscsi_relative_port = {port}\niscsi_portal_group_tag = {port}\n[backend]\nkind = \"rbd\"\npool = \"{}\"\nnamespace = \"{ns}\"\nceph_conf = \"{}\"\n\
-         timeout_secs = 10\n[gateway]\nname = \"{name}\"\nlease_secs = {}\n",
-        o.pool,
-        conf.display(),
-        o.lease_secs
-    );
-    std::fs::write(&path, text).expect("writing a gateway configuration");
-    path
 }
 
 /// A LUN made through the serving gateway, mapped to no host: its id.
@@ -359,17 +209,24 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     let ns = format!("gwbench{}", std::process::id());
     let dir = tempfile::tempdir()?;
     let names = ["gw-a", "gw-b"];
-    let configs = [1, 2].map(|i| config(dir.path(), &conf, o, &ns, names[i - 1], i as u16));
+    let configs = [1, 2].map(|i| {
+        let name = names[i - 1];
+        config(
+            dir.path(),
+            &conf,
+            &o.pool,
+            &ns,
+            name,
+            i as u16,
+            o.lease_secs,
+        )
+    });
     let pools = names.map(|n| dir.path().join(n));
     let started = Instant::now();
     let result = (|| -> anyhow::Result<Report> {
         let mut serving = Gateway::start(names[0], &pools[0], &configs[0])?;
         let mut at = serving.serving()?;
-        for f in ["array.json", "admin.token", "tls/cert.pem", "tls/key.pem"] {
-            let dst = pools[1].join(f);
-            std::fs::create_dir_all(dst.parent().expect("a parent"))?;
-            std::fs::copy(pools[0].join(f), &dst).with_context(|| format!("copying {f}"))?;
-        }
+        share_identity(&pools[0], &pools[1])?;
         let mut standby = Gateway::start(names[1], &pools[1], &configs[1])?;
         let standby_portal = standby.standing_by()?;
         let token = std::fs::read_to_string(pools[0].join("admin.token"))?;
@@ -502,32 +359,4 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     // The namespace's images and objects go, whatever happened.
     cleanup(&conf, &o.pool, &ns);
     result
-}
-
-fn cleanup(conf: &Path, pool: &str, ns: &str) {
-    let spec = format!("{pool}/{ns}");
-    let limit = Duration::from_secs(60);
-    if let Ok(images) = rbd_cli(conf, &["ls", &spec], limit) {
-        for i in images.lines() {
-            let image = format!("{spec}/{i}");
-            let _ = rbd_cli(conf, &["snap", "purge", "--no-progress", &image], limit);
-            let _ = rbd_cli(conf, &["rm", "--no-progress", &image], limit);
-        }
-    }
-    let rados = |args: &[&str]| {
-        Command::new("timeout")
-            .args(["--foreground", "60", "rados", "-p", pool, "-N", ns])
-            .args(args)
-            .env("CEPH_CONF", conf)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-    };
-    if let Some(objects) = rados(&["ls"]) {
-        for obj in objects.lines() {
-            let _ = rados(&["rm", obj]);
-        }
-    }
-    let _ = rbd_cli(conf, &["namespace", "remove", &spec], limit);
 }

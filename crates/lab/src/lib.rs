@@ -51,6 +51,8 @@ pub mod engine_bench;
 #[cfg(unix)]
 pub mod failover_bench;
 #[cfg(unix)]
+pub mod gateway_rig;
+#[cfg(unix)]
 pub mod gateways_bench;
 #[cfg(unix)]
 pub mod iscsi_lab;

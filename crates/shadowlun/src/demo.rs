@@ -47,11 +47,11 @@ const HOST_B: &str = "iqn.1991-05.com.microsoft:backup01";
 /// VSS's flush-and-hold limit around CommitSnapshots.
 const HOLD_WINDOW: Duration = Duration::from_secs(10);
 
-fn step(n: usize, title: &str) {
+pub(crate) fn step(n: usize, title: &str) {
     println!("\n== {n}. {title}");
 }
 
-fn e<T, E: std::fmt::Display>(r: Result<T, E>) -> anyhow::Result<T> {
+pub(crate) fn e<T, E: std::fmt::Display>(r: Result<T, E>) -> anyhow::Result<T> {
     r.map_err(|x| anyhow::anyhow!("{x}"))
 }
 
@@ -131,14 +131,18 @@ fn timeline(entries: &[TraceEntry]) -> Option<Duration> {
 }
 
 /// The cluster, what its pool held before the array started, and the witness image's name.
-struct OnCeph {
-    cluster: Cluster,
+pub(crate) struct OnCeph {
+    pub(crate) cluster: Cluster,
     before: std::collections::BTreeSet<String>,
     witness: String,
 }
 
 /// Opens (or starts) the cluster and makes the witness image, before the array starts.
-fn ceph(ceph_conf: Option<PathBuf>, pool: &str, array_dir: &Path) -> anyhow::Result<OnCeph> {
+pub(crate) fn ceph(
+    ceph_conf: Option<PathBuf>,
+    pool: &str,
+    array_dir: &Path,
+) -> anyhow::Result<OnCeph> {
     let pid = std::process::id();
     let t = Instant::now();
     if ceph_conf.is_none() {

@@ -4,6 +4,7 @@
 mod admin;
 mod demo;
 mod demo_ceph;
+mod demo_gateways;
 mod logging;
 mod ops;
 mod output;
@@ -142,6 +143,11 @@ enum Command {
         /// `--ceph-conf`; a throwaway cluster makes it).
         #[arg(long, default_value = "rbd", value_name = "POOL")]
         ceph_pool: String,
+        /// `2`: instead, two gateways of one array on Ceph (the cluster `--ceph-conf` names,
+        /// or a throwaway one), a host writing through both with MPIO, and the serving
+        /// gateway killed with SIGKILL mid-run: the failover, and the ledger intact.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        gateways: u8,
     },
     /// Run the array daemon for a while under a random schedule of everything it does
     /// (shadow copy sets of every kind, import, break, resync, delete; LUNs created, mapped,
@@ -470,9 +476,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo {
             keep,
+            ceph_conf,
+            ceph_pool,
+            gateways: 2,
+            ..
+        } => demo_gateways::run(ceph_conf, ceph_pool, keep),
+        Command::Demo {
+            keep,
             backend,
             ceph_conf,
             ceph_pool,
+            gateways: _,
         } => demo::run(
             keep,
             match backend {

@@ -6,7 +6,10 @@
 //! - without `CEPH_CONF`, the demo starts a throwaway cluster of its own; interrupted with
 //!   SIGINT once its array runs, it stops that cluster (no daemon of it left, its directory
 //!   removed), removes the array's directory and exits 130;
-//! - without Ceph installed and no cluster named, it refuses at once, saying what to run.
+//! - without Ceph installed and no cluster named, it refuses at once, saying what to run;
+//! - `demo --gateways 2` on the lab cluster: two gateway processes, the serving one killed
+//!   under a host's MPIO ledger writer, the writer going on through the other, every
+//!   acknowledged transaction read back, and the demo's RADOS namespace gone afterwards.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -70,6 +73,44 @@ fn the_demo_runs_on_rbd_and_leaves_only_what_was_not_its_own() {
     );
     lab.rbd(&["rm", "--no-progress", &format!("rbd/{stranger}")]);
     eprintln!("  demo on rbd: {took:.1?}");
+}
+
+#[test]
+fn the_two_gateway_demo_fails_over_under_writes_and_keeps_the_ledger() {
+    let Some(lab) = Lab::get() else { return };
+    let t = Instant::now();
+    let out = Command::new(BIN)
+        .args(["demo", "--gateways", "2", "--ceph-pool", "rbd"])
+        .env("CEPH_CONF", lab.conf())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(stdout.contains("gw-b in office"), "{stdout}");
+    assert!(stdout.contains("acknowledged through gw-b"), "{stdout}");
+    assert!(stdout.contains("no I/O error seen by the host"), "{stdout}");
+    // Before the kill, gw-b's path was Standby; after it, Active/Optimized with the I/O.
+    let standby = stdout
+        .lines()
+        .any(|l| l.starts_with("gw-b ") && l.contains(" Standby"));
+    assert!(standby, "{stdout}");
+    let serving = stdout
+        .lines()
+        .any(|l| l.starts_with("gw-b ") && l.contains("ActiveOptimized") && l.contains("I/O here"));
+    assert!(serving, "{stdout}");
+    let ns = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RADOS namespace rbd/"))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let namespaces = lab.rbd(&["namespace", "ls", "rbd"]);
+    assert!(
+        !namespaces.lines().any(|l| l.trim() == ns),
+        "the demo's namespace {ns} is still there: {namespaces}"
+    );
+    eprintln!("  demo --gateways 2: {:.1?}", t.elapsed());
 }
 
 /// Processes whose command line names `dir`.
