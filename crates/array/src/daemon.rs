@@ -89,6 +89,8 @@ struct Opened {
     backend: Arc<dyn storage::Backend>,
     office: Option<Office>,
     paths: Option<Paths>,
+    /// The control API's listener, bound while standing by (where it relayed).
+    api_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Opens the backend; with `[gateway]`, waits as a standby until this gateway takes
@@ -101,8 +103,8 @@ async fn open_storage(
     let bits = files.identity.array_id.bits();
     let (backend, rbd) = config.backend.open_attached(&config.pool_dir, bits)?;
     tracing::info!(kind = config.backend.kind(), "storage backend open");
-    let (office, paths) = match (&config.gateway, &rbd) {
-        (None, _) => (None, None),
+    let (office, paths, api_listener) = match (&config.gateway, &rbd) {
+        (None, _) => (None, None, None),
         (Some(g), Some(r)) => {
             let paths = match exporter {
                 Some(e) => {
@@ -112,6 +114,7 @@ async fn open_storage(
                     let own = PortAdvert {
                         relative_port: config.iscsi_relative_port,
                         portal_group_tag: config.iscsi_portal_group_tag,
+                        api: None,
                     };
                     let ports = scsi::target_designators(
                         &files.target_name(config),
@@ -143,11 +146,53 @@ async fn open_storage(
                 }
                 None => None,
             };
+            // With paths, the control API is relayed to the gateway in office meanwhile
+            // (`api_relay.rs`); the same listener serves it here once this one takes office.
+            let relaying = match &paths {
+                Some(p) => {
+                    let listener = Arc::new(
+                        tokio::net::TcpListener::bind(config.api_listen)
+                            .await
+                            .map_err(|e| {
+                                ArrayError::io(format!("binding {}", config.api_listen), e)
+                            })?,
+                    );
+                    let addr = listener
+                        .local_addr()
+                        .map_err(|e| ArrayError::io("local address", e))?;
+                    let (stop, stopped) = watch::channel(false);
+                    let task = tokio::spawn(crate::api_relay::relay(
+                        listener.clone(),
+                        p.leader_api(),
+                        stopped,
+                    ));
+                    tracing::info!(%addr, "control API relayed to the gateway in office until this one takes office");
+                    println!(
+                        "shadowlun array: gateway {} standby API https://{addr} (relayed to the gateway in office)",
+                        g.name
+                    );
+                    Some((listener, stop, task))
+                }
+                None => None,
+            };
             let office = Office::take(g, r.pool().clone(), bits).await?;
             if let Some(p) = &paths {
                 p.take_office();
             }
-            (Some(office), paths)
+            let api_listener = match relaying {
+                Some((listener, stop, task)) => {
+                    let _ = stop.send(true);
+                    let _ = task.await;
+                    Some(Arc::try_unwrap(listener).map_err(|_| {
+                        ArrayError::io(
+                            "taking the API listener back",
+                            std::io::Error::other("still shared"),
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            (Some(office), paths, api_listener)
         }
         (Some(_), None) => {
             return Err(ArrayError::BadRequest(
@@ -171,6 +216,7 @@ async fn open_storage(
         backend,
         office,
         paths,
+        api_listener,
     })
 }
 
@@ -337,6 +383,7 @@ async fn start_prepared(
         backend,
         office,
         paths,
+        api_listener,
     } = opened;
     let policy = Policy {
         array_id: Some(files.identity.array_id),
@@ -376,12 +423,24 @@ async fn start_prepared(
     if let Some(p) = &paths {
         p.serve();
     }
-    let listener = tokio::net::TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|e| ArrayError::io(format!("binding {}", config.api_listen), e))?;
+    let listener = match api_listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .map_err(|e| ArrayError::io(format!("binding {}", config.api_listen), e))?,
+    };
     let api_addr = listener
         .local_addr()
         .map_err(|e| ArrayError::io("local address", e))?;
+    if let Some(p) = &paths {
+        // Standbys relay API connections here from now on.
+        let advertise = p.api_advertiser();
+        tokio::task::spawn_blocking(move || advertise(api_addr))
+            .await
+            .map_err(|e| {
+                ArrayError::io("advertising the API", std::io::Error::other(e.to_string()))
+            })??;
+    }
     let (stop, stop_rx) = watch::channel(false);
     let (metrics_addr, metrics) = match config.metrics_listen {
         Some(addr) => {

@@ -21,6 +21,7 @@
 //! (`provider`).
 #![forbid(unsafe_code)]
 
+mod api_relay;
 pub mod audit;
 pub mod client;
 pub mod config;

@@ -13,6 +13,7 @@
 //! own group becomes the active one, and every nexus hears ASYMMETRIC ACCESS STATE CHANGED.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -37,11 +38,50 @@ const WATCH_POLL: Duration = Duration::from_secs(5);
 /// At most one warning this often about a look that failed.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// What a gateway writes about itself for the others: its SCSI target port.
+/// What a gateway writes about itself for the others: its SCSI target port, and once it
+/// serves, its control API's address (where standbys relay API connections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PortAdvert {
     pub relative_port: u16,
     pub portal_group_tag: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<SocketAddr>,
+}
+
+/// Where the gateway in office serves its control API, as a standby last saw it (`None`:
+/// no gateway is in office, or it has not said yet).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LeaderApi(Arc<Mutex<Option<SocketAddr>>>);
+
+impl LeaderApi {
+    pub fn get(&self) -> Option<SocketAddr> {
+        *self.0.lock().expect("leader api lock")
+    }
+
+    fn set(&self, addr: Option<SocketAddr>) {
+        let mut a = self.0.lock().expect("leader api lock");
+        if *a != addr {
+            tracing::info!(api = ?addr, "the control API of the gateway in office");
+            *a = addr;
+        }
+    }
+}
+
+/// `api` as another host reaches it: an address bound to every interface (0.0.0.0, ::)
+/// takes the host's address from its Ceph client's (`IP:PORT/NONCE`, maybe `v2:` first).
+fn reachable(api: SocketAddr, ceph_addr: &str) -> SocketAddr {
+    if !api.ip().is_unspecified() {
+        return api;
+    }
+    let a = ceph_addr.rsplit_once('/').map_or(ceph_addr, |(a, _)| a);
+    let a = a
+        .strip_prefix("v2:")
+        .or_else(|| a.strip_prefix("v1:"))
+        .unwrap_or(a);
+    match a.parse::<SocketAddr>() {
+        Ok(ip) => SocketAddr::new(ip.ip(), api.port()),
+        Err(_) => api,
+    }
 }
 
 impl PortAdvert {
@@ -64,7 +104,8 @@ struct Mirrored {
 
 struct Follower {
     gateway: String,
-    own: PortAdvert,
+    own: Mutex<PortAdvert>,
+    leader_api: LeaderApi,
     exporter: Arc<ScsiExporter>,
     members: Membership,
     store: StateStore,
@@ -141,7 +182,8 @@ impl Paths {
         let store = StateStore::open(pool, array).map_err(err("opening the array's state"))?;
         let follower = Arc::new(Follower {
             gateway: gateway.to_string(),
-            own,
+            own: Mutex::new(own),
+            leader_api: LeaderApi::default(),
             exporter,
             members,
             leadership: Leadership::new(store.clone(), LeadershipConfig::new(gateway, lease)),
@@ -213,7 +255,32 @@ impl Paths {
     pub fn serve(&self) {
         self.follower
             .exporter
-            .set_active_group(Some(self.follower.own.relative_port));
+            .set_active_group(Some(self.follower.own().relative_port));
+    }
+
+    /// Where the gateway in office serves its control API, kept up to date while this one
+    /// stands by.
+    pub fn leader_api(&self) -> LeaderApi {
+        self.follower.leader_api.clone()
+    }
+
+    /// What tells the others where this gateway (in office) serves its control API (a
+    /// write to the cluster: run it where blocking is allowed).
+    pub fn api_advertiser(
+        &self,
+    ) -> impl FnOnce(SocketAddr) -> Result<(), ArrayError> + Send + 'static {
+        let f = self.follower.clone();
+        move |api| {
+            let advert = {
+                let mut own = f.own.lock().expect("own advert lock");
+                own.api = Some(api);
+                *own
+            };
+            let v = serde_json::to_vec(&advert).expect("a port advert serializes");
+            f.members
+                .advertise(&f.gateway, &v)
+                .map_err(f.err("writing this gateway's API address"))
+        }
     }
 }
 
@@ -233,6 +300,10 @@ fn parse(v: &[u8]) -> Option<PortAdvert> {
 }
 
 impl Follower {
+    fn own(&self) -> PortAdvert {
+        *self.own.lock().expect("own advert lock")
+    }
+
     /// One look: the groups of the live gateways; on a standby, which one is the leader's,
     /// and the rows.
     fn look(&self) {
@@ -270,9 +341,13 @@ impl Follower {
             .map_err(self.err("reading the gateways' ports"))?;
         let mut ports: BTreeMap<String, PortAdvert> = live
             .iter()
-            .filter_map(|m| Some((m.gateway.clone(), parse(adverts.get(&m.gateway)?)?)))
+            .filter_map(|m| {
+                let mut p = parse(adverts.get(&m.gateway)?)?;
+                p.api = p.api.map(|a| reachable(a, &m.addr));
+                Some((m.gateway.clone(), p))
+            })
             .collect();
-        ports.insert(self.gateway.clone(), self.own);
+        ports.insert(self.gateway.clone(), self.own());
         let mut groups: Vec<scsi::PortGroup> = Vec::new();
         for (g, p) in &ports {
             if groups.iter().any(|x| x.id == p.relative_port) {
@@ -298,11 +373,13 @@ impl Follower {
             .leadership
             .current()
             .map_err(self.err("reading who leads"))?;
-        let active = leader
+        let own = self.own().relative_port;
+        let leader = leader
             .and_then(|l| live.get(&l.gateway).copied())
-            .filter(|p| *p != self.own)
-            .map(|p| p.relative_port);
-        self.exporter.set_active_group(active);
+            .filter(|p| p.relative_port != own);
+        self.exporter
+            .set_active_group(leader.map(|p| p.relative_port));
+        self.leader_api.set(leader.and_then(|p| p.api));
         Ok(())
     }
 

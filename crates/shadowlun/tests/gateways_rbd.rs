@@ -53,12 +53,15 @@ fn config(dir: &Path, lab: &Lab, namespace: &str, gateway: &str, port: u16) -> s
 struct Starting {
     pid: u32,
     standby: mpsc::Receiver<String>,
+    /// The control API it relays to the gateway in office while it stands by.
+    standby_api: mpsc::Receiver<String>,
     ready: mpsc::Receiver<Daemon>,
 }
 
 fn start_gateway(pool: &Path, config: &Path) -> Starting {
     let (tx, ready) = mpsc::channel();
     let (standby_tx, standby) = mpsc::channel();
+    let (api_tx, standby_api) = mpsc::channel();
     let child = spawn_at(pool, "127.0.0.1:0", &["--config", config.to_str().unwrap()]);
     let pid = child.id();
     let pool = pool.to_path_buf();
@@ -66,6 +69,10 @@ fn start_gateway(pool: &Path, config: &Path) -> Starting {
         let seen = |line: &str| {
             if let Some((_, portal)) = line.split_once(" standby iSCSI portal ") {
                 let _ = standby_tx.send(portal.trim().to_string());
+            }
+            if let Some((_, api)) = line.split_once(" standby API ") {
+                let api = api.split_whitespace().next().unwrap_or_default();
+                let _ = api_tx.send(api.to_string());
             }
         };
         if let Some(d) = try_ready_seeing(child, &pool, seen) {
@@ -75,6 +82,7 @@ fn start_gateway(pool: &Path, config: &Path) -> Starting {
     Starting {
         pid,
         standby,
+        standby_api,
         ready,
     }
 }
@@ -264,6 +272,48 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
         "a mapping reached the standby's paths {:.2?} after it was made",
         changed.elapsed()
     );
+    // gw-b's control API while it stands by: every call relayed to gw-a.
+    let b_api = b_start
+        .standby_api
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the standby says where its API is");
+    let via_b = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(common::BIN)
+            .args(args)
+            .args([
+                "--array",
+                &b_api,
+                "--fingerprint",
+                &a.fingerprint,
+                "--token-file",
+            ])
+            .arg(&a.token_file)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "shadowlun {args:?} through the standby: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    assert_eq!(
+        stable(&via_b(&["lun", "list"])),
+        stable(&a.json(&["lun", "list"])),
+        "the LUN list through the standby's API"
+    );
+    via_b(&["lun", "create", "relayed", "4MiB"]);
+    let names = |d: &serde_json::Value| -> Vec<String> {
+        d.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(names(&a.json(&["lun", "list"])).contains(&"relayed".to_string()));
+    via_b(&["lun", "delete", "relayed"]);
+    assert!(!names(&a.json(&["lun", "list"])).contains(&"relayed".to_string()));
     assert!(
         b_start
             .ready
