@@ -430,3 +430,39 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_bound_to_every_interface_is_reached_at_the_ceph_client_host() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            reachable(at("0.0.0.0:8443"), "10.1.2.3:0/3736478494"),
+            at("10.1.2.3:8443")
+        );
+        assert_eq!(
+            reachable(at("0.0.0.0:8443"), "v2:10.1.2.3:6800/12"),
+            at("10.1.2.3:8443")
+        );
+        assert_eq!(
+            reachable(at("[::]:8443"), "[fd00::7]:0/99"),
+            at("[fd00::7]:8443")
+        );
+        // A specific address is kept; an address that cannot be read leaves it as it is.
+        assert_eq!(
+            reachable(at("192.168.0.9:8443"), "10.1.2.3:0/1"),
+            at("192.168.0.9:8443")
+        );
+        assert_eq!(reachable(at("0.0.0.0:8443"), "-"), at("0.0.0.0:8443"));
+    }
+
+    #[test]
+    fn adverts_from_before_the_api_field_still_read() {
+        let p = parse(br#"{"relative_port":2,"portal_group_tag":3}"#).unwrap();
+        assert_eq!((p.relative_port, p.portal_group_tag, p.api), (2, 3, None));
+        let group = p.group();
+        assert_eq!((group.id, group.ports), (2, vec![2]));
+    }
+}
