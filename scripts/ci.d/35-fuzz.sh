@@ -15,9 +15,10 @@
 #   bcd              the backup components document the emulator imports: round-trips
 #   diskshadow       diskshadow scripts (seeds: examples/vss/*.dsh)
 #   relay            the provider relay's line protocol on a real provider: one answer a line
-# The first three run FUZZ_SECONDS each (20 by default), the other seven FUZZ_NEW_SECONDS
-# (12 by default), so fuzzing takes about 3 minutes after the build: a sample that keeps CI
-# short; the long runs are in docs/fuzzing.md (and the build, with
+# The first three run FUZZ_SECONDS each (12 by default), the other seven FUZZ_NEW_SECONDS
+# (6 by default), so fuzzing takes under 2 minutes after the build: a sample that keeps CI
+# short (each run starts from the corpus the seeds make, so a short run still reaches the
+# parsers' depths); the long runs are in docs/fuzzing.md (and the build, with
 # the array, the emulator and the lab under AddressSanitizer, a few minutes more on 2 cores).
 # Targets whose seeds come from the code they fuzz (real pools, the OpenAPI document's
 # routes, documents as the emulator writes them) write them on start when
@@ -27,8 +28,8 @@
 # and replays with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <file>` (from fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-secs=${FUZZ_SECONDS:-20}
-new_secs=${FUZZ_NEW_SECONDS:-12}
+secs=${FUZZ_SECONDS:-12}
+new_secs=${FUZZ_NEW_SECONDS:-6}
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 # cargo-fuzz builds with -Z flags (sanitizer, coverage instrumentation); this lets the

@@ -117,6 +117,11 @@ pub enum VssCmd {
         /// Only scenarios whose name contains this text.
         #[arg(long, default_value = "")]
         filter: String,
+        /// Only part K of N of the (filtered) catalogue, `K/N`: scenarios K, K+N, K+2N, ...
+        /// in catalogue order; the N parts together are the whole catalogue (for a run that
+        /// samples it, as CI does where a lab is slow).
+        #[arg(long, value_name = "K/N")]
+        part: Option<conformance::Part>,
         /// Print the full report, with every call trace, as JSON.
         #[arg(long)]
         json: bool,
@@ -138,6 +143,7 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
             lab,
             backend,
             filter,
+            part,
             json,
             paths,
             wine,
@@ -160,11 +166,20 @@ pub fn run(cmd: VssCmd) -> anyhow::Result<()> {
                 ),
                 LabKind::Wine => Box::new(wine.factory()?),
             };
-            let report = conformance::run(factory.as_ref(), &filter);
+            let report = conformance::run_part(factory.as_ref(), &filter, part);
             if json {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.summary());
+                if let Some(p) = part {
+                    println!(
+                        "sample: part {} of {} ({} of the {} scenarios selected); the other parts run the rest",
+                        p.index,
+                        p.of,
+                        report.results.len(),
+                        conformance::selected(&filter)
+                    );
+                }
             }
             if !report.passed() {
                 bail!("conformance failures (see above)");

@@ -73,3 +73,29 @@ fn every_catalogue_scenario_passes_with_hosts_on_iscsi_over_loopback() {
     }
     assert!(report.passed(), "failing scenarios:\n{}", report.summary());
 }
+
+#[test]
+fn the_parts_of_the_catalogue_cover_it_once() {
+    use std::collections::BTreeSet;
+    let all = conformance::names("", None);
+    assert_eq!(all.len(), conformance::selected(""));
+    for of in [1, 2, 3] {
+        let mut seen = BTreeSet::new();
+        for index in 0..of {
+            let part: conformance::Part = format!("{index}/{of}").parse().unwrap();
+            for n in conformance::names("", Some(part)) {
+                assert!(seen.insert(n), "{n} in two parts of {of}");
+            }
+        }
+        assert_eq!(seen, all.iter().copied().collect(), "the {of} parts");
+    }
+    // A filter first, then the parts of what it selects.
+    let abort = conformance::names("abort.", None);
+    let halves: Vec<_> = (0..2)
+        .flat_map(|i| conformance::names("abort.", Some(conformance::Part { index: i, of: 2 })))
+        .collect();
+    assert_eq!(halves.len(), abort.len());
+    for bad in ["2/2", "1/0", "x/2", "1", ""] {
+        assert!(bad.parse::<conformance::Part>().is_err(), "{bad}");
+    }
+}

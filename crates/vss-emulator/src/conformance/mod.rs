@@ -462,11 +462,64 @@ pub fn catalogue() -> Vec<(&'static str, &'static str, Scenario)> {
 
 /// Runs every scenario whose name contains `filter` (all with `""`).
 pub fn run(factory: &dyn LabFactory, filter: &str) -> Report {
-    let mut results = Vec::new();
-    for (name, covers, f) in catalogue() {
-        if !name.contains(filter) {
-            continue;
+    run_part(factory, filter, None)
+}
+
+/// One part of the catalogue, for a run that samples it: of the scenarios in catalogue
+/// order, those at positions `index`, `index + of`, `index + 2 * of`, ...; the `of` parts
+/// together are the whole catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    /// `K/N`: part K (0 to N-1) of N.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a part: write K/N with 0 <= K < N, e.g. 0/2");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, of): (usize, usize) = (
+            k.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if of == 0 || index >= of {
+            return Err(bad());
         }
+        Ok(Part { index, of })
+    }
+}
+
+/// How many scenarios of the catalogue a `filter` selects.
+pub fn selected(filter: &str) -> usize {
+    catalogue()
+        .iter()
+        .filter(|(n, _, _)| n.contains(filter))
+        .count()
+}
+
+/// The names of the scenarios [`run_part`] runs, in order.
+pub fn names(filter: &str, part: Option<Part>) -> Vec<&'static str> {
+    in_part(filter, part).map(|(n, _, _)| n).collect()
+}
+
+fn in_part(
+    filter: &str,
+    part: Option<Part>,
+) -> impl Iterator<Item = (&'static str, &'static str, Scenario)> + use<'_> {
+    catalogue()
+        .into_iter()
+        .filter(move |(name, _, _)| name.contains(filter))
+        .enumerate()
+        .filter(move |(i, _)| part.is_none_or(|p| i % p.of == p.index))
+        .map(|(_, s)| s)
+}
+
+/// [`run`], limited to one [`Part`] of the scenarios `filter` selects (`None`: all of them).
+pub fn run_part(factory: &dyn LabFactory, filter: &str, part: Option<Part>) -> Report {
+    let mut results = Vec::new();
+    for (name, covers, f) in in_part(filter, part) {
         let started = std::time::Instant::now();
         let (passed, detail, trace) = match factory.build() {
             Err(e) => (false, format!("lab: {e}"), Vec::new()),
