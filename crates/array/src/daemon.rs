@@ -106,93 +106,8 @@ async fn open_storage(
     let (office, paths, api_listener) = match (&config.gateway, &rbd) {
         (None, _) => (None, None, None),
         (Some(g), Some(r)) => {
-            let paths = match exporter {
-                Some(e) => {
-                    let exporter = e.clone();
-                    let name = g.name.clone();
-                    let (g, e, pool) = (g.clone(), e.clone(), r.pool().clone());
-                    let own = PortAdvert {
-                        relative_port: config.iscsi_relative_port,
-                        portal_group_tag: config.iscsi_portal_group_tag,
-                        api: None,
-                    };
-                    let ports = scsi::target_designators(
-                        &files.target_name(config),
-                        own.relative_port,
-                        own.portal_group_tag,
-                        Some(own.relative_port),
-                    );
-                    let p = tokio::task::spawn_blocking(move || {
-                        Paths::start(
-                            &g.name,
-                            own,
-                            e,
-                            pool,
-                            &crate::office::state_name(bits),
-                            g.lease(),
-                            ports,
-                        )
-                    })
-                    .await
-                    .map_err(|e| {
-                        ArrayError::io("starting the paths", std::io::Error::other(e.to_string()))
-                    })??;
-                    for a in exporter.portals() {
-                        tracing::info!(portal = %a, "serving Standby paths until this gateway takes office");
-                        // For whoever started the daemon: hosts may log in here already.
-                        println!("shadowlun array: gateway {name} standby iSCSI portal {a}");
-                    }
-                    Some(p)
-                }
-                None => None,
-            };
-            // With paths, the control API is relayed to the gateway in office meanwhile
-            // (`api_relay.rs`); the same listener serves it here once this one takes office.
-            let relaying = match &paths {
-                Some(p) => {
-                    let listener = Arc::new(
-                        tokio::net::TcpListener::bind(config.api_listen)
-                            .await
-                            .map_err(|e| {
-                                ArrayError::io(format!("binding {}", config.api_listen), e)
-                            })?,
-                    );
-                    let addr = listener
-                        .local_addr()
-                        .map_err(|e| ArrayError::io("local address", e))?;
-                    let (stop, stopped) = watch::channel(false);
-                    let task = tokio::spawn(crate::api_relay::relay(
-                        listener.clone(),
-                        p.leader_api(),
-                        stopped,
-                    ));
-                    tracing::info!(%addr, "control API relayed to the gateway in office until this one takes office");
-                    println!(
-                        "shadowlun array: gateway {} standby API https://{addr} (relayed to the gateway in office)",
-                        g.name
-                    );
-                    Some((listener, stop, task))
-                }
-                None => None,
-            };
-            let office = Office::take(g, r.pool().clone(), bits).await?;
-            if let Some(p) = &paths {
-                p.take_office();
-            }
-            let api_listener = match relaying {
-                Some((listener, stop, task)) => {
-                    let _ = stop.send(true);
-                    let _ = task.await;
-                    Some(Arc::try_unwrap(listener).map_err(|_| {
-                        ArrayError::io(
-                            "taking the API listener back",
-                            std::io::Error::other("still shared"),
-                        )
-                    })?)
-                }
-                None => None,
-            };
-            (Some(office), paths, api_listener)
+            let s = stand_by(config, files, g, r, exporter).await?;
+            (Some(s.office), s.paths, s.api_listener)
         }
         (Some(_), None) => {
             return Err(ArrayError::BadRequest(
@@ -218,6 +133,124 @@ async fn open_storage(
         paths,
         api_listener,
     })
+}
+
+/// What a gateway has once it takes office.
+struct InOffice {
+    office: Office,
+    paths: Option<Paths>,
+    api_listener: Option<tokio::net::TcpListener>,
+}
+
+/// A gateway's wait as a standby: with `exporter`, it serves Standby paths and relays the
+/// control API to the gateway in office meanwhile; it returns once it has taken office.
+async fn stand_by(
+    config: &Config,
+    files: &PoolFiles,
+    g: &crate::config::GatewayConfig,
+    r: &storage::RbdBackend,
+    exporter: Option<&Arc<ScsiExporter>>,
+) -> Result<InOffice, ArrayError> {
+    let bits = files.identity.array_id.bits();
+    let paths = match exporter {
+        Some(e) => Some(start_paths(config, files, g, r, e).await?),
+        None => None,
+    };
+    // With paths, the control API is relayed to the gateway in office meanwhile
+    // (`api_relay.rs`); the same listener serves it here once this one takes office.
+    let relaying = match &paths {
+        Some(p) => {
+            let listener = Arc::new(
+                tokio::net::TcpListener::bind(config.api_listen)
+                    .await
+                    .map_err(|e| ArrayError::io(format!("binding {}", config.api_listen), e))?,
+            );
+            let addr = listener
+                .local_addr()
+                .map_err(|e| ArrayError::io("local address", e))?;
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(crate::api_relay::relay(
+                listener.clone(),
+                p.leader_api(),
+                stopped,
+            ));
+            tracing::info!(%addr, "control API relayed to the gateway in office until this one takes office");
+            println!(
+                "shadowlun array: gateway {} standby API https://{addr} (relayed to the gateway in office)",
+                g.name
+            );
+            Some((listener, stop, task))
+        }
+        None => None,
+    };
+    let office = Office::take(g, r.pool().clone(), bits).await?;
+    if let Some(p) = &paths {
+        p.take_office();
+    }
+    let api_listener = match relaying {
+        Some((listener, stop, task)) => {
+            let _ = stop.send(true);
+            let _ = task.await;
+            Some(Arc::try_unwrap(listener).map_err(|_| {
+                ArrayError::io(
+                    "taking the API listener back",
+                    std::io::Error::other("still shared"),
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok(InOffice {
+        office,
+        paths,
+        api_listener,
+    })
+}
+
+/// Starts this gateway's paths (`paths.rs`): its target port written for the others, the
+/// live gateways' groups reported, the leader's rows mirrored as Standby paths.
+async fn start_paths(
+    config: &Config,
+    files: &PoolFiles,
+    g: &crate::config::GatewayConfig,
+    r: &storage::RbdBackend,
+    exporter: &Arc<ScsiExporter>,
+) -> Result<Paths, ArrayError> {
+    let bits = files.identity.array_id.bits();
+    let own = PortAdvert {
+        relative_port: config.iscsi_relative_port,
+        portal_group_tag: config.iscsi_portal_group_tag,
+        api: None,
+    };
+    let ports = scsi::target_designators(
+        &files.target_name(config),
+        own.relative_port,
+        own.portal_group_tag,
+        Some(own.relative_port),
+    );
+    let (g2, e, pool) = (g.clone(), exporter.clone(), r.pool().clone());
+    let paths = tokio::task::spawn_blocking(move || {
+        Paths::start(
+            &g2.name,
+            own,
+            e,
+            pool,
+            &crate::office::state_name(bits),
+            g2.lease(),
+            ports,
+        )
+    })
+    .await
+    .map_err(|e| ArrayError::io("starting the paths", std::io::Error::other(e.to_string())))??;
+    for a in exporter.portals() {
+        tracing::info!(portal = %a, "serving Standby paths until this gateway takes office");
+        // For whoever started the daemon: hosts may log in here already.
+        println!(
+            "shadowlun array: gateway {} standby iSCSI portal {a}",
+            g.name
+        );
+    }
+    Ok(paths)
 }
 
 fn read_or_create_admin_token(path: &std::path::Path) -> Result<String, ArrayError> {
