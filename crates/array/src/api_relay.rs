@@ -23,18 +23,7 @@ pub(crate) async fn relay(
     leader: LeaderApi,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((tcp, peer)) = crate::daemon::next_connection(&listener, &mut stop).await {
         let Some(to) = leader.get() else {
             tracing::debug!(%peer, "no gateway in office: API connection closed unanswered");
             continue;

@@ -539,6 +539,26 @@ async fn start_prepared(
     })
 }
 
+/// The next connection on `listener`, or `None` once `stop` changes (or its sender is gone).
+/// A failed accept (out of descriptors, say) is logged and retried after a pause.
+pub(crate) async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -546,18 +566,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((tcp, peer)) = next_connection(&listener, &mut stop).await {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         // The caller's address goes with each request: the log and the audit trail say

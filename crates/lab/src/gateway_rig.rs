@@ -152,6 +152,100 @@ impl Drop for Gateway {
     }
 }
 
+/// The control API of the gateway in office, as the administrator: the few verbs the
+/// benchmark and the demo need, each failing with what the array answered.
+pub struct Admin(array::client::Client);
+
+impl Admin {
+    pub fn new(s: &Serving, token: &str) -> anyhow::Result<Admin> {
+        let addr = s.api.trim_start_matches("https://").parse()?;
+        Ok(Admin(array::client::Client::new(
+            addr,
+            &s.fingerprint,
+            Some(token),
+        )?))
+    }
+
+    /// A new LUN of `bytes`.
+    pub fn create_lun(&mut self, name: &str, bytes: u64) -> anyhow::Result<api::LunRecord> {
+        let r = self.0.post(
+            api::routes::ADMIN_LUNS,
+            &api::CreateLun {
+                name: name.into(),
+                size_bytes: bytes,
+            },
+        )?;
+        answer(&r, "creating a LUN")
+    }
+
+    /// A new host with one initiator.
+    pub fn add_host(&mut self, name: &str, initiator: &str) -> anyhow::Result<()> {
+        let r = self.0.post(
+            api::routes::ADMIN_HOSTS,
+            &api::CreateHost {
+                name: name.into(),
+                initiators: vec![initiator.into()],
+                chap_secret: None,
+                import_from: vec![],
+            },
+        )?;
+        answer::<serde_json::Value>(&r, "adding a host").map(|_| ())
+    }
+
+    /// Maps LUN `lun` to `host`: the LUN number it got.
+    pub fn map(&mut self, host: &str, lun: &api::LunId) -> anyhow::Result<u64> {
+        let r = self.0.post(
+            &api::routes::fill(api::routes::ADMIN_MAP, &[("host", host)]),
+            &api::MapLun {
+                lun: lun.clone(),
+                lun_number: None,
+                shared: false,
+            },
+        )?;
+        let h: api::HostRecord = answer(&r, "mapping a LUN")?;
+        h.luns
+            .iter()
+            .find(|m| &m.lun == lun)
+            .map(|m| m.lun_number)
+            .context("the LUN is mapped")
+    }
+
+    /// Unmaps LUN `lun` from `host`.
+    pub fn unmap(&mut self, host: &str, lun: &api::LunId) -> anyhow::Result<()> {
+        let path = api::routes::fill(
+            api::routes::ADMIN_UNMAP,
+            &[("host", host), ("lun", lun.as_str())],
+        );
+        let r = self.0.request("DELETE", &path, None)?;
+        if r.status != 204 {
+            bail!("unmapping a LUN: HTTP {}", r.status);
+        }
+        Ok(())
+    }
+
+    /// The array's iSCSI target name.
+    pub fn target(&mut self) -> anyhow::Result<String> {
+        let r = self.0.get(api::routes::HEALTH)?;
+        let h: api::Health = answer(&r, "reading the health")?;
+        Ok(h.target)
+    }
+}
+
+/// The body of a 2xx answer, or an error with the status and what the array said.
+fn answer<T: serde::de::DeserializeOwned>(
+    r: &array::client::Response,
+    what: &str,
+) -> anyhow::Result<T> {
+    if !(200..300).contains(&r.status) {
+        bail!(
+            "{what}: HTTP {}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    r.json().with_context(|| format!("{what}: the answer"))
+}
+
 /// Gateway `name`'s configuration file in `dir`: the array's LUNs in RADOS namespace `ns`
 /// of `pool` on the cluster `conf` names; `port` is its relative target port and portal
 /// group tag (each gateway of an array has its own).

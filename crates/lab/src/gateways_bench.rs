@@ -15,10 +15,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use iscsi::initiator::{InitiatorConfig, Session};
 
-use crate::gateway_rig::{Gateway, Serving, cleanup, config, share_identity};
+use crate::gateway_rig::{Admin, Gateway, Serving, cleanup, config, share_identity};
 use crate::rbd_bench::cluster_conf;
 use crate::report::{Goal, Report, Row, machine};
 
@@ -57,62 +57,15 @@ impl Default for BenchOptions {
     }
 }
 
-/// A LUN made through the serving gateway, mapped to no host: its id.
-fn make_probe(s: &Serving, token: &str) -> anyhow::Result<api::LunId> {
-    let addr = s.api.trim_start_matches("https://").parse()?;
-    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
-    let lun: api::LunRecord = c
-        .post(
-            api::routes::ADMIN_LUNS,
-            &api::CreateLun {
-                name: "probe".into(),
-                size_bytes: 4 << 20,
-            },
-        )?
-        .json()?;
-    Ok(lun.id)
-}
-
-/// The LUN the rounds write, made through the first gateway: (target, LUN number).
-fn make_lun(s: &Serving, token: &str) -> anyhow::Result<(String, u64)> {
-    let addr = s.api.trim_start_matches("https://").parse()?;
-    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
-    let lun: api::LunRecord = c
-        .post(
-            api::routes::ADMIN_LUNS,
-            &api::CreateLun {
-                name: "ledger".into(),
-                size_bytes: 16 << 20,
-            },
-        )?
-        .json()?;
-    c.post(
-        api::routes::ADMIN_HOSTS,
-        &api::CreateHost {
-            name: "bench".into(),
-            initiators: vec![HOST.into()],
-            chap_secret: None,
-            import_from: vec![],
-        },
-    )?;
-    let host: api::HostRecord = c
-        .post(
-            &api::routes::fill(api::routes::ADMIN_MAP, &[("host", "bench")]),
-            &api::MapLun {
-                lun: lun.id.clone(),
-                lun_number: None,
-                shared: false,
-            },
-        )?
-        .json()?;
-    let number = host
-        .luns
-        .iter()
-        .find(|m| m.lun == lun.id)
-        .map(|m| m.lun_number)
-        .context("the LUN is mapped")?;
-    let health: api::Health = c.get(api::routes::HEALTH)?.json()?;
-    Ok((health.target, number))
+/// The LUN the rounds write, made through the first gateway and mapped to the benchmark's
+/// host, and a probe LUN mapped to none: (target, LUN number, the probe's id).
+fn make_luns(s: &Serving, token: &str) -> anyhow::Result<(String, u64, api::LunId)> {
+    let mut c = Admin::new(s, token)?;
+    let lun = c.create_lun("ledger", 16 << 20)?;
+    c.add_host("bench", HOST)?;
+    let number = c.map("bench", &lun.id)?;
+    let probe = c.create_lun("probe", 4 << 20)?;
+    Ok((c.target()?, number, probe.id))
 }
 
 /// Maps LUN `lun` (an id) through the serving gateway and unmaps it again, `rounds` times,
@@ -126,12 +79,10 @@ fn changes(
     lun: &api::LunId,
     rounds: usize,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let addr = s.api.trim_start_matches("https://").parse()?;
-    let mut c = array::client::Client::new(addr, &s.fingerprint, Some(token))?;
+    let mut c = Admin::new(s, token)?;
     let mut cfg = InitiatorConfig::new(HOST);
     cfg.timeout = Duration::from_secs(30);
     let mut sess = Session::login(standby.parse()?, target, &cfg)?;
-    let map = api::routes::fill(api::routes::ADMIN_MAP, &[("host", "bench")]);
     let (mut mapped, mut unmapped) = (Vec::new(), Vec::new());
     let mut shows = |number: u64, want: bool| -> anyhow::Result<f64> {
         let t0 = Instant::now();
@@ -144,34 +95,9 @@ fn changes(
         Ok(t0.elapsed().as_secs_f64())
     };
     for _ in 0..rounds {
-        let host: api::HostRecord = c
-            .post(
-                &map,
-                &api::MapLun {
-                    lun: lun.clone(),
-                    lun_number: None,
-                    shared: false,
-                },
-            )?
-            .json()?;
-        let number = host
-            .luns
-            .iter()
-            .find(|m| &m.lun == lun)
-            .map(|m| m.lun_number)
-            .context("the LUN is mapped")?;
+        let number = c.map("bench", lun)?;
         mapped.push(shows(number, true)?);
-        let r = c.request(
-            "DELETE",
-            &api::routes::fill(
-                api::routes::ADMIN_UNMAP,
-                &[("host", "bench"), ("lun", lun.as_str())],
-            ),
-            None,
-        )?;
-        if r.status != 204 {
-            bail!("unmapping the probe LUN: HTTP {}", r.status);
-        }
+        c.unmap("bench", lun)?;
         unmapped.push(shows(number, false)?);
     }
     let _ = sess.logout();
@@ -230,8 +156,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
         let mut standby = Gateway::start(names[1], &pools[1], &configs[1])?;
         let standby_portal = standby.standing_by()?;
         let token = std::fs::read_to_string(pools[0].join("admin.token"))?;
-        let (target, lun) = make_lun(&at, token.trim())?;
-        let probe = make_probe(&at, token.trim())?;
+        let (target, lun, probe) = make_luns(&at, token.trim())?;
         let (mapped, unmapped) = changes(
             &at,
             token.trim(),

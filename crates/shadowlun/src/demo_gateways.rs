@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use lab::gateway_rig::{Gateway, Serving, cleanup, config, share_identity};
+use lab::gateway_rig::{Admin, Gateway, Serving, cleanup, config, share_identity};
 use vss_emulator::Host;
 use vss_emulator::mpio::MpioStorage;
 use vss_emulator::writer::{LedgerWriter, read_ledger};
@@ -55,60 +55,17 @@ fn paths_table(mpio: &MpioStorage, names: &[(SocketAddr, &str)]) {
     );
 }
 
-fn api_client(s: &Serving, token: &str) -> anyhow::Result<array::client::Client> {
-    let addr = s.api.trim_start_matches("https://").parse()?;
-    Ok(array::client::Client::new(
-        addr,
-        &s.fingerprint,
-        Some(token),
-    )?)
-}
-
 /// A LUN mapped to the host through the serving gateway: (target, LUN number).
 fn make_lun(s: &Serving, token: &str) -> anyhow::Result<(String, u64)> {
-    let mut c = api_client(s, token)?;
-    let lun: api::LunRecord = c
-        .post(
-            api::routes::ADMIN_LUNS,
-            &api::CreateLun {
-                name: "ledger".into(),
-                size_bytes: 64 << 20,
-            },
-        )?
-        .json()
-        .context("creating the LUN")?;
-    c.post(
-        api::routes::ADMIN_HOSTS,
-        &api::CreateHost {
-            name: "sql01".into(),
-            initiators: vec![HOST.into()],
-            chap_secret: None,
-            import_from: vec![],
-        },
-    )?;
-    let host: api::HostRecord = c
-        .post(
-            &api::routes::fill(api::routes::ADMIN_MAP, &[("host", "sql01")]),
-            &api::MapLun {
-                lun: lun.id.clone(),
-                lun_number: None,
-                shared: false,
-            },
-        )?
-        .json()
-        .context("mapping the LUN")?;
-    let number = host
-        .luns
-        .iter()
-        .find(|m| m.lun == lun.id)
-        .map(|m| m.lun_number)
-        .context("the LUN is mapped")?;
-    let health: api::Health = c.get(api::routes::HEALTH)?.json()?;
+    let mut c = Admin::new(s, token)?;
+    let lun = c.create_lun("ledger", 64 << 20)?;
+    c.add_host("sql01", HOST)?;
+    let number = c.map("sql01", &lun.id)?;
     println!(
         "through gw-a's API: LUN {} ({}, 64 MiB, serial {}) mapped to host sql01 at LUN {number}",
         lun.id, lun.name, lun.serial
     );
-    Ok((health.target, number))
+    Ok((c.target()?, number))
 }
 
 pub fn run(ceph_conf: Option<PathBuf>, pool: String, keep: bool) -> anyhow::Result<()> {
