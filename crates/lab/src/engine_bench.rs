@@ -15,7 +15,12 @@
 //! into the page cache with the following flush untimed, since with it both sides measure the
 //! disk's writeback. Resync shares chunks instead of copying them, so a 1% resync costs little
 //! more than its one metadata commit (one `fdatasync` of the log): on a disk where that takes
-//! milliseconds, the ratio is bounded by that commit rather than by the chunks copied.
+//! milliseconds, the ratio is bounded by that commit rather than by the chunks copied. Both
+//! resync destinations hold data of their own, as a volume being reverted does: the 1% one
+//! a clone with one chunk in a hundred rewritten, the 100% one a volume with every chunk
+//! written; each chunk a resync replaces is freed and its blocks given back to the file
+//! system (a hole punched), which is most of a resync's cost. A resync onto a volume never
+//! written frees nothing and costs a few milliseconds whatever its size: no baseline.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -372,9 +377,14 @@ fn resync(pool: &Pool, q: bool) -> Result<Row> {
         for _ in 0..chunks / 100 {
             c.write_at(r.random_range(0..chunks) * CHUNK_SIZE, &[1; 4096], false)?;
         }
-        // 100%: a volume where every chunk differs from the snapshot.
+        // 100%: a volume where every chunk differs from the snapshot, written as the 1%
+        // one was (a never-written volume would free nothing: not the case being measured).
         let hundred = format!("rs-100-{round}");
         pool.create_volume(&hundred, size)?;
+        let h = pool.open_volume(&hundred)?;
+        for c in 0..chunks {
+            h.write_at(c * CHUNK_SIZE, &[2; 4096], false)?;
+        }
         pool.flush()?;
         let t = Instant::now();
         let rep_few = pool.resync("rs-snap", &one)?.wait()?;
