@@ -281,14 +281,6 @@ impl ScsiExporter {
         }
     }
 
-    /// Whether a LUN is served from its volume (not a standby's [`Handover`] yet).
-    pub fn serves_volume(&self, lun: &str) -> bool {
-        let units = self.units.lock().expect("units lock");
-        units.get(lun).is_some_and(|(w, h)| {
-            w.strong_count() > 0 && h.as_ref().is_none_or(|h| h.attached().is_some())
-        })
-    }
-
     /// Every served LUN's I/O counters.
     pub fn io_stats(&self) -> &Arc<IoStats> {
         &self.io
