@@ -294,6 +294,7 @@ fn write_seeds() {
                     ("lun", &lun),
                     ("host", "a"),
                     ("job", "job-1"),
+                    ("gateway", "gw-a"),
                 ],
             );
             let body: Option<String> = match (method.as_str(), route.as_str()) {
@@ -346,6 +347,16 @@ fn write_seeds() {
                     shared: true,
                 })),
                 ("POST", r::ADMIN_REAP) => Some(json(&ReapRequest { dry_run: true })),
+                ("POST", r::ADMIN_GATEWAY_RESERVATIONS) => Some(json(&ForwardedCommand {
+                    lun: w.lun_a.clone(),
+                    initiator: IQN_A.into(),
+                    initiator_port: format!("{IQN_A},i,0x400001370000"),
+                    target_port: 2,
+                    portal_group_tag: 2,
+                    // PERSISTENT RESERVE IN, READ KEYS.
+                    cdb: vec![0x5E, 0, 0, 0, 0, 0, 0, 0x10, 0, 0],
+                    data: Vec::new(),
+                })),
                 ("POST", r::ADMIN_SETS) => Some(json(&TakeSet {
                     luns: vec!["la".into()],
                 })),
@@ -381,7 +392,7 @@ fn write_seeds() {
     }
     // A new operation lands here with no body: give it one above if it takes one, then
     // count it.
-    assert_eq!(n, 41, "one seed per operation of the OpenAPI document");
+    assert_eq!(n, 44, "one seed per operation of the OpenAPI document");
     for (name, seed) in [
         ("no-token", format!("GET {}\n\n\n\n", r::ADMIN_LUNS)),
         ("host-on-admin", format!("GET {}\nb\n\n\n", r::ADMIN_HOSTS)),

@@ -34,8 +34,16 @@
 #  6b. two gateways of one array (crates/shadowlun/tests/gateways_rbd.rs): the standby's
 #     Standby paths and relayed control API, the serving one killed with SIGKILL under an
 #     MPIO writer, the standby fences it, its paths turn Active/Optimized and serve the same
-#     LUNs with every acknowledged write; a clean stop hands over at once; a stopped standby
-#     never serves (about 40 s);
+#     LUNs with every acknowledged write; persistent reservations made through either
+#     gateway survive the takeover; a clean stop hands over at once; a stopped standby never
+#     serves; a drain under the MPIO writer hands over with no I/O error (about 45 s); and
+#     (crates/shadowlun/tests/gateways_sets_rbd.rs) a VSS snapshot set whose gateway is
+#     killed completes through the next, or is aborted there leaving nothing (about 40 s);
+#     and (crates/shadowlun/tests/gateways_partition_rbd.rs, root: a network namespace and
+#     a lab cluster of its own on a link to it) the serving gateway cut off from the cluster
+#     stands down before the other takes office (about 30 s);
+#  6c. libiscsi's reservation suites (both initiators) through a daemon with [gateway], whose
+#     reservations are kept in the array's shared state in RADOS (the row is checked);
 #  7. the VSS conformance catalogue with every scenario's array on rbd (each must pass),
 #     sampled: a third of the scenarios per run (every third one, from the first, second or
 #     third: `vss conformance --part K/3`, K from the commit count, scripts/ci-part), so three
@@ -64,7 +72,7 @@ cargo test -q -p gateways --no-run
 cargo test -q -p storage --test rbd --no-run
 cargo test -q -p array --test rbd --test crash --test admin_sets --test rbd_full --no-run
 cargo test -q -p shadowlun --test demo_rbd --no-run
-cargo test -q -p shadowlun --test gateways_rbd --no-run
+cargo test -q -p shadowlun --test gateways_rbd --test gateways_sets_rbd --test gateways_partition_rbd --no-run
 bin="${CARGO_TARGET_DIR:-target}/debug/examples/serve"
 
 work=$(mktemp -d)
@@ -100,21 +108,31 @@ kind = "rbd"
 pool = "rbd"
 ceph_conf = "$CEPH_CONF"
 TOML
-RUST_LOG=info "$bin" "$work/array.toml" >"$work/out" 2>"$work/log" &
-pid=$!
-for _ in $(seq 300); do grep -q "iSCSI portal" "$work/out" 2>/dev/null && break; sleep 0.1; done
-api=$(sed -n 's/^shadowlun array: API //p' "$work/out")
-portal=$(sed -n 's/^shadowlun array: iSCSI portal //p' "$work/out")
-[ -n "$api" ] && [ -n "$portal" ] || { tail -20 "$work/log"; echo "daemon did not start"; exit 1; }
+# serve TOML NAME: starts the daemon on TOML (output in $work/NAME.out and .log) and sets
+# pid, api, portal and the pool directory `pooldir` that `call` takes the admin token from.
+serve() {
+  RUST_LOG=info "$bin" "$1" >"$work/$2.out" 2>"$work/$2.log" &
+  pid=$!
+  for _ in $(seq 300); do grep -q "iSCSI portal" "$work/$2.out" 2>/dev/null && break; sleep 0.1; done
+  api=$(sed -n 's/^shadowlun array: API //p' "$work/$2.out")
+  portal=$(sed -n 's/^shadowlun array: iSCSI portal //p' "$work/$2.out")
+  pooldir=$(sed -n 's/^pool_dir = "\(.*\)"$/\1/p' "$1")
+  [ -n "$api" ] && [ -n "$portal" ] || { tail -20 "$work/$2.log"; echo "$2 did not start"; exit 1; }
+}
 call() { # METHOD PATH [JSON]
-  curl -sS --fail-with-body -k -X "$1" -H "Authorization: Bearer $(cat "$work/pool/admin.token")" \
+  curl -sS --fail-with-body -k -X "$1" -H "Authorization: Bearer $(cat "$pooldir/admin.token")" \
     -H 'Content-Type: application/json' ${3:+--data "$3"} "$api$2"
 }
+# lun_for_libiscsi NAME BYTES: a LUN mapped to libiscsi's two initiators; sets lun_id.
 i1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 i2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
-lun_id=$(call POST /v1/admin/luns '{"name":"ci","size_bytes":134217728}' | jq -r .id)
-call POST /v1/admin/hosts "{\"name\":\"cu\",\"initiators\":[\"$i1\",\"$i2\"]}" >/dev/null
-call POST /v1/admin/hosts/cu/map "{\"lun\":\"$lun_id\"}" >/dev/null
+lun_for_libiscsi() {
+  lun_id=$(call POST /v1/admin/luns "{\"name\":\"$1\",\"size_bytes\":$2}" | jq -r .id)
+  call POST /v1/admin/hosts "{\"name\":\"cu\",\"initiators\":[\"$i1\",\"$i2\"]}" >/dev/null
+  call POST /v1/admin/hosts/cu/map "{\"lun\":\"$lun_id\"}" >/dev/null
+}
+serve "$work/array.toml" daemon
+lun_for_libiscsi ci 134217728
 array_id=$(jq -r .array_id "$work/pool/array.json")
 target=$(jq -r .target_name "$work/pool/array.json")
 images=$(rbd ls rbd)
@@ -140,6 +158,31 @@ images=$(rbd ls rbd)
 [ "$images" = stranger ] || { echo "$images"; echo "after the delete, rbd ls shows more than the stranger's image"; exit 1; }
 kill -TERM "$pid"; wait "$pid" || true; pid=""
 
+echo "== libiscsi's reservation suites through a gateway (its reservations kept in RADOS)"
+# The same referee on the path several gateways take: with [gateway], each PERSISTENT
+# RESERVE OUT's change is made durable in the array's shared state before it completes.
+rbd namespace create rbd/prgw
+sed -e "s|^pool_dir = .*|pool_dir = \"$work/pool-gw\"|" "$work/array.toml" >"$work/gw.toml"
+printf 'namespace = "prgw"\n[gateway]\nname = "ci-gw"\n' >>"$work/gw.toml"
+serve "$work/gw.toml" gateway
+lun_for_libiscsi ci-pr 67108864
+target=$(jq -r .target_name "$work/pool-gw/array.json")
+for t in PrinReadKeys PrinServiceactionRange PrinReportCapabilities ProutRegister ProutReserve \
+  ProutClear ProutPreempt Reserve6; do
+  log="$work/cu-gw-$t.log"
+  timeout --foreground 300 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test="SCSI.$t" \
+    "iscsi://$portal/$target/0" >"$log" 2>&1 || true
+  summary=$(grep -E '^ +tests ' "$log" | tail -1 || true)
+  echo "$t: $summary"
+  read -r _ total ran passed failed _ <<<"$summary"
+  [ -n "$summary" ] && [ "$ran" -gt 0 ] && [ "$failed" = 0 ] && [ "$passed" = "$ran" ] ||
+    { tail -30 "$log"; echo "iscsi-test-cu SCSI.$t through a gateway failed"; exit 1; }
+done
+state="shadowlun.$(jq -r .array_id "$work/pool-gw/array.json").state"
+rados -p rbd -N prgw listomapkeys "$state" | grep -qx "state.array.pr.$lun_id" ||
+  { echo "no reservations row for $lun_id in $state"; exit 1; }
+kill -TERM "$pid"; wait "$pid" || true; pid=""
+
 echo "== the array on rbd: write cache, flushes, a deleted source or mapped LUN image, a missing pool or cluster"
 cargo test -q -p array --test rbd
 echo "== kill -9 of the daemon on rbd"
@@ -154,8 +197,10 @@ t0=$(date +%s)
 cargo test -q -p shadowlun --test demo_rbd -- --nocapture
 echo "demo on rbd: $(($(date +%s) - t0)) s"
 
-echo "== two gateways of one array on rbd: a takeover after SIGKILL, a clean handover"
-cargo test -q -p shadowlun --test gateways_rbd -- --nocapture
+echo "== two gateways of one array on rbd: a takeover after SIGKILL, a clean handover, a drain, sets"
+cargo test -q -p shadowlun --test gateways_rbd --test gateways_sets_rbd -- --nocapture
+echo "== a gateway cut off from the cluster (its own lab cluster on a link in a network namespace)"
+SHADOWLUN_REQUIRE_NETNS=1 cargo test -q -p shadowlun --test gateways_partition_rbd -- --nocapture
 
 echo "== the VSS conformance catalogue on rbd (a third of it, by the commit)"
 t0=$(date +%s)

@@ -158,6 +158,16 @@ pub mod routes {
     pub const ADMIN_RESYNC_JOB: &str = "/v1/admin/resync/{job}";
     /// GET → [`crate::ArrayStatus`].
     pub const ADMIN_STATUS: &str = "/v1/admin/status";
+    /// POST [`crate::ForwardedCommand`] → [`crate::ForwardedOutcome`]: a PERSISTENT RESERVE
+    /// IN/OUT a standby gateway received, run by the gateway in office, which keeps the
+    /// array's reservations (docs/gateways.md).
+    pub const ADMIN_GATEWAY_RESERVATIONS: &str = "/v1/admin/gateway/reservations";
+    /// GET → `Vec<GatewayRecord>`: the array's live gateways (with `[gateway]`).
+    pub const ADMIN_GATEWAYS: &str = "/v1/admin/gateways";
+    /// POST `?force=true` (optional) → 202 [`crate::GatewayRecord`]: the gateway hands over
+    /// what it serves and stops. Refused for the array's last gateway not asked to drain,
+    /// unless forced.
+    pub const ADMIN_GATEWAY_DRAIN: &str = "/v1/admin/gateways/{gateway}/drain";
     /// GET → `Vec<SessionRecord>`: open iSCSI sessions.
     pub const ADMIN_SESSIONS: &str = "/v1/admin/sessions";
     /// GET `?since=SECONDS` (since the Unix epoch, optional) → `Vec<AuditRecord>`, oldest
@@ -489,6 +499,52 @@ pub struct SetMember {
     /// The snapshot LUN has been deleted (released or removed by an administrator).
     #[serde(default)]
     pub deleted: bool,
+}
+
+/// One live gateway of an array (`GET /v1/admin/gateways`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayRecord {
+    pub name: String,
+    /// It is in office: it serves the LUNs and answers the control API.
+    pub serving: bool,
+    /// Its relative target port identifier (its target port group), as it advertised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portal_group_tag: Option<u16>,
+    /// Where it serves the control API, once it is in office.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// It was asked to drain and has not stopped yet.
+    pub draining: bool,
+}
+
+/// `POST /v1/admin/gateway/reservations`: a SCSI command and the I_T nexus it came through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedCommand {
+    pub lun: LunId,
+    /// Initiator device name (iSCSI InitiatorName).
+    pub initiator: String,
+    /// Initiator port name (`<name>,i,0x<isid>`).
+    pub initiator_port: String,
+    /// Relative target port identifier of the port it came through.
+    pub target_port: u16,
+    /// iSCSI target portal group tag of that port.
+    pub portal_group_tag: u16,
+    pub cdb: Vec<u8>,
+    /// Parameter data (PERSISTENT RESERVE OUT).
+    #[serde(default)]
+    pub data: Vec<u8>,
+}
+
+/// How a [`ForwardedCommand`] ended: SCSI status, sense data with CHECK CONDITION, data-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedOutcome {
+    pub status: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sense: Option<Vec<u8>>,
+    #[serde(default)]
+    pub data: Vec<u8>,
 }
 
 /// `POST /v1/admin/reap`.

@@ -44,6 +44,7 @@ pub struct Client {
     config: Arc<rustls::ClientConfig>,
     token: Option<String>,
     idempotency_key: Option<String>,
+    timeout: Duration,
     conn: Option<BufReader<Stream>>,
 }
 
@@ -67,16 +68,25 @@ impl Client {
             config: Arc::new(config),
             token: token.map(str::to_string),
             idempotency_key: None,
+            timeout: Duration::from_secs(30),
             conn: None,
         })
+    }
+
+    /// Waits at most `timeout` for an answer (and at most 5 s, or `timeout` if shorter, to
+    /// connect); 30 s unless set.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.conn = None;
     }
 
     /// Opens the connection now (so a later request pays no handshake).
     pub fn connect(&mut self) -> Result<(), ClientError> {
         if self.conn.is_none() {
-            let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            let tcp =
+                TcpStream::connect_timeout(&self.addr, self.timeout.min(Duration::from_secs(5)))?;
             tcp.set_nodelay(true)?;
-            tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+            tcp.set_read_timeout(Some(self.timeout))?;
             let name = ServerName::IpAddress(self.addr.ip().into());
             let conn = rustls::ClientConnection::new(self.config.clone(), name)
                 .map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -89,6 +99,11 @@ impl Client {
             self.conn = Some(BufReader::new(s));
         }
         Ok(())
+    }
+
+    /// The address this client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn set_token(&mut self, token: Option<&str>) {

@@ -46,6 +46,8 @@ pub struct RunningArray {
     /// With `[gateway]`: the other gateways' target port groups, kept in step.
     paths: Option<Paths>,
     stop: watch::Sender<bool>,
+    /// Turns true when an administrator drains this gateway (`drain.rs`).
+    drain: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,12 +70,41 @@ impl RunningArray {
         Ok(())
     }
 
+    /// For a gateway out of office: closes the hosts' sessions and the control API within a
+    /// few seconds, and leaves what may wait on the cluster (flushing the volumes, closing
+    /// them, the paths' and the leases' threads) to the end of the process: the cluster may
+    /// not answer (the usual reason for losing office), and another gateway has fenced this
+    /// one or is about to, so there is nothing to save by waiting.
+    pub async fn abandon(self) {
+        let _ = self.stop.send(true);
+        let bound = Duration::from_secs(3);
+        let _ = tokio::time::timeout(bound, self.task).await;
+        if let Some(server) = &self.iscsi {
+            let _ = tokio::time::timeout(bound, server.shutdown_async()).await;
+        }
+        tracing::info!("sessions closed; leaving the rest to the end of the process");
+        std::mem::forget(self.paths);
+        std::mem::forget(self.office);
+        std::mem::forget(self.array);
+        std::mem::forget(self.iscsi);
+        std::mem::forget(self._pool_lock);
+    }
+
     /// With `[gateway]`: resolves, with why, when this gateway's leases end by themselves
     /// (it must stop serving); never otherwise.
     pub async fn out_of_office(&self) -> String {
         match &self.office {
             Some(o) => o.lost().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when an administrator drains this gateway (`shadowlun gateway drain`): it
+    /// must stop cleanly, handing over; never otherwise.
+    pub async fn drained(&self) {
+        let mut rx = self.drain.clone();
+        if rx.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -183,7 +214,9 @@ async fn stand_by(
         }
         None => None,
     };
-    let office = Office::take(g, r.pool().clone(), bits).await?;
+    // When a lease ends by itself, the paths stand down on the lease's thread, at once.
+    let on_lost = paths.as_ref().map(|p| p.stand_down_hook());
+    let office = Office::take(g, r.pool().clone(), bits, on_lost).await?;
     if let Some(p) = &paths {
         p.take_office();
     }
@@ -228,6 +261,15 @@ async fn start_paths(
         own.portal_group_tag,
         Some(own.relative_port),
     );
+    // Reservation commands through this gateway's Standby paths run on the gateway in
+    // office (`pr_share.rs`), over its control API.
+    let leader_api = crate::paths::LeaderApi::default();
+    let token = read_or_create_admin_token(&config.admin_token_path())?;
+    let (_, _, fingerprint) =
+        crate::tls::load_or_create(&config.cert_path(), &config.key_path(), &config.tls_names)?;
+    exporter.forward_reservations(
+        crate::pr_share::Forwarder::new(leader_api.clone(), token, fingerprint).links(),
+    );
     let (g2, e, pool) = (g.clone(), exporter.clone(), r.pool().clone());
     let paths = tokio::task::spawn_blocking(move || {
         Paths::start(
@@ -238,6 +280,7 @@ async fn start_paths(
             &crate::office::state_name(bits),
             g2.lease(),
             ports,
+            leader_api,
         )
     })
     .await
@@ -502,7 +545,19 @@ async fn start_prepared(
         warn_percent: config.pool_warning_percent,
         critical_percent: config.pool_critical_percent,
     });
-    let router = crate::ops::router(crate::http::router(array.clone()), ops);
+    let (drain_tx, drain) = watch::channel(false);
+    let control = office.as_ref().map(|o| {
+        Arc::new(crate::drain::GatewayControl {
+            name: o.name.clone(),
+            members: gateways::Membership::new(
+                o.store.pool().clone(),
+                &crate::office::state_name(files.identity.array_id.bits()),
+            ),
+            drain: drain_tx,
+        })
+    });
+    let api = crate::http::router_with(array.clone(), control);
+    let router = crate::ops::router(api, ops);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let reaper = tokio::spawn(reaper(
         array.clone(),
@@ -535,6 +590,7 @@ async fn start_prepared(
         admin_token_path,
         array,
         stop,
+        drain,
         task,
     })
 }
@@ -768,7 +824,14 @@ pub async fn serve(
     // A standby gateway waits inside `start` until it takes office; a stop meanwhile ends
     // the wait.
     let running = tokio::select! {
-        r = start(config) => r?,
+        r = start(config) => match r {
+            Ok(r) => r,
+            Err(ArrayError::Drained { gateway }) => {
+                eprintln!("shadowlun array: gateway {gateway} drained while standing by; stopped");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        },
         () = &mut shutdown => return Ok(()),
     };
     // Before the lines a reader waits for (the admin token's is the last): a reader may
@@ -793,15 +856,37 @@ pub async fn serve(
     );
     crate::systemd::ready(&running);
     let watchdog = crate::systemd::watchdog(running.array.clone(), running.stop.subscribe());
+    let mut drained = false;
     let lost = tokio::select! {
         () = &mut shutdown => None,
+        () = running.drained() => {
+            drained = true;
+            None
+        }
         why = running.out_of_office() => Some(why),
     };
     crate::systemd::stopping();
     let gateway = running.office().map(|(n, _)| n.to_string());
+    if let (Some(why), Some(gateway)) = (lost.clone(), gateway.clone()) {
+        // Its paths stood down already, on the lease's thread (`stand_by`'s `on_lost`):
+        // another gateway may take office once the cluster's count of the lease ends.
+        tracing::error!(%why, "out of office: this gateway's paths are Standby; stopping");
+        running.abandon().await;
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        return Err(ArrayError::OutOfOffice { gateway, why });
+    }
     let result = running.shutdown().await;
     if let Some(w) = watchdog {
         let _ = w.await;
+    }
+    if drained && result.is_ok() {
+        // On stderr, as the other stopping lines: whoever read stdout may be gone.
+        eprintln!(
+            "shadowlun array: gateway {} drained: handed over and stopped",
+            gateway.as_deref().unwrap_or("-")
+        );
     }
     match (lost, gateway) {
         (Some(why), Some(gateway)) => Err(ArrayError::OutOfOffice { gateway, why }),

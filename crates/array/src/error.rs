@@ -90,6 +90,10 @@ pub enum ArrayError {
     /// or another gateway fenced it): it stopped serving so that another can take over.
     #[error("gateway {gateway} stopped serving: {why}")]
     OutOfOffice { gateway: String, why: String },
+    /// An administrator drained this gateway (`shadowlun gateway drain`): it handed over
+    /// what it served, or stood by, and stops.
+    #[error("gateway {gateway} drained")]
+    Drained { gateway: String },
 }
 
 impl From<BackendError> for ArrayError {

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use api::LunId;
 
-use scsi::{AccessState, BlockDevice, DeviceError, LogicalUnit, LuIdentity, PortGroup};
+use scsi::{
+    AccessState, BlockDevice, DeviceError, LogicalUnit, LuIdentity, PortGroup, PrLink, PrState,
+};
 use storage::{Backend, BackendError, LOGICAL_BLOCK_SIZE};
 
 use crate::metrics::{IoStats, MeteredDevice};
-use crate::state::{ExportedLun, Exporter, Fence};
+use crate::state::{ExportedLun, Exporter, Fence, ReservationStore};
 
 /// The target port group of this array's one gateway (asymmetric access, SPC-4 5.16): its
 /// iSCSI target port is the group's one port, and every LUN is Active/Optimized in it, so
@@ -195,6 +197,41 @@ impl BlockDevice for GoneVolume {
 /// A served LUN's logical unit, and the handover device of one a standby made.
 type Served = (Weak<LogicalUnit>, Option<Arc<Handover>>);
 
+/// The link a standby gives each LUN's unit ([`ScsiExporter::forward_reservations`]).
+pub(crate) type ForwardLinks = Arc<dyn Fn(&str) -> Arc<dyn PrLink> + Send + Sync>;
+
+/// Where this exporter's units keep their persistent reservations.
+#[derive(Clone, Default)]
+enum Reservations {
+    /// In each unit alone (one gateway).
+    #[default]
+    Local,
+    /// A standby's: every reservation command goes to the gateway in office.
+    Forwarded(ForwardLinks),
+    /// The gateway in office's: each change made durable in the array's rows first.
+    Kept(Arc<dyn ReservationStore>),
+}
+
+/// A unit of the gateway in office: its reservation changes are made durable in `store`.
+#[derive(Debug)]
+struct KeptLink {
+    lun: LunId,
+    store: Arc<dyn ReservationStore>,
+}
+
+impl PrLink for KeptLink {
+    fn persist(&self, state: &PrState) -> Result<(), scsi::Sense> {
+        self.store.persist(&self.lun, state).map_err(|e| {
+            tracing::error!(lun = %self.lun, error = %e, "a reservation change could not be made durable");
+            // The host tries again, maybe through another gateway.
+            scsi::Sense::new(
+                scsi::sense::key::NOT_READY,
+                scsi::sense::Asc::LUN_NOT_ACCESSIBLE_ASYMMETRIC_ACCESS_TRANSITION,
+            )
+        })
+    }
+}
+
 /// Maps LUNs into a SCSI target; one [`LogicalUnit`] per LUN is shared by every initiator it is
 /// mapped to (so reservations and unit attentions are per LUN, not per mapping).
 pub struct ScsiExporter {
@@ -204,6 +241,7 @@ pub struct ScsiExporter {
     units: Mutex<HashMap<String, Served>>,
     io: Arc<IoStats>,
     alua: Mutex<Alua>,
+    reservations: Mutex<Reservations>,
 }
 
 impl std::fmt::Debug for ScsiExporter {
@@ -224,6 +262,33 @@ impl ScsiExporter {
             units: Mutex::new(HashMap::new()),
             io: Arc::new(IoStats::default()),
             alua: Mutex::new(Alua { active }),
+            reservations: Mutex::new(Reservations::Local),
+        }
+    }
+
+    /// A standby's units hand every PERSISTENT RESERVE IN/OUT to the gateway in office
+    /// through the link `links` makes for each LUN id (`crate::pr_share`), until
+    /// [`Exporter::keep_reservations`].
+    pub(crate) fn forward_reservations(&self, links: ForwardLinks) {
+        *self.reservations.lock().expect("reservations lock") =
+            Reservations::Forwarded(links.clone());
+        let units = self.units.lock().expect("units lock");
+        for (id, (w, _)) in units.iter() {
+            if let Some(u) = w.upgrade() {
+                u.set_pr_link(Some(links(id)));
+            }
+        }
+    }
+
+    /// The reservation link of LUN `id`'s unit, as things stand.
+    fn pr_link(&self, id: &str) -> Option<Arc<dyn PrLink>> {
+        match &*self.reservations.lock().expect("reservations lock") {
+            Reservations::Local => None,
+            Reservations::Forwarded(links) => Some(links(id)),
+            Reservations::Kept(store) => Some(Arc::new(KeptLink {
+                lun: id.to_string(),
+                store: store.clone(),
+            })),
         }
     }
 
@@ -313,6 +378,9 @@ impl ScsiExporter {
                     if h.attached().is_none() {
                         let device = self.open(lun, storage)?;
                         let _ = h.device.set(device);
+                        // The reservations made durable count, not the standby's copy.
+                        u.load_reservations(lun.reservations.clone().unwrap_or_default());
+                        u.set_pr_link(self.pr_link(&lun.id));
                         tracing::info!(lun = %lun.id, "the LUN's volume is served from here now");
                     }
                 } else if let Some(h) = handover.as_ref().filter(|h| h.attached().is_none()) {
@@ -349,6 +417,12 @@ impl ScsiExporter {
         };
         let device = Arc::new(MeteredDevice::new(device, self.io.lun(&lun.id)));
         let u = Arc::new(LogicalUnit::new(device, identity));
+        if storage.is_some()
+            && let Some(r) = &lun.reservations
+        {
+            u.load_reservations(r.clone());
+        }
+        u.set_pr_link(self.pr_link(&lun.id));
         let alua = *self.alua.lock().expect("alua lock");
         apply(&u, &self.target.port_groups(), alua);
         units.insert(lun.id.to_string(), (Arc::downgrade(&u), handover));
@@ -420,6 +494,30 @@ impl Exporter for ScsiExporter {
             fences.push(u.fence_writes(drain)?);
         }
         Ok(Fence(fences))
+    }
+
+    fn keep_reservations(&self, store: Arc<dyn ReservationStore>) {
+        // Units a standby made get their link when their volume is attached.
+        *self.reservations.lock().expect("reservations lock") = Reservations::Kept(store);
+    }
+
+    fn run_reservation(
+        &self,
+        lun: &str,
+        nexus: &scsi::Nexus,
+        cdb: &[u8],
+        data_out: &[u8],
+    ) -> Option<scsi::Outcome> {
+        let u = {
+            let units = self.units.lock().expect("units lock");
+            let (w, handover) = units.get(lun)?;
+            // Only a unit on its volume keeps the reservations (not a standby's).
+            if handover.as_ref().is_some_and(|h| h.attached().is_none()) {
+                return None;
+            }
+            w.upgrade()?
+        };
+        Some(u.run_forwarded(nexus, self.target.name(), cdb, data_out))
     }
 
     fn forget_initiator(&self, initiator: &str) {

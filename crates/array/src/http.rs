@@ -110,7 +110,7 @@ fn body<T>(b: Result<axum::Json<T>, JsonRejection>) -> ApiResult<T> {
 
 /// `?force=true` (or `false`, or absent) on a destructive admin call; anything else is a
 /// bad request rather than a silent no.
-fn force(q: &std::collections::HashMap<String, String>) -> ApiResult<bool> {
+pub(crate) fn force(q: &std::collections::HashMap<String, String>) -> ApiResult<bool> {
     match q.get("force").map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -256,6 +256,16 @@ fn no_content() -> Response {
 
 /// The router for `array`.
 pub fn router(array: Array) -> Router {
+    router_with(array, None)
+}
+
+/// The router for `array`; the gateway routes (`drain.rs`) answer for `gateways`, or say
+/// that one process serves the array.
+pub(crate) fn router_with(
+    array: Array,
+    gateways: Option<std::sync::Arc<crate::drain::GatewayControl>>,
+) -> Router {
+    let gateway_routes = crate::drain::router(array.clone(), gateways);
     Router::new()
         .route(r::HEALTH, get(health))
         .route(r::OPENAPI, get(openapi))
@@ -298,9 +308,14 @@ pub fn router(array: Array) -> Router {
         .route(r::ADMIN_SNAPSHOTS, get(admin_snapshots))
         .route(r::ADMIN_SNAPSHOT, delete(admin_delete_snapshot))
         .route(r::ADMIN_REAP, post(admin_reap))
+        .route(
+            r::ADMIN_GATEWAY_RESERVATIONS,
+            post(admin_gateway_reservations),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(array)
+        .merge(gateway_routes)
 }
 
 async fn not_found() -> ApiError {
@@ -710,6 +725,45 @@ async fn admin_reap(
     Ok(json(StatusCode::OK, &v))
 }
 
+/// The most parameter data a forwarded reservation command carries (PERSISTENT RESERVE OUT
+/// takes 24 bytes; the CDB's length field allows no more than this).
+const MAX_FORWARDED_DATA: usize = 0xFFFF;
+
+async fn admin_gateway_reservations(
+    State(a): State<Array>,
+    h: HeaderMap,
+    b: Result<axum::Json<api::ForwardedCommand>, JsonRejection>,
+) -> ApiResult<Response> {
+    admin(&a, &h, r::ADMIN_GATEWAY_RESERVATIONS)?;
+    let req = body(b)?;
+    if req.cdb.is_empty() || req.cdb.len() > 16 || req.data.len() > MAX_FORWARDED_DATA {
+        return Err(ApiError(ArrayError::BadRequest(format!(
+            "a forwarded command has a CDB of 1 to 16 bytes and at most {MAX_FORWARDED_DATA} \
+             bytes of data (got {} and {})",
+            req.cdb.len(),
+            req.data.len()
+        ))));
+    }
+    let o = blocking(move || {
+        let nexus = scsi::Nexus {
+            initiator_port: req.initiator_port,
+            initiator: req.initiator,
+            target_port: req.target_port,
+            portal_group_tag: req.portal_group_tag,
+        };
+        a.run_reservation(&req.lun, &nexus, &req.cdb, &req.data)
+    })
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &api::ForwardedOutcome {
+            status: o.status,
+            sense: o.sense,
+            data: o.data_in,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +802,9 @@ mod tests {
             r::ADMIN_SNAPSHOTS,
             r::ADMIN_SNAPSHOT,
             r::ADMIN_REAP,
+            r::ADMIN_GATEWAY_RESERVATIONS,
+            r::ADMIN_GATEWAYS,
+            r::ADMIN_GATEWAY_DRAIN,
             r::ADMIN_RESYNC,
             r::ADMIN_RESYNC_JOB,
             r::ADMIN_STATUS,
@@ -766,6 +823,6 @@ mod tests {
             "openapi.json lists a route the API lacks"
         );
         let ops: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(ops, 41, "one operation per (route, method)");
+        assert_eq!(ops, 44, "one operation per (route, method)");
     }
 }

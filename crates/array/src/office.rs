@@ -22,6 +22,9 @@ pub(crate) fn state_name(array_id: u32) -> String {
     format!("{array_id:08x}")
 }
 
+/// What a gateway does at once when a lease of its ends by itself.
+pub(crate) type OnLost = Arc<dyn Fn() + Send + Sync>;
+
 /// This gateway in office: the leases it holds while it serves.
 pub(crate) struct Office {
     pub name: String,
@@ -44,10 +47,13 @@ impl Office {
     /// Joins array `array_id`'s gateways on `pool` (the backend's own client) and waits until
     /// this gateway takes office; logs who leads meanwhile. Dropping the future stops the
     /// wait (and leaves the gateways) within a quarter of a second.
+    /// `on_lost` runs on the lease's own thread the moment a lease ends by itself, before
+    /// anything else hears of it (the gateway's paths stand down there).
     pub async fn take(
         config: &GatewayConfig,
         pool: Arc<rbd::Pool>,
         array_id: u32,
+        on_lost: Option<OnLost>,
     ) -> Result<Office, ArrayError> {
         struct CancelOnDrop(Arc<AtomicBool>);
         impl Drop for CancelOnDrop {
@@ -58,9 +64,11 @@ impl Office {
         let config = config.clone();
         let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
         let flag = cancel.0.clone();
-        tokio::task::spawn_blocking(move || Self::take_blocking(&config, pool, array_id, &flag))
-            .await
-            .map_err(|e| ArrayError::io("taking office", std::io::Error::other(e.to_string())))?
+        tokio::task::spawn_blocking(move || {
+            Self::take_blocking(&config, pool, array_id, &flag, on_lost)
+        })
+        .await
+        .map_err(|e| ArrayError::io("taking office", std::io::Error::other(e.to_string())))?
     }
 
     fn take_blocking(
@@ -68,6 +76,7 @@ impl Office {
         pool: Arc<rbd::Pool>,
         array_id: u32,
         cancel: &AtomicBool,
+        on_lost: Option<OnLost>,
     ) -> Result<Office, ArrayError> {
         let name = config.name.clone();
         let err = |what: &str| {
@@ -84,19 +93,36 @@ impl Office {
         let tx = Arc::new(tx);
         let report = |what: &'static str| {
             let tx = tx.clone();
+            let on_lost = on_lost.clone();
             move |why: Lost| {
+                if let Some(f) = &on_lost {
+                    f();
+                }
                 tracing::error!(lease = what, %why, "a lease of this gateway ended: it stops serving");
                 let _ = tx.send(Some(format!("its {what} lease ended: {why}")));
             }
         };
-        let member = Membership::new(pool.clone(), &array)
+        let membership = Membership::new(pool.clone(), &array);
+        // Starting again is how a drained gateway comes back.
+        if let Err(e) = membership.clear_drain(&name) {
+            tracing::warn!(error = %e, "could not clear a request that this gateway drain");
+        }
+        let member = membership
             .join(&name, config.lease(), report("member"))
             .map_err(err("joining the array's gateways"))?;
         let store = StateStore::open(pool, &array).map_err(err("opening the array's state"))?;
         let leadership =
             Leadership::new(store.clone(), LeadershipConfig::new(&name, config.lease()));
         let mut said = None::<Instant>;
+        let mut looks = 0u32;
         let leader = loop {
+            // A standby asked to drain stops without ever serving (every fourth look).
+            if looks % 4 == 0 && membership.drains().is_ok_and(|d| d.contains_key(&name)) {
+                tracing::info!(gateway = %name, "asked to drain while standing by: stopping");
+                let _ = member.leave();
+                return Err(ArrayError::Drained { gateway: name });
+            }
+            looks = looks.wrapping_add(1);
             if let Some(l) = leadership
                 .try_acquire(report("leader"))
                 .map_err(err("taking office"))?

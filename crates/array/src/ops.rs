@@ -80,6 +80,8 @@ fn action(method: &Method, route: &str) -> Option<String> {
         || *method == Method::HEAD
         || route == r::LOOKUP
         || route == r::DESCRIBE
+        // SCSI commands a standby hands over: the data path, not an administrator's change.
+        || route == r::ADMIN_GATEWAY_RESERVATIONS
     {
         return None;
     }
@@ -108,6 +110,7 @@ fn action(method: &Method, route: &str) -> Option<String> {
         ("POST", r::RELEASE) => "snapshot release",
         ("POST", r::RESYNC) => "snapshot resync",
         ("POST", r::RESYNC_CANCEL) => "resync cancel",
+        ("POST", r::ADMIN_GATEWAY_DRAIN) => "gateway drain",
         _ => return Some(format!("{method} {route}")),
     };
     Some(named.to_string())

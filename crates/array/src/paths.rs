@@ -136,7 +136,7 @@ impl std::fmt::Debug for Paths {
 impl Paths {
     /// Writes this gateway's target port for the others (refusing one another live gateway
     /// already uses), reports the live gateways' groups, and starts mirroring the leader's
-    /// rows as Standby paths.
+    /// rows as Standby paths; keeps `leader_api` up to date while standing by.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         gateway: &str,
@@ -146,6 +146,7 @@ impl Paths {
         array: &str,
         lease: Duration,
         ports: Vec<Designator>,
+        leader_api: LeaderApi,
     ) -> Result<Paths, ArrayError> {
         let err = |what: &str| {
             let (gateway, what) = (gateway.to_string(), what.to_string());
@@ -183,7 +184,7 @@ impl Paths {
         let follower = Arc::new(Follower {
             gateway: gateway.to_string(),
             own: Mutex::new(own),
-            leader_api: LeaderApi::default(),
+            leader_api,
             exporter,
             members,
             leadership: Leadership::new(store.clone(), LeadershipConfig::new(gateway, lease)),
@@ -251,6 +252,15 @@ impl Paths {
         }
     }
 
+    /// For the leases' threads, run when a lease ends by itself (this gateway lost office):
+    /// every group turns Standby at once, so nothing reaches the medium through its paths
+    /// while it stops, and no read is answered from what it holds once another gateway may
+    /// serve.
+    pub fn stand_down_hook(&self) -> crate::office::OnLost {
+        let exporter = self.follower.exporter.clone();
+        Arc::new(move || exporter.set_active_group(None))
+    }
+
     /// The array is open on this gateway: its group serves every LUN.
     pub fn serve(&self) {
         self.follower
@@ -299,6 +309,25 @@ fn parse(v: &[u8]) -> Option<PortAdvert> {
     serde_json::from_slice(v).ok()
 }
 
+/// The live gateways, each with the port it advertised (if it did), an API address bound
+/// to every interface taken with the gateway's own address.
+pub(crate) fn live_ports(
+    members: &Membership,
+) -> Result<Vec<(gateways::MemberInfo, Option<PortAdvert>)>, gateways::Error> {
+    let live = members.live()?;
+    let adverts = members.adverts()?;
+    Ok(live
+        .into_iter()
+        .map(|m| {
+            let p = adverts.get(&m.gateway).and_then(|v| parse(v)).map(|mut p| {
+                p.api = p.api.map(|a| reachable(a, &m.addr));
+                p
+            });
+            (m, p)
+        })
+        .collect())
+}
+
 impl Follower {
     fn own(&self) -> PortAdvert {
         *self.own.lock().expect("own advert lock")
@@ -331,21 +360,10 @@ impl Follower {
     /// Reports the groups of the live gateways (this one always); returns the live
     /// gateways' ports.
     fn groups(&self) -> Result<BTreeMap<String, PortAdvert>, ArrayError> {
-        let live = self
-            .members
-            .live()
-            .map_err(self.err("listing the gateways"))?;
-        let adverts = self
-            .members
-            .adverts()
-            .map_err(self.err("reading the gateways' ports"))?;
-        let mut ports: BTreeMap<String, PortAdvert> = live
-            .iter()
-            .filter_map(|m| {
-                let mut p = parse(adverts.get(&m.gateway)?)?;
-                p.api = p.api.map(|a| reachable(a, &m.addr));
-                Some((m.gateway.clone(), p))
-            })
+        let mut ports: BTreeMap<String, PortAdvert> = live_ports(&self.members)
+            .map_err(self.err("reading the gateways' ports"))?
+            .into_iter()
+            .filter_map(|(m, p)| Some((m.gateway, p?)))
             .collect();
         ports.insert(self.gateway.clone(), self.own());
         let mut groups: Vec<scsi::PortGroup> = Vec::new();

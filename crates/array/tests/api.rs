@@ -218,7 +218,7 @@ fn bad_input_gets_precise_problems_never_a_500() {
 
 /// Requests the router refuses before a handler runs get problem documents, not axum's bare
 /// answers (both found by the `control_api` fuzz target): a method an operations route does
-/// not take (an empty 405), and a path parameter that is not UTF-8 once percent-decoded (a
+/// not take (an empty 405; the gateway routes too), and a path parameter that is not UTF-8 once percent-decoded (a
 /// `text/plain` 400).
 #[test]
 fn requests_refused_by_the_router_get_problems() {
@@ -231,10 +231,16 @@ fn requests_refused_by_the_router_get_problems() {
         ("POST", r::ADMIN_SESSIONS),
         ("DELETE", r::ADMIN_AUDIT),
         ("PUT", r::ADMIN_LUNS),
+        ("PUT", r::ADMIN_GATEWAYS),
+        ("GET", "/v1/admin/gateways/gw-a/drain"),
     ] {
         let p = problem(&admin.request(m, path, None).unwrap());
         assert_eq!(p.code, ProblemCode::BadRequest, "{m} {path}");
     }
+    // One process serves this array: no gateways to list or drain.
+    let p = problem(&admin.request("GET", r::ADMIN_GATEWAYS, None).unwrap());
+    assert_eq!(p.code, ProblemCode::Conflict);
+    assert!(p.detail.contains("one process"), "{}", p.detail);
     for (m, path) in [
         ("GET", "/v1/admin/luns/%FF"),
         ("DELETE", "/v1/admin/hosts/a%C3"),

@@ -20,6 +20,9 @@ const TAG: &str = "gateway";
 /// Prefix of the members object's omap keys in which each gateway says how it is reached
 /// (`port.<gateway>`, [`Membership::advertise`]).
 const ADVERT: &str = "port.";
+/// Prefix of the members object's omap keys naming the gateways asked to drain
+/// (`drain.<gateway>`, [`Membership::request_drain`]).
+const DRAIN: &str = "drain.";
 /// Entries per omap read of the adverts.
 const ADVERT_PAGE: u64 = 256;
 
@@ -165,7 +168,12 @@ impl Membership {
     /// key `port.<gateway>`, replacing its last. Each gateway writes only its own key; an
     /// advert outlives the gateway's lease, so readers pair it with [`Membership::live`].
     pub fn advertise(&self, gateway: &str, value: &[u8]) -> Result<()> {
-        let key = format!("{ADVERT}{gateway}");
+        self.set_keyed(ADVERT, gateway, value)
+    }
+
+    /// Sets the members object's omap key `<prefix><gateway>` to `value`.
+    fn set_keyed(&self, prefix: &str, gateway: &str, value: &[u8]) -> Result<()> {
+        let key = format!("{prefix}{gateway}");
         let op = WriteOp::new()
             .create(false)
             .omap_set([(key.as_str(), value)])?;
@@ -175,20 +183,25 @@ impl Membership {
 
     /// Every gateway's last advert, by gateway id (those that left included).
     pub fn adverts(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        self.keyed(ADVERT)
+    }
+
+    /// The omap entries of the members object under `prefix`, by what follows it.
+    fn keyed(&self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>> {
         let mut out = BTreeMap::new();
         let mut after = String::new();
         loop {
             let (page, more) =
                 match self
                     .pool
-                    .omap_page(&self.object, &after, ADVERT, ADVERT_PAGE, None)
+                    .omap_page(&self.object, &after, prefix, ADVERT_PAGE, None)
                 {
                     Ok(p) => p,
                     Err(e) if e.is_not_found() => return Ok(out),
                     Err(e) => return Err(e.into()),
                 };
             for (key, value) in page {
-                if let Some(g) = key.strip_prefix(ADVERT) {
+                if let Some(g) = key.strip_prefix(prefix) {
                     out.insert(g.to_string(), value);
                 }
                 after = key;
@@ -197,6 +210,26 @@ impl Membership {
                 return Ok(out);
             }
         }
+    }
+
+    /// Asks `gateway` to drain: to hand over what it serves and stop. `why` is kept with the
+    /// request (who asked, when). The request stands until the gateway joins again
+    /// ([`Membership::clear_drain`]).
+    pub fn request_drain(&self, gateway: &str, why: &[u8]) -> Result<()> {
+        self.set_keyed(DRAIN, gateway, why)
+    }
+
+    /// The gateways asked to drain that have not joined since, with why.
+    pub fn drains(&self) -> Result<BTreeMap<String, Vec<u8>>> {
+        self.keyed(DRAIN)
+    }
+
+    /// Forgets a request that `gateway` drain (it is joining again).
+    pub fn clear_drain(&self, gateway: &str) -> Result<()> {
+        let key = format!("{DRAIN}{gateway}");
+        let op = WriteOp::new().create(false).omap_rm([key.as_str()])?;
+        self.pool.operate(&self.object, &op)?;
+        Ok(())
     }
 
     /// The gateways whose lease holds now, sorted by id.

@@ -562,6 +562,21 @@ fn a_dead_members_lease_expires(lab: &Lab) {
     assert!(members.live().unwrap().is_empty());
     // An advert outlives its gateway's lease, and the leases are not among the adverts.
     assert_eq!(members.adverts().unwrap(), adverts);
+    // Drain requests: kept apart from the adverts, each until cleared.
+    assert!(members.drains().unwrap().is_empty());
+    members.request_drain("gw-b", b"by admin").unwrap();
+    let drains = members.drains().unwrap();
+    assert_eq!(
+        drains
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect::<Vec<_>>(),
+        [("gw-b", &b"by admin"[..])]
+    );
+    assert_eq!(members.adverts().unwrap(), adverts);
+    members.clear_drain("gw-b").unwrap();
+    members.clear_drain("gw-c").unwrap();
+    assert!(members.drains().unwrap().is_empty());
 }
 
 /// A member that was only paused loses its lease like a dead one; the leader fences it by the

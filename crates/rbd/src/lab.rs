@@ -57,6 +57,12 @@ impl Lab {
     /// the whole cluster (fills it, say), which a shared cluster's other users must not see.
     /// `None` as for [`Lab::get`].
     pub fn own() -> Option<Lab> {
+        Self::own_at("127.0.0.1")
+    }
+
+    /// [`Lab::own`] with the cluster's daemons on `addr`, one of this machine's addresses
+    /// (a test that cuts a client off the cluster puts it on a link of its own).
+    pub fn own_at(addr: &str) -> Option<Lab> {
         if skipped() {
             return None;
         }
@@ -84,6 +90,7 @@ impl Lab {
             .arg(script())
             .arg("start")
             .arg(&dir)
+            .env("CEPH_LAB_ADDR", addr)
             .output()
             .expect("running scripts/ceph-lab");
         let lab = Lab {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use vss::inquiry::Designator;
 
@@ -12,7 +12,7 @@ use crate::cdb::{Access, Cdb};
 use crate::exec::{self, Ctx, Fail, Res, pr::PrState};
 use crate::fence::WriteGate;
 use crate::sense::{Asc, FIXED_SENSE_LEN, Sense};
-use crate::{Device, Nexus, Outcome};
+use crate::{Device, Nexus, Outcome, PrLink};
 
 /// Why an identity cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +138,11 @@ pub struct LogicalUnit {
     write_gate: WriteGate,
     /// Asymmetric access state per target port group (`alua.rs`).
     access: LuAccess,
+    /// Where reservations are kept besides this unit (`pr_link.rs`), if anywhere.
+    pr_link: RwLock<Option<Arc<dyn PrLink>>>,
+    /// Held by a PERSISTENT RESERVE OUT from its change until the change is durable, so
+    /// changes are made durable in the order they were made.
+    pr_gate: Mutex<()>,
 }
 
 impl std::fmt::Debug for dyn crate::BlockDevice {
@@ -161,7 +166,80 @@ impl LogicalUnit {
             wce: AtomicBool::new(true),
             write_gate: WriteGate::default(),
             access: LuAccess::default(),
+            pr_link: RwLock::new(None),
+            pr_gate: Mutex::new(()),
         }
+    }
+
+    /// Links this unit's persistent reservations to state kept elsewhere (`None`: they live
+    /// here alone). See [`PrLink`].
+    pub fn set_pr_link(&self, link: Option<Arc<dyn PrLink>>) {
+        *self.pr_link.write().expect("PR link lock") = link;
+    }
+
+    fn pr_link(&self) -> Option<Arc<dyn PrLink>> {
+        self.pr_link.read().expect("PR link lock").clone()
+    }
+
+    /// The persistent reservation state (registrations, reservation, generation).
+    pub fn reservations(&self) -> PrState {
+        self.lock().pr.clone()
+    }
+
+    /// Replaces the persistent reservation state with `state` (read from where it was kept:
+    /// a gateway taking over serves the reservations the previous one made durable).
+    pub fn load_reservations(&self, state: PrState) {
+        let _gate = self.pr_gate.lock().expect("PR gate lock");
+        self.lock().pr = state;
+    }
+
+    /// Runs a PERSISTENT RESERVE IN or OUT another target received from `nexus` and handed
+    /// here ([`PrLink::forward`]), as if it had come through that nexus's port. Unit
+    /// attentions are the receiving target's: none is reported here. Any other command is
+    /// refused (INVALID COMMAND OPERATION CODE).
+    pub fn run_forwarded(
+        &self,
+        nexus: &Nexus,
+        target_name: &str,
+        cdb: &[u8],
+        data_out: &[u8],
+    ) -> Outcome {
+        match crate::cdb::parse(cdb) {
+            Ok(c @ (Cdb::PrIn { .. } | Cdb::PrOut { .. })) => {
+                self.run(nexus, target_name, None, &c, data_out)
+            }
+            Ok(_) => Outcome::check(&Sense::invalid_opcode()),
+            Err(s) => Outcome::check(&s),
+        }
+    }
+
+    /// A PERSISTENT RESERVE IN/OUT handed to where the state is kept, if this unit's link
+    /// does that.
+    pub(crate) fn forward_pr(&self, nexus: &Nexus, cdb: &[u8], data_out: &[u8]) -> Option<Outcome> {
+        self.pr_link()?.forward(nexus, cdb, data_out)
+    }
+
+    /// PERSISTENT RESERVE OUT, its change made durable through the link before it completes
+    /// (undone if that fails).
+    fn pr_out(&self, ctx: &Ctx<'_>, sa: u8, scope: u8, kind: u8, len: u32) -> Res {
+        let Some(link) = self.pr_link() else {
+            return exec::pr::pr_out(ctx, sa, scope, kind, len);
+        };
+        let _gate = self.pr_gate.lock().expect("PR gate lock");
+        let before = self.lock().pr.clone();
+        let res = exec::pr::pr_out(ctx, sa, scope, kind, len)?;
+        let after = self.lock().pr.clone();
+        if after != before
+            && let Err(sense) = link.persist(&after)
+        {
+            tracing::warn!(serial = %self.identity.serial, "a reservation change could not be made durable: undone");
+            let mut st = self.lock();
+            if st.pr == after {
+                st.pr = before;
+            }
+            return Err(sense.into());
+        }
+        Ok(res)
     }
 
     pub fn device(&self) -> &Device {
@@ -255,12 +333,22 @@ impl LogicalUnit {
 
     /// LOGICAL UNIT RESET: releases a RESERVE(6) reservation and tells every other I_T nexus.
     pub(crate) fn reset(&self, by: Option<&Nexus>, asc: Asc, cold: bool) {
-        let mut st = self.lock();
-        st.spc2 = None;
-        if cold {
-            st.pr = PrState::default();
+        let cleared = {
+            let mut st = self.lock();
+            st.spc2 = None;
+            let cleared = cold && st.pr != PrState::default();
+            if cold {
+                st.pr = PrState::default();
+            }
+            st.establish(asc, |n| Some(n) != by);
+            cleared
+        };
+        if cleared && let Some(link) = self.pr_link() {
+            let _gate = self.pr_gate.lock().expect("PR gate lock");
+            if let Err(s) = link.persist(&PrState::default()) {
+                tracing::warn!(serial = %self.identity.serial, sense = %s, "cleared reservations could not be made durable");
+            }
         }
-        st.establish(asc, |n| Some(n) != by);
     }
 
     /// Forgets an I_T nexus: its unit attentions and its RESERVE(6) reservation. Persistent
@@ -549,7 +637,7 @@ impl LogicalUnit {
                 scope,
                 kind,
                 len,
-            } => (exec::pr::pr_out(&ctx, sa, scope, kind, len), None),
+            } => (self.pr_out(&ctx, sa, scope, kind, len), None),
             Cdb::Reserve6 => (exec::pr::reserve6(&ctx), None),
             Cdb::Release6 => (exec::pr::release6(&ctx), None),
         };

@@ -251,6 +251,12 @@ impl Target {
                 return o(Outcome::good(data));
             }
         }
+        if let Some(lu) = &lu
+            && matches!(parsed, Cdb::PrIn { .. } | Cdb::PrOut { .. })
+            && let Some(out) = lu.forward_pr(cmd.nexus, cmd.cdb, cmd.data_out)
+        {
+            return o(out);
+        }
         o(match lu {
             Some(lu) => {
                 if mode == Mode::Now {

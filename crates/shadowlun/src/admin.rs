@@ -373,6 +373,27 @@ pub enum SessionCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum GatewayCmd {
+    /// List the array's live gateways: which one serves (in office), each one's target port
+    /// group (its relative target port) and portal group tag, the serving one's API, which
+    /// are draining. Only arrays on Ceph with `[gateway]` have several.
+    List,
+    /// Drain a gateway before maintenance or removal: the serving gateway hands the array
+    /// over cleanly (initiators asked to log out, commands in flight finished, office
+    /// resigned; a standby takes office within a second and hosts with MPIO carry on), a
+    /// standby stops standing by; then its process exits with status 0. Start it again to
+    /// bring it back as a standby. Refused when no other live gateway would be left to serve.
+    Drain {
+        /// The gateway's name (its `[gateway] name`).
+        gateway: String,
+        /// Drain even the last gateway: the array's LUNs are served by nobody until a
+        /// gateway starts again.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SetCmd {
     /// Take a snapshot set of LUNs now, without VSS: the target holds the LUNs' writes while
     /// the array snapshots them, so every snapshot LUN holds exactly the writes acknowledged

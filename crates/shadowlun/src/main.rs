@@ -100,6 +100,13 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::SessionCmd,
     },
+    /// The array's gateways on Ceph: list them, drain one before maintenance or removal.
+    Gateway {
+        #[command(flatten)]
+        conn: admin::Connection,
+        #[command(subcommand)]
+        cmd: admin::GatewayCmd,
+    },
     /// The audit trail: every change asked of the array (who, what, when, from where).
     Audit {
         #[command(flatten)]
@@ -345,6 +352,7 @@ fn main() {
         | Command::Set { conn, .. }
         | Command::Status { conn }
         | Command::Session { conn, .. }
+        | Command::Gateway { conn, .. }
         | Command::Audit { conn, .. } => {
             // Administration commands print and end: a closed pipe (`| head -1`) ends them
             // quietly, as it does any Unix tool. Commands that serve (array serve, demo, vss,
@@ -382,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Set { conn, cmd } => admin::set(&conn, cmd),
         Command::Status { conn } => ops::status(&conn),
         Command::Session { conn, cmd } => ops::session(&conn, cmd),
+        Command::Gateway { conn, cmd } => ops::gateway(&conn, cmd),
         Command::Audit { conn, since } => ops::audit(&conn, since.as_deref()),
         Command::Bench { what, json } => {
             let r = match what {

@@ -1,12 +1,13 @@
-//! `shadowlun status|session|audit`: what an administrator asks a running array every day.
+//! `shadowlun status|session|audit|gateway`: what an administrator asks a running array
+//! every day.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use api::{ArrayStatus, AuditRecord, SessionRecord, routes};
+use api::{ArrayStatus, AuditRecord, GatewayRecord, SessionRecord, routes};
 use provider::https::{Client, ClientError};
 use serde::Serialize;
 
-use crate::admin::{AdminError, Connection, ErrorKind, SessionCmd, explain};
+use crate::admin::{AdminError, Connection, ErrorKind, GatewayCmd, SessionCmd, explain};
 use crate::output::{self, size};
 
 fn time(secs: u64) -> String {
@@ -173,6 +174,57 @@ pub fn session(c: &Connection, cmd: SessionCmd) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
+            Ok(())
+        }
+    }
+}
+
+pub fn gateway(c: &Connection, cmd: GatewayCmd) -> anyhow::Result<()> {
+    let api = c.client()?;
+    match cmd {
+        GatewayCmd::List => {
+            let v: Vec<GatewayRecord> = api.get(routes::ADMIN_GATEWAYS).map_err(explain)?;
+            if c.json {
+                return output::json(&v);
+            }
+            let opt = |v: Option<u16>| v.map_or("-".to_string(), |v| v.to_string());
+            let rows: Vec<Vec<String>> = v
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        if g.serving { "serving" } else { "standby" }.into(),
+                        opt(g.relative_port),
+                        opt(g.portal_group_tag),
+                        g.api.clone().unwrap_or_else(|| "-".into()),
+                        if g.draining { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["GATEWAY", "ROLE", "PORT GROUP", "TAG", "API", "DRAINING"],
+                &rows,
+            );
+            Ok(())
+        }
+        GatewayCmd::Drain { gateway, force } => {
+            let mut p = routes::fill(routes::ADMIN_GATEWAY_DRAIN, &[("gateway", &gateway)]);
+            if force {
+                p.push_str("?force=true");
+            }
+            let g: GatewayRecord = api.post(&p, &serde_json::Value::Null).map_err(explain)?;
+            if c.json {
+                return output::json(&g);
+            }
+            if g.serving {
+                println!(
+                    "gateway {} is handing the array over and stopping; a standby takes office \
+                     (shadowlun gateway list)",
+                    g.name
+                );
+            } else {
+                println!("gateway {} stops standing by and exits", g.name);
+            }
             Ok(())
         }
     }

@@ -39,7 +39,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         // The handlers are in place before the array starts: a SIGTERM that arrives while it
         // starts, or right after it told systemd it is ready, stops it cleanly once started.
         use tokio::signal::unix::{SignalKind, signal};
@@ -54,5 +54,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         array::serve(config, shutdown).await?;
         anyhow::Ok(())
-    })
+    });
+    // A gateway out of office leaves calls to a cluster that may not answer behind: the
+    // process ends without waiting for them.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

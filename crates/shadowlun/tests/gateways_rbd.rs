@@ -5,19 +5,22 @@
 //! standby takes office, fences it, and serves the same LUNs (same ids, same SCSI
 //! identities, the same host mappings) with every acknowledged write intact: a host with
 //! MPIO over both gateways writes on through the kill without an error, and the paths'
-//! states flip with a unit attention. A gateway stopped cleanly hands over without waiting
-//! for its lease. Skipped, saying why, only where Ceph is not installed.
+//! states flip with a unit attention. Persistent reservations made through either gateway
+//! are one state, kept by the gateway in office and served by the next one. A gateway
+//! stopped cleanly, or drained, hands over without waiting for its lease. Skipped, saying
+//! why, only where Ceph is not installed.
 
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Pool, share_identity, spawn_at, try_ready_seeing};
-use iscsi::initiator::{InitiatorConfig, InitiatorError, Session};
+use common::Daemon;
+use common::gateways::{LEASE_SECS, Starting, sigterm, start_gateway, start_standby, two_gateways};
+use iscsi::initiator::{DataDir, InitiatorConfig, InitiatorError, Session};
 use rbd::lab::Lab;
 use vss_emulator::HostStorage;
 use vss_emulator::mpio::{MpioPolicy, MpioStorage};
@@ -27,75 +30,6 @@ const SQL01: &str = "iqn.1991-05.com.microsoft:sql01";
 /// The same host's initiator that MPIO logs in with (its own sessions, apart from the
 /// test's direct ones).
 const SQL01_MPIO: &str = "iqn.1991-05.com.microsoft:sql01-mpio";
-const LEASE_SECS: u64 = 3;
-
-/// A gateway's configuration; `port` is its relative target port (its target port group)
-/// and its portal group tag.
-fn config(dir: &Path, lab: &Lab, namespace: &str, gateway: &str, port: u16) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(format!("{gateway}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "iscsi_relative_port = {port}\niscsi_portal_group_tag = {port}\n\
-             [backend]\nkind = \"rbd\"\npool = \"rbd\"\nnamespace = \"{namespace}\"\n\
-             ceph_conf = \"{}\"\ntimeout_secs = 10\n\
-             [gateway]\nname = \"{gateway}\"\nlease_secs = {LEASE_SECS}\n",
-            lab.conf().display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// A gateway started: its process id, the portal it serves Standby paths on while it
-/// stands by, and the daemon once it is in office (waited for on a thread of its own).
-struct Starting {
-    pid: u32,
-    standby: mpsc::Receiver<String>,
-    /// The control API it relays to the gateway in office while it stands by.
-    standby_api: mpsc::Receiver<String>,
-    ready: mpsc::Receiver<Daemon>,
-}
-
-fn start_gateway(pool: &Path, config: &Path) -> Starting {
-    let (tx, ready) = mpsc::channel();
-    let (standby_tx, standby) = mpsc::channel();
-    let (api_tx, standby_api) = mpsc::channel();
-    let child = spawn_at(pool, "127.0.0.1:0", &["--config", config.to_str().unwrap()]);
-    let pid = child.id();
-    let pool = pool.to_path_buf();
-    std::thread::spawn(move || {
-        let seen = |line: &str| {
-            if let Some((_, portal)) = line.split_once(" standby iSCSI portal ") {
-                let _ = standby_tx.send(portal.trim().to_string());
-            }
-            if let Some((_, api)) = line.split_once(" standby API ") {
-                let api = api.split_whitespace().next().unwrap_or_default();
-                let _ = api_tx.send(api.to_string());
-            }
-        };
-        if let Some(d) = try_ready_seeing(child, &pool, seen) {
-            let _ = tx.send(d);
-        }
-    });
-    Starting {
-        pid,
-        standby,
-        standby_api,
-        ready,
-    }
-}
-
-fn sigterm(pid: u32) {
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
 
 fn session(d: &Daemon, target: &str) -> Session {
     session_at(&d.portal, target)
@@ -131,32 +65,6 @@ fn block(byte: u8) -> Vec<u8> {
     vec![byte; 4096]
 }
 
-/// The images of namespace `ns`, removed when dropped (the lab cluster is shared).
-struct Images<'a>(&'a Lab, String);
-
-impl Drop for Images<'_> {
-    fn drop(&mut self) {
-        let spec = format!("rbd/{}", self.1);
-        let out = Command::new("rbd")
-            .env("CEPH_CONF", self.0.conf())
-            .args(["ls", &spec])
-            .output();
-        let Ok(out) = out else { return };
-        for i in String::from_utf8_lossy(&out.stdout).lines() {
-            let image = format!("{spec}/{i}");
-            for args in [
-                vec!["snap", "purge", "--no-progress", &image],
-                vec!["rm", "--no-progress", &image],
-            ] {
-                let _ = Command::new("rbd")
-                    .env("CEPH_CONF", self.0.conf())
-                    .args(&args)
-                    .output();
-            }
-        }
-    }
-}
-
 fn blocklisted(lab: &Lab) -> usize {
     let out = Command::new("ceph")
         .env("CEPH_CONF", lab.conf())
@@ -174,18 +82,11 @@ fn blocklisted(lab: &Lab) -> usize {
 #[test]
 fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     let Some(lab) = Lab::get() else { return };
-    let ns = format!("gwt{}", std::process::id());
-    lab.rbd(&["namespace", "create", &format!("rbd/{ns}")]);
-    let _images = Images(&lab, ns.clone());
-    let (pa, pb) = (Pool::new("gw-a"), Pool::new("gw-b"));
-    let conf_dir = Pool::new("gw-conf");
-    let (ca, cb) = (
-        config(&conf_dir.0, &lab, &ns, "gw-a", 1),
-        config(&conf_dir.0, &lab, &ns, "gw-b", 2),
-    );
+    let place = two_gateways(&lab, "gwt");
+    let ([pa, pb], [ca, cb]) = (&place.pools, &place.configs);
 
     // gw-a takes office (nobody else is there) and serves.
-    let a = start_gateway(&pa.0, &ca)
+    let a = start_gateway(&pa.0, ca)
         .ready
         .recv_timeout(Duration::from_secs(60))
         .expect("the first gateway serves");
@@ -213,12 +114,7 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
 
     // gw-b, with the same identity, stands by: it does not serve the API, but its portal
     // serves the same LUN as a Standby path (its own group 2), gw-a's group optimized.
-    share_identity(&pa.0, &pb.0);
-    let b_start = start_gateway(&pb.0, &cb);
-    let b_portal = b_start
-        .standby
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the standby gateway listens");
+    let (b_start, b_portal) = start_standby(&pa.0, &pb.0, cb);
     let mut sb = session_at(&b_portal, &target);
     assert!(
         sb.report_luns().unwrap().contains(&number),
@@ -314,6 +210,27 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     assert!(names(&a.json(&["lun", "list"])).contains(&"relayed".to_string()));
     via_b(&["lun", "delete", "relayed"]);
     assert!(!names(&a.json(&["lun", "list"])).contains(&"relayed".to_string()));
+
+    // Persistent reservations on the late LUN, as a failover cluster makes them: one node
+    // registers through gw-b's Standby path (gw-b hands the command to gw-a), the other
+    // through gw-a, which reserves WRITE EXCLUSIVE - REGISTRANTS ONLY. Both paths report
+    // the one state.
+    let mut s1 = session(&a, &target);
+    assert_eq!(pr_out(&mut sb, late_number, REGISTER, 0, 0, KEY_B), None);
+    assert_eq!(pr_out(&mut s1, late_number, REGISTER, 0, 0, KEY_A), None);
+    assert_eq!(pr_out(&mut s1, late_number, RESERVE, WE_RO, KEY_A, 0), None);
+    for path in [&mut sb, &mut s1] {
+        assert_eq!(read_keys(path, late_number), [KEY_B, KEY_A]);
+        assert_eq!(reservation(path, late_number), Some((KEY_A, WE_RO)));
+    }
+    // A wrong key through the standby is refused by gw-a's rules.
+    assert_eq!(
+        pr_out(&mut sb, late_number, REGISTER, 0, 0x99, 0x98),
+        Some(RESERVATION_CONFLICT)
+    );
+    s1.write16(late_number, 0, &block(0xC1), 512, false)
+        .unwrap();
+    drop(s1);
     assert!(
         b_start
             .ready
@@ -326,44 +243,8 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
 
     // A host with MPIO over both gateways writes on, each write made durable, through
     // what follows; every write it was told is done is read back at the end.
-    let portals = [a.portal.parse().unwrap(), b_portal.parse().unwrap()];
-    let mut cfg = InitiatorConfig::new(SQL01_MPIO);
-    cfg.timeout = Duration::from_secs(30);
-    let policy = MpioPolicy {
-        failover_timeout: Duration::from_secs(60),
-        ..MpioPolicy::default()
-    };
-    let mpio = MpioStorage::with_config(&portals, &target, cfg, policy);
-    let disk = DiskAddress {
-        target: target.clone(),
-        lun: number,
-    };
-    let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (mpio, disk, acked, stop) = (mpio.clone(), disk.clone(), acked.clone(), stop.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            for i in 0..4000u64 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                mpio.write(&disk, 4096 + i * 8, &ledger_block(i))
-                    .and_then(|()| mpio.flush(&disk))
-                    .map_err(|e| format!("write {i}: {e}"))?;
-                acked.lock().unwrap().push(i);
-            }
-            Ok(())
-        })
-    };
-    let count = || acked.lock().unwrap().len();
-    let waited = Instant::now();
-    while count() < 20 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(30),
-            "the MPIO writer did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ledger = Ledger::start(&[&a.portal, &b_portal], &target, number);
+    ledger.wait_for(20, "the MPIO writer did not start");
 
     // gw-a killed: gw-b takes office after gw-a's lease, fences it, and serves the same
     // array: the LUN with its identity, the mapping, the acknowledged write.
@@ -371,7 +252,7 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     let killed = Instant::now();
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    let at_kill = count();
+    let at_kill = ledger.count();
     let b = b_start
         .ready
         .recv_timeout(Duration::from_secs(60))
@@ -410,32 +291,34 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
         Some(&(2, OPTIMIZED))
     );
     assert!(sb.read16(number, 800, 8, 512).unwrap() == block(0xA1));
+    // gw-b serves the reservations gw-a made durable: sb's nexus is registered, so it
+    // writes; a new session of the same host (another initiator port) is not, so it may
+    // read but not write; then sb preempts the dead node's reservation.
+    assert_eq!(read_keys(&mut sb, late_number), [KEY_B, KEY_A]);
+    assert_eq!(reservation(&mut sb, late_number), Some((KEY_A, WE_RO)));
+    sb.write16(late_number, 8, &block(0xC2), 512, false)
+        .unwrap();
+    let mut s3 = session(&b, &target);
+    assert!(s3.read16(late_number, 0, 8, 512).unwrap() == block(0xC1));
+    assert!(matches!(
+        s3.write16(late_number, 16, &block(0xC3), 512, false),
+        Err(InitiatorError::Status(RESERVATION_CONFLICT))
+    ));
+    assert_eq!(
+        pr_out(&mut sb, late_number, PREEMPT, WE_RO, KEY_B, KEY_A),
+        None
+    );
+    assert_eq!(read_keys(&mut s3, late_number), [KEY_B]);
+    assert_eq!(reservation(&mut s3, late_number), Some((KEY_B, WE_RO)));
+    drop(s3);
     drop(sb);
     // The MPIO writer goes on through gw-b.
-    let waited = Instant::now();
-    while count() < at_kill + 20 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(60) && !writer.is_finished(),
-            "the MPIO writer did not go on after the failover"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    stop.store(true, Ordering::Relaxed);
-    writer
-        .join()
-        .unwrap()
-        .expect("no write failed through the failover");
-    let acked = acked.lock().unwrap().clone();
-    for i in &acked {
-        let got = mpio.read(&disk, 4096 + i * 8, 8).unwrap();
-        assert!(got == ledger_block(*i), "acknowledged write {i} was lost");
-    }
-    eprintln!(
-        "MPIO: {} writes acknowledged, {} of them before the kill, none lost",
-        acked.len(),
-        at_kill
+    ledger.wait_for(
+        at_kill + 20,
+        "the MPIO writer did not go on after the failover",
     );
-    drop(mpio);
+    let acked = ledger.finish();
+    eprintln!("MPIO: {acked} writes acknowledged, {at_kill} of them before the kill, none lost");
     let after = b.json(&["lun", "list"]);
     assert_eq!(
         stable(&after),
@@ -457,7 +340,7 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     // A change through gw-b; gw-a restarts and stands by; gw-b stops cleanly (it resigns):
     // gw-a takes office without waiting for a lease, and serves gw-b's change.
     b.json(&["lun", "create", "made-on-b", "8MiB"]);
-    let a_ready = start_gateway(&pa.0, &ca).ready;
+    let a_ready = start_gateway(&pa.0, ca).ready;
     assert!(
         a_ready
             .recv_timeout(Duration::from_secs(3 * LEASE_SECS))
@@ -490,7 +373,7 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
         pid,
         ready: b_ready,
         ..
-    } = start_gateway(&pb.0, &cb);
+    } = start_gateway(&pb.0, cb);
     std::thread::sleep(Duration::from_secs(LEASE_SECS));
     let asked = Instant::now();
     sigterm(pid);
@@ -505,6 +388,266 @@ fn a_standby_gateway_takes_over_when_the_serving_one_is_killed() {
     });
     assert!(gone, "the standby did not stop");
     eprintln!("a standby stopped {:.1?} after SIGTERM", asked.elapsed());
+}
+
+/// `shadowlun gateway list` through `d`: (name, serving, draining), by name.
+fn gateway_list(d: &Daemon) -> Vec<(String, bool, bool)> {
+    d.json(&["gateway", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_string(),
+                g["serving"].as_bool().unwrap(),
+                g["draining"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most 30 s) until `gateway list` through `d` says `want`.
+fn wait_for_gateways(d: &Daemon, want: &[(&str, bool, bool)]) {
+    let want: Vec<(String, bool, bool)> = want
+        .iter()
+        .map(|(n, s, dr)| (n.to_string(), *s, *dr))
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let got = gateway_list(d);
+        if got == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "gateway list: {got:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_drained_gateway_hands_over_without_an_io_error() {
+    let Some(lab) = Lab::get() else { return };
+    let place = two_gateways(&lab, "gwd");
+    let ([pa, pb], [ca, cb]) = (&place.pools, &place.configs);
+    let mut a = start_gateway(&pa.0, ca)
+        .ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the first gateway serves");
+    // Guard rails: the only gateway is not drained without --force; a name that is no
+    // live gateway is refused.
+    let (code, err) = a.fails(&["gateway", "drain", "gw-a"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only live gateway"), "{err}");
+    let (code, err) = a.fails(&["gateway", "drain", "gw-z"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no live gateway named"), "{err}");
+    wait_for_gateways(&a, &[("gw-a", true, false)]);
+
+    let id = a.json(&["lun", "create", "data", "16MiB"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.json(&["host", "add", "sql01", "--initiator", SQL01_MPIO]);
+    let number = a.json(&["host", "map", "sql01", &id])[0]["luns"][0]["lun_number"]
+        .as_u64()
+        .unwrap();
+    let target = a.json(&["status"])["target"].as_str().unwrap().to_string();
+    let (b_start, b_portal) = start_standby(&pa.0, &pb.0, cb);
+    wait_for_gateways(&a, &[("gw-a", true, false), ("gw-b", false, false)]);
+
+    // A host with MPIO over both writes on while gw-a is drained: gw-a hands over and
+    // exits with status 0, gw-b takes office, and no write fails or is lost.
+    let ledger = Ledger::start(&[&a.portal, &b_portal], &target, number);
+    ledger.wait_for(20, "the MPIO writer did not start");
+    let asked = Instant::now();
+    let g = a.json(&["gateway", "drain", "gw-a"]);
+    assert_eq!(
+        (g["serving"].as_bool(), g["draining"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let at_drain = ledger.count();
+    let code = a.child.wait().unwrap();
+    assert!(
+        code.success(),
+        "a drained gateway exits with status 0: {code:?}"
+    );
+    let b = b_start
+        .ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the standby took office after the drain");
+    let handed = asked.elapsed();
+    ledger.wait_for(
+        at_drain + 20,
+        "the MPIO writer did not go on after the drain",
+    );
+    let acked = ledger.finish();
+    eprintln!(
+        "drain: gw-b in office {handed:.2?} after the request; {acked} writes, \
+         {at_drain} before it, none failed or lost"
+    );
+    wait_for_gateways(&b, &[("gw-b", true, false)]);
+
+    // gw-a started again stands by (its drain request cleared); drained as a standby, it
+    // stops without serving.
+    let Starting {
+        pid,
+        standby,
+        ready: a_ready,
+        ..
+    } = start_gateway(&pa.0, ca);
+    standby
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the restarted gateway stands by");
+    wait_for_gateways(&b, &[("gw-a", false, false), ("gw-b", true, false)]);
+    let g = b.json(&["gateway", "drain", "gw-a"]);
+    assert_eq!(
+        (g["serving"].as_bool(), g["draining"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let gone = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(gone, "the drained standby did not stop");
+    assert!(
+        a_ready.try_recv().is_err(),
+        "the drained standby took office"
+    );
+    wait_for_gateways(&b, &[("gw-b", true, false)]);
+}
+
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const PREEMPT: u8 = 4;
+/// WRITE EXCLUSIVE - REGISTRANTS ONLY, as Windows failover clustering reserves.
+const WE_RO: u8 = 5;
+const KEY_A: u64 = 0xA0A0;
+const KEY_B: u64 = 0xB0B0;
+const RESERVATION_CONFLICT: u8 = 0x18;
+
+/// PERSISTENT RESERVE OUT; `None` for GOOD, else the status.
+fn pr_out(s: &mut Session, lun: u64, sa: u8, kind: u8, key: u64, sa_key: u64) -> Option<u8> {
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sa_key.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    let cdb = [0x5F, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    match s.command(lun, &cdb, DataDir::Write(p)) {
+        Ok(_) => None,
+        Err(InitiatorError::Status(st)) => Some(st),
+        Err(e) => panic!("PERSISTENT RESERVE OUT {sa}: {e}"),
+    }
+}
+
+fn pr_in(s: &mut Session, lun: u64, sa: u8) -> Vec<u8> {
+    let cdb = [0x5E, sa, 0, 0, 0, 0, 0, 0x10, 0, 0];
+    s.command(lun, &cdb, DataDir::Read(0x1000)).unwrap().data
+}
+
+/// READ KEYS.
+fn read_keys(s: &mut Session, lun: u64) -> Vec<u64> {
+    pr_in(s, lun, 0)[8..]
+        .chunks(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// READ RESERVATION: the holder's key and the type.
+fn reservation(s: &mut Session, lun: u64) -> Option<(u64, u8)> {
+    let d = pr_in(s, lun, 1);
+    (d.len() >= 24).then(|| {
+        (
+            u64::from_be_bytes(d[8..16].try_into().unwrap()),
+            d[21] & 0xF,
+        )
+    })
+}
+
+/// A host with MPIO over every gateway's portal writing ledger entries on a LUN, each write
+/// followed by SYNCHRONIZE CACHE, on a thread of its own.
+struct Ledger {
+    mpio: Arc<MpioStorage>,
+    disk: DiskAddress,
+    acked: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    writer: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Ledger {
+    fn start(portals: &[&str], target: &str, lun: u64) -> Ledger {
+        let portals: Vec<_> = portals.iter().map(|p| p.parse().unwrap()).collect();
+        let mut cfg = InitiatorConfig::new(SQL01_MPIO);
+        cfg.timeout = Duration::from_secs(30);
+        let policy = MpioPolicy {
+            failover_timeout: Duration::from_secs(60),
+            ..MpioPolicy::default()
+        };
+        let mpio = MpioStorage::with_config(&portals, target, cfg, policy);
+        let disk = DiskAddress {
+            target: target.to_string(),
+            lun,
+        };
+        let acked = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (mpio, disk, acked, stop) =
+                (mpio.clone(), disk.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..4000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    mpio.write(&disk, 4096 + i * 8, &ledger_block(i))
+                        .and_then(|()| mpio.flush(&disk))
+                        .map_err(|e| format!("write {i}: {e}"))?;
+                    acked.lock().unwrap().push(i);
+                }
+                Ok(())
+            })
+        };
+        Ledger {
+            mpio,
+            disk,
+            acked,
+            stop,
+            writer,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits (at most a minute) until `n` writes are acknowledged.
+    fn wait_for(&self, n: usize, what: &str) {
+        let waited = Instant::now();
+        while self.count() < n {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60) && !self.writer.is_finished(),
+                "{what} ({} writes)",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the writer, checks that no write failed and that every acknowledged one reads
+    /// back; returns how many there were.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.writer
+            .join()
+            .unwrap()
+            .expect("no write failed through it all");
+        let acked = self.acked.lock().unwrap().clone();
+        for i in &acked {
+            let got = self.mpio.read(&self.disk, 4096 + i * 8, 8).unwrap();
+            assert!(got == ledger_block(*i), "acknowledged write {i} was lost");
+        }
+        acked.len()
+    }
 }
 
 /// The block MPIO writes as its `i`th ledger entry.

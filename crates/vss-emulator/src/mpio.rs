@@ -332,6 +332,16 @@ impl MpioStorage {
         let r = f(s);
         let uas = s.take_unit_attentions();
         match r {
+            Ok(v) if s.logout_requested() => {
+                // The target is going away (a gateway stopping or drained): log out now, as
+                // the Microsoft initiator does on that asynchronous event, so that it need
+                // not wait for us; later commands take the other paths.
+                let _ = s.logout();
+                *guard = None;
+                drop(guard);
+                self.mark_failed(i, "the target asked to log out".into());
+                Ok((v, uas))
+            }
             Ok(v) => Ok((v, uas)),
             Err(e) => {
                 if matches!(classify(&e), Outcome::Transport) {

@@ -60,6 +60,9 @@ pub fn follow(
                         target_ports: ports.to_vec(),
                         volume: row.id.to_string(),
                         size_bytes: row.size_bytes,
+                        // A standby's units hand reservation commands to the gateway in
+                        // office; the one taking office reads them from the state.
+                        reservations: None,
                     },
                 ));
             }

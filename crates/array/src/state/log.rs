@@ -4,7 +4,7 @@
 //!
 //! In RADOS every live row is one key of the state object (`array.counters`,
 //! `array.lun.<id>`, `array.host.<name>`, `array.set.<id>`, `array.job.<id>`,
-//! `array.idem.<key>`), holding the journal record that sets it; a record that removes a row
+//! `array.idem.<key>`, `array.pr.<lun id>`), holding the journal record that sets it; a record that removes a row
 //! deletes its key. An append is one commit, guarded by the version this gateway last wrote
 //! and the epoch it leads at: it lands whole or not at all, and it cannot land once another
 //! gateway has taken office (or has written) since. A refused commit poisons the log, as a
@@ -94,6 +94,7 @@ fn row(r: &Record) -> (String, Option<Value>) {
         Record::Job(j) => format!("job.{}", j.id),
         Record::Idem(i) => format!("idem.{}", i.key),
         Record::IdemGone { key } => format!("idem.{key}"),
+        Record::Reservations { lun, .. } => format!("pr.{lun}"),
     };
     let value = match r {
         Record::LunGone { .. }

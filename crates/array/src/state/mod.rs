@@ -83,6 +83,45 @@ pub trait Exporter: Send + Sync {
         let _ = (luns, drain);
         Ok(Fence::default())
     }
+    /// From now on every LUN's persistent reservations are made durable in `store` before
+    /// a change completes, and a LUN served anew starts from [`ExportedLun::reservations`]
+    /// (an array whose state several gateways share: docs/gateways.md).
+    fn keep_reservations(&self, store: Arc<dyn ReservationStore>) {
+        let _ = store;
+    }
+    /// Runs a PERSISTENT RESERVE IN/OUT another gateway received for `lun` from `nexus`
+    /// ([`scsi::LogicalUnit::run_forwarded`]); `None` if `lun` is not served here.
+    fn run_reservation(
+        &self,
+        lun: &str,
+        nexus: &scsi::Nexus,
+        cdb: &[u8],
+        data_out: &[u8],
+    ) -> Option<scsi::Outcome> {
+        let _ = (lun, nexus, cdb, data_out);
+        None
+    }
+}
+
+/// Where the LUNs' persistent reservations are made durable ([`Exporter::keep_reservations`]).
+pub trait ReservationStore: Send + Sync + std::fmt::Debug {
+    fn persist(&self, lun: &str, state: &scsi::PrState) -> Result<(), ArrayError>;
+}
+
+/// The array's rows as that store; it does not keep the array alive.
+#[derive(Debug)]
+struct RowsStore(std::sync::Weak<Shared>);
+
+impl ReservationStore for RowsStore {
+    fn persist(&self, lun: &str, state: &scsi::PrState) -> Result<(), ArrayError> {
+        match self.0.upgrade() {
+            Some(shared) => Array(shared).record_reservations(lun, state),
+            None => Err(ArrayError::io(
+                "keeping reservations",
+                std::io::Error::other("the array is closed"),
+            )),
+        }
+    }
 }
 
 /// Writes held on some LUNs until this is dropped ([`Exporter::fence_writes`]).
@@ -100,6 +139,9 @@ pub struct ExportedLun {
     pub volume: String,
     /// The LUN's size as the array recorded it: what a LUN whose volume is gone reports.
     pub size_bytes: u64,
+    /// The persistent reservations made durable for it, where the array keeps them
+    /// ([`Exporter::keep_reservations`]).
+    pub reservations: Option<scsi::PrState>,
 }
 
 /// An exporter that serves nothing (API-only arrays and tests).
@@ -261,6 +303,7 @@ impl Array {
             resync::fail_interrupted(&mut db);
             db.records()
         };
+        let shared_state = matches!(source, StateSource::Shared { .. });
         let journal = match source {
             StateSource::File(path) => {
                 Log::File(Journal::open::<rows::Record, _>(path, compact)?.0)
@@ -296,6 +339,14 @@ impl Array {
             idem_gate: Mutex::new(()),
             metrics,
         }));
+        if shared_state {
+            // Several gateways serve the LUNs: the one in office keeps their reservations in
+            // the shared state, so the next one serves them as they were.
+            array
+                .0
+                .exporter
+                .keep_reservations(Arc::new(RowsStore(Arc::downgrade(&array.0))));
+        }
         {
             let inner = array.lock();
             for h in inner.db.hosts.values() {
@@ -328,6 +379,7 @@ impl Array {
             target_ports: self.0.ports.clone(),
             volume: row.id.to_string(),
             size_bytes: row.size_bytes,
+            reservations: db.reservations.get(lun).cloned(),
         };
         for i in initiators {
             self.0.exporter.map(i, number, &e, self.0.backend.as_ref());
@@ -338,6 +390,44 @@ impl Array {
         for i in initiators {
             self.0.exporter.unmap(i, number);
         }
+    }
+
+    /// Makes `lun`'s persistent reservations `state` durable (nothing for a LUN that is
+    /// gone, or for a state already recorded).
+    pub fn record_reservations(&self, lun: &str, state: &scsi::PrState) -> Result<(), ArrayError> {
+        let mut inner = self.lock();
+        if !inner.db.luns.contains_key(lun)
+            || inner
+                .db
+                .reservations
+                .get(lun)
+                .unwrap_or(&scsi::PrState::default())
+                == state
+        {
+            return Ok(());
+        }
+        Self::write(
+            &mut inner,
+            vec![rows::Record::Reservations {
+                lun: lun.to_string(),
+                state: state.clone(),
+            }],
+        )
+    }
+
+    /// Runs a PERSISTENT RESERVE IN/OUT a standby gateway received for `lun`
+    /// ([`Exporter::run_reservation`]).
+    pub fn run_reservation(
+        &self,
+        lun: &str,
+        nexus: &scsi::Nexus,
+        cdb: &[u8],
+        data_out: &[u8],
+    ) -> Result<scsi::Outcome, ArrayError> {
+        self.0
+            .exporter
+            .run_reservation(lun, nexus, cdb, data_out)
+            .ok_or_else(|| ArrayError::NotFound(format!("LUN {lun} is not served here")))
     }
 
     /// The identity pages a LUN serves.

@@ -155,6 +155,12 @@ pub enum Record {
     IdemGone {
         key: String,
     },
+    /// A LUN's persistent reservations, as the gateway serving it made them durable (only
+    /// arrays whose state is shared by several gateways keep them: docs/gateways.md).
+    Reservations {
+        lun: LunId,
+        state: scsi::PrState,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -167,6 +173,7 @@ pub(super) struct Db {
     pub(super) sets: BTreeMap<VssId, SetRow>,
     pub(super) jobs: BTreeMap<JobId, JobRow>,
     pub(super) idem: BTreeMap<String, super::IdemRow>,
+    pub(super) reservations: BTreeMap<LunId, scsi::PrState>,
 }
 
 impl Db {
@@ -184,6 +191,7 @@ impl Db {
             }
             Record::LunGone { id } => {
                 self.luns.remove(&id);
+                self.reservations.remove(&id);
             }
             Record::Host(h) => {
                 self.hosts.insert(h.name.clone(), h);
@@ -206,6 +214,13 @@ impl Db {
             Record::IdemGone { key } => {
                 self.idem.remove(&key);
             }
+            Record::Reservations { lun, state } => {
+                if state == scsi::PrState::default() {
+                    self.reservations.remove(&lun);
+                } else {
+                    self.reservations.insert(lun, state);
+                }
+            }
         }
     }
 
@@ -219,6 +234,16 @@ impl Db {
         v.extend(self.sets.values().cloned().map(Record::Set));
         v.extend(self.jobs.values().cloned().map(Record::Job));
         v.extend(self.idem.values().cloned().map(Record::Idem));
+        // Only a live LUN's reservations are kept.
+        v.extend(
+            self.reservations
+                .iter()
+                .filter(|(lun, _)| self.luns.contains_key(*lun))
+                .map(|(lun, state)| Record::Reservations {
+                    lun: lun.clone(),
+                    state: state.clone(),
+                }),
+        );
         v
     }
 

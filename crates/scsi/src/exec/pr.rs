@@ -3,7 +3,11 @@
 //!
 //! Registrations are kept per I_T nexus (initiator port, relative target port), or per
 //! initiator port on every target port when registered with ALL_TG_PT. Persist Through Power
-//! Loss is not offered (PTPL_C = 0): the state lives as long as the logical unit object.
+//! Loss is not offered (PTPL_C = 0): the state lives as long as the logical unit object, or,
+//! where several targets serve one logical unit, as long as the state they share
+//! ([`crate::PrLink`]).
+
+use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Fail, Res};
 use crate::Nexus;
@@ -31,7 +35,7 @@ pub mod out_sa {
     pub const REGISTER_AND_IGNORE: u8 = 6;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Registration {
     initiator_port: String,
     target_port: u16,
@@ -49,18 +53,22 @@ impl Registration {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Reservation {
     /// The registration holding it (ignored for all-registrants types).
     holder: Registration,
     kind: u8,
 }
 
-/// Persistent reservation state of a logical unit.
-#[derive(Debug, Default)]
-pub(crate) struct PrState {
+/// Persistent reservation state of a logical unit: its generation, registrations and
+/// reservation. Serializable, so targets serving one logical unit through several ports on
+/// several machines can keep it in shared state ([`crate::PrLink`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrState {
     generation: u32,
+    #[serde(rename = "registrations")]
     regs: Vec<Registration>,
+    #[serde(rename = "reservation")]
     res: Option<Reservation>,
 }
 
@@ -79,6 +87,23 @@ fn registrants_only_or_all(k: u8) -> bool {
 }
 
 impl PrState {
+    /// The registered reservation keys, in registration order.
+    pub fn keys(&self) -> Vec<u64> {
+        self.regs.iter().map(|r| r.key).collect()
+    }
+
+    /// The reservation's type and its holder's key (0 for the all-registrants types).
+    pub fn reservation(&self) -> Option<(u8, u64)> {
+        self.res.as_ref().map(|r| {
+            let key = if all_registrants(r.kind) {
+                0
+            } else {
+                r.holder.key
+            };
+            (r.kind, key)
+        })
+    }
+
     fn reg(&self, n: &Nexus) -> Option<&Registration> {
         self.regs.iter().find(|r| r.matches(n))
     }

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+pub mod gateways;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_shadowlun");
 
 pub struct Daemon {
@@ -43,22 +45,49 @@ pub fn start_at(pool: &Path, api: &str, extra: &[&str]) -> Daemon {
 
 /// `shadowlun array serve` on `pool` started, not yet waited for: [`ready`] does.
 pub fn spawn_at(pool: &Path, api: &str, extra: &[&str]) -> Child {
-    Command::new(BIN)
-        .args([
-            "array",
-            "serve",
-            "--api",
-            api,
-            "--portal",
-            "127.0.0.1:0",
-            "--pool",
-        ])
-        .arg(pool)
-        .args(extra)
-        .stdout(Stdio::piped())
+    serve_command(&[], pool, api, "127.0.0.1:0", extra)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting shadowlun array serve")
+}
+
+/// [`spawn_at`] run through `wrapper` (`ip netns exec NS`, say: the program and its first
+/// arguments), serving iSCSI on `portal`, its log (standard error) written to `log`.
+pub fn spawn_wrapped(
+    wrapper: &[&str],
+    pool: &Path,
+    api: &str,
+    portal: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Child {
+    let log = std::fs::File::create(log).expect("the daemon's log file");
+    serve_command(wrapper, pool, api, portal, extra)
+        .stderr(log)
+        .spawn()
+        .expect("starting shadowlun array serve")
+}
+
+fn serve_command(
+    wrapper: &[&str],
+    pool: &Path,
+    api: &str,
+    portal: &str,
+    extra: &[&str],
+) -> Command {
+    let mut c = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    c.args(["array", "serve", "--api", api, "--portal", portal, "--pool"])
+        .arg(pool)
+        .args(extra)
+        .stdout(Stdio::piped());
+    c
 }
 
 /// Waits until a daemon [`spawn_at`] started says where it listens.
