@@ -6,6 +6,9 @@
 # Long mode: BLOCKSTORE_CRASH_RUNS=1000 scripts/test 20-blockstore
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p lab --bin blockstore-crashtest
+# Built with the shadowlun package selected too, so that its dependencies get the features
+# `cargo build --release` resolves for shadowlun: the release builds of the later stages
+# (58-soak, 60-demo, 65-deb) then reuse every crate instead of building the stack again.
+cargo build --release -p shadowlun -p lab --bin blockstore-crashtest
 target_dir="${CARGO_TARGET_DIR:-target}"
 "$target_dir/release/blockstore-crashtest" --runs "${BLOCKSTORE_CRASH_RUNS:-120}"

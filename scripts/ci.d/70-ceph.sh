@@ -167,8 +167,11 @@ printf 'namespace = "prgw"\n[gateway]\nname = "ci-gw"\n' >>"$work/gw.toml"
 serve "$work/gw.toml" gateway
 lun_for_libiscsi ci-pr 67108864
 target=$(jq -r .target_name "$work/pool-gw/array.json")
-for t in PrinReadKeys PrinServiceactionRange PrinReportCapabilities ProutRegister ProutReserve \
-  ProutClear ProutPreempt Reserve6; do
+# Every reservation suite this libiscsi has (PERSISTENT RESERVE IN and OUT, RESERVE(6)), from
+# its own list, so a newer libiscsi's suites run too.
+pr_suites=$(iscsi-test-cu -l 2>/dev/null | sed -nE 's/^SCSI\.(Pr(in|out)[A-Za-z0-9]*|Reserve6)$/\1/p')
+[ "$(wc -w <<<"$pr_suites")" -ge 8 ] || { echo "$pr_suites"; echo "iscsi-test-cu lists too few reservation suites"; exit 1; }
+for t in $pr_suites; do
   log="$work/cu-gw-$t.log"
   timeout --foreground 300 iscsi-test-cu --dataloss -i "$i1" -I "$i2" --test="SCSI.$t" \
     "iscsi://$portal/$target/0" >"$log" 2>&1 || true
