@@ -46,7 +46,7 @@ export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTI
 build=(--codegen-units 16)
 # Optimized at level 1 rather than 3 for this short sample: on 2 cores the build takes 406 s
 # against 518 s, and inputs run at 80-85% of the level-3 rate (pdu, control_api, session,
-# 8 s each from the same corpus). The long runs in docs/fuzzing.md keep level 3.
+# 8 s each from the same corpus). Long runs ask for level 3 (FUZZ_OPT_LEVEL=3, docs/fuzzing.md).
 export CARGO_PROFILE_RELEASE_OPT_LEVEL="${FUZZ_OPT_LEVEL:-1}"
 cd fuzz
 cargo fuzz build "${build[@]}"
