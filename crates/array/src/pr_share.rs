@@ -29,7 +29,7 @@ pub(crate) struct Forwarder {
     leader: LeaderApi,
     token: String,
     fingerprint: String,
-    /// Connections kept alive, for the address they were made to.
+    /// Connections kept alive to the gateway in office (those to an earlier one are dropped).
     idle: Mutex<Vec<Client>>,
 }
 
@@ -77,8 +77,9 @@ impl Forwarder {
         };
         let reused = {
             let mut idle = self.idle.lock().expect("idle lock");
-            let at = idle.iter().position(|c| c.addr() == addr);
-            at.map(|i| idle.swap_remove(i))
+            // Connections to a gateway no longer in office are of no further use.
+            idle.retain(|c| c.addr() == addr);
+            idle.pop()
         };
         let mut client = match reused {
             Some(c) => c,
